@@ -1,0 +1,9 @@
+//! clinicsync keeps the SQLite databases of several clinic sites in step
+//! through a folder that a cloud-sync client already carries.
+//!
+//! See `ARCHITECTURE.md` for the map of modules; dependencies point down:
+//! `cli` → `engine` → (`xmlstore`, `changelog`, `conflicts`) → `db`, `folder`
+//! → `model`.
+
+pub mod model;
+pub mod xmlstore;

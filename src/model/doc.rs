@@ -1,0 +1,286 @@
+//! Versions, rows and patient documents, and the join that merges them.
+//!
+//! Every join here is commutative, associative and idempotent (property tests
+//! in `tests/it/model_laws.rs` check it). A field keeps the set of its
+//! *maximal* versions: those no other known version supersedes. One version
+//! is the normal case; several means concurrent edits, the highest stamp is
+//! the value the database shows, and the others are conflict records that
+//! travel with the data until a later edit supersedes them all.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use super::hlc::Hlc;
+use super::ids::PatientId;
+use super::value::Value;
+
+/// One written value of one field.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FieldVersion {
+    // Field order matters for the derived Ord: stamp first.
+    hlc: Hlc,
+    base: Option<Hlc>,
+    value: Value,
+}
+
+/// A version whose base is not strictly before its own stamp (only a damaged
+/// or hostile file can hold one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version stamped {hlc} claims a base {base} that is not before it")]
+pub struct InvalidVersion {
+    hlc: Hlc,
+    base: Hlc,
+}
+
+impl FieldVersion {
+    /// `base` is the stamp of the version the writer had when it wrote; it
+    /// must be strictly before `hlc` (a clock always moves past what it saw).
+    pub fn new(value: Value, hlc: Hlc, base: Option<Hlc>) -> Result<FieldVersion, InvalidVersion> {
+        match base {
+            Some(b) if b >= hlc => Err(InvalidVersion { hlc, base: b }),
+            _ => Ok(FieldVersion { hlc, base, value }),
+        }
+    }
+
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    pub fn hlc(&self) -> Hlc {
+        self.hlc
+    }
+
+    pub fn base(&self) -> Option<Hlc> {
+        self.base
+    }
+
+    /// True when this version was written by someone who had `other` (or a
+    /// later version) in hand: `self.base >= other.hlc`.
+    pub fn supersedes(&self, other: &FieldVersion) -> bool {
+        self.base.is_some_and(|b| b >= other.hlc)
+    }
+
+    /// True when neither version supersedes the other and they differ.
+    pub fn is_concurrent_with(&self, other: &FieldVersion) -> bool {
+        self != other && !self.supersedes(other) && !other.supersedes(self)
+    }
+}
+
+/// The maximal versions of one field; never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldState {
+    /// Sorted ascending; the last one is the winner.
+    versions: Vec<FieldVersion>,
+}
+
+impl FieldState {
+    pub fn single(version: FieldVersion) -> FieldState {
+        FieldState { versions: vec![version] }
+    }
+
+    /// Builds the state of a set of versions: keeps the maximal ones.
+    /// Returns `None` for an empty input.
+    pub fn from_versions(mut all: Vec<FieldVersion>) -> Option<FieldState> {
+        if all.is_empty() {
+            return None;
+        }
+        all.sort();
+        all.dedup();
+        let maximal: Vec<FieldVersion> = all
+            .iter()
+            .filter(|v| !all.iter().any(|w| w.supersedes(v)))
+            .cloned()
+            .collect();
+        // Cannot be empty: the version with the highest stamp is superseded
+        // by nothing, because superseding it needs a base at or past its
+        // stamp and so a stamp beyond it.
+        debug_assert!(!maximal.is_empty());
+        Some(FieldState { versions: maximal })
+    }
+
+    /// The version the database shows: the highest stamp.
+    pub fn winner(&self) -> &FieldVersion {
+        self.versions.last().expect("a FieldState is never empty")
+    }
+
+    /// Concurrent versions that lost to the winner (conflict records).
+    pub fn losers(&self) -> &[FieldVersion] {
+        &self.versions[..self.versions.len() - 1]
+    }
+
+    pub fn versions(&self) -> &[FieldVersion] {
+        &self.versions
+    }
+
+    /// The highest stamp in this field.
+    pub fn max_hlc(&self) -> Hlc {
+        self.winner().hlc
+    }
+
+    pub fn join(&self, other: &FieldState) -> FieldState {
+        if self == other {
+            return self.clone();
+        }
+        let mut all = self.versions.clone();
+        all.extend(other.versions.iter().cloned());
+        FieldState::from_versions(all).expect("joining two non-empty states")
+    }
+}
+
+/// Identifies one row of one mapped table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowKey {
+    pub table: String,
+    pub pk: String,
+}
+
+/// One row: its causal length (odd = alive, even = deleted) and its fields.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RowState {
+    pub cl: u64,
+    pub fields: BTreeMap<String, FieldState>,
+}
+
+impl RowState {
+    pub fn is_alive(&self) -> bool {
+        self.cl % 2 == 1
+    }
+
+    /// The value the database shows for a column, if the row has it.
+    pub fn value(&self, column: &str) -> Option<&Value> {
+        self.fields.get(column).map(|f| f.winner().value())
+    }
+
+    /// Merges `other` into `self`; returns true when `self` changed.
+    pub fn join_from(&mut self, other: &RowState) -> bool {
+        let mut changed = false;
+        if other.cl > self.cl {
+            self.cl = other.cl;
+            changed = true;
+        }
+        for (column, theirs) in &other.fields {
+            match self.fields.entry(column.clone()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(theirs.clone());
+                    changed = true;
+                }
+                Entry::Occupied(mut slot) => {
+                    if slot.get() != theirs {
+                        let joined = slot.get().join(theirs);
+                        if &joined != slot.get() {
+                            slot.insert(joined);
+                            changed = true;
+                        }
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    pub fn join(&self, other: &RowState) -> RowState {
+        let mut out = self.clone();
+        out.join_from(other);
+        out
+    }
+
+    /// The highest stamp anywhere in the row.
+    pub fn max_hlc(&self) -> Option<Hlc> {
+        self.fields.values().map(FieldState::max_hlc).max()
+    }
+}
+
+/// All rows of one patient: the root row and every child row pointing at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatientDoc {
+    pub patient: PatientId,
+    pub rows: BTreeMap<RowKey, RowState>,
+}
+
+impl PatientDoc {
+    pub fn new(patient: PatientId) -> PatientDoc {
+        PatientDoc { patient, rows: BTreeMap::new() }
+    }
+
+    /// Merges `other`'s rows into `self`; both must describe the same patient.
+    pub fn join_from(&mut self, other: &PatientDoc) -> bool {
+        debug_assert_eq!(self.patient, other.patient);
+        let mut changed = false;
+        for (key, theirs) in &other.rows {
+            match self.rows.entry(key.clone()) {
+                Entry::Vacant(slot) => {
+                    slot.insert(theirs.clone());
+                    changed = true;
+                }
+                Entry::Occupied(mut slot) => changed |= slot.get_mut().join_from(theirs),
+            }
+        }
+        changed
+    }
+
+    pub fn join(&self, other: &PatientDoc) -> PatientDoc {
+        let mut out = self.clone();
+        out.join_from(other);
+        out
+    }
+
+    /// Every stamp in the document, for advancing a clock or checking skew.
+    pub fn stamps(&self) -> impl Iterator<Item = Hlc> + '_ {
+        self.rows
+            .values()
+            .flat_map(|r| r.fields.values())
+            .flat_map(|f| f.versions().iter().map(FieldVersion::hlc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::SiteId;
+
+    fn hlc(wall: u64, site: u8) -> Hlc {
+        Hlc::new(wall, 0, SiteId::from_bytes([site; 16]))
+    }
+
+    fn v(text: &str, at: Hlc, base: Option<Hlc>) -> FieldVersion {
+        FieldVersion::new(Value::Text(text.into()), at, base).unwrap()
+    }
+
+    #[test]
+    fn a_later_edit_supersedes_and_replaces() {
+        let first = v("a", hlc(1, 1), None);
+        let second = v("b", hlc(2, 2), Some(first.hlc()));
+        let joined = FieldState::single(first).join(&FieldState::single(second.clone()));
+        assert_eq!(joined.versions(), &[second]);
+    }
+
+    #[test]
+    fn concurrent_edits_keep_both_and_the_higher_stamp_wins() {
+        let base = hlc(1, 1);
+        let a = v("phone A", hlc(5, 1), Some(base));
+        let b = v("phone B", hlc(6, 2), Some(base));
+        assert!(a.is_concurrent_with(&b));
+        let joined = FieldState::single(a.clone()).join(&FieldState::single(b.clone()));
+        assert_eq!(joined.winner(), &b);
+        assert_eq!(joined.losers(), &[a.clone()]);
+        // A later edit made with the winner in hand settles both.
+        let c = v("phone C", hlc(7, 1), Some(b.hlc()));
+        let settled = joined.join(&FieldState::single(c.clone()));
+        assert_eq!(settled.versions(), &[c]);
+    }
+
+    #[test]
+    fn a_base_at_or_after_the_stamp_is_refused() {
+        assert!(FieldVersion::new(Value::Null, hlc(5, 1), Some(hlc(5, 1))).is_err());
+        assert!(FieldVersion::new(Value::Null, hlc(5, 1), Some(hlc(6, 1))).is_err());
+    }
+
+    #[test]
+    fn higher_causal_length_wins_existence() {
+        let alive = RowState { cl: 1, fields: BTreeMap::new() };
+        let deleted = RowState { cl: 2, fields: BTreeMap::new() };
+        assert!(!alive.join(&deleted).is_alive());
+        let reinserted = RowState { cl: 3, fields: BTreeMap::new() };
+        assert!(deleted.join(&reinserted).is_alive());
+    }
+}

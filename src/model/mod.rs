@@ -1,0 +1,15 @@
+//! The pure data model: clocks, values, versions, rows, patient documents and
+//! their join. Nothing here touches the file system, a database, the wall
+//! clock or a random number generator; time and randomness come in as values.
+
+mod doc;
+mod hlc;
+mod ids;
+mod value;
+
+pub use doc::{FieldState, FieldVersion, InvalidVersion, PatientDoc, RowKey, RowState};
+pub use hlc::{Clock, Hlc, HlcClock, HlcParseError};
+pub use ids::{
+    FamilyId, IdParseError, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes,
+};
+pub use value::Value;

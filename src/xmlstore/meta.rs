@@ -1,0 +1,167 @@
+//! The family manifest (`clinicsync.xml`) and the site files
+//! (`sites/<site>.xml`). A site file is written only by its own site.
+
+use super::error::{DecodeError, DecodeErrorKind};
+use super::patient::check_format;
+use super::reader::{Item, Limits, XmlReader, element_name, optional, required};
+use super::text::push_attr;
+use super::trailer;
+use crate::model::{FamilyId, SiteId};
+
+/// The folder format this build writes and reads.
+pub const FOLDER_FORMAT: u32 = 1;
+
+/// `clinicsync.xml`: what makes a folder a sync family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    pub family: FamilyId,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// `sites/<site>.xml`: what a site publishes about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteFile {
+    pub site: SiteId,
+    pub family: FamilyId,
+    pub name: String,
+    pub app_version: String,
+    /// The highest export sequence number this site has published.
+    pub head_seq: u64,
+    /// Last run that ended `ok`, milliseconds since the Unix epoch.
+    pub last_sync_ms: Option<u64>,
+    /// A one-way fingerprint of the machine the site runs on.
+    pub machine: String,
+    /// A fingerprint of the table mapping the site replicates.
+    pub mapping: String,
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+pub fn format_time(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn parse_time(text: &str) -> Option<u64> {
+    let t = humantime::parse_rfc3339(text).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
+}
+
+pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clinicsync-family format=\"{FOLDER_FORMAT}\" family=\"{}\" created=\"{}\"/>\n",
+        m.family,
+        format_time(m.created_ms)
+    );
+    trailer::seal(body.into_bytes())
+}
+
+pub fn decode_manifest(file: &[u8]) -> Result<Manifest, DecodeError> {
+    let (r, attrs) = read_root(file, "clinicsync-family")?;
+    let family = required(&r, &attrs, "clinicsync-family", "family")?;
+    let family = FamilyId::parse(family).map_err(|e| bad(&r, "family", family, e.to_string()))?;
+    let created = required(&r, &attrs, "clinicsync-family", "created")?;
+    let created_ms = parse_time(created).ok_or_else(|| bad(&r, "created", created, "not an RFC 3339 time".into()))?;
+    Ok(Manifest { family, created_ms })
+}
+
+pub fn encode_site(s: &SiteFile) -> Vec<u8> {
+    let mut out = String::with_capacity(512);
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    out.push_str(&format!("<site format=\"{FOLDER_FORMAT}\" id=\"{}\" family=\"{}\" name=\"", s.site, s.family));
+    push_attr(&mut out, &s.name);
+    out.push_str("\" app-version=\"");
+    push_attr(&mut out, &s.app_version);
+    out.push_str(&format!("\" head-seq=\"{}\"", s.head_seq));
+    if let Some(ms) = s.last_sync_ms {
+        out.push_str(&format!(" last-sync=\"{}\"", format_time(ms)));
+    }
+    out.push_str(" machine=\"");
+    push_attr(&mut out, &s.machine);
+    out.push_str("\" mapping=\"");
+    push_attr(&mut out, &s.mapping);
+    out.push_str("\"/>\n");
+    trailer::seal(out.into_bytes())
+}
+
+pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
+    let (r, attrs) = read_root(file, "site")?;
+    let site_text = required(&r, &attrs, "site", "id")?;
+    let site = SiteId::parse(site_text).map_err(|e| bad(&r, "id", site_text, e.to_string()))?;
+    let family_text = required(&r, &attrs, "site", "family")?;
+    let family = FamilyId::parse(family_text).map_err(|e| bad(&r, "family", family_text, e.to_string()))?;
+    let head_text = required(&r, &attrs, "site", "head-seq")?;
+    let head_seq = head_text.parse().map_err(|_| bad(&r, "head-seq", head_text, "not a whole number".into()))?;
+    let last_sync_ms = match optional(&attrs, "last-sync") {
+        None => None,
+        Some(t) => Some(parse_time(t).ok_or_else(|| bad(&r, "last-sync", t, "not an RFC 3339 time".into()))?),
+    };
+    Ok(SiteFile {
+        site,
+        family,
+        name: optional(&attrs, "name").unwrap_or_default().to_owned(),
+        app_version: optional(&attrs, "app-version").unwrap_or_default().to_owned(),
+        head_seq,
+        last_sync_ms,
+        machine: optional(&attrs, "machine").unwrap_or_default().to_owned(),
+        mapping: optional(&attrs, "mapping").unwrap_or_default().to_owned(),
+    })
+}
+
+fn bad(r: &XmlReader<'_>, attribute: &'static str, value: &str, reason: String) -> DecodeError {
+    r.error(DecodeErrorKind::BadAttribute { attribute, value: value.to_owned(), reason })
+}
+
+/// Reads a small metadata file's root element and its attributes. Child
+/// elements that a later version of format 1 may add are skipped.
+fn read_root<'a>(file: &'a [u8], expected: &'static str) -> Result<(XmlReader<'a>, Vec<(String, String)>), DecodeError> {
+    let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
+    let limits = Limits { max_file_bytes: 4 << 20, max_elements: 100_000, ..Limits::default() };
+    let mut r = XmlReader::new(body, limits)?;
+    let (root, empty) = match r.next_structural()? {
+        Item::Start(e) => (e, false),
+        Item::Empty(e) => (e, true),
+        _ => return Err(r.error(DecodeErrorKind::WrongElement { expected, found: "nothing".into() })),
+    };
+    let name = element_name(&root);
+    if name != expected {
+        return Err(r.error(DecodeErrorKind::WrongElement { expected, found: name }));
+    }
+    let attrs = r.attributes(&root)?;
+    check_format(&r, &attrs, FOLDER_FORMAT)?;
+    if !empty {
+        let mut depth = 1usize;
+        while depth > 0 {
+            match r.next()? {
+                Item::Start(_) => depth += 1,
+                Item::End => depth -= 1,
+                Item::Empty(_) | Item::Text(_) => {}
+                Item::Eof => return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside the root element"))),
+            }
+        }
+    }
+    r.expect_eof()?;
+    Ok((r, attrs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_files_round_trip() {
+        let s = SiteFile {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "Front desk \"A\" & <co>".into(),
+            app_version: "0.1.0".into(),
+            head_seq: 42,
+            last_sync_ms: Some(1_700_000_000_123),
+            machine: "abc".into(),
+            mapping: "def".into(),
+        };
+        assert_eq!(decode_site(&encode_site(&s)).unwrap(), s);
+        let m = Manifest { family: FamilyId::from_bytes([3; 16]), created_ms: 1_700_000_000_000 };
+        assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
+    }
+}

@@ -1,0 +1,17 @@
+//! The folder's file formats: the patient file, the family manifest and the
+//! site files, each sealed with an integrity trailer. Pure codecs: bytes in,
+//! values out, no I/O.
+
+mod error;
+mod meta;
+mod patient;
+mod reader;
+mod text;
+mod trailer;
+
+pub use error::{DecodeError, DecodeErrorKind};
+pub use meta::{FOLDER_FORMAT, Manifest, SiteFile, decode_manifest, decode_site, encode_manifest, encode_site, format_time};
+pub use patient::{PATIENT_FORMAT, decode_patient, encode_patient};
+pub use reader::Limits;
+pub use text::is_xml_safe;
+pub use trailer::{TrailerError, seal, unseal};

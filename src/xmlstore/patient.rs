@@ -1,0 +1,304 @@
+//! The patient file, format version 1: one canonical XML document per
+//! patient holding every row of that patient with every version of every
+//! field. The same state always gives the same bytes, so a site rewrites a
+//! file only when it knows something the file does not.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::error::{DecodeError, DecodeErrorKind};
+use super::reader::{Item, Limits, XmlReader, element_name, optional, required};
+use super::text::{is_xml_safe, push_attr, push_content};
+use super::trailer;
+use crate::model::{FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value};
+
+/// The patient file format this build writes and reads.
+pub const PATIENT_FORMAT: u32 = 1;
+
+/// Encodes a document into its canonical bytes, trailer included.
+pub fn encode_patient(doc: &PatientDoc) -> Vec<u8> {
+    let mut out = String::with_capacity(256 + doc.rows.len() * 512);
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    out.push_str("<patient-file format=\"1\" patient=\"");
+    push_attr(&mut out, &doc.patient.0);
+    out.push_str("\">\n");
+    for (key, row) in &doc.rows {
+        out.push_str("  <row table=\"");
+        push_attr(&mut out, &key.table);
+        out.push_str("\" pk=\"");
+        push_attr(&mut out, &key.pk);
+        out.push_str("\" cl=\"");
+        out.push_str(&row.cl.to_string());
+        if row.fields.is_empty() {
+            out.push_str("\"/>\n");
+            continue;
+        }
+        out.push_str("\">\n");
+        for (column, state) in &row.fields {
+            for version in state.versions() {
+                push_field(&mut out, column, version);
+            }
+        }
+        out.push_str("  </row>\n");
+    }
+    out.push_str("</patient-file>\n");
+    trailer::seal(out.into_bytes())
+}
+
+fn push_field(out: &mut String, column: &str, version: &FieldVersion) {
+    out.push_str("    <f c=\"");
+    push_attr(out, column);
+    out.push_str("\" h=\"");
+    out.push_str(&version.hlc().encode());
+    if let Some(base) = version.base() {
+        out.push_str("\" b=\"");
+        out.push_str(&base.encode());
+    }
+    let close = |out: &mut String, content: &str| {
+        out.push_str("\">");
+        out.push_str(content);
+        out.push_str("</f>\n");
+    };
+    match version.value() {
+        Value::Null => out.push_str("\" t=\"null\"/>\n"),
+        Value::Integer(i) => {
+            out.push_str("\" t=\"int");
+            close(out, &i.to_string());
+        }
+        Value::Real(r) => {
+            out.push_str("\" t=\"real");
+            close(out, &encode_real(*r));
+        }
+        Value::Text(t) if is_xml_safe(t) => {
+            out.push_str("\" t=\"text\">");
+            push_content(out, t);
+            out.push_str("</f>\n");
+        }
+        Value::Text(t) => {
+            out.push_str("\" t=\"text\" enc=\"base64");
+            close(out, &B64.encode(t.as_bytes()));
+        }
+        Value::Blob(b) => {
+            out.push_str("\" t=\"blob");
+            close(out, &B64.encode(b));
+        }
+    }
+}
+
+/// Reals are written so that they read back bit for bit: the shortest
+/// decimal that round-trips, `inf`/`-inf`, and `nan:` with the bits.
+fn encode_real(r: f64) -> String {
+    if r.is_nan() {
+        format!("nan:{:016x}", r.to_bits())
+    } else if r.is_infinite() {
+        if r > 0.0 { "inf".into() } else { "-inf".into() }
+    } else if r == 0.0 || (1e-6..1e15).contains(&r.abs()) {
+        format!("{r}")
+    } else {
+        format!("{r:e}")
+    }
+}
+
+fn decode_real(text: &str) -> Result<f64, String> {
+    match text {
+        "inf" => return Ok(f64::INFINITY),
+        "-inf" => return Ok(f64::NEG_INFINITY),
+        _ => {}
+    }
+    if let Some(bits) = text.strip_prefix("nan:") {
+        let bits = u64::from_str_radix(bits, 16).map_err(|e| e.to_string())?;
+        let r = f64::from_bits(bits);
+        return if r.is_nan() { Ok(r) } else { Err("nan: bits that are not a NaN".into()) };
+    }
+    if text.is_empty() || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')) {
+        return Err(format!("{text:?} is not a number"));
+    }
+    text.parse::<f64>().map_err(|e| e.to_string())
+}
+
+/// Reads a patient file: checks the trailer, then parses the XML with the
+/// given limits. Nothing of a file that fails is returned.
+pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeError> {
+    let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
+    let mut r = XmlReader::new(body, limits)?;
+    let (root, empty) = match r.next_structural()? {
+        Item::Start(e) => (e, false),
+        Item::Empty(e) => (e, true),
+        _ => return Err(r.error(DecodeErrorKind::WrongElement { expected: "patient-file", found: "nothing".into() })),
+    };
+    let name = element_name(&root);
+    if name != "patient-file" {
+        return Err(r.error(DecodeErrorKind::WrongElement { expected: "patient-file", found: name }));
+    }
+    let attrs = r.attributes(&root)?;
+    check_format(&r, &attrs, PATIENT_FORMAT)?;
+    let patient = required(&r, &attrs, "patient-file", "patient")?;
+    let mut doc = PatientDoc::new(PatientId(patient.to_owned()));
+    if !empty {
+        loop {
+            match r.next_structural()? {
+                Item::End => break,
+                Item::Start(e) | Item::Empty(e) if element_name(&e) != "row" => {
+                    return Err(r.error(DecodeErrorKind::WrongElement { expected: "row", found: element_name(&e) }));
+                }
+                Item::Start(e) => {
+                    let (key, cl) = row_header(&r, &e)?;
+                    let row = read_row(&mut r, cl)?;
+                    insert_row(&r, &mut doc, key, row)?;
+                }
+                Item::Empty(e) => {
+                    let (key, cl) = row_header(&r, &e)?;
+                    insert_row(&r, &mut doc, key, RowState { cl, fields: BTreeMap::new() })?;
+                }
+                Item::Text(_) | Item::Eof => {
+                    return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside <patient-file>")));
+                }
+            }
+        }
+    }
+    r.expect_eof()?;
+    Ok(doc)
+}
+
+/// Checks the `format` attribute of a root element.
+pub(crate) fn check_format(r: &XmlReader<'_>, attrs: &[(String, String)], supported: u32) -> Result<(), DecodeError> {
+    let format = optional(attrs, "format")
+        .ok_or_else(|| r.error(DecodeErrorKind::MissingAttribute { element: "root", attribute: "format" }))?;
+    if format != supported.to_string() {
+        return Err(r.error(DecodeErrorKind::UnsupportedFormat { found: format.to_owned(), supported }));
+    }
+    Ok(())
+}
+
+fn insert_row(r: &XmlReader<'_>, doc: &mut PatientDoc, key: RowKey, row: RowState) -> Result<(), DecodeError> {
+    if doc.rows.contains_key(&key) {
+        return Err(r.error(DecodeErrorKind::DuplicateRow { table: key.table, pk: key.pk }));
+    }
+    doc.rows.insert(key, row);
+    Ok(())
+}
+
+fn row_header(r: &XmlReader<'_>, e: &quick_xml::events::BytesStart<'_>) -> Result<(RowKey, u64), DecodeError> {
+    let attrs = r.attributes(e)?;
+    let table = required(r, &attrs, "row", "table")?.to_owned();
+    let pk = required(r, &attrs, "row", "pk")?.to_owned();
+    let cl_text = required(r, &attrs, "row", "cl")?;
+    let cl: u64 = cl_text.parse().map_err(|_| {
+        r.error(DecodeErrorKind::BadAttribute {
+            attribute: "cl",
+            value: cl_text.to_owned(),
+            reason: "not a whole number".into(),
+        })
+    })?;
+    Ok((RowKey { table, pk }, cl))
+}
+
+fn read_row(r: &mut XmlReader<'_>, cl: u64) -> Result<RowState, DecodeError> {
+    let mut versions: BTreeMap<String, Vec<FieldVersion>> = BTreeMap::new();
+    loop {
+        let (e, empty) = match r.next_structural()? {
+            Item::End => break,
+            Item::Start(e) => (e, false),
+            Item::Empty(e) => (e, true),
+            Item::Text(_) | Item::Eof => {
+                return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside <row>")));
+            }
+        };
+        let name = element_name(&e);
+        if name != "f" {
+            return Err(r.error(DecodeErrorKind::WrongElement { expected: "f", found: name }));
+        }
+        let attrs = r.attributes(&e)?;
+        let mut text = String::new();
+        if !empty {
+            loop {
+                match r.next()? {
+                    Item::Text(t) => text.push_str(&t),
+                    Item::End => break,
+                    _ => return Err(r.error(DecodeErrorKind::Unexpected("an element inside <f>"))),
+                }
+            }
+        }
+        let (column, version) = field(r, &attrs, &text)?;
+        versions.entry(column).or_default().push(version);
+    }
+    let fields = versions
+        .into_iter()
+        .map(|(c, vs)| (c, FieldState::from_versions(vs).expect("at least one version per entry")))
+        .collect();
+    Ok(RowState { cl, fields })
+}
+
+fn field(r: &XmlReader<'_>, attrs: &[(String, String)], text: &str) -> Result<(String, FieldVersion), DecodeError> {
+    let column = required(r, attrs, "f", "c")?.to_owned();
+    let hlc = parse_hlc(r, "h", required(r, attrs, "f", "h")?)?;
+    let base = optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?;
+    let class = required(r, attrs, "f", "t")?;
+    let encoding = optional(attrs, "enc");
+    let bad = |class: &'static str, reason: String| r.error(DecodeErrorKind::BadValue { class, reason });
+    let value = match (class, encoding) {
+        ("null", None) if text.is_empty() => Value::Null,
+        ("null", None) => return Err(bad("null", "a null field has content".into())),
+        ("int", None) => Value::Integer(text.parse().map_err(|_| bad("int", format!("{text:?} is not a 64-bit integer")))?),
+        ("real", None) => Value::Real(decode_real(text).map_err(|e| bad("real", e))?),
+        ("text", None) => Value::Text(text.to_owned()),
+        ("text", Some("base64")) => {
+            let bytes = B64.decode(text.trim()).map_err(|e| bad("text", e.to_string()))?;
+            Value::Text(String::from_utf8(bytes).map_err(|_| bad("text", "base64 text is not UTF-8".into()))?)
+        }
+        ("blob", None) => Value::Blob(B64.decode(text.trim()).map_err(|e| bad("blob", e.to_string()))?),
+        _ => {
+            return Err(r.error(DecodeErrorKind::BadAttribute {
+                attribute: "t",
+                value: format!("{class} {}", encoding.unwrap_or("")).trim_end().to_owned(),
+                reason: "unknown value type or encoding".into(),
+            }));
+        }
+    };
+    let version = FieldVersion::new(value, hlc, base).map_err(|e| bad("version", e.to_string()))?;
+    Ok((column, version))
+}
+
+fn parse_hlc(r: &XmlReader<'_>, attribute: &'static str, text: &str) -> Result<Hlc, DecodeError> {
+    Hlc::parse(text).map_err(|e| {
+        r.error(DecodeErrorKind::BadAttribute { attribute, value: text.to_owned(), reason: e.to_string() })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reals_round_trip_bit_for_bit() {
+        let cases = [
+            0.0,
+            -0.0,
+            1.5,
+            0.1,
+            -123.456,
+            1e300,
+            -1e-300,
+            f64::MIN_POSITIVE,
+            5e-324,
+            f64::MAX,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::from_bits(0x7ff8_0000_0000_0001),
+        ];
+        for r in cases {
+            let text = encode_real(r);
+            let back = decode_real(&text).unwrap();
+            assert_eq!(back.to_bits(), r.to_bits(), "{r:e} -> {text}");
+        }
+    }
+
+    #[test]
+    fn number_words_are_refused() {
+        assert!(decode_real("infinity").is_err());
+        assert!(decode_real("NaN").is_err());
+        assert!(decode_real("").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! A defensive XML reader over one file's bytes: refuses DTDs, processing
+//! instructions and CDATA, expands no entities beyond XML's five and
+//! character references, enforces limits, and reports line numbers.
+
+use std::borrow::Cow;
+
+use quick_xml::Reader;
+use quick_xml::events::{BytesStart, Event};
+
+use super::DecodeError;
+use super::error::DecodeErrorKind;
+
+/// Limits on what one file may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest file accepted, in bytes.
+    pub max_file_bytes: u64,
+    /// Most elements in one file.
+    pub max_elements: usize,
+    /// Longest text of one element, in bytes.
+    pub max_text_bytes: usize,
+    /// Deepest nesting.
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: 64 << 20,
+            max_elements: 2_000_000,
+            max_text_bytes: 32 << 20,
+            max_depth: 8,
+        }
+    }
+}
+
+/// What the decoders see: only elements and their text.
+pub(crate) enum Item<'a> {
+    Start(BytesStart<'a>),
+    Empty(BytesStart<'a>),
+    End,
+    Text(Cow<'a, str>),
+    Eof,
+}
+
+pub(crate) struct XmlReader<'a> {
+    input: &'a [u8],
+    reader: Reader<&'a [u8]>,
+    limits: Limits,
+    elements: usize,
+    depth: usize,
+    /// Byte offset where the last returned event started.
+    event_start: usize,
+}
+
+impl<'a> XmlReader<'a> {
+    pub(crate) fn new(input: &'a [u8], limits: Limits) -> Result<Self, DecodeError> {
+        if input.len() as u64 > limits.max_file_bytes {
+            return Err(DecodeError::new(
+                None,
+                DecodeErrorKind::TooLarge { size: input.len() as u64, limit: limits.max_file_bytes },
+            ));
+        }
+        if std::str::from_utf8(input).is_err() {
+            return Err(DecodeError::new(None, DecodeErrorKind::NotUtf8));
+        }
+        let mut reader = Reader::from_reader(input);
+        let config = reader.config_mut();
+        config.trim_text(false);
+        config.check_end_names = true;
+        config.expand_empty_elements = false;
+        Ok(XmlReader { input, reader, limits, elements: 0, depth: 0, event_start: 0 })
+    }
+
+    /// The 1-based line of the last event returned.
+    pub(crate) fn line(&self) -> usize {
+        let end = self.event_start.min(self.input.len());
+        1 + self.input[..end].iter().filter(|&&b| b == b'\n').count()
+    }
+
+    pub(crate) fn error(&self, kind: DecodeErrorKind) -> DecodeError {
+        DecodeError::new(Some(self.line()), kind)
+    }
+
+    pub(crate) fn next(&mut self) -> Result<Item<'a>, DecodeError> {
+        loop {
+            self.event_start = self.reader.buffer_position() as usize;
+            let event = self
+                .reader
+                .read_event()
+                .map_err(|e| self.error(DecodeErrorKind::Xml(e.to_string())))?;
+            match event {
+                Event::Start(e) => {
+                    self.count_element()?;
+                    self.depth += 1;
+                    if self.depth > self.limits.max_depth {
+                        return Err(self.error(DecodeErrorKind::TooDeep));
+                    }
+                    return Ok(Item::Start(e));
+                }
+                Event::Empty(e) => {
+                    self.count_element()?;
+                    return Ok(Item::Empty(e));
+                }
+                Event::End(_) => {
+                    self.depth -= 1;
+                    return Ok(Item::End);
+                }
+                Event::Text(t) => {
+                    if t.len() > self.limits.max_text_bytes {
+                        return Err(self.error(DecodeErrorKind::TextTooLong {
+                            limit: self.limits.max_text_bytes,
+                        }));
+                    }
+                    let text = t
+                        .unescape()
+                        .map_err(|e| self.error(DecodeErrorKind::Xml(e.to_string())))?;
+                    return Ok(Item::Text(text));
+                }
+                Event::Eof => return Ok(Item::Eof),
+                Event::Decl(_) | Event::Comment(_) => continue,
+                Event::DocType(_) => return Err(self.error(DecodeErrorKind::DocType)),
+                Event::PI(_) => return Err(self.error(DecodeErrorKind::Unexpected("a processing instruction"))),
+                Event::CData(_) => return Err(self.error(DecodeErrorKind::Unexpected("a CDATA section"))),
+            }
+        }
+    }
+
+    /// Skips whitespace between elements; any other text is an error.
+    pub(crate) fn next_structural(&mut self) -> Result<Item<'a>, DecodeError> {
+        loop {
+            match self.next()? {
+                Item::Text(t) if t.chars().all(|c| matches!(c, ' ' | '\t' | '\r' | '\n')) => continue,
+                Item::Text(_) => {
+                    return Err(self.error(DecodeErrorKind::Unexpected("text outside a field")));
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn count_element(&mut self) -> Result<(), DecodeError> {
+        self.elements += 1;
+        if self.elements > self.limits.max_elements {
+            return Err(self.error(DecodeErrorKind::TooManyElements { limit: self.limits.max_elements }));
+        }
+        Ok(())
+    }
+
+    /// Reads the attributes of an element into (name, value) pairs.
+    pub(crate) fn attributes(&self, e: &BytesStart<'a>) -> Result<Vec<(String, String)>, DecodeError> {
+        let mut out = Vec::new();
+        for attr in e.attributes() {
+            let attr = attr.map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?;
+            let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
+            let value = attr
+                .unescape_value()
+                .map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?
+                .into_owned();
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    /// Expects the end of the document (only whitespace and comments left).
+    pub(crate) fn expect_eof(&mut self) -> Result<(), DecodeError> {
+        match self.next_structural()? {
+            Item::Eof => Ok(()),
+            _ => Err(self.error(DecodeErrorKind::Unexpected("content after the root element"))),
+        }
+    }
+}
+
+pub(crate) fn element_name(e: &BytesStart<'_>) -> String {
+    String::from_utf8_lossy(e.name().as_ref()).into_owned()
+}
+
+/// Finds a required attribute.
+pub(crate) fn required<'v>(
+    reader: &XmlReader<'_>,
+    attrs: &'v [(String, String)],
+    element: &'static str,
+    name: &'static str,
+) -> Result<&'v str, DecodeError> {
+    optional(attrs, name)
+        .ok_or_else(|| reader.error(DecodeErrorKind::MissingAttribute { element, attribute: name }))
+}
+
+pub(crate) fn optional<'v>(attrs: &'v [(String, String)], name: &str) -> Option<&'v str> {
+    attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
