@@ -7,3 +7,5 @@
 
 pub mod model;
 pub mod xmlstore;
+pub mod folder;
+pub mod db;

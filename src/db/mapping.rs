@@ -1,0 +1,243 @@
+//! Which tables clinicsync replicates: the root table (one row per patient)
+//! and the child tables that point at it. Built in: the reference clinic
+//! schema. Custom: a TOML file, checked against the live database.
+
+use rusqlite::Connection;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The reference clinic schema that `init` creates in an empty database.
+pub const REFERENCE_SCHEMA: &str = "
+CREATE TABLE patients (id TEXT PRIMARY KEY, family_name TEXT NOT NULL, given_name TEXT,
+  birth_date TEXT, sex TEXT, phone TEXT, email TEXT, address TEXT, notes TEXT, updated_at TEXT);
+CREATE TABLE appointments (id TEXT PRIMARY KEY,
+  patient_id TEXT NOT NULL REFERENCES patients(id) ON DELETE CASCADE,
+  starts_at TEXT NOT NULL, duration_min INTEGER, practitioner TEXT, status TEXT, notes TEXT);
+CREATE TABLE clinical_notes (id TEXT PRIMARY KEY,
+  patient_id TEXT NOT NULL REFERENCES patients(id) ON DELETE CASCADE,
+  written_at TEXT NOT NULL, author TEXT, body TEXT);
+CREATE TABLE invoices (id TEXT PRIMARY KEY,
+  patient_id TEXT NOT NULL REFERENCES patients(id) ON DELETE CASCADE,
+  issued_at TEXT NOT NULL, amount_cents INTEGER NOT NULL, currency TEXT, status TEXT);
+CREATE TABLE documents (id TEXT PRIMARY KEY,
+  patient_id TEXT NOT NULL REFERENCES patients(id) ON DELETE CASCADE,
+  file_name TEXT NOT NULL, mime_type TEXT, byte_size INTEGER, sha256 TEXT, added_at TEXT);
+";
+
+/// The table mapping, as written in a mapping TOML file.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    pub root: RootTable,
+    #[serde(default)]
+    pub children: Vec<ChildTable>,
+}
+
+/// The table with one row per patient.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootTable {
+    pub table: String,
+    pub key: String,
+}
+
+/// A table whose rows belong to a patient through `patient`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChildTable {
+    pub table: String,
+    pub key: String,
+    pub patient: String,
+}
+
+/// How a mapped table relates to the patient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableRole<'a> {
+    Root,
+    Child { patient_column: &'a str },
+}
+
+/// Why a mapping was refused. Each message says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum MappingError {
+    #[error("the mapping file is not valid TOML for a clinicsync mapping: {0}")]
+    Toml(#[from] toml::de::Error),
+    #[error("{name:?} is not a plain table or column name (use letters, digits and _ only, and not the _cs_ or sqlite_ prefixes)")]
+    BadName { name: String },
+    #[error("table {table} is mapped twice")]
+    Duplicate { table: String },
+    #[error("table {table} does not exist in the database")]
+    NoTable { table: String },
+    #[error("table {table} has no column {column}")]
+    NoColumn { table: String, column: String },
+    #[error(
+        "table {table} uses an INTEGER PRIMARY KEY ({column}), which SQLite hands out by counting up: two sites would give different records the same number. Replicated tables need globally unique TEXT keys, such as UUIDs"
+    )]
+    IntegerKey { table: String, column: String },
+    #[error("column {column} of table {table} is not the table's single-column primary key")]
+    NotPrimaryKey { table: String, column: String },
+    #[error("the key column {column} of table {table} is declared {declared}; replicated keys must be TEXT (UUIDs)")]
+    KeyNotText { table: String, column: String, declared: String },
+    #[error("cannot read the database schema: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+impl Mapping {
+    /// The mapping of the reference clinic schema.
+    pub fn builtin() -> Mapping {
+        let child = |table: &str| ChildTable { table: table.into(), key: "id".into(), patient: "patient_id".into() };
+        Mapping {
+            root: RootTable { table: "patients".into(), key: "id".into() },
+            children: ["appointments", "clinical_notes", "invoices", "documents"].into_iter().map(child).collect(),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Result<Mapping, MappingError> {
+        let mapping: Mapping = toml::from_str(text)?;
+        mapping.check_names()?;
+        Ok(mapping)
+    }
+
+    /// The mapping as TOML, for storing in the database.
+    pub fn to_toml(&self) -> String {
+        let mut out = format!("[root]\ntable = {:?}\nkey = {:?}\n", self.root.table, self.root.key);
+        for c in &self.children {
+            out.push_str(&format!("\n[[children]]\ntable = {:?}\nkey = {:?}\npatient = {:?}\n", c.table, c.key, c.patient));
+        }
+        out
+    }
+
+    /// A short fingerprint, published in the site file so sites can see
+    /// whether they replicate the same tables.
+    pub fn fingerprint(&self) -> String {
+        let mut hex = String::new();
+        crate::model::write_hex_bytes(&mut hex, &Sha256::digest(self.to_toml().as_bytes())[..8]);
+        hex
+    }
+
+    /// Every mapped table name, root first.
+    pub fn tables(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.root.table.as_str()).chain(self.children.iter().map(|c| c.table.as_str()))
+    }
+
+    /// The key column and role of a mapped table.
+    pub fn table(&self, name: &str) -> Option<(&str, TableRole<'_>)> {
+        if self.root.table == name {
+            return Some((&self.root.key, TableRole::Root));
+        }
+        self.children
+            .iter()
+            .find(|c| c.table == name)
+            .map(|c| (c.key.as_str(), TableRole::Child { patient_column: &c.patient }))
+    }
+
+    fn check_names(&self) -> Result<(), MappingError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for name in self.tables() {
+            if !seen.insert(name) {
+                return Err(MappingError::Duplicate { table: name.into() });
+            }
+        }
+        let names = std::iter::once(&self.root.table)
+            .chain(std::iter::once(&self.root.key))
+            .chain(self.children.iter().flat_map(|c| [&c.table, &c.key, &c.patient]));
+        for name in names {
+            if !is_plain_name(name) {
+                return Err(MappingError::BadName { name: name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the mapping against the live database schema.
+    pub fn validate(&self, conn: &Connection) -> Result<(), MappingError> {
+        self.check_names()?;
+        for table in self.tables() {
+            let (key, role) = self.table(table).expect("iterating our own tables");
+            let columns = table_columns(conn, table)?;
+            if columns.is_empty() {
+                return Err(MappingError::NoTable { table: table.into() });
+            }
+            let find = |name: &str| columns.iter().find(|c| c.name.eq_ignore_ascii_case(name));
+            let key_col = find(key).ok_or_else(|| MappingError::NoColumn { table: table.into(), column: key.into() })?;
+            let pk_count = columns.iter().filter(|c| c.pk > 0).count();
+            if key_col.pk == 0 || pk_count != 1 {
+                return Err(MappingError::NotPrimaryKey { table: table.into(), column: key.into() });
+            }
+            let declared = key_col.declared.to_ascii_uppercase();
+            if declared == "INTEGER" {
+                return Err(MappingError::IntegerKey { table: table.into(), column: key.into() });
+            }
+            let texty = ["TEXT", "CHAR", "CLOB", "UUID"].iter().any(|t| declared.contains(t));
+            if !texty {
+                return Err(MappingError::KeyNotText {
+                    table: table.into(),
+                    column: key.into(),
+                    declared: if declared.is_empty() { "without a type".into() } else { declared },
+                });
+            }
+            if let TableRole::Child { patient_column } = role {
+                find(patient_column)
+                    .ok_or_else(|| MappingError::NoColumn { table: table.into(), column: patient_column.into() })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_plain_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+        && !lower.starts_with("_cs_")
+        && !lower.starts_with("sqlite_")
+}
+
+/// One column as `PRAGMA table_info` reports it.
+#[derive(Clone, Debug)]
+pub(crate) struct ColumnInfo {
+    pub(crate) name: String,
+    pub(crate) declared: String,
+    pub(crate) pk: i64,
+}
+
+pub(crate) fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<ColumnInfo>> {
+    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1)")?;
+    let rows = stmt.query_map([table], |r| Ok(ColumnInfo { name: r.get(0)?, declared: r.get(1)?, pk: r.get(2)? }))?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_mapping_fits_the_reference_schema() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        Mapping::builtin().validate(&conn).unwrap();
+        let back = Mapping::from_toml(&Mapping::builtin().to_toml()).unwrap();
+        assert_eq!(back, Mapping::builtin());
+    }
+
+    #[test]
+    fn integer_keys_are_refused_with_a_reason() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);").unwrap();
+        let mapping = Mapping::from_toml("[root]\ntable = \"people\"\nkey = \"id\"\n").unwrap();
+        let err = mapping.validate(&conn).unwrap_err().to_string();
+        assert!(err.contains("INTEGER PRIMARY KEY") && err.contains("UUID"), "{err}");
+    }
+
+    #[test]
+    fn bad_names_and_missing_tables_are_refused() {
+        assert!(Mapping::from_toml("[root]\ntable = \"x; DROP TABLE y\"\nkey = \"id\"\n").is_err());
+        assert!(Mapping::from_toml("[root]\ntable = \"_cs_meta\"\nkey = \"id\"\n").is_err());
+        assert!(Mapping::from_toml("[root]\ntable = \"p\"\nkey = \"id\"\nextra = 1\n").is_err());
+        let conn = Connection::open_in_memory().unwrap();
+        let mapping = Mapping::from_toml("[root]\ntable = \"nope\"\nkey = \"id\"\n").unwrap();
+        assert!(matches!(mapping.validate(&conn), Err(MappingError::NoTable { .. })));
+    }
+}

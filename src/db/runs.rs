@@ -1,0 +1,166 @@
+//! Latest Logs and conflict records: what each run did, and the values that
+//! lost a concurrent edit.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::values::from_ref;
+use super::{Db, DbError};
+use crate::model::Value;
+
+/// One run, as `clinicsync log` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub trigger: String,
+    /// `ok`, `partial`, `failed`; `None` for a run that never finished
+    /// (the process was stopped or crashed).
+    pub outcome: Option<String>,
+    pub summary: Option<serde_json::Value>,
+}
+
+/// One event of a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EventRecord {
+    pub at_ms: u64,
+    /// `info`, `warning` or `error`.
+    pub level: String,
+    pub kind: String,
+    pub path: Option<String>,
+    pub message: String,
+}
+
+/// A value that lost a concurrent edit.
+#[derive(Clone, Debug)]
+pub struct ConflictRecord {
+    pub id: i64,
+    pub table: String,
+    pub pk: String,
+    pub column: String,
+    pub value: Value,
+    pub hlc: String,
+    pub winner_value: Value,
+    pub winner_hlc: String,
+    pub patient: Option<String>,
+    pub source: Option<String>,
+    pub detected_ms: u64,
+    pub status: String,
+}
+
+impl Db {
+    /// Records the start of a run; returns its id.
+    pub fn begin_run(&self, trigger: &str, now_ms: u64) -> Result<i64, DbError> {
+        self.conn.execute("INSERT INTO _cs_runs (started_ms, trigger) VALUES (?1, ?2)", params![now_ms as i64, trigger])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records the end of a run with its events, in one transaction.
+    pub fn finish_run(
+        &mut self,
+        id: i64,
+        now_ms: u64,
+        outcome: &str,
+        summary: &serde_json::Value,
+        events: &[EventRecord],
+    ) -> Result<(), DbError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO _cs_run_events (run_id, at_ms, level, kind, path, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for e in events {
+                insert.execute(params![id, e.at_ms as i64, e.level, e.kind, e.path, e.message])?;
+            }
+        }
+        tx.execute(
+            "UPDATE _cs_runs SET ended_ms = ?2, outcome = ?3, summary = ?4 WHERE id = ?1",
+            params![id, now_ms as i64, outcome, summary.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest runs first.
+    pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, started_ms, ended_ms, trigger, outcome, summary FROM _cs_runs ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| {
+            let summary: Option<String> = r.get(5)?;
+            Ok(RunRecord {
+                id: r.get(0)?,
+                started_ms: r.get::<_, i64>(1)? as u64,
+                ended_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                trigger: r.get(3)?,
+                outcome: r.get(4)?,
+                summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The last run that finished, whatever its outcome.
+    pub fn last_finished_run(&self) -> Result<Option<RunRecord>, DbError> {
+        let id: Option<i64> = self
+            .conn
+            .query_row("SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL", [], |r| r.get(0))
+            .optional()?
+            .flatten();
+        let Some(id) = id else { return Ok(None) };
+        Ok(self.recent_runs(u32::MAX)?.into_iter().find(|r| r.id == id))
+    }
+
+    /// The end time of the last run that ended `ok`.
+    pub fn last_ok_ms(&self) -> Result<Option<u64>, DbError> {
+        let v: Option<i64> =
+            self.conn.query_row("SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok'", [], |r| r.get(0))?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    pub fn run_events(&self, run_id: i64) -> Result<Vec<EventRecord>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT at_ms, level, kind, path, message FROM _cs_run_events WHERE run_id = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([run_id], |r| {
+            Ok(EventRecord {
+                at_ms: r.get::<_, i64>(0)? as u64,
+                level: r.get(1)?,
+                kind: r.get(2)?,
+                path: r.get(3)?,
+                message: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn open_conflict_count(&self) -> Result<u64, DbError> {
+        let n: i64 = self.conn.query_row("SELECT count(*) FROM _cs_conflicts WHERE status = 'open'", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Conflict records, newest first.
+    pub fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictRecord>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source, detected_ms, status
+             FROM _cs_conflicts WHERE (?1 = 0 OR status = 'open') ORDER BY id DESC",
+        )?;
+        let rows = stmt.query_map([open_only as i64], |r| {
+            Ok(ConflictRecord {
+                id: r.get(0)?,
+                table: r.get(1)?,
+                pk: r.get(2)?,
+                column: r.get(3)?,
+                value: from_ref(r.get_ref(4)?),
+                hlc: r.get(5)?,
+                winner_value: from_ref(r.get_ref(6)?),
+                winner_hlc: r.get(7)?,
+                patient: r.get(8)?,
+                source: r.get(9)?,
+                detected_ms: r.get::<_, i64>(10)? as u64,
+                status: r.get(11)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

@@ -1,0 +1,90 @@
+//! clinicsync's own tables (all prefixed `_cs_`) and the capture triggers it
+//! installs on every mapped table.
+
+use rusqlite::Connection;
+
+use super::mapping::Mapping;
+
+/// The `_cs_` tables. Idempotent.
+pub(crate) const STATE_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS _cs_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+-- Holds a row only inside clinicsync's own write transactions: the capture
+-- triggers stay quiet while it does, so applied changes never echo back.
+CREATE TABLE IF NOT EXISTS _cs_quiet (x INTEGER);
+-- Filled by the triggers: which rows the app touched since the last export.
+CREATE TABLE IF NOT EXISTS _cs_pending (id INTEGER PRIMARY KEY, tbl TEXT, pk TEXT);
+-- Per row: causal length (odd alive, even deleted) and the patient it belongs to.
+CREATE TABLE IF NOT EXISTS _cs_rows (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
+  patient TEXT, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _cs_rows_patient ON _cs_rows (patient);
+-- Per field: its maximal versions (one, or several after concurrent edits).
+CREATE TABLE IF NOT EXISTS _cs_clock (tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT NOT NULL,
+  hlc TEXT NOT NULL, base TEXT, value, PRIMARY KEY (tbl, pk, col, hlc)) WITHOUT ROWID;
+-- Exports committed to the database whose files are not yet all written.
+CREATE TABLE IF NOT EXISTS _cs_outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,
+  done_ms INTEGER);
+CREATE TABLE IF NOT EXISTS _cs_outbox_patients (seq INTEGER NOT NULL, patient TEXT NOT NULL,
+  PRIMARY KEY (seq, patient)) WITHOUT ROWID;
+-- Concurrent edits of one field: the value that lost, kept for review.
+CREATE TABLE IF NOT EXISTS _cs_conflicts (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
+  pk TEXT NOT NULL, col TEXT NOT NULL, value, hlc TEXT NOT NULL, base TEXT, winner_value,
+  winner_hlc TEXT NOT NULL, patient TEXT, source TEXT, detected_ms INTEGER NOT NULL,
+  status TEXT NOT NULL DEFAULT 'open', resolved_ms INTEGER, UNIQUE (tbl, pk, col, hlc));
+-- Latest Logs.
+CREATE TABLE IF NOT EXISTS _cs_runs (id INTEGER PRIMARY KEY, started_ms INTEGER NOT NULL,
+  ended_ms INTEGER, trigger TEXT NOT NULL, outcome TEXT, summary TEXT);
+CREATE TABLE IF NOT EXISTS _cs_run_events (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
+  at_ms INTEGER NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, path TEXT, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS _cs_run_events_run ON _cs_run_events (run_id);
+-- What a full scan last applied from each patient file, to skip unchanged files.
+CREATE TABLE IF NOT EXISTS _cs_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,
+  mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL) WITHOUT ROWID;
+";
+
+pub(crate) fn quote(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Creates (or re-creates) the capture triggers of every mapped table. The
+/// triggers record only which row changed; the export compares the row with
+/// its recorded versions to find the changed columns, so columns the app adds
+/// later are captured without new triggers.
+pub(crate) fn install_triggers(conn: &Connection, mapping: &Mapping) -> rusqlite::Result<()> {
+    for table in mapping.tables() {
+        let (key, _) = mapping.table(table).expect("a mapped table");
+        let t = quote(table);
+        let k = quote(key);
+        let lit = format!("'{}'", table.replace('\'', "''"));
+        let quiet = "WHEN NOT EXISTS (SELECT 1 FROM _cs_quiet)";
+        conn.execute_batch(&format!(
+            "DROP TRIGGER IF EXISTS \"_cs_{table}_ai\";
+             DROP TRIGGER IF EXISTS \"_cs_{table}_au\";
+             DROP TRIGGER IF EXISTS \"_cs_{table}_ad\";
+             CREATE TRIGGER \"_cs_{table}_ai\" AFTER INSERT ON {t} {quiet} BEGIN
+               INSERT INTO _cs_pending (tbl, pk) VALUES ({lit}, NEW.{k});
+             END;
+             CREATE TRIGGER \"_cs_{table}_au\" AFTER UPDATE ON {t} {quiet} BEGIN
+               INSERT INTO _cs_pending (tbl, pk) VALUES ({lit}, OLD.{k});
+               INSERT INTO _cs_pending (tbl, pk) SELECT {lit}, NEW.{k} WHERE NEW.{k} IS NOT OLD.{k};
+             END;
+             CREATE TRIGGER \"_cs_{table}_ad\" AFTER DELETE ON {t} {quiet} BEGIN
+               INSERT INTO _cs_pending (tbl, pk) VALUES ({lit}, OLD.{k});
+             END;"
+        ))?;
+    }
+    Ok(())
+}
+
+/// Queues every existing row of the mapped tables for export (the first
+/// export of a database that already holds data).
+pub(crate) fn queue_all_rows(conn: &Connection, mapping: &Mapping) -> rusqlite::Result<()> {
+    for table in mapping.tables() {
+        let (key, _) = mapping.table(table).expect("a mapped table");
+        let lit = format!("'{}'", table.replace('\'', "''"));
+        conn.execute(
+            &format!("INSERT INTO _cs_pending (tbl, pk) SELECT {lit}, {} FROM {}", quote(key), quote(table)),
+            [],
+        )?;
+    }
+    Ok(())
+}
