@@ -5,7 +5,10 @@
 //! `cli` → `engine` → (`xmlstore`, `changelog`, `conflicts`) → `db`, `folder`
 //! → `model`.
 
+pub mod cli;
+pub mod conflicts;
+pub mod db;
+pub mod engine;
+pub mod folder;
 pub mod model;
 pub mod xmlstore;
-pub mod folder;
-pub mod db;

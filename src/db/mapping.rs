@@ -62,7 +62,9 @@ pub enum TableRole<'a> {
 pub enum MappingError {
     #[error("the mapping file is not valid TOML for a clinicsync mapping: {0}")]
     Toml(#[from] toml::de::Error),
-    #[error("{name:?} is not a plain table or column name (use letters, digits and _ only, and not the _cs_ or sqlite_ prefixes)")]
+    #[error(
+        "{name:?} is not a plain table or column name (use letters, digits and _ only, and not the _cs_ or sqlite_ prefixes)"
+    )]
     BadName { name: String },
     #[error("table {table} is mapped twice")]
     Duplicate { table: String },
@@ -76,7 +78,9 @@ pub enum MappingError {
     IntegerKey { table: String, column: String },
     #[error("column {column} of table {table} is not the table's single-column primary key")]
     NotPrimaryKey { table: String, column: String },
-    #[error("the key column {column} of table {table} is declared {declared}; replicated keys must be TEXT (UUIDs)")]
+    #[error(
+        "the key column {column} of table {table} is declared {declared}; replicated keys must be TEXT (UUIDs)"
+    )]
     KeyNotText { table: String, column: String, declared: String },
     #[error("cannot read the database schema: {0}")]
     Sql(#[from] rusqlite::Error),
@@ -85,10 +89,14 @@ pub enum MappingError {
 impl Mapping {
     /// The mapping of the reference clinic schema.
     pub fn builtin() -> Mapping {
-        let child = |table: &str| ChildTable { table: table.into(), key: "id".into(), patient: "patient_id".into() };
+        let child =
+            |table: &str| ChildTable { table: table.into(), key: "id".into(), patient: "patient_id".into() };
         Mapping {
             root: RootTable { table: "patients".into(), key: "id".into() },
-            children: ["appointments", "clinical_notes", "invoices", "documents"].into_iter().map(child).collect(),
+            children: ["appointments", "clinical_notes", "invoices", "documents"]
+                .into_iter()
+                .map(child)
+                .collect(),
         }
     }
 
@@ -102,7 +110,10 @@ impl Mapping {
     pub fn to_toml(&self) -> String {
         let mut out = format!("[root]\ntable = {:?}\nkey = {:?}\n", self.root.table, self.root.key);
         for c in &self.children {
-            out.push_str(&format!("\n[[children]]\ntable = {:?}\nkey = {:?}\npatient = {:?}\n", c.table, c.key, c.patient));
+            out.push_str(&format!(
+                "\n[[children]]\ntable = {:?}\nkey = {:?}\npatient = {:?}\n",
+                c.table, c.key, c.patient
+            ));
         }
         out
     }
@@ -159,7 +170,8 @@ impl Mapping {
                 return Err(MappingError::NoTable { table: table.into() });
             }
             let find = |name: &str| columns.iter().find(|c| c.name.eq_ignore_ascii_case(name));
-            let key_col = find(key).ok_or_else(|| MappingError::NoColumn { table: table.into(), column: key.into() })?;
+            let key_col = find(key)
+                .ok_or_else(|| MappingError::NoColumn { table: table.into(), column: key.into() })?;
             let pk_count = columns.iter().filter(|c| c.pk > 0).count();
             if key_col.pk == 0 || pk_count != 1 {
                 return Err(MappingError::NotPrimaryKey { table: table.into(), column: key.into() });
@@ -177,8 +189,10 @@ impl Mapping {
                 });
             }
             if let TableRole::Child { patient_column } = role {
-                find(patient_column)
-                    .ok_or_else(|| MappingError::NoColumn { table: table.into(), column: patient_column.into() })?;
+                find(patient_column).ok_or_else(|| MappingError::NoColumn {
+                    table: table.into(),
+                    column: patient_column.into(),
+                })?;
             }
         }
         Ok(())
@@ -205,7 +219,8 @@ pub(crate) struct ColumnInfo {
 
 pub(crate) fn table_columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<ColumnInfo>> {
     let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info(?1)")?;
-    let rows = stmt.query_map([table], |r| Ok(ColumnInfo { name: r.get(0)?, declared: r.get(1)?, pk: r.get(2)? }))?;
+    let rows =
+        stmt.query_map([table], |r| Ok(ColumnInfo { name: r.get(0)?, declared: r.get(1)?, pk: r.get(2)? }))?;
     rows.collect()
 }
 

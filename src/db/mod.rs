@@ -31,13 +31,19 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Database failures.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("{path} is not set up for clinicsync yet: run `clinicsync init --db {path} --folder FOLDER` first")]
+    #[error(
+        "{path} is not set up for clinicsync yet: run `clinicsync init --db {path} --folder FOLDER` first"
+    )]
     NotInitialized { path: String },
     #[error("{path} is already set up for clinicsync (site {site}, folder {folder})")]
     AlreadyInitialized { path: String, site: String, folder: String },
-    #[error("{path} was set up by a newer clinicsync (state format {found}, this one knows {STATE_FORMAT}); upgrade clinicsync")]
+    #[error(
+        "{path} was set up by a newer clinicsync (state format {found}, this one knows {STATE_FORMAT}); upgrade clinicsync"
+    )]
     NewerState { path: String, found: i64 },
-    #[error("the database already has tables but no mapping was given and they are not the reference clinic schema: {0}")]
+    #[error(
+        "the database already has tables but no mapping was given and they are not the reference clinic schema: {0}"
+    )]
     Mapping(#[from] MappingError),
     #[error("clinicsync's state in the database is damaged: {0}")]
     Corrupt(String),
@@ -84,7 +90,8 @@ pub struct Db {
 }
 
 fn connect(path: &Path, create: bool) -> Result<Connection, DbError> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let mut flags =
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
@@ -103,8 +110,11 @@ fn connect(path: &Path, create: bool) -> Result<Connection, DbError> {
 }
 
 fn has_state(conn: &Connection) -> Result<bool, DbError> {
-    let n: i64 =
-        conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_cs_meta'", [], |r| r.get(0))?;
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_cs_meta'",
+        [],
+        |r| r.get(0),
+    )?;
     Ok(n > 0)
 }
 
@@ -151,7 +161,8 @@ impl Db {
         if format > STATE_FORMAT {
             return Err(DbError::NewerState { path: display, found: format });
         }
-        let mapping_text = meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
+        let mapping_text =
+            meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
         let mapping = Mapping::from_toml(&mapping_text)?;
         let columns = load_columns(&conn, &mapping)?;
         Ok(Db { conn, path: path.to_path_buf(), mapping, columns })
@@ -257,7 +268,14 @@ impl Db {
         tx.execute("INSERT INTO _cs_quiet (x) VALUES (1)", [])?;
         let ctx = Ctx { mapping: &self.mapping, columns: &self.columns };
         let stamped = state::stamp_pending(&tx, &ctx, &mut clock, now_ms)?;
-        Ok(WriteTx { tx, mapping: &self.mapping, columns: &self.columns, clock, now_ms, stamped: Some(stamped) })
+        Ok(WriteTx {
+            tx,
+            mapping: &self.mapping,
+            columns: &self.columns,
+            clock,
+            now_ms,
+            stamped: Some(stamped),
+        })
     }
 
     /// The document of one patient as this database knows it.
@@ -267,7 +285,8 @@ impl Db {
 
     /// Patients of exports whose files are not all written yet.
     pub fn outbox_patients(&self) -> Result<(Option<u64>, Vec<String>), DbError> {
-        let max: Option<i64> = self.conn.query_row("SELECT max(seq) FROM _cs_outbox WHERE done_ms IS NULL", [], |r| r.get(0))?;
+        let max: Option<i64> =
+            self.conn.query_row("SELECT max(seq) FROM _cs_outbox WHERE done_ms IS NULL", [], |r| r.get(0))?;
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT p.patient FROM _cs_outbox_patients p JOIN _cs_outbox o ON o.seq = p.seq
              WHERE o.done_ms IS NULL ORDER BY p.patient",
@@ -294,7 +313,11 @@ impl Db {
     /// Rows the app changed that are not yet exported (the "turns red"
     /// indicator), counting both captured rows and unwritten exports.
     pub fn pending_changes(&self) -> Result<u64, DbError> {
-        let rows: i64 = self.conn.query_row("SELECT count(*) FROM (SELECT DISTINCT tbl, pk FROM _cs_pending)", [], |r| r.get(0))?;
+        let rows: i64 = self.conn.query_row(
+            "SELECT count(*) FROM (SELECT DISTINCT tbl, pk FROM _cs_pending)",
+            [],
+            |r| r.get(0),
+        )?;
         let outbox: i64 = self.conn.query_row(
             "SELECT count(*) FROM _cs_outbox_patients p JOIN _cs_outbox o ON o.seq = p.seq WHERE o.done_ms IS NULL",
             [],
@@ -372,5 +395,29 @@ impl WriteTx<'_> {
         self.tx.execute("DELETE FROM _cs_quiet", [])?;
         self.tx.commit()?;
         Ok(())
+    }
+}
+
+impl Db {
+    /// Every row of every mapped table, ordered by key: what two converged
+    /// sites must agree on (the demo and the tests compare these).
+    pub fn dump_mapped_tables(&self) -> Result<Vec<(String, Vec<Vec<crate::model::Value>>)>, DbError> {
+        let mut out = Vec::new();
+        for table in self.mapping.tables() {
+            let (key, _) = self.mapping.table(table).expect("a mapped table");
+            let mut stmt = self.conn.prepare(&format!(
+                "SELECT * FROM {} ORDER BY {}",
+                schema::quote(table),
+                schema::quote(key)
+            ))?;
+            let n = stmt.column_count();
+            let rows = stmt
+                .query_map([], |r| {
+                    (0..n).map(|i| Ok(values::from_ref(r.get_ref(i)?))).collect::<rusqlite::Result<Vec<_>>>()
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.push((table.to_owned(), rows));
+        }
+        Ok(out)
     }
 }

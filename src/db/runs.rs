@@ -51,7 +51,10 @@ pub struct ConflictRecord {
 impl Db {
     /// Records the start of a run; returns its id.
     pub fn begin_run(&self, trigger: &str, now_ms: u64) -> Result<i64, DbError> {
-        self.conn.execute("INSERT INTO _cs_runs (started_ms, trigger) VALUES (?1, ?2)", params![now_ms as i64, trigger])?;
+        self.conn.execute(
+            "INSERT INTO _cs_runs (started_ms, trigger) VALUES (?1, ?2)",
+            params![now_ms as i64, trigger],
+        )?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -114,14 +117,15 @@ impl Db {
     /// The end time of the last run that ended `ok`.
     pub fn last_ok_ms(&self) -> Result<Option<u64>, DbError> {
         let v: Option<i64> =
-            self.conn.query_row("SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok'", [], |r| r.get(0))?;
+            self.conn
+                .query_row("SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok'", [], |r| r.get(0))?;
         Ok(v.map(|v| v as u64))
     }
 
     pub fn run_events(&self, run_id: i64) -> Result<Vec<EventRecord>, DbError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT at_ms, level, kind, path, message FROM _cs_run_events WHERE run_id = ?1 ORDER BY id")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT at_ms, level, kind, path, message FROM _cs_run_events WHERE run_id = ?1 ORDER BY id",
+        )?;
         let rows = stmt.query_map([run_id], |r| {
             Ok(EventRecord {
                 at_ms: r.get::<_, i64>(0)? as u64,
@@ -135,7 +139,9 @@ impl Db {
     }
 
     pub fn open_conflict_count(&self) -> Result<u64, DbError> {
-        let n: i64 = self.conn.query_row("SELECT count(*) FROM _cs_conflicts WHERE status = 'open'", [], |r| r.get(0))?;
+        let n: i64 =
+            self.conn
+                .query_row("SELECT count(*) FROM _cs_conflicts WHERE status = 'open'", [], |r| r.get(0))?;
         Ok(n as u64)
     }
 

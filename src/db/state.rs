@@ -41,13 +41,18 @@ pub struct ApplyOutcome {
     pub warnings: Vec<String>,
 }
 
-pub(crate) fn load_row(conn: &Connection, tbl: &str, pk: &str) -> Result<Option<(RowState, Option<String>)>, DbError> {
+pub(crate) fn load_row(
+    conn: &Connection,
+    tbl: &str,
+    pk: &str,
+) -> Result<Option<(RowState, Option<String>)>, DbError> {
     let head: Option<(i64, Option<String>)> = conn
         .prepare_cached("SELECT cl, patient FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
         .query_row(params![tbl, pk], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((cl, patient)) = head else { return Ok(None) };
-    let mut stmt = conn.prepare_cached("SELECT col, hlc, base, value FROM _cs_clock WHERE tbl = ?1 AND pk = ?2")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT col, hlc, base, value FROM _cs_clock WHERE tbl = ?1 AND pk = ?2")?;
     let mut rows = stmt.query(params![tbl, pk])?;
     let mut versions: BTreeMap<String, Vec<FieldVersion>> = BTreeMap::new();
     while let Some(r) = rows.next()? {
@@ -86,7 +91,14 @@ fn save_row(
             "INSERT INTO _cs_clock (tbl, pk, col, hlc, base, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for v in state.versions() {
-            insert.execute(params![tbl, pk, col, v.hlc().encode(), v.base().map(|b| b.encode()), Sql(v.value())])?;
+            insert.execute(params![
+                tbl,
+                pk,
+                col,
+                v.hlc().encode(),
+                v.base().map(|b| b.encode()),
+                Sql(v.value())
+            ])?;
             written += 1;
         }
     }
@@ -98,18 +110,27 @@ fn save_row(
 fn patient_of(ctx: &Ctx<'_>, tbl: &str, pk: &str, row: &RowState, fallback: Option<&str>) -> Option<String> {
     match ctx.mapping.table(tbl) {
         Some((_, TableRole::Root)) => Some(pk.to_owned()),
-        Some((_, TableRole::Child { patient_column })) => row.value(patient_column).and_then(Value::as_text).map(str::to_owned),
+        Some((_, TableRole::Child { patient_column })) => {
+            row.value(patient_column).and_then(Value::as_text).map(str::to_owned)
+        }
         None => fallback.map(str::to_owned),
     }
 }
 
-fn current_row(conn: &Connection, tbl: &str, key: &str, pk: &str) -> Result<Option<Vec<(String, Value)>>, DbError> {
+fn current_row(
+    conn: &Connection,
+    tbl: &str,
+    key: &str,
+    pk: &str,
+) -> Result<Option<Vec<(String, Value)>>, DbError> {
     let sql = format!("SELECT * FROM {} WHERE {} = ?1", quote(tbl), quote(key));
     let mut stmt = conn.prepare_cached(&sql)?;
     let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
     let row = stmt
         .query_row([pk], |r| {
-            (0..names.len()).map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i)?)))).collect::<rusqlite::Result<Vec<_>>>()
+            (0..names.len())
+                .map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i)?))))
+                .collect::<rusqlite::Result<Vec<_>>>()
         })
         .optional()?;
     Ok(row)
@@ -186,9 +207,14 @@ pub(crate) fn stamp_pending(
     }
     conn.execute("DELETE FROM _cs_pending WHERE id <= ?1", [max_id])?;
     if !out.patients.is_empty() {
-        let seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM _cs_outbox", [], |r| r.get(0))?;
-        conn.execute("INSERT INTO _cs_outbox (seq, created_ms) VALUES (?1, ?2)", params![seq, now_ms as i64])?;
-        let mut insert = conn.prepare_cached("INSERT INTO _cs_outbox_patients (seq, patient) VALUES (?1, ?2)")?;
+        let seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM _cs_outbox", [], |r| r.get(0))?;
+        conn.execute(
+            "INSERT INTO _cs_outbox (seq, created_ms) VALUES (?1, ?2)",
+            params![seq, now_ms as i64],
+        )?;
+        let mut insert =
+            conn.prepare_cached("INSERT INTO _cs_outbox_patients (seq, patient) VALUES (?1, ?2)")?;
         for p in &out.patients {
             insert.execute(params![seq, p])?;
         }
@@ -283,8 +309,11 @@ fn project(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Re
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     let updates: Vec<String> =
         names.iter().filter(|n| **n != quote(key_col)).map(|n| format!("{n} = excluded.{n}")).collect();
-    let on_conflict =
-        if updates.is_empty() { "DO NOTHING".to_owned() } else { format!("DO UPDATE SET {}", updates.join(", ")) };
+    let on_conflict = if updates.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
     let sql = format!(
         "INSERT INTO {t} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}",
         names.join(", "),

@@ -36,13 +36,16 @@ impl ToSql for Sql<'_> {
 /// error naming the column.
 pub(crate) fn hlc_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Hlc> {
     let text: String = row.get(idx)?;
-    Hlc::parse(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+    Hlc::parse(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 pub(crate) fn opt_hlc_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<Hlc>> {
     let text: Option<String> = row.get(idx)?;
     text.map(|t| {
-        Hlc::parse(&t).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
+        Hlc::parse(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+        })
     })
     .transpose()
 }

@@ -201,7 +201,8 @@ mod tests {
         for staging in [Some(dir.path().join("staging")), None] {
             let folder = DiskFolder::new(root.clone(), staging.clone());
             assert_eq!(folder.uses_staging(), staging.is_some());
-            let files = vec![("a/b/one.xml".to_owned(), b"1".to_vec()), ("two.xml".to_owned(), b"22".to_vec())];
+            let files =
+                vec![("a/b/one.xml".to_owned(), b"1".to_vec()), ("two.xml".to_owned(), b"22".to_vec())];
             folder.write_batch(&files).unwrap();
             assert_eq!(folder.read("a/b/one.xml", 10).unwrap(), b"1");
             assert!(matches!(folder.read("two.xml", 1), Err(ReadError::TooLarge { .. })));

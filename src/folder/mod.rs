@@ -4,6 +4,7 @@
 
 mod disk;
 mod ignore;
+pub mod layout;
 
 pub use disk::DiskFolder;
 pub use ignore::IgnoreRules;

@@ -86,11 +86,8 @@ impl FieldState {
         }
         all.sort();
         all.dedup();
-        let maximal: Vec<FieldVersion> = all
-            .iter()
-            .filter(|v| !all.iter().any(|w| w.supersedes(v)))
-            .cloned()
-            .collect();
+        let maximal: Vec<FieldVersion> =
+            all.iter().filter(|v| !all.iter().any(|w| w.supersedes(v))).cloned().collect();
         // Cannot be empty: the version with the highest stamp is superseded
         // by nothing, because superseding it needs a base at or past its
         // stamp and so a stamp beyond it.

@@ -143,10 +143,7 @@ mod tests {
             patient_file_name("3F2504E0-4F89-11D3-9A0C-0305E82C3301"),
             "3f2504e04f8911d39a0c0305e82c3301"
         );
-        assert_eq!(
-            patient_file_name("3f2504e04f8911d39a0c0305e82c3301"),
-            "3f2504e04f8911d39a0c0305e82c3301"
-        );
+        assert_eq!(patient_file_name("3f2504e04f8911d39a0c0305e82c3301"), "3f2504e04f8911d39a0c0305e82c3301");
     }
 
     #[test]

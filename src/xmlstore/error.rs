@@ -60,7 +60,9 @@ pub enum DecodeErrorKind {
     MissingAttribute { element: &'static str, attribute: &'static str },
     #[error("attribute {attribute}={value:?} is invalid: {reason}")]
     BadAttribute { attribute: &'static str, value: String, reason: String },
-    #[error("it is format version {found}, newer than this clinicsync reads (version {supported}); upgrade clinicsync on this computer")]
+    #[error(
+        "it is format version {found}, newer than this clinicsync reads (version {supported}); upgrade clinicsync on this computer"
+    )]
     UnsupportedFormat { found: String, supported: u32 },
     #[error("a {class} value is invalid: {reason}")]
     BadValue { class: &'static str, reason: String },

@@ -61,14 +61,18 @@ pub fn decode_manifest(file: &[u8]) -> Result<Manifest, DecodeError> {
     let family = required(&r, &attrs, "clinicsync-family", "family")?;
     let family = FamilyId::parse(family).map_err(|e| bad(&r, "family", family, e.to_string()))?;
     let created = required(&r, &attrs, "clinicsync-family", "created")?;
-    let created_ms = parse_time(created).ok_or_else(|| bad(&r, "created", created, "not an RFC 3339 time".into()))?;
+    let created_ms =
+        parse_time(created).ok_or_else(|| bad(&r, "created", created, "not an RFC 3339 time".into()))?;
     Ok(Manifest { family, created_ms })
 }
 
 pub fn encode_site(s: &SiteFile) -> Vec<u8> {
     let mut out = String::with_capacity(512);
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str(&format!("<site format=\"{FOLDER_FORMAT}\" id=\"{}\" family=\"{}\" name=\"", s.site, s.family));
+    out.push_str(&format!(
+        "<site format=\"{FOLDER_FORMAT}\" id=\"{}\" family=\"{}\" name=\"",
+        s.site, s.family
+    ));
     push_attr(&mut out, &s.name);
     out.push_str("\" app-version=\"");
     push_attr(&mut out, &s.app_version);
@@ -91,7 +95,8 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
     let family_text = required(&r, &attrs, "site", "family")?;
     let family = FamilyId::parse(family_text).map_err(|e| bad(&r, "family", family_text, e.to_string()))?;
     let head_text = required(&r, &attrs, "site", "head-seq")?;
-    let head_seq = head_text.parse().map_err(|_| bad(&r, "head-seq", head_text, "not a whole number".into()))?;
+    let head_seq =
+        head_text.parse().map_err(|_| bad(&r, "head-seq", head_text, "not a whole number".into()))?;
     let last_sync_ms = match optional(&attrs, "last-sync") {
         None => None,
         Some(t) => Some(parse_time(t).ok_or_else(|| bad(&r, "last-sync", t, "not an RFC 3339 time".into()))?),
@@ -114,7 +119,10 @@ fn bad(r: &XmlReader<'_>, attribute: &'static str, value: &str, reason: String) 
 
 /// Reads a small metadata file's root element and its attributes. Child
 /// elements that a later version of format 1 may add are skipped.
-fn read_root<'a>(file: &'a [u8], expected: &'static str) -> Result<(XmlReader<'a>, Vec<(String, String)>), DecodeError> {
+fn read_root<'a>(
+    file: &'a [u8],
+    expected: &'static str,
+) -> Result<(XmlReader<'a>, Vec<(String, String)>), DecodeError> {
     let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
     let limits = Limits { max_file_bytes: 4 << 20, max_elements: 100_000, ..Limits::default() };
     let mut r = XmlReader::new(body, limits)?;
@@ -136,7 +144,11 @@ fn read_root<'a>(file: &'a [u8], expected: &'static str) -> Result<(XmlReader<'a
                 Item::Start(_) => depth += 1,
                 Item::End => depth -= 1,
                 Item::Empty(_) | Item::Text(_) => {}
-                Item::Eof => return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside the root element"))),
+                Item::Eof => {
+                    return Err(
+                        r.error(DecodeErrorKind::Unexpected("the end of the file inside the root element"))
+                    );
+                }
             }
         }
     }

@@ -10,7 +10,10 @@ mod text;
 mod trailer;
 
 pub use error::{DecodeError, DecodeErrorKind};
-pub use meta::{FOLDER_FORMAT, Manifest, SiteFile, decode_manifest, decode_site, encode_manifest, encode_site, format_time};
+pub use meta::{
+    FOLDER_FORMAT, Manifest, SiteFile, decode_manifest, decode_site, encode_manifest, encode_site,
+    format_time,
+};
 pub use patient::{PATIENT_FORMAT, decode_patient, encode_patient};
 pub use reader::Limits;
 pub use text::is_xml_safe;

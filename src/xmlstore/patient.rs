@@ -126,7 +126,11 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
     let (root, empty) = match r.next_structural()? {
         Item::Start(e) => (e, false),
         Item::Empty(e) => (e, true),
-        _ => return Err(r.error(DecodeErrorKind::WrongElement { expected: "patient-file", found: "nothing".into() })),
+        _ => {
+            return Err(
+                r.error(DecodeErrorKind::WrongElement { expected: "patient-file", found: "nothing".into() })
+            );
+        }
     };
     let name = element_name(&root);
     if name != "patient-file" {
@@ -141,7 +145,9 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
             match r.next_structural()? {
                 Item::End => break,
                 Item::Start(e) | Item::Empty(e) if element_name(&e) != "row" => {
-                    return Err(r.error(DecodeErrorKind::WrongElement { expected: "row", found: element_name(&e) }));
+                    return Err(
+                        r.error(DecodeErrorKind::WrongElement { expected: "row", found: element_name(&e) })
+                    );
                 }
                 Item::Start(e) => {
                     let (key, cl) = row_header(&r, &e)?;
@@ -153,7 +159,9 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
                     insert_row(&r, &mut doc, key, RowState { cl, fields: BTreeMap::new() })?;
                 }
                 Item::Text(_) | Item::Eof => {
-                    return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside <patient-file>")));
+                    return Err(
+                        r.error(DecodeErrorKind::Unexpected("the end of the file inside <patient-file>"))
+                    );
                 }
             }
         }
@@ -163,7 +171,11 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
 }
 
 /// Checks the `format` attribute of a root element.
-pub(crate) fn check_format(r: &XmlReader<'_>, attrs: &[(String, String)], supported: u32) -> Result<(), DecodeError> {
+pub(crate) fn check_format(
+    r: &XmlReader<'_>,
+    attrs: &[(String, String)],
+    supported: u32,
+) -> Result<(), DecodeError> {
     let format = optional(attrs, "format")
         .ok_or_else(|| r.error(DecodeErrorKind::MissingAttribute { element: "root", attribute: "format" }))?;
     if format != supported.to_string() {
@@ -172,7 +184,12 @@ pub(crate) fn check_format(r: &XmlReader<'_>, attrs: &[(String, String)], suppor
     Ok(())
 }
 
-fn insert_row(r: &XmlReader<'_>, doc: &mut PatientDoc, key: RowKey, row: RowState) -> Result<(), DecodeError> {
+fn insert_row(
+    r: &XmlReader<'_>,
+    doc: &mut PatientDoc,
+    key: RowKey,
+    row: RowState,
+) -> Result<(), DecodeError> {
     if doc.rows.contains_key(&key) {
         return Err(r.error(DecodeErrorKind::DuplicateRow { table: key.table, pk: key.pk }));
     }
@@ -180,7 +197,10 @@ fn insert_row(r: &XmlReader<'_>, doc: &mut PatientDoc, key: RowKey, row: RowStat
     Ok(())
 }
 
-fn row_header(r: &XmlReader<'_>, e: &quick_xml::events::BytesStart<'_>) -> Result<(RowKey, u64), DecodeError> {
+fn row_header(
+    r: &XmlReader<'_>,
+    e: &quick_xml::events::BytesStart<'_>,
+) -> Result<(RowKey, u64), DecodeError> {
     let attrs = r.attributes(e)?;
     let table = required(r, &attrs, "row", "table")?.to_owned();
     let pk = required(r, &attrs, "row", "pk")?.to_owned();
@@ -231,7 +251,11 @@ fn read_row(r: &mut XmlReader<'_>, cl: u64) -> Result<RowState, DecodeError> {
     Ok(RowState { cl, fields })
 }
 
-fn field(r: &XmlReader<'_>, attrs: &[(String, String)], text: &str) -> Result<(String, FieldVersion), DecodeError> {
+fn field(
+    r: &XmlReader<'_>,
+    attrs: &[(String, String)],
+    text: &str,
+) -> Result<(String, FieldVersion), DecodeError> {
     let column = required(r, attrs, "f", "c")?.to_owned();
     let hlc = parse_hlc(r, "h", required(r, attrs, "f", "h")?)?;
     let base = optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?;
@@ -241,7 +265,9 @@ fn field(r: &XmlReader<'_>, attrs: &[(String, String)], text: &str) -> Result<(S
     let value = match (class, encoding) {
         ("null", None) if text.is_empty() => Value::Null,
         ("null", None) => return Err(bad("null", "a null field has content".into())),
-        ("int", None) => Value::Integer(text.parse().map_err(|_| bad("int", format!("{text:?} is not a 64-bit integer")))?),
+        ("int", None) => {
+            Value::Integer(text.parse().map_err(|_| bad("int", format!("{text:?} is not a 64-bit integer")))?)
+        }
         ("real", None) => Value::Real(decode_real(text).map_err(|e| bad("real", e))?),
         ("text", None) => Value::Text(text.to_owned()),
         ("text", Some("base64")) => {

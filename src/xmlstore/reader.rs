@@ -25,12 +25,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_file_bytes: 64 << 20,
-            max_elements: 2_000_000,
-            max_text_bytes: 32 << 20,
-            max_depth: 8,
-        }
+        Limits { max_file_bytes: 64 << 20, max_elements: 2_000_000, max_text_bytes: 32 << 20, max_depth: 8 }
     }
 }
 
@@ -85,10 +80,8 @@ impl<'a> XmlReader<'a> {
     pub(crate) fn next(&mut self) -> Result<Item<'a>, DecodeError> {
         loop {
             self.event_start = self.reader.buffer_position() as usize;
-            let event = self
-                .reader
-                .read_event()
-                .map_err(|e| self.error(DecodeErrorKind::Xml(e.to_string())))?;
+            let event =
+                self.reader.read_event().map_err(|e| self.error(DecodeErrorKind::Xml(e.to_string())))?;
             match event {
                 Event::Start(e) => {
                     self.count_element()?;
@@ -108,19 +101,19 @@ impl<'a> XmlReader<'a> {
                 }
                 Event::Text(t) => {
                     if t.len() > self.limits.max_text_bytes {
-                        return Err(self.error(DecodeErrorKind::TextTooLong {
-                            limit: self.limits.max_text_bytes,
-                        }));
+                        return Err(
+                            self.error(DecodeErrorKind::TextTooLong { limit: self.limits.max_text_bytes })
+                        );
                     }
-                    let text = t
-                        .unescape()
-                        .map_err(|e| self.error(DecodeErrorKind::Xml(e.to_string())))?;
+                    let text = t.unescape().map_err(|e| self.error(DecodeErrorKind::Xml(e.to_string())))?;
                     return Ok(Item::Text(text));
                 }
                 Event::Eof => return Ok(Item::Eof),
                 Event::Decl(_) | Event::Comment(_) => continue,
                 Event::DocType(_) => return Err(self.error(DecodeErrorKind::DocType)),
-                Event::PI(_) => return Err(self.error(DecodeErrorKind::Unexpected("a processing instruction"))),
+                Event::PI(_) => {
+                    return Err(self.error(DecodeErrorKind::Unexpected("a processing instruction")));
+                }
                 Event::CData(_) => return Err(self.error(DecodeErrorKind::Unexpected("a CDATA section"))),
             }
         }

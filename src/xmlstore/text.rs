@@ -3,9 +3,9 @@
 
 /// True when every character may appear in an XML 1.0 document.
 pub fn is_xml_safe(text: &str) -> bool {
-    text.chars().all(|c| {
-        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-    })
+    text.chars().all(
+        |c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
+    )
 }
 
 /// Escapes element content. CR is written as a character reference because

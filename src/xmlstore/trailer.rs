@@ -10,7 +10,9 @@ const PREFIX: &[u8] = b"<!--clinicsync sha256=";
 /// Why a file's trailer was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrailerError {
-    #[error("it has no clinicsync integrity trailer (it is still being written, was cut short, or is not a clinicsync file)")]
+    #[error(
+        "it has no clinicsync integrity trailer (it is still being written, was cut short, or is not a clinicsync file)"
+    )]
     Missing,
     #[error("its integrity trailer is malformed")]
     Malformed,

@@ -1,0 +1,300 @@
+//! The command line: parses arguments (clap), runs one command, prints a
+//! human summary or one JSON document (`--json`), and maps the result to
+//! the exit code: 0 ok, 1 error, 2 usage, 3 the run finished `partial`.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::db::{ConflictRecord, Db};
+use crate::engine::{self, InitOptions, Outcome, RunReport, StatusReport, SyncOptions};
+use crate::xmlstore::format_time;
+
+/// Exit code of a run that finished `partial`.
+pub const EXIT_PARTIAL: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "clinicsync",
+    version,
+    about = "Keeps clinic SQLite databases in step through a cloud-synced folder"
+)]
+struct Cli {
+    /// The clinic database.
+    #[arg(long, global = true, default_value = "clinic.db", value_name = "PATH")]
+    db: PathBuf,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Set up the database and the sync folder (create a family, or join one).
+    Init {
+        /// The folder the cloud client carries.
+        #[arg(long, value_name = "PATH")]
+        folder: PathBuf,
+        /// A name for this site, shown to the other sites.
+        #[arg(long, value_name = "NAME")]
+        site_name: Option<String>,
+        /// A TOML file mapping an existing app's tables (default: the
+        /// reference clinic schema).
+        #[arg(long, value_name = "FILE.toml")]
+        mapping: Option<PathBuf>,
+    },
+    /// Sync Now: one complete run.
+    Sync,
+    /// Online/offline, last sync, pending changes, the other sites.
+    Status,
+    /// Latest Logs: the newest runs with what they did.
+    Log {
+        /// How many runs to show.
+        #[arg(long, default_value_t = 10)]
+        last: u32,
+    },
+    /// The open conflict records: values that lost a concurrent edit.
+    Conflicts {
+        /// Include resolved records.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Give this database a new site id (after copying it to another
+    /// computer, or restoring it from an older backup).
+    Reassign,
+    /// Build a demo family of two sites in DIR (default ./demo) and sync it.
+    Demo {
+        #[arg(value_name = "DIR", default_value = "demo")]
+        dir: PathBuf,
+    },
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
+    };
+    init_tracing();
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let message = format!("{e:#}");
+            if json {
+                println!("{}", json!({ "ok": false, "error": message }));
+            }
+            eprintln!("clinicsync: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CLINICSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value).context("cannot format the JSON output")?);
+    Ok(())
+}
+
+fn exit_for(outcome: Outcome) -> ExitCode {
+    match outcome {
+        Outcome::Ok => ExitCode::SUCCESS,
+        Outcome::Partial => ExitCode::from(EXIT_PARTIAL),
+        Outcome::Failed => ExitCode::from(1),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let db = cli.db;
+    match cli.command {
+        Command::Init { folder, site_name, mapping } => {
+            let report = engine::init(&InitOptions { db: db.clone(), folder, site_name, mapping })?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                let verb = if report.joined { "Joined" } else { "Created" };
+                println!(
+                    "{verb} family {} in {}; this site is {:?} ({}).",
+                    &report.family[..8],
+                    report.folder,
+                    report.site_name,
+                    &report.site[..8]
+                );
+                print_run(&report.first_run);
+            }
+            Ok(exit_for(report.first_run.outcome))
+        }
+        Command::Sync => {
+            let report = engine::sync(&db, &SyncOptions::default())?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print_run(&report);
+            }
+            if report.outcome == Outcome::Failed && !cli.json {
+                eprintln!("clinicsync: {}", report.error.as_deref().unwrap_or("the run failed"));
+            }
+            Ok(exit_for(report.outcome))
+        }
+        Command::Status => {
+            let report = engine::status(&db)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print_status(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log { last } => {
+            let store = Db::open(&db)?;
+            let runs = store.recent_runs(last)?;
+            let mut out = Vec::new();
+            for run in runs {
+                let events = store.run_events(run.id)?;
+                out.push((run, events));
+            }
+            if cli.json {
+                let doc: Vec<_> =
+                    out.iter().map(|(run, events)| json!({ "run": run, "events": events })).collect();
+                print_json(&doc)?;
+            } else if out.is_empty() {
+                println!("No runs yet.");
+            } else {
+                for (run, events) in &out {
+                    let outcome = run.outcome.as_deref().unwrap_or("interrupted");
+                    println!("#{} {} {} {}", run.id, format_time(run.started_ms), run.trigger, outcome);
+                    if let Some(summary) = &run.summary {
+                        println!("    {}", summary_text(summary));
+                    }
+                    for e in events {
+                        let path = e.path.as_deref().map(|p| format!("{p}: ")).unwrap_or_default();
+                        println!("    [{}] {path}{}", e.level, e.message);
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Conflicts { all } => {
+            let store = Db::open(&db)?;
+            let records = store.conflicts(!all)?;
+            if cli.json {
+                let doc: Vec<_> = records.iter().map(conflict_json).collect();
+                print_json(&doc)?;
+            } else if records.is_empty() {
+                println!("No open conflicts.");
+            } else {
+                for c in &records {
+                    println!(
+                        "#{} {}/{} {}: kept {:?}, lost {:?} ({}, {})",
+                        c.id,
+                        c.table,
+                        c.pk,
+                        c.column,
+                        c.winner_value.display_short(),
+                        c.value.display_short(),
+                        c.status,
+                        format_time(c.detected_ms)
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reassign => {
+            let report = engine::reassign(&db)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                println!(
+                    "This database now syncs as site {} (was {}). Run `clinicsync sync` to continue.",
+                    &report.new_site[..8],
+                    &report.old_site[..8]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { dir } => demo::run(&dir, cli.json),
+    }
+}
+
+fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
+    json!({
+        "id": c.id,
+        "table": c.table,
+        "pk": c.pk,
+        "column": c.column,
+        "patient": c.patient,
+        "lost_value": c.value.display_short(),
+        "lost_hlc": c.hlc,
+        "kept_value": c.winner_value.display_short(),
+        "kept_hlc": c.winner_hlc,
+        "source": c.source,
+        "detected_ms": c.detected_ms,
+        "status": c.status,
+    })
+}
+
+fn summary_text(summary: &serde_json::Value) -> String {
+    let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    format!(
+        "exported {} rows; applied {} rows from {} files; wrote {} files; {} unchanged; {} skipped; {} held back; {} new conflicts",
+        get("exported_rows"),
+        get("rows_applied"),
+        get("files_applied"),
+        get("files_written"),
+        get("files_unchanged"),
+        get("files_skipped"),
+        get("files_held_back"),
+        get("new_conflicts")
+    )
+}
+
+fn print_run(report: &RunReport) {
+    println!("{}", report.summary_line());
+    for e in report.events.iter().filter(|e| e.level != "info") {
+        let path = e.path.as_deref().map(|p| format!("{p}: ")).unwrap_or_default();
+        println!("  {path}{}", e.message);
+    }
+}
+
+fn print_status(s: &StatusReport) {
+    println!("Site:      {} ({})", s.site_name, &s.site[..8]);
+    println!("Family:    {}", &s.family[..8]);
+    println!("Folder:    {} ({})", s.folder, if s.online { "online" } else { "OFFLINE" });
+    let last = s.last_sync.as_deref().unwrap_or("never");
+    println!("Last sync: {last} ({})", s.last_outcome.as_deref().unwrap_or("no run yet"));
+    println!("Pending:   {} local changes not yet in the folder", s.pending_changes);
+    println!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
+    if !s.sites.is_empty() {
+        println!("Sites:");
+        for site in &s.sites {
+            let me = if site.this_site { " (this site)" } else { "" };
+            let last = site.last_sync.as_deref().unwrap_or("never");
+            let warning = site.warning.as_deref().map(|w| format!(" — {w}")).unwrap_or_default();
+            println!(
+                "  {} {}{me}: last sync {last}, clinicsync {}{warning}",
+                &site.site[..8],
+                site.name,
+                site.app_version
+            );
+        }
+    }
+    for w in &s.warnings {
+        println!("Warning:   {w}");
+    }
+}

@@ -1,0 +1,49 @@
+//! What the engine learns from the computer it runs on: the time, random
+//! bytes, the machine fingerprint, and the test-only fault points.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+
+use crate::model::Clock;
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+}
+
+/// 16 random bytes from the operating system, for site and family ids.
+pub(crate) fn random_id_bytes() -> std::io::Result<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// A one-way fingerprint of this computer: a hash of `/etc/machine-id`
+/// (systemd), else of the host name. `CLINICSYNC_MACHINE_ID` replaces the
+/// source, so tests can play two computers on one machine.
+pub fn machine_fingerprint() -> String {
+    let source = std::env::var("CLINICSYNC_MACHINE_ID")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/machine-id").ok())
+        .or_else(|| std::fs::read_to_string("/var/lib/dbus/machine-id").ok())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!("clinicsync-machine:{}", source.trim()).as_bytes());
+    let mut hex = String::new();
+    crate::model::write_hex_bytes(&mut hex, &digest[..8]);
+    hex
+}
+
+/// Aborts the process at a named point when `CLINICSYNC_FAULT` names it:
+/// the crash tests use this to stop a sync between two of its steps.
+pub(crate) fn fault_point(name: &str) {
+    if std::env::var("CLINICSYNC_FAULT").is_ok_and(|v| v == name) {
+        eprintln!("clinicsync: fault injected at {name}");
+        std::process::abort();
+    }
+}

@@ -1,0 +1,215 @@
+//! One sync run and the commands around it: `init` (create or join a
+//! family), `sync` (Sync Now), `status`, `reassign`. This is the edge where
+//! the database, the folder, the clock and the codecs meet.
+
+mod host;
+mod report;
+mod run;
+mod status;
+
+use std::path::{Path, PathBuf};
+
+pub use host::{SystemClock, machine_fingerprint};
+pub use report::{Counts, Outcome, RunReport};
+pub use run::{SyncOptions, sync, sync_with_clock};
+pub use status::{SiteStatus, StatusReport, status};
+
+use crate::db::{Db, DbError, InitParams, Mapping};
+use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR};
+use crate::folder::{DiskFolder, Folder, IgnoreRules, ReadError};
+use crate::model::{Clock, FamilyId, SiteId};
+use crate::xmlstore::{Manifest, decode_manifest, encode_manifest};
+
+/// Stamps further ahead of local time than this are held back.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60 * 60 * 1000;
+
+/// Why a command could not do its work. Every message is one sentence that
+/// says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("another clinicsync is already syncing {db}; wait for it to finish")]
+    Busy { db: String },
+    #[error(
+        "this database was set up on another computer (machine {recorded}, this one is {here}); a copy must not sync under the same site id: run `clinicsync reassign --db {db}` to give this copy a site id of its own"
+    )]
+    CopiedDatabase { db: String, recorded: String, here: String },
+    #[error(
+        "the folder already holds exports #1 to #{published} of this site but this database only knows up to #{ours}: it was restored from an older backup; run `clinicsync reassign --db {db}` to continue under a new site id (its data comes back from the folder)"
+    )]
+    RestoredBackup { db: String, published: u64, ours: u64 },
+    #[error(
+        "{file} is a cloud client's copy of this site's own file: this site id is in use on two computers; stop clinicsync on one of them and run `clinicsync reassign` there"
+    )]
+    SiteOnTwoMachines { file: String },
+    #[error(
+        "the sync folder {folder} is not reachable (not mounted, moved or deleted?); nothing was changed, and the next run tries again"
+    )]
+    FolderUnreachable { folder: String },
+    #[error(
+        "{folder} holds no clinicsync.xml: it is not this family's folder, or the cloud client has not finished downloading it; nothing was changed"
+    )]
+    NotAFamily { folder: String },
+    #[error("{folder}/clinicsync.xml cannot be used: {reason}")]
+    BadManifest { folder: String, reason: String },
+    #[error(
+        "{folder} belongs to family {theirs}, but this database syncs with family {ours}; point the database at its own folder"
+    )]
+    OtherFamily { folder: String, theirs: String, ours: String },
+    #[error(
+        "{folder} is not empty and holds no clinicsync family; choose an empty folder or the family's folder"
+    )]
+    FolderNotEmpty { folder: String },
+    #[error("cannot read the mapping file {path}: {reason}")]
+    MappingFile { path: String, reason: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What `init` sets up.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub db: PathBuf,
+    pub folder: PathBuf,
+    pub site_name: Option<String>,
+    pub mapping: Option<PathBuf>,
+}
+
+/// What `init` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InitReport {
+    pub site: String,
+    pub site_name: String,
+    pub family: String,
+    /// True when the folder already held a family and this site joined it.
+    pub joined: bool,
+    pub folder: String,
+    /// The first sync: the full export (and, when joining, the seeding).
+    pub first_run: RunReport,
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> EngineError {
+    move |source| EngineError::Io { what, source }
+}
+
+/// Sets up a database and a folder: creates a family in an empty folder or
+/// joins the one the folder holds, then runs the first sync.
+pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
+    let clock = SystemClock;
+    if Db::open(&options.db).is_ok() {
+        // Let Db::init produce the precise message.
+        let params =
+            init_params(options, SiteId::from_bytes([0; 16]), FamilyId::from_bytes([0; 16]), None, 0);
+        Db::init(&options.db, params)?;
+    }
+    let mapping = match &options.mapping {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| EngineError::MappingFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let mapping = Mapping::from_toml(&text).map_err(|e| EngineError::MappingFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            Some(mapping)
+        }
+    };
+    let folder_path = std::path::absolute(&options.folder)
+        .map_err(io_err(format!("cannot resolve {}", options.folder.display())))?;
+    std::fs::create_dir_all(&folder_path)
+        .map_err(io_err(format!("cannot create the folder {}", folder_path.display())))?;
+    let folder = DiskFolder::new(folder_path.clone(), Some(run::staging_dir(&options.db)));
+    let folder_display = folder_path.display().to_string();
+    let existing = match folder.read(MANIFEST, 1 << 20) {
+        Ok(bytes) => Some(decode_manifest(&bytes).map_err(|e| EngineError::BadManifest {
+            folder: folder_display.clone(),
+            reason: e.to_string(),
+        })?),
+        Err(ReadError::NotFound) => None,
+        Err(e) => return Err(EngineError::BadManifest { folder: folder_display, reason: e.to_string() }),
+    };
+    if existing.is_none() {
+        let ignore = IgnoreRules::new();
+        let entries = folder.list("").map_err(io_err(format!("cannot list {folder_display}")))?;
+        if entries.iter().any(|e| !ignore.is_ignored(&e.name)) {
+            return Err(EngineError::FolderNotEmpty { folder: folder_display });
+        }
+    }
+    let random =
+        |what: &str| host::random_id_bytes().map_err(io_err(format!("cannot draw a random {what} id")));
+    let family = match &existing {
+        Some(m) => m.family,
+        None => FamilyId::from_bytes(random("family")?),
+    };
+    let site = SiteId::from_bytes(random("site")?);
+    let params = init_params(options, site, family, mapping, clock.now_ms());
+    let site_name = params.name.clone();
+    let mut params = params;
+    params.folder = folder_path.clone();
+    drop(Db::init(&options.db, params)?);
+    if existing.is_none() {
+        let manifest = Manifest { family, created_ms: clock.now_ms() };
+        for dir in [SITES_DIR, PATIENTS_DIR] {
+            std::fs::create_dir_all(folder_path.join(dir))
+                .map_err(io_err(format!("cannot create {dir}/ in {folder_display}")))?;
+        }
+        folder
+            .write_batch(&[(MANIFEST.to_owned(), encode_manifest(&manifest))])
+            .map_err(io_err(format!("cannot write {folder_display}/{MANIFEST}")))?;
+    }
+    let first_run = sync(&options.db, &SyncOptions { trigger: "init".into() })?;
+    Ok(InitReport {
+        site: site.to_string(),
+        site_name,
+        family: family.to_string(),
+        joined: existing.is_some(),
+        folder: folder_display,
+        first_run,
+    })
+}
+
+fn init_params(
+    options: &InitOptions,
+    site: SiteId,
+    family: FamilyId,
+    mapping: Option<Mapping>,
+    now_ms: u64,
+) -> InitParams {
+    InitParams {
+        site,
+        family,
+        name: options.site_name.clone().unwrap_or_else(|| format!("site {}", site.short())),
+        folder: options.folder.clone(),
+        machine: machine_fingerprint(),
+        mapping,
+        now_ms,
+    }
+}
+
+/// What `reassign` did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReassignReport {
+    pub old_site: String,
+    pub new_site: String,
+}
+
+/// Gives a database a new site id on this computer: for a copy of a
+/// database, or one restored from an older backup. Its data stays; its old
+/// site's exports are still in the folder and come back as imports.
+pub fn reassign(db_path: &Path) -> Result<ReassignReport, EngineError> {
+    let db = Db::open(db_path)?;
+    let _lock = run::take_lock(db_path)?;
+    let old = db.site_config()?.site;
+    let new =
+        SiteId::from_bytes(host::random_id_bytes().map_err(io_err("cannot draw a random site id".into()))?);
+    db.set_meta("site_id", &new.to_string())?;
+    db.set_meta("machine", &machine_fingerprint())?;
+    Ok(ReassignReport { old_site: old.to_string(), new_site: new.to_string() })
+}

@@ -1,0 +1,161 @@
+//! What a run did, as data: counts, events, outcome. Written to the
+//! database at the end of every run (Latest Logs) and printed by the CLI.
+
+use serde::Serialize;
+
+use crate::db::EventRecord;
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Everything visible in the folder was applied and everything local
+    /// was written.
+    Ok,
+    /// Something was skipped, held back or left for the next run; the
+    /// events say what and why.
+    Partial,
+    /// The run stopped before changing anything it should not; the error
+    /// says what to do.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Partial => "partial",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Counts of one run. Field names are part of the `--json` output.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    /// Local rows turned into new versions.
+    pub exported_rows: u64,
+    pub exported_versions: u64,
+    /// Patient files (and copies) looked at.
+    pub files_scanned: u64,
+    /// Files skipped because they are unchanged since they were applied.
+    pub files_unchanged: u64,
+    /// Files whose content changed this database.
+    pub files_applied: u64,
+    pub rows_applied: u64,
+    pub new_conflicts: u64,
+    pub conflict_copies_merged: u64,
+    pub files_written: u64,
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    /// Files not applied (incomplete, damaged, unknown format) or not
+    /// written; each has an event.
+    pub files_skipped: u64,
+    /// Files held back because a site's clock is too far ahead.
+    pub files_held_back: u64,
+}
+
+/// The result of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub run_id: Option<i64>,
+    pub trigger: String,
+    pub outcome: Outcome,
+    pub started_ms: u64,
+    pub ended_ms: u64,
+    pub counts: Counts,
+    /// For a failed run: one sentence saying what is wrong and what to do.
+    pub error: Option<String>,
+    pub events: Vec<EventRecord>,
+}
+
+impl RunReport {
+    /// The one-line summary the CLI prints.
+    pub fn summary_line(&self) -> String {
+        let c = &self.counts;
+        match self.outcome {
+            Outcome::Failed => format!("sync failed: {}", self.error.as_deref().unwrap_or("unknown error")),
+            outcome => {
+                let mut line = format!(
+                    "sync {}: exported {} rows, applied {} rows from {} files, wrote {} files",
+                    outcome.as_str(),
+                    c.exported_rows,
+                    c.rows_applied,
+                    c.files_applied,
+                    c.files_written
+                );
+                if c.new_conflicts > 0 {
+                    line.push_str(&format!(", {} new conflicts to review", c.new_conflicts));
+                }
+                if c.files_skipped + c.files_held_back > 0 {
+                    line.push_str(&format!(
+                        ", {} files skipped and {} held back (see `clinicsync log`)",
+                        c.files_skipped, c.files_held_back
+                    ));
+                }
+                line
+            }
+        }
+    }
+}
+
+/// Collects the events of a run as it goes.
+pub(crate) struct Recorder {
+    pub(crate) events: Vec<EventRecord>,
+    pub(crate) partial: bool,
+    now_ms: u64,
+    applied_logged: usize,
+    applied_unlogged: usize,
+}
+
+/// Beyond this many "applied" events a run logs only their number.
+const MAX_APPLIED_EVENTS: usize = 200;
+
+impl Recorder {
+    pub(crate) fn new(now_ms: u64) -> Recorder {
+        Recorder { events: Vec::new(), partial: false, now_ms, applied_logged: 0, applied_unlogged: 0 }
+    }
+
+    fn push(&mut self, level: &str, kind: &str, path: Option<&str>, message: String) {
+        self.events.push(EventRecord {
+            at_ms: self.now_ms,
+            level: level.to_owned(),
+            kind: kind.to_owned(),
+            path: path.map(str::to_owned),
+            message,
+        });
+    }
+
+    pub(crate) fn info(&mut self, kind: &str, path: Option<&str>, message: String) {
+        self.push("info", kind, path, message);
+    }
+
+    /// Something worth a look that does not make the run partial.
+    pub(crate) fn warning(&mut self, kind: &str, path: Option<&str>, message: String) {
+        self.push("warning", kind, path, message);
+    }
+
+    /// Something left undone: the run ends `partial` and the next run
+    /// tries again.
+    pub(crate) fn skipped(&mut self, kind: &str, path: Option<&str>, message: String) {
+        self.partial = true;
+        self.push("error", kind, path, message);
+    }
+
+    pub(crate) fn applied(&mut self, path: &str, message: String) {
+        if self.applied_logged < MAX_APPLIED_EVENTS {
+            self.applied_logged += 1;
+            self.push("info", "applied", Some(path), message);
+        } else {
+            self.applied_unlogged += 1;
+        }
+    }
+
+    pub(crate) fn finish(&mut self) {
+        if self.applied_unlogged > 0 {
+            let n = self.applied_unlogged;
+            self.push("info", "applied", None, format!("and {n} more files applied"));
+            self.applied_unlogged = 0;
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `clinicsync status`: online or offline, last sync, pending changes,
+//! conflicts, and every site of the family as its site file shows it.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::EngineError;
+use super::host::SystemClock;
+use super::run::staging_dir;
+use crate::db::Db;
+use crate::folder::layout::{MANIFEST, SITES_DIR};
+use crate::folder::{DiskFolder, Folder, IgnoreRules};
+use crate::model::Clock;
+use crate::xmlstore::{decode_manifest, decode_site, format_time};
+
+/// A sync older than this earns a warning.
+const STALE_AFTER_MS: u64 = 60 * 60 * 1000;
+
+/// The status of this site. Field names are part of the `--json` output.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    pub site: String,
+    pub site_name: String,
+    pub family: String,
+    pub folder: String,
+    /// The folder is reachable and holds this family's manifest.
+    pub online: bool,
+    pub last_sync_ms: Option<u64>,
+    pub last_sync: Option<String>,
+    /// Outcome of the newest finished run: ok, partial or failed.
+    pub last_outcome: Option<String>,
+    /// Local changes not yet written to the folder; non-zero turns the
+    /// status red.
+    pub pending_changes: u64,
+    pub open_conflicts: u64,
+    pub sites: Vec<SiteStatus>,
+    pub warnings: Vec<String>,
+}
+
+/// One site of the family.
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteStatus {
+    pub site: String,
+    pub name: String,
+    pub this_site: bool,
+    pub app_version: String,
+    pub head_seq: u64,
+    pub last_sync_ms: Option<u64>,
+    pub last_sync: Option<String>,
+    pub warning: Option<String>,
+}
+
+pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
+    let db = Db::open(db_path)?;
+    let cfg = db.site_config()?;
+    let now = SystemClock.now_ms();
+    let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
+    let mut warnings = Vec::new();
+    let online = cfg.folder.is_dir()
+        && folder
+            .read(MANIFEST, 1 << 20)
+            .ok()
+            .and_then(|b| decode_manifest(&b).ok())
+            .is_some_and(|m| m.family == cfg.family);
+    if !online {
+        warnings.push(format!(
+            "the sync folder {} is not reachable or is not this family's folder",
+            cfg.folder.display()
+        ));
+    }
+    let last_sync_ms = db.last_ok_ms()?;
+    match last_sync_ms {
+        None => warnings.push("this site has not completed a sync yet".into()),
+        Some(ms) if now.saturating_sub(ms) > STALE_AFTER_MS => {
+            warnings.push(format!("not synced for over an hour (last complete sync {})", format_time(ms)));
+        }
+        Some(_) => {}
+    }
+    let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
+    let mut sites = Vec::new();
+    if online {
+        let ignore = IgnoreRules::new();
+        for entry in folder.list(SITES_DIR).unwrap_or_default() {
+            if ignore.is_ignored(&entry.name) || !entry.name.ends_with(".xml") {
+                continue;
+            }
+            let path = format!("{SITES_DIR}/{}", entry.name);
+            let Ok(bytes) = folder.read(&path, 1 << 20) else { continue };
+            let file = match decode_site(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    warnings.push(format!("{path} cannot be read: {e}"));
+                    continue;
+                }
+            };
+            let this_site = file.site == cfg.site;
+            let mut warning = None;
+            if file.family != cfg.family {
+                warning = Some("belongs to another family".to_owned());
+            } else if file.app_version != env!("CARGO_PKG_VERSION") {
+                warning = Some(format!(
+                    "runs clinicsync {}, this site runs {}",
+                    file.app_version,
+                    env!("CARGO_PKG_VERSION")
+                ));
+            } else if file.mapping != db.mapping().fingerprint() {
+                warning = Some("replicates a different set of tables".to_owned());
+            }
+            sites.push(SiteStatus {
+                site: file.site.to_string(),
+                name: file.name,
+                this_site,
+                app_version: file.app_version,
+                head_seq: file.head_seq,
+                last_sync_ms: file.last_sync_ms,
+                last_sync: file.last_sync_ms.map(format_time),
+                warning,
+            });
+        }
+    }
+    Ok(StatusReport {
+        site: cfg.site.to_string(),
+        site_name: cfg.name,
+        family: cfg.family.to_string(),
+        folder: cfg.folder.display().to_string(),
+        online,
+        last_sync_ms,
+        last_sync: last_sync_ms.map(format_time),
+        last_outcome,
+        pending_changes: db.pending_changes()?,
+        open_conflicts: db.open_conflict_count()?,
+        sites,
+        warnings,
+    })
+}
