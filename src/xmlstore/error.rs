@@ -42,6 +42,8 @@ pub enum DecodeErrorKind {
     TooLarge { size: u64, limit: u64 },
     #[error("it is not UTF-8 text")]
     NotUtf8,
+    #[error("it is not an XML document (it does not begin with an element)")]
+    NotXml,
     #[error("it is not well-formed XML: {0}")]
     Xml(String),
     #[error("it contains a document type declaration, which clinicsync never writes and does not read")]
@@ -64,7 +66,7 @@ pub enum DecodeErrorKind {
         "it is format version {found}, newer than this clinicsync reads (version {supported}); upgrade clinicsync on this computer"
     )]
     UnsupportedFormat { found: String, supported: u32 },
-    #[error("a {class} value is invalid: {reason}")]
+    #[error("a field of type {class} is invalid: {reason}")]
     BadValue { class: &'static str, reason: String },
     #[error("the row {table}/{pk} appears twice")]
     DuplicateRow { table: String, pk: String },

@@ -283,7 +283,13 @@ fn field(
             }));
         }
     };
-    let version = FieldVersion::new(value, hlc, base).map_err(|e| bad("version", e.to_string()))?;
+    let version = FieldVersion::new(value, hlc, base).map_err(|e| {
+        r.error(DecodeErrorKind::BadAttribute {
+            attribute: "b",
+            value: base.map(|b| b.encode()).unwrap_or_default(),
+            reason: e.to_string(),
+        })
+    })?;
     Ok((column, version))
 }
 

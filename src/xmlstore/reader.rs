@@ -59,6 +59,10 @@ impl<'a> XmlReader<'a> {
         if std::str::from_utf8(input).is_err() {
             return Err(DecodeError::new(None, DecodeErrorKind::NotUtf8));
         }
+        let start = input.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(input.len());
+        if input.get(start) != Some(&b'<') {
+            return Err(DecodeError::new(Some(1), DecodeErrorKind::NotXml));
+        }
         let mut reader = Reader::from_reader(input);
         let config = reader.config_mut();
         config.trim_text(false);
@@ -124,7 +128,9 @@ impl<'a> XmlReader<'a> {
         loop {
             match self.next()? {
                 Item::Text(t) if t.chars().all(|c| matches!(c, ' ' | '\t' | '\r' | '\n')) => continue,
-                Item::Text(_) => {
+                Item::Text(t) => {
+                    // Point at the stray text itself, not the whitespace before it.
+                    self.event_start += t.len() - t.trim_start().len();
                     return Err(self.error(DecodeErrorKind::Unexpected("text outside a field")));
                 }
                 other => return Ok(other),

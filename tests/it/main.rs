@@ -1,1 +1,13 @@
-//! Integration tests.
+//! The integration tests: one binary (faster to build on two cores), one
+//! module per subject. Every test uses real SQLite files in a real temp
+//! directory; the CLI tests run the built `clinicsync` as a process.
+
+mod app_writer;
+mod crash;
+mod damaged_files;
+mod format;
+mod guard;
+mod mapping;
+mod model_laws;
+mod support;
+mod two_sites;

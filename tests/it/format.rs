@@ -1,0 +1,114 @@
+//! The folder formats, frozen: golden bytes for the patient file, the site
+//! file and the manifest, and a data-driven set of bad files with the exact
+//! error each must produce (`fixtures/bad-files/`). Set UPDATE_EXPECT=1 to
+//! rewrite the expectations after a deliberate format change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use clinicsync::model::{
+    FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+};
+use clinicsync::xmlstore::{
+    Limits, Manifest, SiteFile, decode_patient, encode_manifest, encode_patient, encode_site, seal,
+};
+use expect_test::expect_file;
+
+fn golden_doc() -> PatientDoc {
+    let a = SiteId::parse("0123456789abcdef0123456789abcdef").unwrap();
+    let b = SiteId::parse("fedcba9876543210fedcba9876543210").unwrap();
+    let h = |wall: u64, site| Hlc::new(1_763_700_000_000 + wall, 0, site);
+    let v = |value, at, base| FieldVersion::new(value, at, base).unwrap();
+    let single = |value, at| FieldState::single(v(value, at, None));
+    let mut patient = BTreeMap::new();
+    patient
+        .insert("id".to_owned(), single(Value::Text("3f2504e0-4f89-11d3-9a0c-0305e82c3301".into()), h(1, a)));
+    patient.insert("family_name".to_owned(), single(Value::Text("O'Brien & <Sons> \"Ltd\"".into()), h(2, a)));
+    patient.insert("notes".to_owned(), single(Value::Text("line one\r\n\tline two  ".into()), h(3, a)));
+    patient.insert("given_name".to_owned(), single(Value::Text("Zoë 🩺".into()), h(4, a)));
+    patient.insert("sex".to_owned(), single(Value::Null, h(5, a)));
+    patient.insert("address".to_owned(), single(Value::Text("bell\u{7}".into()), h(6, a)));
+    // A concurrent edit: two maximal versions of one field.
+    patient.insert(
+        "phone".to_owned(),
+        FieldState::from_versions(vec![
+            v(Value::Text("+1 555 0100".into()), h(10, a), Some(h(1, a))),
+            v(Value::Text("+1 555 0199".into()), h(11, b), Some(h(1, a))),
+        ])
+        .unwrap(),
+    );
+    let mut visit = BTreeMap::new();
+    visit.insert("id".to_owned(), single(Value::Text("a1".into()), h(7, b)));
+    visit.insert("duration_min".to_owned(), single(Value::Integer(i64::MIN), h(7, b)));
+    visit.insert("weight".to_owned(), single(Value::Real(-0.0), h(7, b)));
+    visit.insert("ratio".to_owned(), single(Value::Real(1e300), h(7, b)));
+    visit.insert("limit".to_owned(), single(Value::Real(f64::INFINITY), h(7, b)));
+    visit.insert("scan".to_owned(), single(Value::Blob(vec![0, 1, 2, 254, 255]), h(7, b)));
+    let mut rows = BTreeMap::new();
+    rows.insert(
+        RowKey { table: "patients".into(), pk: "3f2504e0-4f89-11d3-9a0c-0305e82c3301".into() },
+        RowState { cl: 1, fields: patient },
+    );
+    rows.insert(RowKey { table: "appointments".into(), pk: "a1".into() }, RowState { cl: 1, fields: visit });
+    rows.insert(
+        RowKey { table: "invoices".into(), pk: "gone".into() },
+        RowState { cl: 2, fields: BTreeMap::new() },
+    );
+    PatientDoc { patient: PatientId("3f2504e0-4f89-11d3-9a0c-0305e82c3301".into()), rows }
+}
+
+#[test]
+fn the_patient_file_format_is_frozen() {
+    let bytes = encode_patient(&golden_doc());
+    expect_file!["../../fixtures/format/patient-v1.xml"].assert_eq(std::str::from_utf8(&bytes).unwrap());
+    assert_eq!(decode_patient(&bytes, Limits::default()).unwrap(), golden_doc());
+}
+
+#[test]
+fn the_site_file_and_manifest_formats_are_frozen() {
+    let site = SiteFile {
+        site: SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        family: FamilyId::parse("00112233445566778899aabbccddeeff").unwrap(),
+        name: "Front desk".into(),
+        app_version: "0.1.0".into(),
+        head_seq: 12,
+        last_sync_ms: Some(1_763_700_000_000),
+        machine: "5e1f0c2a9b3d4e6f".into(),
+        mapping: "a1b2c3d4e5f60718".into(),
+    };
+    expect_file!["../../fixtures/format/site-v1.xml"]
+        .assert_eq(std::str::from_utf8(&encode_site(&site)).unwrap());
+    let manifest = Manifest { family: site.family, created_ms: 1_763_700_000_000 };
+    expect_file!["../../fixtures/format/manifest-v1.xml"]
+        .assert_eq(std::str::from_utf8(&encode_manifest(&manifest)).unwrap());
+}
+
+/// Each `fixtures/bad-files/NAME.xml` is a patient file body (sealed by the
+/// test unless NAME starts with `raw-`); `NAME.expected` holds the error.
+#[test]
+fn bad_files_are_refused_with_their_exact_error() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bad-files");
+    let update = std::env::var_os("UPDATE_EXPECT").is_some();
+    let mut cases = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    for path in entries.into_iter().filter(|p| p.extension().is_some_and(|e| e == "xml")) {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let body = std::fs::read(&path).unwrap();
+        let file = if name.starts_with("raw-") { body } else { seal(body) };
+        let limits = Limits { max_file_bytes: 4096, max_elements: 50, max_text_bytes: 256, max_depth: 8 };
+        let error = match decode_patient(&file, limits) {
+            Ok(doc) => panic!("{name} was accepted: {doc:?}"),
+            Err(e) => format!("{e}\n"),
+        };
+        let expected_path = path.with_extension("expected");
+        if update {
+            std::fs::write(&expected_path, &error).unwrap();
+        }
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("{} is missing (run with UPDATE_EXPECT=1)", expected_path.display()));
+        assert_eq!(error, expected, "{name}");
+        cases += 1;
+    }
+    assert!(cases >= 15, "only {cases} bad-file cases found");
+}

@@ -1,0 +1,201 @@
+//! Two (and three) sites on one folder: the acceptance scenarios of the core
+//! replication issue, run through the CLI as a process.
+
+use rusqlite::params;
+
+use crate::support::*;
+
+#[test]
+fn fifty_patients_reach_the_other_site_and_edits_on_both_sides_converge() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn_a = app(&a);
+    let ids: Vec<String> = (0..50).map(|n| add_patient(&conn_a, n, 3)).collect();
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["exported_rows"], 50 + 50 * 9);
+    assert_eq!(report["counts"]["files_written"], 50);
+    sync_ok(&b);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(dump(&b)[0].1.len(), 50, "patients at B");
+
+    let conn_b = app(&b);
+    for id in &ids[..10] {
+        conn_a.execute("UPDATE patients SET phone = 'A-' || phone WHERE id = ?1", [id]).unwrap();
+    }
+    for id in &ids[10..20] {
+        conn_b.execute("UPDATE patients SET email = 'b-' || email WHERE id = ?1", [id]).unwrap();
+        conn_b.execute("UPDATE appointments SET status = 'done' WHERE patient_id = ?1", [id]).unwrap();
+    }
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(patient_field(&b, &ids[0], "phone").unwrap(), "A-+1 555 0000");
+    assert_eq!(patient_field(&a, &ids[15], "email").unwrap(), "b-p15@example.org");
+    // Nothing to do any more: a further round changes nothing.
+    let again = sync_ok(&b);
+    assert_eq!(again["counts"]["files_written"], 0);
+    assert_eq!(again["counts"]["rows_applied"], 0);
+}
+
+#[test]
+fn concurrent_edits_of_different_fields_both_survive_in_either_order() {
+    for a_first in [true, false] {
+        let family = Family::new();
+        let a = family.init("a");
+        let b = family.init("b");
+        let id = add_patient(&app(&a), 1, 1);
+        sync_ok(&a);
+        sync_ok(&b);
+        app(&a).execute("UPDATE patients SET phone = 'phone from A' WHERE id = ?1", [&id]).unwrap();
+        app(&b).execute("UPDATE patients SET email = 'email from B' WHERE id = ?1", [&id]).unwrap();
+        let (first, second) = if a_first { (&a, &b) } else { (&b, &a) };
+        sync_ok(first);
+        sync_ok(second);
+        sync_ok(first);
+        for db in [&a, &b] {
+            assert_eq!(patient_field(db, &id, "phone").unwrap(), "phone from A", "a_first={a_first}");
+            assert_eq!(patient_field(db, &id, "email").unwrap(), "email from B", "a_first={a_first}");
+        }
+        assert_eq!(dump(&a), dump(&b));
+        let status: serde_json::Value =
+            serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+        assert_eq!(status["open_conflicts"], 0, "different fields are not a conflict");
+    }
+}
+
+#[test]
+fn concurrent_edits_of_one_field_converge_to_the_later_stamp_and_both_sites_keep_the_other() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let id = add_patient(&app(&a), 1, 0);
+    sync_ok(&a);
+    sync_ok(&b);
+    app(&a).execute("UPDATE patients SET phone = 'typed at A' WHERE id = ?1", [&id]).unwrap();
+    // B's edit is stamped later (B exports after A), so it wins.
+    sync_ok(&a);
+    app(&b).execute("UPDATE patients SET phone = 'typed at B' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&b);
+    sync_ok(&a);
+    for db in [&a, &b] {
+        assert_eq!(patient_field(db, &id, "phone").unwrap(), "typed at B");
+        let status: serde_json::Value =
+            serde_json::from_slice(&cli(db).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+        assert_eq!(status["open_conflicts"], 1, "{}", db.display());
+        let conflicts: serde_json::Value =
+            serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout).unwrap();
+        assert_eq!(conflicts[0]["lost_value"], "typed at A");
+        assert_eq!(conflicts[0]["kept_value"], "typed at B");
+        assert_eq!(conflicts[0]["column"], "phone");
+    }
+    let text = cli(&a).arg("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Conflicts: 1 open"));
+}
+
+#[test]
+fn a_third_site_learns_of_a_conflict_it_never_took_part_in() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    let id = add_patient(&app(&a), 1, 0);
+    sync_ok(&a);
+    sync_ok(&b);
+    app(&a).execute("UPDATE patients SET given_name = 'Ann' WHERE id = ?1", [&id]).unwrap();
+    app(&b).execute("UPDATE patients SET given_name = 'Anne' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&c);
+    assert_eq!(dump(&b), dump(&c));
+    assert_eq!(clinicsync::db::Db::open(&c).unwrap().open_conflict_count().unwrap(), 1);
+}
+
+#[test]
+fn a_patient_with_hundreds_of_child_rows_replicates_whole() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    add_patient(&app(&a), 7, 200);
+    sync_ok(&a);
+    sync_ok(&b);
+    let at_b = dump(&b);
+    assert_eq!(at_b[1].1.len(), 200, "appointments");
+    assert_eq!(at_b[2].1.len(), 200, "clinical notes");
+    assert_eq!(dump(&a), at_b);
+}
+
+#[test]
+fn rows_that_move_between_patients_leave_the_old_file_and_join_the_new() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let p1 = add_patient(&conn, 1, 1);
+    let p2 = add_patient(&conn, 2, 0);
+    sync_ok(&a);
+    sync_ok(&b);
+    let appt = uuid(2, 10_000);
+    conn.execute("UPDATE appointments SET patient_id = ?1 WHERE id = ?2", params![p2, appt]).unwrap();
+    // Meanwhile B edits the same appointment's notes under its old patient.
+    app(&b).execute("UPDATE appointments SET notes = 'bring referral' WHERE id = ?1", [&appt]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+    let (owner, notes): (String, String) = app(&b)
+        .query_row("SELECT patient_id, notes FROM appointments WHERE id = ?1", [&appt], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((owner.as_str(), notes.as_str()), (p2.as_str(), "bring referral"));
+    let old_file = std::fs::read_to_string(patient_file(&family.folder(), &p1)).unwrap();
+    let new_file = std::fs::read_to_string(patient_file(&family.folder(), &p2)).unwrap();
+    assert!(!old_file.contains(&appt), "the moved row is still in the old patient's file");
+    assert!(new_file.contains(&appt), "the moved row is missing from the new patient's file");
+}
+
+#[test]
+fn a_database_with_data_joins_a_family_and_both_sides_merge() {
+    let family = Family::new();
+    let a = family.init("a");
+    add_patient(&app(&a), 1, 2);
+    sync_ok(&a);
+    // B's app already has its own patients before clinicsync is set up.
+    let b = family.db("b");
+    let conn_b = new_clinic_db(&b);
+    add_patient(&conn_b, 2, 2);
+    drop(conn_b);
+    cli(&b).args(["init", "--folder"]).arg(family.folder()).assert().success();
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(dump(&a)[0].1.len(), 2, "both patients everywhere");
+}
+
+#[test]
+fn deleting_a_row_deletes_it_at_the_other_site() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let id = add_patient(&conn, 1, 2);
+    sync_ok(&a);
+    sync_ok(&b);
+    conn.execute("DELETE FROM invoices WHERE patient_id = ?1", [&id]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    let n: i64 = app(&b).query_row("SELECT count(*) FROM invoices", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 0);
+    // The same key inserted again comes back everywhere.
+    conn.execute(
+        "INSERT INTO invoices (id, patient_id, issued_at, amount_cents) VALUES (?1, ?2, '2026-12-01', 5)",
+        params![uuid(4, 10_000), id],
+    )
+    .unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    assert_eq!(dump(&a), dump(&b));
+    let n: i64 = app(&b).query_row("SELECT count(*) FROM invoices", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
