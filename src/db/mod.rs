@@ -59,6 +59,9 @@ impl DbError {
     }
 }
 
+/// Every row of every mapped table: (table, rows in key order).
+pub type TableDump = Vec<(String, Vec<Vec<crate::model::Value>>)>;
+
 /// Who this site is, as stored in `_cs_meta`.
 #[derive(Clone, Debug)]
 pub struct SiteConfig {
@@ -401,7 +404,7 @@ impl WriteTx<'_> {
 impl Db {
     /// Every row of every mapped table, ordered by key: what two converged
     /// sites must agree on (the demo and the tests compare these).
-    pub fn dump_mapped_tables(&self) -> Result<Vec<(String, Vec<Vec<crate::model::Value>>)>, DbError> {
+    pub fn dump_mapped_tables(&self) -> Result<TableDump, DbError> {
         let mut out = Vec::new();
         for table in self.mapping.tables() {
             let (key, _) = self.mapping.table(table).expect("a mapped table");

@@ -433,9 +433,9 @@ impl Run<'_> {
         }
         let limit = self.now_ms.saturating_add(MAX_CLOCK_SKEW_MS);
         if let Some(ahead) = doc.stamps().filter(|h| h.wall_ms() > limit).max() {
-            let by = humantime::format_duration(std::time::Duration::from_secs(
-                (ahead.wall_ms() - self.now_ms) / 1000,
-            ));
+            // Rounded to the minute: people read "3days", not "2days 23h 59m 59s".
+            let minutes = (ahead.wall_ms() - self.now_ms + 30_000) / 60_000;
+            let by = humantime::format_duration(std::time::Duration::from_secs(minutes * 60));
             self.rec.skipped(
                 "held-back",
                 Some(&f.path),

@@ -259,7 +259,7 @@ mod tests {
         assert!(a.is_concurrent_with(&b));
         let joined = FieldState::single(a.clone()).join(&FieldState::single(b.clone()));
         assert_eq!(joined.winner(), &b);
-        assert_eq!(joined.losers(), &[a.clone()]);
+        assert_eq!(joined.losers(), std::slice::from_ref(&a));
         // A later edit made with the winner in hand settles both.
         let c = v("phone C", hlc(7, 1), Some(b.hlc()));
         let settled = joined.join(&FieldState::single(c.clone()));

@@ -151,3 +151,32 @@ fn provider_temp_files_and_strangers_are_not_data_and_a_missing_patients_folder_
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(dump(&b)[0].1.len(), 1);
 }
+
+#[test]
+fn a_file_from_a_site_whose_clock_is_days_ahead_is_held_back() {
+    use clinicsync::model::{
+        FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    };
+    let family = Family::new();
+    let a = family.init("a");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ahead = Hlc::new(now + 3 * 24 * 3600 * 1000, 0, SiteId::from_bytes([0x42; 16]));
+    let id = uuid(1, 1);
+    let mut doc = PatientDoc::new(PatientId(id.clone()));
+    let mut row = RowState { cl: 1, ..RowState::default() };
+    for (col, value) in [("id", id.as_str()), ("family_name", "Future")] {
+        let v = FieldVersion::new(Value::Text(value.into()), ahead, None).unwrap();
+        row.fields.insert(col.into(), FieldState::single(v));
+    }
+    doc.rows.insert(RowKey { table: "patients".into(), pk: id.clone() }, row);
+    let path = patient_file(&family.folder(), &id);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, clinicsync::xmlstore::encode_patient(&doc)).unwrap();
+    let (code, report) = sync(&a);
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["counts"]["files_held_back"], 1);
+    let held = events_of(&report, "held-back");
+    assert!(held[0]["message"].as_str().unwrap().contains("site 42424242's clock is 3days"), "{report:#}");
+    let n: i64 = app(&a).query_row("SELECT count(*) FROM patients", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 0, "nothing of a held-back file is applied");
+}

@@ -10,4 +10,5 @@ mod guard;
 mod mapping;
 mod model_laws;
 mod support;
+mod tidy;
 mod two_sites;

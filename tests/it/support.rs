@@ -9,25 +9,25 @@ use clinicsync::model::Value;
 use rusqlite::{Connection, params};
 
 /// A family: one shared folder and the databases of its sites, in a temp dir.
-pub struct Family {
-    pub dir: tempfile::TempDir,
+pub(crate) struct Family {
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Family {
-    pub fn new() -> Family {
+    pub(crate) fn new() -> Family {
         Family { dir: tempfile::tempdir().expect("temp dir") }
     }
 
-    pub fn folder(&self) -> PathBuf {
+    pub(crate) fn folder(&self) -> PathBuf {
         self.dir.path().join("shared")
     }
 
-    pub fn db(&self, site: &str) -> PathBuf {
+    pub(crate) fn db(&self, site: &str) -> PathBuf {
         self.dir.path().join(format!("{site}.db"))
     }
 
     /// Runs `clinicsync init` for a site and expects success.
-    pub fn init(&self, site: &str) -> PathBuf {
+    pub(crate) fn init(&self, site: &str) -> PathBuf {
         let db = self.db(site);
         cli(&db).args(["init", "--folder"]).arg(self.folder()).args(["--site-name", site]).assert().success();
         db
@@ -35,14 +35,14 @@ impl Family {
 }
 
 /// The CLI as a process, with `--db` set.
-pub fn cli(db: &Path) -> Command {
+pub(crate) fn cli(db: &Path) -> Command {
     let mut cmd = Command::cargo_bin("clinicsync").expect("the clinicsync binary is built");
     cmd.arg("--db").arg(db).env_remove("CLINICSYNC_FAULT").env_remove("CLINICSYNC_MACHINE_ID");
     cmd
 }
 
 /// Runs `clinicsync sync` and returns its exit code and JSON report.
-pub fn sync(db: &Path) -> (i32, serde_json::Value) {
+pub(crate) fn sync(db: &Path) -> (i32, serde_json::Value) {
     let out = cli(db).args(["sync", "--json"]).output().expect("run clinicsync");
     let code = out.status.code().unwrap_or(-1);
     let json = serde_json::from_slice(&out.stdout)
@@ -51,7 +51,7 @@ pub fn sync(db: &Path) -> (i32, serde_json::Value) {
 }
 
 /// Runs sync and insists it ends `ok`.
-pub fn sync_ok(db: &Path) -> serde_json::Value {
+pub(crate) fn sync_ok(db: &Path) -> serde_json::Value {
     let (code, json) = sync(db);
     assert_eq!(code, 0, "sync of {} was not ok: {json:#}", db.display());
     assert_eq!(json["outcome"], "ok");
@@ -59,7 +59,7 @@ pub fn sync_ok(db: &Path) -> serde_json::Value {
 }
 
 /// An app connection, configured as a well-behaved app would be.
-pub fn app(db: &Path) -> Connection {
+pub(crate) fn app(db: &Path) -> Connection {
     let conn = Connection::open(db).expect("open app connection");
     conn.busy_timeout(std::time::Duration::from_secs(30)).expect("busy timeout");
     conn.pragma_update(None, "foreign_keys", "ON").expect("foreign keys");
@@ -68,18 +68,18 @@ pub fn app(db: &Path) -> Connection {
 
 /// Creates the reference schema in a new database file (the app's own
 /// database before clinicsync is set up).
-pub fn new_clinic_db(path: &Path) -> Connection {
+pub(crate) fn new_clinic_db(path: &Path) -> Connection {
     let conn = app(path);
     conn.execute_batch(clinicsync::db::REFERENCE_SCHEMA).expect("reference schema");
     conn
 }
 
-pub fn uuid(prefix: u32, n: u32) -> String {
+pub(crate) fn uuid(prefix: u32, n: u32) -> String {
     format!("{prefix:08x}-0000-4000-8000-{n:012x}")
 }
 
 /// Adds a patient with `children` rows of each child table.
-pub fn add_patient(conn: &Connection, n: u32, children: u32) -> String {
+pub(crate) fn add_patient(conn: &Connection, n: u32, children: u32) -> String {
     let id = uuid(1, n);
     conn.execute(
         "INSERT INTO patients (id, family_name, given_name, phone, email) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -114,23 +114,23 @@ pub fn add_patient(conn: &Connection, n: u32, children: u32) -> String {
 }
 
 /// Every mapped table's rows, ordered by key.
-pub fn dump(db: &Path) -> Vec<(String, Vec<Vec<Value>>)> {
+pub(crate) fn dump(db: &Path) -> Vec<(String, Vec<Vec<Value>>)> {
     Db::open(db).expect("open db").dump_mapped_tables().expect("dump")
 }
 
-pub fn patient_field(db: &Path, id: &str, column: &str) -> Option<String> {
+pub(crate) fn patient_field(db: &Path, id: &str, column: &str) -> Option<String> {
     app(db)
         .query_row(&format!("SELECT {column} FROM patients WHERE id = ?1"), [id], |r| r.get(0))
         .expect("query patient")
 }
 
 /// The events of a JSON run report with a given kind.
-pub fn events_of<'a>(report: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
+pub(crate) fn events_of<'a>(report: &'a serde_json::Value, kind: &str) -> Vec<&'a serde_json::Value> {
     report["events"].as_array().expect("events").iter().filter(|e| e["kind"] == kind).collect()
 }
 
 /// The path of a patient's file in the folder.
-pub fn patient_file(folder: &Path, id: &str) -> PathBuf {
+pub(crate) fn patient_file(folder: &Path, id: &str) -> PathBuf {
     let stem = clinicsync::model::patient_file_name(id);
     folder.join(clinicsync::folder::layout::patient_path(&stem))
 }
