@@ -5,6 +5,7 @@
 //! `cli` → `engine` → (`xmlstore`, `changelog`, `conflicts`) → `db`, `folder`
 //! → `model`.
 
+pub mod changelog;
 pub mod cli;
 pub mod conflicts;
 pub mod db;

@@ -51,7 +51,12 @@ enum Command {
         mapping: Option<PathBuf>,
     },
     /// Sync Now: one complete run.
-    Sync,
+    Sync {
+        /// Also scan every patient file (finds conflict copies and files a
+        /// cloud client overwrote; slower on a large folder).
+        #[arg(long)]
+        full_scan: bool,
+    },
     /// Online/offline, last sync, pending changes, the other sites.
     Status,
     /// Latest Logs: the newest runs with what they did.
@@ -65,6 +70,11 @@ enum Command {
         /// Include resolved records.
         #[arg(long)]
         all: bool,
+    },
+    /// Show the settings, or change them: `settings use_logs=off log_retention=14days`.
+    Settings {
+        #[arg(value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
     },
     /// Give this database a new site id (after copying it to another
     /// computer, or restoring it from an older backup).
@@ -140,8 +150,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(report.first_run.outcome))
         }
-        Command::Sync => {
-            let report = engine::sync(&db, &SyncOptions::default())?;
+        Command::Sync { full_scan } => {
+            let report = engine::sync(&db, &SyncOptions { full_scan, ..SyncOptions::default() })?;
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -211,6 +221,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         c.status,
                         format_time(c.detected_ms)
                     );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Settings { assignments } => {
+            if !assignments.is_empty() {
+                engine::settings_set(&db, &assignments)?;
+            }
+            let list = engine::settings_list(&db)?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                for s in &list {
+                    let default = if s.value == s.default {
+                        String::new()
+                    } else {
+                        format!(" (default {})", s.default)
+                    };
+                    println!("{:<20} {}{default}\n{:<20} {}", s.key, s.value, "", s.help);
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -4,6 +4,7 @@
 //! are short and take the write lock up front.
 
 mod mapping;
+mod rowblob;
 mod runs;
 mod schema;
 mod state;
@@ -20,7 +21,7 @@ pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, StampOutcome};
 
 use crate::model::{FamilyId, HlcClock, PatientDoc, SiteId};
-use state::Ctx;
+use state::{Ctx, StampBatch};
 
 /// The version of the `_cs_` tables this build understands.
 pub const STATE_FORMAT: i64 = 1;
@@ -262,22 +263,22 @@ impl Db {
         Ok(HlcClock::new(site, wall, counter))
     }
 
-    /// Starts a write transaction: takes the write lock, silences the
-    /// capture triggers, and first turns the app's pending changes into
-    /// versions, so nothing the app wrote can be overwritten unseen.
+    /// Starts a write transaction: takes the write lock and silences the
+    /// capture triggers. Every row it joins is first stamped if the app
+    /// changed it, so nothing the app wrote can be overwritten unseen.
     pub fn begin_write(&mut self, now_ms: u64) -> Result<WriteTx<'_>, DbError> {
-        let mut clock = self.clock()?;
+        let clock = self.clock()?;
+        let site = clock.site();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO _cs_quiet (x) VALUES (1)", [])?;
-        let ctx = Ctx { mapping: &self.mapping, columns: &self.columns };
-        let stamped = state::stamp_pending(&tx, &ctx, &mut clock, now_ms)?;
         Ok(WriteTx {
             tx,
             mapping: &self.mapping,
             columns: &self.columns,
             clock,
+            site,
             now_ms,
-            stamped: Some(stamped),
+            batch: StampBatch::default(),
         })
     }
 
@@ -286,25 +287,48 @@ impl Db {
         state::doc_for_patient(&self.conn, patient)
     }
 
-    /// Patients of exports whose files are not all written yet.
-    pub fn outbox_patients(&self) -> Result<(Option<u64>, Vec<String>), DbError> {
-        let max: Option<i64> =
-            self.conn.query_row("SELECT max(seq) FROM _cs_outbox WHERE done_ms IS NULL", [], |r| r.get(0))?;
+    /// The patients touched by undone exports up to `max_seq`.
+    pub fn outbox_patients(&self, max_seq: u64) -> Result<Vec<String>, DbError> {
         let mut stmt = self.conn.prepare(
             "SELECT DISTINCT p.patient FROM _cs_outbox_patients p JOIN _cs_outbox o ON o.seq = p.seq
-             WHERE o.done_ms IS NULL ORDER BY p.patient",
+             WHERE o.done_ms IS NULL AND o.seq <= ?1 ORDER BY p.patient",
         )?;
-        let patients = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        Ok((max.map(|m| m as u64), patients))
+        let patients = stmt.query_map([max_seq as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(patients)
     }
 
-    /// Marks every export up to `seq` as fully written.
+    /// Marks every export up to `seq` as fully written and drops the copies
+    /// of their segments (the folder has them now).
     pub fn outbox_done(&self, seq: u64, now_ms: u64) -> Result<(), DbError> {
         self.conn.execute(
-            "UPDATE _cs_outbox SET done_ms = ?2 WHERE seq <= ?1 AND done_ms IS NULL",
+            "UPDATE _cs_outbox SET done_ms = ?2, segment = NULL WHERE seq <= ?1 AND done_ms IS NULL",
             params![seq as i64, now_ms as i64],
         )?;
         Ok(())
+    }
+
+    /// When each own export up to `max_seq` from `from_seq` on was created.
+    pub fn export_times(&self, from_seq: u64, max_seq: u64) -> Result<Vec<(u64, u64)>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, created_ms FROM _cs_outbox WHERE seq >= ?1 AND seq <= ?2 AND done_ms IS NOT NULL ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([from_seq as i64, max_seq as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The last segment applied from each other site.
+    pub fn watermarks(&self) -> Result<BTreeMap<SiteId, u64>, DbError> {
+        let mut stmt = self.conn.prepare("SELECT site, seq FROM _cs_watermarks")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (site, seq) = row?;
+            let site = SiteId::parse(&site).map_err(|e| DbError::Corrupt(format!("watermark of {e}")))?;
+            out.insert(site, seq as u64);
+        }
+        Ok(out)
     }
 
     /// The highest export sequence number committed.
@@ -356,27 +380,62 @@ pub struct WriteTx<'a> {
     mapping: &'a Mapping,
     columns: &'a BTreeMap<String, Vec<String>>,
     clock: HlcClock,
+    site: SiteId,
     now_ms: u64,
-    stamped: Option<StampOutcome>,
+    batch: StampBatch,
 }
 
 impl WriteTx<'_> {
-    /// What turning pending changes into versions did at the start.
-    pub fn take_stamped(&mut self) -> StampOutcome {
-        self.stamped.take().unwrap_or_default()
+    /// Stamps the app's pending changes, oldest first, until about
+    /// `max_rows` rows or `max_bytes` of segment are stamped. Returns false
+    /// when nothing is left pending.
+    pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        let consumed = state::stamp_pending(
+            &self.tx,
+            &ctx,
+            &mut self.clock,
+            self.now_ms,
+            max_rows,
+            max_bytes,
+            &mut self.batch,
+        )?;
+        Ok(consumed >= max_rows)
     }
 
     /// Joins one incoming document, all or nothing: on error nothing of it
-    /// stays applied and the transaction remains usable.
+    /// stays applied and the transaction remains usable. Rows the app
+    /// changed since the last export are stamped first (outside the
+    /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        let sp = self.tx.savepoint()?;
         let ctx = Ctx { mapping: self.mapping, columns: self.columns };
-        let outcome = state::apply_doc(&sp, &ctx, doc, source, self.now_ms)?;
+        for key in doc.rows.keys() {
+            state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
+        }
+        let sp = self.tx.savepoint()?;
+        let outcome = state::apply_doc(&sp, &ctx, self.now_ms, doc, source)?;
         sp.commit()?;
         for stamp in doc.stamps() {
             self.clock.observe(stamp);
         }
         Ok(outcome)
+    }
+
+    /// Tries again to show every parked row in the app's tables; returns
+    /// those still parked, with the reason.
+    pub fn retry_parked(&mut self) -> Result<Vec<(crate::model::RowKey, String)>, DbError> {
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        state::retry_parked(&self.tx, &ctx)
+    }
+
+    /// Records the last segment applied from `site`.
+    pub fn set_watermark(&self, site: SiteId, seq: u64) -> Result<(), DbError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO _cs_watermarks (site, seq) VALUES (?1, ?2) ON CONFLICT (site) DO UPDATE SET seq = excluded.seq",
+            )?
+            .execute(params![site.to_string(), seq as i64])?;
+        Ok(())
     }
 
     /// Records that a patient file's content was applied, for the full scan
@@ -391,13 +450,16 @@ impl WriteTx<'_> {
         Ok(())
     }
 
-    pub fn commit(self) -> Result<(), DbError> {
+    /// Commits; what was stamped becomes one export with its segment.
+    pub fn commit(mut self) -> Result<StampOutcome, DbError> {
+        let batch = std::mem::take(&mut self.batch);
+        let outcome = state::finish_batch(&self.tx, self.site, self.now_ms, batch)?;
         let (wall, counter) = self.clock.state();
         meta_set(&self.tx, "hlc_wall", &wall.to_string())?;
         meta_set(&self.tx, "hlc_counter", &counter.to_string())?;
         self.tx.execute("DELETE FROM _cs_quiet", [])?;
         self.tx.commit()?;
-        Ok(())
+        Ok(outcome)
     }
 }
 
@@ -422,5 +484,73 @@ impl Db {
             out.push((table.to_owned(), rows));
         }
         Ok(out)
+    }
+
+    /// Undone exports, oldest first.
+    pub fn undone_seqs(&self) -> Result<Vec<u64>, DbError> {
+        let mut stmt = self.conn.prepare("SELECT seq FROM _cs_outbox WHERE done_ms IS NULL ORDER BY seq")?;
+        let rows = stmt.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The segment bytes of an undone export.
+    pub fn segment_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT segment FROM _cs_outbox WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// The highest sequence number below which every export is fully
+    /// written: what the site file may announce to readers.
+    pub fn written_head(&self) -> Result<u64, DbError> {
+        let first_undone: Option<i64> =
+            self.conn.query_row("SELECT min(seq) FROM _cs_outbox WHERE done_ms IS NULL", [], |r| r.get(0))?;
+        match first_undone {
+            Some(seq) => Ok(seq as u64 - 1),
+            None => self.head_seq(),
+        }
+    }
+}
+
+impl Db {
+    /// Moves this database to a new site id, in one transaction. The new
+    /// identity starts its own change-log: exports already written belong to
+    /// the old site's log (other sites have them there, and this database
+    /// gets its old site's later changes back as imports from it); exports
+    /// not yet written are renumbered from 1 and re-encoded under the new id.
+    pub fn reassign(&mut self, new_site: SiteId, machine: &str) -> Result<(), DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM _cs_outbox_patients WHERE seq IN (SELECT seq FROM _cs_outbox WHERE done_ms IS NOT NULL)", [])?;
+        tx.execute("DELETE FROM _cs_outbox WHERE done_ms IS NOT NULL", [])?;
+        let undone: Vec<(i64, Option<Vec<u8>>)> = {
+            let mut stmt = tx.prepare("SELECT seq, segment FROM _cs_outbox ORDER BY seq")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+        };
+        for (n, (old_seq, segment)) in undone.into_iter().enumerate() {
+            let new_seq = n as i64 + 1;
+            let segment = match segment {
+                Some(bytes) => {
+                    let mut s = crate::xmlstore::decode_segment(&bytes, crate::xmlstore::Limits::default())
+                        .map_err(|e| DbError::Corrupt(format!("unwritten export #{old_seq}: {e}")))?;
+                    s.site = new_site;
+                    s.seq = new_seq as u64;
+                    Some(crate::xmlstore::encode_segment(&s))
+                }
+                None => None,
+            };
+            tx.execute(
+                "UPDATE _cs_outbox SET seq = ?2, segment = ?3 WHERE seq = ?1",
+                params![old_seq, new_seq, segment],
+            )?;
+            tx.execute("UPDATE _cs_outbox_patients SET seq = ?2 WHERE seq = ?1", params![old_seq, new_seq])?;
+        }
+        meta_set(&tx, "site_id", &new_site.to_string())?;
+        meta_set(&tx, "machine", machine)?;
+        meta_set(&tx, "oldest_seq", "1")?;
+        tx.commit()?;
+        Ok(())
     }
 }

@@ -13,18 +13,24 @@ CREATE TABLE IF NOT EXISTS _cs_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _cs_quiet (x INTEGER);
 -- Filled by the triggers: which rows the app touched since the last export.
 CREATE TABLE IF NOT EXISTS _cs_pending (id INTEGER PRIMARY KEY, tbl TEXT, pk TEXT);
--- Per row: causal length (odd alive, even deleted) and the patient it belongs to.
+CREATE INDEX IF NOT EXISTS _cs_pending_row ON _cs_pending (tbl, pk);
+-- Per replicated row: causal length (odd alive, even deleted), the patient it
+-- belongs to, and the maximal versions of its fields (see rowblob.rs).
 CREATE TABLE IF NOT EXISTS _cs_rows (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
-  patient TEXT, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+  patient TEXT, state BLOB NOT NULL, PRIMARY KEY (tbl, pk));
 CREATE INDEX IF NOT EXISTS _cs_rows_patient ON _cs_rows (patient);
--- Per field: its maximal versions (one, or several after concurrent edits).
-CREATE TABLE IF NOT EXISTS _cs_clock (tbl TEXT NOT NULL, pk TEXT NOT NULL, col TEXT NOT NULL,
-  hlc TEXT NOT NULL, base TEXT, value, PRIMARY KEY (tbl, pk, col, hlc)) WITHOUT ROWID;
--- Exports committed to the database whose files are not yet all written.
+-- Exports: one per change-log segment. The segment's bytes are kept until
+-- the segment and every affected patient file are written.
 CREATE TABLE IF NOT EXISTS _cs_outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,
-  done_ms INTEGER);
+  segment BLOB, rows INTEGER NOT NULL DEFAULT 0, done_ms INTEGER);
 CREATE TABLE IF NOT EXISTS _cs_outbox_patients (seq INTEGER NOT NULL, patient TEXT NOT NULL,
   PRIMARY KEY (seq, patient)) WITHOUT ROWID;
+-- Rows the state holds but the app's table cannot show yet (a NOT NULL or
+-- CHECK constraint refuses the fields known so far); retried every run.
+CREATE TABLE IF NOT EXISTS _cs_unprojected (tbl TEXT NOT NULL, pk TEXT NOT NULL, reason TEXT NOT NULL,
+  PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+-- The last segment applied from each other site.
+CREATE TABLE IF NOT EXISTS _cs_watermarks (site TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 -- Concurrent edits of one field: the value that lost, kept for review.
 CREATE TABLE IF NOT EXISTS _cs_conflicts (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
   pk TEXT NOT NULL, col TEXT NOT NULL, value, hlc TEXT NOT NULL, base TEXT, winner_value,

@@ -1,17 +1,21 @@
 //! The replicated state in the database: loading and saving row states,
-//! turning the app's pending changes into stamped versions, joining incoming
-//! documents, and projecting the result onto the app's tables.
+//! turning the app's pending changes into stamped versions (collected into
+//! the transaction's change-log segment), joining incoming documents, and
+//! projecting the result onto the app's tables.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
 use super::mapping::{Mapping, TableRole};
+use super::rowblob;
 use super::schema::quote;
-use super::values::{Sql, from_ref, hlc_at, opt_hlc_at};
-use crate::model::{FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, Value};
-use crate::xmlstore::is_xml_safe;
+use super::values::{Sql, from_ref};
+use crate::model::{
+    FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+};
+use crate::xmlstore::{Segment, encode_segment, is_xml_safe};
 
 /// What the state code needs to know about the database's tables.
 pub(crate) struct Ctx<'a> {
@@ -20,14 +24,24 @@ pub(crate) struct Ctx<'a> {
     pub(crate) columns: &'a BTreeMap<String, Vec<String>>,
 }
 
-/// What turning pending changes into versions did.
+/// Versions stamped in one write transaction: its change-log segment.
+#[derive(Default)]
+pub(crate) struct StampBatch {
+    pub(crate) rows: BTreeMap<(String, RowKey), RowState>,
+    pub(crate) patients: BTreeSet<String>,
+    pub(crate) versions: usize,
+    pub(crate) bytes: usize,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// What an export transaction stamped.
 #[derive(Debug, Default)]
 pub struct StampOutcome {
-    /// The export sequence number created, if anything changed.
+    /// The export (segment) sequence number created, if anything changed.
     pub seq: Option<u64>,
     pub rows: usize,
     pub versions: usize,
-    pub patients: BTreeSet<String>,
+    pub patients: usize,
     pub warnings: Vec<String>,
 }
 
@@ -39,6 +53,12 @@ pub struct ApplyOutcome {
     /// Patients whose files may now be behind the database.
     pub affected: BTreeSet<String>,
     pub warnings: Vec<String>,
+    /// Rows kept in the state that the app's table cannot show yet.
+    pub parked: usize,
+}
+
+fn corrupt(tbl: &str, pk: &str) -> DbError {
+    DbError::Corrupt(format!("the recorded versions of {tbl}/{pk} are damaged"))
 }
 
 pub(crate) fn load_row(
@@ -46,24 +66,12 @@ pub(crate) fn load_row(
     tbl: &str,
     pk: &str,
 ) -> Result<Option<(RowState, Option<String>)>, DbError> {
-    let head: Option<(i64, Option<String>)> = conn
-        .prepare_cached("SELECT cl, patient FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
-        .query_row(params![tbl, pk], |r| Ok((r.get(0)?, r.get(1)?)))
+    let found: Option<(i64, Option<String>, Vec<u8>)> = conn
+        .prepare_cached("SELECT cl, patient, state FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![tbl, pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let Some((cl, patient)) = head else { return Ok(None) };
-    let mut stmt =
-        conn.prepare_cached("SELECT col, hlc, base, value FROM _cs_clock WHERE tbl = ?1 AND pk = ?2")?;
-    let mut rows = stmt.query(params![tbl, pk])?;
-    let mut versions: BTreeMap<String, Vec<FieldVersion>> = BTreeMap::new();
-    while let Some(r) = rows.next()? {
-        let version = FieldVersion::new(from_ref(r.get_ref(3)?), hlc_at(r, 1)?, opt_hlc_at(r, 2)?)
-            .map_err(|e| DbError::Corrupt(format!("{tbl}/{pk}: {e}")))?;
-        versions.entry(r.get(0)?).or_default().push(version);
-    }
-    let fields = versions
-        .into_iter()
-        .map(|(c, vs)| (c, FieldState::from_versions(vs).expect("grouped versions are never empty")))
-        .collect();
+    let Some((cl, patient, blob)) = found else { return Ok(None) };
+    let fields = rowblob::decode(&blob).ok_or_else(|| corrupt(tbl, pk))?;
     Ok(Some((RowState { cl: cl as u64, fields }, patient)))
 }
 
@@ -71,38 +79,15 @@ fn save_row(
     conn: &Connection,
     tbl: &str,
     pk: &str,
-    old: Option<&RowState>,
-    new: &RowState,
+    row: &RowState,
     patient: Option<&str>,
-) -> Result<usize, DbError> {
+) -> Result<(), DbError> {
     conn.prepare_cached(
-        "INSERT INTO _cs_rows (tbl, pk, cl, patient) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, patient = excluded.patient",
+        "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, patient = excluded.patient, state = excluded.state",
     )?
-    .execute(params![tbl, pk, new.cl as i64, patient])?;
-    let mut written = 0;
-    for (col, state) in &new.fields {
-        if old.and_then(|o| o.fields.get(col)) == Some(state) {
-            continue;
-        }
-        conn.prepare_cached("DELETE FROM _cs_clock WHERE tbl = ?1 AND pk = ?2 AND col = ?3")?
-            .execute(params![tbl, pk, col])?;
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO _cs_clock (tbl, pk, col, hlc, base, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        for v in state.versions() {
-            insert.execute(params![
-                tbl,
-                pk,
-                col,
-                v.hlc().encode(),
-                v.base().map(|b| b.encode()),
-                Sql(v.value())
-            ])?;
-            written += 1;
-        }
-    }
-    Ok(written)
+    .execute(params![tbl, pk, row.cl as i64, patient, rowblob::encode(&row.fields)])?;
+    Ok(())
 }
 
 /// The patient a row belongs to. Rows of tables this database does not map
@@ -136,90 +121,181 @@ fn current_row(
     Ok(row)
 }
 
-/// Turns the app's pending changes into stamped versions and, if anything
-/// changed, an outbox entry with the next sequence number.
+/// Turns the app's current row into versions: every column whose value
+/// differs from the recorded winner gets a new stamp, and the causal length
+/// follows the row's existence. Records the change in `batch`.
+pub(crate) fn stamp_row(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    tbl: &str,
+    pk: &str,
+    batch: &mut StampBatch,
+) -> Result<(), DbError> {
+    let Some((key, _)) = ctx.mapping.table(tbl) else { return Ok(()) };
+    if !is_xml_safe(pk) {
+        batch.warnings.push(format!(
+            "row {tbl}/{pk:?} is not synced: its key contains control characters that no sync file can carry"
+        ));
+        return Ok(());
+    }
+    let current = current_row(conn, tbl, key, pk)?;
+    let old = load_row(conn, tbl, pk)?;
+    let (old_row, old_patient) = match &old {
+        Some((r, p)) => (Some(r), p.clone()),
+        None => (None, None),
+    };
+    let mut row = old_row.cloned().unwrap_or_default();
+    let mut stamped = RowState::default();
+    match current {
+        Some(columns) => {
+            if !row.is_alive() {
+                row.cl += 1;
+            }
+            for (col, value) in columns {
+                let base = match row.fields.get(&col) {
+                    Some(state) if state.winner().value() == &value => continue,
+                    Some(state) => Some(state.max_hlc()),
+                    None => None,
+                };
+                if let Some(b) = base {
+                    // Keeps base < stamp even if the stored clock was lost.
+                    clock.observe(b);
+                }
+                batch.bytes += 120 + col.len() + value_size(&value);
+                let version = FieldVersion::new(value, clock.stamp(now_ms), base)
+                    .expect("a fresh stamp is after every stamp the clock observed");
+                stamped.fields.insert(col.clone(), FieldState::single(version.clone()));
+                row.fields.insert(col, FieldState::single(version));
+                batch.versions += 1;
+            }
+        }
+        None if row.is_alive() => row.cl += 1,
+        None => return Ok(()),
+    }
+    if old_row == Some(&row) {
+        return Ok(());
+    }
+    stamped.cl = row.cl;
+    let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
+    save_row(conn, tbl, pk, &row, patient.as_deref())?;
+    batch.bytes += 100 + tbl.len() + pk.len();
+    match &patient {
+        Some(p) => {
+            let slot = (p.clone(), RowKey { table: tbl.to_owned(), pk: pk.to_owned() });
+            match batch.rows.get_mut(&slot) {
+                Some(existing) => {
+                    existing.join_from(&stamped);
+                }
+                None => {
+                    batch.rows.insert(slot, stamped);
+                }
+            }
+        }
+        None => batch.warnings.push(format!(
+            "row {tbl}/{pk} belongs to no patient (its patient column is empty), so it stays on this site until it has one"
+        )),
+    }
+    batch.patients.extend(old_patient);
+    batch.patients.extend(patient);
+    Ok(())
+}
+
+fn value_size(v: &Value) -> usize {
+    match v {
+        Value::Text(t) => t.len(),
+        Value::Blob(b) => b.len() * 4 / 3,
+        _ => 24,
+    }
+}
+
+/// Stamps pending rows in capture order until `max_rows` rows or about
+/// `max_bytes` of segment are done. Returns how many pending entries were
+/// consumed (fewer than asked: nothing is left).
 pub(crate) fn stamp_pending(
     conn: &Connection,
     ctx: &Ctx<'_>,
     clock: &mut HlcClock,
     now_ms: u64,
-) -> Result<StampOutcome, DbError> {
-    let mut out = StampOutcome::default();
-    let max_id: Option<i64> = conn.query_row("SELECT max(id) FROM _cs_pending", [], |r| r.get(0))?;
-    let Some(max_id) = max_id else { return Ok(out) };
-    let touched: Vec<(String, Option<String>)> = {
-        let mut stmt = conn.prepare("SELECT DISTINCT tbl, pk FROM _cs_pending WHERE id <= ?1")?;
-        stmt.query_map([max_id], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+    max_rows: usize,
+    max_bytes: usize,
+    batch: &mut StampBatch,
+) -> Result<usize, DbError> {
+    let entries: Vec<(i64, Option<String>, Option<String>)> = {
+        let mut stmt = conn.prepare_cached("SELECT id, tbl, pk FROM _cs_pending ORDER BY id LIMIT ?1")?;
+        stmt.query_map([max_rows as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?
     };
-    for (tbl, pk) in touched {
-        let Some(pk) = pk else { continue };
-        let Some((key, _)) = ctx.mapping.table(&tbl) else { continue };
-        if !is_xml_safe(&pk) {
-            out.warnings.push(format!(
-                "row {tbl}/{pk:?} is not synced: its key contains control characters that no sync file can carry"
-            ));
-            continue;
+    let mut seen = HashSet::new();
+    let mut last_id = None;
+    let mut consumed = 0;
+    for (id, tbl, pk) in entries {
+        last_id = Some(id);
+        consumed += 1;
+        if let (Some(tbl), Some(pk)) = (tbl, pk)
+            && seen.insert((tbl.clone(), pk.clone()))
+        {
+            stamp_row(conn, ctx, clock, now_ms, &tbl, &pk, batch)?;
         }
-        let current = current_row(conn, &tbl, key, &pk)?;
-        let old = load_row(conn, &tbl, &pk)?;
-        let (old_row, old_patient) = match &old {
-            Some((r, p)) => (Some(r), p.clone()),
-            None => (None, None),
-        };
-        let mut row = old_row.cloned().unwrap_or_default();
-        match current {
-            Some(columns) => {
-                if !row.is_alive() {
-                    row.cl += 1;
-                }
-                for (col, value) in columns {
-                    let base = match row.fields.get(&col) {
-                        Some(state) if state.winner().value() == &value => continue,
-                        Some(state) => Some(state.max_hlc()),
-                        None => None,
-                    };
-                    if let Some(b) = base {
-                        // Guarantees base < stamp even if the stored clock was
-                        // lost or rolled back.
-                        clock.observe(b);
-                    }
-                    let version = FieldVersion::new(value, clock.stamp(now_ms), base)
-                        .expect("a fresh stamp is after every stamp the clock observed");
-                    row.fields.insert(col, FieldState::single(version));
-                }
-            }
-            None if row.is_alive() => row.cl += 1,
-            None => continue,
+        if batch.bytes >= max_bytes {
+            break;
         }
-        if old_row == Some(&row) {
-            continue;
-        }
-        let patient = patient_of(ctx, &tbl, &pk, &row, old_patient.as_deref());
-        if patient.is_none() {
-            out.warnings.push(format!(
-                "row {tbl}/{pk} belongs to no patient (its patient column is empty), so it stays on this site until it has one"
-            ));
-        }
-        out.versions += save_row(conn, &tbl, &pk, old_row, &row, patient.as_deref())?;
-        out.rows += 1;
-        out.patients.extend(old_patient);
-        out.patients.extend(patient);
     }
-    conn.execute("DELETE FROM _cs_pending WHERE id <= ?1", [max_id])?;
-    if !out.patients.is_empty() {
-        let seq: i64 =
-            conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM _cs_outbox", [], |r| r.get(0))?;
-        conn.execute(
-            "INSERT INTO _cs_outbox (seq, created_ms) VALUES (?1, ?2)",
-            params![seq, now_ms as i64],
-        )?;
-        let mut insert =
-            conn.prepare_cached("INSERT INTO _cs_outbox_patients (seq, patient) VALUES (?1, ?2)")?;
-        for p in &out.patients {
-            insert.execute(params![seq, p])?;
-        }
-        out.seq = Some(seq as u64);
+    if let Some(id) = last_id {
+        conn.prepare_cached("DELETE FROM _cs_pending WHERE id <= ?1")?.execute([id])?;
     }
+    Ok(if batch.bytes >= max_bytes { max_rows } else { consumed })
+}
+
+/// Stamps one row now if the app changed it since the last export, so an
+/// incoming version can never overwrite an unseen local edit.
+pub(crate) fn stamp_if_pending(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    key: &RowKey,
+    batch: &mut StampBatch,
+) -> Result<(), DbError> {
+    let pending: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM _cs_pending WHERE tbl = ?1 AND pk = ?2 LIMIT 1")?
+        .query_row(params![key.table, key.pk], |r| r.get(0))
+        .optional()?;
+    if pending.is_some() {
+        stamp_row(conn, ctx, clock, now_ms, &key.table, &key.pk, batch)?;
+        conn.prepare_cached("DELETE FROM _cs_pending WHERE tbl = ?1 AND pk = ?2")?
+            .execute(params![key.table, key.pk])?;
+    }
+    Ok(())
+}
+
+/// Turns a transaction's stamps into an outbox entry with its segment.
+pub(crate) fn finish_batch(
+    conn: &Connection,
+    site: SiteId,
+    now_ms: u64,
+    batch: StampBatch,
+) -> Result<StampOutcome, DbError> {
+    let mut out = StampOutcome {
+        rows: batch.rows.len(),
+        versions: batch.versions,
+        patients: batch.patients.len(),
+        warnings: batch.warnings,
+        seq: None,
+    };
+    if batch.rows.is_empty() && batch.patients.is_empty() {
+        return Ok(out);
+    }
+    let seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM _cs_outbox", [], |r| r.get(0))?;
+    let segment = encode_segment(&Segment { site, seq: seq as u64, created_ms: now_ms, rows: batch.rows });
+    conn.prepare_cached("INSERT INTO _cs_outbox (seq, created_ms, segment, rows) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![seq, now_ms as i64, segment, out.rows as i64])?;
+    let mut insert = conn.prepare_cached("INSERT INTO _cs_outbox_patients (seq, patient) VALUES (?1, ?2)")?;
+    for p in &batch.patients {
+        insert.execute(params![seq, p])?;
+    }
+    out.seq = Some(seq as u64);
     Ok(out)
 }
 
@@ -228,9 +304,9 @@ pub(crate) fn stamp_pending(
 pub(crate) fn apply_doc(
     conn: &Connection,
     ctx: &Ctx<'_>,
+    now_ms: u64,
     doc: &PatientDoc,
     source: &str,
-    now_ms: u64,
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
     for (key, incoming) in &doc.rows {
@@ -245,7 +321,7 @@ pub(crate) fn apply_doc(
         }
         let fallback = old_patient.clone().unwrap_or_else(|| doc.patient.0.clone());
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(&fallback));
-        save_row(conn, &key.table, &key.pk, old_row, &row, patient.as_deref())?;
+        save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
         for (col, state) in &row.fields {
             if state.losers().is_empty() || old_row.and_then(|o| o.fields.get(col)) == Some(state) {
                 continue;
@@ -271,12 +347,70 @@ pub(crate) fn apply_doc(
                 ])?;
             }
         }
-        out.warnings.extend(project(conn, ctx, key, &row)?);
+        match project_or_park(conn, ctx, key, &row)? {
+            Ok(warnings) => out.warnings.extend(warnings),
+            Err(_) => out.parked += 1,
+        }
         out.rows_changed += 1;
         out.affected.extend(old_patient);
         out.affected.extend(patient);
     }
     Ok(out)
+}
+
+/// Projects a row, or parks it when the app's table refuses what is known
+/// of it so far (a NOT NULL or CHECK constraint, typically a row whose
+/// other fields are still on their way). The state keeps the row either
+/// way. `Err(reason)` means parked.
+pub(crate) fn project_or_park(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    key: &RowKey,
+    row: &RowState,
+) -> Result<Result<Vec<String>, String>, DbError> {
+    conn.execute_batch("SAVEPOINT cs_project")?;
+    match project(conn, ctx, key, row) {
+        Ok(warnings) => {
+            conn.execute_batch("RELEASE cs_project")?;
+            conn.prepare_cached("DELETE FROM _cs_unprojected WHERE tbl = ?1 AND pk = ?2")?
+                .execute(params![key.table, key.pk])?;
+            Ok(Ok(warnings))
+        }
+        Err(DbError::Sql(rusqlite::Error::SqliteFailure(e, message)))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            conn.execute_batch("ROLLBACK TO cs_project; RELEASE cs_project")?;
+            let reason = message.unwrap_or_else(|| e.to_string());
+            conn.prepare_cached(
+                "INSERT INTO _cs_unprojected (tbl, pk, reason) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (tbl, pk) DO UPDATE SET reason = excluded.reason",
+            )?
+            .execute(params![key.table, key.pk, reason])?;
+            Ok(Err(reason))
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO cs_project; RELEASE cs_project")?;
+            Err(e)
+        }
+    }
+}
+
+/// Tries again to show every parked row; returns those still parked with
+/// the reason.
+pub(crate) fn retry_parked(conn: &Connection, ctx: &Ctx<'_>) -> Result<Vec<(RowKey, String)>, DbError> {
+    let parked: Vec<RowKey> = {
+        let mut stmt = conn.prepare("SELECT tbl, pk FROM _cs_unprojected ORDER BY tbl, pk")?;
+        stmt.query_map([], |r| Ok(RowKey { table: r.get(0)?, pk: r.get(1)? }))?
+            .collect::<rusqlite::Result<_>>()?
+    };
+    let mut still = Vec::new();
+    for key in parked {
+        let row = load_row(conn, &key.table, &key.pk)?.map(|(r, _)| r).unwrap_or_default();
+        if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
+            still.push((key, reason));
+        }
+    }
+    Ok(still)
 }
 
 /// Makes the app's table show a row's state: the winning value of every
@@ -304,7 +438,12 @@ fn project(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Re
         .fields
         .keys()
         .filter(|c| !columns.contains(c))
-        .map(|c| format!("column {c} of table {} comes from another site but this database has no such column; clinicsync keeps its value and passes it on", key.table))
+        .map(|c| {
+            format!(
+                "column {c} of table {} comes from another site but this database has no such column; clinicsync keeps its value and passes it on",
+                key.table
+            )
+        })
         .collect();
     let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
     let updates: Vec<String> =
@@ -328,29 +467,14 @@ fn project(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Re
 /// every row whose patient column points at it, deleted rows included.
 pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<PatientDoc, DbError> {
     let mut doc = PatientDoc::new(PatientId(patient.to_owned()));
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.tbl, r.pk, r.cl, c.col, c.hlc, c.base, c.value FROM _cs_rows r
-         LEFT JOIN _cs_clock c ON c.tbl = r.tbl AND c.pk = r.pk WHERE r.patient = ?1",
-    )?;
+    let mut stmt = conn.prepare_cached("SELECT tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
     let mut rows = stmt.query([patient])?;
-    let mut versions: BTreeMap<RowKey, (u64, BTreeMap<String, Vec<FieldVersion>>)> = BTreeMap::new();
     while let Some(r) = rows.next()? {
         let key = RowKey { table: r.get(0)?, pk: r.get(1)? };
         let cl: i64 = r.get(2)?;
-        let entry = versions.entry(key.clone()).or_insert_with(|| (cl as u64, BTreeMap::new()));
-        let col: Option<String> = r.get(3)?;
-        if let Some(col) = col {
-            let version = FieldVersion::new(from_ref(r.get_ref(6)?), hlc_at(r, 4)?, opt_hlc_at(r, 5)?)
-                .map_err(|e| DbError::Corrupt(format!("{}/{}: {e}", key.table, key.pk)))?;
-            entry.1.entry(col).or_default().push(version);
-        }
-    }
-    for (key, (cl, fields)) in versions {
-        let fields = fields
-            .into_iter()
-            .map(|(c, vs)| (c, FieldState::from_versions(vs).expect("grouped versions are never empty")))
-            .collect();
-        doc.rows.insert(key, RowState { cl, fields });
+        let blob = r.get_ref(3)?.as_blob().map_err(|_| corrupt(&key.table, &key.pk))?;
+        let fields = rowblob::decode(blob).ok_or_else(|| corrupt(&key.table, &key.pk))?;
+        doc.rows.insert(key, RowState { cl: cl as u64, fields });
     }
     Ok(doc)
 }

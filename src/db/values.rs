@@ -3,7 +3,7 @@
 
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 
-use crate::model::{Hlc, Value};
+use crate::model::Value;
 
 pub(crate) fn from_ref(v: ValueRef<'_>) -> Value {
     match v {
@@ -30,22 +30,4 @@ impl ToSql for Sql<'_> {
             Value::Blob(b) => ValueRef::Blob(b),
         }))
     }
-}
-
-/// Reads a stamp stored as text; a damaged one is reported as a conversion
-/// error naming the column.
-pub(crate) fn hlc_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Hlc> {
-    let text: String = row.get(idx)?;
-    Hlc::parse(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e)))
-}
-
-pub(crate) fn opt_hlc_at(row: &rusqlite::Row<'_>, idx: usize) -> rusqlite::Result<Option<Hlc>> {
-    let text: Option<String> = row.get(idx)?;
-    text.map(|t| {
-        Hlc::parse(&t).map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
-        })
-    })
-    .transpose()
 }

@@ -5,6 +5,7 @@
 mod host;
 mod report;
 mod run;
+mod settings;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 pub use host::{SystemClock, machine_fingerprint};
 pub use report::{Counts, Outcome, RunReport};
 pub use run::{SyncOptions, sync, sync_with_clock};
+pub use settings::{SettingError, SettingView, Settings};
 pub use status::{SiteStatus, StatusReport, status};
 
 use crate::db::{Db, DbError, InitParams, Mapping};
@@ -19,9 +21,6 @@ use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR};
 use crate::folder::{DiskFolder, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, FamilyId, SiteId};
 use crate::xmlstore::{Manifest, decode_manifest, encode_manifest};
-
-/// Stamps further ahead of local time than this are held back.
-pub const MAX_CLOCK_SKEW_MS: u64 = 60 * 60 * 1000;
 
 /// Why a command could not do its work. Every message is one sentence that
 /// says what is wrong and what to do.
@@ -63,6 +62,8 @@ pub enum EngineError {
     FolderNotEmpty { folder: String },
     #[error("cannot read the mapping file {path}: {reason}")]
     MappingFile { path: String, reason: String },
+    #[error(transparent)]
+    Setting(#[from] SettingError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -164,7 +165,10 @@ pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
             .write_batch(&[(MANIFEST.to_owned(), encode_manifest(&manifest))])
             .map_err(io_err(format!("cannot write {folder_display}/{MANIFEST}")))?;
     }
-    let first_run = sync(&options.db, &SyncOptions { trigger: "init".into() })?;
+    // The first run catches up from the change-logs; a periodic full scan
+    // is due only after the interval.
+    Db::open(&options.db)?.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
+    let first_run = sync(&options.db, &SyncOptions { trigger: "init".into(), full_scan: false })?;
     Ok(InitReport {
         site: site.to_string(),
         site_name,
@@ -204,12 +208,21 @@ pub struct ReassignReport {
 /// database, or one restored from an older backup. Its data stays; its old
 /// site's exports are still in the folder and come back as imports.
 pub fn reassign(db_path: &Path) -> Result<ReassignReport, EngineError> {
-    let db = Db::open(db_path)?;
+    let mut db = Db::open(db_path)?;
     let _lock = run::take_lock(db_path)?;
     let old = db.site_config()?.site;
     let new =
         SiteId::from_bytes(host::random_id_bytes().map_err(io_err("cannot draw a random site id".into()))?);
-    db.set_meta("site_id", &new.to_string())?;
-    db.set_meta("machine", &machine_fingerprint())?;
+    db.reassign(new, &machine_fingerprint())?;
     Ok(ReassignReport { old_site: old.to_string(), new_site: new.to_string() })
+}
+
+/// The settings of a database, as `clinicsync settings` shows them.
+pub fn settings_list(db_path: &Path) -> Result<Vec<SettingView>, EngineError> {
+    settings::list(&Db::open(db_path)?)
+}
+
+/// Changes settings (`KEY=VALUE`), all or none.
+pub fn settings_set(db_path: &Path, assignments: &[String]) -> Result<(), EngineError> {
+    settings::set(&Db::open(db_path)?, assignments)
 }

@@ -53,6 +53,15 @@ pub struct Counts {
     pub files_skipped: u64,
     /// Files held back because a site's clock is too far ahead.
     pub files_held_back: u64,
+    /// Change-log segments written, applied from other sites, deleted by
+    /// compaction.
+    pub segments_written: u64,
+    pub segments_applied: u64,
+    pub segments_deleted: u64,
+    /// Whether this run scanned every patient file.
+    pub full_scan: bool,
+    /// What the run asked of the folder.
+    pub folder: crate::folder::FolderStats,
 }
 
 /// The result of one run.

@@ -1,43 +1,53 @@
-//! One sync run: guard, export, import (full scan), read-repair, site file,
-//! report. Every step is safe to interrupt: the database commits come
-//! first, files are rewritten from the database, and the outbox makes the
-//! file writes of an export idempotent.
+//! One sync run: guard, export, import (change-logs, or a full scan of the
+//! patient files), read-repair, compaction, site file, report. Every step is
+//! safe to interrupt: database commits come first, files are rewritten from
+//! the database, and the outbox makes an export's file writes idempotent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 
+use super::EngineError;
 use super::host::{SystemClock, fault_point, machine_fingerprint};
 use super::report::{Counts, Outcome, Recorder, RunReport};
-use super::{EngineError, MAX_CLOCK_SKEW_MS};
+use super::settings::{self, Settings};
+use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
 use crate::conflicts::{PatientName, classify_patient_name, is_copy_of_site_file};
-use crate::db::{Db, SiteConfig};
+use crate::db::{Db, SiteConfig, StampOutcome};
 use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
-use crate::model::{Clock, PatientDoc, patient_file_name, shard_of, write_hex_bytes};
+use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
 use crate::xmlstore::{
-    Limits, SiteFile, decode_manifest, decode_patient, decode_site, encode_patient, encode_site, format_time,
+    DecodeError, Limits, SiteFile, decode_manifest, decode_patient, decode_segment, decode_site,
+    encode_patient, encode_site,
 };
 
 /// Files applied per database transaction during a scan.
 const CHUNK: usize = 256;
-/// How often the reconcile loop may go round before it leaves the rest for
-/// the next run (each round only follows rows that moved between patients).
-const MAX_ROUNDS: usize = 8;
+/// Rows and approximate bytes per change-log segment.
+const SEGMENT_ROWS: usize = 5_000;
+const SEGMENT_BYTES: usize = 4 << 20;
+/// Bytes per batch of file writes (one syncfs each).
+const WRITE_BATCH_BYTES: usize = 16 << 20;
+/// How often one patient may be re-queued in a run (each time only follows
+/// rows that moved between patients or files that changed while read).
+const MAX_REQUEUES: u32 = 8;
 
 /// Options of one run.
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
     /// What started the run: `manual`, `init`, `interval`, `watcher`, ...
     pub trigger: String,
+    /// Scan every patient file this run, whatever the change-logs say.
+    pub full_scan: bool,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { trigger: "manual".into() }
+        SyncOptions { trigger: "manual".into(), full_scan: false }
     }
 }
 
@@ -90,6 +100,7 @@ pub fn sync_with_clock(
     let db = Db::open(db_path)?;
     let _lock = take_lock(db_path)?;
     let cfg = db.site_config()?;
+    let settings = settings::load(&db)?;
     let started_ms = clock.now_ms();
     let run_id = db.begin_run(&options.trigger, started_ms)?;
     let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
@@ -98,11 +109,14 @@ pub fn sync_with_clock(
         folder,
         cfg,
         clock,
+        settings,
         rec: Recorder::new(started_ms),
         counts: Counts::default(),
         limits: Limits::default(),
         ignore: IgnoreRules::new(),
         now_ms: started_ms,
+        peers: Vec::new(),
+        force_scan: options.full_scan,
     };
     let result = run.execute();
     run.rec.finish();
@@ -115,19 +129,16 @@ pub fn sync_with_clock(
             (Outcome::Failed, Some(message))
         }
     };
-    if outcome != Outcome::Failed {
-        // The site file says when this site last synced completely; a
-        // failure to publish it is itself worth a retry.
-        if let Err(e) = run.publish_site_file(outcome == Outcome::Ok) {
-            run.rec.skipped(
-                "site-file",
-                Some(&site_path(run.cfg.site)),
-                format!("could not be written: {e}"),
-            );
-        }
+    if outcome != Outcome::Failed
+        && let Err(e) = run.publish_site_file(outcome == Outcome::Ok)
+    {
+        // The site file says when this site last synced completely; failing
+        // to publish it is itself worth a retry.
+        run.rec.skipped("site-file", Some(&site_path(run.cfg.site)), format!("could not be written: {e}"));
     }
     let outcome = if outcome == Outcome::Ok && run.rec.partial { Outcome::Partial } else { outcome };
     let ended_ms = clock.now_ms();
+    run.counts.folder = run.folder.stats();
     let report = RunReport {
         run_id: Some(run_id),
         trigger: options.trigger.clone(),
@@ -156,12 +167,32 @@ struct FileRef {
 enum Loaded {
     /// Read and decoded.
     Doc { doc: PatientDoc, bytes: Vec<u8>, entry: Entry, sha: String },
-    /// Same size, mtime and hash as when it was last applied.
+    /// Same size, mtime and hash as when it was last applied or written.
     Unchanged { bytes: Vec<u8>, entry: Entry },
-    /// Gone since it was listed.
+    /// Not there (or gone since it was listed).
     Gone,
     /// Not usable now; the recorder has the reason.
     Skipped,
+}
+
+/// What a chunk learned about a patient's original file.
+enum Original {
+    Present(Vec<u8>, Entry),
+    Absent,
+    /// Unreadable: never overwritten.
+    Blocked,
+}
+
+enum Work {
+    File(FileRef),
+    Patient(String),
+}
+
+/// Another site, as its site file shows it.
+struct PeerFile {
+    file: SiteFile,
+    /// The site file's modification time, for sites that never synced.
+    mtime_ms: u64,
 }
 
 struct Run<'c> {
@@ -169,11 +200,14 @@ struct Run<'c> {
     folder: DiskFolder,
     cfg: SiteConfig,
     clock: &'c dyn Clock,
+    settings: Settings,
     rec: Recorder,
     counts: Counts,
     limits: Limits,
     ignore: IgnoreRules,
     now_ms: u64,
+    peers: Vec<PeerFile>,
+    force_scan: bool,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
@@ -182,15 +216,25 @@ fn sha_hex(bytes: &[u8]) -> String {
     out
 }
 
+fn retry_hint(e: &DecodeError) -> &'static str {
+    if e.is_transient() { "will retry next run" } else { "will retry once it is repaired or replaced" }
+}
+
 impl Run<'_> {
     fn execute(&mut self) -> Result<(), EngineError> {
         self.guard()?;
         self.export()?;
-        self.import_full_scan()?;
+        self.import()?;
+        self.show_parked_rows()?;
         // Changes the app made while the import ran were stamped by the
         // import's transactions; write them now rather than next run.
         self.write_outbox()?;
+        self.compact()?;
         Ok(())
+    }
+
+    fn io(&self, what: &str, source: std::io::Error) -> EngineError {
+        EngineError::Io { what: what.to_owned(), source }
     }
 
     /// Step 1: refuse to run where running could do harm.
@@ -223,55 +267,91 @@ impl Run<'_> {
             });
         }
         let site_hex = self.cfg.site.to_string();
-        for entry in self.folder.list(SITES_DIR).map_err(|e| self.io("cannot list sites/", e))? {
+        let entries = self.folder.list(SITES_DIR).map_err(|e| self.io("cannot list sites/", e))?;
+        for entry in &entries {
             if !self.ignore.is_ignored(&entry.name) && is_copy_of_site_file(&entry.name, &site_hex) {
                 return Err(EngineError::SiteOnTwoMachines { file: format!("{SITES_DIR}/{}", entry.name) });
             }
         }
-        let own = site_path(self.cfg.site);
-        match self.folder.read(&own, 1 << 20) {
-            Ok(bytes) => match decode_site(&bytes) {
-                Ok(published) => {
-                    let ours = self.db.head_seq()?;
-                    if published.head_seq > ours {
-                        return Err(EngineError::RestoredBackup {
-                            db: self.db.path().display().to_string(),
-                            published: published.head_seq,
-                            ours,
-                        });
-                    }
-                }
-                // Our own file is rewritten at the end of the run.
-                Err(e) => self.rec.warning(
-                    "site-file",
-                    Some(&own),
-                    format!("this site's own file is unreadable ({e}); it will be rewritten"),
-                ),
-            },
-            Err(ReadError::NotFound) => {}
-            Err(e) => {
-                self.rec.warning("site-file", Some(&own), format!("this site's own file cannot be read: {e}"))
+        let own = format!("{site_hex}.xml");
+        for entry in entries {
+            if self.ignore.is_ignored(&entry.name) || entry.is_dir || !entry.name.ends_with(".xml") {
+                continue;
             }
+            let path = format!("{SITES_DIR}/{}", entry.name);
+            let file = match self.folder.read(&path, 1 << 20) {
+                Ok(bytes) => match decode_site(&bytes) {
+                    Ok(file) => file,
+                    Err(e) if entry.name == own => {
+                        self.rec.warning(
+                            "site-file",
+                            Some(&path),
+                            format!("this site's own file is unreadable ({e}); it will be rewritten"),
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        self.rec.skipped(
+                            "site-file",
+                            Some(&path),
+                            format!("cannot be read: {e}; {}", retry_hint(&e)),
+                        );
+                        continue;
+                    }
+                },
+                Err(ReadError::NotFound) => continue,
+                Err(e) => {
+                    self.rec.skipped("site-file", Some(&path), format!("cannot be read: {e}; will retry"));
+                    continue;
+                }
+            };
+            if file.family != self.cfg.family {
+                self.rec.warning("site-file", Some(&path), "belongs to another family; ignored".into());
+                continue;
+            }
+            if entry.name == own {
+                let ours = self.db.head_seq()?;
+                if file.head_seq > ours {
+                    return Err(EngineError::RestoredBackup {
+                        db: self.db.path().display().to_string(),
+                        published: file.head_seq,
+                        ours,
+                    });
+                }
+                continue;
+            }
+            if format!("{}.xml", file.site) != entry.name {
+                self.rec.warning(
+                    "site-file",
+                    Some(&path),
+                    format!("holds site {} under another name; ignored", file.site.short()),
+                );
+                continue;
+            }
+            let mtime_ms = u64::try_from(entry.mtime_ns / 1_000_000).unwrap_or(0);
+            self.peers.push(PeerFile { file, mtime_ms });
         }
         Ok(())
     }
 
-    fn io(&self, what: &str, source: std::io::Error) -> EngineError {
-        EngineError::Io { what: what.to_owned(), source }
-    }
-
-    /// Step 2: turn local changes into versions, then write the patient
-    /// files of every export not yet fully written.
+    /// Step 2: turn local changes into versions, one bounded segment per
+    /// transaction (short transactions: the app keeps writing), then write
+    /// the segments and patient files of every export not yet written.
     fn export(&mut self) -> Result<(), EngineError> {
-        let mut w = self.db.begin_write(self.now_ms)?;
-        let stamped = w.take_stamped();
-        w.commit()?;
-        self.note_stamped(stamped);
+        loop {
+            let mut w = self.db.begin_write(self.now_ms)?;
+            let more = w.stamp_pending(SEGMENT_ROWS, SEGMENT_BYTES)?;
+            let stamped = w.commit()?;
+            self.note_stamped(stamped);
+            if !more {
+                break;
+            }
+        }
         fault_point("after-export-commit");
         self.write_outbox()
     }
 
-    fn note_stamped(&mut self, stamped: crate::db::StampOutcome) {
+    fn note_stamped(&mut self, stamped: StampOutcome) {
         for warning in stamped.warnings {
             self.rec.warning("export", None, warning);
         }
@@ -283,26 +363,287 @@ impl Run<'_> {
                 None,
                 format!(
                     "recorded {} changed rows of {} patients ({} new versions) as export #{seq}",
-                    stamped.rows,
-                    stamped.patients.len(),
-                    stamped.versions
+                    stamped.rows, stamped.patients, stamped.versions
                 ),
             );
         }
     }
 
+    /// Writes the segments of undone exports, then the patient files they
+    /// touched; marks them done when everything is written.
     fn write_outbox(&mut self) -> Result<(), EngineError> {
-        let (max_seq, patients) = self.db.outbox_patients()?;
-        let Some(max_seq) = max_seq else { return Ok(()) };
-        let complete = self.reconcile(Vec::new(), patients.into_iter().collect())?;
+        let seqs = self.db.undone_seqs()?;
+        let Some(&max_seq) = seqs.last() else { return Ok(()) };
+        let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut batch_bytes = 0;
+        for seq in seqs {
+            let Some(bytes) = self.db.segment_bytes(seq)? else { continue };
+            let path = segment_path(self.cfg.site, seq);
+            if self.folder.read(&path, bytes.len() as u64).ok().as_deref() == Some(bytes.as_slice()) {
+                continue;
+            }
+            batch_bytes += bytes.len();
+            batch.push((path, bytes));
+            if batch_bytes >= WRITE_BATCH_BYTES && !self.write_segments(&mut batch, &mut batch_bytes) {
+                return Ok(());
+            }
+        }
+        if !self.write_segments(&mut batch, &mut batch_bytes) {
+            return Ok(());
+        }
+        let patients: Vec<String> = self.db.outbox_patients(max_seq)?;
+        let complete = self.reconcile(Vec::new(), patients)?;
         if complete {
             self.db.outbox_done(max_seq, self.now_ms)?;
         }
         Ok(())
     }
 
-    /// Step 3 (full-scan form): every patient file and copy in the folder.
-    fn import_full_scan(&mut self) -> Result<(), EngineError> {
+    fn write_segments(&mut self, batch: &mut Vec<(String, Vec<u8>)>, bytes: &mut usize) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        match self.folder.write_batch(batch) {
+            Ok(()) => {
+                self.counts.segments_written += batch.len() as u64;
+                self.counts.bytes_written += *bytes as u64;
+                batch.clear();
+                *bytes = 0;
+                true
+            }
+            Err(e) => {
+                self.rec.skipped(
+                    "write",
+                    None,
+                    format!("could not write {} change-log segments: {e}; will retry", batch.len()),
+                );
+                false
+            }
+        }
+    }
+
+    /// Step 3: catch up with every other site, from its change-log where
+    /// possible, from the patient files where not.
+    fn import(&mut self) -> Result<(), EngineError> {
+        if !self.settings.use_logs {
+            self.full_scan()?;
+            return Ok(());
+        }
+        let watermarks = self.db.watermarks()?;
+        let mut plans = Vec::new();
+        let last_scan: u64 = self.db.meta("last_full_scan_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut scan = self.force_scan
+            || self.now_ms.saturating_sub(last_scan) >= self.settings.full_scan_interval.as_millis() as u64;
+        for peer in &self.peers {
+            let site = peer.file.site;
+            let plan = catch_up(
+                watermarks.get(&site).copied().unwrap_or(0),
+                peer.file.head_seq,
+                peer.file.oldest_seq,
+            );
+            scan |= matches!(plan, CatchUp::FullScanThen { .. });
+            plans.push((site, peer.file.name.clone(), plan));
+        }
+        let clean = if scan { self.full_scan()? } else { true };
+        let mut touched = BTreeSet::new();
+        for (site, name, plan) in plans {
+            let (from, to) = match plan {
+                CatchUp::UpToDate => continue,
+                CatchUp::Segments { from, to } => (from, to),
+                CatchUp::FullScanThen { from, to } if clean => {
+                    self.rec.info(
+                        "scan",
+                        None,
+                        format!("site {} ({name}) compacted changes this site never read; caught up from the patient files", site.short()),
+                    );
+                    (from, to)
+                }
+                CatchUp::FullScanThen { .. } => {
+                    self.rec.skipped(
+                        "gap",
+                        None,
+                        format!("site {} ({name}) compacted changes this site never read, and the patient files could not all be read; the next run tries again", site.short()),
+                    );
+                    continue;
+                }
+            };
+            self.read_segments(site, &name, from, to, &mut touched)?;
+        }
+        // Read-repair: the files of every patient a segment changed.
+        self.reconcile(Vec::new(), touched.into_iter().collect())?;
+        Ok(())
+    }
+
+    /// Rows whose fields arrived only in part wait outside the app's tables;
+    /// once the rest has arrived they are shown.
+    fn show_parked_rows(&mut self) -> Result<(), EngineError> {
+        let mut w = self.db.begin_write(self.now_ms)?;
+        let still = w.retry_parked()?;
+        let stamped = w.commit()?;
+        self.note_stamped(stamped);
+        for (key, reason) in still {
+            self.rec.skipped(
+                "parked",
+                None,
+                format!(
+                    "row {}/{} is kept by clinicsync but the app's table cannot hold it yet ({reason}); the rest of its data is on its way, and every run tries again",
+                    key.table, key.pk
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies segments `from..=to` of a site in order, each in one
+    /// transaction with the new watermark; stops at the first that is
+    /// missing or unusable.
+    fn read_segments(
+        &mut self,
+        site: SiteId,
+        name: &str,
+        from: u64,
+        to: u64,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<(), EngineError> {
+        for seq in from..=to {
+            let path = segment_path(site, seq);
+            let bytes = match self.folder.read(&path, self.limits.max_file_bytes) {
+                Ok(b) => b,
+                Err(ReadError::NotFound) => {
+                    self.rec.skipped(
+                        "gap",
+                        Some(&path),
+                        format!("segment #{seq} of site {} ({name}) has not arrived yet; its later changes wait for it", site.short()),
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.counts.files_skipped += 1;
+                    self.rec.skipped("skipped", Some(&path), format!("was not applied: {e}; will retry"));
+                    return Ok(());
+                }
+            };
+            self.counts.bytes_read += bytes.len() as u64;
+            let segment = match decode_segment(&bytes, self.limits) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.counts.files_skipped += 1;
+                    self.rec.skipped(
+                        "skipped",
+                        Some(&path),
+                        format!(
+                            "was not applied: {e}; {}; the site's later changes wait for it",
+                            retry_hint(&e)
+                        ),
+                    );
+                    return Ok(());
+                }
+            };
+            if segment.site != site || segment.seq != seq {
+                self.counts.files_skipped += 1;
+                self.rec.skipped(
+                    "skipped",
+                    Some(&path),
+                    format!(
+                        "holds segment #{} of site {}, not what its name says; not applied",
+                        segment.seq,
+                        segment.site.short()
+                    ),
+                );
+                return Ok(());
+            }
+            let stamps = segment
+                .rows
+                .values()
+                .flat_map(|r| r.fields.values())
+                .flat_map(|f| f.versions().iter().map(|v| v.hlc()));
+            if let Some(ahead) = self.too_far_ahead(stamps) {
+                self.hold_back(&path, ahead);
+                return Ok(());
+            }
+            let mut docs: BTreeMap<String, PatientDoc> = BTreeMap::new();
+            for ((patient, key), row) in segment.rows {
+                docs.entry(patient.clone())
+                    .or_insert_with(|| PatientDoc::new(PatientId(patient)))
+                    .rows
+                    .insert(key, row);
+            }
+            let mut w = self.db.begin_write(self.now_ms)?;
+            let mut rows = 0;
+            let mut conflicts = 0;
+            let mut warnings = Vec::new();
+            let mut affected = BTreeSet::new();
+            let mut failure = None;
+            for doc in docs.values() {
+                match w.apply_doc(doc, &path) {
+                    Ok(o) => {
+                        rows += o.rows_changed;
+                        conflicts += o.new_conflicts;
+                        warnings.extend(o.warnings);
+                        affected.extend(o.affected);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                drop(w);
+                self.counts.files_skipped += 1;
+                self.rec.skipped(
+                    "skipped",
+                    Some(&path),
+                    format!("could not be applied to the database, nothing of it was kept: {e}; the site's later changes wait for it"),
+                );
+                return Ok(());
+            }
+            w.set_watermark(site, seq)?;
+            let stamped = w.commit()?;
+            self.note_stamped(stamped);
+            self.counts.segments_applied += 1;
+            self.counts.rows_applied += rows as u64;
+            for warning in warnings {
+                self.rec.warning("schema", Some(&path), warning);
+            }
+            if rows > 0 {
+                self.rec.applied(&path, format!("applied {rows} changed rows of {} patients", docs.len()));
+            }
+            if conflicts > 0 {
+                self.counts.new_conflicts += conflicts as u64;
+                self.rec.warning(
+                    "conflict",
+                    Some(&path),
+                    format!("{conflicts} concurrent edits kept for review (`clinicsync conflicts`)"),
+                );
+            }
+            touched.extend(affected);
+        }
+        Ok(())
+    }
+
+    fn too_far_ahead(&self, stamps: impl Iterator<Item = Hlc>) -> Option<Hlc> {
+        let limit = self.now_ms.saturating_add(self.settings.max_clock_skew.as_millis() as u64);
+        stamps.filter(|h| h.wall_ms() > limit).max()
+    }
+
+    fn hold_back(&mut self, path: &str, ahead: Hlc) {
+        // Rounded to the minute: people read "3days", not "2days 23h 59m 59s".
+        let minutes = (ahead.wall_ms() - self.now_ms + 30_000) / 60_000;
+        let by = humantime::format_duration(std::time::Duration::from_secs(minutes * 60));
+        self.counts.files_held_back += 1;
+        self.rec.skipped(
+            "held-back",
+            Some(path),
+            format!("held back: site {}'s clock is {by} ahead of this computer's; it is applied once the clocks agree", ahead.site().short()),
+        );
+    }
+
+    /// Every patient file and copy in the folder. Returns true when every
+    /// file could be read and applied.
+    fn full_scan(&mut self) -> Result<bool, EngineError> {
+        self.counts.full_scan = true;
+        let skipped_before = self.counts.files_skipped + self.counts.files_held_back;
         let shards = self.folder.list(PATIENTS_DIR).map_err(|e| self.io("cannot list patients/", e))?;
         if shards.is_empty() {
             self.rec.info(
@@ -370,8 +711,9 @@ impl Run<'_> {
                 }
             }
         }
-        self.reconcile(files, BTreeSet::new())?;
-        Ok(())
+        let complete = self.reconcile(files, Vec::new())?;
+        self.db.set_meta("last_full_scan_ms", &self.now_ms.to_string())?;
+        Ok(complete && self.counts.files_skipped + self.counts.files_held_back == skipped_before)
     }
 
     /// Reads and verifies one file. Nothing of a file that fails is used.
@@ -408,12 +750,11 @@ impl Run<'_> {
         let doc = match decode_patient(&bytes, self.limits) {
             Ok(doc) => doc,
             Err(e) => {
-                let retry = if e.is_transient() {
-                    "will retry next run"
-                } else {
-                    "will retry once it is repaired or replaced"
-                };
-                self.rec.skipped("skipped", Some(&f.path), format!("was not applied: {e}; {retry}"));
+                self.rec.skipped(
+                    "skipped",
+                    Some(&f.path),
+                    format!("was not applied: {e}; {}", retry_hint(&e)),
+                );
                 self.counts.files_skipped += 1;
                 return Ok(Loaded::Skipped);
             }
@@ -431,17 +772,8 @@ impl Run<'_> {
             self.counts.files_skipped += 1;
             return Ok(Loaded::Skipped);
         }
-        let limit = self.now_ms.saturating_add(MAX_CLOCK_SKEW_MS);
-        if let Some(ahead) = doc.stamps().filter(|h| h.wall_ms() > limit).max() {
-            // Rounded to the minute: people read "3days", not "2days 23h 59m 59s".
-            let minutes = (ahead.wall_ms() - self.now_ms + 30_000) / 60_000;
-            let by = humantime::format_duration(std::time::Duration::from_secs(minutes * 60));
-            self.rec.skipped(
-                "held-back",
-                Some(&f.path),
-                format!("held back: site {}'s clock is {by} ahead of this computer's; it is applied once the clocks agree", ahead.site().short()),
-            );
-            self.counts.files_held_back += 1;
+        if let Some(ahead) = self.too_far_ahead(doc.stamps()) {
+            self.hold_back(&f.path, ahead);
             return Ok(Loaded::Skipped);
         }
         Ok(Loaded::Doc { doc, bytes, entry, sha })
@@ -449,54 +781,74 @@ impl Run<'_> {
 
     /// Joins files into the database and rewrites every patient file that
     /// is behind the database (read-repair), following rows that moved
-    /// between patients. Returns true when every wanted patient file is
-    /// now up to date.
-    fn reconcile(
-        &mut self,
-        mut queue: Vec<FileRef>,
-        mut want: BTreeSet<String>,
-    ) -> Result<bool, EngineError> {
-        // Original files read this run: stem -> (bytes, entry) or None when absent.
-        let mut originals: BTreeMap<String, Option<(Vec<u8>, Entry)>> = BTreeMap::new();
-        let mut blocked: BTreeSet<String> = BTreeSet::new();
-        let mut done: BTreeSet<String> = BTreeSet::new();
-        for _round in 0..MAX_ROUNDS {
-            // The original file of every wanted patient must be read (and
-            // joined) before it may be rewritten.
-            let mut queued: BTreeSet<String> =
-                queue.iter().filter(|f| !f.copy).map(|f| f.stem.clone()).collect();
-            for patient in want.difference(&done) {
-                let stem = patient_file_name(patient);
-                if originals.contains_key(&stem) || blocked.contains(&stem) || queued.contains(&stem) {
-                    continue;
+    /// between patients. Works in chunks, so memory stays bounded however
+    /// many files there are. Returns true when every wanted patient file is
+    /// up to date.
+    fn reconcile(&mut self, files: Vec<FileRef>, patients: Vec<String>) -> Result<bool, EngineError> {
+        let mut queue: VecDeque<Work> = files.into_iter().map(Work::File).collect();
+        queue.extend(patients.into_iter().map(Work::Patient));
+        let mut done: HashSet<String> = HashSet::new();
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut requeued: HashMap<String, u32> = HashMap::new();
+        let mut left = 0usize;
+        while !queue.is_empty() {
+            let mut to_load: Vec<FileRef> = Vec::new();
+            let mut loading: HashSet<String> = HashSet::new();
+            let mut wanted: BTreeSet<String> = BTreeSet::new();
+            while to_load.len() < CHUNK {
+                let Some(work) = queue.pop_front() else { break };
+                match work {
+                    Work::File(f) => {
+                        if !f.copy {
+                            loading.insert(f.stem.clone());
+                        }
+                        to_load.push(f);
+                    }
+                    Work::Patient(p) => {
+                        let stem = patient_file_name(&p);
+                        if done.contains(&p) || blocked.contains(&stem) {
+                            continue;
+                        }
+                        if loading.insert(stem.clone()) {
+                            to_load.push(FileRef { path: patient_path(&stem), stem, copy: false });
+                        }
+                        wanted.insert(p);
+                    }
                 }
-                queued.insert(stem.clone());
-                queue.push(FileRef { path: patient_path(&stem), stem, copy: false });
             }
-            for chunk in std::mem::take(&mut queue).chunks(CHUNK) {
-                self.apply_chunk(chunk, &mut want, &mut originals, &mut blocked)?;
-            }
-            let pending: Vec<String> = want.difference(&done).cloned().collect();
+            let originals = self.apply_chunk(&to_load, &mut wanted)?;
             let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
-            for patient in pending {
+            for patient in wanted {
                 let stem = patient_file_name(&patient);
-                if blocked.contains(&stem) {
+                if done.contains(&patient) || blocked.contains(&stem) {
                     continue;
                 }
-                let Some(existing) = originals.get(&stem) else { continue };
+                let existing = match originals.get(&stem) {
+                    Some(Original::Blocked) => {
+                        blocked.insert(stem);
+                        continue;
+                    }
+                    Some(Original::Present(bytes, entry)) => Some((bytes, entry)),
+                    Some(Original::Absent) => None,
+                    None => {
+                        // A patient a row moved to or from: its file is read
+                        // and joined in a later chunk.
+                        self.requeue(&mut queue, &mut requeued, patient, &mut left);
+                        continue;
+                    }
+                };
                 let doc = self.db.doc_for_patient(&patient)?;
                 if doc.rows.is_empty() && existing.is_none() {
                     done.insert(patient);
                     continue;
                 }
                 let bytes = encode_patient(&doc);
-                let unchanged = existing.as_ref().is_some_and(|(old, _)| *old == bytes);
-                if unchanged {
+                if existing.is_some_and(|(old, _)| *old == bytes) {
                     done.insert(patient);
                     continue;
                 }
-                // The file must not have changed since we read it: a newer
-                // delivery is read and joined first, next round.
+                // The file must not have changed since it was read: a newer
+                // delivery is read and joined first.
                 let path = patient_path(&stem);
                 let now =
                     self.folder.metadata(&path).map_err(|e| self.io(&format!("cannot stat {path}"), e))?;
@@ -508,66 +860,73 @@ impl Run<'_> {
                     _ => false,
                 };
                 if !same {
-                    originals.remove(&stem);
+                    self.requeue(&mut queue, &mut requeued, patient, &mut left);
                     continue;
                 }
                 writes.push((path, bytes, patient));
             }
-            self.write_files(&mut writes, &mut done)?;
-            if want.iter().all(|p| done.contains(p) || blocked.contains(&patient_file_name(p))) {
-                break;
-            }
+            drop(originals);
+            self.write_files(writes, &mut done)?;
         }
-        let left: Vec<&String> =
-            want.iter().filter(|p| !done.contains(*p) && !blocked.contains(&patient_file_name(p))).collect();
-        if !left.is_empty() {
+        if left > 0 {
             self.rec.skipped(
                 "write",
                 None,
                 format!(
-                    "{} patient files kept changing while this run read them; the next run finishes them",
-                    left.len()
+                    "{left} patient files kept changing while this run read them; the next run finishes them"
                 ),
             );
         }
-        Ok(left.is_empty() && want.iter().all(|p| !blocked.contains(&patient_file_name(p))))
+        Ok(left == 0 && blocked.is_empty())
     }
 
+    fn requeue(
+        &mut self,
+        queue: &mut VecDeque<Work>,
+        requeued: &mut HashMap<String, u32>,
+        patient: String,
+        left: &mut usize,
+    ) {
+        let n = requeued.entry(patient.clone()).or_insert(0);
+        *n += 1;
+        if *n > MAX_REQUEUES {
+            *left += 1;
+        } else {
+            queue.push_back(Work::Patient(patient));
+        }
+    }
+
+    /// Loads and joins one chunk of files in one transaction. Returns what
+    /// it learned of each original file; adds the patients whose files may
+    /// now be behind to `wanted`.
     fn apply_chunk(
         &mut self,
         chunk: &[FileRef],
-        want: &mut BTreeSet<String>,
-        originals: &mut BTreeMap<String, Option<(Vec<u8>, Entry)>>,
-        blocked: &mut BTreeSet<String>,
-    ) -> Result<(), EngineError> {
+        wanted: &mut BTreeSet<String>,
+    ) -> Result<HashMap<String, Original>, EngineError> {
+        let mut originals = HashMap::new();
         let mut loaded = Vec::with_capacity(chunk.len());
         for f in chunk {
             match self.load(f)? {
                 Loaded::Doc { doc, bytes, entry, sha } => loaded.push((f, doc, bytes, entry, sha)),
-                Loaded::Unchanged { bytes, entry } => {
-                    if !f.copy {
-                        originals.insert(f.stem.clone(), Some((bytes, entry)));
-                    }
+                Loaded::Unchanged { bytes, entry } if !f.copy => {
+                    originals.insert(f.stem.clone(), Original::Present(bytes, entry));
                 }
-                Loaded::Gone => {
-                    if !f.copy {
-                        originals.insert(f.stem.clone(), None);
-                    }
+                Loaded::Gone if !f.copy => {
+                    originals.insert(f.stem.clone(), Original::Absent);
                 }
-                Loaded::Skipped => {
-                    if !f.copy {
-                        // Never overwrite what we cannot read: it may be a
-                        // newer version still arriving.
-                        blocked.insert(f.stem.clone());
-                    }
+                // Never overwrite what cannot be read: it may be a newer
+                // version still arriving.
+                Loaded::Skipped if !f.copy => {
+                    originals.insert(f.stem.clone(), Original::Blocked);
                 }
+                Loaded::Unchanged { .. } | Loaded::Gone | Loaded::Skipped => {}
             }
         }
         if loaded.is_empty() {
-            return Ok(());
+            return Ok(originals);
         }
         let mut w = self.db.begin_write(self.now_ms)?;
-        let stamped = w.take_stamped();
         let mut results = Vec::with_capacity(loaded.len());
         for (f, doc, _, entry, sha) in &loaded {
             let result = w.apply_doc(doc, &f.path);
@@ -576,15 +935,15 @@ impl Run<'_> {
             }
             results.push(result);
         }
-        w.commit()?;
+        let stamped = w.commit()?;
         self.note_stamped(stamped);
         for ((f, doc, bytes, entry, _), result) in loaded.into_iter().zip(results) {
             match result {
                 Ok(outcome) => {
-                    want.insert(doc.patient.0.clone());
-                    want.extend(outcome.affected.iter().cloned());
+                    wanted.insert(doc.patient.0.clone());
+                    wanted.extend(outcome.affected.iter().cloned());
                     if !f.copy {
-                        originals.insert(f.stem.clone(), Some((bytes, entry)));
+                        originals.insert(f.stem.clone(), Original::Present(bytes, entry));
                     }
                     for warning in outcome.warnings {
                         self.rec.warning("schema", Some(&f.path), warning);
@@ -628,24 +987,23 @@ impl Run<'_> {
                         format!("could not be applied to the database, nothing of it was kept: {e}"),
                     );
                     if !f.copy {
-                        blocked.insert(f.stem.clone());
+                        originals.insert(f.stem.clone(), Original::Blocked);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(originals)
     }
 
     fn write_files(
         &mut self,
-        writes: &mut Vec<(String, Vec<u8>, String)>,
-        done: &mut BTreeSet<String>,
+        mut writes: Vec<(String, Vec<u8>, String)>,
+        done: &mut HashSet<String>,
     ) -> Result<(), EngineError> {
-        const BATCH_BYTES: usize = 16 << 20;
         while !writes.is_empty() {
             let mut size = 0;
             let mut n = 0;
-            while n < writes.len() && (n == 0 || size + writes[n].1.len() <= BATCH_BYTES) {
+            while n < writes.len() && (n == 0 || size + writes[n].1.len() <= WRITE_BATCH_BYTES) {
                 size += writes[n].1.len();
                 n += 1;
             }
@@ -660,8 +1018,7 @@ impl Run<'_> {
                 );
                 continue;
             }
-            let mut w = self.db.begin_write(self.now_ms)?;
-            let stamped = w.take_stamped();
+            let w = self.db.begin_write(self.now_ms)?;
             for (path, bytes) in &files {
                 if let Ok(Some(entry)) = self.folder.metadata(path) {
                     w.record_file(path, entry.size, entry.mtime_ns, &sha_hex(bytes))?;
@@ -669,22 +1026,72 @@ impl Run<'_> {
                 self.counts.files_written += 1;
                 self.counts.bytes_written += bytes.len() as u64;
             }
-            w.commit()?;
+            let stamped = w.commit()?;
             self.note_stamped(stamped);
             done.extend(batch.into_iter().map(|(_, _, patient)| patient));
         }
         Ok(())
     }
 
+    /// Step 6: delete own segments every active site has applied and that
+    /// are older than the retention.
+    fn compact(&mut self) -> Result<(), EngineError> {
+        let oldest = self.oldest_seq()?;
+        let head = self.db.written_head()?;
+        if oldest > head {
+            return Ok(());
+        }
+        let peers: Vec<Peer> = self
+            .peers
+            .iter()
+            .map(|p| Peer {
+                acked: p.file.acks.get(&self.cfg.site).copied().unwrap_or(0),
+                last_seen_ms: p.file.last_sync_ms.unwrap_or(0).max(p.mtime_ms),
+            })
+            .collect();
+        let policy = Retention {
+            keep_ms: self.settings.log_retention.as_millis() as u64,
+            dormant_after_ms: self.settings.dormancy.as_millis() as u64,
+        };
+        let exports = self.db.export_times(oldest, head)?;
+        let Some(limit) = compaction_limit(&exports, &peers, self.now_ms, policy) else { return Ok(()) };
+        let mut removed = oldest;
+        for seq in oldest..=limit {
+            let path = segment_path(self.cfg.site, seq);
+            if let Err(e) = self.folder.remove(&path) {
+                self.rec.warning("compact", Some(&path), format!("could not be deleted: {e}; will retry"));
+                break;
+            }
+            self.counts.segments_deleted += 1;
+            removed = seq + 1;
+        }
+        if removed > oldest {
+            self.db.set_meta("oldest_seq", &removed.to_string())?;
+            self.rec.info(
+                "compact",
+                None,
+                format!("deleted own segments #{oldest} to #{} (every active site has them)", removed - 1),
+            );
+        }
+        Ok(())
+    }
+
+    fn oldest_seq(&self) -> Result<u64, EngineError> {
+        Ok(self.db.meta("oldest_seq")?.and_then(|v| v.parse().ok()).unwrap_or(1))
+    }
+
     /// Step 6 (part): publish this site's file.
     fn publish_site_file(&mut self, ok: bool) -> Result<(), EngineError> {
         let last_sync_ms = if ok { Some(self.clock.now_ms()) } else { self.db.last_ok_ms()? };
+        let head_seq = self.db.written_head()?;
         let file = SiteFile {
             site: self.cfg.site,
             family: self.cfg.family,
             name: self.cfg.name.clone(),
             app_version: env!("CARGO_PKG_VERSION").to_owned(),
-            head_seq: self.db.head_seq()?,
+            head_seq,
+            oldest_seq: self.oldest_seq()?.min(head_seq + 1),
+            acks: self.db.watermarks()?,
             last_sync_ms,
             machine: self.cfg.machine.clone(),
             mapping: self.db.mapping().fingerprint(),
@@ -696,9 +1103,6 @@ impl Run<'_> {
             self.folder
                 .write_batch(&[(path, bytes)])
                 .map_err(|e| self.io("cannot write the site file", e))?;
-            if let Some(ms) = last_sync_ms {
-                tracing::debug!(last_sync = %format_time(ms), "site file published");
-            }
         }
         Ok(())
     }

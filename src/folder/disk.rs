@@ -5,6 +5,7 @@
 //! on the same volume can be had, the temp file is `~$<name>.tmp` beside the
 //! target, a name every major client skips.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -20,6 +21,20 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct DiskFolder {
     root: PathBuf,
     staging: Option<PathBuf>,
+    stats: Cell<FolderStats>,
+}
+
+/// What a folder was asked to do: the no-op-run tests assert on these
+/// rather than on timing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FolderStats {
+    /// Directory listings, any directory.
+    pub lists: u64,
+    /// Listings of `patients/` or a directory inside it.
+    pub patient_lists: u64,
+    pub reads: u64,
+    pub files_written: u64,
+    pub removes: u64,
 }
 
 impl DiskFolder {
@@ -28,7 +43,18 @@ impl DiskFolder {
     /// lies on the same volume as `root`.
     pub fn new(root: PathBuf, staging: Option<PathBuf>) -> DiskFolder {
         let staging = staging.filter(|dir| same_volume(&root, dir));
-        DiskFolder { root, staging }
+        DiskFolder { root, staging, stats: Cell::new(FolderStats::default()) }
+    }
+
+    /// What this folder was asked to do so far.
+    pub fn stats(&self) -> FolderStats {
+        self.stats.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut FolderStats)) {
+        let mut stats = self.stats.get();
+        f(&mut stats);
+        self.stats.set(stats);
     }
 
     pub fn root(&self) -> &Path {
@@ -87,6 +113,11 @@ impl Folder for DiskFolder {
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<Entry>> {
+        let patients = dir == super::layout::PATIENTS_DIR || dir.starts_with("patients/");
+        self.count(|s| {
+            s.lists += 1;
+            s.patient_lists += u64::from(patients);
+        });
         let path = if dir.is_empty() { self.root.clone() } else { self.full(dir)? };
         let reader = match fs::read_dir(&path) {
             Ok(r) => r,
@@ -121,6 +152,7 @@ impl Folder for DiskFolder {
     }
 
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
+        self.count(|s| s.reads += 1);
         let full = self.full(path)?;
         let file = match File::open(&full) {
             Ok(f) => f,
@@ -144,6 +176,7 @@ impl Folder for DiskFolder {
         if files.is_empty() {
             return Ok(());
         }
+        self.count(|s| s.files_written += files.len() as u64);
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
         let result = (|| {
             for (index, (rel, bytes)) in files.iter().enumerate() {
@@ -181,6 +214,7 @@ impl Folder for DiskFolder {
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
+        self.count(|s| s.removes += 1);
         match fs::remove_file(self.full(path)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -6,7 +6,7 @@ mod disk;
 mod ignore;
 pub mod layout;
 
-pub use disk::DiskFolder;
+pub use disk::{DiskFolder, FolderStats};
 pub use ignore::IgnoreRules;
 
 use std::io;

@@ -26,8 +26,12 @@ pub struct SiteFile {
     pub family: FamilyId,
     pub name: String,
     pub app_version: String,
-    /// The highest export sequence number this site has published.
+    /// The highest change-log segment this site has written completely.
     pub head_seq: u64,
+    /// The lowest segment it still keeps (`head_seq + 1` when it keeps none).
+    pub oldest_seq: u64,
+    /// The last segment it applied from each other site.
+    pub acks: std::collections::BTreeMap<SiteId, u64>,
     /// Last run that ended `ok`, milliseconds since the Unix epoch.
     pub last_sync_ms: Option<u64>,
     /// A one-way fingerprint of the machine the site runs on.
@@ -42,7 +46,7 @@ pub fn format_time(ms: u64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn parse_time(text: &str) -> Option<u64> {
+pub(crate) fn parse_time(text: &str) -> Option<u64> {
     let t = humantime::parse_rfc3339(text).ok()?;
     Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64)
 }
@@ -57,7 +61,7 @@ pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
 }
 
 pub fn decode_manifest(file: &[u8]) -> Result<Manifest, DecodeError> {
-    let (r, attrs) = read_root(file, "clinicsync-family")?;
+    let (r, attrs, _) = read_root(file, "clinicsync-family")?;
     let family = required(&r, &attrs, "clinicsync-family", "family")?;
     let family = FamilyId::parse(family).map_err(|e| bad(&r, "family", family, e.to_string()))?;
     let created = required(&r, &attrs, "clinicsync-family", "created")?;
@@ -67,7 +71,7 @@ pub fn decode_manifest(file: &[u8]) -> Result<Manifest, DecodeError> {
 }
 
 pub fn encode_site(s: &SiteFile) -> Vec<u8> {
-    let mut out = String::with_capacity(512);
+    let mut out = String::with_capacity(512 + 80 * s.acks.len());
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     out.push_str(&format!(
         "<site format=\"{FOLDER_FORMAT}\" id=\"{}\" family=\"{}\" name=\"",
@@ -76,7 +80,7 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
     push_attr(&mut out, &s.name);
     out.push_str("\" app-version=\"");
     push_attr(&mut out, &s.app_version);
-    out.push_str(&format!("\" head-seq=\"{}\"", s.head_seq));
+    out.push_str(&format!("\" head-seq=\"{}\" oldest-seq=\"{}\"", s.head_seq, s.oldest_seq));
     if let Some(ms) = s.last_sync_ms {
         out.push_str(&format!(" last-sync=\"{}\"", format_time(ms)));
     }
@@ -84,12 +88,20 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
     push_attr(&mut out, &s.machine);
     out.push_str("\" mapping=\"");
     push_attr(&mut out, &s.mapping);
-    out.push_str("\"/>\n");
+    if s.acks.is_empty() {
+        out.push_str("\"/>\n");
+    } else {
+        out.push_str("\">\n");
+        for (site, seq) in &s.acks {
+            out.push_str(&format!("  <ack site=\"{site}\" seq=\"{seq}\"/>\n"));
+        }
+        out.push_str("</site>\n");
+    }
     trailer::seal(out.into_bytes())
 }
 
 pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
-    let (r, attrs) = read_root(file, "site")?;
+    let (r, attrs, children) = read_root(file, "site")?;
     let site_text = required(&r, &attrs, "site", "id")?;
     let site = SiteId::parse(site_text).map_err(|e| bad(&r, "id", site_text, e.to_string()))?;
     let family_text = required(&r, &attrs, "site", "family")?;
@@ -97,16 +109,33 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
     let head_text = required(&r, &attrs, "site", "head-seq")?;
     let head_seq =
         head_text.parse().map_err(|_| bad(&r, "head-seq", head_text, "not a whole number".into()))?;
+    let oldest_seq = match optional(&attrs, "oldest-seq") {
+        None => 1,
+        Some(t) => t.parse().map_err(|_| bad(&r, "oldest-seq", t, "not a whole number".into()))?,
+    };
     let last_sync_ms = match optional(&attrs, "last-sync") {
         None => None,
         Some(t) => Some(parse_time(t).ok_or_else(|| bad(&r, "last-sync", t, "not an RFC 3339 time".into()))?),
     };
+    let mut acks = std::collections::BTreeMap::new();
+    for (name, child) in &children {
+        if name != "ack" {
+            continue;
+        }
+        let site_text = required(&r, child, "ack", "site")?;
+        let peer = SiteId::parse(site_text).map_err(|e| bad(&r, "site", site_text, e.to_string()))?;
+        let seq_text = required(&r, child, "ack", "seq")?;
+        let seq = seq_text.parse().map_err(|_| bad(&r, "seq", seq_text, "not a whole number".into()))?;
+        acks.insert(peer, seq);
+    }
     Ok(SiteFile {
         site,
         family,
         name: optional(&attrs, "name").unwrap_or_default().to_owned(),
         app_version: optional(&attrs, "app-version").unwrap_or_default().to_owned(),
         head_seq,
+        oldest_seq,
+        acks,
         last_sync_ms,
         machine: optional(&attrs, "machine").unwrap_or_default().to_owned(),
         mapping: optional(&attrs, "mapping").unwrap_or_default().to_owned(),
@@ -119,10 +148,12 @@ fn bad(r: &XmlReader<'_>, attribute: &'static str, value: &str, reason: String) 
 
 /// Reads a small metadata file's root element and its attributes. Child
 /// elements that a later version of format 1 may add are skipped.
+type Attrs = Vec<(String, String)>;
+
 fn read_root<'a>(
     file: &'a [u8],
     expected: &'static str,
-) -> Result<(XmlReader<'a>, Vec<(String, String)>), DecodeError> {
+) -> Result<(XmlReader<'a>, Attrs, Vec<(String, Attrs)>), DecodeError> {
     let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
     let limits = Limits { max_file_bytes: 4 << 20, max_elements: 100_000, ..Limits::default() };
     let mut r = XmlReader::new(body, limits)?;
@@ -137,12 +168,14 @@ fn read_root<'a>(
     }
     let attrs = r.attributes(&root)?;
     check_format(&r, &attrs, FOLDER_FORMAT)?;
+    let mut children = Vec::new();
     if !empty {
         let mut depth = 1usize;
         while depth > 0 {
             match r.next()? {
                 Item::Start(_) => depth += 1,
                 Item::End => depth -= 1,
+                Item::Empty(e) if depth == 1 => children.push((element_name(&e), r.attributes(&e)?)),
                 Item::Empty(_) | Item::Text(_) => {}
                 Item::Eof => {
                     return Err(
@@ -153,7 +186,7 @@ fn read_root<'a>(
         }
     }
     r.expect_eof()?;
-    Ok((r, attrs))
+    Ok((r, attrs, children))
 }
 
 #[cfg(test)]
@@ -168,6 +201,8 @@ mod tests {
             name: "Front desk \"A\" & <co>".into(),
             app_version: "0.1.0".into(),
             head_seq: 42,
+            oldest_seq: 7,
+            acks: [(SiteId::from_bytes([9; 16]), 3), (SiteId::from_bytes([8; 16]), 0)].into_iter().collect(),
             last_sync_ms: Some(1_700_000_000_123),
             machine: "abc".into(),
             mapping: "def".into(),

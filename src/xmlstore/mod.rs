@@ -6,6 +6,7 @@ mod error;
 mod meta;
 mod patient;
 mod reader;
+mod segment;
 mod text;
 mod trailer;
 
@@ -16,5 +17,6 @@ pub use meta::{
 };
 pub use patient::{PATIENT_FORMAT, decode_patient, encode_patient};
 pub use reader::Limits;
+pub use segment::{Segment, decode_segment, encode_segment};
 pub use text::is_xml_safe;
 pub use trailer::{TrailerError, seal, unseal};

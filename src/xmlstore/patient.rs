@@ -25,26 +25,37 @@ pub fn encode_patient(doc: &PatientDoc) -> Vec<u8> {
     push_attr(&mut out, &doc.patient.0);
     out.push_str("\">\n");
     for (key, row) in &doc.rows {
-        out.push_str("  <row table=\"");
-        push_attr(&mut out, &key.table);
-        out.push_str("\" pk=\"");
-        push_attr(&mut out, &key.pk);
-        out.push_str("\" cl=\"");
-        out.push_str(&row.cl.to_string());
-        if row.fields.is_empty() {
-            out.push_str("\"/>\n");
-            continue;
-        }
-        out.push_str("\">\n");
-        for (column, state) in &row.fields {
-            for version in state.versions() {
-                push_field(&mut out, column, version);
-            }
-        }
-        out.push_str("  </row>\n");
+        push_row(&mut out, None, key, row);
     }
     out.push_str("</patient-file>\n");
     trailer::seal(out.into_bytes())
+}
+
+/// Writes one `<row>` element with its fields; `patient` only in segments.
+pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, row: &RowState) {
+    out.push_str("  <row ");
+    if let Some(p) = patient {
+        out.push_str("patient=\"");
+        push_attr(out, p);
+        out.push_str("\" ");
+    }
+    out.push_str("table=\"");
+    push_attr(out, &key.table);
+    out.push_str("\" pk=\"");
+    push_attr(out, &key.pk);
+    out.push_str("\" cl=\"");
+    out.push_str(&row.cl.to_string());
+    if row.fields.is_empty() {
+        out.push_str("\"/>\n");
+        return;
+    }
+    out.push_str("\">\n");
+    for (column, state) in &row.fields {
+        for version in state.versions() {
+            push_field(out, column, version);
+        }
+    }
+    out.push_str("  </row>\n");
 }
 
 fn push_field(out: &mut String, column: &str, version: &FieldVersion) {
@@ -202,9 +213,17 @@ fn row_header(
     e: &quick_xml::events::BytesStart<'_>,
 ) -> Result<(RowKey, u64), DecodeError> {
     let attrs = r.attributes(e)?;
-    let table = required(r, &attrs, "row", "table")?.to_owned();
-    let pk = required(r, &attrs, "row", "pk")?.to_owned();
-    let cl_text = required(r, &attrs, "row", "cl")?;
+    row_header_from(r, &attrs)
+}
+
+/// Reads the key and causal length of a `<row>` from its attributes.
+pub(crate) fn row_header_from(
+    r: &XmlReader<'_>,
+    attrs: &[(String, String)],
+) -> Result<(RowKey, u64), DecodeError> {
+    let table = required(r, attrs, "row", "table")?.to_owned();
+    let pk = required(r, attrs, "row", "pk")?.to_owned();
+    let cl_text = required(r, attrs, "row", "cl")?;
     let cl: u64 = cl_text.parse().map_err(|_| {
         r.error(DecodeErrorKind::BadAttribute {
             attribute: "cl",
@@ -215,7 +234,7 @@ fn row_header(
     Ok((RowKey { table, pk }, cl))
 }
 
-fn read_row(r: &mut XmlReader<'_>, cl: u64) -> Result<RowState, DecodeError> {
+pub(crate) fn read_row(r: &mut XmlReader<'_>, cl: u64) -> Result<RowState, DecodeError> {
     let mut versions: BTreeMap<String, Vec<FieldVersion>> = BTreeMap::new();
     loop {
         let (e, empty) = match r.next_structural()? {

@@ -13,6 +13,9 @@ fn damaged_files_are_skipped_whole_and_applied_once_repaired() {
     let family = Family::new();
     let a = family.init("a");
     let b = family.init("b");
+    // B reads patient files only (no change-logs), the way a site does when
+    // logs are off or after a long absence.
+    set(&b, &["use_logs=off"]);
     let conn = app(&a);
     let ids: Vec<String> = (0..5).map(|n| add_patient(&conn, n, 2)).collect();
     sync_ok(&a);
@@ -75,7 +78,7 @@ fn damaged_files_are_skipped_whole_and_applied_once_repaired() {
     assert!(log.contains("partial") && log.contains("format version 99"), "{log}");
 
     // The site that wrote them does not overwrite what it cannot read either.
-    let (code_a, _) = sync(&a);
+    let (code_a, _) = sync_with(&a, &["--full-scan"]);
     assert_eq!(code_a, 3);
 
     for (path, bytes) in paths.iter().zip(&originals) {
@@ -98,7 +101,7 @@ fn hostile_xml_is_refused_without_expanding_anything() {
         "<?xml version=\"1.0\"?>\n<!DOCTYPE lolz [<!ENTITY lol \"lol\"><!ENTITY lol2 \"&lol;&lol;&lol;&lol;\">]>\n<patient-file format=\"1\" patient=\"{id}\">&lol2;</patient-file>\n"
     );
     fs::write(&path, seal(bomb.into_bytes())).unwrap();
-    let (code, report) = sync(&a);
+    let (code, report) = sync_with(&a, &["--full-scan"]);
     assert_eq!(code, 3);
     let skipped = events_of(&report, "skipped");
     assert_eq!(skipped.len(), 1);
@@ -119,7 +122,7 @@ fn a_file_whose_name_does_not_match_its_patient_is_not_applied() {
     let other = patient_file(&family.folder(), &uuid(1, 2));
     fs::create_dir_all(other.parent().unwrap()).unwrap();
     fs::write(&other, bytes).unwrap();
-    let (code, report) = sync(&b);
+    let (code, report) = sync_with(&b, &["--full-scan"]);
     assert_eq!(code, 3, "{report:#}");
     assert!(
         events_of(&report, "skipped")[0]["message"].as_str().unwrap().contains("whose file would be named")
@@ -139,7 +142,8 @@ fn provider_temp_files_and_strangers_are_not_data_and_a_missing_patients_folder_
     fs::write(shard.join(".syncthing.x.xml.tmp"), b"partial").unwrap();
     fs::write(shard.join("x.xml.partial"), b"partial").unwrap();
     fs::write(shard.join("notes.txt"), b"someone dropped this here").unwrap();
-    let report = sync_ok(&b);
+    let (code, report) = sync_with(&b, &["--full-scan"]);
+    assert_eq!(code, 0, "{report:#}");
     let unknown = events_of(&report, "unknown-file");
     assert_eq!(unknown.len(), 1, "only the stranger is mentioned: {report:#}");
     assert!(unknown[0]["path"].as_str().unwrap().ends_with("notes.txt"));
@@ -147,7 +151,8 @@ fn provider_temp_files_and_strangers_are_not_data_and_a_missing_patients_folder_
     // The whole patients/ folder vanishes (moved, or not yet downloaded):
     // nothing is deleted anywhere.
     fs::rename(family.folder().join("patients"), family.dir.path().join("moved-away")).unwrap();
-    sync_ok(&b);
+    let (code, report) = sync_with(&b, &["--full-scan"]);
+    assert_eq!(code, 0, "{report:#}");
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(dump(&b)[0].1.len(), 1);
 }
@@ -172,7 +177,7 @@ fn a_file_from_a_site_whose_clock_is_days_ahead_is_held_back() {
     let path = patient_file(&family.folder(), &id);
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(&path, clinicsync::xmlstore::encode_patient(&doc)).unwrap();
-    let (code, report) = sync(&a);
+    let (code, report) = sync_with(&a, &["--full-scan"]);
     assert_eq!(code, 3, "{report:#}");
     assert_eq!(report["counts"]["files_held_back"], 1);
     let held = events_of(&report, "held-back");

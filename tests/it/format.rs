@@ -72,6 +72,8 @@ fn the_site_file_and_manifest_formats_are_frozen() {
         name: "Front desk".into(),
         app_version: "0.1.0".into(),
         head_seq: 12,
+        oldest_seq: 5,
+        acks: [(SiteId::parse("fedcba9876543210fedcba9876543210").unwrap(), 40)].into_iter().collect(),
         last_sync_ms: Some(1_763_700_000_000),
         machine: "5e1f0c2a9b3d4e6f".into(),
         mapping: "a1b2c3d4e5f60718".into(),

@@ -43,7 +43,12 @@ pub(crate) fn cli(db: &Path) -> Command {
 
 /// Runs `clinicsync sync` and returns its exit code and JSON report.
 pub(crate) fn sync(db: &Path) -> (i32, serde_json::Value) {
-    let out = cli(db).args(["sync", "--json"]).output().expect("run clinicsync");
+    sync_with(db, &[])
+}
+
+/// Runs `clinicsync sync` with extra arguments.
+pub(crate) fn sync_with(db: &Path, args: &[&str]) -> (i32, serde_json::Value) {
+    let out = cli(db).args(["sync", "--json"]).args(args).output().expect("run clinicsync");
     let code = out.status.code().unwrap_or(-1);
     let json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("sync printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
@@ -133,4 +138,9 @@ pub(crate) fn events_of<'a>(report: &'a serde_json::Value, kind: &str) -> Vec<&'
 pub(crate) fn patient_file(folder: &Path, id: &str) -> PathBuf {
     let stem = clinicsync::model::patient_file_name(id);
     folder.join(clinicsync::folder::layout::patient_path(&stem))
+}
+
+/// Changes settings through the CLI.
+pub(crate) fn set(db: &Path, assignments: &[&str]) {
+    cli(db).arg("settings").args(assignments).assert().success();
 }
