@@ -149,11 +149,10 @@ fn bad(r: &XmlReader<'_>, attribute: &'static str, value: &str, reason: String) 
 /// Reads a small metadata file's root element and its attributes. Child
 /// elements that a later version of format 1 may add are skipped.
 type Attrs = Vec<(String, String)>;
+/// A root element read: the reader, its attributes, its empty children.
+type Root<'a> = (XmlReader<'a>, Attrs, Vec<(String, Attrs)>);
 
-fn read_root<'a>(
-    file: &'a [u8],
-    expected: &'static str,
-) -> Result<(XmlReader<'a>, Attrs, Vec<(String, Attrs)>), DecodeError> {
+fn read_root<'a>(file: &'a [u8], expected: &'static str) -> Result<Root<'a>, DecodeError> {
     let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
     let limits = Limits { max_file_bytes: 4 << 20, max_elements: 100_000, ..Limits::default() };
     let mut r = XmlReader::new(body, limits)?;
