@@ -32,6 +32,8 @@ const SEGMENT_ROWS: usize = 5_000;
 const SEGMENT_BYTES: usize = 4 << 20;
 /// Bytes per batch of file writes (one syncfs each).
 const WRITE_BATCH_BYTES: usize = 16 << 20;
+/// How stale the published last-sync time of an idle site may get.
+const SITE_FILE_REFRESH_MS: u64 = 5 * 60 * 1000;
 /// How often one patient may be re-queued in a run (each time only follows
 /// rows that moved between patients or files that changed while read).
 const MAX_REQUEUES: u32 = 8;
@@ -1097,9 +1099,18 @@ impl Run<'_> {
             mapping: self.db.mapping().fingerprint(),
         };
         let path = site_path(self.cfg.site);
-        let bytes = encode_site(&file);
-        if self.folder.read(&path, 1 << 20).ok().as_deref() != Some(bytes.as_slice()) {
+        let published = self.folder.read(&path, 1 << 20).ok().and_then(|b| decode_site(&b).ok());
+        // A run that changed nothing else refreshes the published sync time
+        // only every few minutes, so idle sites do not upload a file (and
+        // wake every other site's watcher) on every run.
+        let fresh = published.as_ref().is_some_and(|p| {
+            let same_but_time = SiteFile { last_sync_ms: file.last_sync_ms, ..p.clone() } == file;
+            let age = file.last_sync_ms.unwrap_or(0).saturating_sub(p.last_sync_ms.unwrap_or(0));
+            same_but_time && age < SITE_FILE_REFRESH_MS
+        });
+        if !fresh {
             fault_point("before-site-file");
+            let bytes = encode_site(&file);
             self.folder
                 .write_batch(&[(path, bytes)])
                 .map_err(|e| self.io("cannot write the site file", e))?;

@@ -114,3 +114,19 @@ fn bad_files_are_refused_with_their_exact_error() {
     }
     assert!(cases >= 15, "only {cases} bad-file cases found");
 }
+
+#[test]
+fn the_segment_format_is_frozen() {
+    use clinicsync::xmlstore::{Segment, decode_segment, encode_segment};
+    let doc = golden_doc();
+    let rows = doc.rows.into_iter().map(|(key, row)| ((doc.patient.0.clone(), key), row)).collect();
+    let segment = Segment {
+        site: SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        seq: 42,
+        created_ms: 1_763_700_000_000,
+        rows,
+    };
+    let bytes = encode_segment(&segment);
+    expect_file!["../../fixtures/format/segment-v1.xml"].assert_eq(std::str::from_utf8(&bytes).unwrap());
+    assert_eq!(decode_segment(&bytes, Limits::default()).unwrap(), segment);
+}

@@ -3,6 +3,7 @@
 //! directory; the CLI tests run the built `clinicsync` as a process.
 
 mod app_writer;
+mod changelog;
 mod crash;
 mod damaged_files;
 mod format;

@@ -1,0 +1,255 @@
+//! The change-log: segments delivered late, twice or torn; a dormant site
+//! returning after compaction; compaction never outrunning an active site;
+//! a run with nothing to do touching no patient directory; read-repair
+//! after a provider kept an older file.
+
+use std::fs;
+use std::path::Path;
+
+use clinicsync::changelog::{Peer, Retention, compaction_limit};
+use proptest::prelude::*;
+use rusqlite::params;
+
+use crate::support::*;
+
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            fs::create_dir_all(&target).unwrap();
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+fn site_id(db: &Path) -> String {
+    clinicsync::db::Db::open(db).unwrap().site_config().unwrap().site.to_string()
+}
+
+#[test]
+fn segments_late_twice_or_torn_wait_at_the_gap_and_apply_once() {
+    // Two folders stand in for two computers; the test is the cloud client.
+    let family = Family::new();
+    let folder_a = family.folder();
+    let folder_b = family.dir.path().join("shared-at-b");
+    let a = family.init("a");
+    copy_tree(&folder_a, &folder_b);
+    let b = family.db("b");
+    cli(&b).args(["init", "--folder"]).arg(&folder_b).assert().success();
+
+    let conn = app(&a);
+    let first = add_patient(&conn, 1, 2);
+    sync_ok(&a);
+    let second = add_patient(&conn, 2, 2);
+    conn.execute("UPDATE patients SET phone = 'new' WHERE id = ?1", [&first]).unwrap();
+    sync_ok(&a);
+    let site = site_id(&a);
+    let seg = |n: u64| format!("log/{site}/{n:010}.xml");
+    let site_file = format!("sites/{site}.xml");
+    let deliver = |rel: &str| {
+        let to = folder_b.join(rel);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(folder_a.join(rel), to).unwrap();
+    };
+
+    // Segment 2 and the site file arrive first: B waits at the gap.
+    deliver(&seg(2));
+    deliver(&site_file);
+    let (code, report) = sync(&b);
+    assert_eq!(code, 3, "{report:#}");
+    assert!(events_of(&report, "gap")[0]["message"].as_str().unwrap().contains("segment #1"));
+    assert_eq!(report["counts"]["segments_applied"], 0, "nothing after the gap is applied");
+    assert_eq!(dump(&b)[0].1.len(), 0);
+
+    // Segment 1 arrives torn: still waiting, nothing applied.
+    let whole = fs::read(folder_a.join(seg(1))).unwrap();
+    fs::create_dir_all(folder_b.join(seg(1)).parent().unwrap()).unwrap();
+    fs::write(folder_b.join(seg(1)), &whole[..whole.len() * 2 / 3]).unwrap();
+    let (code, report) = sync(&b);
+    assert_eq!(code, 3, "{report:#}");
+    assert!(events_of(&report, "skipped")[0]["message"].as_str().unwrap().contains("trailer"));
+    assert_eq!(dump(&b)[0].1.len(), 0);
+
+    // Whole at last: both segments apply, in order.
+    deliver(&seg(1));
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["segments_applied"], 2);
+    assert_eq!(patient_field(&b, &first, "phone").unwrap(), "new");
+    assert!(patient_field(&b, &second, "phone").is_some());
+    assert_eq!(dump(&a), dump(&b));
+
+    // Delivered twice (a client re-downloads it): nothing is applied again.
+    deliver(&seg(1));
+    deliver(&seg(2));
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["segments_applied"], 0);
+    assert_eq!(report["counts"]["rows_applied"], 0);
+}
+
+#[test]
+fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrecting() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    for db in [&a, &b] {
+        set(db, &["log_retention=0s", "dormancy=2s"]);
+    }
+    let conn_a = app(&a);
+    let keep = add_patient(&conn_a, 1, 2);
+    let doomed = add_patient(&conn_a, 2, 2);
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&c);
+    // C goes away. Its app keeps working: an edit to a patient.
+    app(&c).execute("UPDATE patients SET email = 'edited while away' WHERE id = ?1", [&keep]).unwrap();
+    // Meanwhile A deletes a patient's invoices and B edits; both sync often.
+    conn_a.execute("DELETE FROM invoices WHERE patient_id = ?1", [&doomed]).unwrap();
+    app(&b).execute("UPDATE patients SET phone = 'from B' WHERE id = ?1", [&keep]).unwrap();
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let mut deleted = 0;
+    for db in [&a, &b, &a, &b] {
+        deleted += sync_ok(db)["counts"]["segments_deleted"].as_u64().unwrap();
+    }
+    assert!(deleted > 0, "A and B compacted while C was dormant");
+    let a_log = family.folder().join("log").join(site_id(&a));
+    assert!(!a_log.join(format!("{:010}.xml", 1)).exists(), "A's first segment is gone");
+
+    // C returns: it must scan the patient files, then continue from the logs.
+    let report = sync_ok(&c);
+    assert_eq!(report["counts"]["full_scan"], true, "{report:#}");
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&c);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(dump(&a), dump(&c));
+    let invoices: i64 = app(&c)
+        .query_row("SELECT count(*) FROM invoices WHERE patient_id = ?1", [&doomed], |r| r.get(0))
+        .unwrap();
+    assert_eq!(invoices, 0, "deleted rows stay deleted at the returning site");
+    assert_eq!(patient_field(&a, &keep, "email").unwrap(), "edited while away");
+    assert_eq!(patient_field(&c, &keep, "phone").unwrap(), "from B");
+}
+
+#[test]
+fn a_run_with_nothing_to_do_lists_no_patient_directory() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    for n in 0..20 {
+        add_patient(&conn, n, 1);
+    }
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&a);
+    for db in [&a, &b] {
+        let report = sync_ok(db);
+        let folder = &report["counts"]["folder"];
+        assert_eq!(folder["patient_lists"], 0, "{report:#}");
+        assert_eq!(report["counts"]["full_scan"], false);
+        assert_eq!(report["counts"]["files_scanned"], 0);
+        assert_eq!(folder["files_written"], 0, "nothing is rewritten: {report:#}");
+    }
+    // A small change reads only what it touched.
+    conn.execute("UPDATE patients SET phone = 'x' WHERE id = ?1", [uuid(1, 3)]).unwrap();
+    sync_ok(&a);
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 0);
+    assert_eq!(report["counts"]["segments_applied"], 1);
+    assert_eq!(report["counts"]["files_scanned"], 1, "only the touched patient's file is read back");
+
+    // With logs off, every run scans.
+    set(&b, &["use_logs=off"]);
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["full_scan"], true);
+    assert!(report["counts"]["folder"]["patient_lists"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn a_provider_that_kept_an_older_file_is_repaired_by_the_next_site_that_applies_the_change() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let id = add_patient(&conn, 1, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    let path = patient_file(&family.folder(), &id);
+    let before = fs::read(&path).unwrap();
+    conn.execute("UPDATE patients SET phone = 'latest' WHERE id = ?1", params![id]).unwrap();
+    sync_ok(&a);
+    // A last-writer-wins client puts the older file back.
+    fs::write(&path, &before).unwrap();
+    sync_ok(&b);
+    assert_eq!(patient_field(&b, &id, "phone").unwrap(), "latest");
+    let repaired = fs::read_to_string(&path).unwrap();
+    assert!(repaired.contains("latest"), "B rewrote the file it found behind");
+}
+
+#[test]
+fn settings_are_validated_and_shown() {
+    let family = Family::new();
+    let a = family.init("a");
+    let out = cli(&a).args(["settings", "log_retention=14days", "use_logs=off", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let value = |k: &str| list.as_array().unwrap().iter().find(|s| s["key"] == k).unwrap()["value"].clone();
+    assert_eq!(value("log_retention"), "14days");
+    assert_eq!(value("use_logs"), "off");
+    for bad in ["use_logs=maybe", "log_retention=soon", "colour=blue", "no-equals-sign"] {
+        let out = cli(&a).args(["settings", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        assert!(!String::from_utf8_lossy(&out.stderr).is_empty());
+    }
+    // A refused assignment changes nothing, even beside a valid one.
+    cli(&a).args(["settings", "use_logs=on", "dormancy=never"]).assert().failure();
+    let list: serde_json::Value =
+        serde_json::from_slice(&cli(&a).args(["settings", "--json"]).output().unwrap().stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().iter().find(|s| s["key"] == "use_logs").unwrap()["value"], "off");
+}
+
+proptest! {
+    /// Compaction never deletes a segment an active site has not applied,
+    /// nor one younger than the retention, whatever the schedule.
+    #[test]
+    fn compaction_never_outruns_an_active_site(
+        steps in proptest::collection::vec((0usize..3, 0u64..4, 0u64..3_000), 1..40),
+        keep_ms in 0u64..5_000,
+        dormant_after_ms in 1u64..10_000,
+    ) {
+        let policy = Retention { keep_ms, dormant_after_ms };
+        let mut now = 0u64;
+        let mut exports: Vec<(u64, u64)> = Vec::new();
+        let mut peers = [Peer { acked: 0, last_seen_ms: 0 }; 3];
+        let mut deleted_up_to = 0u64;
+        for (who, advance, dt) in steps {
+            now += dt;
+            // The owner exports a segment now and then.
+            if advance % 2 == 0 {
+                exports.push((exports.len() as u64 + 1, now));
+            }
+            // A peer syncs: it applies some of what exists and is seen.
+            let head = exports.len() as u64;
+            peers[who].acked = (peers[who].acked + advance).min(head);
+            peers[who].last_seen_ms = now;
+            let retained: Vec<(u64, u64)> = exports.iter().copied().filter(|(s, _)| *s > deleted_up_to).collect();
+            if let Some(limit) = compaction_limit(&retained, &peers, now, policy) {
+                for p in &peers {
+                    if now.saturating_sub(p.last_seen_ms) < dormant_after_ms {
+                        prop_assert!(limit <= p.acked, "deleted #{limit} before an active peer applied it ({})", p.acked);
+                    }
+                }
+                let created = exports[(limit - 1) as usize].1;
+                prop_assert!(created <= now.saturating_sub(keep_ms));
+                prop_assert!(limit > deleted_up_to);
+                deleted_up_to = limit;
+            }
+        }
+    }
+}
