@@ -148,6 +148,9 @@ pub(crate) fn stamp_row(
     };
     let mut row = old_row.cloned().unwrap_or_default();
     let mut stamped = RowState::default();
+    // One stamp for every column this change touches: they were written
+    // together, and a field's versions stay uniquely stamped.
+    let mut stamp = None;
     match current {
         Some(columns) => {
             if !row.is_alive() {
@@ -164,7 +167,16 @@ pub(crate) fn stamp_row(
                     clock.observe(b);
                 }
                 batch.bytes += 120 + col.len() + value_size(&value);
-                let version = FieldVersion::new(value, clock.stamp(now_ms), base)
+                let hlc = match stamp {
+                    // A later base than the shared stamp needs a fresh one.
+                    Some(h) if base.is_none_or(|b| b < h) => h,
+                    _ => {
+                        let h = clock.stamp(now_ms);
+                        stamp = Some(h);
+                        h
+                    }
+                };
+                let version = FieldVersion::new(value, hlc, base)
                     .expect("a fresh stamp is after every stamp the clock observed");
                 stamped.fields.insert(col.clone(), FieldState::single(version.clone()));
                 row.fields.insert(col, FieldState::single(version));

@@ -52,7 +52,16 @@ impl Hlc {
     /// The text form: 12 hex digits of wall time, 4 of counter, 32 of site.
     /// Lexical order of the text equals the order of the stamps.
     pub fn encode(&self) -> String {
-        format!("{:012x}{:04x}{}", self.wall_ms, self.counter, self.site)
+        let mut out = String::with_capacity(48);
+        self.push_encoded(&mut out);
+        out
+    }
+
+    /// Appends the text form to `out` without allocating.
+    pub fn push_encoded(&self, out: &mut String) {
+        super::ids::push_hex_fixed(out, self.wall_ms, 12);
+        super::ids::push_hex_fixed(out, u64::from(self.counter), 4);
+        super::ids::write_hex_bytes(out, self.site.as_bytes());
     }
 
     pub fn parse(text: &str) -> Result<Hlc, HlcParseError> {

@@ -43,11 +43,21 @@ fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn write_hex(f: &mut impl fmt::Write, bytes: &[u8]) -> fmt::Result {
     for b in bytes {
-        write!(f, "{b:02x}")?;
+        f.write_char(HEX[usize::from(b >> 4)] as char)?;
+        f.write_char(HEX[usize::from(b & 15)] as char)?;
     }
     Ok(())
+}
+
+/// Appends `value` as exactly `digits` lowercase hex digits.
+pub(crate) fn push_hex_fixed(out: &mut String, value: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        out.push(HEX[((value >> (i * 4)) & 15) as usize] as char);
+    }
 }
 
 macro_rules! hex_id {

@@ -31,6 +31,18 @@ pub fn encode_patient(doc: &PatientDoc) -> Vec<u8> {
     trailer::seal(out.into_bytes())
 }
 
+/// The stamp pair most fields of a row share (they were written together):
+/// written once on `<row>` and omitted from those fields. Ties go to the
+/// smallest pair, so the choice, like the bytes, depends only on the state.
+fn row_default(row: &RowState) -> Option<(Hlc, Option<Hlc>)> {
+    let mut counts: BTreeMap<(Hlc, Option<Hlc>), usize> = BTreeMap::new();
+    for version in row.fields.values().flat_map(|f| f.versions()) {
+        *counts.entry((version.hlc(), version.base())).or_default() += 1;
+    }
+    let best = counts.values().copied().max()?;
+    counts.into_iter().find(|(_, n)| *n == best).map(|(pair, _)| pair)
+}
+
 /// Writes one `<row>` element with its fields; `patient` only in segments.
 pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, row: &RowState) {
     out.push_str("  <row ");
@@ -45,6 +57,15 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
     push_attr(out, &key.pk);
     out.push_str("\" cl=\"");
     out.push_str(&row.cl.to_string());
+    let default = row_default(row);
+    if let Some((h, b)) = default {
+        out.push_str("\" h=\"");
+        h.push_encoded(out);
+        if let Some(b) = b {
+            out.push_str("\" b=\"");
+            b.push_encoded(out);
+        }
+    }
     if row.fields.is_empty() {
         out.push_str("\"/>\n");
         return;
@@ -52,20 +73,22 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
     out.push_str("\">\n");
     for (column, state) in &row.fields {
         for version in state.versions() {
-            push_field(out, column, version);
+            push_field(out, column, version, default);
         }
     }
     out.push_str("  </row>\n");
 }
 
-fn push_field(out: &mut String, column: &str, version: &FieldVersion) {
+fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: Option<(Hlc, Option<Hlc>)>) {
     out.push_str("    <f c=\"");
     push_attr(out, column);
-    out.push_str("\" h=\"");
-    out.push_str(&version.hlc().encode());
-    if let Some(base) = version.base() {
-        out.push_str("\" b=\"");
-        out.push_str(&base.encode());
+    if default != Some((version.hlc(), version.base())) {
+        out.push_str("\" h=\"");
+        version.hlc().push_encoded(out);
+        if let Some(base) = version.base() {
+            out.push_str("\" b=\"");
+            base.push_encoded(out);
+        }
     }
     let close = |out: &mut String, content: &str| {
         out.push_str("\">");
@@ -161,13 +184,18 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
                     );
                 }
                 Item::Start(e) => {
-                    let (key, cl) = row_header(&r, &e)?;
-                    let row = read_row(&mut r, cl)?;
-                    insert_row(&r, &mut doc, key, row)?;
+                    let header = row_header(&r, &e)?;
+                    let row = read_row(&mut r, header.cl, header.default)?;
+                    insert_row(&r, &mut doc, header.key, row)?;
                 }
                 Item::Empty(e) => {
-                    let (key, cl) = row_header(&r, &e)?;
-                    insert_row(&r, &mut doc, key, RowState { cl, fields: BTreeMap::new() })?;
+                    let header = row_header(&r, &e)?;
+                    insert_row(
+                        &r,
+                        &mut doc,
+                        header.key,
+                        RowState { cl: header.cl, fields: BTreeMap::new() },
+                    )?;
                 }
                 Item::Text(_) | Item::Eof => {
                     return Err(
@@ -208,19 +236,24 @@ fn insert_row(
     Ok(())
 }
 
-fn row_header(
-    r: &XmlReader<'_>,
-    e: &quick_xml::events::BytesStart<'_>,
-) -> Result<(RowKey, u64), DecodeError> {
+fn row_header(r: &XmlReader<'_>, e: &quick_xml::events::BytesStart<'_>) -> Result<RowHeader, DecodeError> {
     let attrs = r.attributes(e)?;
     row_header_from(r, &attrs)
+}
+
+/// What a `<row>` start tag says: the row, its causal length, and the stamp
+/// pair its fields default to.
+pub(crate) struct RowHeader {
+    pub(crate) key: RowKey,
+    pub(crate) cl: u64,
+    pub(crate) default: Option<(Hlc, Option<Hlc>)>,
 }
 
 /// Reads the key and causal length of a `<row>` from its attributes.
 pub(crate) fn row_header_from(
     r: &XmlReader<'_>,
     attrs: &[(String, String)],
-) -> Result<(RowKey, u64), DecodeError> {
+) -> Result<RowHeader, DecodeError> {
     let table = required(r, attrs, "row", "table")?.to_owned();
     let pk = required(r, attrs, "row", "pk")?.to_owned();
     let cl_text = required(r, attrs, "row", "cl")?;
@@ -231,10 +264,23 @@ pub(crate) fn row_header_from(
             reason: "not a whole number".into(),
         })
     })?;
-    Ok((RowKey { table, pk }, cl))
+    let h = optional(attrs, "h").map(|h| parse_hlc(r, "h", h)).transpose()?;
+    let b = optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?;
+    let default = match (h, b) {
+        (Some(h), b) => Some((h, b)),
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(r.error(DecodeErrorKind::MissingAttribute { element: "row", attribute: "h" }));
+        }
+    };
+    Ok(RowHeader { key: RowKey { table, pk }, cl, default })
 }
 
-pub(crate) fn read_row(r: &mut XmlReader<'_>, cl: u64) -> Result<RowState, DecodeError> {
+pub(crate) fn read_row(
+    r: &mut XmlReader<'_>,
+    cl: u64,
+    default: Option<(Hlc, Option<Hlc>)>,
+) -> Result<RowState, DecodeError> {
     let mut versions: BTreeMap<String, Vec<FieldVersion>> = BTreeMap::new();
     loop {
         let (e, empty) = match r.next_structural()? {
@@ -260,7 +306,7 @@ pub(crate) fn read_row(r: &mut XmlReader<'_>, cl: u64) -> Result<RowState, Decod
                 }
             }
         }
-        let (column, version) = field(r, &attrs, &text)?;
+        let (column, version) = field(r, &attrs, &text, default)?;
         versions.entry(column).or_default().push(version);
     }
     let fields = versions
@@ -274,10 +320,17 @@ fn field(
     r: &XmlReader<'_>,
     attrs: &[(String, String)],
     text: &str,
+    default: Option<(Hlc, Option<Hlc>)>,
 ) -> Result<(String, FieldVersion), DecodeError> {
     let column = required(r, attrs, "f", "c")?.to_owned();
-    let hlc = parse_hlc(r, "h", required(r, attrs, "f", "h")?)?;
-    let base = optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?;
+    // A field without `h` takes its stamp and base from its row.
+    let (hlc, base) = match (optional(attrs, "h"), default) {
+        (Some(h), _) => {
+            (parse_hlc(r, "h", h)?, optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?)
+        }
+        (None, Some(pair)) if optional(attrs, "b").is_none() => pair,
+        (None, _) => return Err(r.error(DecodeErrorKind::MissingAttribute { element: "f", attribute: "h" })),
+    };
     let class = required(r, attrs, "f", "t")?;
     let encoding = optional(attrs, "enc");
     let bad = |class: &'static str, reason: String| r.error(DecodeErrorKind::BadValue { class, reason });

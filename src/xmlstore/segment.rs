@@ -90,9 +90,13 @@ pub fn decode_segment(file: &[u8], limits: Limits) -> Result<Segment, DecodeErro
             }
             let attrs = r.attributes(&e)?;
             let patient = required(&r, &attrs, "row", "patient")?.to_owned();
-            let (key, cl) = row_header_from(&r, &attrs)?;
-            let row = if is_empty { RowState { cl, fields: BTreeMap::new() } } else { read_row(&mut r, cl)? };
-            let slot = (patient, key);
+            let header = row_header_from(&r, &attrs)?;
+            let row = if is_empty {
+                RowState { cl: header.cl, fields: BTreeMap::new() }
+            } else {
+                read_row(&mut r, header.cl, header.default)?
+            };
+            let slot = (patient, header.key);
             if rows.contains_key(&slot) {
                 let (_, key) = slot;
                 return Err(r.error(DecodeErrorKind::DuplicateRow { table: key.table, pk: key.pk }));

@@ -1,0 +1,530 @@
+//! `cargo bench`: the change-log benchmarks. Generates realistic families
+//! (N patients, about 20 child rows each), measures each figure as the
+//! median of several runs with its peak RSS, and measures this machine's
+//! floors in the same run. Prints one JSON line per figure.
+//!
+//! `BENCH_GENERATE=PATH` only writes an app database (first size) for
+//! profiling by hand. `BENCH_SIZES=1000,10000` picks the sizes (default 1000,10000,100000),
+//! `BENCH_RUNS=5` the runs per figure, `BENCH_DIR` where families are
+//! generated (default target/bench-data). Each case is generated into a new
+//! directory and all are deleted at the end, never between figures (a
+//! create right after a big delete is slow on this file system).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clinicsync::db::{Db, InitParams, REFERENCE_SCHEMA};
+use clinicsync::engine::{self, InitOptions, Outcome, SyncOptions};
+use clinicsync::model::{FamilyId, SiteId};
+use clinicsync::xmlstore::{Limits, decode_patient};
+use rusqlite::{Connection, params};
+
+/// A small deterministic generator (xorshift), so every run builds the
+/// same family.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+    fn words(&mut self, n: usize) -> String {
+        const WORDS: &[&str] = &[
+            "patient",
+            "reports",
+            "mild",
+            "pain",
+            "left",
+            "knee",
+            "since",
+            "fall",
+            "reviewed",
+            "medication",
+            "no",
+            "change",
+            "blood",
+            "pressure",
+            "stable",
+            "follow-up",
+            "in",
+            "two",
+            "weeks",
+            "advised",
+            "rest",
+            "ice",
+            "physiotherapy",
+            "referral",
+            "sent",
+            "discussed",
+            "diet",
+            "sleep",
+            "improved",
+        ];
+        (0..n).map(|_| self.pick(WORDS)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn uuid(kind: u32, n: u64) -> String {
+    format!("{kind:08x}-0000-4000-8000-{n:012x}")
+}
+
+/// Rows per patient: 6 appointments, 6 notes, 5 invoices, 3 documents.
+const CHILDREN: [(&str, u64); 4] =
+    [("appointments", 6), ("clinical_notes", 6), ("invoices", 5), ("documents", 3)];
+
+/// Inserts N patients with their child rows into an app database.
+fn generate_app_db(path: &Path, n: u64) -> rusqlite::Result<u64> {
+    let mut conn = Connection::open(path)?;
+    conn.execute_batch(REFERENCE_SCHEMA)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let tx = conn.transaction()?;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rows = 0;
+    {
+        let mut patient = tx.prepare(
+            "INSERT INTO patients (id, family_name, given_name, birth_date, sex, phone, email, address, notes, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, '2026-11-01T09:00:00Z')",
+        )?;
+        let mut appt = tx.prepare(
+            "INSERT INTO appointments (id, patient_id, starts_at, duration_min, practitioner, status, notes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut note = tx.prepare(
+            "INSERT INTO clinical_notes (id, patient_id, written_at, author, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut invoice = tx.prepare(
+            "INSERT INTO invoices (id, patient_id, issued_at, amount_cents, currency, status) VALUES (?1, ?2, ?3, ?4, 'EUR', ?5)",
+        )?;
+        let mut doc = tx.prepare(
+            "INSERT INTO documents (id, patient_id, file_name, mime_type, byte_size, sha256, added_at)
+             VALUES (?1, ?2, ?3, 'application/pdf', ?4, ?5, '2026-10-01')",
+        )?;
+        for p in 0..n {
+            let id = uuid(1, p);
+            let family = rng.pick(&[
+                "Okafor",
+                "Lindqvist",
+                "García",
+                "Nguyen",
+                "O'Brien",
+                "Kowalski",
+                "Haddad",
+                "Tanaka",
+            ]);
+            let given = rng.pick(&["Ada", "Erik", "María", "Lan", "Seán", "Zofia", "Omar", "Hiroshi"]);
+            patient.execute(params![
+                id,
+                family,
+                given,
+                format!(
+                    "19{:02}-{:02}-{:02}",
+                    30 + rng.next() % 70,
+                    1 + rng.next() % 12,
+                    1 + rng.next() % 28
+                ),
+                rng.pick(&["F", "M", "X"]),
+                format!("+44 20 7946 {:04}", rng.next() % 10_000),
+                format!("{}.{}{}@example.org", given.to_lowercase(), family.to_lowercase(), p),
+                format!(
+                    "{} {} Road\nTown {}",
+                    1 + rng.next() % 200,
+                    rng.pick(&["Mill", "Station", "Church"]),
+                    p % 97
+                ),
+                rng.words(12),
+            ])?;
+            rows += 1;
+            for c in 0..CHILDREN[0].1 {
+                appt.execute(params![
+                    uuid(2, p * 100 + c),
+                    id,
+                    format!("2026-12-{:02}T{:02}:30:00Z", 1 + c, 8 + rng.next() % 9),
+                    15 * (1 + rng.next() % 4) as i64,
+                    rng.pick(&["Dr Shah", "Dr Byrne", "Nurse Reid"]),
+                    rng.pick(&["booked", "done", "cancelled"]),
+                    rng.words(6),
+                ])?;
+            }
+            for c in 0..CHILDREN[1].1 {
+                note.execute(params![
+                    uuid(3, p * 100 + c),
+                    id,
+                    format!("2026-11-{:02}T10:00:00Z", 1 + c),
+                    rng.pick(&["Dr Shah", "Dr Byrne"]),
+                    rng.words(25)
+                ])?;
+            }
+            for c in 0..CHILDREN[2].1 {
+                invoice.execute(params![
+                    uuid(4, p * 100 + c),
+                    id,
+                    format!("2026-11-{:02}", 1 + c),
+                    (1_000 + rng.next() % 20_000) as i64,
+                    rng.pick(&["open", "paid"])
+                ])?;
+            }
+            for c in 0..CHILDREN[3].1 {
+                doc.execute(params![
+                    uuid(5, p * 100 + c),
+                    id,
+                    format!("scan-{p}-{c}.pdf"),
+                    (10_000 + rng.next() % 900_000) as i64,
+                    format!("{:064x}", rng.next()),
+                ])?;
+            }
+            rows += CHILDREN.iter().map(|(_, k)| k).sum::<u64>();
+        }
+    }
+    tx.commit()?;
+    Ok(rows)
+}
+
+/// Peak RSS since the last reset, in KiB (Linux).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+struct Figure {
+    name: &'static str,
+    n: u64,
+    runs: Vec<Duration>,
+    rss_kib: u64,
+    extra: serde_json::Value,
+}
+
+fn report(f: &Figure) {
+    let median_ms = median(f.runs.clone()).as_secs_f64() * 1000.0;
+    let mut line = serde_json::json!({
+        "figure": f.name,
+        "n": f.n,
+        "median_ms": (median_ms * 100.0).round() / 100.0,
+        "runs": f.runs.len(),
+        "min_ms": (f.runs.iter().min().unwrap().as_secs_f64() * 100_000.0).round() / 100.0,
+        "peak_rss_mib": (f.rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
+    });
+    if let (Some(obj), Some(extra)) = (line.as_object_mut(), f.extra.as_object()) {
+        obj.extend(extra.clone());
+    }
+    println!("{line}");
+}
+
+/// Times `f` once, with the peak RSS it reached.
+fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, u64) {
+    reset_peak_rss();
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed(), peak_rss_kib())
+}
+
+fn sync(db: &Path) -> engine::RunReport {
+    let report = engine::sync(db, &SyncOptions::default()).expect("sync runs");
+    assert_eq!(report.outcome, Outcome::Ok, "benchmark sync was not ok: {:?}", report.events);
+    report
+}
+
+fn patient_files(folder: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(folder.join("patients"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Floors: plain std::fs writes (temp + rename) of the same sizes into as
+/// many files, reading them back, and a plain rusqlite bulk insert of the
+/// same number of rows.
+fn floors(dir: &Path, sizes: &[u64], rows: u64, n: u64) -> (Duration, Duration, Duration) {
+    let out = dir.join("floor-files");
+    let staging = dir.join("floor-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    let max = sizes.iter().copied().max().unwrap_or(0) as usize;
+    let filler: Vec<u8> = (0..max).map(|i| b"abcdefghij<>\n"[i % 13]).collect();
+    let (_, write, _) = measure(|| {
+        for (i, size) in sizes.iter().enumerate() {
+            let shard = out.join(format!("{:02x}", i % 256));
+            if i < 256 {
+                std::fs::create_dir_all(&shard).unwrap();
+            }
+            let tmp = staging.join(format!("{i}.tmp"));
+            std::fs::write(&tmp, &filler[..*size as usize]).unwrap();
+            std::fs::rename(&tmp, shard.join(format!("{i:032x}.xml"))).unwrap();
+        }
+    });
+    let (_, read, _) = measure(|| {
+        let mut total = 0usize;
+        for entry in walkdir::WalkDir::new(&out).into_iter().filter_map(Result::ok) {
+            if entry.file_type().is_file() {
+                total += std::fs::read(entry.path()).unwrap().len();
+            }
+        }
+        total
+    });
+    let db_path = dir.join("floor.db");
+    let (_, insert, _) = measure(|| {
+        let mut conn = Connection::open(&db_path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        let tx = conn.transaction().unwrap();
+        {
+            let mut stmt = tx
+                .prepare("INSERT INTO clinical_notes (id, patient_id, written_at, author, body) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .unwrap();
+            for r in 0..rows {
+                stmt.execute(params![
+                    uuid(9, r),
+                    uuid(1, r % n),
+                    "2026-11-01",
+                    "Dr Shah",
+                    "reviewed medication no change"
+                ])
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    });
+    (write, read, insert)
+}
+
+fn run_size(base: &Path, n: u64, runs: usize) {
+    let dir = base.join(format!("n{n}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let a = dir.join("a.db");
+    let b = dir.join("b.db");
+    let folder = dir.join("folder");
+    let rows = generate_app_db(&a, n).unwrap();
+
+    // (c) the full export of a populated database: its first `init`.
+    let (init_a, c_time, c_rss) = measure(|| {
+        engine::init(&InitOptions {
+            db: a.clone(),
+            folder: folder.clone(),
+            site_name: Some("a".into()),
+            mapping: None,
+        })
+        .unwrap()
+    });
+    assert_eq!(init_a.first_run.outcome, Outcome::Ok);
+    let files = patient_files(&folder);
+    let sizes: Vec<u64> = files.iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
+    let bytes: u64 = sizes.iter().sum();
+    report(&Figure {
+        name: "c_full_export",
+        n,
+        runs: vec![c_time],
+        rss_kib: c_rss,
+        extra: serde_json::json!({"rows": rows, "patient_files": files.len(), "patient_bytes": bytes,
+            "segments": init_a.first_run.counts.segments_written, "versions": init_a.first_run.counts.exported_versions}),
+    });
+
+    // (d) seeding a new site from the folder: its `init` joins the family.
+    let (init_b, d_time, d_rss) = measure(|| {
+        engine::init(&InitOptions {
+            db: b.clone(),
+            folder: folder.clone(),
+            site_name: Some("b".into()),
+            mapping: None,
+        })
+        .unwrap()
+    });
+    assert_eq!(init_b.first_run.outcome, Outcome::Ok);
+    report(&Figure {
+        name: "d_seed_new_site",
+        n,
+        runs: vec![d_time],
+        rss_kib: d_rss,
+        extra: serde_json::json!({"rows_applied": init_b.first_run.counts.rows_applied,
+            "segments_applied": init_b.first_run.counts.segments_applied, "files_read": init_b.first_run.counts.files_scanned}),
+    });
+    sync(&a);
+
+    // (a) a run with nothing to do.
+    let mut times = Vec::new();
+    let mut rss = 0;
+    for _ in 0..runs {
+        let (report, t, r) = measure(|| sync(&b));
+        assert_eq!(report.counts.folder.patient_lists, 0);
+        times.push(t);
+        rss = rss.max(r);
+    }
+    report(&Figure { name: "a_noop_run", n, runs: times, rss_kib: rss, extra: serde_json::json!({}) });
+
+    // (b) importing 100 patients changed by another site, and (e) the same
+    // with use_logs off.
+    let app = Connection::open(&a).unwrap();
+    app.busy_timeout(Duration::from_secs(30)).unwrap();
+    let mut round = 0u64;
+    let mut change_100 = || {
+        round += 1;
+        let tx = app.unchecked_transaction().unwrap();
+        for k in 0..100u64 {
+            let p = (round * 7919 + k * 104_729) % n;
+            tx.execute(
+                "UPDATE patients SET phone = ?1 WHERE id = ?2",
+                params![format!("+1 555 {round:04} {k}"), uuid(1, p)],
+            )
+            .unwrap();
+            tx.execute(
+                "UPDATE appointments SET status = ?1 WHERE id = ?2",
+                params![format!("moved {round}"), uuid(2, p * 100 + round % 6)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        sync(&a);
+    };
+    let mut b_times = Vec::new();
+    let mut b_rss = 0;
+    for _ in 0..runs {
+        change_100();
+        let (report, t, r) = measure(|| sync(&b));
+        assert!(report.counts.rows_applied >= 100, "{:?}", report.counts);
+        b_times.push(t);
+        b_rss = b_rss.max(r);
+    }
+    report(&Figure {
+        name: "b_import_100_changed",
+        n,
+        runs: b_times.clone(),
+        rss_kib: b_rss,
+        extra: serde_json::json!({}),
+    });
+    engine::settings_set(&b, &["use_logs=off".to_owned()]).unwrap();
+    let mut e_times = Vec::new();
+    let mut e_rss = 0;
+    for _ in 0..runs.min(3) {
+        change_100();
+        let (report, t, r) = measure(|| sync(&b));
+        assert!(report.counts.full_scan);
+        e_times.push(t);
+        e_rss = e_rss.max(r);
+    }
+    let ratio = median(e_times.clone()).as_secs_f64() / median(b_times).as_secs_f64();
+    report(&Figure {
+        name: "e_import_100_changed_without_logs",
+        n,
+        runs: e_times,
+        rss_kib: e_rss,
+        extra: serde_json::json!({"e_over_b": (ratio * 10.0).round() / 10.0}),
+    });
+
+    // (f) applying field versions: decoded patient files joined into a
+    // fresh database, files read and parsed beforehand (not timed).
+    let sample: Vec<_> = files
+        .iter()
+        .take(2_000)
+        .map(|p| decode_patient(&std::fs::read(p).unwrap(), Limits::default()).unwrap())
+        .collect();
+    let versions: usize = sample
+        .iter()
+        .flat_map(|d| d.rows.values())
+        .flat_map(|r| r.fields.values())
+        .map(|f| f.versions().len())
+        .sum();
+    let f_db = dir.join("f.db");
+    let mut f_runs = Vec::new();
+    let mut f_rss = 0;
+    for run in 0..runs.min(3) {
+        let path = f_db.with_extension(format!("{run}.db"));
+        let mut db = Db::init(
+            &path,
+            InitParams {
+                site: SiteId::from_bytes([run as u8 + 1; 16]),
+                family: FamilyId::from_bytes([9; 16]),
+                name: "f".into(),
+                folder: dir.join("unused"),
+                machine: "bench".into(),
+                mapping: None,
+                now_ms: 0,
+            },
+        )
+        .unwrap();
+        let (_, t, r) = measure(|| {
+            for chunk in sample.chunks(256) {
+                let mut w = db.begin_write(1).unwrap();
+                for d in chunk {
+                    w.apply_doc(d, "bench").unwrap();
+                }
+                w.commit().unwrap();
+            }
+        });
+        f_runs.push(t);
+        f_rss = f_rss.max(r);
+    }
+    let per_sec = versions as f64 / median(f_runs.clone()).as_secs_f64();
+    report(&Figure {
+        name: "f_apply_versions",
+        n,
+        runs: f_runs,
+        rss_kib: f_rss,
+        extra: serde_json::json!({"versions": versions, "versions_per_sec": per_sec.round()}),
+    });
+
+    // The floors, measured now, on this machine.
+    let (write, read, insert) = floors(&dir, &sizes, rows, n);
+    let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "figure": "floors", "n": n,
+            "write_files_ms": ms(write), "read_files_ms": ms(read), "sqlite_insert_rows_ms": ms(insert),
+            "c_over_write_floor": ((c_time.as_secs_f64() / write.as_secs_f64()) * 10.0).round() / 10.0,
+            "c_over_write_plus_insert_floor": ((c_time.as_secs_f64() / (write + insert).as_secs_f64()) * 10.0).round() / 10.0,
+            "d_over_read_plus_insert_floor": ((d_time.as_secs_f64() / (read + insert).as_secs_f64()) * 10.0).round() / 10.0,
+        })
+    );
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` passes nothing
+    // useful either: this binary only benchmarks when asked to.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let sizes: Vec<u64> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "1000,10000,100000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(5).max(1);
+    let base = PathBuf::from(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target/bench-data".into()));
+    std::fs::create_dir_all(&base).unwrap();
+    // BENCH_GENERATE=PATH only writes the app database of the first size
+    // (for profiling `clinicsync init` by hand).
+    if let Ok(path) = std::env::var("BENCH_GENERATE") {
+        let rows = generate_app_db(Path::new(&path), sizes[0]).unwrap();
+        eprintln!("generated {path}: {} patients, {rows} rows", sizes[0]);
+        return;
+    }
+    for n in &sizes {
+        run_size(&base, *n, runs);
+    }
+    for n in &sizes {
+        let _ = std::fs::remove_dir_all(base.join(format!("n{n}-{}", std::process::id())));
+    }
+}
