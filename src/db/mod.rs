@@ -271,7 +271,11 @@ impl Db {
         let site = clock.site();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO _cs_quiet (x) VALUES (1)", [])?;
+        // Nobody else writes while this transaction holds the write lock, so
+        // if nothing is pending now, nothing will be until it ends.
+        let pending: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?;
         Ok(WriteTx {
+            pending,
             tx,
             mapping: &self.mapping,
             columns: &self.columns,
@@ -377,6 +381,8 @@ impl Db {
 /// everything back.
 pub struct WriteTx<'a> {
     tx: rusqlite::Transaction<'a>,
+    /// Whether the app had pending changes when the transaction began.
+    pending: bool,
     mapping: &'a Mapping,
     columns: &'a BTreeMap<String, Vec<String>>,
     clock: HlcClock,
@@ -409,8 +415,10 @@ impl WriteTx<'_> {
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
         let ctx = Ctx { mapping: self.mapping, columns: self.columns };
-        for key in doc.rows.keys() {
-            state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
+        if self.pending {
+            for key in doc.rows.keys() {
+                state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
+            }
         }
         let sp = self.tx.savepoint()?;
         let outcome = state::apply_doc(&sp, &ctx, self.now_ms, doc, source)?;

@@ -380,10 +380,10 @@ pub(crate) fn project_or_park(
     key: &RowKey,
     row: &RowState,
 ) -> Result<Result<Vec<String>, String>, DbError> {
-    conn.execute_batch("SAVEPOINT cs_project")?;
+    // No savepoint needed: a statement that fails a constraint is rolled
+    // back on its own (SQLite's default ABORT), the transaction stays.
     match project(conn, ctx, key, row) {
         Ok(warnings) => {
-            conn.execute_batch("RELEASE cs_project")?;
             conn.prepare_cached("DELETE FROM _cs_unprojected WHERE tbl = ?1 AND pk = ?2")?
                 .execute(params![key.table, key.pk])?;
             Ok(Ok(warnings))
@@ -391,7 +391,6 @@ pub(crate) fn project_or_park(
         Err(DbError::Sql(rusqlite::Error::SqliteFailure(e, message)))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            conn.execute_batch("ROLLBACK TO cs_project; RELEASE cs_project")?;
             let reason = message.unwrap_or_else(|| e.to_string());
             conn.prepare_cached(
                 "INSERT INTO _cs_unprojected (tbl, pk, reason) VALUES (?1, ?2, ?3)
@@ -400,10 +399,7 @@ pub(crate) fn project_or_park(
             .execute(params![key.table, key.pk, reason])?;
             Ok(Err(reason))
         }
-        Err(e) => {
-            conn.execute_batch("ROLLBACK TO cs_project; RELEASE cs_project")?;
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
 }
 

@@ -164,6 +164,9 @@ struct FileRef {
     /// The 32-hex stem of the original it belongs to.
     stem: String,
     copy: bool,
+    /// Read only to check it is up to date (read-repair of this patient):
+    /// compared with this database's bytes first, decoded only if they differ.
+    repair: Option<String>,
 }
 
 enum Loaded {
@@ -700,9 +703,11 @@ impl Run<'_> {
                         // A file in the wrong shard is data all the same:
                         // merge it like a copy.
                         let copy = shard_of(&stem) != shard.name;
-                        files.push(FileRef { path, stem, copy });
+                        files.push(FileRef { path, stem, copy, repair: None });
                     }
-                    PatientName::Copy { stem } => files.push(FileRef { path, stem, copy: true }),
+                    PatientName::Copy { stem } => {
+                        files.push(FileRef { path, stem, copy: true, repair: None })
+                    }
                     PatientName::Unknown => {
                         self.rec.warning(
                             "unknown-file",
@@ -812,17 +817,28 @@ impl Run<'_> {
                             continue;
                         }
                         if loading.insert(stem.clone()) {
-                            to_load.push(FileRef { path: patient_path(&stem), stem, copy: false });
+                            to_load.push(FileRef {
+                                path: patient_path(&stem),
+                                stem,
+                                copy: false,
+                                repair: Some(p.clone()),
+                            });
                         }
                         wanted.insert(p);
                     }
                 }
             }
-            let originals = self.apply_chunk(&to_load, &mut wanted)?;
+            let mut in_sync = HashSet::new();
+            let mut changed = HashSet::new();
+            let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
             for patient in wanted {
                 let stem = patient_file_name(&patient);
                 if done.contains(&patient) || blocked.contains(&stem) {
+                    continue;
+                }
+                if in_sync.contains(&patient) && !changed.contains(&patient) {
+                    done.insert(patient);
                     continue;
                 }
                 let existing = match originals.get(&stem) {
@@ -905,10 +921,21 @@ impl Run<'_> {
         &mut self,
         chunk: &[FileRef],
         wanted: &mut BTreeSet<String>,
+        in_sync: &mut HashSet<String>,
+        changed: &mut HashSet<String>,
     ) -> Result<HashMap<String, Original>, EngineError> {
         let mut originals = HashMap::new();
         let mut loaded = Vec::with_capacity(chunk.len());
         for f in chunk {
+            if let Some(patient) = &f.repair
+                && let Some(state) = self.compare_with_ours(f, patient)?
+            {
+                if matches!(state, Original::Present(..)) {
+                    in_sync.insert(patient.clone());
+                }
+                originals.insert(f.stem.clone(), state);
+                continue;
+            }
             match self.load(f)? {
                 Loaded::Doc { doc, bytes, entry, sha } => loaded.push((f, doc, bytes, entry, sha)),
                 Loaded::Unchanged { bytes, entry } if !f.copy => {
@@ -944,6 +971,10 @@ impl Run<'_> {
                 Ok(outcome) => {
                     wanted.insert(doc.patient.0.clone());
                     wanted.extend(outcome.affected.iter().cloned());
+                    if outcome.rows_changed > 0 {
+                        changed.insert(doc.patient.0.clone());
+                        changed.extend(outcome.affected.iter().cloned());
+                    }
                     if !f.copy {
                         originals.insert(f.stem.clone(), Original::Present(bytes, entry));
                     }
@@ -995,6 +1026,22 @@ impl Run<'_> {
             }
         }
         Ok(originals)
+    }
+
+    /// Read-repair's fast path: a file whose bytes equal this database's
+    /// encoding of the patient is up to date, with no parsing. `None` when
+    /// it differs (or cannot be read): the caller loads it in full.
+    fn compare_with_ours(&mut self, f: &FileRef, patient: &str) -> Result<Option<Original>, EngineError> {
+        let entry = match self.folder.metadata(&f.path) {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(Some(Original::Absent)),
+            Err(_) => return Ok(None),
+        };
+        let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { return Ok(None) };
+        self.counts.files_scanned += 1;
+        self.counts.bytes_read += bytes.len() as u64;
+        let ours = encode_patient(&self.db.doc_for_patient(patient)?);
+        Ok((ours == bytes).then_some(Original::Present(bytes, entry)))
     }
 
     fn write_files(

@@ -8,35 +8,47 @@ pub fn is_xml_safe(text: &str) -> bool {
     )
 }
 
+/// Appends `text`, replacing each character that `escape` maps; runs of
+/// other characters are copied in one go.
+fn push_escaped(out: &mut String, text: &str, escape: impl Fn(u8) -> Option<&'static str>) {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        // Every byte escaped is ASCII, so `i` is always a char boundary.
+        if let Some(replacement) = escape(b) {
+            out.push_str(&text[start..i]);
+            out.push_str(replacement);
+            start = i + 1;
+        }
+    }
+    out.push_str(&text[start..]);
+}
+
 /// Escapes element content. CR is written as a character reference because
 /// XML parsers turn a raw CR LF into LF; everything else stays literal.
 pub(crate) fn push_content(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
+    push_escaped(out, text, |b| match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        b'\r' => Some("&#13;"),
+        _ => None,
+    });
 }
 
 /// Escapes an attribute value, including the whitespace that attribute
 /// normalisation would otherwise turn into spaces.
 pub(crate) fn push_attr(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\r' => out.push_str("&#13;"),
-            '\n' => out.push_str("&#10;"),
-            '\t' => out.push_str("&#9;"),
-            c => out.push(c),
-        }
-    }
+    push_escaped(out, text, |b| match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        b'"' => Some("&quot;"),
+        b'\r' => Some("&#13;"),
+        b'\n' => Some("&#10;"),
+        b'\t' => Some("&#9;"),
+        _ => None,
+    });
 }
 
 #[cfg(test)]
