@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clinicsync::db::{Db, InitParams, REFERENCE_SCHEMA};
-use clinicsync::engine::{self, InitOptions, Outcome, SyncOptions};
 use clinicsync::model::{FamilyId, SiteId};
 use clinicsync::xmlstore::{Limits, decode_patient};
 use rusqlite::{Connection, params};
@@ -237,10 +236,40 @@ fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, u64) {
     (out, start.elapsed(), peak_rss_kib())
 }
 
-fn sync(db: &Path) -> engine::RunReport {
-    let report = engine::sync(db, &SyncOptions::default()).expect("sync runs");
-    assert_eq!(report.outcome, Outcome::Ok, "benchmark sync was not ok: {:?}", report.events);
-    report
+/// Runs the real `clinicsync` binary with `--json`; returns its report,
+/// the wall time, and the peak RSS the run reported (KiB).
+fn cli(args: &[&std::ffi::OsStr]) -> (serde_json::Value, Duration, u64) {
+    let start = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clinicsync"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let elapsed = start.elapsed();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON from {args:?} ({e}): {}", String::from_utf8_lossy(&out.stderr)));
+    let run = if json.get("first_run").is_some() { &json["first_run"] } else { &json };
+    if let Some(outcome) = run.get("outcome") {
+        assert_eq!(outcome, "ok", "benchmark run was not ok: {json:#}");
+    }
+    let rss = run["peak_rss_kib"].as_u64().unwrap_or(0);
+    (json, elapsed, rss)
+}
+
+fn sync_cli(db: &Path) -> (serde_json::Value, Duration, u64) {
+    cli(&["--db".as_ref(), db.as_os_str(), "sync".as_ref()])
+}
+
+fn init_cli(db: &Path, folder: &Path, name: &str) -> (serde_json::Value, Duration, u64) {
+    cli(&[
+        "--db".as_ref(),
+        db.as_os_str(),
+        "init".as_ref(),
+        "--folder".as_ref(),
+        folder.as_os_str(),
+        "--site-name".as_ref(),
+        name.as_ref(),
+    ])
 }
 
 fn patient_files(folder: &Path) -> Vec<PathBuf> {
@@ -320,55 +349,39 @@ fn run_size(base: &Path, n: u64, runs: usize) {
     let rows = generate_app_db(&a, n).unwrap();
 
     // (c) the full export of a populated database: its first `init`.
-    let (init_a, c_time, c_rss) = measure(|| {
-        engine::init(&InitOptions {
-            db: a.clone(),
-            folder: folder.clone(),
-            site_name: Some("a".into()),
-            mapping: None,
-        })
-        .unwrap()
-    });
-    assert_eq!(init_a.first_run.outcome, Outcome::Ok);
+    let (init_a, c_time, c_rss) = init_cli(&a, &folder, "a");
     let files = patient_files(&folder);
     let sizes: Vec<u64> = files.iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
     let bytes: u64 = sizes.iter().sum();
+    let counts = &init_a["first_run"]["counts"];
     report(&Figure {
         name: "c_full_export",
         n,
         runs: vec![c_time],
         rss_kib: c_rss,
         extra: serde_json::json!({"rows": rows, "patient_files": files.len(), "patient_bytes": bytes,
-            "segments": init_a.first_run.counts.segments_written, "versions": init_a.first_run.counts.exported_versions}),
+            "segments": counts["segments_written"], "versions": counts["exported_versions"]}),
     });
 
     // (d) seeding a new site from the folder: its `init` joins the family.
-    let (init_b, d_time, d_rss) = measure(|| {
-        engine::init(&InitOptions {
-            db: b.clone(),
-            folder: folder.clone(),
-            site_name: Some("b".into()),
-            mapping: None,
-        })
-        .unwrap()
-    });
-    assert_eq!(init_b.first_run.outcome, Outcome::Ok);
+    let (init_b, d_time, d_rss) = init_cli(&b, &folder, "b");
+    let counts = &init_b["first_run"]["counts"];
     report(&Figure {
         name: "d_seed_new_site",
         n,
         runs: vec![d_time],
         rss_kib: d_rss,
-        extra: serde_json::json!({"rows_applied": init_b.first_run.counts.rows_applied,
-            "segments_applied": init_b.first_run.counts.segments_applied, "files_read": init_b.first_run.counts.files_scanned}),
+        extra: serde_json::json!({"rows_applied": counts["rows_applied"],
+            "segments_applied": counts["segments_applied"], "files_read": counts["files_scanned"]}),
     });
-    sync(&a);
+    sync_cli(&a);
 
-    // (a) a run with nothing to do.
+    // (a) a run with nothing to do (the whole process: start, open, check).
     let mut times = Vec::new();
     let mut rss = 0;
     for _ in 0..runs {
-        let (report, t, r) = measure(|| sync(&b));
-        assert_eq!(report.counts.folder.patient_lists, 0);
+        let (report, t, r) = sync_cli(&b);
+        assert_eq!(report["counts"]["folder"]["patient_lists"], 0);
         times.push(t);
         rss = rss.max(r);
     }
@@ -396,14 +409,14 @@ fn run_size(base: &Path, n: u64, runs: usize) {
             .unwrap();
         }
         tx.commit().unwrap();
-        sync(&a);
+        sync_cli(&a);
     };
     let mut b_times = Vec::new();
     let mut b_rss = 0;
     for _ in 0..runs {
         change_100();
-        let (report, t, r) = measure(|| sync(&b));
-        assert!(report.counts.rows_applied >= 100, "{:?}", report.counts);
+        let (report, t, r) = sync_cli(&b);
+        assert!(report["counts"]["rows_applied"].as_u64().unwrap() >= 100, "{report:#}");
         b_times.push(t);
         b_rss = b_rss.max(r);
     }
@@ -414,13 +427,13 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         rss_kib: b_rss,
         extra: serde_json::json!({}),
     });
-    engine::settings_set(&b, &["use_logs=off".to_owned()]).unwrap();
+    cli(&["--db".as_ref(), b.as_os_str(), "settings".as_ref(), "use_logs=off".as_ref()]);
     let mut e_times = Vec::new();
     let mut e_rss = 0;
     for _ in 0..runs.min(3) {
         change_100();
-        let (report, t, r) = measure(|| sync(&b));
-        assert!(report.counts.full_scan);
+        let (report, t, r) = sync_cli(&b);
+        assert_eq!(report["counts"]["full_scan"], true);
         e_times.push(t);
         e_rss = e_rss.max(r);
     }
@@ -435,20 +448,11 @@ fn run_size(base: &Path, n: u64, runs: usize) {
 
     // (f) applying field versions: decoded patient files joined into a
     // fresh database, files read and parsed beforehand (not timed).
-    let sample: Vec<_> = files
-        .iter()
-        .take(2_000)
-        .map(|p| decode_patient(&std::fs::read(p).unwrap(), Limits::default()).unwrap())
-        .collect();
-    let versions: usize = sample
-        .iter()
-        .flat_map(|d| d.rows.values())
-        .flat_map(|r| r.fields.values())
-        .map(|f| f.versions().len())
-        .sum();
+    let sample_files: Vec<&PathBuf> = files.iter().take(4_000).collect();
     let f_db = dir.join("f.db");
     let mut f_runs = Vec::new();
     let mut f_rss = 0;
+    let mut versions = 0usize;
     for run in 0..runs.min(3) {
         let path = f_db.with_extension(format!("{run}.db"));
         let mut db = Db::init(
@@ -464,17 +468,31 @@ fn run_size(base: &Path, n: u64, runs: usize) {
             },
         )
         .unwrap();
-        let (_, t, r) = measure(|| {
-            for chunk in sample.chunks(256) {
-                let mut w = db.begin_write(1).unwrap();
-                for d in chunk {
-                    w.apply_doc(d, "bench").unwrap();
-                }
-                w.commit().unwrap();
+        reset_peak_rss();
+        let mut applying = Duration::ZERO;
+        versions = 0;
+        for chunk in sample_files.chunks(256) {
+            // Read and parse outside the clock: this figure is the join into SQLite.
+            let docs: Vec<_> = chunk
+                .iter()
+                .map(|p| decode_patient(&std::fs::read(p).unwrap(), Limits::default()).unwrap())
+                .collect();
+            versions += docs
+                .iter()
+                .flat_map(|d| d.rows.values())
+                .flat_map(|r| r.fields.values())
+                .map(|f| f.versions().len())
+                .sum::<usize>();
+            let start = Instant::now();
+            let mut w = db.begin_write(1).unwrap();
+            for d in &docs {
+                w.apply_doc(d, "bench").unwrap();
             }
-        });
-        f_runs.push(t);
-        f_rss = f_rss.max(r);
+            w.commit().unwrap();
+            applying += start.elapsed();
+        }
+        f_runs.push(applying);
+        f_rss = f_rss.max(peak_rss_kib());
     }
     let per_sec = versions as f64 / median(f_runs.clone()).as_secs_f64();
     report(&Figure {

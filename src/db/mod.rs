@@ -276,6 +276,7 @@ impl Db {
         let pending: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?;
         Ok(WriteTx {
             pending,
+            clock_at_start: clock,
             tx,
             mapping: &self.mapping,
             columns: &self.columns,
@@ -366,6 +367,17 @@ impl Db {
             .optional()?)
     }
 
+    /// Whether the app changed anything since the last export (one read; no
+    /// write transaction needed to find out).
+    pub fn has_pending(&self) -> Result<bool, DbError> {
+        Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?)
+    }
+
+    /// Whether some rows wait outside the app's tables.
+    pub fn has_parked(&self) -> Result<bool, DbError> {
+        Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_unprojected)", [], |r| r.get(0))?)
+    }
+
     /// The number of patients this database holds (alive or deleted).
     pub fn patient_count(&self) -> Result<u64, DbError> {
         let n: i64 = self.conn.query_row(
@@ -383,6 +395,7 @@ pub struct WriteTx<'a> {
     tx: rusqlite::Transaction<'a>,
     /// Whether the app had pending changes when the transaction began.
     pending: bool,
+    clock_at_start: HlcClock,
     mapping: &'a Mapping,
     columns: &'a BTreeMap<String, Vec<String>>,
     clock: HlcClock,
@@ -462,9 +475,11 @@ impl WriteTx<'_> {
     pub fn commit(mut self) -> Result<StampOutcome, DbError> {
         let batch = std::mem::take(&mut self.batch);
         let outcome = state::finish_batch(&self.tx, self.site, self.now_ms, batch)?;
-        let (wall, counter) = self.clock.state();
-        meta_set(&self.tx, "hlc_wall", &wall.to_string())?;
-        meta_set(&self.tx, "hlc_counter", &counter.to_string())?;
+        if self.clock != self.clock_at_start {
+            let (wall, counter) = self.clock.state();
+            meta_set(&self.tx, "hlc_wall", &wall.to_string())?;
+            meta_set(&self.tx, "hlc_counter", &counter.to_string())?;
+        }
         self.tx.execute("DELETE FROM _cs_quiet", [])?;
         self.tx.commit()?;
         Ok(outcome)

@@ -432,43 +432,67 @@ fn project(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Re
     }
     let columns = ctx.columns.get(&key.table).map(Vec::as_slice).unwrap_or_default();
     let key_value = Value::Text(key.pk.clone());
-    let mut names = Vec::new();
-    let mut values: Vec<Sql<'_>> = Vec::new();
+    let mut present = Vec::with_capacity(columns.len());
+    let mut values: Vec<Sql<'_>> = Vec::with_capacity(columns.len());
     for c in columns {
         // The key column always holds the row's key, whatever a file says.
         let value = if c == key_col { Some(&key_value) } else { row.value(c) };
+        present.push(value.is_some());
         if let Some(v) = value {
-            names.push(quote(c));
             values.push(Sql(v));
         }
     }
-    let warnings = row
-        .fields
-        .keys()
-        .filter(|c| !columns.contains(c))
-        .map(|c| {
-            format!(
+    let mut warnings = Vec::new();
+    if row.fields.len() > values.len().saturating_sub(1) {
+        for c in row.fields.keys().filter(|c| !columns.contains(c)) {
+            warnings.push(format!(
                 "column {c} of table {} comes from another site but this database has no such column; clinicsync keeps its value and passes it on",
                 key.table
-            )
-        })
-        .collect();
-    let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    let updates: Vec<String> =
-        names.iter().filter(|n| **n != quote(key_col)).map(|n| format!("{n} = excluded.{n}")).collect();
-    let on_conflict = if updates.is_empty() {
-        "DO NOTHING".to_owned()
-    } else {
-        format!("DO UPDATE SET {}", updates.join(", "))
-    };
-    let sql = format!(
-        "INSERT INTO {t} ({}) VALUES ({}) ON CONFLICT ({}) {on_conflict}",
-        names.join(", "),
-        placeholders.join(", "),
-        quote(key_col)
-    );
+            ));
+        }
+    }
+    let sql = upsert_sql(&key.table, key_col, columns, &present);
     conn.prepare_cached(&sql)?.execute(rusqlite::params_from_iter(values.iter()))?;
     Ok(warnings)
+}
+
+/// Upsert statements by (table, which columns are present).
+type UpsertCache = std::collections::HashMap<(String, Vec<bool>), std::rc::Rc<str>>;
+
+thread_local! {
+    /// A row usually has every column, so the statement text is built once
+    /// per table and shape, not once per row.
+    static UPSERTS: std::cell::RefCell<UpsertCache> = std::cell::RefCell::new(UpsertCache::new());
+}
+
+fn upsert_sql(table: &str, key_col: &str, columns: &[String], present: &[bool]) -> std::rc::Rc<str> {
+    UPSERTS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let slot = (table.to_owned(), present.to_vec());
+        if let Some(sql) = cache.get(&slot) {
+            return sql.clone();
+        }
+        let names: Vec<String> =
+            columns.iter().zip(present).filter(|(_, p)| **p).map(|(c, _)| quote(c)).collect();
+        let placeholders: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let key = quote(key_col);
+        let updates: Vec<String> =
+            names.iter().filter(|n| **n != key).map(|n| format!("{n} = excluded.{n}")).collect();
+        let on_conflict = if updates.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        let sql: std::rc::Rc<str> = format!(
+            "INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({key}) {on_conflict}",
+            quote(table),
+            names.join(", "),
+            placeholders.join(", "),
+        )
+        .into();
+        cache.insert(slot, sql.clone());
+        sql
+    })
 }
 
 /// Builds the document of one patient from the state: its root row and

@@ -47,3 +47,10 @@ pub(crate) fn fault_point(name: &str) {
         std::process::abort();
     }
 }
+
+/// The process's peak resident set size in KiB, where the system tells it.
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

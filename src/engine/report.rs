@@ -75,6 +75,8 @@ pub struct RunReport {
     pub counts: Counts,
     /// For a failed run: one sentence saying what is wrong and what to do.
     pub error: Option<String>,
+    /// The process's peak resident memory so far, in KiB (Linux; else null).
+    pub peak_rss_kib: Option<u64>,
     pub events: Vec<EventRecord>,
 }
 

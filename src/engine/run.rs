@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use tracing::instrument;
 
 use super::EngineError;
-use super::host::{SystemClock, fault_point, machine_fingerprint};
+use super::host::{SystemClock, fault_point, machine_fingerprint, peak_rss_kib};
 use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
@@ -149,6 +149,7 @@ pub fn sync_with_clock(
         ended_ms,
         counts: run.counts.clone(),
         error,
+        peak_rss_kib: peak_rss_kib(),
         events: run.rec.events.clone(),
     };
     let summary = serde_json::to_value(&report.counts).expect("counts serialise");
@@ -343,7 +344,7 @@ impl Run<'_> {
     /// transaction (short transactions: the app keeps writing), then write
     /// the segments and patient files of every export not yet written.
     fn export(&mut self) -> Result<(), EngineError> {
-        loop {
+        while self.db.has_pending()? {
             let mut w = self.db.begin_write(self.now_ms)?;
             let more = w.stamp_pending(SEGMENT_ROWS, SEGMENT_BYTES)?;
             let stamped = w.commit()?;
@@ -482,6 +483,9 @@ impl Run<'_> {
     /// Rows whose fields arrived only in part wait outside the app's tables;
     /// once the rest has arrived they are shown.
     fn show_parked_rows(&mut self) -> Result<(), EngineError> {
+        if !self.db.has_parked()? {
+            return Ok(());
+        }
         let mut w = self.db.begin_write(self.now_ms)?;
         let still = w.retry_parked()?;
         let stamped = w.commit()?;
