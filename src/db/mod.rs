@@ -109,9 +109,9 @@ fn connect(path: &Path, create: bool) -> Result<Connection, DbError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    // Each CLI run is a short process: leave checkpointing to SQLite's
-    // automatic checkpoints instead of paying for one at every close.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    // The checkpoint SQLite runs when the last connection closes stays on
+    // (about 3 ms a run): after a run the .db file alone holds every commit,
+    // so a clinic that backs up or copies just clinic.db copies it whole.
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
