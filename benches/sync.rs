@@ -363,6 +363,10 @@ fn run_size(base: &Path, n: u64, runs: usize) {
             "segments": counts["segments_written"], "versions": counts["exported_versions"]}),
     });
 
+    // The floors, measured right after (c) so both see the same file
+    // system conditions (creates right after a big delete are slow here).
+    let (write, read, insert) = floors(&dir, &sizes, rows, n);
+
     // (d) seeding a new site from the folder: its `init` joins the family.
     let (init_b, d_time, d_rss) = init_cli(&b, &folder, "b");
     let counts = &init_b["first_run"]["counts"];
@@ -503,8 +507,6 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         extra: serde_json::json!({"versions": versions, "versions_per_sec": per_sec.round()}),
     });
 
-    // The floors, measured now, on this machine.
-    let (write, read, insert) = floors(&dir, &sizes, rows, n);
     let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
     println!(
         "{}",
