@@ -2,8 +2,7 @@
 //! (`sites/<site>.xml`). A site file is written only by its own site.
 
 use super::error::{DecodeError, DecodeErrorKind};
-use super::patient::check_format;
-use super::reader::{Item, Limits, XmlReader, element_name, optional, required};
+use super::reader::{Item, Limits, XmlReader, element_name, open_root, optional, required};
 use super::text::push_attr;
 use super::trailer;
 use crate::model::{FamilyId, SiteId};
@@ -153,20 +152,9 @@ type Attrs = Vec<(String, String)>;
 type Root<'a> = (XmlReader<'a>, Attrs, Vec<(String, Attrs)>);
 
 fn read_root<'a>(file: &'a [u8], expected: &'static str) -> Result<Root<'a>, DecodeError> {
-    let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
     let limits = Limits { max_file_bytes: 4 << 20, max_elements: 100_000, ..Limits::default() };
-    let mut r = XmlReader::new(body, limits)?;
-    let (root, empty) = match r.next_structural()? {
-        Item::Start(e) => (e, false),
-        Item::Empty(e) => (e, true),
-        _ => return Err(r.error(DecodeErrorKind::WrongElement { expected, found: "nothing".into() })),
-    };
-    let name = element_name(&root);
-    if name != expected {
-        return Err(r.error(DecodeErrorKind::WrongElement { expected, found: name }));
-    }
-    let attrs = r.attributes(&root)?;
-    check_format(&r, &attrs, FOLDER_FORMAT)?;
+    let super::reader::Root { reader: mut r, attrs, empty } =
+        open_root(file, limits, expected, FOLDER_FORMAT)?;
     let mut children = Vec::new();
     if !empty {
         let mut depth = 1usize;

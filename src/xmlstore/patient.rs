@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::error::{DecodeError, DecodeErrorKind};
-use super::reader::{Item, Limits, XmlReader, element_name, optional, required};
+use super::reader::{Item, Limits, Root, XmlReader, element_name, open_root, optional, required};
 use super::text::{is_xml_safe, push_attr, push_content};
 use super::trailer;
 use crate::model::{FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value};
@@ -155,23 +155,7 @@ fn decode_real(text: &str) -> Result<f64, String> {
 /// Reads a patient file: checks the trailer, then parses the XML with the
 /// given limits. Nothing of a file that fails is returned.
 pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeError> {
-    let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
-    let mut r = XmlReader::new(body, limits)?;
-    let (root, empty) = match r.next_structural()? {
-        Item::Start(e) => (e, false),
-        Item::Empty(e) => (e, true),
-        _ => {
-            return Err(
-                r.error(DecodeErrorKind::WrongElement { expected: "patient-file", found: "nothing".into() })
-            );
-        }
-    };
-    let name = element_name(&root);
-    if name != "patient-file" {
-        return Err(r.error(DecodeErrorKind::WrongElement { expected: "patient-file", found: name }));
-    }
-    let attrs = r.attributes(&root)?;
-    check_format(&r, &attrs, PATIENT_FORMAT)?;
+    let Root { reader: mut r, attrs, empty } = open_root(file, limits, "patient-file", PATIENT_FORMAT)?;
     let patient = required(&r, &attrs, "patient-file", "patient")?;
     let mut doc = PatientDoc::new(PatientId(patient.to_owned()));
     if !empty {
@@ -207,20 +191,6 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
     }
     r.expect_eof()?;
     Ok(doc)
-}
-
-/// Checks the `format` attribute of a root element.
-pub(crate) fn check_format(
-    r: &XmlReader<'_>,
-    attrs: &[(String, String)],
-    supported: u32,
-) -> Result<(), DecodeError> {
-    let format = optional(attrs, "format")
-        .ok_or_else(|| r.error(DecodeErrorKind::MissingAttribute { element: "root", attribute: "format" }))?;
-    if format != supported.to_string() {
-        return Err(r.error(DecodeErrorKind::UnsupportedFormat { found: format.to_owned(), supported }));
-    }
-    Ok(())
 }
 
 fn insert_row(

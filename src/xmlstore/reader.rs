@@ -188,3 +188,40 @@ pub(crate) fn required<'v>(
 pub(crate) fn optional<'v>(attrs: &'v [(String, String)], name: &str) -> Option<&'v str> {
     attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
+
+/// The opened root element of a sealed clinicsync file.
+pub(crate) struct Root<'a> {
+    pub(crate) reader: XmlReader<'a>,
+    pub(crate) attrs: Vec<(String, String)>,
+    /// True for `<root/>`: there is nothing more to read but the end.
+    pub(crate) empty: bool,
+}
+
+/// Checks a file's trailer, then reads its root element: it must be
+/// `expected`, with `format` equal to `supported`.
+pub(crate) fn open_root<'a>(
+    file: &'a [u8],
+    limits: Limits,
+    expected: &'static str,
+    supported: u32,
+) -> Result<Root<'a>, DecodeError> {
+    let body = super::trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
+    let mut reader = XmlReader::new(body, limits)?;
+    let (root, empty) = match reader.next_structural()? {
+        Item::Start(e) => (e, false),
+        Item::Empty(e) => (e, true),
+        _ => return Err(reader.error(DecodeErrorKind::WrongElement { expected, found: "nothing".into() })),
+    };
+    let name = element_name(&root);
+    if name != expected {
+        return Err(reader.error(DecodeErrorKind::WrongElement { expected, found: name }));
+    }
+    let attrs = reader.attributes(&root)?;
+    let format = optional(&attrs, "format").ok_or_else(|| {
+        reader.error(DecodeErrorKind::MissingAttribute { element: "root", attribute: "format" })
+    })?;
+    if format != supported.to_string() {
+        return Err(reader.error(DecodeErrorKind::UnsupportedFormat { found: format.to_owned(), supported }));
+    }
+    Ok(Root { reader, attrs, empty })
+}

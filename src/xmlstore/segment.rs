@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use super::error::{DecodeError, DecodeErrorKind};
 use super::meta::{format_time, parse_time};
-use super::patient::{check_format, push_row, read_row, row_header_from};
-use super::reader::{Item, Limits, XmlReader, element_name, required};
+use super::patient::{push_row, read_row, row_header_from};
+use super::reader::{Item, Limits, Root, XmlReader, element_name, open_root, required};
 use super::trailer;
 use crate::model::{RowKey, RowState, SiteId};
 
@@ -42,23 +42,7 @@ pub fn encode_segment(s: &Segment) -> Vec<u8> {
 /// Reads a segment: trailer first, then the XML with limits. Nothing of a
 /// segment that fails is returned.
 pub fn decode_segment(file: &[u8], limits: Limits) -> Result<Segment, DecodeError> {
-    let body = trailer::unseal(file).map_err(|e| DecodeError::new(None, e.into()))?;
-    let mut r = XmlReader::new(body, limits)?;
-    let (root, empty) = match r.next_structural()? {
-        Item::Start(e) => (e, false),
-        Item::Empty(e) => (e, true),
-        _ => {
-            return Err(
-                r.error(DecodeErrorKind::WrongElement { expected: "segment", found: "nothing".into() })
-            );
-        }
-    };
-    let name = element_name(&root);
-    if name != "segment" {
-        return Err(r.error(DecodeErrorKind::WrongElement { expected: "segment", found: name }));
-    }
-    let attrs = r.attributes(&root)?;
-    check_format(&r, &attrs, 1)?;
+    let Root { reader: mut r, attrs, empty } = open_root(file, limits, "segment", 1)?;
     let bad = |r: &XmlReader<'_>, attribute: &'static str, value: &str, reason: &str| {
         r.error(DecodeErrorKind::BadAttribute {
             attribute,
