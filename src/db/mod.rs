@@ -305,20 +305,33 @@ impl Db {
         Ok(patients)
     }
 
-    /// Marks every export up to `seq` as fully written and drops the copies
-    /// of their segments (the folder has them now).
+    /// Marks every export up to `seq` as fully written (segment and patient
+    /// files) and drops the copies of their segments.
     pub fn outbox_done(&self, seq: u64, now_ms: u64) -> Result<(), DbError> {
         self.conn.execute(
-            "UPDATE _cs_outbox SET done_ms = ?2, segment = NULL WHERE seq <= ?1 AND done_ms IS NULL",
+            "UPDATE _cs_outbox SET done_ms = ?2, segment_ms = coalesce(segment_ms, ?2), segment = NULL
+             WHERE seq <= ?1 AND done_ms IS NULL",
             params![seq as i64, now_ms as i64],
         )?;
+        Ok(())
+    }
+
+    /// Records that the segments of these exports are in the folder: readers
+    /// may see them even while a patient file they touched waits.
+    pub fn segments_written(&self, seqs: &[u64], now_ms: u64) -> Result<(), DbError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE _cs_outbox SET segment_ms = ?2 WHERE seq = ?1 AND segment_ms IS NULL")?;
+        for seq in seqs {
+            stmt.execute(params![*seq as i64, now_ms as i64])?;
+        }
         Ok(())
     }
 
     /// When each own export up to `max_seq` from `from_seq` on was created.
     pub fn export_times(&self, from_seq: u64, max_seq: u64) -> Result<Vec<(u64, u64)>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT seq, created_ms FROM _cs_outbox WHERE seq >= ?1 AND seq <= ?2 AND done_ms IS NOT NULL ORDER BY seq",
+            "SELECT seq, created_ms FROM _cs_outbox WHERE seq >= ?1 AND seq <= ?2 AND segment_ms IS NOT NULL ORDER BY seq",
         )?;
         let rows = stmt.query_map([from_seq as i64, max_seq as i64], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
@@ -529,11 +542,12 @@ impl Db {
             .flatten())
     }
 
-    /// The highest sequence number below which every export is fully
-    /// written: what the site file may announce to readers.
+    /// The highest sequence number up to which every segment is in the
+    /// folder: what the site file may announce to readers.
     pub fn written_head(&self) -> Result<u64, DbError> {
         let first_undone: Option<i64> =
-            self.conn.query_row("SELECT min(seq) FROM _cs_outbox WHERE done_ms IS NULL", [], |r| r.get(0))?;
+            self.conn
+                .query_row("SELECT min(seq) FROM _cs_outbox WHERE segment_ms IS NULL", [], |r| r.get(0))?;
         match first_undone {
             Some(seq) => Ok(seq as u64 - 1),
             None => self.head_seq(),

@@ -21,8 +21,10 @@ CREATE TABLE IF NOT EXISTS _cs_rows (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INT
 CREATE INDEX IF NOT EXISTS _cs_rows_patient ON _cs_rows (patient);
 -- Exports: one per change-log segment. The segment's bytes are kept until
 -- the segment and every affected patient file are written.
+-- segment_ms: when its segment reached the folder (what readers may see);
+-- done_ms: when every patient file it touched was written too.
 CREATE TABLE IF NOT EXISTS _cs_outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,
-  segment BLOB, rows INTEGER NOT NULL DEFAULT 0, done_ms INTEGER);
+  segment BLOB, rows INTEGER NOT NULL DEFAULT 0, segment_ms INTEGER, done_ms INTEGER);
 CREATE TABLE IF NOT EXISTS _cs_outbox_patients (seq INTEGER NOT NULL, patient TEXT NOT NULL,
   PRIMARY KEY (seq, patient)) WITHOUT ROWID;
 -- Rows the state holds but the app's table cannot show yet (a NOT NULL or

@@ -382,9 +382,11 @@ impl Run<'_> {
         let Some(&max_seq) = seqs.last() else { return Ok(()) };
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         let mut batch_bytes = 0;
+        let mut in_folder = Vec::new();
         for seq in seqs {
             let Some(bytes) = self.db.segment_bytes(seq)? else { continue };
             let path = segment_path(self.cfg.site, seq);
+            in_folder.push(seq);
             if self.folder.read(&path, bytes.len() as u64).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;
             }
@@ -397,6 +399,9 @@ impl Run<'_> {
         if !self.write_segments(&mut batch, &mut batch_bytes) {
             return Ok(());
         }
+        // The segments are published even if a patient file below waits (a
+        // damaged file must not hold back this site's whole log).
+        self.db.segments_written(&in_folder, self.now_ms)?;
         let patients: Vec<String> = self.db.outbox_patients(max_seq)?;
         let complete = self.reconcile(Vec::new(), patients)?;
         if complete {
@@ -451,6 +456,25 @@ impl Run<'_> {
             plans.push((site, peer.file.name.clone(), plan));
         }
         let clean = if scan { self.full_scan()? } else { true };
+        if clean {
+            // What was compacted away is now read from the patient files:
+            // continue each such site's log from its oldest segment.
+            let resumes: Vec<(SiteId, u64)> = plans
+                .iter()
+                .filter_map(|(site, _, plan)| match plan {
+                    CatchUp::FullScanThen { from, .. } => Some((*site, from - 1)),
+                    _ => None,
+                })
+                .collect();
+            if !resumes.is_empty() {
+                let w = self.db.begin_write(self.now_ms)?;
+                for (site, seq) in resumes {
+                    w.set_watermark(site, seq)?;
+                }
+                let stamped = w.commit()?;
+                self.note_stamped(stamped);
+            }
+        }
         let mut touched = BTreeSet::new();
         for (site, name, plan) in plans {
             let (from, to) = match plan {

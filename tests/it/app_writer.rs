@@ -2,7 +2,7 @@
 //! no write is lost and the app never sees "database is locked".
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
@@ -18,8 +18,10 @@ fn an_app_writing_in_a_loop_during_syncs_loses_nothing_and_is_never_locked_out()
     sync_ok(&a);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(AtomicU32::new(0));
     let writer = {
         let stop = Arc::clone(&stop);
+        let progress = Arc::clone(&progress);
         let db = a.clone();
         let seed = seed.clone();
         std::thread::spawn(move || -> Result<(u32, u32), String> {
@@ -36,6 +38,7 @@ fn an_app_writing_in_a_loop_during_syncs_loses_nothing_and_is_never_locked_out()
                 )
                 .map_err(|e| format!("insert {n} failed: {e}"))?;
                 inserted = n;
+                progress.store(n, Ordering::Relaxed);
                 conn.execute(
                     "UPDATE patients SET notes = ?1 WHERE id = ?2",
                     params![format!("edit {n}"), seed],
@@ -47,13 +50,22 @@ fn an_app_writing_in_a_loop_during_syncs_loses_nothing_and_is_never_locked_out()
             Ok((inserted, last_note))
         })
     };
-    for _ in 0..6 {
+    // Sync while the app writes, until both have clearly overlapped: at
+    // least four syncs and forty app writes (bounded, so it cannot hang).
+    let started = std::time::Instant::now();
+    let mut syncs = 0;
+    while syncs < 4 || progress.load(Ordering::Relaxed) < 40 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the app and the syncs did not overlap in time"
+        );
         let (code, report) = sync(&a);
         assert!(code == 0, "sync during app writes: {report:#}");
+        syncs += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let (inserted, last_note) = writer.join().expect("writer thread").expect("the app never failed to write");
-    assert!(inserted > 10, "the writer made progress ({inserted} inserts)");
+    assert!(inserted >= 40, "the writer made progress ({inserted} inserts)");
 
     sync_ok(&a);
     sync_ok(&b);

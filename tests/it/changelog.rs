@@ -125,7 +125,9 @@ fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrect
     assert_eq!(report["counts"]["full_scan"], true, "{report:#}");
     sync_ok(&a);
     sync_ok(&b);
-    sync_ok(&c);
+    // Caught up: C continues from the logs, it does not scan again.
+    let again = sync_ok(&c);
+    assert_eq!(again["counts"]["full_scan"], false, "{again:#}");
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(dump(&a), dump(&c));
     let invoices: i64 = app(&c)
@@ -190,6 +192,36 @@ fn a_provider_that_kept_an_older_file_is_repaired_by_the_next_site_that_applies_
     assert_eq!(patient_field(&b, &id, "phone").unwrap(), "latest");
     let repaired = fs::read_to_string(&path).unwrap();
     assert!(repaired.contains("latest"), "B rewrote the file it found behind");
+}
+
+#[test]
+fn a_damaged_patient_file_does_not_hold_back_the_change_log() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let first = add_patient(&conn, 1, 1);
+    let second = add_patient(&conn, 2, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    // The first patient's file is damaged in the folder; A cannot rewrite it.
+    let path = patient_file(&family.folder(), &first);
+    fs::write(&path, b"garbage from a broken disk").unwrap();
+    conn.execute("UPDATE patients SET phone = 'one' WHERE id = ?1", [&first]).unwrap();
+    let (code, _) = sync(&a);
+    assert_eq!(code, 3, "A says it could not write that file");
+    conn.execute("UPDATE patients SET phone = 'two' WHERE id = ?1", [&second]).unwrap();
+    let (code, _) = sync(&a);
+    assert_eq!(code, 3);
+    // B still gets both edits through A's log.
+    let (_, report) = sync(&b);
+    assert_eq!(report["counts"]["segments_applied"], 2, "{report:#}");
+    assert_eq!(patient_field(&b, &first, "phone").unwrap(), "one");
+    assert_eq!(patient_field(&b, &second, "phone").unwrap(), "two");
+    // Once the file is gone (or repaired), A writes it and the run is ok.
+    fs::remove_file(&path).unwrap();
+    sync_ok(&a);
+    assert!(fs::read_to_string(&path).unwrap().contains("one"));
 }
 
 #[test]
