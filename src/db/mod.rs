@@ -532,11 +532,13 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The segment bytes of an undone export.
+    /// The bytes of an export's segment while it is not yet in the folder
+    /// (once published, only compaction may remove it, and it is never
+    /// written again).
     pub fn segment_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, DbError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT segment FROM _cs_outbox WHERE seq = ?1")?
+            .prepare_cached("SELECT segment FROM _cs_outbox WHERE seq = ?1 AND segment_ms IS NULL")?
             .query_row([seq as i64], |r| r.get(0))
             .optional()?
             .flatten())
@@ -557,14 +559,18 @@ impl Db {
 
 impl Db {
     /// Moves this database to a new site id, in one transaction. The new
-    /// identity starts its own change-log: exports already written belong to
-    /// the old site's log (other sites have them there, and this database
+    /// identity starts its own change-log: exports whose segments are already
+    /// in the folder belong to the old site's log (other sites have them there, and this database
     /// gets its old site's later changes back as imports from it); exports
     /// not yet written are renumbered from 1 and re-encoded under the new id.
     pub fn reassign(&mut self, new_site: SiteId, machine: &str) -> Result<(), DbError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM _cs_outbox_patients WHERE seq IN (SELECT seq FROM _cs_outbox WHERE done_ms IS NOT NULL)", [])?;
-        tx.execute("DELETE FROM _cs_outbox WHERE done_ms IS NOT NULL", [])?;
+        // Exports whose segment is in the folder belong to the old site's log.
+        tx.execute(
+            "DELETE FROM _cs_outbox_patients WHERE seq IN (SELECT seq FROM _cs_outbox WHERE segment_ms IS NOT NULL)",
+            [],
+        )?;
+        tx.execute("DELETE FROM _cs_outbox WHERE segment_ms IS NOT NULL", [])?;
         let undone: Vec<(i64, Option<Vec<u8>>)> = {
             let mut stmt = tx.prepare("SELECT seq, segment FROM _cs_outbox ORDER BY seq")?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
