@@ -133,9 +133,10 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         site_name: Some("Home visits".into()),
         mapping: None,
     })?;
+    let seeded = &b.first_run.counts;
     say(format!(
-        "Home visits: joined the family and seeded {} rows from {} patient files.",
-        b.first_run.counts.rows_applied, b.first_run.counts.files_applied
+        "Home visits: joined the family and seeded {} rows from the front desk's change-log ({} segments).",
+        seeded.rows_applied, seeded.segments_applied
     ));
 
     // Both sites now change things before either syncs again.
