@@ -135,8 +135,10 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     })?;
     let seeded = &b.first_run.counts;
     say(format!(
-        "Home visits: joined the family and seeded {} rows from the front desk's change-log ({} segments).",
-        seeded.rows_applied, seeded.segments_applied
+        "Home visits: joined the family and seeded {} rows from the front desk's change-log ({} segment{}).",
+        seeded.rows_applied,
+        seeded.segments_applied,
+        if seeded.segments_applied == 1 { "" } else { "s" }
     ));
 
     // Both sites now change things before either syncs again.
