@@ -280,11 +280,18 @@ fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
 
 fn summary_text(summary: &serde_json::Value) -> String {
     let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let scan = if summary.get("full_scan").and_then(serde_json::Value::as_bool) == Some(true) {
+        "; scanned every patient file"
+    } else {
+        ""
+    };
     format!(
-        "exported {} rows; applied {} rows from {} files; wrote {} files; {} unchanged; {} skipped; {} held back; {} new conflicts",
+        "exported {} rows; applied {} rows from {} segments and {} files; wrote {} segments and {} files; {} unchanged; {} skipped; {} held back; {} new conflicts{scan}",
         get("exported_rows"),
         get("rows_applied"),
+        get("segments_applied"),
         get("files_applied"),
+        get("segments_written"),
         get("files_written"),
         get("files_unchanged"),
         get("files_skipped"),
@@ -315,8 +322,14 @@ fn print_status(s: &StatusReport) {
             let me = if site.this_site { " (this site)" } else { "" };
             let last = site.last_sync.as_deref().unwrap_or("never");
             let warning = site.warning.as_deref().map(|w| format!(" — {w}")).unwrap_or_default();
+            let behind = match site.applied_seq {
+                Some(applied) if applied < site.head_seq => {
+                    format!(", {} of its exports not yet applied here", site.head_seq - applied)
+                }
+                _ => String::new(),
+            };
             println!(
-                "  {} {}{me}: last sync {last}, clinicsync {}{warning}",
+                "  {} {}{me}: last sync {last}, clinicsync {}{behind}{warning}",
                 &site.site[..8],
                 site.name,
                 site.app_version

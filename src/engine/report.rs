@@ -88,13 +88,18 @@ impl RunReport {
             Outcome::Failed => format!("sync failed: {}", self.error.as_deref().unwrap_or("unknown error")),
             outcome => {
                 let mut line = format!(
-                    "sync {}: exported {} rows, applied {} rows from {} files, wrote {} files",
+                    "sync {}: exported {} rows, applied {} rows from {} segments and {} files, wrote {} segments and {} files",
                     outcome.as_str(),
                     c.exported_rows,
                     c.rows_applied,
+                    c.segments_applied,
                     c.files_applied,
+                    c.segments_written,
                     c.files_written
                 );
+                if c.full_scan {
+                    line.push_str(", scanned every patient file");
+                }
                 if c.new_conflicts > 0 {
                     line.push_str(&format!(", {} new conflicts to review", c.new_conflicts));
                 }

@@ -455,6 +455,16 @@ impl Run<'_> {
             scan |= matches!(plan, CatchUp::FullScanThen { .. });
             plans.push((site, peer.file.name.clone(), plan));
         }
+        if scan {
+            let why = if self.force_scan {
+                "asked for (--full-scan)"
+            } else if plans.iter().any(|(_, _, p)| matches!(p, CatchUp::FullScanThen { .. })) {
+                "a site compacted changes this site never read"
+            } else {
+                "periodic (full_scan_interval)"
+            };
+            self.rec.info("scan", None, format!("reading every patient file: {why}"));
+        }
         let clean = if scan { self.full_scan()? } else { true };
         if clean {
             // What was compacted away is now read from the patient files:

@@ -46,6 +46,8 @@ pub struct SiteStatus {
     pub this_site: bool,
     pub app_version: String,
     pub head_seq: u64,
+    /// The last of its segments this site has applied (for itself: null).
+    pub applied_seq: Option<u64>,
     pub last_sync_ms: Option<u64>,
     pub last_sync: Option<String>,
     pub warning: Option<String>,
@@ -78,6 +80,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         Some(_) => {}
     }
     let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
+    let watermarks = db.watermarks()?;
     let mut sites = Vec::new();
     if online {
         let ignore = IgnoreRules::new();
@@ -113,6 +116,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
                 this_site,
                 app_version: file.app_version,
                 head_seq: file.head_seq,
+                applied_seq: (!this_site).then(|| watermarks.get(&file.site).copied().unwrap_or(0)),
                 last_sync_ms: file.last_sync_ms,
                 last_sync: file.last_sync_ms.map(format_time),
                 warning,
