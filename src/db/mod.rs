@@ -52,14 +52,6 @@ pub enum DbError {
     Sql(#[from] rusqlite::Error),
 }
 
-impl DbError {
-    /// True for a lock that did not clear within the busy timeout.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, DbError::Sql(rusqlite::Error::SqliteFailure(e, _))
-            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
-    }
-}
-
 /// Every row of every mapped table: (table, rows in key order).
 pub type TableDump = Vec<(String, Vec<Vec<crate::model::Value>>)>;
 
@@ -393,16 +385,6 @@ impl Db {
     pub fn has_parked(&self) -> Result<bool, DbError> {
         Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_unprojected)", [], |r| r.get(0))?)
     }
-
-    /// The number of patients this database holds (alive or deleted).
-    pub fn patient_count(&self) -> Result<u64, DbError> {
-        let n: i64 = self.conn.query_row(
-            "SELECT count(DISTINCT patient) FROM _cs_rows WHERE patient IS NOT NULL",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
 }
 
 /// A write transaction on the state. Dropping it without `commit` rolls
@@ -426,7 +408,7 @@ impl WriteTx<'_> {
     /// when nothing is left pending.
     pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
         let ctx = Ctx { mapping: self.mapping, columns: self.columns };
-        let consumed = state::stamp_pending(
+        state::stamp_pending(
             &self.tx,
             &ctx,
             &mut self.clock,
@@ -434,8 +416,7 @@ impl WriteTx<'_> {
             max_rows,
             max_bytes,
             &mut self.batch,
-        )?;
-        Ok(consumed >= max_rows)
+        )
     }
 
     /// Joins one incoming document, all or nothing: on error nothing of it

@@ -48,6 +48,20 @@ pub struct ConflictRecord {
     pub status: String,
 }
 
+const RUN_COLUMNS: &str = "SELECT id, started_ms, ended_ms, trigger, outcome, summary FROM _cs_runs";
+
+fn run_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let summary: Option<String> = r.get(5)?;
+    Ok(RunRecord {
+        id: r.get(0)?,
+        started_ms: r.get::<_, i64>(1)? as u64,
+        ended_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+        trigger: r.get(3)?,
+        outcome: r.get(4)?,
+        summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
+    })
+}
+
 impl Db {
     /// Records the start of a run; returns its id.
     pub fn begin_run(&self, trigger: &str, now_ms: u64) -> Result<i64, DbError> {
@@ -86,32 +100,16 @@ impl Db {
 
     /// The newest runs first.
     pub fn recent_runs(&self, limit: u32) -> Result<Vec<RunRecord>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, started_ms, ended_ms, trigger, outcome, summary FROM _cs_runs ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit], |r| {
-            let summary: Option<String> = r.get(5)?;
-            Ok(RunRecord {
-                id: r.get(0)?,
-                started_ms: r.get::<_, i64>(1)? as u64,
-                ended_ms: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
-                trigger: r.get(3)?,
-                outcome: r.get(4)?,
-                summary: summary.and_then(|s| serde_json::from_str(&s).ok()),
-            })
-        })?;
+        let mut stmt = self.conn.prepare(&format!("{RUN_COLUMNS} ORDER BY id DESC LIMIT ?1"))?;
+        let rows = stmt.query_map([limit], run_record)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The last run that finished, whatever its outcome.
     pub fn last_finished_run(&self) -> Result<Option<RunRecord>, DbError> {
-        let id: Option<i64> = self
-            .conn
-            .query_row("SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL", [], |r| r.get(0))
-            .optional()?
-            .flatten();
-        let Some(id) = id else { return Ok(None) };
-        Ok(self.recent_runs(u32::MAX)?.into_iter().find(|r| r.id == id))
+        let sql =
+            format!("{RUN_COLUMNS} WHERE id = (SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL)");
+        Ok(self.conn.query_row(&sql, [], run_record).optional()?)
     }
 
     /// The end time of the last run that ended `ok`.

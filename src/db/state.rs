@@ -223,8 +223,8 @@ fn value_size(v: &Value) -> usize {
 }
 
 /// Stamps pending rows in capture order until `max_rows` rows or about
-/// `max_bytes` of segment are done. Returns how many pending entries were
-/// consumed (fewer than asked: nothing is left).
+/// `max_bytes` of segment are done. Returns true when it stopped at a limit
+/// (more may be pending), false when it consumed everything there was.
 pub(crate) fn stamp_pending(
     conn: &Connection,
     ctx: &Ctx<'_>,
@@ -233,18 +233,17 @@ pub(crate) fn stamp_pending(
     max_rows: usize,
     max_bytes: usize,
     batch: &mut StampBatch,
-) -> Result<usize, DbError> {
+) -> Result<bool, DbError> {
     let entries: Vec<(i64, Option<String>, Option<String>)> = {
         let mut stmt = conn.prepare_cached("SELECT id, tbl, pk FROM _cs_pending ORDER BY id LIMIT ?1")?;
         stmt.query_map([max_rows as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?
     };
+    let fetched = entries.len();
     let mut seen = HashSet::new();
     let mut last_id = None;
-    let mut consumed = 0;
     for (id, tbl, pk) in entries {
         last_id = Some(id);
-        consumed += 1;
         if let (Some(tbl), Some(pk)) = (tbl, pk)
             && seen.insert((tbl.clone(), pk.clone()))
         {
@@ -257,7 +256,7 @@ pub(crate) fn stamp_pending(
     if let Some(id) = last_id {
         conn.prepare_cached("DELETE FROM _cs_pending WHERE id <= ?1")?.execute([id])?;
     }
-    Ok(if batch.bytes >= max_bytes { max_rows } else { consumed })
+    Ok(batch.bytes >= max_bytes || fetched == max_rows)
 }
 
 /// Stamps one row now if the app changed it since the last export, so an
@@ -456,8 +455,8 @@ fn project(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Re
     Ok(warnings)
 }
 
-/// Upsert statements by (table, which columns are present).
-type UpsertCache = std::collections::HashMap<(String, Vec<bool>), std::rc::Rc<str>>;
+/// Upsert statements by table, then by which columns are present.
+type UpsertCache = std::collections::HashMap<String, std::collections::HashMap<Vec<bool>, std::rc::Rc<str>>>;
 
 thread_local! {
     /// A row usually has every column, so the statement text is built once
@@ -468,8 +467,8 @@ thread_local! {
 fn upsert_sql(table: &str, key_col: &str, columns: &[String], present: &[bool]) -> std::rc::Rc<str> {
     UPSERTS.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let slot = (table.to_owned(), present.to_vec());
-        if let Some(sql) = cache.get(&slot) {
+        // Looked up by reference: the hot path allocates nothing.
+        if let Some(sql) = cache.get(table).and_then(|shapes| shapes.get(present)) {
             return sql.clone();
         }
         let names: Vec<String> =
@@ -490,7 +489,7 @@ fn upsert_sql(table: &str, key_col: &str, columns: &[String], present: &[bool]) 
             placeholders.join(", "),
         )
         .into();
-        cache.insert(slot, sql.clone());
+        cache.entry(table.to_owned()).or_default().insert(present.to_vec(), sql.clone());
         sql
     })
 }

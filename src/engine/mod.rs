@@ -102,11 +102,15 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> EngineError {
 /// joins the one the folder holds, then runs the first sync.
 pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
     let clock = SystemClock;
-    if Db::open(&options.db).is_ok() {
-        // Let Db::init produce the precise message.
-        let params =
-            init_params(options, SiteId::from_bytes([0; 16]), FamilyId::from_bytes([0; 16]), None, 0);
-        Db::init(&options.db, params)?;
+    // Refuse before touching the folder; Db::init checks again, atomically.
+    if let Ok(db) = Db::open(&options.db) {
+        let cfg = db.site_config()?;
+        return Err(DbError::AlreadyInitialized {
+            path: options.db.display().to_string(),
+            site: cfg.site.to_string(),
+            folder: cfg.folder.display().to_string(),
+        }
+        .into());
     }
     let mapping = match &options.mapping {
         None => None,
@@ -150,10 +154,16 @@ pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
         None => FamilyId::from_bytes(random("family")?),
     };
     let site = SiteId::from_bytes(random("site")?);
-    let params = init_params(options, site, family, mapping, clock.now_ms());
-    let site_name = params.name.clone();
-    let mut params = params;
-    params.folder = folder_path.clone();
+    let site_name = options.site_name.clone().unwrap_or_else(|| format!("site {}", site.short()));
+    let params = InitParams {
+        site,
+        family,
+        name: site_name.clone(),
+        folder: folder_path.clone(),
+        machine: machine_fingerprint(),
+        mapping,
+        now_ms: clock.now_ms(),
+    };
     drop(Db::init(&options.db, params)?);
     if existing.is_none() {
         let manifest = Manifest { family, created_ms: clock.now_ms() };
@@ -177,24 +187,6 @@ pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
         folder: folder_display,
         first_run,
     })
-}
-
-fn init_params(
-    options: &InitOptions,
-    site: SiteId,
-    family: FamilyId,
-    mapping: Option<Mapping>,
-    now_ms: u64,
-) -> InitParams {
-    InitParams {
-        site,
-        family,
-        name: options.site_name.clone().unwrap_or_else(|| format!("site {}", site.short())),
-        folder: options.folder.clone(),
-        machine: machine_fingerprint(),
-        mapping,
-        now_ms,
-    }
 }
 
 /// What `reassign` did.

@@ -57,10 +57,6 @@ impl DiskFolder {
         self.stats.set(stats);
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Whether temp files go to a staging directory (true) or beside their
     /// targets as `~$<name>.tmp` (false).
     pub fn uses_staging(&self) -> bool {
@@ -108,10 +104,6 @@ fn entry_of(name: String, meta: &fs::Metadata) -> Entry {
 }
 
 impl Folder for DiskFolder {
-    fn describe(&self) -> String {
-        self.root.display().to_string()
-    }
-
     fn list(&self, dir: &str) -> io::Result<Vec<Entry>> {
         let patients = dir == super::layout::PATIENTS_DIR || dir.starts_with("patients/");
         self.count(|s| {

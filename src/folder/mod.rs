@@ -35,8 +35,6 @@ pub enum ReadError {
 /// The sync folder. Small on purpose: the real directory implements it, and
 /// a simulation can implement it in memory.
 pub trait Folder {
-    /// A human-readable location for messages.
-    fn describe(&self) -> String;
     /// Lists a directory; a missing directory is an empty list.
     fn list(&self, dir: &str) -> io::Result<Vec<Entry>>;
     /// Stats one file; `None` when it does not exist.

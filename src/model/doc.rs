@@ -139,6 +139,12 @@ pub struct RowState {
 }
 
 impl RowState {
+    /// The largest causal length a file may carry. A row's causal length
+    /// grows by one per delete or re-insert, so real rows stay far below;
+    /// refusing more at the boundary keeps local increments from ever
+    /// overflowing.
+    pub const MAX_CL: u64 = 1 << 48;
+
     pub fn is_alive(&self) -> bool {
         self.cl % 2 == 1
     }

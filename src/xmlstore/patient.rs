@@ -227,11 +227,11 @@ pub(crate) fn row_header_from(
     let table = required(r, attrs, "row", "table")?.to_owned();
     let pk = required(r, attrs, "row", "pk")?.to_owned();
     let cl_text = required(r, attrs, "row", "cl")?;
-    let cl: u64 = cl_text.parse().map_err(|_| {
+    let cl = cl_text.parse::<u64>().ok().filter(|cl| *cl <= RowState::MAX_CL).ok_or_else(|| {
         r.error(DecodeErrorKind::BadAttribute {
             attribute: "cl",
             value: cl_text.to_owned(),
-            reason: "not a whole number".into(),
+            reason: format!("not a whole number from 0 to {}", RowState::MAX_CL),
         })
     })?;
     let h = optional(attrs, "h").map(|h| parse_hlc(r, "h", h)).transpose()?;

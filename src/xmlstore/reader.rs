@@ -100,7 +100,7 @@ impl<'a> XmlReader<'a> {
                     return Ok(Item::Empty(e));
                 }
                 Event::End(_) => {
-                    self.depth -= 1;
+                    self.depth = self.depth.saturating_sub(1);
                     return Ok(Item::End);
                 }
                 Event::Text(t) => {

@@ -24,22 +24,21 @@ key = \"vid\"
 patient = \"client\"
 ";
 
+/// Runs `init --mapping` for a database of the family.
+fn init_with_mapping(family: &Family, db: &std::path::Path, mapping: &str) -> std::process::Output {
+    let file = family.dir.path().join("mapping.toml");
+    fs::write(&file, mapping).unwrap();
+    cli(db).args(["init", "--folder"]).arg(family.folder()).arg("--mapping").arg(&file).output().unwrap()
+}
+
 #[test]
 fn every_storage_class_round_trips_exactly_through_the_folder() {
     let family = Family::new();
-    let mapping = family.dir.path().join("mapping.toml");
-    fs::write(&mapping, MAPPING).unwrap();
     let mut dbs = Vec::new();
     for site in ["a", "b"] {
         let db = family.db(site);
         app(&db).execute_batch(SCHEMA).unwrap();
-        cli(&db)
-            .args(["init", "--folder"])
-            .arg(family.folder())
-            .arg("--mapping")
-            .arg(&mapping)
-            .assert()
-            .success();
+        assert!(init_with_mapping(&family, &db, MAPPING).status.success());
         dbs.push(db);
     }
     let (a, b) = (&dbs[0], &dbs[1]);
@@ -100,15 +99,7 @@ fn integer_auto_increment_keys_are_refused_with_an_explanation() {
     let family = Family::new();
     let db = family.db("a");
     app(&db).execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);").unwrap();
-    let mapping = family.dir.path().join("mapping.toml");
-    fs::write(&mapping, "[root]\ntable = \"people\"\nkey = \"id\"\n").unwrap();
-    let out = cli(&db)
-        .args(["init", "--folder"])
-        .arg(family.folder())
-        .arg("--mapping")
-        .arg(&mapping)
-        .output()
-        .unwrap();
+    let out = init_with_mapping(&family, &db, "[root]\ntable = \"people\"\nkey = \"id\"\n");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("INTEGER PRIMARY KEY") && err.contains("UUIDs"), "{err}");
@@ -126,15 +117,8 @@ fn a_mapping_that_does_not_fit_the_database_is_refused() {
     let family = Family::new();
     let db = family.db("a");
     app(&db).execute_batch(SCHEMA).unwrap();
-    let mapping = family.dir.path().join("mapping.toml");
-    fs::write(&mapping, MAPPING.replace("patient = \"client\"", "patient = \"customer\"")).unwrap();
-    let out = cli(&db)
-        .args(["init", "--folder"])
-        .arg(family.folder())
-        .arg("--mapping")
-        .arg(&mapping)
-        .output()
-        .unwrap();
+    let out =
+        init_with_mapping(&family, &db, &MAPPING.replace("patient = \"client\"", "patient = \"customer\""));
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no column customer"));
 }
