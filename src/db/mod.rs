@@ -3,6 +3,7 @@
 //! the app keeps writing while a sync runs; clinicsync's write transactions
 //! are short and take the write lock up front.
 
+mod copies;
 mod mapping;
 mod rowblob;
 mod runs;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+pub use copies::KeptCopy;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, StampOutcome};
@@ -160,6 +162,15 @@ impl Db {
         if format > STATE_FORMAT {
             return Err(DbError::NewerState { path: display, found: format });
         }
+        // Tables added since the state format was frozen.
+        let has_copies: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cs_copies')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_copies {
+            conn.execute_batch(copies::TABLE)?;
+        }
         let mapping_text =
             meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
         let mapping = Mapping::from_toml(&mapping_text)?;
@@ -194,6 +205,7 @@ impl Db {
         };
         mapping.validate(&tx)?;
         tx.execute_batch(schema::STATE_TABLES)?;
+        tx.execute_batch(copies::TABLE)?;
         schema::install_triggers(&tx, &mapping)?;
         schema::queue_all_rows(&tx, &mapping)?;
         for (key, value) in [

@@ -39,9 +39,9 @@ pub enum EngineError {
     )]
     RestoredBackup { db: String, published: u64, ours: u64 },
     #[error(
-        "{file} is a cloud client's copy of this site's own file: this site id is in use on two computers; stop clinicsync on one of them and run `clinicsync reassign` there"
+        "{file} is a copy of this site's own file (made by {client}): this site id is in use on two computers; stop clinicsync on one of them and run `clinicsync reassign` there, then delete the copy"
     )]
-    SiteOnTwoMachines { file: String },
+    SiteOnTwoMachines { file: String, client: &'static str },
     #[error(
         "the sync folder {folder} is not reachable (not mounted, moved or deleted?); nothing was changed, and the next run tries again"
     )]

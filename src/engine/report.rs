@@ -44,7 +44,11 @@ pub struct Counts {
     pub files_applied: u64,
     pub rows_applied: u64,
     pub new_conflicts: u64,
+    /// Cloud clients' conflict copies joined into the database, then
+    /// deleted (`auto_delete_conflicts` on) or kept and remembered (off).
     pub conflict_copies_merged: u64,
+    pub conflict_copies_deleted: u64,
+    pub conflict_copies_kept: u64,
     pub files_written: u64,
     pub bytes_written: u64,
     pub bytes_read: u64,

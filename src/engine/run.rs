@@ -15,9 +15,9 @@ use super::host::{SystemClock, fault_point, machine_fingerprint, peak_rss_kib};
 use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
-use crate::conflicts::{PatientName, classify_patient_name, is_copy_of_site_file};
-use crate::db::{Db, SiteConfig, StampOutcome};
-use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
+use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_copy_of};
+use crate::db::{Db, KeptCopy, SiteConfig, StampOutcome};
+use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
 use crate::xmlstore::{
@@ -119,6 +119,11 @@ pub fn sync_with_clock(
         now_ms: started_ms,
         peers: Vec::new(),
         force_scan: options.full_scan,
+        decorated: Vec::new(),
+        merged_copies: Vec::new(),
+        settled: HashSet::new(),
+        suspect_shards: BTreeSet::new(),
+        copy_dirs: BTreeSet::new(),
     };
     let result = run.execute();
     run.rec.finish();
@@ -164,7 +169,9 @@ struct FileRef {
     path: String,
     /// The 32-hex stem of the original it belongs to.
     stem: String,
-    copy: bool,
+    /// A conflict copy (or other decorated copy) of the stem's file, and
+    /// the client whose naming it follows.
+    copy: Option<Client>,
     /// Read only to check it is up to date (read-repair of this patient):
     /// compared with this database's bytes first, decoded only if they differ.
     repair: Option<String>,
@@ -214,6 +221,30 @@ struct Run<'c> {
     now_ms: u64,
     peers: Vec<PeerFile>,
     force_scan: bool,
+    /// Top-level folders a cloud client decorated (`patients (Selective
+    /// Sync Conflict)`): their files are merged as copies.
+    decorated: Vec<(String, Client)>,
+    /// Copies joined into the database this run, waiting for their
+    /// original to be brought up to date before they are deleted or kept.
+    merged_copies: Vec<MergedCopy>,
+    /// Stems whose original file is up to date after this run's writes.
+    settled: HashSet<String>,
+    /// Shards holding a patient file that was not what this site expected
+    /// (another writer's version, or gone): a cloud client may have left a
+    /// conflict copy beside it.
+    suspect_shards: BTreeSet<String>,
+    /// Decorated folders whose files are copies, deepest first once sorted
+    /// by length: removed when the copies in them are gone.
+    copy_dirs: BTreeSet<String>,
+}
+
+/// A copy merged this run.
+struct MergedCopy {
+    path: String,
+    stem: String,
+    client: Client,
+    size: u64,
+    mtime_ns: i64,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
@@ -235,6 +266,8 @@ impl Run<'_> {
         // Changes the app made while the import ran were stamped by the
         // import's transactions; write them now rather than next run.
         self.write_outbox()?;
+        self.merge_nearby_copies()?;
+        self.settle_copies()?;
         self.compact()?;
         Ok(())
     }
@@ -273,16 +306,34 @@ impl Run<'_> {
             });
         }
         let site_hex = self.cfg.site.to_string();
+        self.find_decorated_folders()?;
         let entries = self.folder.list(SITES_DIR).map_err(|e| self.io("cannot list sites/", e))?;
-        for entry in &entries {
-            if !self.ignore.is_ignored(&entry.name) && is_copy_of_site_file(&entry.name, &site_hex) {
-                return Err(EngineError::SiteOnTwoMachines { file: format!("{SITES_DIR}/{}", entry.name) });
-            }
-        }
         let own = format!("{site_hex}.xml");
         for entry in entries {
-            if self.ignore.is_ignored(&entry.name) || entry.is_dir || !entry.name.ends_with(".xml") {
+            if self.ignore.is_ignored(&entry.name) || entry.is_dir {
                 continue;
+            }
+            match classify_path(&format!("{SITES_DIR}/{}", entry.name)) {
+                Classified::Original(_) => {}
+                Classified::Copy { of: FileKind::Site { site }, client } if site == site_hex => {
+                    return Err(EngineError::SiteOnTwoMachines {
+                        file: format!("{SITES_DIR}/{}", entry.name),
+                        client: client.label(),
+                    });
+                }
+                Classified::Copy { of, client } => {
+                    self.rec.warning(
+                        "conflict-copy",
+                        Some(&format!("{SITES_DIR}/{}", entry.name)),
+                        format!(
+                            "is a copy of {} made by {}: that site id seems to be in use on two computers; that site stops itself when it sees this copy; left alone",
+                            of.path(),
+                            client.label()
+                        ),
+                    );
+                    continue;
+                }
+                Classified::Unknown => continue,
             }
             let path = format!("{SITES_DIR}/{}", entry.name);
             let file = match self.folder.read(&path, 1 << 20) {
@@ -336,6 +387,36 @@ impl Run<'_> {
             }
             let mtime_ms = u64::try_from(entry.mtime_ns / 1_000_000).unwrap_or(0);
             self.peers.push(PeerFile { file, mtime_ms });
+        }
+        Ok(())
+    }
+
+    /// Top-level folders a cloud client decorated: a copy of `patients/`
+    /// is scanned like a folder of copies; copies of `sites/` and `log/`
+    /// are reported and left alone (their content also reaches this site
+    /// through the patient files).
+    fn find_decorated_folders(&mut self) -> Result<(), EngineError> {
+        let root = self.folder.list("").map_err(|e| self.io("cannot list the folder", e))?;
+        for entry in root {
+            if !entry.is_dir || self.ignore.is_ignored(&entry.name) {
+                continue;
+            }
+            if let Some(client) = decorated_copy_of(&entry.name, PATIENTS_DIR) {
+                self.decorated.push((entry.name, client));
+                continue;
+            }
+            for top in [SITES_DIR, LOG_DIR] {
+                if let Some(client) = decorated_copy_of(&entry.name, top) {
+                    self.rec.warning(
+                        "conflict-copy",
+                        Some(&entry.name),
+                        format!(
+                            "is a copy of the {top}/ folder made by {}; clinicsync does not read it, and it can be deleted",
+                            client.label()
+                        ),
+                    );
+                }
+            }
         }
         Ok(())
     }
@@ -696,11 +777,42 @@ impl Run<'_> {
             );
         }
         let mut files = Vec::new();
+        self.collect_patient_files(PATIENTS_DIR, shards, &mut files)?;
+        for (dir, client) in self.decorated.clone() {
+            self.rec.info(
+                "conflict-copy",
+                Some(&dir),
+                format!("is a copy of the patients/ folder made by {}; its files are merged", client.label()),
+            );
+            let shards = self.folder.list(&dir).map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
+            self.collect_patient_files(&dir, shards, &mut files)?;
+        }
+        self.check_logs_for_copies()?;
+        // Kept copies someone deleted are forgotten.
+        let listed: HashSet<&str> =
+            files.iter().filter(|f| f.copy.is_some()).map(|f| f.path.as_str()).collect();
+        for kept in self.db.kept_copies()? {
+            if !listed.contains(kept.path.as_str()) {
+                self.db.forget_copy(&kept.path)?;
+            }
+        }
+        let complete = self.reconcile(files, Vec::new())?;
+        self.db.set_meta("last_full_scan_ms", &self.now_ms.to_string())?;
+        Ok(complete && self.counts.files_skipped + self.counts.files_held_back == skipped_before)
+    }
+
+    /// Adds every patient file and copy under `top`'s shard folders.
+    fn collect_patient_files(
+        &mut self,
+        top: &str,
+        shards: Vec<Entry>,
+        files: &mut Vec<FileRef>,
+    ) -> Result<(), EngineError> {
         for shard in shards {
             if self.ignore.is_ignored(&shard.name) {
                 continue;
             }
-            let shard_path = format!("{PATIENTS_DIR}/{}", shard.name);
+            let shard_path = format!("{top}/{}", shard.name);
             if !shard.is_dir {
                 self.rec.warning(
                     "unknown-file",
@@ -709,15 +821,11 @@ impl Run<'_> {
                 );
                 continue;
             }
-            let valid_shard =
-                shard.name.len() == 2 && shard.name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-            if !valid_shard {
-                self.rec.warning(
-                    "unknown-file",
-                    Some(&shard_path),
-                    "is not a clinicsync folder; left alone".into(),
-                );
-                continue;
+            if top != PATIENTS_DIR || shard.name.len() != 2 {
+                self.copy_dirs.insert(shard_path.clone());
+                if top != PATIENTS_DIR {
+                    self.copy_dirs.insert(top.to_owned());
+                }
             }
             let entries = self
                 .folder
@@ -736,29 +844,66 @@ impl Run<'_> {
                     );
                     continue;
                 }
-                match classify_patient_name(&entry.name) {
-                    PatientName::Original { stem } => {
-                        // A file in the wrong shard is data all the same:
-                        // merge it like a copy.
-                        let copy = shard_of(&stem) != shard.name;
-                        files.push(FileRef { path, stem, copy, repair: None });
+                // Files in a decorated patients folder are copies whatever
+                // their own names say.
+                let decorated = self.decorated.iter().find(|(d, _)| d == top).map(|(_, c)| *c);
+                let in_real_top = format!("{PATIENTS_DIR}/{}/{}", shard.name, entry.name);
+                match classify_path(&in_real_top) {
+                    Classified::Original(FileKind::Patient { stem }) => {
+                        files.push(FileRef { path, stem, copy: decorated, repair: None })
                     }
-                    PatientName::Copy { stem } => {
-                        files.push(FileRef { path, stem, copy: true, repair: None })
-                    }
-                    PatientName::Unknown => {
-                        self.rec.warning(
-                            "unknown-file",
-                            Some(&path),
-                            "is not a clinicsync file name; left alone".into(),
-                        );
-                    }
+                    Classified::Copy { of: FileKind::Patient { stem }, client } => files.push(FileRef {
+                        path,
+                        stem,
+                        copy: Some(decorated.unwrap_or(client)),
+                        repair: None,
+                    }),
+                    _ => self.rec.warning(
+                        "unknown-file",
+                        Some(&path),
+                        "is not a clinicsync file name; left alone".into(),
+                    ),
                 }
             }
         }
-        let complete = self.reconcile(files, Vec::new())?;
-        self.db.set_meta("last_full_scan_ms", &self.now_ms.to_string())?;
-        Ok(complete && self.counts.files_skipped + self.counts.files_held_back == skipped_before)
+        Ok(())
+    }
+
+    /// Copies of change-log segments: of this site's own, proof that its id
+    /// is in use on two computers; of another site's, reported (that site
+    /// stops itself when it sees them).
+    fn check_logs_for_copies(&mut self) -> Result<(), EngineError> {
+        let own = self.cfg.site.to_string();
+        let sites = self.folder.list(LOG_DIR).map_err(|e| self.io("cannot list log/", e))?;
+        for dir in sites {
+            if !dir.is_dir || self.ignore.is_ignored(&dir.name) {
+                continue;
+            }
+            let dir_path = format!("{LOG_DIR}/{}", dir.name);
+            let entries =
+                self.folder.list(&dir_path).map_err(|e| self.io(&format!("cannot list {dir_path}"), e))?;
+            for entry in entries {
+                if self.ignore.is_ignored(&entry.name) {
+                    continue;
+                }
+                let path = format!("{dir_path}/{}", entry.name);
+                let Classified::Copy { of, client } = classify_path(&path) else { continue };
+                let FileKind::Segment { site, .. } = &of else { continue };
+                if *site == own && dir.name == own {
+                    return Err(EngineError::SiteOnTwoMachines { file: path, client: client.label() });
+                }
+                self.rec.warning(
+                    "conflict-copy",
+                    Some(&path),
+                    format!(
+                        "is a copy of {} made by {}: only one computer should write that site's change-log; left alone",
+                        of.path(),
+                        client.label()
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Reads and verifies one file. Nothing of a file that fails is used.
@@ -784,7 +929,11 @@ impl Run<'_> {
         };
         self.counts.bytes_read += bytes.len() as u64;
         let sha = sha_hex(&bytes);
-        if let Some((size, mtime, seen_sha)) = self.db.file_seen(&f.path)?
+        // A copy is taken as merged only once it was settled (its
+        // original brought up to date) and kept.
+        let cached = f.copy.is_none() || self.db.is_kept_copy(&f.path)?;
+        if cached
+            && let Some((size, mtime, seen_sha)) = self.db.file_seen(&f.path)?
             && size == bytes.len() as u64
             && mtime == entry.mtime_ns
             && seen_sha == sha
@@ -844,7 +993,7 @@ impl Run<'_> {
                 let Some(work) = queue.pop_front() else { break };
                 match work {
                     Work::File(f) => {
-                        if !f.copy {
+                        if f.copy.is_none() {
                             loading.insert(f.stem.clone());
                         }
                         to_load.push(f);
@@ -858,7 +1007,7 @@ impl Run<'_> {
                             to_load.push(FileRef {
                                 path: patient_path(&stem),
                                 stem,
-                                copy: false,
+                                copy: None,
                                 repair: Some(p.clone()),
                             });
                         }
@@ -919,10 +1068,16 @@ impl Run<'_> {
                     self.requeue(&mut queue, &mut requeued, patient, &mut left);
                     continue;
                 }
+                if self.unexpected(&path, existing)? {
+                    self.suspect_shards.insert(shard_of(&stem));
+                }
                 writes.push((path, bytes, patient));
             }
             drop(originals);
             self.write_files(writes, &mut done)?;
+        }
+        if !self.merged_copies.is_empty() {
+            self.settled.extend(done.iter().map(|p| patient_file_name(p)));
         }
         if left > 0 {
             self.rec.skipped(
@@ -934,6 +1089,124 @@ impl Run<'_> {
             );
         }
         Ok(left == 0 && blocked.is_empty())
+    }
+
+    /// True when a patient file about to be rewritten is not what this
+    /// site last wrote or read there: another writer's version, or gone.
+    /// A cloud client may have kept a conflict copy beside it.
+    fn unexpected(&self, path: &str, existing: Option<(&Vec<u8>, &Entry)>) -> Result<bool, EngineError> {
+        let seen = self.db.file_seen(path)?;
+        Ok(match (existing, seen) {
+            (None, seen) => seen.is_some(),
+            (Some(_), None) => true,
+            (Some((bytes, entry)), Some((size, mtime, sha))) => {
+                size != entry.size || mtime != entry.mtime_ns || sha != sha_hex(bytes)
+            }
+        })
+    }
+
+    /// With logs on, a run lists no patient folder unless it must. Where
+    /// this run found another writer's version of a patient file, the
+    /// shard is listed for conflict copies beside it.
+    fn merge_nearby_copies(&mut self) -> Result<(), EngineError> {
+        if self.counts.full_scan || self.suspect_shards.is_empty() {
+            return Ok(());
+        }
+        let mut files = Vec::new();
+        for shard in std::mem::take(&mut self.suspect_shards) {
+            let dir = format!("{PATIENTS_DIR}/{shard}");
+            let entries = self.folder.list(&dir).map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
+            for entry in entries {
+                if entry.is_dir || self.ignore.is_ignored(&entry.name) {
+                    continue;
+                }
+                let path = format!("{dir}/{}", entry.name);
+                if let Classified::Copy { of: FileKind::Patient { stem }, client } = classify_path(&path) {
+                    files.push(FileRef { path, stem, copy: Some(client), repair: None });
+                }
+            }
+        }
+        if !files.is_empty() {
+            self.reconcile(files, Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes (or, with `auto_delete_conflicts` off, remembers) every copy
+    /// merged this run whose original is now up to date. A copy whose
+    /// original could not be written stays for the next run.
+    fn settle_copies(&mut self) -> Result<(), EngineError> {
+        for c in std::mem::take(&mut self.merged_copies) {
+            let original = patient_path(&c.stem);
+            let made_by = c.client.label();
+            if !self.settled.contains(&c.stem) {
+                self.rec.skipped(
+                    "conflict-copy",
+                    Some(&c.path),
+                    format!("was merged, but {original} could not be brought up to date; the copy stays until it is"),
+                );
+                continue;
+            }
+            if !self.settings.auto_delete_conflicts {
+                if !self.db.is_kept_copy(&c.path)? {
+                    self.db.keep_copy(&KeptCopy {
+                        path: c.path.clone(),
+                        original: original.clone(),
+                        client: made_by.to_owned(),
+                        merged_ms: self.now_ms,
+                    })?;
+                    self.counts.conflict_copies_kept += 1;
+                    self.rec.info(
+                        "conflict-copy",
+                        Some(&c.path),
+                        format!("a copy made by {made_by}: merged into {original} and kept (auto_delete_conflicts is off); it is not merged again unless it changes"),
+                    );
+                }
+                continue;
+            }
+            // Delete only the bytes that were merged.
+            match self.folder.metadata(&c.path) {
+                Ok(Some(e)) if e.size == c.size && e.mtime_ns == c.mtime_ns => {}
+                Ok(None) => {
+                    self.db.forget_copy(&c.path)?;
+                    continue;
+                }
+                _ => {
+                    self.rec.info(
+                        "conflict-copy",
+                        Some(&c.path),
+                        "changed after it was merged; it is merged again next run".into(),
+                    );
+                    continue;
+                }
+            }
+            if let Err(e) = self.folder.remove(&c.path) {
+                self.rec.warning(
+                    "conflict-copy",
+                    Some(&c.path),
+                    format!("was merged into {original} but could not be deleted: {e}; will retry"),
+                );
+                continue;
+            }
+            self.db.forget_copy(&c.path)?;
+            self.counts.conflict_copies_deleted += 1;
+            self.rec.info(
+                "conflict-copy",
+                Some(&c.path),
+                format!("a copy made by {made_by}: merged into {original} and deleted"),
+            );
+        }
+        if self.settings.auto_delete_conflicts {
+            // Deepest first: shard copies before a decorated patients folder.
+            let mut dirs: Vec<String> = std::mem::take(&mut self.copy_dirs).into_iter().collect();
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+            for dir in dirs {
+                if matches!(self.folder.remove_empty_dir(&dir), Ok(true)) {
+                    self.rec.info("conflict-copy", Some(&dir), "a copied folder, now empty: deleted".into());
+                }
+            }
+        }
+        Ok(())
     }
 
     fn requeue(
@@ -976,18 +1249,30 @@ impl Run<'_> {
             }
             match self.load(f)? {
                 Loaded::Doc { doc, bytes, entry, sha } => loaded.push((f, doc, bytes, entry, sha)),
-                Loaded::Unchanged { bytes, entry } if !f.copy => {
+                Loaded::Unchanged { bytes, entry } if f.copy.is_none() => {
                     originals.insert(f.stem.clone(), Original::Present(bytes, entry));
                 }
-                Loaded::Gone if !f.copy => {
+                Loaded::Gone if f.copy.is_none() => {
                     originals.insert(f.stem.clone(), Original::Absent);
                 }
                 // Never overwrite what cannot be read: it may be a newer
                 // version still arriving.
-                Loaded::Skipped if !f.copy => {
+                Loaded::Skipped if f.copy.is_none() => {
                     originals.insert(f.stem.clone(), Original::Blocked);
                 }
-                Loaded::Unchanged { .. } | Loaded::Gone | Loaded::Skipped => {}
+                // A copy merged by an earlier run and still there.
+                Loaded::Unchanged { entry, .. } => {
+                    if let Some(client) = f.copy {
+                        self.merged_copies.push(MergedCopy {
+                            path: f.path.clone(),
+                            stem: f.stem.clone(),
+                            client,
+                            size: entry.size,
+                            mtime_ns: entry.mtime_ns,
+                        });
+                    }
+                }
+                Loaded::Gone | Loaded::Skipped => {}
             }
         }
         if loaded.is_empty() {
@@ -1005,6 +1290,7 @@ impl Run<'_> {
         let stamped = w.commit()?;
         self.note_stamped(stamped);
         for ((f, doc, bytes, entry, _), result) in loaded.into_iter().zip(results) {
+            let (size, mtime_ns) = (entry.size, entry.mtime_ns);
             match result {
                 Ok(outcome) => {
                     wanted.insert(doc.patient.0.clone());
@@ -1013,7 +1299,7 @@ impl Run<'_> {
                         changed.insert(doc.patient.0.clone());
                         changed.extend(outcome.affected.iter().cloned());
                     }
-                    if !f.copy {
+                    if f.copy.is_none() {
                         originals.insert(f.stem.clone(), Original::Present(bytes, entry));
                     }
                     for warning in outcome.warnings {
@@ -1041,13 +1327,15 @@ impl Run<'_> {
                             ),
                         );
                     }
-                    if f.copy {
+                    if let Some(client) = f.copy {
                         self.counts.conflict_copies_merged += 1;
-                        self.rec.info(
-                            "conflict-copy",
-                            Some(&f.path),
-                            format!("merged into {}; the copy is left in place", patient_path(&f.stem)),
-                        );
+                        self.merged_copies.push(MergedCopy {
+                            path: f.path.clone(),
+                            stem: f.stem.clone(),
+                            client,
+                            size,
+                            mtime_ns,
+                        });
                     }
                 }
                 Err(e) => {
@@ -1057,7 +1345,7 @@ impl Run<'_> {
                         Some(&f.path),
                         format!("could not be applied to the database, nothing of it was kept: {e}"),
                     );
-                    if !f.copy {
+                    if f.copy.is_none() {
                         originals.insert(f.stem.clone(), Original::Blocked);
                     }
                 }

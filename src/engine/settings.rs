@@ -23,6 +23,9 @@ pub struct Settings {
     /// With logs on, scan every patient file at least this often (picks up
     /// conflict copies and files a cloud client overwrote).
     pub full_scan_interval: Duration,
+    /// Delete a conflict copy once it is merged into the original (on), or
+    /// keep it and remember it as merged (off).
+    pub auto_delete_conflicts: bool,
 }
 
 struct Spec {
@@ -52,6 +55,11 @@ const SPECS: &[Spec] = &[
         key: "full_scan_interval",
         default: "1h",
         help: "with logs on, scan every patient file at least this often",
+    },
+    Spec {
+        key: "auto_delete_conflicts",
+        default: "on",
+        help: "delete a cloud client's conflict copy once it is merged (on/off)",
     },
 ];
 
@@ -86,7 +94,7 @@ fn parse_bool(v: &str) -> Option<bool> {
 fn validate(key: &str, value: &str) -> Result<String, SettingError> {
     let invalid = |expected| SettingError::Invalid { key: key.to_owned(), value: value.to_owned(), expected };
     match key {
-        "use_logs" => parse_bool(value)
+        "use_logs" | "auto_delete_conflicts" => parse_bool(value)
             .map(|b| if b { "on" } else { "off" }.to_owned())
             .ok_or_else(|| invalid("on or off")),
         _ => humantime::parse_duration(value)
@@ -117,6 +125,7 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
         dormancy: duration("dormancy")?,
         max_clock_skew: duration("max_clock_skew")?,
         full_scan_interval: duration("full_scan_interval")?,
+        auto_delete_conflicts: parse_bool(&get("auto_delete_conflicts")?).unwrap_or(true),
     })
 }
 

@@ -105,7 +105,7 @@ fn entry_of(name: String, meta: &fs::Metadata) -> Entry {
 
 impl Folder for DiskFolder {
     fn list(&self, dir: &str) -> io::Result<Vec<Entry>> {
-        let patients = dir == super::layout::PATIENTS_DIR || dir.starts_with("patients/");
+        let patients = dir.starts_with(super::layout::PATIENTS_DIR);
         self.count(|s| {
             s.lists += 1;
             s.patient_lists += u64::from(patients);
@@ -210,6 +210,15 @@ impl Folder for DiskFolder {
         match fs::remove_file(self.full(path)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn remove_empty_dir(&self, dir: &str) -> io::Result<bool> {
+        match fs::remove_dir(self.full(dir)?) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
             Err(e) => Err(e),
         }
     }

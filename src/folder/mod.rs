@@ -3,11 +3,10 @@
 //! separator. This is the only module that touches the folder's files.
 
 mod disk;
-mod ignore;
 pub mod layout;
 
+pub use crate::conflicts::IgnoreRules;
 pub use disk::{DiskFolder, FolderStats};
-pub use ignore::IgnoreRules;
 
 use std::io;
 
@@ -46,4 +45,6 @@ pub trait Folder {
     fn write_batch(&self, files: &[(String, Vec<u8>)]) -> io::Result<()>;
     /// Removes a file; a missing file is not an error.
     fn remove(&self, path: &str) -> io::Result<()>;
+    /// Removes a directory if it is empty; returns whether it did.
+    fn remove_empty_dir(&self, dir: &str) -> io::Result<bool>;
 }

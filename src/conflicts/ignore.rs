@@ -31,6 +31,17 @@ const PATTERNS: &[&str] = &[
     "@eaDir",
     ".SynologyWorkingDirectory",
     "#recycle",
+    // Google Drive and OneDrive transfer folders and markers.
+    ".tmp.drivedownload",
+    ".tmp.driveupload",
+    ".~*",
+    // Seafile.
+    ".seafile-data",
+    "seafile-ignore.txt",
+    // rclone bisync's listings and test markers.
+    "*.lst",
+    "*.lst-new",
+    ".rclone-bisync-marker",
     // Browsers, rclone and generic partial downloads.
     "*.partial",
     "*.crdownload",
