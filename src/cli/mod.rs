@@ -316,6 +316,12 @@ fn print_status(s: &StatusReport) {
     println!("Last sync: {last} ({})", s.last_outcome.as_deref().unwrap_or("no run yet"));
     println!("Pending:   {} local changes not yet in the folder", s.pending_changes);
     println!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
+    if !s.kept_copies.is_empty() {
+        println!("Conflict copies merged and kept (auto_delete_conflicts is off):");
+        for c in &s.kept_copies {
+            println!("  {} (made by {}), merged into {}", c.path, c.client, c.original);
+        }
+    }
     if !s.sites.is_empty() {
         println!("Sites:");
         for site in &s.sites {

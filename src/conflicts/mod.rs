@@ -23,14 +23,17 @@ use crate::model::shard_of;
 pub enum Client {
     Syncthing,
     Dropbox,
+    #[serde(rename = "onedrive")]
     OneDrive,
     GoogleDrive,
+    #[serde(rename = "icloud")]
     ICloud,
     Nextcloud,
     Seafile,
     Rclone,
     Resilio,
     Synology,
+    #[serde(rename = "pcloud")]
     PCloud,
     /// A decorated name no known client makes (or a case variant).
     Unrecognised,
@@ -223,7 +226,11 @@ fn decoration(rest: &str, file: bool) -> Option<Client> {
         return None;
     }
     let lower = rest.to_lowercase();
-    if file && !lower.contains(".xml") {
+    // A copy still ends in `.xml`, or in rclone's suffix after it; a
+    // `.bak` or `~` someone made by hand is not ours to merge or delete.
+    let names_xml =
+        lower.ends_with(".xml") || lower.rsplit_once(".xml").is_some_and(|(_, tail)| is_rclone_suffix(tail));
+    if file && !names_xml {
         return None;
     }
     Some(client_of(&lower))
@@ -233,8 +240,8 @@ fn decoration(rest: &str, file: bool) -> Option<Client> {
 const DROPBOX_PHRASES: &[&str] = &[
     "'s conflicted copy",
     "\u{2019}s conflicted copy",
-    "(case conflict)",
-    "(selective sync conflict)",
+    "(case conflict",
+    "(selective sync conflict",
     "copie en conflit",
     "in konflikt stehende kopie",
     "copia en conflicto",

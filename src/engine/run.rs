@@ -245,6 +245,9 @@ struct MergedCopy {
     client: Client,
     size: u64,
     mtime_ns: i64,
+    /// Merged and kept by an earlier run once its original was up to
+    /// date; its content is in the database since.
+    settled_before: bool,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
@@ -941,6 +944,12 @@ impl Run<'_> {
             self.counts.files_unchanged += 1;
             return Ok(Loaded::Unchanged { bytes, entry });
         }
+        if f.repair.is_some() {
+            // Behind this database and changed since this site last saw
+            // it: another writer's version, maybe a cloud client's pick
+            // between two, with the other kept as a copy beside it.
+            self.suspect_shards.insert(shard_of(&f.stem));
+        }
         let doc = match decode_patient(&bytes, self.limits) {
             Ok(doc) => doc,
             Err(e) => {
@@ -1068,9 +1077,6 @@ impl Run<'_> {
                     self.requeue(&mut queue, &mut requeued, patient, &mut left);
                     continue;
                 }
-                if self.unexpected(&path, existing)? {
-                    self.suspect_shards.insert(shard_of(&stem));
-                }
                 writes.push((path, bytes, patient));
             }
             drop(originals);
@@ -1089,20 +1095,6 @@ impl Run<'_> {
             );
         }
         Ok(left == 0 && blocked.is_empty())
-    }
-
-    /// True when a patient file about to be rewritten is not what this
-    /// site last wrote or read there: another writer's version, or gone.
-    /// A cloud client may have kept a conflict copy beside it.
-    fn unexpected(&self, path: &str, existing: Option<(&Vec<u8>, &Entry)>) -> Result<bool, EngineError> {
-        let seen = self.db.file_seen(path)?;
-        Ok(match (existing, seen) {
-            (None, seen) => seen.is_some(),
-            (Some(_), None) => true,
-            (Some((bytes, entry)), Some((size, mtime, sha))) => {
-                size != entry.size || mtime != entry.mtime_ns || sha != sha_hex(bytes)
-            }
-        })
     }
 
     /// With logs on, a run lists no patient folder unless it must. Where
@@ -1139,7 +1131,7 @@ impl Run<'_> {
         for c in std::mem::take(&mut self.merged_copies) {
             let original = patient_path(&c.stem);
             let made_by = c.client.label();
-            if !self.settled.contains(&c.stem) {
+            if !c.settled_before && !self.settled.contains(&c.stem) {
                 self.rec.skipped(
                     "conflict-copy",
                     Some(&c.path),
@@ -1241,6 +1233,11 @@ impl Run<'_> {
             if let Some(patient) = &f.repair
                 && let Some(state) = self.compare_with_ours(f, patient)?
             {
+                if matches!(state, Original::Absent) {
+                    // Not there: a new patient, or rclone renamed both
+                    // sides of a conflict away from the original name.
+                    self.suspect_shards.insert(shard_of(&f.stem));
+                }
                 if matches!(state, Original::Present(..)) {
                     in_sync.insert(patient.clone());
                 }
@@ -1262,13 +1259,16 @@ impl Run<'_> {
                 }
                 // A copy merged by an earlier run and still there.
                 Loaded::Unchanged { entry, .. } => {
-                    if let Some(client) = f.copy {
+                    if let Some(client) = f.copy
+                        && self.settings.auto_delete_conflicts
+                    {
                         self.merged_copies.push(MergedCopy {
                             path: f.path.clone(),
                             stem: f.stem.clone(),
                             client,
                             size: entry.size,
                             mtime_ns: entry.mtime_ns,
+                            settled_before: true,
                         });
                     }
                 }
@@ -1335,6 +1335,7 @@ impl Run<'_> {
                             client,
                             size,
                             mtime_ns,
+                            settled_before: false,
                         });
                     }
                 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 use super::EngineError;
 use super::host::SystemClock;
 use super::run::staging_dir;
-use crate::db::Db;
+use crate::conflicts::{Classified, FileKind, classify_path};
+use crate::db::{Db, KeptCopy};
 use crate::folder::layout::{MANIFEST, SITES_DIR};
 use crate::folder::{DiskFolder, Folder, IgnoreRules};
 use crate::model::Clock;
@@ -34,6 +35,9 @@ pub struct StatusReport {
     /// status red.
     pub pending_changes: u64,
     pub open_conflicts: u64,
+    /// Conflict copies merged and left in the folder because
+    /// `auto_delete_conflicts` is off.
+    pub kept_copies: Vec<KeptCopy>,
     pub sites: Vec<SiteStatus>,
     pub warnings: Vec<String>,
 }
@@ -85,10 +89,22 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
     if online {
         let ignore = IgnoreRules::new();
         for entry in folder.list(SITES_DIR).unwrap_or_default() {
-            if ignore.is_ignored(&entry.name) || !entry.name.ends_with(".xml") {
+            if ignore.is_ignored(&entry.name) {
                 continue;
             }
             let path = format!("{SITES_DIR}/{}", entry.name);
+            match classify_path(&path) {
+                Classified::Original(_) => {}
+                Classified::Copy { of: FileKind::Site { site }, client } => {
+                    let whose = if site == cfg.site.to_string() { "this site's" } else { "another site's" };
+                    warnings.push(format!(
+                        "{path} is a copy of {whose} file made by {}: that site id is in use on two computers",
+                        client.label()
+                    ));
+                    continue;
+                }
+                _ => continue,
+            }
             let Ok(bytes) = folder.read(&path, 1 << 20) else { continue };
             let file = match decode_site(&bytes) {
                 Ok(f) => f,
@@ -134,6 +150,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         last_outcome,
         pending_changes: db.pending_changes()?,
         open_conflicts: db.open_conflict_count()?,
+        kept_copies: db.kept_copies()?,
         sites,
         warnings,
     })

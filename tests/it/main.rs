@@ -4,6 +4,8 @@
 
 mod app_writer;
 mod changelog;
+mod conflict_copies;
+mod conflict_names;
 mod crash;
 mod damaged_files;
 mod format;

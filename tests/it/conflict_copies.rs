@@ -1,0 +1,226 @@
+//! Cloud clients' conflict copies in a real folder, through the CLI: each is
+//! merged by join, the original is rewritten, and the copy is deleted (or
+//! kept and remembered); a damaged copy is never deleted; a copy of this
+//! site's own segment stops the run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::support::*;
+
+/// Two sites that both hold a patient; then A changes the phone and B,
+/// before it sees A's change, changes it too. Returns the family, both
+/// databases, the patient, and A's file bytes before and after its edit.
+struct Scene {
+    family: Family,
+    a: PathBuf,
+    b: PathBuf,
+    id: String,
+    before: Vec<u8>,
+    after_a: Vec<u8>,
+}
+
+fn scene(b_settings: &[&str]) -> Scene {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    if !b_settings.is_empty() {
+        set(&b, b_settings);
+    }
+    let id = add_patient(&app(&a), 7, 2);
+    sync_ok(&a);
+    sync_ok(&b);
+    let file = patient_file(&family.folder(), &id);
+    let before = fs::read(&file).unwrap();
+    app(&a).execute("UPDATE patients SET phone = 'typed at A' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&a);
+    let after_a = fs::read(&file).unwrap();
+    app(&b).execute("UPDATE patients SET phone = 'typed at B' WHERE id = ?1", [&id]).unwrap();
+    Scene { family, a, b, id, before, after_a }
+}
+
+impl Scene {
+    fn original(&self) -> PathBuf {
+        patient_file(&self.family.folder(), &self.id)
+    }
+
+    fn stem(&self) -> String {
+        clinicsync::model::patient_file_name(&self.id)
+    }
+
+    /// The cloud client kept the older file under the name and A's as a
+    /// copy called `name` (relative to the original's folder).
+    fn copy_as(&self, name: &str) -> PathBuf {
+        let copy = self.original().with_file_name(name);
+        fs::write(&copy, &self.after_a).unwrap();
+        fs::write(self.original(), &self.before).unwrap();
+        copy
+    }
+
+    /// Both sites end with both values: the winner in the table, the loser
+    /// as an open conflict record.
+    fn assert_converged(&self) {
+        sync_ok(&self.a);
+        sync_ok(&self.b);
+        assert_eq!(dump(&self.a), dump(&self.b));
+        let phone = patient_field(&self.a, &self.id, "phone").unwrap();
+        for db in [&self.a, &self.b] {
+            let conflicts: serde_json::Value =
+                serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout)
+                    .unwrap();
+            let lost: Vec<&str> =
+                conflicts.as_array().unwrap().iter().map(|c| c["lost_value"].as_str().unwrap()).collect();
+            let mut both = vec![phone.as_str(), lost[0]];
+            both.sort();
+            assert_eq!(both, ["typed at A", "typed at B"], "{}", db.display());
+            assert_eq!(lost.len(), 1, "{}", db.display());
+        }
+    }
+}
+
+fn copies_left(dir: &Path, stem: &str) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.to_ascii_lowercase().starts_with(stem) && *n != format!("{stem}.xml"))
+        .collect()
+}
+
+#[test]
+fn a_syncthing_copy_is_merged_into_the_original_and_deleted() {
+    // B reads only patient files, so A's edit can reach it only through the copy.
+    let s = scene(&["use_logs=off"]);
+    let copy = s.copy_as(&format!("{}.sync-conflict-20240131-142233-7QKZ3XN.xml", s.stem()));
+    let report = sync_ok(&s.b);
+    assert!(!copy.exists(), "the merged copy is deleted");
+    assert_eq!(report["counts"]["conflict_copies_merged"], 1);
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 1);
+    let events = events_of(&report, "conflict-copy");
+    assert!(events.iter().any(|e| e["message"].as_str().unwrap().contains("Syncthing")), "{events:?}");
+    let merged = fs::read_to_string(s.original()).unwrap();
+    assert!(merged.contains("typed at A") && merged.contains("typed at B"), "the original holds both values");
+    s.assert_converged();
+}
+
+#[test]
+fn with_logs_on_a_copy_beside_a_file_another_writer_changed_is_found_without_a_full_scan() {
+    let s = scene(&[]);
+    let copy = s.copy_as(&format!("{} (Jane Doe's conflicted copy 2024-01-31).xml", s.stem()));
+    let report = sync_ok(&s.b);
+    assert_eq!(report["counts"]["full_scan"], false);
+    assert!(!copy.exists(), "{report:#}");
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 1);
+    assert!(
+        events_of(&report, "conflict-copy")
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("Dropbox"))
+    );
+    s.assert_converged();
+}
+
+#[test]
+fn with_auto_delete_off_a_copy_is_merged_once_kept_and_listed() {
+    let s = scene(&["use_logs=off", "auto_delete_conflicts=off"]);
+    let name = format!("{} (conflicted copy 2024-01-31 142233).xml", s.stem());
+    let copy = s.copy_as(&name);
+    let first = sync_ok(&s.b);
+    assert_eq!(first["counts"]["conflict_copies_merged"], 1);
+    assert_eq!(first["counts"]["conflict_copies_kept"], 1);
+    assert!(copy.exists(), "kept");
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&s.b).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let kept = status["kept_copies"].as_array().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert!(kept[0]["path"].as_str().unwrap().ends_with(&name));
+    assert_eq!(kept[0]["client"], "Nextcloud/ownCloud");
+    let human = String::from_utf8(cli(&s.b).arg("status").output().unwrap().stdout).unwrap();
+    assert!(human.contains(&name), "{human}");
+
+    let second = sync_ok(&s.b);
+    assert_eq!(second["counts"]["conflict_copies_merged"], 0, "never merged twice");
+    assert_eq!(second["counts"]["conflict_copies_kept"], 0);
+
+    set(&s.b, &["auto_delete_conflicts=on"]);
+    let third = sync_ok(&s.b);
+    assert_eq!(third["counts"]["conflict_copies_deleted"], 1);
+    assert!(!copy.exists());
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&s.b).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    assert_eq!(status["kept_copies"].as_array().unwrap().len(), 0);
+    s.assert_converged();
+}
+
+#[test]
+fn rclone_renames_both_sides_and_the_original_is_rebuilt_from_the_copies() {
+    for settings in [&["use_logs=off"][..], &[]] {
+        rclone_case(settings);
+    }
+}
+
+fn rclone_case(settings: &[&str]) {
+    let s = scene(settings);
+    let dir = s.original().parent().unwrap().to_owned();
+    fs::write(dir.join(format!("{}.xml..path1", s.stem())), &s.after_a).unwrap();
+    fs::write(dir.join(format!("{}.xml..path2", s.stem())), &s.before).unwrap();
+    fs::remove_file(s.original()).unwrap();
+    let report = sync_ok(&s.b);
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 2, "{report:#}");
+    assert!(s.original().exists(), "the original is written again");
+    assert_eq!(copies_left(&dir, &s.stem()), Vec::<String>::new());
+    s.assert_converged();
+}
+
+#[test]
+fn a_decorated_patients_folder_is_merged_and_removed_once_empty() {
+    let s = scene(&["use_logs=off"]);
+    let shard = s.original().parent().unwrap().file_name().unwrap().to_owned();
+    let decorated = s.family.folder().join("patients (Selective Sync Conflict)");
+    fs::create_dir_all(decorated.join(&shard)).unwrap();
+    fs::write(decorated.join(&shard).join(format!("{}.xml", s.stem())), &s.after_a).unwrap();
+    fs::write(s.original(), &s.before).unwrap();
+    let report = sync_ok(&s.b);
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 1, "{report:#}");
+    assert!(!decorated.exists(), "the emptied copy of the folder is removed");
+    s.assert_converged();
+}
+
+#[test]
+fn a_damaged_copy_is_reported_and_never_deleted() {
+    let s = scene(&["use_logs=off"]);
+    let copy = s.copy_as(&format!("{} (1).xml", s.stem()));
+    let half = s.after_a[..s.after_a.len() / 2].to_vec();
+    fs::write(&copy, &half).unwrap();
+    let (code, report) = sync(&s.b);
+    assert_eq!((code, report["outcome"].as_str()), (3, Some("partial")), "{report:#}");
+    assert!(copy.exists(), "a copy that could not be merged stays");
+    assert_eq!(fs::read(&copy).unwrap(), half, "untouched");
+    let skipped = events_of(&report, "skipped");
+    assert!(
+        skipped.iter().any(|e| e["path"].as_str().unwrap().ends_with(" (1).xml")),
+        "the damaged copy is named: {report:#}"
+    );
+    // Once the client finishes the file, it is merged.
+    fs::write(&copy, &s.after_a).unwrap();
+    sync_ok(&s.b);
+    assert!(!copy.exists());
+    s.assert_converged();
+}
+
+#[test]
+fn a_copy_of_this_site_s_own_segment_stops_the_run() {
+    let family = Family::new();
+    let a = family.init("a");
+    add_patient(&app(&a), 1, 0);
+    sync_ok(&a);
+    let status: serde_json::Value =
+        serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let site = status["site"].as_str().unwrap();
+    let log = family.folder().join("log").join(site);
+    let first = fs::read_dir(&log).unwrap().next().unwrap().unwrap().path();
+    let stem = first.file_stem().unwrap().to_string_lossy().into_owned();
+    fs::copy(&first, log.join(format!("{stem} (DESKTOP-X's conflicted copy 2024-01-31).xml"))).unwrap();
+    let out = cli(&a).args(["sync", "--full-scan"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("two computers") && err.contains("Dropbox"), "{err}");
+}
