@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::db::{ConflictRecord, Db};
+use crate::db::{ConflictRecord, Db, Keep};
 use crate::engine::{self, InitOptions, Outcome, RunReport, StatusReport, SyncOptions};
+use crate::model::Hlc;
 use crate::xmlstore::format_time;
 
 /// Exit code of a run that finished `partial`.
@@ -65,11 +66,14 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         last: u32,
     },
-    /// The open conflict records: values that lost a concurrent edit.
+    /// The open conflict records: values that lost a concurrent edit; or
+    /// `conflicts resolve ID --keep winner|loser` to settle one.
     Conflicts {
         /// Include resolved records.
         #[arg(long)]
         all: bool,
+        #[command(subcommand)]
+        action: Option<ConflictAction>,
     },
     /// Show the settings, or change them: `settings use_logs=off log_retention=14days`.
     Settings {
@@ -84,6 +88,25 @@ enum Command {
         #[arg(value_name = "DIR", default_value = "demo")]
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConflictAction {
+    /// Settle a conflict: keep the value shown now (winner) or the one that
+    /// lost (loser). The choice is a new edit; the next sync carries it to
+    /// every site, where the record closes too.
+    Resolve {
+        /// The record's number, as `clinicsync conflicts` shows it.
+        id: i64,
+        #[arg(long, value_enum)]
+        keep: KeepArg,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum KeepArg {
+    Winner,
+    Loser,
 }
 
 /// Runs the command line; returns the process exit code.
@@ -200,7 +223,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Conflicts { all } => {
+        Command::Conflicts { action: Some(ConflictAction::Resolve { id, keep }), .. } => {
+            let keep = match keep {
+                KeepArg::Winner => Keep::Winner,
+                KeepArg::Loser => Keep::Loser,
+            };
+            let r = engine::resolve_conflict(&db, id, keep)?;
+            if cli.json {
+                print_json(&json!({
+                    "id": r.id,
+                    "table": r.table,
+                    "pk": r.pk,
+                    "column": r.column,
+                    "value": r.value.display_short(),
+                }))?;
+            } else {
+                println!(
+                    "Conflict #{} settled: {}/{} {} is now {:?}. The next sync carries this to every site.",
+                    r.id,
+                    r.table,
+                    r.pk,
+                    r.column,
+                    r.value.display_short()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Conflicts { all, action: None } => {
             let store = Db::open(&db)?;
             let records = store.conflicts(!all)?;
             if cli.json {
@@ -210,8 +259,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("No open conflicts.");
             } else {
                 for c in &records {
+                    let lost = match Hlc::parse(&c.hlc) {
+                        Ok(h) => {
+                            format!(" (typed at site {} {})", h.site().short(), format_time(h.wall_ms()))
+                        }
+                        Err(_) => String::new(),
+                    };
+                    let source = c.source.as_deref().map(|s| format!(", found in {s}")).unwrap_or_default();
                     println!(
-                        "#{} {}/{} {}: kept {:?}, lost {:?} ({}, {})",
+                        "#{} {}/{} {}: kept {:?}, lost {:?}{lost} [{}{source}]",
                         c.id,
                         c.table,
                         c.pk,
@@ -219,8 +275,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         c.winner_value.display_short(),
                         c.value.display_short(),
                         c.status,
-                        format_time(c.detected_ms)
                     );
+                }
+                if !all {
+                    println!("Settle one with `clinicsync conflicts resolve ID --keep winner|loser`.");
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -270,6 +328,8 @@ fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
         "patient": c.patient,
         "lost_value": c.value.display_short(),
         "lost_hlc": c.hlc,
+        "lost_site": Hlc::parse(&c.hlc).ok().map(|h| h.site().short()),
+        "lost_at": Hlc::parse(&c.hlc).ok().map(|h| format_time(h.wall_ms())),
         "kept_value": c.winner_value.display_short(),
         "kept_hlc": c.winner_hlc,
         "source": c.source,

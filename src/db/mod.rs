@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 pub use copies::KeptCopy;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
-pub use state::{ApplyOutcome, StampOutcome};
+pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome};
 
 use crate::model::{FamilyId, HlcClock, PatientDoc, SiteId};
 use state::{Ctx, StampBatch};
@@ -50,6 +50,10 @@ pub enum DbError {
     Mapping(#[from] MappingError),
     #[error("clinicsync's state in the database is damaged: {0}")]
     Corrupt(String),
+    #[error("there is no conflict record #{0}; `clinicsync conflicts --all` lists them")]
+    NoSuchConflict(i64),
+    #[error("conflict #{id} is already settled: {how}")]
+    ConflictSettled { id: i64, how: String },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -449,6 +453,13 @@ impl WriteTx<'_> {
             self.clock.observe(stamp);
         }
         Ok(outcome)
+    }
+
+    /// Settles an open conflict record with a new edit of its field that
+    /// supersedes every concurrent value (see [`Keep`]).
+    pub fn resolve_conflict(&mut self, id: i64, keep: Keep) -> Result<Resolved, DbError> {
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        state::resolve_conflict(&self.tx, &ctx, &mut self.clock, self.now_ms, id, keep, &mut self.batch)
     }
 
     /// Tries again to show every parked row in the app's tables; returns

@@ -176,6 +176,10 @@ pub(crate) fn stamp_row(
                         h
                     }
                 };
+                if row.fields.get(&col).is_some_and(|state| !state.losers().is_empty()) {
+                    // An edit made with every concurrent value in view settles them.
+                    close_settled(conn, tbl, pk, &col, None, now_ms)?;
+                }
                 let version = FieldVersion::new(value, hlc, base)
                     .expect("a fresh stamp is after every stamp the clock observed");
                 stamped.fields.insert(col.clone(), FieldState::single(version.clone()));
@@ -334,7 +338,14 @@ pub(crate) fn apply_doc(
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(&fallback));
         save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
         for (col, state) in &row.fields {
-            if state.losers().is_empty() || old_row.and_then(|o| o.fields.get(col)) == Some(state) {
+            let before = old_row.and_then(|o| o.fields.get(col));
+            if before == Some(state) {
+                continue;
+            }
+            if before.is_some_and(|b| !b.losers().is_empty()) {
+                close_settled(conn, &key.table, &key.pk, col, Some(state), now_ms)?;
+            }
+            if state.losers().is_empty() {
                 continue;
             }
             let winner = state.winner();
@@ -508,4 +519,128 @@ pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<Patien
         doc.rows.insert(key, RowState { cl: cl as u64, fields });
     }
     Ok(doc)
+}
+
+/// Marks the open conflict records of one field resolved, except those
+/// whose losing version `state` still holds (all of them when `None`).
+fn close_settled(
+    conn: &Connection,
+    tbl: &str,
+    pk: &str,
+    col: &str,
+    state: Option<&FieldState>,
+    now_ms: u64,
+) -> Result<(), DbError> {
+    let still: Vec<String> =
+        state.map_or_else(Vec::new, |s| s.losers().iter().map(|v| v.hlc().encode()).collect());
+    conn.prepare_cached(
+        "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?5
+         WHERE tbl = ?1 AND pk = ?2 AND col = ?3 AND status = 'open'
+           AND hlc NOT IN (SELECT value FROM json_each(?4))",
+    )?
+    .execute(params![
+        tbl,
+        pk,
+        col,
+        serde_json::to_string(&still).expect("strings serialise"),
+        now_ms as i64
+    ])?;
+    Ok(())
+}
+
+/// Which value a person keeps when settling a conflict record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// The value the database shows now.
+    Winner,
+    /// The value that lost.
+    Loser,
+}
+
+/// What settling a conflict record did.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub id: i64,
+    pub table: String,
+    pub pk: String,
+    pub column: String,
+    /// The value the field has now, everywhere once it has synced.
+    pub value: Value,
+}
+
+/// Settles conflict record `id` with a new edit of the field whose base is
+/// every concurrent version: it supersedes them all here and, once synced,
+/// at every site, where the records close the same way.
+pub(crate) fn resolve_conflict(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    id: i64,
+    keep: Keep,
+    batch: &mut StampBatch,
+) -> Result<Resolved, DbError> {
+    let record: Option<(String, String, String, String, String)> = conn
+        .query_row("SELECT tbl, pk, col, hlc, status FROM _cs_conflicts WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((tbl, pk, col, hlc, status)) = record else { return Err(DbError::NoSuchConflict(id)) };
+    if status != "open" {
+        return Err(DbError::ConflictSettled { id, how: "it was already resolved".into() });
+    }
+    let key = RowKey { table: tbl.clone(), pk: pk.clone() };
+    stamp_if_pending(conn, ctx, clock, now_ms, &key, batch)?;
+    let Some((mut row, old_patient)) = load_row(conn, &tbl, &pk)? else {
+        return Err(DbError::Corrupt(format!(
+            "conflict #{id} names {tbl}/{pk}, which has no recorded versions"
+        )));
+    };
+    if !row.is_alive() {
+        return Err(DbError::ConflictSettled { id, how: format!("{tbl}/{pk} has been deleted") });
+    }
+    let Some(state) = row.fields.get(&col) else {
+        return Err(DbError::Corrupt(format!(
+            "conflict #{id} names a field {col} that {tbl}/{pk} does not have"
+        )));
+    };
+    let Some(loser) = state.losers().iter().find(|v| v.hlc().encode() == hlc) else {
+        // A later edit (here, or synced from another site) already settled it.
+        close_settled(conn, &tbl, &pk, &col, Some(state), now_ms)?;
+        return Err(DbError::ConflictSettled { id, how: "a later edit of the field settled it".into() });
+    };
+    let value = match keep {
+        Keep::Winner => state.winner().value().clone(),
+        Keep::Loser => loser.value().clone(),
+    };
+    let base = state.max_hlc();
+    clock.observe(base);
+    let version = FieldVersion::new(value.clone(), clock.stamp(now_ms), Some(base))
+        .expect("a fresh stamp is after every stamp the clock observed");
+    close_settled(conn, &tbl, &pk, &col, None, now_ms)?;
+    row.fields.insert(col.clone(), FieldState::single(version.clone()));
+    let patient = patient_of(ctx, &tbl, &pk, &row, old_patient.as_deref());
+    save_row(conn, &tbl, &pk, &row, patient.as_deref())?;
+    if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
+        return Err(DbError::Corrupt(format!(
+            "the app's table refuses {tbl}/{pk} with the chosen value: {reason}"
+        )));
+    }
+    let mut stamped = RowState { cl: row.cl, fields: BTreeMap::new() };
+    stamped.fields.insert(col.clone(), FieldState::single(version));
+    batch.bytes += 220 + tbl.len() + pk.len() + col.len() + value_size(&value);
+    batch.versions += 1;
+    if let Some(p) = &patient {
+        match batch.rows.get_mut(&(p.clone(), key.clone())) {
+            Some(existing) => {
+                existing.join_from(&stamped);
+            }
+            None => {
+                batch.rows.insert((p.clone(), key), stamped);
+            }
+        }
+    }
+    batch.patients.extend(old_patient);
+    batch.patients.extend(patient);
+    Ok(Resolved { id, table: tbl, pk, column: col, value })
 }

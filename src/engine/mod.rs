@@ -218,3 +218,20 @@ pub fn settings_list(db_path: &Path) -> Result<Vec<SettingView>, EngineError> {
 pub fn settings_set(db_path: &Path, assignments: &[String]) -> Result<(), EngineError> {
     settings::set(&Db::open(db_path)?, assignments)
 }
+
+/// Settles an open conflict record: keeps the winner or the losing value,
+/// as a new edit that the next sync carries to every site. Holds the
+/// database's sync lock, so it never runs inside a sync.
+pub fn resolve_conflict(
+    db_path: &Path,
+    id: i64,
+    keep: crate::db::Keep,
+) -> Result<crate::db::Resolved, EngineError> {
+    let mut db = Db::open(db_path)?;
+    let _lock = run::take_lock(db_path)?;
+    let mut w = db.begin_write(SystemClock.now_ms())?;
+    let resolved = w.resolve_conflict(id, keep)?;
+    w.commit()?;
+    tracing::info!(id, table = %resolved.table, column = %resolved.column, "conflict resolved");
+    Ok(resolved)
+}

@@ -6,6 +6,7 @@ mod app_writer;
 mod changelog;
 mod conflict_copies;
 mod conflict_names;
+mod conflict_records;
 mod crash;
 mod damaged_files;
 mod format;
