@@ -5,13 +5,14 @@
 //!
 //! Layout (version 1): `0x01`, varint field count, then per field: varint
 //! name length, name, varint version count, then per version: 24-byte
-//! stamp, a base flag (0 or 1) and a 24-byte base when set, a value tag
+//! stamp, the number of stamps in its base (one per site it had seen, so
+//! the old flag byte 0/1 reads the same) and 24 bytes for each, a value tag
 //! (0 null, 1 int, 2 real, 3 text, 4 blob) and its payload (8 bytes little
 //! endian, or a varint length and the bytes).
 
 use std::collections::BTreeMap;
 
-use crate::model::{FieldState, FieldVersion, Hlc, SiteId, Value};
+use crate::model::{Base, FieldState, FieldVersion, Hlc, SiteId, Value};
 
 const VERSION: u8 = 1;
 
@@ -39,12 +40,13 @@ pub(crate) fn encode(fields: &BTreeMap<String, FieldState>) -> Vec<u8> {
         put_varint(&mut out, state.versions().len() as u64);
         for v in state.versions() {
             put_hlc(&mut out, v.hlc());
-            match v.base() {
-                Some(b) => {
-                    out.push(1);
-                    put_hlc(&mut out, b);
-                }
-                None => out.push(0),
+            let base = v.base().stamps();
+            // A base names at most one stamp per site; the format leaves a
+            // byte for their number.
+            let n = base.len().min(u8::MAX as usize);
+            out.push(n as u8);
+            for b in &base[..n] {
+                put_hlc(&mut out, *b);
             }
             match v.value() {
                 Value::Null => out.push(0),
@@ -136,11 +138,12 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<BTreeMap<String, FieldState>> {
         let mut versions = Vec::with_capacity(nversions.min(16) as usize);
         for _ in 0..nversions {
             let hlc = c.hlc()?;
-            let base = match c.byte()? {
-                0 => None,
-                1 => Some(c.hlc()?),
-                _ => return None,
-            };
+            let n = c.byte()?;
+            let mut seen = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                seen.push(c.hlc()?);
+            }
+            let base = Base::new(seen);
             let value = match c.byte()? {
                 0 => Value::Null,
                 1 => Value::Integer(i64::from_le_bytes(c.eight()?)),
@@ -181,7 +184,8 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let v = FieldVersion::new(value, h(100 + i as u64), Some(h(5))).unwrap();
+            let other = Hlc::new(7, 0, SiteId::from_bytes([9; 16]));
+            let v = FieldVersion::new(value, h(100 + i as u64), Base::new([h(5), other])).unwrap();
             fields.insert(format!("c{i}"), FieldState::single(v));
         }
         let bytes = encode(&fields);

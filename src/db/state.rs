@@ -13,7 +13,7 @@ use super::rowblob;
 use super::schema::quote;
 use super::values::{Sql, from_ref};
 use crate::model::{
-    FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    Base, FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
 use crate::xmlstore::{Segment, encode_segment, is_xml_safe};
 
@@ -159,17 +159,18 @@ pub(crate) fn stamp_row(
             for (col, value) in columns {
                 let base = match row.fields.get(&col) {
                     Some(state) if state.winner().value() == &value => continue,
-                    Some(state) => Some(state.max_hlc()),
-                    None => None,
+                    // Everything the field holds was in view of this edit.
+                    Some(state) => state.context(),
+                    None => Base::default(),
                 };
-                if let Some(b) = base {
+                if let Some(b) = base.latest() {
                     // Keeps base < stamp even if the stored clock was lost.
                     clock.observe(b);
                 }
-                batch.bytes += 120 + col.len() + value_size(&value);
+                batch.bytes += 120 + col.len() + value_size(&value) + 49 * base.stamps().len();
                 let hlc = match stamp {
                     // A later base than the shared stamp needs a fresh one.
-                    Some(h) if base.is_none_or(|b| b < h) => h,
+                    Some(h) if base.latest().is_none_or(|b| b < h) => h,
                     _ => {
                         let h = clock.stamp(now_ms);
                         stamp = Some(h);
@@ -360,7 +361,7 @@ pub(crate) fn apply_doc(
                     col,
                     Sql(loser.value()),
                     loser.hlc().encode(),
-                    loser.base().map(|b| b.encode()),
+                    (!loser.base().is_empty()).then(|| loser.base().encode()),
                     Sql(winner.value()),
                     winner.hlc().encode(),
                     patient,
@@ -613,9 +614,9 @@ pub(crate) fn resolve_conflict(
         Keep::Winner => state.winner().value().clone(),
         Keep::Loser => loser.value().clone(),
     };
-    let base = state.max_hlc();
-    clock.observe(base);
-    let version = FieldVersion::new(value.clone(), clock.stamp(now_ms), Some(base))
+    let base = state.context();
+    clock.observe(base.latest().expect("a field state is never empty"));
+    let version = FieldVersion::new(value.clone(), clock.stamp(now_ms), base)
         .expect("a fresh stamp is after every stamp the clock observed");
     close_settled(conn, &tbl, &pk, &col, None, now_ms)?;
     row.fields.insert(col.clone(), FieldState::single(version.clone()));

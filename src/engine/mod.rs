@@ -101,7 +101,17 @@ fn io_err(what: String) -> impl FnOnce(std::io::Error) -> EngineError {
 /// Sets up a database and a folder: creates a family in an empty folder or
 /// joins the one the folder holds, then runs the first sync.
 pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
-    let clock = SystemClock;
+    let mut draw = || host::random_id_bytes();
+    init_with(options, &SystemClock, &mut draw)
+}
+
+/// [`init`] with an explicit clock and source of random ids (the
+/// deterministic simulation gives both).
+pub fn init_with(
+    options: &InitOptions,
+    clock: &dyn Clock,
+    draw_id: &mut dyn FnMut() -> std::io::Result<[u8; 16]>,
+) -> Result<InitReport, EngineError> {
     // Refuse before touching the folder; Db::init checks again, atomically.
     if let Ok(db) = Db::open(&options.db) {
         let cfg = db.site_config()?;
@@ -147,8 +157,7 @@ pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
             return Err(EngineError::FolderNotEmpty { folder: folder_display });
         }
     }
-    let random =
-        |what: &str| host::random_id_bytes().map_err(io_err(format!("cannot draw a random {what} id")));
+    let mut random = |what: &str| draw_id().map_err(io_err(format!("cannot draw a random {what} id")));
     let family = match &existing {
         Some(m) => m.family,
         None => FamilyId::from_bytes(random("family")?),
@@ -178,7 +187,8 @@ pub fn init(options: &InitOptions) -> Result<InitReport, EngineError> {
     // The first run catches up from the change-logs; a periodic full scan
     // is due only after the interval.
     Db::open(&options.db)?.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
-    let first_run = sync(&options.db, &SyncOptions { trigger: "init".into(), full_scan: false })?;
+    let first_run =
+        sync_with_clock(&options.db, &SyncOptions { trigger: "init".into(), full_scan: false }, clock)?;
     Ok(InitReport {
         site: site.to_string(),
         site_name,

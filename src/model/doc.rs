@@ -14,12 +14,96 @@ use super::hlc::Hlc;
 use super::ids::PatientId;
 use super::value::Value;
 
+/// What the writer of a version had seen of its field: for each site that
+/// wrote the field, the latest of that site's versions it had in hand
+/// (directly, or through a version that had). A version supersedes exactly
+/// the versions its base covers, so two edits made without seeing each
+/// other stay concurrent whatever their clocks say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Base {
+    /// Sorted by site; at most one stamp per site.
+    stamps: Vec<Hlc>,
+}
+
+impl Base {
+    /// The base made of these stamps: the latest one of each site.
+    pub fn new(stamps: impl IntoIterator<Item = Hlc>) -> Base {
+        let mut base = Base::default();
+        for h in stamps {
+            base.add(h);
+        }
+        base
+    }
+
+    /// Records that `h` (and so every earlier version of its site) was seen.
+    pub fn add(&mut self, h: Hlc) {
+        match self.stamps.binary_search_by(|s| s.site().cmp(&h.site())) {
+            Ok(i) => self.stamps[i] = self.stamps[i].max(h),
+            Err(i) => self.stamps.insert(i, h),
+        }
+    }
+
+    /// True when a writer with this base had seen the version stamped `h`.
+    pub fn covers(&self, h: Hlc) -> bool {
+        match self.stamps.binary_search_by(|s| s.site().cmp(&h.site())) {
+            Ok(i) => self.stamps[i] >= h,
+            Err(_) => false,
+        }
+    }
+
+    pub fn stamps(&self) -> &[Hlc] {
+        &self.stamps
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stamps.is_empty()
+    }
+
+    /// The text form: the stamps separated by spaces.
+    pub fn push_encoded(&self, out: &mut String) {
+        for (i, h) in self.stamps.iter().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            h.push_encoded(out);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.stamps.len() * 49);
+        self.push_encoded(&mut out);
+        out
+    }
+
+    /// Parses the text form; `None` when a stamp is malformed, a site
+    /// appears twice, or there are more than `max` stamps.
+    pub fn parse(text: &str, max: usize) -> Option<Base> {
+        let mut base = Base::default();
+        for (i, part) in text.split(' ').enumerate() {
+            if i >= max {
+                return None;
+            }
+            let h = Hlc::parse(part).ok()?;
+            if base.stamps.iter().any(|s| s.site() == h.site()) {
+                return None;
+            }
+            base.add(h);
+        }
+        Some(base)
+    }
+
+    /// The latest stamp seen, from any site.
+    pub fn latest(&self) -> Option<Hlc> {
+        self.stamps.iter().copied().max()
+    }
+}
+
 /// One written value of one field.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FieldVersion {
     // Field order matters for the derived Ord: stamp first.
     hlc: Hlc,
-    base: Option<Hlc>,
+    base: Base,
     value: Value,
 }
 
@@ -33,12 +117,12 @@ pub struct InvalidVersion {
 }
 
 impl FieldVersion {
-    /// `base` is the stamp of the version the writer had when it wrote; it
+    /// `base` is what the writer had seen of the field; every stamp in it
     /// must be strictly before `hlc` (a clock always moves past what it saw).
-    pub fn new(value: Value, hlc: Hlc, base: Option<Hlc>) -> Result<FieldVersion, InvalidVersion> {
-        match base {
-            Some(b) if b >= hlc => Err(InvalidVersion { hlc, base: b }),
-            _ => Ok(FieldVersion { hlc, base, value }),
+    pub fn new(value: Value, hlc: Hlc, base: Base) -> Result<FieldVersion, InvalidVersion> {
+        match base.stamps.iter().find(|b| **b >= hlc) {
+            Some(b) => Err(InvalidVersion { hlc, base: *b }),
+            None => Ok(FieldVersion { hlc, base, value }),
         }
     }
 
@@ -50,14 +134,14 @@ impl FieldVersion {
         self.hlc
     }
 
-    pub fn base(&self) -> Option<Hlc> {
-        self.base
+    pub fn base(&self) -> &Base {
+        &self.base
     }
 
     /// True when this version was written by someone who had `other` (or a
-    /// later version) in hand: `self.base >= other.hlc`.
+    /// later version of its site) in hand.
     pub fn supersedes(&self, other: &FieldVersion) -> bool {
-        self.base.is_some_and(|b| b >= other.hlc)
+        self.base.covers(other.hlc)
     }
 
     /// True when neither version supersedes the other and they differ.
@@ -112,6 +196,19 @@ impl FieldState {
     /// The highest stamp in this field.
     pub fn max_hlc(&self) -> Hlc {
         self.winner().hlc
+    }
+
+    /// Everything this state has seen: the base a new edit made with it in
+    /// hand carries, so that edit supersedes every version here.
+    pub fn context(&self) -> Base {
+        let mut out = Base::default();
+        for v in &self.versions {
+            out.add(v.hlc);
+            for b in &v.base.stamps {
+                out.add(*b);
+            }
+        }
+        out
     }
 
     pub fn join(&self, other: &FieldState) -> FieldState {
@@ -245,14 +342,14 @@ mod tests {
         Hlc::new(wall, 0, SiteId::from_bytes([site; 16]))
     }
 
-    fn v(text: &str, at: Hlc, base: Option<Hlc>) -> FieldVersion {
-        FieldVersion::new(Value::Text(text.into()), at, base).unwrap()
+    fn v(text: &str, at: Hlc, seen: &[Hlc]) -> FieldVersion {
+        FieldVersion::new(Value::Text(text.into()), at, Base::new(seen.iter().copied())).unwrap()
     }
 
     #[test]
     fn a_later_edit_supersedes_and_replaces() {
-        let first = v("a", hlc(1, 1), None);
-        let second = v("b", hlc(2, 2), Some(first.hlc()));
+        let first = v("a", hlc(1, 1), &[]);
+        let second = v("b", hlc(2, 2), &[first.hlc()]);
         let joined = FieldState::single(first).join(&FieldState::single(second.clone()));
         assert_eq!(joined.versions(), &[second]);
     }
@@ -260,22 +357,36 @@ mod tests {
     #[test]
     fn concurrent_edits_keep_both_and_the_higher_stamp_wins() {
         let base = hlc(1, 1);
-        let a = v("phone A", hlc(5, 1), Some(base));
-        let b = v("phone B", hlc(6, 2), Some(base));
+        let a = v("phone A", hlc(5, 1), &[base]);
+        let b = v("phone B", hlc(6, 2), &[base]);
         assert!(a.is_concurrent_with(&b));
         let joined = FieldState::single(a.clone()).join(&FieldState::single(b.clone()));
         assert_eq!(joined.winner(), &b);
         assert_eq!(joined.losers(), std::slice::from_ref(&a));
-        // A later edit made with the winner in hand settles both.
-        let c = v("phone C", hlc(7, 1), Some(b.hlc()));
+        // A later edit made with both in hand settles both.
+        let c = v("phone C", hlc(7, 1), joined.context().stamps());
         let settled = joined.join(&FieldState::single(c.clone()));
         assert_eq!(settled.versions(), &[c]);
     }
 
     #[test]
+    fn an_edit_that_never_saw_a_version_does_not_supersede_it_whatever_the_clocks_say() {
+        // Site 1 writes at t=5; site 3 writes at t=9 and t=12 without
+        // seeing it. Site 3's second edit saw only its first.
+        let one = v("from site 1", hlc(5, 1), &[]);
+        let three = v("from site 3", hlc(9, 3), &[]);
+        let three_again = v("site 3 again", hlc(12, 3), &[three.hlc()]);
+        let state = FieldState::single(one.clone())
+            .join(&FieldState::single(three))
+            .join(&FieldState::single(three_again.clone()));
+        assert_eq!(state.versions(), &[one, three_again]);
+    }
+
+    #[test]
     fn a_base_at_or_after_the_stamp_is_refused() {
-        assert!(FieldVersion::new(Value::Null, hlc(5, 1), Some(hlc(5, 1))).is_err());
-        assert!(FieldVersion::new(Value::Null, hlc(5, 1), Some(hlc(6, 1))).is_err());
+        let base = |h| Base::new([h]);
+        assert!(FieldVersion::new(Value::Null, hlc(5, 1), base(hlc(5, 1))).is_err());
+        assert!(FieldVersion::new(Value::Null, hlc(5, 1), base(hlc(6, 2))).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::error::{DecodeError, DecodeErrorKind};
 use super::reader::{Item, Limits, Root, XmlReader, element_name, open_root, optional, required};
 use super::text::{is_xml_safe, push_attr, push_content};
 use super::trailer;
-use crate::model::{FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value};
+use crate::model::{Base, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value};
 
 /// The patient file format this build writes and reads.
 pub const PATIENT_FORMAT: u32 = 1;
@@ -34,8 +34,8 @@ pub fn encode_patient(doc: &PatientDoc) -> Vec<u8> {
 /// The stamp pair most fields of a row share (they were written together):
 /// written once on `<row>` and omitted from those fields. Ties go to the
 /// smallest pair, so the choice, like the bytes, depends only on the state.
-fn row_default(row: &RowState) -> Option<(Hlc, Option<Hlc>)> {
-    let mut counts: BTreeMap<(Hlc, Option<Hlc>), usize> = BTreeMap::new();
+fn row_default(row: &RowState) -> Option<(Hlc, &Base)> {
+    let mut counts: BTreeMap<(Hlc, &Base), usize> = BTreeMap::new();
     for version in row.fields.values().flat_map(|f| f.versions()) {
         *counts.entry((version.hlc(), version.base())).or_default() += 1;
     }
@@ -61,7 +61,7 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
     if let Some((h, b)) = default {
         out.push_str("\" h=\"");
         h.push_encoded(out);
-        if let Some(b) = b {
+        if !b.is_empty() {
             out.push_str("\" b=\"");
             b.push_encoded(out);
         }
@@ -79,15 +79,15 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
     out.push_str("  </row>\n");
 }
 
-fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: Option<(Hlc, Option<Hlc>)>) {
+fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: Option<(Hlc, &Base)>) {
     out.push_str("    <f c=\"");
     push_attr(out, column);
     if default != Some((version.hlc(), version.base())) {
         out.push_str("\" h=\"");
         version.hlc().push_encoded(out);
-        if let Some(base) = version.base() {
+        if !version.base().is_empty() {
             out.push_str("\" b=\"");
-            base.push_encoded(out);
+            version.base().push_encoded(out);
         }
     }
     let close = |out: &mut String, content: &str| {
@@ -216,7 +216,7 @@ fn row_header(r: &XmlReader<'_>, e: &quick_xml::events::BytesStart<'_>) -> Resul
 pub(crate) struct RowHeader {
     pub(crate) key: RowKey,
     pub(crate) cl: u64,
-    pub(crate) default: Option<(Hlc, Option<Hlc>)>,
+    pub(crate) default: Option<(Hlc, Base)>,
 }
 
 /// Reads the key and causal length of a `<row>` from its attributes.
@@ -235,9 +235,9 @@ pub(crate) fn row_header_from(
         })
     })?;
     let h = optional(attrs, "h").map(|h| parse_hlc(r, "h", h)).transpose()?;
-    let b = optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?;
+    let b = optional(attrs, "b").map(|b| parse_base(r, b)).transpose()?;
     let default = match (h, b) {
-        (Some(h), b) => Some((h, b)),
+        (Some(h), b) => Some((h, b.unwrap_or_default())),
         (None, None) => None,
         (None, Some(_)) => {
             return Err(r.error(DecodeErrorKind::MissingAttribute { element: "row", attribute: "h" }));
@@ -249,7 +249,7 @@ pub(crate) fn row_header_from(
 pub(crate) fn read_row(
     r: &mut XmlReader<'_>,
     cl: u64,
-    default: Option<(Hlc, Option<Hlc>)>,
+    default: Option<(Hlc, Base)>,
 ) -> Result<RowState, DecodeError> {
     let mut versions: BTreeMap<String, Vec<FieldVersion>> = BTreeMap::new();
     loop {
@@ -276,7 +276,7 @@ pub(crate) fn read_row(
                 }
             }
         }
-        let (column, version) = field(r, &attrs, &text, default)?;
+        let (column, version) = field(r, &attrs, &text, default.as_ref())?;
         versions.entry(column).or_default().push(version);
     }
     let fields = versions
@@ -290,15 +290,16 @@ fn field(
     r: &XmlReader<'_>,
     attrs: &[(String, String)],
     text: &str,
-    default: Option<(Hlc, Option<Hlc>)>,
+    default: Option<&(Hlc, Base)>,
 ) -> Result<(String, FieldVersion), DecodeError> {
     let column = required(r, attrs, "f", "c")?.to_owned();
     // A field without `h` takes its stamp and base from its row.
     let (hlc, base) = match (optional(attrs, "h"), default) {
-        (Some(h), _) => {
-            (parse_hlc(r, "h", h)?, optional(attrs, "b").map(|b| parse_hlc(r, "b", b)).transpose()?)
-        }
-        (None, Some(pair)) if optional(attrs, "b").is_none() => pair,
+        (Some(h), _) => (
+            parse_hlc(r, "h", h)?,
+            optional(attrs, "b").map(|b| parse_base(r, b)).transpose()?.unwrap_or_default(),
+        ),
+        (None, Some((h, b))) if optional(attrs, "b").is_none() => (*h, b.clone()),
         (None, _) => return Err(r.error(DecodeErrorKind::MissingAttribute { element: "f", attribute: "h" })),
     };
     let class = required(r, attrs, "f", "t")?;
@@ -325,14 +326,26 @@ fn field(
             }));
         }
     };
+    let shown = base.encode();
     let version = FieldVersion::new(value, hlc, base).map_err(|e| {
-        r.error(DecodeErrorKind::BadAttribute {
-            attribute: "b",
-            value: base.map(|b| b.encode()).unwrap_or_default(),
-            reason: e.to_string(),
-        })
+        r.error(DecodeErrorKind::BadAttribute { attribute: "b", value: shown, reason: e.to_string() })
     })?;
     Ok((column, version))
+}
+
+/// The most sites one base may name: far more than a family has.
+const MAX_BASE_STAMPS: usize = 64;
+
+fn parse_base(r: &XmlReader<'_>, text: &str) -> Result<Base, DecodeError> {
+    Base::parse(text, MAX_BASE_STAMPS).ok_or_else(|| {
+        r.error(DecodeErrorKind::BadAttribute {
+            attribute: "b",
+            value: text.to_owned(),
+            reason: format!(
+                "not a list of distinct sites' stamps separated by single spaces (at most {MAX_BASE_STAMPS})"
+            ),
+        })
+    })
 }
 
 fn parse_hlc(r: &XmlReader<'_>, attribute: &'static str, text: &str) -> Result<Hlc, DecodeError> {

@@ -170,7 +170,7 @@ fn a_file_from_a_site_whose_clock_is_days_ahead_is_held_back() {
     let mut doc = PatientDoc::new(PatientId(id.clone()));
     let mut row = RowState { cl: 1, ..RowState::default() };
     for (col, value) in [("id", id.as_str()), ("family_name", "Future")] {
-        let v = FieldVersion::new(Value::Text(value.into()), ahead, None).unwrap();
+        let v = FieldVersion::new(Value::Text(value.into()), ahead, Default::default()).unwrap();
         row.fields.insert(col.into(), FieldState::single(v));
     }
     doc.rows.insert(RowKey { table: "patients".into(), pk: id.clone() }, row);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use clinicsync::model::{
-    FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    Base, FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
 use clinicsync::xmlstore::{
     Limits, Manifest, SiteFile, decode_patient, encode_manifest, encode_patient, encode_site, seal,
@@ -18,8 +18,8 @@ fn golden_doc() -> PatientDoc {
     let a = SiteId::parse("0123456789abcdef0123456789abcdef").unwrap();
     let b = SiteId::parse("fedcba9876543210fedcba9876543210").unwrap();
     let h = |wall: u64, site| Hlc::new(1_763_700_000_000 + wall, 0, site);
-    let v = |value, at, base| FieldVersion::new(value, at, base).unwrap();
-    let single = |value, at| FieldState::single(v(value, at, None));
+    let v = |value, at, seen: &[Hlc]| FieldVersion::new(value, at, Base::new(seen.iter().copied())).unwrap();
+    let single = |value, at| FieldState::single(v(value, at, &[]));
     let mut patient = BTreeMap::new();
     patient
         .insert("id".to_owned(), single(Value::Text("3f2504e0-4f89-11d3-9a0c-0305e82c3301".into()), h(1, a)));
@@ -32,10 +32,15 @@ fn golden_doc() -> PatientDoc {
     patient.insert(
         "phone".to_owned(),
         FieldState::from_versions(vec![
-            v(Value::Text("+1 555 0100".into()), h(10, a), Some(h(1, a))),
-            v(Value::Text("+1 555 0199".into()), h(11, b), Some(h(1, a))),
+            v(Value::Text("+1 555 0100".into()), h(10, a), &[h(1, a)]),
+            v(Value::Text("+1 555 0199".into()), h(11, b), &[h(1, a)]),
         ])
         .unwrap(),
+    );
+    // An edit made with both sites' versions in view: a base of two stamps.
+    patient.insert(
+        "email".to_owned(),
+        FieldState::single(v(Value::Text("settled@example.org".into()), h(12, a), &[h(10, a), h(11, b)])),
     );
     let mut visit = BTreeMap::new();
     visit.insert("id".to_owned(), single(Value::Text("a1".into()), h(7, b)));

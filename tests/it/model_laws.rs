@@ -10,14 +10,6 @@ use clinicsync::xmlstore::{Limits, decode_patient, encode_patient};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 
-fn site() -> impl Strategy<Value = SiteId> {
-    (0u8..3).prop_map(|n| SiteId::from_bytes([n; 16]))
-}
-
-fn hlc(max_wall: u64) -> impl Strategy<Value = Hlc> {
-    (0..max_wall, 0u16..3, site()).prop_map(|(w, c, s)| Hlc::new(w, c, s))
-}
-
 fn value() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(Value::Null),
@@ -31,16 +23,46 @@ fn value() -> impl Strategy<Value = Value> {
     ]
 }
 
-/// A version whose base (if any) is strictly before its stamp.
-fn version() -> impl Strategy<Value = FieldVersion> {
-    (value(), hlc(12), proptest::option::of((0u64..12, 0u16..3, site()))).prop_map(|(v, h, base)| {
-        let base = base.map(|(w, c, s)| Hlc::new(w, c, s)).filter(|b| *b < h);
-        FieldVersion::new(v, h, base).expect("base is before the stamp")
+/// An honest history of one field, as sites write it: each write is made by
+/// one of three sites with a random part of the earlier writes in view
+/// (always its own), carries that view as its base, and is stamped past
+/// everything in it, sometimes with a clock behind another site's. Sites
+/// are drawn per history (`universe`), so independent histories never share
+/// a site.
+fn history() -> impl Strategy<Value = Vec<FieldVersion>> {
+    (any::<u64>(), vec((0u8..3, value(), any::<u64>(), 0u64..3), 1..8)).prop_map(|(universe, ops)| {
+        let mut out: Vec<FieldVersion> = Vec::new();
+        for (site, v, mask, skew) in ops {
+            let mut id = [site; 16];
+            id[..8].copy_from_slice(&universe.to_le_bytes());
+            let site = SiteId::from_bytes(id);
+            let view: Vec<FieldVersion> = out
+                .iter()
+                .enumerate()
+                .filter(|(j, w)| (mask >> (j % 64)) & 1 == 1 || w.hlc().site() == site)
+                .map(|(_, w)| w.clone())
+                .collect();
+            let base = FieldState::from_versions(view).map(|f| f.context()).unwrap_or_default();
+            let wall = base.latest().map_or(skew, |h| h.wall_ms() + 1 + skew);
+            out.push(FieldVersion::new(v, Hlc::new(wall, 0, site), base).expect("stamped past its base"));
+        }
+        out
     })
 }
 
+/// A non-empty part of a history (what one site may hold).
+fn part(history: &[FieldVersion], mask: u64) -> FieldState {
+    let chosen: Vec<FieldVersion> = history
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| (mask >> (i % 64)) & 1 == 1)
+        .map(|(_, v)| v.clone())
+        .collect();
+    FieldState::from_versions(chosen).unwrap_or_else(|| FieldState::single(history[0].clone()))
+}
+
 fn field() -> impl Strategy<Value = FieldState> {
-    vec(version(), 1..4).prop_map(|vs| FieldState::from_versions(vs).expect("non-empty"))
+    (history(), any::<u64>()).prop_map(|(h, mask)| part(&h, mask))
 }
 
 fn row() -> impl Strategy<Value = RowState> {
@@ -56,7 +78,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn field_join_is_a_semilattice(a in field(), b in field(), c in field()) {
+    fn field_join_is_a_semilattice(h in history(), ma: u64, mb: u64, mc: u64) {
+        let (a, b, c) = (part(&h, ma), part(&h, mb), part(&h, mc));
         prop_assert_eq!(a.join(&b), b.join(&a));
         prop_assert_eq!(a.join(&b).join(&c), a.join(&b.join(&c)));
         prop_assert_eq!(a.join(&a), a.clone());
@@ -77,7 +100,8 @@ proptest! {
     }
 
     #[test]
-    fn a_conflict_is_kept_exactly_when_neither_version_supersedes_the_other(x in version(), y in version()) {
+    fn a_conflict_is_kept_exactly_when_neither_version_supersedes_the_other(h in history(), i: prop::sample::Index, j: prop::sample::Index) {
+        let (x, y) = (h[i.index(h.len())].clone(), h[j.index(h.len())].clone());
         let joined = FieldState::single(x.clone()).join(&FieldState::single(y.clone()));
         let neither = x != y && !x.supersedes(&y) && !y.supersedes(&x);
         prop_assert_eq!(x.is_concurrent_with(&y), neither);
@@ -87,7 +111,8 @@ proptest! {
     }
 
     #[test]
-    fn the_join_never_loses_a_maximal_version(a in field(), b in field()) {
+    fn the_join_never_loses_a_maximal_version(h in history(), ma: u64, mb: u64) {
+        let (a, b) = (part(&h, ma), part(&h, mb));
         let joined = a.join(&b);
         for v in a.versions().iter().chain(b.versions()) {
             let kept = joined.versions().contains(v);

@@ -1,0 +1,563 @@
+//! The deterministic simulation: 3 to 5 sites, each a real SQLite database
+//! and a real folder, make random inserts, edits and deletes while a fake
+//! cloud provider ([`provider`]) delivers late, out of order, half-written,
+//! and with each client's conflict semantics. After quiescence every site
+//! must hold the same tables, every value a person typed must be the final
+//! value, a value someone knowingly overwrote, or an open conflict record at
+//! every site, and each site's open records must be exactly the concurrent
+//! versions its state keeps. No conflict copy may be left in any folder.
+//!
+//! Each seed is reproducible: `SIM_SEED=N cargo test sim::` replays one.
+//! CI runs 200 seeds; `RUN_SLOW_TESTS=1` runs 10,000 (`SIM_SEEDS` overrides).
+
+mod provider;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use clinicsync::conflicts::{Classified, IgnoreRules, classify_path};
+use clinicsync::db::Db;
+use clinicsync::engine::{self, InitOptions, SyncOptions};
+use clinicsync::model::{Clock, Value};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use provider::{FLAVORS, FakeCloud, Flavor};
+
+/// splitmix64: a tiny, well-known generator, so a seed means the same run
+/// on every machine and every version of the dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[self.below(items.len())])
+    }
+
+    fn bytes(&mut self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.next().to_le_bytes());
+        out[8..].copy_from_slice(&self.next().to_le_bytes());
+        out
+    }
+}
+
+/// The simulation's clock: moves only when the scheduler says so.
+struct SimClock(AtomicU64);
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct Site {
+    db: PathBuf,
+    app: Connection,
+}
+
+/// A value a person typed into one cell.
+struct Typed {
+    table: &'static str,
+    pk: String,
+    column: &'static str,
+    value: String,
+}
+
+struct Sim {
+    seed: u64,
+    rng: Rng,
+    clock: SimClock,
+    _dir: tempfile::TempDir,
+    sites: Vec<Site>,
+    cloud: FakeCloud,
+    typed: Vec<Typed>,
+    /// Values an edit replaced while the editing site could see them.
+    overwritten: HashSet<String>,
+    counter: u64,
+    flavor: Flavor,
+    log: Vec<String>,
+}
+
+const PATIENT_COLUMNS: [&str; 4] = ["given_name", "phone", "email", "notes"];
+const APPOINTMENT_COLUMNS: [&str; 3] = ["status", "practitioner", "notes"];
+
+/// Where simulations run: a RAM disk when there is one (the simulation
+/// makes tens of thousands of small commits; fsync cost is not its point).
+fn scratch() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new().prefix("clinicsync-sim").tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut rng = Rng(seed);
+        let n = 3 + rng.below(3);
+        let flavor = FLAVORS[rng.below(FLAVORS.len())];
+        let use_logs = !rng.chance(20);
+        let dir = scratch();
+        let clock = SimClock(AtomicU64::new(1_790_000_000_000 + rng.below(1_000_000) as u64));
+        let roots: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("site{i}/folder"))).collect();
+        let cloud = FakeCloud::new(flavor, roots.clone());
+        let mut sim = Sim {
+            seed,
+            rng,
+            clock,
+            _dir: dir,
+            sites: Vec::new(),
+            cloud,
+            typed: Vec::new(),
+            overwritten: HashSet::new(),
+            counter: 0,
+            flavor,
+            log: vec![format!("seed {seed}: {n} sites, {flavor:?}, use_logs={use_logs}")],
+        };
+        for (i, root) in roots.iter().enumerate() {
+            std::fs::create_dir_all(root).unwrap();
+            if i > 0 {
+                // Joining needs the family's manifest and the first site's files.
+                sim.cloud.upload(0);
+                for path in sim.cloud.pending(i) {
+                    sim.cloud.deliver(i, &path, false);
+                }
+            }
+            let db = root.parent().unwrap().join("clinic.db");
+            let options = InitOptions {
+                db: db.clone(),
+                folder: root.clone(),
+                site_name: Some(format!("site {i}")),
+                mapping: None,
+            };
+            let rng = &mut sim.rng;
+            let mut draw = || Ok(rng.bytes());
+            let report = engine::init_with(&options, &sim.clock, &mut draw).expect("init");
+            assert_ne!(report.first_run.outcome, engine::Outcome::Failed, "{}", sim.trail());
+            let mut settings = vec!["log_retention=10min".to_owned()];
+            if !use_logs {
+                settings.push("use_logs=off".into());
+            }
+            engine::settings_set(&db, &settings).unwrap();
+            let app = Connection::open(&db).unwrap();
+            app.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+            app.pragma_update(None, "foreign_keys", "ON").unwrap();
+            sim.sites.push(Site { db, app });
+        }
+        sim
+    }
+
+    fn trail(&self) -> String {
+        // A replayed seed shows every step.
+        let keep = if std::env::var_os("SIM_SEED").is_some() { usize::MAX } else { 60 };
+        let tail = self.log.len().saturating_sub(keep);
+        format!(
+            "simulation seed {} failed; replay with SIM_SEED={} cargo test sim::\nlast steps:\n  {}",
+            self.seed,
+            self.seed,
+            self.log[tail..].join("\n  ")
+        )
+    }
+
+    fn fresh(&mut self, site: usize) -> String {
+        self.counter += 1;
+        format!("s{site}v{}", self.counter)
+    }
+
+    fn uuid(&mut self) -> String {
+        let b = self.rng.bytes();
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        format!("{}-{}-4{}-8{}-{}", &hex[..8], &hex[8..12], &hex[13..16], &hex[17..20], &hex[20..32])
+    }
+
+    fn ids(&self, site: usize, table: &str) -> Vec<String> {
+        let conn = &self.sites[site].app;
+        let mut stmt = conn.prepare(&format!("SELECT id FROM {table} ORDER BY id")).unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    fn app_step(&mut self, site: usize) {
+        let patients = self.ids(site, "patients");
+        let roll = self.rng.below(100);
+        if patients.is_empty() || roll < 20 {
+            let id = self.uuid();
+            let (family, phone) = (self.fresh(site), self.fresh(site));
+            self.sites[site]
+                .app
+                .execute(
+                    "INSERT INTO patients (id, family_name, phone) VALUES (?1, ?2, ?3)",
+                    params![id, family, phone],
+                )
+                .unwrap();
+            self.typed.push(Typed {
+                table: "patients",
+                pk: id.clone(),
+                column: "family_name",
+                value: family,
+            });
+            self.typed.push(Typed { table: "patients", pk: id.clone(), column: "phone", value: phone });
+            self.log.push(format!("site {site}: insert patient {id}"));
+        } else if roll < 35 {
+            let patient = self.rng.pick(&patients).unwrap().clone();
+            let id = self.uuid();
+            let status = self.fresh(site);
+            self.sites[site]
+                .app
+                .execute(
+                    "INSERT INTO appointments (id, patient_id, starts_at, status) VALUES (?1, ?2, '2026-12-01T09:00', ?3)",
+                    params![id, patient, status],
+                )
+                .unwrap();
+            self.typed.push(Typed { table: "appointments", pk: id.clone(), column: "status", value: status });
+            self.log.push(format!("site {site}: insert appointment {id} of {patient}"));
+        } else if roll < 88 {
+            let appointments = self.ids(site, "appointments");
+            let (table, columns, rows): (&'static str, &[&'static str], &[String]) =
+                if appointments.is_empty() || self.rng.chance(55) {
+                    ("patients", &PATIENT_COLUMNS, &patients)
+                } else {
+                    ("appointments", &APPOINTMENT_COLUMNS, &appointments)
+                };
+            let pk = self.rng.pick(rows).unwrap().clone();
+            if table == "appointments" && self.rng.chance(10) {
+                // Moves the appointment to another patient.
+                let to = self.rng.pick(&patients).unwrap().clone();
+                self.sites[site]
+                    .app
+                    .execute("UPDATE appointments SET patient_id = ?1 WHERE id = ?2", params![to, pk])
+                    .unwrap();
+                self.log.push(format!("site {site}: move appointment {pk} to {to}"));
+                return;
+            }
+            let column = *self.rng.pick(columns).unwrap();
+            let conn = &self.sites[site].app;
+            let current: Option<String> = conn
+                .query_row(&format!("SELECT {column} FROM {table} WHERE id = ?1"), [&pk], |r| r.get(0))
+                .unwrap();
+            let mut seen: Vec<String> = current.into_iter().collect();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT value FROM _cs_conflicts WHERE tbl = ?1 AND pk = ?2 AND col = ?3 AND status = 'open'",
+                )
+                .unwrap();
+            let open = stmt.query_map(params![table, pk, column], |r| r.get::<_, Option<String>>(0)).unwrap();
+            seen.extend(open.map(|v| v.unwrap()).flatten());
+            drop(stmt);
+            let value = self.fresh(site);
+            self.sites[site]
+                .app
+                .execute(&format!("UPDATE {table} SET {column} = ?1 WHERE id = ?2"), params![value, pk])
+                .unwrap();
+            self.log.push(format!("site {site}: {table}/{pk} {column} = {value} (saw {seen:?})"));
+            self.overwritten.extend(seen);
+            self.typed.push(Typed { table, pk, column, value });
+        } else if roll < 96 {
+            let appointments = self.ids(site, "appointments");
+            if let Some(pk) = self.rng.pick(&appointments).cloned() {
+                self.sites[site].app.execute("DELETE FROM appointments WHERE id = ?1", [&pk]).unwrap();
+                self.log.push(format!("site {site}: delete appointment {pk}"));
+            }
+        } else {
+            let pk = self.rng.pick(&patients).unwrap().clone();
+            self.sites[site].app.execute("DELETE FROM patients WHERE id = ?1", [&pk]).unwrap();
+            self.log.push(format!("site {site}: delete patient {pk} and its appointments"));
+        }
+    }
+
+    fn sync(&mut self, site: usize, full_scan: bool) -> engine::RunReport {
+        let options = SyncOptions { trigger: "sim".into(), full_scan };
+        let report = engine::sync_with_clock(&self.sites[site].db, &options, &self.clock)
+            .unwrap_or_else(|e| panic!("sync of site {site} failed: {e}\n{}", self.trail()));
+        let problems: Vec<String> = report
+            .events
+            .iter()
+            .filter(|e| e.level != "info")
+            .map(|e| format!("{}: {}", e.path.as_deref().unwrap_or("-"), e.message))
+            .collect();
+        self.log.push(format!(
+            "site {site}: sync{} -> {} {problems:?}",
+            if full_scan { " --full-scan" } else { "" },
+            report.outcome.as_str()
+        ));
+        assert_ne!(report.outcome, engine::Outcome::Failed, "{}", self.trail());
+        report
+    }
+
+    fn step(&mut self) {
+        let n = self.sites.len();
+        self.clock.0.fetch_add(1 + self.rng.below(20_000) as u64, Ordering::Relaxed);
+        let site = self.rng.below(n);
+        match self.rng.below(100) {
+            0..30 => self.app_step(site),
+            30..50 => {
+                let full = self.rng.chance(15);
+                self.sync(site, full);
+            }
+            50..72 => {
+                self.cloud.upload(site);
+                self.log.push(format!("cloud: upload from site {site}"));
+            }
+            _ => {
+                let pending = self.cloud.pending(site);
+                // Out of order: a few random paths, not the oldest first.
+                for _ in 0..1 + self.rng.below(6) {
+                    if let Some(path) = self.rng.pick(&pending).cloned() {
+                        let half = self.rng.chance(12);
+                        self.cloud.deliver(site, &path, half);
+                        self.log.push(format!(
+                            "cloud: to site {site} {path}{}",
+                            if half { " (half)" } else { "" }
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Delivers everything and syncs every site until a whole round changes
+    /// nothing.
+    fn quiesce(&mut self) {
+        let n = self.sites.len();
+        for round in 0..40 {
+            let mut busy = false;
+            for site in 0..n {
+                busy |= self.cloud.upload(site);
+            }
+            busy |= self.cloud.deliver_all();
+            for site in 0..n {
+                let report = self.sync(site, round < 2);
+                let c = &report.counts;
+                busy |= c.files_written + c.segments_written + c.folder.removes > 0
+                    || report.outcome != engine::Outcome::Ok;
+            }
+            for site in 0..n {
+                busy |= self.cloud.upload(site);
+            }
+            if !busy && round >= 2 {
+                return;
+            }
+            self.cloud.deliver_all();
+        }
+        panic!("the family did not settle in 40 rounds\n{}", self.trail());
+    }
+
+    fn check(&self) {
+        let dumps: Vec<_> =
+            self.sites.iter().map(|s| Db::open(&s.db).unwrap().dump_mapped_tables().unwrap()).collect();
+        for (i, d) in dumps.iter().enumerate().skip(1) {
+            assert!(*d == dumps[0], "site {i} differs from site 0\n{}", self.trail());
+        }
+        // Open conflict records at each site: exactly its state's losers.
+        let mut records: Vec<BTreeSet<(String, String, String, String)>> = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            let db = Db::open(&site.db).unwrap();
+            let open: Vec<_> = db.conflicts(true).unwrap();
+            let set: BTreeSet<_> = open
+                .iter()
+                .map(|c| (c.table.clone(), c.pk.clone(), c.column.clone(), c.hlc.clone()))
+                .collect();
+            assert_eq!(set.len(), open.len(), "duplicate open records at site {i}\n{}", self.trail());
+            let mut losers = BTreeSet::new();
+            for patient in self.ids(i, "patients") {
+                for (key, row) in db.doc_for_patient(&patient).unwrap().rows {
+                    for (col, state) in &row.fields {
+                        for l in state.losers() {
+                            losers.insert((key.table.clone(), key.pk.clone(), col.clone(), l.hlc().encode()));
+                        }
+                    }
+                }
+            }
+            let open_live: BTreeSet<_> = set
+                .iter()
+                .filter(|(t, pk, _, _)| {
+                    self.exists(i, t, pk) && (t != "appointments" || self.parent_alive(i, pk))
+                })
+                .cloned()
+                .collect();
+            let losers_live: BTreeSet<_> =
+                losers.into_iter().filter(|(t, pk, _, _)| self.exists(i, t, pk)).collect();
+            assert_eq!(
+                open_live,
+                losers_live,
+                "site {i}: open records are not the concurrent versions\n{}",
+                self.trail()
+            );
+            records.push(set);
+        }
+        for (i, r) in records.iter().enumerate().skip(1) {
+            assert_eq!(*r, records[0], "site {i}'s open conflicts differ from site 0's\n{}", self.trail());
+        }
+        // Every typed value survives somewhere a person can see it.
+        let db0 = Db::open(&self.sites[0].db).unwrap();
+        let open_values: HashSet<(String, String, String, String)> = db0
+            .conflicts(true)
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| match c.value {
+                Value::Text(v) => Some((c.table, c.pk, c.column, v)),
+                _ => None,
+            })
+            .collect();
+        for t in &self.typed {
+            let final_value: Option<Option<String>> = self.sites[0]
+                .app
+                .query_row(&format!("SELECT {} FROM {} WHERE id = ?1", t.column, t.table), [&t.pk], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .unwrap();
+            let Some(final_value) = final_value else { continue }; // the row was deleted
+            let kept = final_value.as_deref() == Some(t.value.as_str())
+                || self.overwritten.contains(&t.value)
+                || open_values.contains(&(
+                    t.table.to_owned(),
+                    t.pk.clone(),
+                    t.column.to_owned(),
+                    t.value.clone(),
+                ));
+            assert!(
+                kept,
+                "{}/{} {} = {:?} was lost (final {:?}); versions by site: {}\n{}",
+                t.table,
+                t.pk,
+                t.column,
+                t.value,
+                final_value,
+                self.versions_of(t),
+                self.trail()
+            );
+        }
+        // No copy is left behind.
+        let ignore = IgnoreRules::new();
+        for i in 0..self.sites.len() {
+            for entry in walkdir::WalkDir::new(self.cloud.root(i)) {
+                let entry = entry.unwrap();
+                let rel =
+                    entry.path().strip_prefix(self.cloud.root(i)).unwrap().to_string_lossy().into_owned();
+                if entry.file_type().is_file()
+                    && !rel.split('/').any(|p| ignore.is_ignored(p))
+                    && matches!(classify_path(&rel), Classified::Copy { .. })
+                {
+                    panic!("site {i} still has the conflict copy {rel}\n{}", self.trail());
+                }
+            }
+        }
+    }
+
+    /// Every site's versions of one cell, for a failure message.
+    fn versions_of(&self, t: &Typed) -> String {
+        let mut out = Vec::new();
+        for (i, site) in self.sites.iter().enumerate() {
+            let blob: Option<Vec<u8>> = site
+                .app
+                .query_row("SELECT patient FROM _cs_rows WHERE tbl = ?1 AND pk = ?2", [t.table, &t.pk], |r| {
+                    r.get::<_, Option<String>>(0)
+                })
+                .optional()
+                .unwrap()
+                .flatten()
+                .map(String::into_bytes);
+            let Some(patient) = blob.map(|b| String::from_utf8(b).unwrap()) else { continue };
+            let doc = Db::open(&site.db).unwrap().doc_for_patient(&patient).unwrap();
+            for (key, row) in doc.rows {
+                if key.table == t.table && key.pk == t.pk {
+                    if let Some(state) = row.fields.get(t.column) {
+                        out.push(format!("site {i}: {state:?}"));
+                    }
+                }
+            }
+        }
+        out.join("; ")
+    }
+
+    fn exists(&self, site: usize, table: &str, pk: &str) -> bool {
+        self.sites[site]
+            .app
+            .query_row(&format!("SELECT 1 FROM {table} WHERE id = ?1"), [pk], |_| Ok(()))
+            .optional()
+            .unwrap()
+            .is_some()
+    }
+
+    fn parent_alive(&self, site: usize, appointment: &str) -> bool {
+        self.sites[site]
+            .app
+            .query_row(
+                "SELECT 1 FROM appointments a JOIN patients p ON p.id = a.patient_id WHERE a.id = ?1",
+                [appointment],
+                |_| Ok(()),
+            )
+            .optional()
+            .unwrap()
+            .is_some()
+    }
+}
+
+/// One seeded run: random steps, then quiescence, then the checks.
+fn run(seed: u64) -> (Flavor, u64) {
+    let mut sim = Sim::new(seed);
+    let steps = 60 + sim.rng.below(80);
+    for _ in 0..steps {
+        sim.step();
+    }
+    sim.quiesce();
+    sim.check();
+    (sim.flavor, sim.cloud.copies_made)
+}
+
+fn seeds(default: u64) -> std::ops::Range<u64> {
+    if let Some(one) = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()) {
+        return one..one + 1;
+    }
+    let n = std::env::var("SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if std::env::var_os("RUN_SLOW_TESTS").is_some() { 10_000 } else { default });
+    0..n
+}
+
+/// Runs the seeds `first, first + stride, ...` of the range, so the test
+/// harness can spread them over its threads.
+fn run_share(first: u64, stride: u64) {
+    let mut copies: BTreeMap<String, u64> = BTreeMap::new();
+    let mut runs = 0;
+    for seed in seeds(200).filter(|s| s % stride == first) {
+        let (flavor, made) = run(seed);
+        *copies.entry(format!("{flavor:?}")).or_default() += made;
+        runs += 1;
+    }
+    eprintln!("simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}");
+    if std::env::var_os("SIM_SEED").is_none() && runs >= 20 {
+        // The runs must have exercised the conflict paths, or they prove little.
+        let made: u64 = copies.iter().filter(|(f, _)| *f != "LastWriter").map(|(_, n)| n).sum();
+        assert!(made > 0, "no conflict copy was made in {runs} seeds: the simulation is too tame");
+    }
+}
+
+#[test]
+fn simulated_families_converge_share_0() {
+    run_share(0, 2);
+}
+
+#[test]
+fn simulated_families_converge_share_1() {
+    run_share(1, 2);
+}
