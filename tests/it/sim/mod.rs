@@ -101,10 +101,10 @@ const APPOINTMENT_COLUMNS: [&str; 3] = ["status", "practitioner", "notes"];
 /// makes tens of thousands of small commits; fsync cost is not its point).
 fn scratch() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(dir) = tempfile::Builder::new().prefix("clinicsync-sim").tempdir_in(shm) {
-            return dir;
-        }
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new().prefix("clinicsync-sim").tempdir_in(shm)
+    {
+        return dir;
     }
     tempfile::tempdir().expect("temp dir")
 }
@@ -259,7 +259,7 @@ impl Sim {
                 )
                 .unwrap();
             let open = stmt.query_map(params![table, pk, column], |r| r.get::<_, Option<String>>(0)).unwrap();
-            seen.extend(open.map(|v| v.unwrap()).flatten());
+            seen.extend(open.filter_map(|v| v.unwrap()));
             drop(stmt);
             let value = self.fresh(site);
             self.sites[site]
@@ -478,10 +478,11 @@ impl Sim {
             let Some(patient) = blob.map(|b| String::from_utf8(b).unwrap()) else { continue };
             let doc = Db::open(&site.db).unwrap().doc_for_patient(&patient).unwrap();
             for (key, row) in doc.rows {
-                if key.table == t.table && key.pk == t.pk {
-                    if let Some(state) = row.fields.get(t.column) {
-                        out.push(format!("site {i}: {state:?}"));
-                    }
+                if key.table == t.table
+                    && key.pk == t.pk
+                    && let Some(state) = row.fields.get(t.column)
+                {
+                    out.push(format!("site {i}: {state:?}"));
                 }
             }
         }
