@@ -13,6 +13,7 @@ mod format;
 mod guard;
 mod mapping;
 mod model_laws;
+mod realsync;
 mod sim;
 mod support;
 mod tidy;

@@ -1,0 +1,126 @@
+//! End to end through a real cloud client: two sites on real Syncthing
+//! daemons (loopback only, `tests/realsync/syncthing-pair.sh`), partitioned
+//! while both edit the same field, then healed. Both converge, the conflict
+//! is recorded at both, and the conflict copy Syncthing made is merged and
+//! deleted. `.ci/run` installs syncthing; without it this test fails unless
+//! `CLINICSYNC_SKIP_REALSYNC=1` says to skip it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realsync/syncthing-pair.sh");
+
+/// The running daemons; stopped even when the test fails.
+struct Pair {
+    base: tempfile::TempDir,
+}
+
+impl Pair {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(HARNESS)
+            .arg(args[0])
+            .arg(self.base.path())
+            .args(&args[1..])
+            .output()
+            .expect("run the Syncthing harness");
+        assert!(
+            out.status.success(),
+            "syncthing-pair.sh {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn folder(&self, i: usize) -> PathBuf {
+        PathBuf::from(self.run(&["folder", &i.to_string()]))
+    }
+
+    fn wait_idle(&self) {
+        self.run(&["wait-idle", "120"]);
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = Command::new(HARNESS).arg("down").arg(self.base.path()).output();
+    }
+}
+
+fn syncthing_copies(folder: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(folder)
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.path().strip_prefix(folder).unwrap().to_string_lossy().into_owned())
+        .filter(|p| p.contains(".sync-conflict-"))
+        .collect()
+}
+
+fn init_at(db: &Path, folder: &Path, name: &str) {
+    cli(db).args(["init", "--folder"]).arg(folder).args(["--site-name", name]).assert().success();
+}
+
+#[test]
+fn two_sites_on_real_syncthing_converge_after_a_partition_and_the_conflict_copy_is_merged_and_deleted() {
+    if Command::new("syncthing").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
+            "syncthing is not installed (apt-get install syncthing; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
+        );
+        eprintln!("skipped: syncthing is not installed");
+        return;
+    }
+    let pair = Pair { base: tempfile::tempdir().unwrap() };
+    pair.run(&["up", "2"]);
+    let (fa, fb) = (pair.folder(1), pair.folder(2));
+    let dbs = tempfile::tempdir().unwrap();
+    let (a, b) = (dbs.path().join("a.db"), dbs.path().join("b.db"));
+
+    init_at(&a, &fa, "clinic");
+    pair.wait_idle();
+    init_at(&b, &fb, "laptop");
+    let id = add_patient(&app(&a), 1, 3);
+    sync_ok(&a);
+    pair.wait_idle();
+    sync_ok(&b);
+    assert_eq!(dump(&a), dump(&b), "the patient reached the laptop through Syncthing");
+    pair.wait_idle();
+
+    // The laptop goes offline; both change the same phone number.
+    pair.run(&["pause", "2"]);
+    app(&a).execute("UPDATE patients SET phone = 'typed at the clinic' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&a);
+    std::thread::sleep(Duration::from_millis(1100));
+    app(&b).execute("UPDATE patients SET phone = 'typed on the laptop' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&b);
+    pair.run(&["rescan"]);
+    pair.run(&["resume", "2"]);
+    pair.wait_idle();
+    let made = syncthing_copies(&fa);
+    assert!(!made.is_empty(), "Syncthing made a conflict copy of the patient file");
+
+    let mut deleted = 0;
+    for _ in 0..3 {
+        for db in [&a, &b] {
+            let report = sync_ok(db);
+            deleted += report["counts"]["conflict_copies_deleted"].as_u64().unwrap();
+        }
+        pair.wait_idle();
+    }
+    assert!(deleted >= 1, "a site merged and deleted Syncthing's copy");
+    for folder in [&fa, &fb] {
+        assert_eq!(syncthing_copies(folder), Vec::<String>::new(), "no copy left in {}", folder.display());
+    }
+    assert_eq!(dump(&a), dump(&b));
+    let phone = patient_field(&a, &id, "phone").unwrap();
+    assert_eq!(phone, "typed on the laptop", "the later edit wins");
+    for db in [&a, &b] {
+        let conflicts: serde_json::Value =
+            serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout).unwrap();
+        assert_eq!(conflicts.as_array().unwrap().len(), 1, "{}", db.display());
+        assert_eq!(conflicts[0]["lost_value"], "typed at the clinic");
+    }
+}
