@@ -294,11 +294,20 @@ fn client_of(rest: &str) -> Client {
 }
 
 /// rclone bisync's `.conflict1` (1.64+) and `..path1` (older), after the
-/// extension.
+/// extension; a copy of a copy repeats them (`.conflict2.conflict1`).
 fn is_rclone_suffix(after_ext: &str) -> bool {
-    ["..path", ".conflict"].iter().any(|p| {
-        after_ext.strip_prefix(p).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-    })
+    let mut rest = after_ext;
+    while !rest.is_empty() {
+        let Some(tail) = ["..path", ".conflict"].iter().find_map(|p| rest.strip_prefix(p)) else {
+            return false;
+        };
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return false;
+        }
+        rest = &tail[digits..];
+    }
+    !after_ext.is_empty()
 }
 
 /// `open` + a number + `close`, the whole of `s`.

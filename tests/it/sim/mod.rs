@@ -363,7 +363,18 @@ impl Sim {
         let dumps: Vec<_> =
             self.sites.iter().map(|s| Db::open(&s.db).unwrap().dump_mapped_tables().unwrap()).collect();
         for (i, d) in dumps.iter().enumerate().skip(1) {
-            assert!(*d == dumps[0], "site {i} differs from site 0\n{}", self.trail());
+            if *d != dumps[0] {
+                let mut diff = Vec::new();
+                for ((table, ours), (_, theirs)) in dumps[0].iter().zip(d) {
+                    for row in ours.iter().filter(|r| !theirs.contains(r)) {
+                        diff.push(format!("only at site 0: {table} {row:?}"));
+                    }
+                    for row in theirs.iter().filter(|r| !ours.contains(r)) {
+                        diff.push(format!("only at site {i}: {table} {row:?}"));
+                    }
+                }
+                panic!("site {i} differs from site 0:\n  {}\n{}", diff.join("\n  "), self.trail());
+            }
         }
         // Open conflict records at each site: exactly its state's losers.
         let mut records: Vec<BTreeSet<(String, String, String, String)>> = Vec::new();
@@ -456,7 +467,11 @@ impl Sim {
                     && !rel.split('/').any(|p| ignore.is_ignored(p))
                     && matches!(classify_path(&rel), Classified::Copy { .. })
                 {
-                    panic!("site {i} still has the conflict copy {rel}\n{}", self.trail());
+                    panic!(
+                        "site {i} still has the conflict copy {rel} ({})\n{}",
+                        self.cloud.describe(&rel),
+                        self.trail()
+                    );
                 }
             }
         }

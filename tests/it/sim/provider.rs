@@ -205,7 +205,7 @@ impl FakeCloud {
                 out.insert(path.clone());
             }
         }
-        for path in self.base[site].keys() {
+        for path in self.base[site].keys().chain(self.partial[site].keys()) {
             if !self.server.contains_key(path) {
                 out.insert(path.clone());
             }
@@ -255,6 +255,23 @@ impl FakeCloud {
             }
         }
         any
+    }
+
+    /// What the provider knows of one path, for a failure message.
+    pub(crate) fn describe(&self, path: &str) -> String {
+        let len = |b: Option<&Vec<u8>>| b.map(Vec::len);
+        let sites: Vec<String> = (0..self.roots.len())
+            .map(|i| {
+                format!(
+                    "site {i}: base {:?} partial {:?} local-only {} on disk {:?}",
+                    len(self.base[i].get(path)),
+                    len(self.partial[i].get(path)),
+                    self.local_only[i].contains(path),
+                    fs::read(self.roots[i].join(path)).ok().map(|b| b.len())
+                )
+            })
+            .collect();
+        format!("server {:?}; {}", len(self.server.get(path)), sites.join("; "))
     }
 
     pub(crate) fn root(&self, site: usize) -> &Path {
