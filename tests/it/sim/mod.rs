@@ -57,18 +57,26 @@ impl Rng {
     }
 }
 
-/// The simulation's clock: moves only when the scheduler says so.
+/// The simulation's time: moves only when the scheduler says so.
 struct SimClock(AtomicU64);
 
-impl Clock for SimClock {
+/// One site's view of the time: the simulation's, off by a fixed skew of up
+/// to a minute either way (computers' clocks disagree).
+struct SiteClock<'a> {
+    time: &'a SimClock,
+    skew_ms: i64,
+}
+
+impl Clock for SiteClock<'_> {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.time.0.load(Ordering::Relaxed).saturating_add_signed(self.skew_ms)
     }
 }
 
 struct Site {
     db: PathBuf,
     app: Connection,
+    skew_ms: i64,
 }
 
 /// A value a person typed into one cell.
@@ -148,9 +156,11 @@ impl Sim {
                 site_name: Some(format!("site {i}")),
                 mapping: None,
             };
+            let skew_ms = sim.rng.below(120_001) as i64 - 60_000;
             let rng = &mut sim.rng;
             let mut draw = || Ok(rng.bytes());
-            let report = engine::init_with(&options, &sim.clock, &mut draw).expect("init");
+            let clock = SiteClock { time: &sim.clock, skew_ms };
+            let report = engine::init_with(&options, &clock, &mut draw).expect("init");
             assert_ne!(report.first_run.outcome, engine::Outcome::Failed, "{}", sim.trail());
             let mut settings = vec!["log_retention=10min".to_owned()];
             if !use_logs {
@@ -160,7 +170,7 @@ impl Sim {
             let app = Connection::open(&db).unwrap();
             app.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
             app.pragma_update(None, "foreign_keys", "ON").unwrap();
-            sim.sites.push(Site { db, app });
+            sim.sites.push(Site { db, app, skew_ms });
         }
         sim
     }
@@ -284,7 +294,8 @@ impl Sim {
 
     fn sync(&mut self, site: usize, full_scan: bool) -> engine::RunReport {
         let options = SyncOptions { trigger: "sim".into(), full_scan };
-        let report = engine::sync_with_clock(&self.sites[site].db, &options, &self.clock)
+        let clock = SiteClock { time: &self.clock, skew_ms: self.sites[site].skew_ms };
+        let report = engine::sync_with_clock(&self.sites[site].db, &options, &clock)
             .unwrap_or_else(|e| panic!("sync of site {site} failed: {e}\n{}", self.trail()));
         let problems: Vec<String> = report
             .events
