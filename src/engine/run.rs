@@ -329,7 +329,7 @@ impl Run<'_> {
                         "conflict-copy",
                         Some(&format!("{SITES_DIR}/{}", entry.name)),
                         format!(
-                            "is a copy of {} made by {}: that site id seems to be in use on two computers; that site stops itself when it sees this copy; left alone",
+                            "is a copy of {} made by {}: that site id seems to be in use on two computers; that site stops itself when it sees this copy; delete the copy once it has run `clinicsync reassign`",
                             of.path(),
                             client.label()
                         ),
