@@ -266,19 +266,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         Err(_) => String::new(),
                     };
                     let source = c.source.as_deref().map(|s| format!(", found in {s}")).unwrap_or_default();
+                    let outcome = if c.kind == "deleted" {
+                        let by = Hlc::parse(&c.winner_hlc).map(|h| h.site().short()).unwrap_or_default();
+                        format!("the row was deleted (at site {by}) by someone who had not seen this edit")
+                    } else {
+                        format!("kept {:?}", c.winner_value.display_short())
+                    };
                     println!(
-                        "#{} {}/{} {}: kept {:?}, lost {:?}{lost} [{}{source}]",
+                        "#{} {}/{} {}: {outcome}, lost {:?}{lost} [{}{source}]",
                         c.id,
                         c.table,
                         c.pk,
                         c.column,
-                        c.winner_value.display_short(),
                         c.value.display_short(),
                         c.status,
                     );
                 }
                 if !all {
-                    println!("Settle one with `clinicsync conflicts resolve ID --keep winner|loser`.");
+                    println!(
+                        "Settle one with `clinicsync conflicts resolve ID --keep winner|loser` (for an edit that lost to a delete: winner keeps the delete, loser brings the row back with the edit)."
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -330,7 +337,9 @@ fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
         "lost_hlc": c.hlc,
         "lost_site": Hlc::parse(&c.hlc).ok().map(|h| h.site().short()),
         "lost_at": Hlc::parse(&c.hlc).ok().map(|h| format_time(h.wall_ms())),
-        "kept_value": c.winner_value.display_short(),
+        "kind": c.kind,
+        "kept_value": (c.kind != "deleted").then(|| c.winner_value.display_short()),
+        "deleted_by": (c.kind == "deleted").then(|| Hlc::parse(&c.winner_hlc).ok().map(|h| h.site().short())).flatten(),
         "kept_hlc": c.winner_hlc,
         "source": c.source,
         "detected_ms": c.detected_ms,

@@ -175,6 +175,14 @@ impl Db {
         if !has_copies {
             conn.execute_batch(copies::TABLE)?;
         }
+        let has_kind: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_conflicts') WHERE name = 'kind')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_kind {
+            conn.execute_batch("ALTER TABLE _cs_conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit'")?;
+        }
         let mapping_text =
             meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
         let mapping = Mapping::from_toml(&mapping_text)?;

@@ -8,13 +8,16 @@
 //! stamp, the number of stamps in its base (one per site it had seen, so
 //! the old flag byte 0/1 reads the same) and 24 bytes for each, a value tag
 //! (0 null, 1 int, 2 real, 3 text, 4 blob) and its payload (8 bytes little
-//! endian, or a varint length and the bytes).
+//! endian, or a varint length and the bytes). Version 2 (a tombstone that
+//! says what its delete saw) starts with `0x02` and ends with that base: a
+//! count byte and 24 bytes per stamp.
 
 use std::collections::BTreeMap;
 
 use crate::model::{Base, FieldState, FieldVersion, Hlc, SiteId, Value};
 
 const VERSION: u8 = 1;
+const VERSION_WITH_DELETE: u8 = 2;
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
@@ -30,9 +33,20 @@ fn put_hlc(out: &mut Vec<u8>, h: Hlc) {
     out.extend_from_slice(h.site().as_bytes());
 }
 
-pub(crate) fn encode(fields: &BTreeMap<String, FieldState>) -> Vec<u8> {
+fn put_base(out: &mut Vec<u8>, base: &Base) {
+    // A base names at most one stamp per site; the format leaves a byte for
+    // their number.
+    let stamps = base.stamps();
+    let n = stamps.len().min(u8::MAX as usize);
+    out.push(n as u8);
+    for b in &stamps[..n] {
+        put_hlc(out, *b);
+    }
+}
+
+pub(crate) fn encode(fields: &BTreeMap<String, FieldState>, deleted: &Base) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + fields.len() * 48);
-    out.push(VERSION);
+    out.push(if deleted.is_empty() { VERSION } else { VERSION_WITH_DELETE });
     put_varint(&mut out, fields.len() as u64);
     for (name, state) in fields {
         put_varint(&mut out, name.len() as u64);
@@ -40,14 +54,7 @@ pub(crate) fn encode(fields: &BTreeMap<String, FieldState>) -> Vec<u8> {
         put_varint(&mut out, state.versions().len() as u64);
         for v in state.versions() {
             put_hlc(&mut out, v.hlc());
-            let base = v.base().stamps();
-            // A base names at most one stamp per site; the format leaves a
-            // byte for their number.
-            let n = base.len().min(u8::MAX as usize);
-            out.push(n as u8);
-            for b in &base[..n] {
-                put_hlc(&mut out, *b);
-            }
+            put_base(&mut out, v.base());
             match v.value() {
                 Value::Null => out.push(0),
                 Value::Integer(i) => {
@@ -70,6 +77,9 @@ pub(crate) fn encode(fields: &BTreeMap<String, FieldState>) -> Vec<u8> {
                 }
             }
         }
+    }
+    if !deleted.is_empty() {
+        put_base(&mut out, deleted);
     }
     out
 }
@@ -109,6 +119,15 @@ impl<'a> Cursor<'a> {
         (n <= self.bytes.len()).then_some(n)
     }
 
+    fn base(&mut self) -> Option<Base> {
+        let n = self.byte()?;
+        let mut seen = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            seen.push(self.hlc()?);
+        }
+        Some(Base::new(seen))
+    }
+
     fn hlc(&mut self) -> Option<Hlc> {
         let b = self.take(24)?;
         let mut wall = [0u8; 8];
@@ -123,10 +142,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Decodes a state blob; `None` when it is damaged.
-pub(crate) fn decode(bytes: &[u8]) -> Option<BTreeMap<String, FieldState>> {
+/// Decodes a state blob into its fields and its delete's view; `None`
+/// when it is damaged.
+pub(crate) fn decode(bytes: &[u8]) -> Option<(BTreeMap<String, FieldState>, Base)> {
     let mut c = Cursor { bytes };
-    if c.byte()? != VERSION {
+    let version = c.byte()?;
+    if version != VERSION && version != VERSION_WITH_DELETE {
         return None;
     }
     let nfields = c.varint()?;
@@ -138,12 +159,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<BTreeMap<String, FieldState>> {
         let mut versions = Vec::with_capacity(nversions.min(16) as usize);
         for _ in 0..nversions {
             let hlc = c.hlc()?;
-            let n = c.byte()?;
-            let mut seen = Vec::with_capacity(usize::from(n));
-            for _ in 0..n {
-                seen.push(c.hlc()?);
-            }
-            let base = Base::new(seen);
+            let base = c.base()?;
             let value = match c.byte()? {
                 0 => Value::Null,
                 1 => Value::Integer(i64::from_le_bytes(c.eight()?)),
@@ -162,7 +178,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<BTreeMap<String, FieldState>> {
         }
         fields.insert(name, FieldState::from_versions(versions)?);
     }
-    c.bytes.is_empty().then_some(fields)
+    let deleted = if version == VERSION_WITH_DELETE { c.base()? } else { Base::default() };
+    c.bytes.is_empty().then_some((fields, deleted))
 }
 
 #[cfg(test)]
@@ -188,10 +205,12 @@ mod tests {
             let v = FieldVersion::new(value, h(100 + i as u64), Base::new([h(5), other])).unwrap();
             fields.insert(format!("c{i}"), FieldState::single(v));
         }
-        let bytes = encode(&fields);
-        assert_eq!(decode(&bytes).unwrap(), fields);
-        for cut in 0..bytes.len() {
-            assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+        for deleted in [Base::default(), Base::new([h(200)])] {
+            let bytes = encode(&fields, &deleted);
+            assert_eq!(decode(&bytes).unwrap(), (fields.clone(), deleted));
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
+            }
         }
     }
 }

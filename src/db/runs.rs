@@ -46,6 +46,9 @@ pub struct ConflictRecord {
     pub source: Option<String>,
     pub detected_ms: u64,
     pub status: String,
+    /// `edit` (two edits of one field) or `deleted` (an edit a concurrent
+    /// delete did not see; `winner_value` is null).
+    pub kind: String,
 }
 
 const RUN_COLUMNS: &str = "SELECT id, started_ms, ended_ms, trigger, outcome, summary FROM _cs_runs";
@@ -146,7 +149,7 @@ impl Db {
     /// Conflict records, newest first.
     pub fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictRecord>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source, detected_ms, status
+            "SELECT id, tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source, detected_ms, status, kind
              FROM _cs_conflicts WHERE (?1 = 0 OR status = 'open') ORDER BY id DESC",
         )?;
         let rows = stmt.query_map([open_only as i64], |r| {
@@ -163,6 +166,7 @@ impl Db {
                 source: r.get(9)?,
                 detected_ms: r.get::<_, i64>(10)? as u64,
                 status: r.get(11)?,
+                kind: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -33,11 +33,13 @@ CREATE TABLE IF NOT EXISTS _cs_unprojected (tbl TEXT NOT NULL, pk TEXT NOT NULL,
   PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 -- The last segment applied from each other site.
 CREATE TABLE IF NOT EXISTS _cs_watermarks (site TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
--- Concurrent edits of one field: the value that lost, kept for review.
+-- Concurrent edits of one field (kind 'edit'), or an edit a concurrent
+-- delete did not see (kind 'deleted'): the value that lost, kept for review.
 CREATE TABLE IF NOT EXISTS _cs_conflicts (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
   pk TEXT NOT NULL, col TEXT NOT NULL, value, hlc TEXT NOT NULL, base TEXT, winner_value,
   winner_hlc TEXT NOT NULL, patient TEXT, source TEXT, detected_ms INTEGER NOT NULL,
-  status TEXT NOT NULL DEFAULT 'open', resolved_ms INTEGER, UNIQUE (tbl, pk, col, hlc));
+  status TEXT NOT NULL DEFAULT 'open', resolved_ms INTEGER, kind TEXT NOT NULL DEFAULT 'edit',
+  UNIQUE (tbl, pk, col, hlc));
 -- Latest Logs.
 CREATE TABLE IF NOT EXISTS _cs_runs (id INTEGER PRIMARY KEY, started_ms INTEGER NOT NULL,
   ended_ms INTEGER, trigger TEXT NOT NULL, outcome TEXT, summary TEXT);

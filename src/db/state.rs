@@ -71,8 +71,8 @@ pub(crate) fn load_row(
         .query_row(params![tbl, pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let Some((cl, patient, blob)) = found else { return Ok(None) };
-    let fields = rowblob::decode(&blob).ok_or_else(|| corrupt(tbl, pk))?;
-    Ok(Some((RowState { cl: cl as u64, fields }, patient)))
+    let (fields, deleted) = rowblob::decode(&blob).ok_or_else(|| corrupt(tbl, pk))?;
+    Ok(Some((RowState { cl: cl as u64, fields, deleted }, patient)))
 }
 
 fn save_row(
@@ -86,7 +86,7 @@ fn save_row(
         "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, patient = excluded.patient, state = excluded.state",
     )?
-    .execute(params![tbl, pk, row.cl as i64, patient, rowblob::encode(&row.fields)])?;
+    .execute(params![tbl, pk, row.cl as i64, patient, rowblob::encode(&row.fields, &row.deleted)])?;
     Ok(())
 }
 
@@ -155,6 +155,7 @@ pub(crate) fn stamp_row(
         Some(columns) => {
             if !row.is_alive() {
                 row.cl += 1;
+                row.deleted = Base::default();
             }
             for (col, value) in columns {
                 let base = match row.fields.get(&col) {
@@ -177,10 +178,6 @@ pub(crate) fn stamp_row(
                         h
                     }
                 };
-                if row.fields.get(&col).is_some_and(|state| !state.losers().is_empty()) {
-                    // An edit made with every concurrent value in view settles them.
-                    close_settled(conn, tbl, pk, &col, None, now_ms)?;
-                }
                 let version = FieldVersion::new(value, hlc, base)
                     .expect("a fresh stamp is after every stamp the clock observed");
                 stamped.fields.insert(col.clone(), FieldState::single(version.clone()));
@@ -188,15 +185,33 @@ pub(crate) fn stamp_row(
                 batch.versions += 1;
             }
         }
-        None if row.is_alive() => row.cl += 1,
+        None if row.is_alive() => {
+            // The delete saw every version the row holds, and carries its
+            // own stamp: an edit it did not see is told apart later.
+            let mut seen = row.context();
+            if let Some(latest) = seen.latest() {
+                clock.observe(latest);
+            }
+            let h = stamp.unwrap_or_else(|| clock.stamp(now_ms));
+            seen.add(h);
+            row.cl += 1;
+            row.deleted = seen;
+            batch.bytes += 49 * row.deleted.stamps().len();
+        }
         None => return Ok(()),
     }
     if old_row == Some(&row) {
         return Ok(());
     }
     stamped.cl = row.cl;
+    stamped.deleted = row.deleted.clone();
     let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
     save_row(conn, tbl, pk, &row, patient.as_deref())?;
+    if has_records(old_row) || has_records(Some(&row)) {
+        // An edit made with every concurrent value in view settles them.
+        let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+        sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
+    }
     batch.bytes += 100 + tbl.len() + pk.len();
     match &patient {
         Some(p) => {
@@ -338,37 +353,8 @@ pub(crate) fn apply_doc(
         let fallback = old_patient.clone().unwrap_or_else(|| doc.patient.0.clone());
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(&fallback));
         save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
-        for (col, state) in &row.fields {
-            let before = old_row.and_then(|o| o.fields.get(col));
-            if before == Some(state) {
-                continue;
-            }
-            if before.is_some_and(|b| !b.losers().is_empty()) {
-                close_settled(conn, &key.table, &key.pk, col, Some(state), now_ms)?;
-            }
-            if state.losers().is_empty() {
-                continue;
-            }
-            let winner = state.winner();
-            let mut insert = conn.prepare_cached(
-                "INSERT OR IGNORE INTO _cs_conflicts (tbl, pk, col, value, hlc, base, winner_value, winner_hlc,
-                   patient, source, detected_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for loser in state.losers() {
-                out.new_conflicts += insert.execute(params![
-                    key.table,
-                    key.pk,
-                    col,
-                    Sql(loser.value()),
-                    loser.hlc().encode(),
-                    (!loser.base().is_empty()).then(|| loser.base().encode()),
-                    Sql(winner.value()),
-                    winner.hlc().encode(),
-                    patient,
-                    source,
-                    now_ms as i64
-                ])?;
-            }
+        if has_records(old_row) || has_records(Some(&row)) {
+            out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }
         match project_or_park(conn, ctx, key, &row)? {
             Ok(warnings) => out.warnings.extend(warnings),
@@ -516,37 +502,10 @@ pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<Patien
         let key = RowKey { table: r.get(0)?, pk: r.get(1)? };
         let cl: i64 = r.get(2)?;
         let blob = r.get_ref(3)?.as_blob().map_err(|_| corrupt(&key.table, &key.pk))?;
-        let fields = rowblob::decode(blob).ok_or_else(|| corrupt(&key.table, &key.pk))?;
-        doc.rows.insert(key, RowState { cl: cl as u64, fields });
+        let (fields, deleted) = rowblob::decode(blob).ok_or_else(|| corrupt(&key.table, &key.pk))?;
+        doc.rows.insert(key, RowState { cl: cl as u64, fields, deleted });
     }
     Ok(doc)
-}
-
-/// Marks the open conflict records of one field resolved, except those
-/// whose losing version `state` still holds (all of them when `None`).
-fn close_settled(
-    conn: &Connection,
-    tbl: &str,
-    pk: &str,
-    col: &str,
-    state: Option<&FieldState>,
-    now_ms: u64,
-) -> Result<(), DbError> {
-    let still: Vec<String> =
-        state.map_or_else(Vec::new, |s| s.losers().iter().map(|v| v.hlc().encode()).collect());
-    conn.prepare_cached(
-        "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?5
-         WHERE tbl = ?1 AND pk = ?2 AND col = ?3 AND status = 'open'
-           AND hlc NOT IN (SELECT value FROM json_each(?4))",
-    )?
-    .execute(params![
-        tbl,
-        pk,
-        col,
-        serde_json::to_string(&still).expect("strings serialise"),
-        now_ms as i64
-    ])?;
-    Ok(())
 }
 
 /// Which value a person keeps when settling a conflict record.
@@ -581,12 +540,12 @@ pub(crate) fn resolve_conflict(
     keep: Keep,
     batch: &mut StampBatch,
 ) -> Result<Resolved, DbError> {
-    let record: Option<(String, String, String, String, String)> = conn
-        .query_row("SELECT tbl, pk, col, hlc, status FROM _cs_conflicts WHERE id = ?1", [id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    let record: Option<(String, String, String, String, String, String)> = conn
+        .query_row("SELECT tbl, pk, col, hlc, status, kind FROM _cs_conflicts WHERE id = ?1", [id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
         })
         .optional()?;
-    let Some((tbl, pk, col, hlc, status)) = record else { return Err(DbError::NoSuchConflict(id)) };
+    let Some((tbl, pk, col, hlc, status, kind)) = record else { return Err(DbError::NoSuchConflict(id)) };
     if status != "open" {
         return Err(DbError::ConflictSettled { id, how: "it was already resolved".into() });
     }
@@ -597,6 +556,20 @@ pub(crate) fn resolve_conflict(
             "conflict #{id} names {tbl}/{pk}, which has no recorded versions"
         )));
     };
+    if kind == "deleted" {
+        return resolve_delete(
+            conn,
+            ctx,
+            clock,
+            now_ms,
+            id,
+            keep,
+            (key, row, old_patient),
+            &col,
+            &hlc,
+            batch,
+        );
+    }
     if !row.is_alive() {
         return Err(DbError::ConflictSettled { id, how: format!("{tbl}/{pk} has been deleted") });
     }
@@ -607,7 +580,7 @@ pub(crate) fn resolve_conflict(
     };
     let Some(loser) = state.losers().iter().find(|v| v.hlc().encode() == hlc) else {
         // A later edit (here, or synced from another site) already settled it.
-        close_settled(conn, &tbl, &pk, &col, Some(state), now_ms)?;
+        sync_records(conn, &key, &row, old_patient.as_deref(), "", now_ms)?;
         return Err(DbError::ConflictSettled { id, how: "a later edit of the field settled it".into() });
     };
     let value = match keep {
@@ -618,19 +591,31 @@ pub(crate) fn resolve_conflict(
     clock.observe(base.latest().expect("a field state is never empty"));
     let version = FieldVersion::new(value.clone(), clock.stamp(now_ms), base)
         .expect("a fresh stamp is after every stamp the clock observed");
-    close_settled(conn, &tbl, &pk, &col, None, now_ms)?;
     row.fields.insert(col.clone(), FieldState::single(version.clone()));
     let patient = patient_of(ctx, &tbl, &pk, &row, old_patient.as_deref());
     save_row(conn, &tbl, &pk, &row, patient.as_deref())?;
+    sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
     if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
         return Err(DbError::Corrupt(format!(
             "the app's table refuses {tbl}/{pk} with the chosen value: {reason}"
         )));
     }
-    let mut stamped = RowState { cl: row.cl, fields: BTreeMap::new() };
+    let mut stamped = RowState { cl: row.cl, ..RowState::default() };
     stamped.fields.insert(col.clone(), FieldState::single(version));
     batch.bytes += 220 + tbl.len() + pk.len() + col.len() + value_size(&value);
     batch.versions += 1;
+    add_to_batch(batch, key, stamped, old_patient, patient);
+    Ok(Resolved { id, table: tbl, pk, column: col, value })
+}
+
+/// Puts a locally made change of one row into the transaction's segment.
+fn add_to_batch(
+    batch: &mut StampBatch,
+    key: RowKey,
+    stamped: RowState,
+    old_patient: Option<String>,
+    patient: Option<String>,
+) {
     if let Some(p) = &patient {
         match batch.rows.get_mut(&(p.clone(), key.clone())) {
             Some(existing) => {
@@ -643,5 +628,165 @@ pub(crate) fn resolve_conflict(
     }
     batch.patients.extend(old_patient);
     batch.patients.extend(patient);
-    Ok(Resolved { id, table: tbl, pk, column: col, value })
+}
+
+/// Settles an edit that lost to a delete: keep the delete (its view grows
+/// to cover the edit, and every site's record closes when that arrives),
+/// or keep the edit (the row lives again, with the edited value).
+#[allow(clippy::too_many_arguments)]
+fn resolve_delete(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    id: i64,
+    keep: Keep,
+    (key, mut row, old_patient): (RowKey, RowState, Option<String>),
+    col: &str,
+    hlc: &str,
+    batch: &mut StampBatch,
+) -> Result<Resolved, DbError> {
+    let lost = row
+        .lost_to_delete()
+        .find(|(c, v)| c.as_str() == col && v.hlc().encode() == hlc)
+        .map(|(_, v)| v.clone());
+    let Some(lost) = lost else {
+        sync_records(conn, &key, &row, old_patient.as_deref(), "", now_ms)?;
+        return Err(DbError::ConflictSettled {
+            id,
+            how: "the row was restored, or its delete was accepted".into(),
+        });
+    };
+    let mut stamped = RowState { cl: row.cl, ..RowState::default() };
+    let value = match keep {
+        Keep::Winner => {
+            row.deleted.add(lost.hlc());
+            stamped.deleted = row.deleted.clone();
+            Value::Null
+        }
+        Keep::Loser => {
+            let state = row.fields.get(col).expect("a lost version belongs to a field of the row");
+            let base = state.context();
+            clock.observe(base.latest().expect("a field state is never empty"));
+            let version = FieldVersion::new(lost.value().clone(), clock.stamp(now_ms), base)
+                .expect("a fresh stamp is after every stamp the clock observed");
+            row.cl += 1;
+            row.deleted = Base::default();
+            row.fields.insert(col.to_owned(), FieldState::single(version));
+            stamped.cl = row.cl;
+            // The row comes back whole: its other fields travel too.
+            stamped.fields = row.fields.clone();
+            lost.value().clone()
+        }
+    };
+    let patient = patient_of(ctx, &key.table, &key.pk, &row, old_patient.as_deref());
+    save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
+    sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
+    if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
+        return Err(DbError::Corrupt(format!("the app's table refuses {}/{}: {reason}", key.table, key.pk)));
+    }
+    batch.bytes += 300 + key.table.len() + key.pk.len() + 200 * stamped.fields.len();
+    batch.versions += 1;
+    let (table, pk) = (key.table.clone(), key.pk.clone());
+    add_to_batch(batch, key, stamped, old_patient, patient);
+    Ok(Resolved { id, table, pk, column: col.to_owned(), value })
+}
+
+/// True when a row's state may have conflict records: a field with
+/// concurrent versions, or a tombstone.
+fn has_records(row: Option<&RowState>) -> bool {
+    row.is_some_and(|r| !r.is_alive() || r.fields.values().any(|f| f.versions().len() > 1))
+}
+
+/// Makes a row's open conflict records exactly what its state says, so
+/// every site that holds the same state shows the same records whatever
+/// order it learned things in:
+/// - a tombstone that says what it saw: one `deleted` record per field
+///   version it did not see (an edit that lost to the delete);
+/// - otherwise one `edit` record per concurrent version that lost to the
+///   field's winner.
+///
+/// Every other open record of the row is resolved: some later edit or
+/// delete saw it, or the row lives again. Returns how many records are new
+/// (or open again).
+pub(crate) fn sync_records(
+    conn: &Connection,
+    key: &RowKey,
+    row: &RowState,
+    patient: Option<&str>,
+    source: &str,
+    now_ms: u64,
+) -> Result<usize, DbError> {
+    struct Wanted<'a> {
+        col: &'a str,
+        version: &'a FieldVersion,
+        kind: &'static str,
+        winner: Option<&'a FieldVersion>,
+    }
+    let mut wanted: Vec<Wanted<'_>> = Vec::new();
+    let deleted_at = row.deleted_at();
+    let lost: Vec<(&String, &FieldVersion)> = row.lost_to_delete().collect();
+    if deleted_at.is_some() && !lost.is_empty() {
+        wanted.extend(lost.into_iter().map(|(c, v)| Wanted {
+            col: c,
+            version: v,
+            kind: "deleted",
+            winner: None,
+        }));
+    } else if row.is_alive() || deleted_at.is_none() {
+        for (col, state) in &row.fields {
+            let winner = state.winner();
+            for v in state.losers() {
+                wanted.push(Wanted { col, version: v, kind: "edit", winner: Some(winner) });
+            }
+        }
+    }
+    let keep: Vec<String> =
+        wanted.iter().map(|w| format!("{}\u{1f}{}", w.col, w.version.hlc().encode())).collect();
+    conn.prepare_cached(
+        "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?4
+         WHERE tbl = ?1 AND pk = ?2 AND status = 'open'
+           AND col || char(31) || hlc NOT IN (SELECT value FROM json_each(?3))",
+    )?
+    .execute(params![
+        key.table,
+        key.pk,
+        serde_json::to_string(&keep).expect("strings serialise"),
+        now_ms as i64
+    ])?;
+    let mut new = 0;
+    for w in wanted {
+        let hlc = w.version.hlc().encode();
+        let was_open: Option<bool> = conn
+            .prepare_cached("SELECT status = 'open' FROM _cs_conflicts WHERE tbl = ?1 AND pk = ?2 AND col = ?3 AND hlc = ?4")?
+            .query_row(params![key.table, key.pk, w.col, hlc], |r| r.get(0))
+            .optional()?;
+        let (winner_value, winner_hlc) = match w.winner {
+            Some(v) => (Some(Sql(v.value())), v.hlc().encode()),
+            None => (None, deleted_at.map(|h| h.encode()).unwrap_or_default()),
+        };
+        conn.prepare_cached(
+            "INSERT INTO _cs_conflicts (tbl, pk, col, value, hlc, base, winner_value, winner_hlc,
+               patient, source, detected_ms, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = excluded.kind,
+               winner_value = excluded.winner_value, winner_hlc = excluded.winner_hlc,
+               status = 'open', resolved_ms = NULL",
+        )?
+        .execute(params![
+            key.table,
+            key.pk,
+            w.col,
+            Sql(w.version.value()),
+            hlc,
+            (!w.version.base().is_empty()).then(|| w.version.base().encode()),
+            winner_value,
+            winner_hlc,
+            patient,
+            source,
+            now_ms as i64,
+            w.kind
+        ])?;
+        new += usize::from(was_open != Some(true));
+    }
+    Ok(new)
 }

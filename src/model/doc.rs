@@ -92,6 +92,23 @@ impl Base {
         Some(base)
     }
 
+    /// Adds every stamp of `other`; returns whether anything changed.
+    pub fn merge(&mut self, other: &Base) -> bool {
+        let before = self.stamps.len();
+        let mut changed = false;
+        for h in &other.stamps {
+            match self.stamps.binary_search_by(|s| s.site().cmp(&h.site())) {
+                Ok(i) if self.stamps[i] < *h => {
+                    self.stamps[i] = *h;
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(i) => self.stamps.insert(i, *h),
+            }
+        }
+        changed || self.stamps.len() != before
+    }
+
     /// The latest stamp seen, from any site.
     pub fn latest(&self) -> Option<Hlc> {
         self.stamps.iter().copied().max()
@@ -204,9 +221,7 @@ impl FieldState {
         let mut out = Base::default();
         for v in &self.versions {
             out.add(v.hlc);
-            for b in &v.base.stamps {
-                out.add(*b);
-            }
+            out.merge(&v.base);
         }
         out
     }
@@ -228,11 +243,19 @@ pub struct RowKey {
     pub pk: String,
 }
 
-/// One row: its causal length (odd = alive, even = deleted) and its fields.
+/// One row: its causal length (odd = alive, even = deleted), its fields,
+/// and for a deleted row what the delete saw.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RowState {
     pub cl: u64,
     pub fields: BTreeMap<String, FieldState>,
+    /// For a tombstone: every stamp of the row the deleting site had seen,
+    /// the delete's own stamp included (merged when several sites deleted
+    /// it at the same causal length). A field version it does not cover is
+    /// an edit made concurrently with the delete: the row stays deleted and
+    /// the edit becomes a record for a person to see. Empty while alive, and
+    /// in tombstones written before it existed.
+    pub deleted: Base,
 }
 
 impl RowState {
@@ -256,7 +279,10 @@ impl RowState {
         let mut changed = false;
         if other.cl > self.cl {
             self.cl = other.cl;
+            self.deleted = other.deleted.clone();
             changed = true;
+        } else if other.cl == self.cl {
+            changed |= self.deleted.merge(&other.deleted);
         }
         for (column, theirs) in &other.fields {
             match self.fields.entry(column.clone()) {
@@ -286,7 +312,33 @@ impl RowState {
 
     /// The highest stamp anywhere in the row.
     pub fn max_hlc(&self) -> Option<Hlc> {
-        self.fields.values().map(FieldState::max_hlc).max()
+        self.fields.values().map(FieldState::max_hlc).max().max(self.deleted.latest())
+    }
+
+    /// Everything the row holds: what a site that deletes it has seen.
+    pub fn context(&self) -> Base {
+        let mut out = self.deleted.clone();
+        for state in self.fields.values() {
+            out.merge(&state.context());
+        }
+        out
+    }
+
+    /// For a tombstone that says what it saw: the field versions written
+    /// without the delete in view (edits that lost to it).
+    pub fn lost_to_delete(&self) -> impl Iterator<Item = (&String, &FieldVersion)> {
+        let judged = !self.is_alive() && !self.deleted.is_empty();
+        self.fields
+            .iter()
+            .filter(move |_| judged)
+            .flat_map(|(c, s)| s.versions().iter().map(move |v| (c, v)))
+            .filter(|(_, v)| !self.deleted.covers(v.hlc))
+    }
+
+    /// When the row was deleted (the delete's stamp), for a tombstone that
+    /// says.
+    pub fn deleted_at(&self) -> Option<Hlc> {
+        if self.is_alive() { None } else { self.deleted.latest() }
     }
 }
 
@@ -391,10 +443,10 @@ mod tests {
 
     #[test]
     fn higher_causal_length_wins_existence() {
-        let alive = RowState { cl: 1, fields: BTreeMap::new() };
-        let deleted = RowState { cl: 2, fields: BTreeMap::new() };
+        let alive = RowState { cl: 1, ..RowState::default() };
+        let deleted = RowState { cl: 2, ..RowState::default() };
         assert!(!alive.join(&deleted).is_alive());
-        let reinserted = RowState { cl: 3, fields: BTreeMap::new() };
+        let reinserted = RowState { cl: 3, ..RowState::default() };
         assert!(deleted.join(&reinserted).is_alive());
     }
 }

@@ -57,6 +57,10 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
     push_attr(out, &key.pk);
     out.push_str("\" cl=\"");
     out.push_str(&row.cl.to_string());
+    if !row.is_alive() && !row.deleted.is_empty() {
+        out.push_str("\" d=\"");
+        row.deleted.push_encoded(out);
+    }
     let default = row_default(row);
     if let Some((h, b)) = default {
         out.push_str("\" h=\"");
@@ -169,17 +173,14 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
                 }
                 Item::Start(e) => {
                     let header = row_header(&r, &e)?;
-                    let row = read_row(&mut r, header.cl, header.default)?;
+                    let mut row = read_row(&mut r, header.cl, header.default)?;
+                    row.deleted = header.deleted;
                     insert_row(&r, &mut doc, header.key, row)?;
                 }
                 Item::Empty(e) => {
                     let header = row_header(&r, &e)?;
-                    insert_row(
-                        &r,
-                        &mut doc,
-                        header.key,
-                        RowState { cl: header.cl, fields: BTreeMap::new() },
-                    )?;
+                    let row = RowState { cl: header.cl, fields: BTreeMap::new(), deleted: header.deleted };
+                    insert_row(&r, &mut doc, header.key, row)?;
                 }
                 Item::Text(_) | Item::Eof => {
                     return Err(
@@ -217,6 +218,8 @@ pub(crate) struct RowHeader {
     pub(crate) key: RowKey,
     pub(crate) cl: u64,
     pub(crate) default: Option<(Hlc, Base)>,
+    /// What the delete saw (`d`), for a tombstone.
+    pub(crate) deleted: Base,
 }
 
 /// Reads the key and causal length of a `<row>` from its attributes.
@@ -243,7 +246,18 @@ pub(crate) fn row_header_from(
             return Err(r.error(DecodeErrorKind::MissingAttribute { element: "row", attribute: "h" }));
         }
     };
-    Ok(RowHeader { key: RowKey { table, pk }, cl, default })
+    let deleted = match optional(attrs, "d") {
+        Some(d) if cl % 2 == 0 => parse_base(r, d)?,
+        Some(d) => {
+            return Err(r.error(DecodeErrorKind::BadAttribute {
+                attribute: "d",
+                value: d.to_owned(),
+                reason: format!("a row that exists (cl {cl}) cannot say what its delete saw"),
+            }));
+        }
+        None => Base::default(),
+    };
+    Ok(RowHeader { key: RowKey { table, pk }, cl, default, deleted })
 }
 
 pub(crate) fn read_row(
@@ -283,7 +297,7 @@ pub(crate) fn read_row(
         .into_iter()
         .map(|(c, vs)| (c, FieldState::from_versions(vs).expect("at least one version per entry")))
         .collect();
-    Ok(RowState { cl, fields })
+    Ok(RowState { cl, fields, deleted: Base::default() })
 }
 
 fn field(

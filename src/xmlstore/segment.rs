@@ -75,11 +75,12 @@ pub fn decode_segment(file: &[u8], limits: Limits) -> Result<Segment, DecodeErro
             let attrs = r.attributes(&e)?;
             let patient = required(&r, &attrs, "row", "patient")?.to_owned();
             let header = row_header_from(&r, &attrs)?;
-            let row = if is_empty {
-                RowState { cl: header.cl, fields: BTreeMap::new() }
+            let mut row = if is_empty {
+                RowState { cl: header.cl, ..RowState::default() }
             } else {
                 read_row(&mut r, header.cl, header.default)?
             };
+            row.deleted = header.deleted;
             let slot = (patient, header.key);
             if rows.contains_key(&slot) {
                 let (_, key) = slot;

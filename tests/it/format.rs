@@ -52,12 +52,15 @@ fn golden_doc() -> PatientDoc {
     let mut rows = BTreeMap::new();
     rows.insert(
         RowKey { table: "patients".into(), pk: "3f2504e0-4f89-11d3-9a0c-0305e82c3301".into() },
-        RowState { cl: 1, fields: patient },
+        RowState { cl: 1, fields: patient, deleted: Base::default() },
     );
-    rows.insert(RowKey { table: "appointments".into(), pk: "a1".into() }, RowState { cl: 1, fields: visit });
+    rows.insert(
+        RowKey { table: "appointments".into(), pk: "a1".into() },
+        RowState { cl: 1, fields: visit, deleted: Base::default() },
+    );
     rows.insert(
         RowKey { table: "invoices".into(), pk: "gone".into() },
-        RowState { cl: 2, fields: BTreeMap::new() },
+        RowState { cl: 2, fields: BTreeMap::new(), deleted: Base::new([h(20, a), h(11, b)]) },
     );
     PatientDoc { patient: PatientId("3f2504e0-4f89-11d3-9a0c-0305e82c3301".into()), rows }
 }

@@ -4,7 +4,7 @@
 //! trips every value and never misreads a torn or altered file.
 
 use clinicsync::model::{
-    FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    Base, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
 use clinicsync::xmlstore::{Limits, decode_patient, encode_patient};
 use proptest::collection::{btree_map, vec};
@@ -66,7 +66,16 @@ fn field() -> impl Strategy<Value = FieldState> {
 }
 
 fn row() -> impl Strategy<Value = RowState> {
-    (0u64..5, btree_map("[a-c]", field(), 0..3)).prop_map(|(cl, fields)| RowState { cl, fields })
+    let stamps = vec((0u64..12, 0u8..3), 0..3);
+    (0u64..5, btree_map("[a-c]", field(), 0..3), stamps).prop_map(|(cl, fields, seen)| {
+        // A tombstone may say what its delete saw; a live row never does.
+        let deleted = if cl % 2 == 0 {
+            Base::new(seen.into_iter().map(|(w, s)| Hlc::new(w, 0, SiteId::from_bytes([s; 16]))))
+        } else {
+            Base::default()
+        };
+        RowState { cl, fields, deleted }
+    })
 }
 
 fn doc() -> impl Strategy<Value = PatientDoc> {

@@ -282,14 +282,50 @@ impl Sim {
         } else if roll < 96 {
             let appointments = self.ids(site, "appointments");
             if let Some(pk) = self.rng.pick(&appointments).cloned() {
+                self.saw_row(site, "appointments", &pk);
                 self.sites[site].app.execute("DELETE FROM appointments WHERE id = ?1", [&pk]).unwrap();
                 self.log.push(format!("site {site}: delete appointment {pk}"));
             }
         } else {
             let pk = self.rng.pick(&patients).unwrap().clone();
+            self.saw_row(site, "patients", &pk);
+            let children: Vec<String> = {
+                let conn = &self.sites[site].app;
+                let mut stmt = conn.prepare("SELECT id FROM appointments WHERE patient_id = ?1").unwrap();
+                stmt.query_map([&pk], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+            };
+            for child in children {
+                self.saw_row(site, "appointments", &child);
+            }
             self.sites[site].app.execute("DELETE FROM patients WHERE id = ?1", [&pk]).unwrap();
             self.log.push(format!("site {site}: delete patient {pk} and its appointments"));
         }
+    }
+
+    /// A delete discards knowingly every value the deleting site shows for
+    /// the row, and every concurrent value it keeps for review.
+    fn saw_row(&mut self, site: usize, table: &str, pk: &str) {
+        let conn = &self.sites[site].app;
+        let columns: &[&str] = if table == "patients" {
+            &["family_name", "given_name", "phone", "email", "notes"]
+        } else {
+            &["status", "practitioner", "notes"]
+        };
+        for column in columns {
+            let v: Option<String> = conn
+                .query_row(&format!("SELECT {column} FROM {table} WHERE id = ?1"), [pk], |r| r.get(0))
+                .unwrap();
+            self.overwritten.extend(v);
+        }
+        let mut stmt = conn
+            .prepare("SELECT value FROM _cs_conflicts WHERE tbl = ?1 AND pk = ?2 AND status = 'open'")
+            .unwrap();
+        let open: Vec<Option<String>> = stmt
+            .query_map(params![table, pk], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        self.overwritten.extend(open.into_iter().flatten());
     }
 
     fn sync(&mut self, site: usize, full_scan: bool) -> engine::RunReport {
@@ -446,7 +482,10 @@ impl Sim {
                 })
                 .optional()
                 .unwrap();
-            let Some(final_value) = final_value else { continue }; // the row was deleted
+            // A deleted row keeps nothing in the table: a value typed into
+            // it was seen by the delete, or is a record of an edit that
+            // lost to it.
+            let final_value = final_value.flatten();
             let kept = final_value.as_deref() == Some(t.value.as_str())
                 || self.overwritten.contains(&t.value)
                 || open_values.contains(&(
