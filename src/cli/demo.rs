@@ -81,7 +81,7 @@ fn seed_front_desk(path: &Path) -> anyhow::Result<usize> {
 }
 
 fn sync_quiet(db: &Path) -> anyhow::Result<engine::RunReport> {
-    let report = engine::sync(db, &SyncOptions { trigger: "demo".into(), full_scan: false })?;
+    let report = engine::sync(db, &SyncOptions { trigger: "demo".into(), ..SyncOptions::default() })?;
     if report.outcome == Outcome::Failed {
         bail!("the demo sync of {} failed: {}", db.display(), report.error.unwrap_or_default());
     }

@@ -57,6 +57,10 @@ enum Command {
         /// cloud client overwrote; slower on a large folder).
         #[arg(long)]
         full_scan: bool,
+        /// Apply incoming deletions of patients that the mass-delete guard
+        /// holds back (`status` says how many and from which site).
+        #[arg(long)]
+        confirm_deletes: bool,
     },
     /// Online/offline, last sync, pending changes, the other sites.
     Status,
@@ -173,8 +177,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(report.first_run.outcome))
         }
-        Command::Sync { full_scan } => {
-            let report = engine::sync(&db, &SyncOptions { full_scan, ..SyncOptions::default() })?;
+        Command::Sync { full_scan, confirm_deletes } => {
+            let report =
+                engine::sync(&db, &SyncOptions { full_scan, confirm_deletes, ..SyncOptions::default() })?;
             if cli.json {
                 print_json(&report)?;
             } else {

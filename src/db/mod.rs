@@ -4,6 +4,7 @@
 //! are short and take the write lock up front.
 
 mod copies;
+mod held;
 mod mapping;
 mod rowblob;
 mod runs;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 pub use copies::KeptCopy;
+pub use held::HeldDeletes;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome};
@@ -175,6 +177,13 @@ impl Db {
         if !has_copies {
             conn.execute_batch(copies::TABLE)?;
         }
+        let has_held: bool =
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cs_held')", [], |r| {
+                r.get(0)
+            })?;
+        if !has_held {
+            conn.execute_batch(held::TABLE)?;
+        }
         let has_kind: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_conflicts') WHERE name = 'kind')",
             [],
@@ -218,6 +227,7 @@ impl Db {
         mapping.validate(&tx)?;
         tx.execute_batch(schema::STATE_TABLES)?;
         tx.execute_batch(copies::TABLE)?;
+        tx.execute_batch(held::TABLE)?;
         schema::install_triggers(&tx, &mapping)?;
         schema::queue_all_rows(&tx, &mapping)?;
         for (key, value) in [
@@ -303,6 +313,7 @@ impl Db {
             site,
             now_ms,
             batch: StampBatch::default(),
+            hold_deletes: false,
         })
     }
 
@@ -424,14 +435,22 @@ pub struct WriteTx<'a> {
     site: SiteId,
     now_ms: u64,
     batch: StampBatch,
+    hold_deletes: bool,
 }
 
 impl WriteTx<'_> {
+    /// From now on in this transaction, incoming deletions of patients are
+    /// kept out of the app's tables (held) instead of applied; see
+    /// [`Db::held_deletes`].
+    pub fn hold_deletes(&mut self) {
+        self.hold_deletes = true;
+    }
+
     /// Stamps the app's pending changes, oldest first, until about
     /// `max_rows` rows or `max_bytes` of segment are stamped. Returns false
     /// when nothing is left pending.
     pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
         state::stamp_pending(
             &self.tx,
             &ctx,
@@ -448,7 +467,7 @@ impl WriteTx<'_> {
     /// changed since the last export are stamped first (outside the
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
         if self.pending {
             for key in doc.rows.keys() {
                 state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
@@ -466,14 +485,14 @@ impl WriteTx<'_> {
     /// Settles an open conflict record with a new edit of its field that
     /// supersedes every concurrent value (see [`Keep`]).
     pub fn resolve_conflict(&mut self, id: i64, keep: Keep) -> Result<Resolved, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
         state::resolve_conflict(&self.tx, &ctx, &mut self.clock, self.now_ms, id, keep, &mut self.batch)
     }
 
     /// Tries again to show every parked row in the app's tables; returns
     /// those still parked, with the reason.
     pub fn retry_parked(&mut self) -> Result<Vec<(crate::model::RowKey, String)>, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns };
+        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
         state::retry_parked(&self.tx, &ctx)
     }
 

@@ -22,6 +22,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) mapping: &'a Mapping,
     /// Column names of each mapped table, as the database has them.
     pub(crate) columns: &'a BTreeMap<String, Vec<String>>,
+    /// Incoming deletions of patients (and of their rows) are held: the
+    /// state takes them, the app's tables keep the rows until confirmed.
+    pub(crate) hold_deletes: bool,
 }
 
 /// Versions stamped in one write transaction: its change-log segment.
@@ -153,7 +156,7 @@ pub(crate) fn stamp_row(
     let mut stamp = None;
     match current {
         Some(columns) => {
-            if !row.is_alive() {
+            if !row.is_alive() && !is_held(conn, tbl, pk)? {
                 row.cl += 1;
                 row.deleted = Base::default();
             }
@@ -185,7 +188,13 @@ pub(crate) fn stamp_row(
                 batch.versions += 1;
             }
         }
-        None if row.is_alive() => {
+        // The app deleted a row whose deletion was held: it agrees.
+        None if !row.is_alive() => {
+            conn.prepare_cached("DELETE FROM _cs_held WHERE tbl = ?1 AND pk = ?2")?
+                .execute(params![tbl, pk])?;
+            return Ok(());
+        }
+        None => {
             // The delete saw every version the row holds, and carries its
             // own stamp: an edit it did not see is told apart later.
             let mut seen = row.context();
@@ -198,7 +207,6 @@ pub(crate) fn stamp_row(
             row.deleted = seen;
             batch.bytes += 49 * row.deleted.stamps().len();
         }
-        None => return Ok(()),
     }
     if old_row == Some(&row) {
         return Ok(());
@@ -424,6 +432,9 @@ fn project(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Re
     let Some((key_col, _)) = ctx.mapping.table(&key.table) else { return Ok(Vec::new()) };
     let t = quote(&key.table);
     if !row.is_alive() {
+        if ctx.hold_deletes && hold_delete(conn, ctx, key, row)? {
+            return Ok(Vec::new());
+        }
         conn.prepare_cached(&format!("DELETE FROM {t} WHERE {} = ?1", quote(key_col)))?.execute([&key.pk])?;
         return Ok(Vec::new());
     }
@@ -789,4 +800,47 @@ pub(crate) fn sync_records(
         new += usize::from(was_open != Some(true));
     }
     Ok(new)
+}
+
+/// Holds an incoming deletion when it is part of deleting a patient (the
+/// patient's own row, or a row of a patient whose row is deleted) and the
+/// app still shows the row. Returns whether it was held.
+fn hold_delete(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Result<bool, DbError> {
+    let Some((key_col, role)) = ctx.mapping.table(&key.table) else { return Ok(false) };
+    let patient = match role {
+        TableRole::Root => key.pk.clone(),
+        TableRole::Child { patient_column } => {
+            let Some(p) = row.value(patient_column).and_then(Value::as_text) else { return Ok(false) };
+            let root = ctx.mapping.root.table.clone();
+            let patient_dead = load_row(conn, &root, p)?.is_some_and(|(r, _)| !r.is_alive());
+            if !patient_dead {
+                return Ok(false);
+            }
+            p.to_owned()
+        }
+    };
+    let shown: bool = conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ?1)",
+            quote(&key.table),
+            quote(key_col)
+        ))?
+        .query_row([&key.pk], |r| r.get(0))?;
+    if !shown {
+        return Ok(false);
+    }
+    let site = row.deleted_at().map(|h| h.site().to_string());
+    conn.prepare_cached(
+        "INSERT INTO _cs_held (tbl, pk, patient, site) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (tbl, pk) DO UPDATE SET site = coalesce(excluded.site, site)",
+    )?
+    .execute(params![key.table, key.pk, patient, site])?;
+    Ok(true)
+}
+
+/// True when the app still shows a row whose deletion is held.
+fn is_held(conn: &Connection, tbl: &str, pk: &str) -> Result<bool, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _cs_held WHERE tbl = ?1 AND pk = ?2)")?
+        .query_row(params![tbl, pk], |r| r.get(0))?)
 }

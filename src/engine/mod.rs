@@ -187,8 +187,11 @@ pub fn init_with(
     // The first run catches up from the change-logs; a periodic full scan
     // is due only after the interval.
     Db::open(&options.db)?.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
-    let first_run =
-        sync_with_clock(&options.db, &SyncOptions { trigger: "init".into(), full_scan: false }, clock)?;
+    let first_run = sync_with_clock(
+        &options.db,
+        &SyncOptions { trigger: "init".into(), ..SyncOptions::default() },
+        clock,
+    )?;
     Ok(InitReport {
         site: site.to_string(),
         site_name,

@@ -62,6 +62,10 @@ pub struct Counts {
     pub segments_written: u64,
     pub segments_applied: u64,
     pub segments_deleted: u64,
+    /// Patients another site deleted whose deletion reached the app's
+    /// tables this run, and those the mass-delete guard holds back.
+    pub patients_deleted: u64,
+    pub deletes_held: u64,
     /// Whether this run scanned every patient file.
     pub full_scan: bool,
     /// What the run asked of the folder.

@@ -45,11 +45,14 @@ pub struct SyncOptions {
     pub trigger: String,
     /// Scan every patient file this run, whatever the change-logs say.
     pub full_scan: bool,
+    /// Apply incoming deletions of patients even when there are more than
+    /// the mass-delete guard lets through.
+    pub confirm_deletes: bool,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { trigger: "manual".into(), full_scan: false }
+        SyncOptions { trigger: "manual".into(), full_scan: false, confirm_deletes: false }
     }
 }
 
@@ -119,6 +122,7 @@ pub fn sync_with_clock(
         now_ms: started_ms,
         peers: Vec::new(),
         force_scan: options.full_scan,
+        confirm_deletes: options.confirm_deletes,
         decorated: Vec::new(),
         merged_copies: Vec::new(),
         settled: HashSet::new(),
@@ -221,6 +225,7 @@ struct Run<'c> {
     now_ms: u64,
     peers: Vec<PeerFile>,
     force_scan: bool,
+    confirm_deletes: bool,
     /// Top-level folders a cloud client decorated (`patients (Selective
     /// Sync Conflict)`): their files are merged as copies.
     decorated: Vec<(String, Client)>,
@@ -266,6 +271,7 @@ impl Run<'_> {
         self.export()?;
         self.import()?;
         self.show_parked_rows()?;
+        self.guard_deletes()?;
         // Changes the app made while the import ran were stamped by the
         // import's transactions; write them now rather than next run.
         self.write_outbox()?;
@@ -598,6 +604,48 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The mass-delete guard. Incoming deletions of patients were held while
+    /// they were applied; now the run knows how many there are. A batch
+    /// within the threshold is applied to the app's tables; a larger one
+    /// waits for `sync --confirm-deletes`, and the run is partial.
+    fn guard_deletes(&mut self) -> Result<(), EngineError> {
+        let held = self.db.held_deletes()?;
+        if held.rows == 0 {
+            return Ok(());
+        }
+        let total = self.db.patient_count()?;
+        let percent = u64::from(self.settings.mass_delete_percent);
+        let limit = self.settings.mass_delete_min_patients.max((total * percent).div_ceil(100));
+        let sites = held.sites.iter().map(|s| self.site_label(s)).collect::<Vec<_>>().join(", ");
+        if held.patients <= limit || self.confirm_deletes {
+            let n = self.db.release_held()?;
+            self.counts.patients_deleted += n;
+            let why = if held.patients > limit { " (confirmed with --confirm-deletes)" } else { "" };
+            self.rec.info("delete", None, format!("deleted {n} patients that site {sites} deleted{why}"));
+            return Ok(());
+        }
+        self.counts.deletes_held = held.patients;
+        self.rec.skipped(
+            "held-deletes",
+            None,
+            format!(
+                "{} patients were deleted at site {sites}: more than {limit} ({percent}% of this database's {total} patients, and at least {}), so they are still shown here and their deletion waits; everything else was applied. If the deletion is right, run `clinicsync sync --confirm-deletes`",
+                held.patients, self.settings.mass_delete_min_patients
+            ),
+        );
+        Ok(())
+    }
+
+    /// A site as people know it: its short id and name.
+    fn site_label(&self, site: &str) -> String {
+        let short = site.get(..8).unwrap_or(site);
+        match self.peers.iter().find(|p| p.file.site.to_string() == site) {
+            Some(p) => format!("{short} ({})", p.file.name),
+            None if site == self.cfg.site.to_string() => format!("{short} (this site)"),
+            None => short.to_owned(),
+        }
+    }
+
     /// Rows whose fields arrived only in part wait outside the app's tables;
     /// once the rest has arrived they are shown.
     fn show_parked_rows(&mut self) -> Result<(), EngineError> {
@@ -696,6 +744,7 @@ impl Run<'_> {
                     .insert(key, row);
             }
             let mut w = self.db.begin_write(self.now_ms)?;
+            w.hold_deletes();
             let mut rows = 0;
             let mut conflicts = 0;
             let mut warnings = Vec::new();
@@ -931,6 +980,15 @@ impl Run<'_> {
             }
         };
         self.counts.bytes_read += bytes.len() as u64;
+        if bytes.is_empty() {
+            self.rec.skipped(
+                "skipped",
+                Some(&f.path),
+                "is empty (an online-only placeholder, or a file the cloud client has not filled yet); nothing is deleted for that, and it is read again next run".into(),
+            );
+            self.counts.files_skipped += 1;
+            return Ok(Loaded::Skipped);
+        }
         let sha = sha_hex(&bytes);
         // A copy is taken as merged only once it was settled (its
         // original brought up to date) and kept.
@@ -1279,6 +1337,7 @@ impl Run<'_> {
             return Ok(originals);
         }
         let mut w = self.db.begin_write(self.now_ms)?;
+        w.hold_deletes();
         let mut results = Vec::with_capacity(loaded.len());
         for (f, doc, _, entry, sha) in &loaded {
             let result = w.apply_doc(doc, &f.path);

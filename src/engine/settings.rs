@@ -26,6 +26,11 @@ pub struct Settings {
     /// Delete a conflict copy once it is merged into the original (on), or
     /// keep it and remember it as merged (off).
     pub auto_delete_conflicts: bool,
+    /// Incoming deletions of more than this share of the patients wait for
+    /// confirmation...
+    pub mass_delete_percent: u8,
+    /// ...and of more than this many patients.
+    pub mass_delete_min_patients: u64,
 }
 
 struct Spec {
@@ -61,6 +66,16 @@ const SPECS: &[Spec] = &[
         default: "on",
         help: "delete a cloud client's conflict copy once it is merged (on/off)",
     },
+    Spec {
+        key: "mass_delete_percent",
+        default: "10",
+        help: "incoming deletions of more than this % of the patients wait for `sync --confirm-deletes`",
+    },
+    Spec {
+        key: "mass_delete_min_patients",
+        default: "20",
+        help: "...but never fewer than this many patients",
+    },
 ];
 
 /// One setting as `clinicsync settings` shows it.
@@ -94,6 +109,16 @@ fn parse_bool(v: &str) -> Option<bool> {
 fn validate(key: &str, value: &str) -> Result<String, SettingError> {
     let invalid = |expected| SettingError::Invalid { key: key.to_owned(), value: value.to_owned(), expected };
     match key {
+        "mass_delete_percent" => value
+            .trim_end_matches('%')
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .map(|p| p.to_string())
+            .ok_or_else(|| invalid("a whole percentage from 0 to 100")),
+        "mass_delete_min_patients" => {
+            value.parse::<u64>().map(|n| n.to_string()).map_err(|_| invalid("a whole number of patients"))
+        }
         "use_logs" | "auto_delete_conflicts" => parse_bool(value)
             .map(|b| if b { "on" } else { "off" }.to_owned())
             .ok_or_else(|| invalid("on or off")),
@@ -126,6 +151,8 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
         max_clock_skew: duration("max_clock_skew")?,
         full_scan_interval: duration("full_scan_interval")?,
         auto_delete_conflicts: parse_bool(&get("auto_delete_conflicts")?).unwrap_or(true),
+        mass_delete_percent: get("mass_delete_percent")?.parse().unwrap_or(10),
+        mass_delete_min_patients: get("mass_delete_min_patients")?.parse().unwrap_or(20),
     })
 }
 

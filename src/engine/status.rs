@@ -9,7 +9,7 @@ use super::EngineError;
 use super::host::SystemClock;
 use super::run::staging_dir;
 use crate::conflicts::{Classified, FileKind, classify_path};
-use crate::db::{Db, KeptCopy};
+use crate::db::{Db, HeldDeletes, KeptCopy};
 use crate::folder::layout::{MANIFEST, SITES_DIR};
 use crate::folder::{DiskFolder, Folder, IgnoreRules};
 use crate::model::Clock;
@@ -38,6 +38,9 @@ pub struct StatusReport {
     /// Conflict copies merged and left in the folder because
     /// `auto_delete_conflicts` is off.
     pub kept_copies: Vec<KeptCopy>,
+    /// Patients other sites deleted whose deletion the mass-delete guard
+    /// holds back here.
+    pub held_deletes: HeldDeletes,
     pub sites: Vec<SiteStatus>,
     pub warnings: Vec<String>,
 }
@@ -84,6 +87,15 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         Some(_) => {}
     }
     let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
+    let held_deletes = db.held_deletes()?;
+    if held_deletes.patients > 0 {
+        let sites: Vec<&str> = held_deletes.sites.iter().map(|s| s.get(..8).unwrap_or(s)).collect();
+        warnings.push(format!(
+            "{} patients deleted at site {} are still shown here: more than the mass-delete guard lets through on its own; if that deletion is right, run `clinicsync sync --confirm-deletes`",
+            held_deletes.patients,
+            sites.join(", ")
+        ));
+    }
     let watermarks = db.watermarks()?;
     let mut sites = Vec::new();
     if online {
@@ -151,6 +163,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         pending_changes: db.pending_changes()?,
         open_conflicts: db.open_conflict_count()?,
         kept_copies: db.kept_copies()?,
+        held_deletes,
         sites,
         warnings,
     })

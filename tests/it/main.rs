@@ -9,6 +9,7 @@ mod conflict_names;
 mod conflict_records;
 mod crash;
 mod damaged_files;
+mod deletions;
 mod format;
 mod guard;
 mod mapping;

@@ -329,7 +329,7 @@ impl Sim {
     }
 
     fn sync(&mut self, site: usize, full_scan: bool) -> engine::RunReport {
-        let options = SyncOptions { trigger: "sim".into(), full_scan };
+        let options = SyncOptions { trigger: "sim".into(), full_scan, confirm_deletes: false };
         let clock = SiteClock { time: &self.clock, skew_ms: self.sites[site].skew_ms };
         let report = engine::sync_with_clock(&self.sites[site].db, &options, &clock)
             .unwrap_or_else(|e| panic!("sync of site {site} failed: {e}\n{}", self.trail()));

@@ -1,0 +1,253 @@
+//! Deletions that travel: tombstones reach every site and never come back,
+//! absence never deletes, an edit concurrent with a delete is recorded, and
+//! a large batch of incoming deletions waits for confirmation.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::*;
+
+fn count(db: &Path, sql: &str, id: &str) -> i64 {
+    app(db).query_row(sql, [id], |r| r.get(0)).unwrap()
+}
+
+fn rows_of_patient(db: &Path, id: &str) -> i64 {
+    count(db, "SELECT count(*) FROM patients WHERE id = ?1", id)
+        + count(db, "SELECT count(*) FROM appointments WHERE patient_id = ?1", id)
+        + count(db, "SELECT count(*) FROM clinical_notes WHERE patient_id = ?1", id)
+        + count(db, "SELECT count(*) FROM invoices WHERE patient_id = ?1", id)
+}
+
+fn status(db: &Path) -> serde_json::Value {
+    serde_json::from_slice(&cli(db).args(["status", "--json"]).output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn a_deleted_patient_with_thirty_rows_is_gone_everywhere_and_stays_gone() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let id = add_patient(&app(&a), 1, 10);
+    add_patient(&app(&a), 2, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    assert_eq!(rows_of_patient(&b, &id), 31);
+    let stale = fs::read(patient_file(&family.folder(), &id)).unwrap();
+
+    app(&a).execute("DELETE FROM patients WHERE id = ?1", [&id]).unwrap();
+    assert_eq!(rows_of_patient(&a, &id), 0, "the app's cascade");
+    sync_ok(&a);
+    let report = sync_ok(&b);
+    assert_eq!(rows_of_patient(&b, &id), 0, "{report:#}");
+    for (db, scan) in [(&b, false), (&a, true), (&b, true), (&a, false), (&b, false)] {
+        let args: &[&str] = if scan { &["--full-scan"] } else { &[] };
+        let (code, report) = sync_with(db, args);
+        assert_eq!(code, 0, "{report:#}");
+        assert_eq!(rows_of_patient(&a, &id) + rows_of_patient(&b, &id), 0);
+    }
+    // B's stale copy of the file comes back, as the file and as a copy.
+    let file = patient_file(&family.folder(), &id);
+    fs::write(&file, &stale).unwrap();
+    fs::write(file.with_file_name(format!("{} (1).xml", clinicsync::model::patient_file_name(&id))), &stale)
+        .unwrap();
+    for db in [&b, &a, &b] {
+        let (code, report) = sync_with(db, &["--full-scan"]);
+        assert_eq!(code, 0, "{report:#}");
+    }
+    assert_eq!(rows_of_patient(&a, &id) + rows_of_patient(&b, &id), 0, "nothing came back");
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(dump(&b)[0].1.len(), 1, "the other patient is untouched");
+}
+
+#[test]
+fn a_row_deleted_then_inserted_again_exists_everywhere() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let id = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    let appt: String =
+        app(&a).query_row("SELECT id FROM appointments WHERE patient_id = ?1", [&id], |r| r.get(0)).unwrap();
+    app(&b).execute("DELETE FROM appointments WHERE id = ?1", [&appt]).unwrap();
+    sync_ok(&b);
+    sync_ok(&a);
+    assert_eq!(count(&a, "SELECT count(*) FROM appointments WHERE id = ?1", &appt), 0);
+    app(&a)
+        .execute(
+            "INSERT INTO appointments (id, patient_id, starts_at, status) VALUES (?1, ?2, '2027-01-01T10:00', 'rebooked')",
+            [&appt, &id],
+        )
+        .unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&a);
+    for db in [&a, &b] {
+        assert_eq!(
+            count(db, "SELECT count(*) FROM appointments WHERE id = ?1 AND status = 'rebooked'", &appt),
+            1
+        );
+    }
+    assert_eq!(dump(&a), dump(&b));
+}
+
+#[test]
+fn a_delete_concurrent_with_an_edit_wins_everywhere_and_the_edit_is_kept_for_review() {
+    for delete_first in [true, false] {
+        let family = Family::new();
+        let a = family.init("a");
+        let b = family.init("b");
+        let id = add_patient(&app(&a), 1, 2);
+        sync_ok(&a);
+        sync_ok(&b);
+        app(&a).execute("DELETE FROM patients WHERE id = ?1", [&id]).unwrap();
+        app(&b).execute("UPDATE patients SET phone = 'new number typed at B' WHERE id = ?1", [&id]).unwrap();
+        let (first, second) = if delete_first { (&a, &b) } else { (&b, &a) };
+        sync_ok(first);
+        sync_ok(second);
+        sync_ok(first);
+        for db in [&a, &b] {
+            assert_eq!(rows_of_patient(db, &id), 0, "delete_first={delete_first} {}", db.display());
+            let records: serde_json::Value =
+                serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout)
+                    .unwrap();
+            let records = records.as_array().unwrap();
+            assert_eq!(records.len(), 1, "{records:?}");
+            assert_eq!(records[0]["kind"], "deleted");
+            assert_eq!(records[0]["lost_value"], "new number typed at B");
+            assert_eq!(records[0]["column"], "phone");
+        }
+        let human = String::from_utf8(cli(&b).arg("conflicts").output().unwrap().stdout).unwrap();
+        assert!(human.contains("deleted") && human.contains("new number typed at B"), "{human}");
+
+        // Keeping the edit brings the patient back everywhere.
+        if !delete_first {
+            let record = serde_json::from_slice::<serde_json::Value>(
+                &cli(&a).args(["conflicts", "--json"]).output().unwrap().stdout,
+            )
+            .unwrap()[0]["id"]
+                .as_i64()
+                .unwrap();
+            cli(&a).args(["conflicts", "resolve", &record.to_string(), "--keep", "loser"]).assert().success();
+            sync_ok(&a);
+            sync_ok(&b);
+            for db in [&a, &b] {
+                assert_eq!(patient_field(db, &id, "phone").as_deref(), Some("new number typed at B"));
+                assert_eq!(status(db)["open_conflicts"], 0);
+            }
+        }
+    }
+}
+
+#[test]
+fn an_emptied_or_removed_patients_folder_deletes_nothing() {
+    for logs in ["on", "off"] {
+        let family = Family::new();
+        let a = family.init("a");
+        let b = family.init("b");
+        for db in [&a, &b] {
+            set(db, &[&format!("use_logs={logs}")]);
+        }
+        let conn = app(&a);
+        for n in 0..10 {
+            add_patient(&conn, n, 1);
+        }
+        sync_ok(&a);
+        sync_ok(&b);
+        let before = dump(&a);
+        fs::remove_dir_all(family.folder().join("patients")).unwrap();
+        for db in [&a, &b] {
+            let (_, report) = sync_with(db, &["--full-scan"]);
+            assert_ne!(report["outcome"], "failed", "{report:#}");
+            assert_eq!(dump(db), before, "logs {logs}: nothing deleted at {}", db.display());
+        }
+    }
+}
+
+#[test]
+fn a_hundred_zero_byte_placeholders_delete_nothing_and_are_named() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..100).map(|n| add_patient(&conn, n, 0)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    let before = dump(&a);
+    for id in &ids {
+        fs::write(patient_file(&family.folder(), id), b"").unwrap();
+    }
+    for db in [&b, &a] {
+        let (code, report) = sync_with(db, &["--full-scan"]);
+        assert_eq!(code, 3, "partial while the files are placeholders: {report:#}");
+        let skipped = events_of(&report, "skipped");
+        assert_eq!(skipped.len(), 100, "every placeholder is named");
+        assert!(skipped[0]["message"].as_str().unwrap().contains("empty"), "{:?}", skipped[0]);
+        assert_eq!(dump(db), before, "nothing deleted at {}", db.display());
+    }
+}
+
+#[test]
+fn deleting_thirty_percent_of_two_hundred_patients_waits_for_confirmation() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..200).map(|n| add_patient(&conn, n, 1)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    // Two patients B holds in its own view: one gets a new note meanwhile.
+    for id in &ids[..60] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    conn.execute("UPDATE patients SET notes = 'still here' WHERE id = ?1", [&ids[100]]).unwrap();
+    sync_ok(&a);
+
+    let (code, report) = sync(&b);
+    assert_eq!((code, report["outcome"].as_str()), (3, Some("partial")), "{report:#}");
+    assert_eq!(report["counts"]["deletes_held"], 60);
+    let held = events_of(&report, "held-deletes");
+    assert!(held[0]["message"].as_str().unwrap().contains("--confirm-deletes"), "{held:?}");
+    assert_eq!(dump(&b)[0].1.len(), 200, "every patient still shown at B");
+    assert_eq!(
+        patient_field(&b, &ids[100], "notes").as_deref(),
+        Some("still here"),
+        "everything else applied"
+    );
+    let s = status(&b);
+    assert_eq!(s["held_deletes"]["patients"], 60);
+    let site_a = status(&a)["site"].as_str().unwrap().to_owned();
+    assert_eq!(s["held_deletes"]["sites"][0], site_a.as_str());
+    assert!(
+        s["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("--confirm-deletes"))
+    );
+
+    // Still held on the next run, and after a full scan.
+    assert_eq!(sync_with(&b, &["--full-scan"]).0, 3);
+    assert_eq!(dump(&b)[0].1.len(), 200);
+
+    let (code, report) = sync_with(&b, &["--confirm-deletes"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["counts"]["patients_deleted"], 60);
+    assert_eq!(dump(&b)[0].1.len(), 140);
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(status(&b)["held_deletes"]["patients"], 0);
+}
+
+#[test]
+fn a_few_deletions_pass_the_guard_at_once() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..30).map(|n| add_patient(&conn, n, 1)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    for id in &ids[..5] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&a);
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["patients_deleted"], 5);
+    assert_eq!(dump(&a), dump(&b));
+}
