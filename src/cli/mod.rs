@@ -79,6 +79,10 @@ enum Command {
         #[command(subcommand)]
         action: Option<ConflictAction>,
     },
+    /// Deleted rows still carried as tombstones, and the step each is at on
+    /// its way to being purged (waiting for the retention, waiting for
+    /// named sites, purgeable), then the rows already purged.
+    Tombstones,
     /// Show the settings, or change them: `settings use_logs=off log_retention=14days`.
     Settings {
         #[arg(value_name = "KEY=VALUE")]
@@ -291,6 +295,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "Settle one with `clinicsync conflicts resolve ID --keep winner|loser` (for an edit that lost to a delete: winner keeps the delete, loser brings the row back with the edit)."
                     );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tombstones => {
+            let report = engine::tombstones(&db)?;
+            if cli.json {
+                print_json(&report)?;
+            } else if report.tombstones.is_empty() && report.purged.is_empty() {
+                println!("No tombstones: nothing deleted is waiting to be purged.");
+            } else {
+                for t in &report.tombstones {
+                    let when = match (&t.deleted_at, &t.deleted_by) {
+                        (Some(at), Some(by)) => format!("deleted {at} at site {by}"),
+                        _ => "deleted (by a clinicsync that did not stamp deletes)".to_owned(),
+                    };
+                    let step = match t.step {
+                        "waiting-retention" => {
+                            format!(
+                                "kept until {}",
+                                t.purgeable_after.as_deref().unwrap_or("the retention has passed")
+                            )
+                        }
+                        "waiting-sites" => format!("waiting for {} to have it", t.waiting_for.join(", ")),
+                        "purgeable" => "purgeable: the next sync purges it".to_owned(),
+                        "waiting-review" => {
+                            "kept: an edit made without seeing the delete waits for review (`clinicsync conflicts`)".to_owned()
+                        }
+                        _ => "kept".to_owned(),
+                    };
+                    println!("{}/{}: {when}; {step}", t.table, t.pk);
+                }
+                for p in &report.purged {
+                    println!("{}/{}: purged {}", p.table, p.pk, format_time(p.purged_ms));
                 }
             }
             Ok(ExitCode::SUCCESS)

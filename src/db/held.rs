@@ -3,7 +3,7 @@
 //! keep the rows until a person confirms (`sync --confirm-deletes`) or the
 //! next run finds the batch small enough.
 
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::schema::quote;
 use super::{Db, DbError};
@@ -58,16 +58,18 @@ impl Db {
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
         };
         for (tbl, pk) in rows {
-            // Only a row whose state is still deleted goes: one brought back
-            // since (re-inserted elsewhere) stays.
-            let dead: bool = tx
+            // Only a row whose state is still deleted (or purged) goes: one
+            // brought back since (re-inserted elsewhere) stays.
+            let alive: Option<bool> = tx
                 .query_row(
-                    "SELECT cl % 2 = 0 FROM _cs_rows WHERE tbl = ?1 AND pk = ?2",
+                    "SELECT cl % 2 = 1 FROM _cs_rows WHERE tbl = ?1 AND pk = ?2",
                     params![tbl, pk],
                     |r| r.get(0),
                 )
-                .unwrap_or(false);
-            if dead && let Some((key, _)) = self.mapping.table(&tbl) {
+                .optional()?;
+            if alive != Some(true)
+                && let Some((key, _)) = self.mapping.table(&tbl)
+            {
                 tx.execute(&format!("DELETE FROM {} WHERE {} = ?1", quote(&tbl), quote(key)), [&pk])?;
             }
         }

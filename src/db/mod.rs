@@ -6,6 +6,7 @@
 mod copies;
 mod held;
 mod mapping;
+mod purge;
 mod rowblob;
 mod runs;
 mod schema;
@@ -21,6 +22,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 pub use copies::KeptCopy;
 pub use held::HeldDeletes;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
+pub use purge::{Purged, Tombstone};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome};
 
@@ -184,6 +186,14 @@ impl Db {
         if !has_held {
             conn.execute_batch(held::TABLE)?;
         }
+        let has_purged: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cs_purged')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_purged {
+            conn.execute_batch(purge::TABLES)?;
+        }
         let has_kind: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_conflicts') WHERE name = 'kind')",
             [],
@@ -228,6 +238,7 @@ impl Db {
         tx.execute_batch(schema::STATE_TABLES)?;
         tx.execute_batch(copies::TABLE)?;
         tx.execute_batch(held::TABLE)?;
+        tx.execute_batch(purge::TABLES)?;
         schema::install_triggers(&tx, &mapping)?;
         schema::queue_all_rows(&tx, &mapping)?;
         for (key, value) in [
@@ -303,6 +314,7 @@ impl Db {
         // Nobody else writes while this transaction holds the write lock, so
         // if nothing is pending now, nothing will be until it ends.
         let pending: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?;
+        let any_purged: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_purged)", [], |r| r.get(0))?;
         Ok(WriteTx {
             pending,
             clock_at_start: clock,
@@ -314,6 +326,7 @@ impl Db {
             now_ms,
             batch: StampBatch::default(),
             hold_deletes: false,
+            any_purged,
         })
     }
 
@@ -436,6 +449,7 @@ pub struct WriteTx<'a> {
     now_ms: u64,
     batch: StampBatch,
     hold_deletes: bool,
+    any_purged: bool,
 }
 
 impl WriteTx<'_> {
@@ -450,7 +464,12 @@ impl WriteTx<'_> {
     /// `max_rows` rows or `max_bytes` of segment are stamped. Returns false
     /// when nothing is left pending.
     pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+        };
         state::stamp_pending(
             &self.tx,
             &ctx,
@@ -467,7 +486,12 @@ impl WriteTx<'_> {
     /// changed since the last export are stamped first (outside the
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+        };
         if self.pending {
             for key in doc.rows.keys() {
                 state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
@@ -485,14 +509,24 @@ impl WriteTx<'_> {
     /// Settles an open conflict record with a new edit of its field that
     /// supersedes every concurrent value (see [`Keep`]).
     pub fn resolve_conflict(&mut self, id: i64, keep: Keep) -> Result<Resolved, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+        };
         state::resolve_conflict(&self.tx, &ctx, &mut self.clock, self.now_ms, id, keep, &mut self.batch)
     }
 
     /// Tries again to show every parked row in the app's tables; returns
     /// those still parked, with the reason.
     pub fn retry_parked(&mut self) -> Result<Vec<(crate::model::RowKey, String)>, DbError> {
-        let ctx = Ctx { mapping: self.mapping, columns: self.columns, hold_deletes: self.hold_deletes };
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+        };
         state::retry_parked(&self.tx, &ctx)
     }
 

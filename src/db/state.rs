@@ -25,6 +25,9 @@ pub(crate) struct Ctx<'a> {
     /// Incoming deletions of patients (and of their rows) are held: the
     /// state takes them, the app's tables keep the rows until confirmed.
     pub(crate) hold_deletes: bool,
+    /// Whether any row was ever purged here (most databases: no, and the
+    /// per-row check is skipped).
+    pub(crate) any_purged: bool,
 }
 
 /// Versions stamped in one write transaction: its change-log segment.
@@ -150,6 +153,12 @@ pub(crate) fn stamp_row(
         None => (None, None),
     };
     let mut row = old_row.cloned().unwrap_or_default();
+    if old_row.is_none() && ctx.any_purged {
+        // A key purged here, inserted again: its causal length goes on
+        // from the purged tombstone's, so every site takes the insert.
+        let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+        row.cl = purged_cl(conn, &key)?.unwrap_or(0);
+    }
     let mut stamped = RowState::default();
     // One stamp for every column this change touches: they were written
     // together, and a field's versions stay uniquely stamped.
@@ -349,6 +358,10 @@ pub(crate) fn apply_doc(
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
     for (key, incoming) in &doc.rows {
+        if ctx.any_purged && purged_cl(conn, key)?.is_some_and(|cl| incoming.cl <= cl) {
+            // A stale copy of a row purged here: it was deleted, and stays so.
+            continue;
+        }
         let old = load_row(conn, &key.table, &key.pk)?;
         let (old_row, old_patient) = match &old {
             Some((r, p)) => (Some(r), p.clone()),
@@ -843,4 +856,13 @@ fn is_held(conn: &Connection, tbl: &str, pk: &str) -> Result<bool, DbError> {
     Ok(conn
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM _cs_held WHERE tbl = ?1 AND pk = ?2)")?
         .query_row(params![tbl, pk], |r| r.get(0))?)
+}
+
+/// The causal length of a row purged here.
+fn purged_cl(conn: &Connection, key: &RowKey) -> Result<Option<u64>, DbError> {
+    let cl: Option<i64> = conn
+        .prepare_cached("SELECT cl FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![key.table, key.pk], |r| r.get(0))
+        .optional()?;
+    Ok(cl.map(|c| c as u64))
 }

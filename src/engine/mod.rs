@@ -7,6 +7,7 @@ mod report;
 mod run;
 mod settings;
 mod status;
+mod tombstones;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ pub use report::{Counts, Outcome, RunReport};
 pub use run::{SyncOptions, sync, sync_with_clock};
 pub use settings::{SettingError, SettingView, Settings};
 pub use status::{SiteStatus, StatusReport, status};
+pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
 
 use crate::db::{Db, DbError, InitParams, Mapping};
 use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR};

@@ -66,6 +66,11 @@ pub struct Counts {
     /// tables this run, and those the mass-delete guard holds back.
     pub patients_deleted: u64,
     pub deletes_held: u64,
+    /// Tombstones purged, and patient files of purged patients removed.
+    pub tombstones_purged: u64,
+    pub files_removed: u64,
+    /// Rows this site still had that others purged while it was away.
+    pub purged_elsewhere: u64,
     /// Whether this run scanned every patient file.
     pub full_scan: bool,
     /// What the run asked of the folder.

@@ -123,6 +123,8 @@ pub fn sync_with_clock(
         peers: Vec::new(),
         force_scan: options.full_scan,
         confirm_deletes: options.confirm_deletes,
+        peer_horizon: None,
+        listed_stems: HashSet::new(),
         decorated: Vec::new(),
         merged_copies: Vec::new(),
         settled: HashSet::new(),
@@ -206,10 +208,10 @@ enum Work {
 }
 
 /// Another site, as its site file shows it.
-struct PeerFile {
-    file: SiteFile,
+pub(super) struct PeerFile {
+    pub(super) file: SiteFile,
     /// The site file's modification time, for sites that never synced.
-    mtime_ms: u64,
+    pub(super) mtime_ms: u64,
 }
 
 struct Run<'c> {
@@ -226,6 +228,11 @@ struct Run<'c> {
     peers: Vec<PeerFile>,
     force_scan: bool,
     confirm_deletes: bool,
+    /// Set when this site returns after peers purged tombstones it never
+    /// read: the latest purge horizon, and (filled by the full scan) the
+    /// patient files the folder has.
+    peer_horizon: Option<Hlc>,
+    listed_stems: HashSet<String>,
     /// Top-level folders a cloud client decorated (`patients (Selective
     /// Sync Conflict)`): their files are merged as copies.
     decorated: Vec<(String, Client)>,
@@ -278,6 +285,7 @@ impl Run<'_> {
         self.merge_nearby_copies()?;
         self.settle_copies()?;
         self.compact()?;
+        self.purge_tombstones()?;
         Ok(())
     }
 
@@ -555,7 +563,17 @@ impl Run<'_> {
             };
             self.rec.info("scan", None, format!("reading every patient file: {why}"));
         }
+        if plans.iter().any(|(_, _, p)| matches!(p, CatchUp::FullScanThen { .. })) {
+            let horizon = self.peers.iter().filter_map(|p| p.file.purge_horizon).max();
+            let applied = self.db.meta("horizon_applied")?.and_then(|h| Hlc::parse(&h).ok());
+            if horizon.is_some() && horizon > applied {
+                self.peer_horizon = horizon;
+            }
+        }
         let clean = if scan { self.full_scan()? } else { true };
+        if clean && let Some(horizon) = self.peer_horizon {
+            self.apply_peer_purge(horizon)?;
+        }
         if clean {
             // What was compacted away is now read from the patient files:
             // continue each such site's log from its oldest segment.
@@ -601,6 +619,38 @@ impl Run<'_> {
         }
         // Read-repair: the files of every patient a segment changed.
         self.reconcile(Vec::new(), touched.into_iter().collect())?;
+        Ok(())
+    }
+
+    /// This site was away while others purged tombstones it never read.
+    /// The rows it still holds that are older than their purge horizon and
+    /// that the folder no longer has were deleted: they go here too (through
+    /// the mass-delete guard), instead of coming back. Runs after a complete
+    /// full scan that found patient files (an empty or missing folder
+    /// deletes nothing).
+    fn apply_peer_purge(&mut self, horizon: Hlc) -> Result<(), EngineError> {
+        if self.listed_stems.is_empty() {
+            self.rec.info(
+                "purge",
+                Some(PATIENTS_DIR),
+                "other sites purged deletions while this site was away, but the folder shows no patient files; nothing is deleted for that".into(),
+            );
+            return Ok(());
+        }
+        let listed = std::mem::take(&mut self.listed_stems);
+        self.counts.purged_elsewhere += self.db.drop_absent_patients(&listed, horizon, self.now_ms)? as u64;
+        self.db.set_meta("horizon_applied", &horizon.encode())?;
+        if self.counts.purged_elsewhere > 0 {
+            self.rec.info(
+                "purge",
+                None,
+                format!(
+                    "{} rows this site still had were deleted and purged by the other sites while it was away (horizon {}); they are deleted here too",
+                    self.counts.purged_elsewhere,
+                    crate::xmlstore::format_time(horizon.wall_ms())
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -736,6 +786,19 @@ impl Run<'_> {
                 self.hold_back(&path, ahead);
                 return Ok(());
             }
+            // The latest of the site's own stamps in it: what this site
+            // acknowledges having applied (tombstones included).
+            let own_latest = segment
+                .rows
+                .values()
+                .flat_map(|r| {
+                    r.fields
+                        .values()
+                        .flat_map(|f| f.versions().iter().map(|v| v.hlc()))
+                        .chain(r.deleted.stamps().iter().copied())
+                })
+                .filter(|h| h.site() == site)
+                .max();
             let mut docs: BTreeMap<String, PatientDoc> = BTreeMap::new();
             for ((patient, key), row) in segment.rows {
                 docs.entry(patient.clone())
@@ -775,6 +838,9 @@ impl Run<'_> {
                 return Ok(());
             }
             w.set_watermark(site, seq)?;
+            if let Some(h) = own_latest {
+                w.set_ack_stamp(site, h)?;
+            }
             let stamped = w.commit()?;
             self.note_stamped(stamped);
             self.counts.segments_applied += 1;
@@ -902,6 +968,9 @@ impl Run<'_> {
                 let in_real_top = format!("{PATIENTS_DIR}/{}/{}", shard.name, entry.name);
                 match classify_path(&in_real_top) {
                     Classified::Original(FileKind::Patient { stem }) => {
+                        if decorated.is_none() {
+                            self.listed_stems.insert(stem.clone());
+                        }
                         files.push(FileRef { path, stem, copy: decorated, repair: None })
                     }
                     Classified::Copy { of: FileKind::Patient { stem }, client } => files.push(FileRef {
@@ -992,7 +1061,7 @@ impl Run<'_> {
         let sha = sha_hex(&bytes);
         // A copy is taken as merged only once it was settled (its
         // original brought up to date) and kept.
-        let cached = f.copy.is_none() || self.db.is_kept_copy(&f.path)?;
+        let cached = self.peer_horizon.is_none() && (f.copy.is_none() || self.db.is_kept_copy(&f.path)?);
         if cached
             && let Some((size, mtime, seen_sha)) = self.db.file_seen(&f.path)?
             && size == bytes.len() as u64
@@ -1110,7 +1179,20 @@ impl Run<'_> {
                     }
                 };
                 let doc = self.db.doc_for_patient(&patient)?;
-                if doc.rows.is_empty() && existing.is_none() {
+                if doc.rows.is_empty() {
+                    // Nothing known of the patient: its file is left as it
+                    // is, unless the patient was purged here (its file goes).
+                    if existing.is_some() && self.db.is_purged_patient(&patient)? {
+                        let path = patient_path(&stem);
+                        match self.folder.remove(&path) {
+                            Ok(()) => self.counts.files_removed += 1,
+                            Err(e) => self.rec.warning(
+                                "purge",
+                                Some(&path),
+                                format!("could not be deleted: {e}; will retry"),
+                            ),
+                        }
+                    }
                     done.insert(patient);
                     continue;
                 }
@@ -1340,6 +1422,11 @@ impl Run<'_> {
         w.hold_deletes();
         let mut results = Vec::with_capacity(loaded.len());
         for (f, doc, _, entry, sha) in &loaded {
+            if let Some(horizon) = self.peer_horizon
+                && f.copy.is_none()
+            {
+                self.counts.purged_elsewhere += w.drop_purged_elsewhere(doc, horizon, self.now_ms)? as u64;
+            }
             let result = w.apply_doc(doc, &f.path);
             if result.is_ok() {
                 w.record_file(&f.path, entry.size, entry.mtime_ns, sha)?;
@@ -1468,6 +1555,40 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Step 6 (part): purge tombstones every active site has, once they are
+    /// older than the retention; rewrite their patients' files without
+    /// them (or remove the file of a purged patient); publish the horizon.
+    fn purge_tombstones(&mut self) -> Result<(), EngineError> {
+        let plan =
+            super::tombstones::plan(&self.db, &self.peers, self.cfg.site, &self.settings, self.now_ms)?;
+        let ready: Vec<crate::db::Tombstone> = plan
+            .into_iter()
+            .filter(|(_, step)| matches!(step, super::tombstones::Step::Purgeable))
+            .map(|(t, _)| t)
+            .collect();
+        if ready.is_empty() {
+            return Ok(());
+        }
+        self.db.purge(&ready, self.now_ms)?;
+        let horizon = ready.iter().filter_map(|t| t.deleted_at).max();
+        let old: Option<Hlc> = self.db.meta("purge_horizon")?.and_then(|h| Hlc::parse(&h).ok());
+        if let Some(h) = horizon.max(old) {
+            self.db.set_meta("purge_horizon", &h.encode())?;
+        }
+        self.counts.tombstones_purged += ready.len() as u64;
+        self.rec.info(
+            "purge",
+            None,
+            format!(
+                "purged {} tombstones that every active site has and that are older than the retention",
+                ready.len()
+            ),
+        );
+        let patients: BTreeSet<String> = ready.into_iter().filter_map(|t| t.patient).collect();
+        self.reconcile(Vec::new(), patients.into_iter().collect())?;
+        Ok(())
+    }
+
     /// Step 6: delete own segments every active site has applied and that
     /// are older than the retention.
     fn compact(&mut self) -> Result<(), EngineError> {
@@ -1527,6 +1648,8 @@ impl Run<'_> {
             head_seq,
             oldest_seq: self.oldest_seq()?.min(head_seq + 1),
             acks: self.db.watermarks()?,
+            ack_stamps: self.db.ack_stamps()?,
+            purge_horizon: self.db.meta("purge_horizon")?.and_then(|h| Hlc::parse(&h).ok()),
             last_sync_ms,
             machine: self.cfg.machine.clone(),
             mapping: self.db.mapping().fingerprint(),

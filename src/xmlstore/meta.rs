@@ -5,7 +5,7 @@ use super::error::{DecodeError, DecodeErrorKind};
 use super::reader::{Item, Limits, XmlReader, element_name, open_root, optional, required};
 use super::text::push_attr;
 use super::trailer;
-use crate::model::{FamilyId, SiteId};
+use crate::model::{FamilyId, Hlc, SiteId};
 
 /// The folder format this build writes and reads.
 pub const FOLDER_FORMAT: u32 = 1;
@@ -31,6 +31,12 @@ pub struct SiteFile {
     pub oldest_seq: u64,
     /// The last segment it applied from each other site.
     pub acks: std::collections::BTreeMap<SiteId, u64>,
+    /// For each other site, the latest of its stamps applied from its log
+    /// (`stamp` on `<ack>`): a tombstone that site stamped at or before it
+    /// has reached this site.
+    pub ack_stamps: std::collections::BTreeMap<SiteId, Hlc>,
+    /// The latest delete stamp among the tombstones this site purged.
+    pub purge_horizon: Option<Hlc>,
     /// Last run that ended `ok`, milliseconds since the Unix epoch.
     pub last_sync_ms: Option<u64>,
     /// A one-way fingerprint of the machine the site runs on.
@@ -87,12 +93,20 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
     push_attr(&mut out, &s.machine);
     out.push_str("\" mapping=\"");
     push_attr(&mut out, &s.mapping);
+    if let Some(h) = s.purge_horizon {
+        out.push_str("\" purge-horizon=\"");
+        h.push_encoded(&mut out);
+    }
     if s.acks.is_empty() {
         out.push_str("\"/>\n");
     } else {
         out.push_str("\">\n");
         for (site, seq) in &s.acks {
-            out.push_str(&format!("  <ack site=\"{site}\" seq=\"{seq}\"/>\n"));
+            match s.ack_stamps.get(site) {
+                Some(h) => out
+                    .push_str(&format!("  <ack site=\"{site}\" seq=\"{seq}\" stamp=\"{}\"/>\n", h.encode())),
+                None => out.push_str(&format!("  <ack site=\"{site}\" seq=\"{seq}\"/>\n")),
+            }
         }
         out.push_str("</site>\n");
     }
@@ -117,6 +131,7 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
         Some(t) => Some(parse_time(t).ok_or_else(|| bad(&r, "last-sync", t, "not an RFC 3339 time".into()))?),
     };
     let mut acks = std::collections::BTreeMap::new();
+    let mut ack_stamps = std::collections::BTreeMap::new();
     for (name, child) in &children {
         if name != "ack" {
             continue;
@@ -126,7 +141,14 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
         let seq_text = required(&r, child, "ack", "seq")?;
         let seq = seq_text.parse().map_err(|_| bad(&r, "seq", seq_text, "not a whole number".into()))?;
         acks.insert(peer, seq);
+        if let Some(t) = optional(child, "stamp") {
+            ack_stamps.insert(peer, Hlc::parse(t).map_err(|e| bad(&r, "stamp", t, e.to_string()))?);
+        }
     }
+    let purge_horizon = match optional(&attrs, "purge-horizon") {
+        None => None,
+        Some(t) => Some(Hlc::parse(t).map_err(|e| bad(&r, "purge-horizon", t, e.to_string()))?),
+    };
     Ok(SiteFile {
         site,
         family,
@@ -135,6 +157,8 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
         head_seq,
         oldest_seq,
         acks,
+        ack_stamps,
+        purge_horizon,
         last_sync_ms,
         machine: optional(&attrs, "machine").unwrap_or_default().to_owned(),
         mapping: optional(&attrs, "mapping").unwrap_or_default().to_owned(),
@@ -190,6 +214,13 @@ mod tests {
             head_seq: 42,
             oldest_seq: 7,
             acks: [(SiteId::from_bytes([9; 16]), 3), (SiteId::from_bytes([8; 16]), 0)].into_iter().collect(),
+            ack_stamps: [(
+                SiteId::from_bytes([9; 16]),
+                Hlc::new(1_700_000_000_000, 2, SiteId::from_bytes([9; 16])),
+            )]
+            .into_iter()
+            .collect(),
+            purge_horizon: Some(Hlc::new(1_699_000_000_000, 0, SiteId::from_bytes([8; 16]))),
             last_sync_ms: Some(1_700_000_000_123),
             machine: "abc".into(),
             mapping: "def".into(),

@@ -82,6 +82,17 @@ fn the_site_file_and_manifest_formats_are_frozen() {
         head_seq: 12,
         oldest_seq: 5,
         acks: [(SiteId::parse("fedcba9876543210fedcba9876543210").unwrap(), 40)].into_iter().collect(),
+        ack_stamps: [(
+            SiteId::parse("fedcba9876543210fedcba9876543210").unwrap(),
+            Hlc::new(1_763_699_000_000, 1, SiteId::parse("fedcba9876543210fedcba9876543210").unwrap()),
+        )]
+        .into_iter()
+        .collect(),
+        purge_horizon: Some(Hlc::new(
+            1_763_600_000_000,
+            0,
+            SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+        )),
         last_sync_ms: Some(1_763_700_000_000),
         machine: "5e1f0c2a9b3d4e6f".into(),
         mapping: "a1b2c3d4e5f60718".into(),

@@ -1,0 +1,254 @@
+//! Tombstones and their purge: which rows are deleted and when, the stamps
+//! other sites acknowledge, and the rows purged from the state (remembered
+//! by key, so a stale copy of a purged row is never taken back).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+
+use std::collections::HashSet;
+
+use super::rowblob;
+use super::state::doc_for_patient;
+use super::{Db, DbError, WriteTx};
+use crate::model::{Hlc, PatientDoc, RowKey, RowState, SiteId, patient_file_name};
+
+/// A row older than a peer's purge horizon that the folder no longer has:
+/// the peers purged its tombstone while this site was away. It is removed
+/// from the state and remembered as purged; the app's row goes through the
+/// mass-delete guard like any incoming deletion.
+fn drop_row(
+    conn: &rusqlite::Connection,
+    key: &RowKey,
+    row: &RowState,
+    patient: &str,
+    horizon: Hlc,
+    now_ms: u64,
+) -> Result<(), DbError> {
+    conn.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+        .execute(params![key.table, key.pk])?;
+    // Its causal length as a tombstone: past the live row's.
+    let cl = if row.is_alive() { row.cl + 1 } else { row.cl };
+    conn.prepare_cached(
+        "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (tbl, pk) DO UPDATE SET cl = max(cl, excluded.cl)",
+    )?
+    .execute(params![key.table, key.pk, cl as i64, patient, horizon.encode(), now_ms as i64])?;
+    conn.prepare_cached(
+        "INSERT INTO _cs_held (tbl, pk, patient, site) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tbl, pk) DO NOTHING",
+    )?
+    .execute(params![key.table, key.pk, patient, horizon.site().to_string()])?;
+    Ok(())
+}
+
+/// True when every version of the row is older than the horizon.
+fn older_than(row: &RowState, horizon: Hlc) -> bool {
+    row.max_hlc().is_some_and(|h| h < horizon)
+}
+
+pub(super) const TABLES: &str = "
+CREATE TABLE IF NOT EXISTS _cs_purged (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
+  patient TEXT, deleted_at TEXT, purged_ms INTEGER NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _cs_ack_stamps (site TEXT PRIMARY KEY, stamp TEXT NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _cs_rows_dead ON _cs_rows (tbl, pk) WHERE cl % 2 = 0;
+";
+
+/// A deleted row the state still holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub table: String,
+    pub pk: String,
+    pub patient: Option<String>,
+    pub cl: u64,
+    /// The delete's stamp, when the tombstone says what its delete saw.
+    pub deleted_at: Option<Hlc>,
+}
+
+/// A row purged from the state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    pub table: String,
+    pub pk: String,
+    pub patient: Option<String>,
+    pub deleted_at: Option<String>,
+    pub purged_ms: u64,
+}
+
+impl WriteTx<'_> {
+    /// Applies a peer's purge to this site, which was away when it
+    /// happened: every row of `file`'s patient that this site holds, that
+    /// the file read from the folder no longer has, and whose versions are
+    /// all older than `horizon`. Returns how many rows went.
+    pub fn drop_purged_elsewhere(
+        &self,
+        file: &PatientDoc,
+        horizon: Hlc,
+        now_ms: u64,
+    ) -> Result<usize, DbError> {
+        let ours = doc_for_patient(&self.tx, &file.patient.0)?;
+        let mut n = 0;
+        for (key, row) in &ours.rows {
+            if !file.rows.contains_key(key) && older_than(row, horizon) {
+                drop_row(&self.tx, key, row, &file.patient.0, horizon, now_ms)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records that this site has applied `site`'s changes up to `stamp`.
+    pub fn set_ack_stamp(&self, site: SiteId, stamp: Hlc) -> Result<(), DbError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO _cs_ack_stamps (site, stamp) VALUES (?1, ?2)
+                 ON CONFLICT (site) DO UPDATE SET stamp = max(stamp, excluded.stamp)",
+            )?
+            .execute(params![site.to_string(), stamp.encode()])?;
+        Ok(())
+    }
+}
+
+impl Db {
+    /// For each other site, the latest of its stamps this site has applied
+    /// from its change-log.
+    pub fn ack_stamps(&self) -> Result<BTreeMap<SiteId, Hlc>, DbError> {
+        let mut stmt = self.conn.prepare("SELECT site, stamp FROM _cs_ack_stamps")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (site, stamp) = row?;
+            if let (Ok(site), Ok(stamp)) = (SiteId::parse(&site), Hlc::parse(&stamp)) {
+                out.insert(site, stamp);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every tombstone in the state.
+    pub fn tombstones(&self) -> Result<Vec<Tombstone>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT tbl, pk, patient, cl, state FROM _cs_rows WHERE cl % 2 = 0 ORDER BY tbl, pk")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (table, pk, patient, cl, blob) = row?;
+            let deleted_at = rowblob::decode(&blob).and_then(|(_, deleted)| deleted.latest());
+            out.push(Tombstone { table, pk, patient, cl: cl as u64, deleted_at });
+        }
+        Ok(out)
+    }
+
+    /// Removes tombstones from the state and remembers them as purged.
+    /// Their records of lost edits close.
+    pub fn purge(&mut self, rows: &[Tombstone], now_ms: u64) -> Result<(), DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for t in rows {
+            tx.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+                .execute(params![t.table, t.pk])?;
+            tx.prepare_cached(
+                "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (tbl, pk) DO UPDATE SET cl = max(cl, excluded.cl), deleted_at = excluded.deleted_at,
+                   purged_ms = excluded.purged_ms",
+            )?
+            .execute(params![
+                t.table,
+                t.pk,
+                t.cl as i64,
+                t.patient,
+                t.deleted_at.map(|h| h.encode()),
+                now_ms as i64
+            ])?;
+            tx.prepare_cached(
+                "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?3
+                 WHERE tbl = ?1 AND pk = ?2 AND status = 'open'",
+            )?
+            .execute(params![t.table, t.pk, now_ms as i64])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Rows purged from the state, newest first.
+    pub fn purged(&self) -> Result<Vec<Purged>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT tbl, pk, patient, deleted_at, purged_ms FROM _cs_purged ORDER BY purged_ms DESC, tbl, pk",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Purged {
+                table: r.get(0)?,
+                pk: r.get(1)?,
+                patient: r.get(2)?,
+                deleted_at: r.get(3)?,
+                purged_ms: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The peer-purge rule for patients whose file the folder no longer has
+    /// at all (`listed`: the stems a complete listing found): their rows
+    /// older than `horizon` go. Returns how many rows went.
+    pub fn drop_absent_patients(
+        &mut self,
+        listed: &HashSet<String>,
+        horizon: Hlc,
+        now_ms: u64,
+    ) -> Result<usize, DbError> {
+        let root = self.mapping.root.table.clone();
+        let patients: Vec<String> = {
+            let mut stmt = self.conn.prepare("SELECT pk FROM _cs_rows WHERE tbl = ?1")?;
+            stmt.query_map([&root], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
+        };
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut n = 0;
+        for patient in patients {
+            if listed.contains(&patient_file_name(&patient)) {
+                continue;
+            }
+            let ours = doc_for_patient(&tx, &patient)?;
+            let root_key = RowKey { table: root.clone(), pk: patient.clone() };
+            if !ours.rows.get(&root_key).is_some_and(|r| older_than(r, horizon)) {
+                continue;
+            }
+            for (key, row) in &ours.rows {
+                if older_than(row, horizon) {
+                    drop_row(&tx, key, row, &patient, horizon, now_ms)?;
+                    n += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// True when a tombstone has edits it did not see that nobody has
+    /// reviewed yet (open `deleted` records): it is not purged while so.
+    pub fn has_open_lost_edits(&self, table: &str, pk: &str) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM _cs_conflicts WHERE tbl = ?1 AND pk = ?2 AND kind = 'deleted' AND status = 'open')",
+            )?
+            .query_row(params![table, pk], |r| r.get(0))?)
+    }
+
+    /// True when this patient's own row was purged here.
+    pub fn is_purged_patient(&self, patient: &str) -> Result<bool, DbError> {
+        let root = &self.mapping.root.table;
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
+            .query_row(params![root, patient], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+}
