@@ -251,3 +251,79 @@ fn a_few_deletions_pass_the_guard_at_once() {
     assert_eq!(report["counts"]["patients_deleted"], 5);
     assert_eq!(dump(&a), dump(&b));
 }
+
+fn tombstones(db: &Path) -> serde_json::Value {
+    serde_json::from_slice(&cli(db).args(["tombstones", "--json"]).output().unwrap().stdout).unwrap()
+}
+
+#[test]
+fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    for db in [&a, &b, &c] {
+        set(db, &["log_retention=0s", "dormancy=2s"]);
+    }
+    let conn = app(&a);
+    let doomed = add_patient(&conn, 1, 10);
+    let keep = add_patient(&conn, 2, 1);
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    let stale = fs::read(patient_file(&family.folder(), &doomed)).unwrap();
+    // C goes away; its app keeps working.
+    app(&c).execute("UPDATE patients SET email = 'edited while away' WHERE id = ?1", [&keep]).unwrap();
+
+    conn.execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    sync_ok(&a);
+    let listed = tombstones(&a);
+    let waiting: Vec<&serde_json::Value> =
+        listed["tombstones"].as_array().unwrap().iter().filter(|t| t["patient"] == doomed.as_str()).collect();
+    assert_eq!(waiting.len(), 31, "the patient and its 30 rows: {listed:#}");
+    assert_eq!(waiting[0]["step"], "waiting-sites", "B and C have not seen the delete yet");
+    assert_eq!(waiting[0]["waiting_for"].as_array().unwrap().len(), 2);
+    let human = String::from_utf8(cli(&a).arg("tombstones").output().unwrap().stdout).unwrap();
+    assert!(human.contains("waiting for"), "{human}");
+
+    for db in [&b, &a, &b] {
+        sync_ok(db);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    let mut purged = 0;
+    for db in [&a, &b, &a, &b] {
+        purged += sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap();
+    }
+    assert!(purged >= 31, "A and B purged while C was dormant ({purged})");
+    assert!(!patient_file(&family.folder(), &doomed).exists(), "the purged patient's file is gone");
+    let after = tombstones(&a);
+    assert!(after["tombstones"].as_array().unwrap().iter().all(|t| t["patient"] != doomed.as_str()));
+    assert_eq!(after["purged"].as_array().unwrap().len(), 31);
+    assert!(
+        String::from_utf8(cli(&a).arg("tombstones").output().unwrap().stdout).unwrap().contains("purged")
+    );
+
+    // C returns: the deleted patient stays deleted there, its edit travels.
+    let report = sync_ok(&c);
+    assert!(report["counts"]["purged_elsewhere"].as_u64().unwrap() >= 31, "{report:#}");
+    assert_eq!(rows_of_patient(&c, &doomed), 0);
+    for db in [&a, &b, &c, &a, &b] {
+        sync_ok(db);
+    }
+    for db in [&a, &b, &c] {
+        assert_eq!(rows_of_patient(db, &doomed), 0, "{}", db.display());
+        assert_eq!(patient_field(db, &keep, "email").as_deref(), Some("edited while away"));
+    }
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(dump(&a), dump(&c));
+
+    // A stale copy of the purged patient's file dropped back changes nothing.
+    fs::write(patient_file(&family.folder(), &doomed), &stale).unwrap();
+    for db in [&a, &b, &c] {
+        let (code, report) = sync_with(db, &["--full-scan"]);
+        assert_eq!(code, 0, "{report:#}");
+    }
+    for db in [&a, &b, &c] {
+        assert_eq!(rows_of_patient(db, &doomed), 0, "not resurrected at {}", db.display());
+    }
+}
