@@ -130,6 +130,7 @@ pub fn sync_with_clock(
         settled: HashSet::new(),
         suspect_shards: BTreeSet::new(),
         copy_dirs: BTreeSet::new(),
+        purged_now: HashSet::new(),
     };
     let result = run.execute();
     run.rec.finish();
@@ -196,7 +197,8 @@ enum Loaded {
 
 /// What a chunk learned about a patient's original file.
 enum Original {
-    Present(Vec<u8>, Entry),
+    /// Its bytes, and what it holds when this run decoded it.
+    Present(Vec<u8>, Entry, Option<Box<PatientDoc>>),
     Absent,
     /// Unreadable: never overwritten.
     Blocked,
@@ -248,6 +250,8 @@ struct Run<'c> {
     /// Decorated folders whose files are copies, deepest first once sorted
     /// by length: removed when the copies in them are gone.
     copy_dirs: BTreeSet<String>,
+    /// Patients whose own row this run purged.
+    purged_now: HashSet<String>,
 }
 
 /// A copy merged this run.
@@ -1169,7 +1173,7 @@ impl Run<'_> {
                         blocked.insert(stem);
                         continue;
                     }
-                    Some(Original::Present(bytes, entry)) => Some((bytes, entry)),
+                    Some(Original::Present(bytes, entry, _)) => Some((bytes, entry)),
                     Some(Original::Absent) => None,
                     None => {
                         // A patient a row moved to or from: its file is read
@@ -1179,10 +1183,21 @@ impl Run<'_> {
                     }
                 };
                 let doc = self.db.doc_for_patient(&patient)?;
+                if let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
+                    && file.join(&doc) == **file
+                {
+                    // The file already holds everything this site knows
+                    // (and maybe more it refuses, such as rows it purged):
+                    // it is not behind.
+                    done.insert(patient);
+                    continue;
+                }
                 if doc.rows.is_empty() {
                     // Nothing known of the patient: its file is left as it
-                    // is, unless the patient was purged here (its file goes).
-                    if existing.is_some() && self.db.is_purged_patient(&patient)? {
+                    // is, unless this run purged the patient (its file goes;
+                    // a site still keeping the tombstone may write it again,
+                    // and it is left alone after that).
+                    if existing.is_some() && self.purged_now.contains(&patient) {
                         let path = patient_path(&stem);
                         match self.folder.remove(&path) {
                             Ok(()) => self.counts.files_removed += 1,
@@ -1387,7 +1402,7 @@ impl Run<'_> {
             match self.load(f)? {
                 Loaded::Doc { doc, bytes, entry, sha } => loaded.push((f, doc, bytes, entry, sha)),
                 Loaded::Unchanged { bytes, entry } if f.copy.is_none() => {
-                    originals.insert(f.stem.clone(), Original::Present(bytes, entry));
+                    originals.insert(f.stem.clone(), Original::Present(bytes, entry, None));
                 }
                 Loaded::Gone if f.copy.is_none() => {
                     originals.insert(f.stem.clone(), Original::Absent);
@@ -1445,8 +1460,10 @@ impl Run<'_> {
                         changed.insert(doc.patient.0.clone());
                         changed.extend(outcome.affected.iter().cloned());
                     }
+                    let patient = doc.patient.clone();
                     if f.copy.is_none() {
-                        originals.insert(f.stem.clone(), Original::Present(bytes, entry));
+                        originals
+                            .insert(f.stem.clone(), Original::Present(bytes, entry, Some(Box::new(doc))));
                     }
                     for warning in outcome.warnings {
                         self.rec.warning("schema", Some(&f.path), warning);
@@ -1456,10 +1473,7 @@ impl Run<'_> {
                         self.counts.rows_applied += outcome.rows_changed as u64;
                         self.rec.applied(
                             &f.path,
-                            format!(
-                                "applied {} changed rows of patient {}",
-                                outcome.rows_changed, doc.patient
-                            ),
+                            format!("applied {} changed rows of patient {}", outcome.rows_changed, patient),
                         );
                     }
                     if outcome.new_conflicts > 0 {
@@ -1469,7 +1483,7 @@ impl Run<'_> {
                             Some(&f.path),
                             format!(
                                 "{} concurrent edits of patient {} kept for review (`clinicsync conflicts`)",
-                                outcome.new_conflicts, doc.patient
+                                outcome.new_conflicts, patient
                             ),
                         );
                     }
@@ -1514,7 +1528,7 @@ impl Run<'_> {
         self.counts.files_scanned += 1;
         self.counts.bytes_read += bytes.len() as u64;
         let ours = encode_patient(&self.db.doc_for_patient(patient)?);
-        Ok((ours == bytes).then_some(Original::Present(bytes, entry)))
+        Ok((ours == bytes).then_some(Original::Present(bytes, entry, None)))
     }
 
     fn write_files(
@@ -1584,6 +1598,8 @@ impl Run<'_> {
                 ready.len()
             ),
         );
+        let root = self.db.mapping().root.table.clone();
+        self.purged_now.extend(ready.iter().filter(|t| t.table == root).map(|t| t.pk.clone()));
         let patients: BTreeSet<String> = ready.into_iter().filter_map(|t| t.patient).collect();
         self.reconcile(Vec::new(), patients.into_iter().collect())?;
         Ok(())
