@@ -131,6 +131,7 @@ pub fn sync_with_clock(
         suspect_shards: BTreeSet::new(),
         copy_dirs: BTreeSet::new(),
         purged_now: HashSet::new(),
+        copy_docs: HashMap::new(),
     };
     let result = run.execute();
     run.rec.finish();
@@ -252,6 +253,8 @@ struct Run<'c> {
     copy_dirs: BTreeSet<String>,
     /// Patients whose own row this run purged.
     purged_now: HashSet<String>,
+    /// The copies decoded this run, by stem: their bytes and content.
+    copy_docs: HashMap<String, Vec<(Vec<u8>, PatientDoc)>>,
 }
 
 /// A copy merged this run.
@@ -1211,10 +1214,23 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
-                let bytes = encode_patient(&doc);
+                let mut bytes = encode_patient(&doc);
                 if existing.is_some_and(|(old, _)| *old == bytes) {
                     done.insert(patient);
                     continue;
+                }
+                if existing.is_none()
+                    && let Some(copy) = self.copy_docs.get(&stem).and_then(|copies| {
+                        copies.iter().find(|(_, d)| d.join(&doc) == *d).map(|(b, _)| b.clone())
+                    })
+                {
+                    // The original is gone (rclone renames both sides of a
+                    // conflict) and a copy already holds everything this
+                    // site knows: it becomes the original as it is, so sites
+                    // that refuse part of it (rows they purged) and sites
+                    // that keep it write the same bytes instead of clashing
+                    // again.
+                    bytes = copy;
                 }
                 // The file must not have changed since it was read: a newer
                 // delivery is read and joined first.
@@ -1464,6 +1480,8 @@ impl Run<'_> {
                     if f.copy.is_none() {
                         originals
                             .insert(f.stem.clone(), Original::Present(bytes, entry, Some(Box::new(doc))));
+                    } else {
+                        self.copy_docs.entry(f.stem.clone()).or_default().push((bytes, doc));
                     }
                     for warning in outcome.warnings {
                         self.rec.warning("schema", Some(&f.path), warning);

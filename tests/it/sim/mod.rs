@@ -336,7 +336,7 @@ impl Sim {
         let problems: Vec<String> = report
             .events
             .iter()
-            .filter(|e| e.level != "info")
+            .filter(|e| e.level != "info" || std::env::var_os("SIM_VERBOSE").is_some())
             .map(|e| format!("{}: {}", e.path.as_deref().unwrap_or("-"), e.message))
             .collect();
         self.log.push(format!(
@@ -390,18 +390,37 @@ impl Sim {
             }
             busy |= self.cloud.deliver_all();
             for site in 0..n {
-                let report = self.sync(site, round < 2);
+                // Full scans: with logs on, a copy a client made after a
+                // site last touched its shard waits for the periodic scan.
+                let report = self.sync(site, true);
                 let c = &report.counts;
+                if std::env::var_os("SIM_VERBOSE").is_some() {
+                    eprintln!(
+                        "round {round} site {site}: written {} segs {} removes {} copies_made {}",
+                        c.files_written, c.segments_written, c.folder.removes, self.cloud.copies_made
+                    );
+                }
                 busy |= c.files_written + c.segments_written + c.folder.removes > 0
                     || report.outcome != engine::Outcome::Ok;
             }
             for site in 0..n {
                 busy |= self.cloud.upload(site);
             }
-            if !busy && round >= 2 {
+            if !busy && round >= 1 {
                 return;
             }
             self.cloud.deliver_all();
+        }
+        if std::env::var_os("SIM_VERBOSE").is_some() {
+            for i in 0..n {
+                for entry in walkdir::WalkDir::new(self.cloud.root(i)).sort_by_file_name() {
+                    let entry = entry.unwrap();
+                    if entry.file_type().is_file() && entry.path().to_string_lossy().contains("patients/") {
+                        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                        eprintln!("SITE {i} {}:\n{text}", entry.path().display());
+                    }
+                }
+            }
         }
         panic!("the family did not settle in 40 rounds\n{}", self.trail());
     }
