@@ -7,8 +7,11 @@
 //! every site, and each site's open records must be exactly the concurrent
 //! versions its state keeps. No conflict copy may be left in any folder.
 //!
-//! Each seed is reproducible: `SIM_SEED=N cargo test sim::` replays one.
-//! CI runs 200 seeds; `RUN_SLOW_TESTS=1` runs 10,000 (`SIM_SEEDS` overrides).
+//! Each seed is reproducible: `SIM_SEED=N cargo test sim::` replays one
+//! with its whole trail (`SIM_VERBOSE=1` adds every event of every run, the
+//! per-round counts of quiescence, and the folders' files if it never
+//! settles). CI runs 200 seeds; `RUN_SLOW_TESTS=1` runs 10,000 (`SIM_SEEDS`
+//! overrides).
 
 mod provider;
 
