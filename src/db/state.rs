@@ -13,7 +13,7 @@ use super::rowblob;
 use super::schema::quote;
 use super::values::{Sql, from_ref};
 use crate::model::{
-    Base, FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    Base, FieldState, FieldVersion, Hlc, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
 use crate::xmlstore::{Segment, encode_segment, is_xml_safe};
 
@@ -157,7 +157,7 @@ pub(crate) fn stamp_row(
         // A key purged here, inserted again: its causal length goes on
         // from the purged tombstone's, so every site takes the insert.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
-        row.cl = purged_cl(conn, &key)?.unwrap_or(0);
+        row.cl = purged(conn, &key)?.map_or(0, |(cl, _)| cl);
     }
     let mut stamped = RowState::default();
     // One stamp for every column this change touches: they were written
@@ -358,10 +358,28 @@ pub(crate) fn apply_doc(
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
     for (key, incoming) in &doc.rows {
-        if ctx.any_purged && purged_cl(conn, key)?.is_some_and(|cl| incoming.cl <= cl) {
-            // A stale copy of a row purged here: it was deleted, and stays so.
-            continue;
+        let mut revived = None;
+        if ctx.any_purged
+            && let Some((cl, deleted_at)) = purged(conn, key)?
+            && incoming.cl <= cl
+        {
+            // A copy of a row purged here. Written before the delete (or
+            // without anything newer): stale, and the row stays deleted.
+            // Edited after the delete by a site that was away while it was
+            // purged: that site keeps and exports it, and every site that
+            // purged takes it as the row inserted again, past the tombstone.
+            let newer = deleted_at.is_some_and(|d| incoming.max_hlc().is_some_and(|h| h > d));
+            if !(incoming.is_alive() && newer) {
+                continue;
+            }
+            let mut row = incoming.clone();
+            row.cl = cl + 1;
+            revived = Some(row);
+            // A segment carries only the changed fields: the rest of the
+            // row is in its patient's file, which is read next.
+            out.affected.insert(doc.patient.0.clone());
         }
+        let incoming = revived.as_ref().unwrap_or(incoming);
         let old = load_row(conn, &key.table, &key.pk)?;
         let (old_row, old_patient) = match &old {
             Some((r, p)) => (Some(r), p.clone()),
@@ -858,11 +876,11 @@ fn is_held(conn: &Connection, tbl: &str, pk: &str) -> Result<bool, DbError> {
         .query_row(params![tbl, pk], |r| r.get(0))?)
 }
 
-/// The causal length of a row purged here.
-fn purged_cl(conn: &Connection, key: &RowKey) -> Result<Option<u64>, DbError> {
-    let cl: Option<i64> = conn
-        .prepare_cached("SELECT cl FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
-        .query_row(params![key.table, key.pk], |r| r.get(0))
+/// The causal length and delete stamp of a row purged here.
+fn purged(conn: &Connection, key: &RowKey) -> Result<Option<(u64, Option<Hlc>)>, DbError> {
+    let found: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT cl, deleted_at FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![key.table, key.pk], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(cl.map(|c| c as u64))
+    Ok(found.map(|(cl, d)| (cl as u64, d.and_then(|d| Hlc::parse(&d).ok()))))
 }

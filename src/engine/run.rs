@@ -125,6 +125,7 @@ pub fn sync_with_clock(
         confirm_deletes: options.confirm_deletes,
         peer_horizon: None,
         listed_stems: HashSet::new(),
+        new_horizon: None,
         decorated: Vec::new(),
         merged_copies: Vec::new(),
         settled: HashSet::new(),
@@ -236,6 +237,9 @@ struct Run<'c> {
     /// patient files the folder has.
     peer_horizon: Option<Hlc>,
     listed_stems: HashSet<String>,
+    /// The latest purge horizon the other sites publish, when this site
+    /// has not applied it yet.
+    new_horizon: Option<Hlc>,
     /// Top-level folders a cloud client decorated (`patients (Selective
     /// Sync Conflict)`): their files are merged as copies.
     decorated: Vec<(String, Client)>,
@@ -412,6 +416,11 @@ impl Run<'_> {
             let mtime_ms = u64::try_from(entry.mtime_ns / 1_000_000).unwrap_or(0);
             self.peers.push(PeerFile { file, mtime_ms });
         }
+        let horizon = self.peers.iter().filter_map(|p| p.file.purge_horizon).max();
+        let applied = self.db.meta("horizon_applied")?.and_then(|h| Hlc::parse(&h).ok());
+        if horizon.is_some() && horizon > applied {
+            self.new_horizon = horizon;
+        }
         Ok(())
     }
 
@@ -508,6 +517,12 @@ impl Run<'_> {
         // damaged file must not hold back this site's whole log).
         self.db.segments_written(&in_folder, self.now_ms)?;
         let patients: Vec<String> = self.db.outbox_patients(max_seq)?;
+        if self.new_horizon.is_some() {
+            // Others purged deletions this site has not applied yet: its
+            // files are written after the import has applied them, or
+            // they would publish rows the others purged.
+            return Ok(());
+        }
         let complete = self.reconcile(Vec::new(), patients)?;
         if complete {
             self.db.outbox_done(max_seq, self.now_ms)?;
@@ -542,7 +557,14 @@ impl Run<'_> {
     /// possible, from the patient files where not.
     fn import(&mut self) -> Result<(), EngineError> {
         if !self.settings.use_logs {
-            self.full_scan()?;
+            self.peer_horizon = self.new_horizon;
+            let clean = self.full_scan()?;
+            if clean {
+                if let Some(horizon) = self.peer_horizon {
+                    self.apply_peer_purge(horizon)?;
+                }
+                self.new_horizon = None;
+            }
             return Ok(());
         }
         let watermarks = self.db.watermarks()?;
@@ -570,16 +592,21 @@ impl Run<'_> {
             };
             self.rec.info("scan", None, format!("reading every patient file: {why}"));
         }
+        // A site that missed compacted changes may also have missed
+        // tombstones the others purged since.
         if plans.iter().any(|(_, _, p)| matches!(p, CatchUp::FullScanThen { .. })) {
-            let horizon = self.peers.iter().filter_map(|p| p.file.purge_horizon).max();
-            let applied = self.db.meta("horizon_applied")?.and_then(|h| Hlc::parse(&h).ok());
-            if horizon.is_some() && horizon > applied {
-                self.peer_horizon = horizon;
-            }
+            self.peer_horizon = self.new_horizon;
         }
         let clean = if scan { self.full_scan()? } else { true };
         if clean && let Some(horizon) = self.peer_horizon {
             self.apply_peer_purge(horizon)?;
+        } else if clean && let Some(horizon) = self.new_horizon {
+            // An active site has the tombstones the others purged: it
+            // purges them itself.
+            self.db.set_meta("horizon_applied", &horizon.encode())?;
+        }
+        if clean {
+            self.new_horizon = None;
         }
         if clean {
             // What was compacted away is now read from the patient files:

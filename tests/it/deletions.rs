@@ -327,3 +327,57 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
         assert_eq!(rows_of_patient(db, &doomed), 0, "not resurrected at {}", db.display());
     }
 }
+
+#[test]
+fn a_row_edited_after_the_delete_by_a_site_that_was_away_comes_back_everywhere() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    for db in [&a, &b, &c] {
+        set(db, &["log_retention=0s", "dormancy=2s"]);
+    }
+    let conn = app(&a);
+    let doomed = add_patient(&conn, 1, 2);
+    add_patient(&conn, 2, 0);
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    let appt: String = conn
+        .query_row("SELECT id FROM appointments WHERE patient_id = ?1 ORDER BY id LIMIT 1", [&doomed], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    // While away, after the delete, C reschedules one of the appointments.
+    app(&c)
+        .execute("UPDATE appointments SET status = 'rescheduled while away' WHERE id = ?1", [&appt])
+        .unwrap();
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    assert!(!patient_file(&family.folder(), &doomed).exists(), "purged");
+    for db in [&c, &a, &b, &c, &a, &b] {
+        sync_ok(db);
+    }
+    for db in [&a, &b, &c] {
+        assert_eq!(count(db, "SELECT count(*) FROM patients WHERE id = ?1", &doomed), 0, "{}", db.display());
+        assert_eq!(
+            count(
+                db,
+                "SELECT count(*) FROM appointments WHERE id = ?1 AND status = 'rescheduled while away'",
+                &appt
+            ),
+            1,
+            "the edited row is kept and exported, and taken everywhere: {}",
+            db.display()
+        );
+        assert_eq!(count(db, "SELECT count(*) FROM appointments WHERE patient_id = ?1", &doomed), 1);
+    }
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(dump(&a), dump(&c));
+}
