@@ -13,8 +13,8 @@ use super::state::doc_for_patient;
 use super::{Db, DbError, WriteTx};
 use crate::model::{Hlc, PatientDoc, RowKey, RowState, SiteId, patient_file_name};
 
-/// A row older than a peer's purge horizon that the folder no longer has:
-/// the peers purged its tombstone while this site was away. It is removed
+/// A row that existed before a peer's purge horizon and that the folder no
+/// longer has: the peers purged its tombstone while this site was away. It is removed
 /// from the state and remembered as purged; the app's row goes through the
 /// mass-delete guard like any incoming deletion.
 fn drop_row(
@@ -27,6 +27,28 @@ fn drop_row(
 ) -> Result<(), DbError> {
     conn.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
         .execute(params![key.table, key.pk])?;
+    // Edits this site made after the horizon never reached the delete: as
+    // with any edit a delete did not see, the delete wins and the edit is
+    // kept here for a person to see.
+    let mut record = conn.prepare_cached(
+        "INSERT INTO _cs_conflicts (tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source,
+           detected_ms, kind) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 'purged while this site was away', ?8, 'deleted')
+         ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = 'deleted', status = 'open', resolved_ms = NULL",
+    )?;
+    for (col, state) in &row.fields {
+        for v in state.versions().iter().filter(|v| v.hlc() > horizon) {
+            record.execute(params![
+                key.table,
+                key.pk,
+                col,
+                super::values::Sql(v.value()),
+                v.hlc().encode(),
+                horizon.encode(),
+                patient,
+                now_ms as i64
+            ])?;
+        }
+    }
     // Its causal length as a tombstone: past the live row's.
     let cl = if row.is_alive() { row.cl + 1 } else { row.cl };
     conn.prepare_cached(
@@ -41,9 +63,11 @@ fn drop_row(
     Ok(())
 }
 
-/// True when every version of the row is older than the horizon.
-fn older_than(row: &RowState, horizon: Hlc) -> bool {
-    row.max_hlc().is_some_and(|h| h < horizon)
+/// True when the row existed before the horizon (its first version is
+/// older): a row created later is new, not purged, and is kept.
+fn existed_before(row: &RowState, horizon: Hlc) -> bool {
+    let first = row.fields.values().flat_map(|f| f.versions().iter().map(|v| v.hlc())).min();
+    first.is_some_and(|h| h < horizon)
 }
 
 pub(super) const TABLES: &str = "
@@ -88,7 +112,7 @@ impl WriteTx<'_> {
         let ours = doc_for_patient(&self.tx, &file.patient.0)?;
         let mut n = 0;
         for (key, row) in &ours.rows {
-            if !file.rows.contains_key(key) && older_than(row, horizon) {
+            if !file.rows.contains_key(key) && existed_before(row, horizon) {
                 drop_row(&self.tx, key, row, &file.patient.0, horizon, now_ms)?;
                 n += 1;
             }
@@ -216,11 +240,11 @@ impl Db {
             }
             let ours = doc_for_patient(&tx, &patient)?;
             let root_key = RowKey { table: root.clone(), pk: patient.clone() };
-            if !ours.rows.get(&root_key).is_some_and(|r| older_than(r, horizon)) {
+            if !ours.rows.get(&root_key).is_some_and(|r| existed_before(r, horizon)) {
                 continue;
             }
             for (key, row) in &ours.rows {
-                if older_than(row, horizon) {
+                if existed_before(row, horizon) {
                     drop_row(&tx, key, row, &patient, horizon, now_ms)?;
                     n += 1;
                 }

@@ -358,28 +358,12 @@ pub(crate) fn apply_doc(
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
     for (key, incoming) in &doc.rows {
-        let mut revived = None;
-        if ctx.any_purged
-            && let Some((cl, deleted_at)) = purged(conn, key)?
-            && incoming.cl <= cl
-        {
-            // A copy of a row purged here. Written before the delete (or
-            // without anything newer): stale, and the row stays deleted.
-            // Edited after the delete by a site that was away while it was
-            // purged: that site keeps and exports it, and every site that
-            // purged takes it as the row inserted again, past the tombstone.
-            let newer = deleted_at.is_some_and(|d| incoming.max_hlc().is_some_and(|h| h > d));
-            if !(incoming.is_alive() && newer) {
-                continue;
-            }
-            let mut row = incoming.clone();
-            row.cl = cl + 1;
-            revived = Some(row);
-            // A segment carries only the changed fields: the rest of the
-            // row is in its patient's file, which is read next.
-            out.affected.insert(doc.patient.0.clone());
+        if ctx.any_purged && purged(conn, key)?.is_some_and(|(cl, _)| incoming.cl <= cl) {
+            // A copy of a row purged here: it was deleted, and stays so. (An
+            // edit made without seeing the delete loses to it, as before the
+            // purge; the site that made it keeps it as a record.)
+            continue;
         }
-        let incoming = revived.as_ref().unwrap_or(incoming);
         let old = load_row(conn, &key.table, &key.pk)?;
         let (old_row, old_patient) = match &old {
             Some((r, p)) => (Some(r), p.clone()),
@@ -594,9 +578,28 @@ pub(crate) fn resolve_conflict(
     let key = RowKey { table: tbl.clone(), pk: pk.clone() };
     stamp_if_pending(conn, ctx, clock, now_ms, &key, batch)?;
     let Some((mut row, old_patient)) = load_row(conn, &tbl, &pk)? else {
-        return Err(DbError::Corrupt(format!(
-            "conflict #{id} names {tbl}/{pk}, which has no recorded versions"
-        )));
+        if kind != "deleted" {
+            return Err(DbError::Corrupt(format!(
+                "conflict #{id} names {tbl}/{pk}, which has no recorded versions"
+            )));
+        }
+        // The row was deleted and purged everywhere: the delete can be
+        // accepted; the edit cannot travel any more.
+        return match keep {
+            Keep::Winner => {
+                conn.execute(
+                    "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?2 WHERE id = ?1",
+                    params![id, now_ms as i64],
+                )?;
+                Ok(Resolved { id, table: tbl, pk, column: col, value: Value::Null })
+            }
+            Keep::Loser => Err(DbError::ConflictSettled {
+                id,
+                how: format!(
+                    "{tbl}/{pk} was deleted and purged at every site; enter the value again in the app if it is still needed, then resolve with --keep winner"
+                ),
+            }),
+        };
     };
     if kind == "deleted" {
         return resolve_delete(

@@ -329,7 +329,7 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
 }
 
 #[test]
-fn a_row_edited_after_the_delete_by_a_site_that_was_away_comes_back_everywhere() {
+fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_kept_for_review() {
     let family = Family::new();
     let a = family.init("a");
     let b = family.init("b");
@@ -365,19 +365,23 @@ fn a_row_edited_after_the_delete_by_a_site_that_was_away_comes_back_everywhere()
         sync_ok(db);
     }
     for db in [&a, &b, &c] {
-        assert_eq!(count(db, "SELECT count(*) FROM patients WHERE id = ?1", &doomed), 0, "{}", db.display());
-        assert_eq!(
-            count(
-                db,
-                "SELECT count(*) FROM appointments WHERE id = ?1 AND status = 'rescheduled while away'",
-                &appt
-            ),
-            1,
-            "the edited row is kept and exported, and taken everywhere: {}",
-            db.display()
-        );
-        assert_eq!(count(db, "SELECT count(*) FROM appointments WHERE patient_id = ?1", &doomed), 1);
+        assert_eq!(rows_of_patient(db, &doomed), 0, "the delete wins at {}", db.display());
     }
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(dump(&a), dump(&c));
+    // C, which made the edit, keeps it for a person to see.
+    let records: serde_json::Value =
+        serde_json::from_slice(&cli(&c).args(["conflicts", "--json"]).output().unwrap().stdout).unwrap();
+    let records = records.as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["kind"] == "deleted" && r["lost_value"] == "rescheduled while away"),
+        "{records:?}"
+    );
+    let id =
+        records.iter().find(|r| r["lost_value"] == "rescheduled while away").unwrap()["id"].as_i64().unwrap();
+    let refused =
+        cli(&c).args(["conflicts", "resolve", &id.to_string(), "--keep", "loser"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("purged"));
+    cli(&c).args(["conflicts", "resolve", &id.to_string(), "--keep", "winner"]).assert().success();
 }
