@@ -103,6 +103,8 @@ struct Sim {
     counter: u64,
     flavor: Flavor,
     log: Vec<String>,
+    /// Tombstones purged across all runs (to show the runs exercise it).
+    purged: u64,
 }
 
 const PATIENT_COLUMNS: [&str; 4] = ["given_name", "phone", "email", "notes"];
@@ -141,6 +143,7 @@ impl Sim {
             overwritten: HashSet::new(),
             counter: 0,
             flavor,
+            purged: 0,
             log: vec![format!("seed {seed}: {n} sites, {flavor:?}, use_logs={use_logs}")],
         };
         for (i, root) in roots.iter().enumerate() {
@@ -348,6 +351,7 @@ impl Sim {
             report.outcome.as_str()
         ));
         assert_ne!(report.outcome, engine::Outcome::Failed, "{}", self.trail());
+        self.purged += report.counts.tombstones_purged;
         report
     }
 
@@ -606,8 +610,9 @@ impl Sim {
     }
 }
 
-/// One seeded run: random steps, then quiescence, then the checks.
-fn run(seed: u64) -> (Flavor, u64) {
+/// One seeded run: random steps, then quiescence, then the checks. Returns
+/// the flavor, the conflict copies made and the tombstones purged.
+fn run(seed: u64) -> (Flavor, u64, u64) {
     let mut sim = Sim::new(seed);
     let steps = 60 + sim.rng.below(80);
     for _ in 0..steps {
@@ -615,7 +620,7 @@ fn run(seed: u64) -> (Flavor, u64) {
     }
     sim.quiesce();
     sim.check();
-    (sim.flavor, sim.cloud.copies_made)
+    (sim.flavor, sim.cloud.copies_made, sim.purged)
 }
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
@@ -634,12 +639,16 @@ fn seeds(default: u64) -> std::ops::Range<u64> {
 fn run_share(first: u64, stride: u64) {
     let mut copies: BTreeMap<String, u64> = BTreeMap::new();
     let mut runs = 0;
+    let mut purged = 0;
     for seed in seeds(200).filter(|s| s % stride == first) {
-        let (flavor, made) = run(seed);
+        let (flavor, made, p) = run(seed);
         *copies.entry(format!("{flavor:?}")).or_default() += made;
+        purged += p;
         runs += 1;
     }
-    eprintln!("simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}");
+    eprintln!(
+        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}"
+    );
     if std::env::var_os("SIM_SEED").is_none() && runs >= 20 {
         // The runs must have exercised the conflict paths, or they prove little.
         let made: u64 = copies.iter().filter(|(f, _)| *f != "LastWriter").map(|(_, n)| n).sum();
