@@ -320,6 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         "waiting-sites" => format!("waiting for {} to have it", t.waiting_for.join(", ")),
                         "purgeable" => "purgeable: the next sync purges it".to_owned(),
+                        "waiting-confirmation" => {
+                            "held by the mass-delete guard: `clinicsync sync --confirm-deletes` applies it".to_owned()
+                        }
                         "waiting-review" => {
                             "kept: an edit made without seeing the delete waits for review (`clinicsync conflicts`)".to_owned()
                         }

@@ -265,6 +265,15 @@ impl Db {
             .query_row(params![table, pk], |r| r.get(0))?)
     }
 
+    /// True when the app still shows a row whose deletion the mass-delete
+    /// guard holds: its tombstone is not purged while so.
+    pub fn is_held(&self, table: &str, pk: &str) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM _cs_held WHERE tbl = ?1 AND pk = ?2)")?
+            .query_row(params![table, pk], |r| r.get(0))?)
+    }
+
     /// True when this patient's own row was purged here.
     pub fn is_purged_patient(&self, patient: &str) -> Result<bool, DbError> {
         let root = &self.mapping.root.table;

@@ -39,6 +39,8 @@ pub(crate) enum Step {
     },
     /// An edit it did not see waits for review (`clinicsync conflicts`).
     Review,
+    /// The mass-delete guard holds it: waiting for `sync --confirm-deletes`.
+    Held,
     Purgeable,
 }
 
@@ -63,6 +65,7 @@ pub(crate) fn plan(
     for t in db.tombstones()? {
         let step = match t.deleted_at {
             None => Step::Unstamped,
+            Some(_) if db.is_held(&t.table, &t.pk)? => Step::Held,
             Some(_) if db.has_open_lost_edits(&t.table, &t.pk)? => Step::Review,
             Some(h) if h.wall_ms().saturating_add(retention) > now_ms => {
                 Step::Young { purgeable_after_ms: h.wall_ms().saturating_add(retention) }
@@ -92,7 +95,8 @@ pub struct TombstoneView {
     pub deleted_at: Option<String>,
     pub deleted_by: Option<String>,
     /// `waiting-retention`, `waiting-sites`, `waiting-review` (an edit it
-    /// did not see is an open conflict record), `purgeable`, `unstamped`.
+    /// did not see is an open conflict record), `waiting-confirmation` (the
+    /// mass-delete guard holds it), `purgeable`, `unstamped`.
     pub step: &'static str,
     /// For `waiting-sites`: the sites that have not got it yet.
     pub waiting_for: Vec<String>,
@@ -138,6 +142,7 @@ pub fn tombstones(db_path: &Path) -> Result<TombstoneReport, EngineError> {
                 }
                 Step::Waiting { sites } => ("waiting-sites", sites, None),
                 Step::Review => ("waiting-review", Vec::new(), None),
+                Step::Held => ("waiting-confirmation", Vec::new(), None),
                 Step::Purgeable => ("purgeable", Vec::new(), None),
             };
             TombstoneView {

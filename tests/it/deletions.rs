@@ -222,6 +222,16 @@ fn deleting_thirty_percent_of_two_hundred_patients_waits_for_confirmation() {
         s["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("--confirm-deletes"))
     );
 
+    let steps: Vec<String> = tombstones(&b)["tombstones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["table"] == "patients")
+        .map(|t| t["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(steps.len(), 60);
+    assert!(steps.iter().all(|s| s == "waiting-confirmation"), "never purged while held: {steps:?}");
+
     // Still held on the next run, and after a full scan.
     assert_eq!(sync_with(&b, &["--full-scan"]).0, 3);
     assert_eq!(dump(&b)[0].1.len(), 200);
