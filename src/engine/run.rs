@@ -125,6 +125,7 @@ pub fn sync_with_clock(
         confirm_deletes: options.confirm_deletes,
         peer_horizon: None,
         listed_stems: HashSet::new(),
+        copy_stems: HashSet::new(),
         new_horizon: None,
         decorated: Vec::new(),
         merged_copies: Vec::new(),
@@ -237,6 +238,9 @@ struct Run<'c> {
     /// patient files the folder has.
     peer_horizon: Option<Hlc>,
     listed_stems: HashSet<String>,
+    /// Stems that have a conflict copy in the folder (filled by the full
+    /// scan): their rows are never taken for purged elsewhere.
+    copy_stems: HashSet<String>,
     /// The latest purge horizon the other sites publish, when this site
     /// has not applied it yet.
     new_horizon: Option<Hlc>,
@@ -557,13 +561,11 @@ impl Run<'_> {
     /// possible, from the patient files where not.
     fn import(&mut self) -> Result<(), EngineError> {
         if !self.settings.use_logs {
-            self.peer_horizon = self.new_horizon;
+            // Every run reads every file: this site has the tombstones the
+            // others purged, and purges them itself.
             let clean = self.full_scan()?;
-            if clean {
-                if let Some(horizon) = self.peer_horizon {
-                    self.apply_peer_purge(horizon)?;
-                }
-                self.new_horizon = None;
+            if clean && let Some(horizon) = self.new_horizon.take() {
+                self.db.set_meta("horizon_applied", &horizon.encode())?;
             }
             return Ok(());
         }
@@ -671,7 +673,8 @@ impl Run<'_> {
             );
             return Ok(());
         }
-        let listed = std::mem::take(&mut self.listed_stems);
+        let mut listed = std::mem::take(&mut self.listed_stems);
+        listed.extend(self.copy_stems.iter().cloned());
         self.counts.purged_elsewhere += self.db.drop_absent_patients(&listed, horizon, self.now_ms)? as u64;
         self.db.set_meta("horizon_applied", &horizon.encode())?;
         if self.counts.purged_elsewhere > 0 {
@@ -1007,12 +1010,17 @@ impl Run<'_> {
                         }
                         files.push(FileRef { path, stem, copy: decorated, repair: None })
                     }
-                    Classified::Copy { of: FileKind::Patient { stem }, client } => files.push(FileRef {
-                        path,
-                        stem,
-                        copy: Some(decorated.unwrap_or(client)),
-                        repair: None,
-                    }),
+                    Classified::Copy { of: FileKind::Patient { stem }, client } => {
+                        // A copy holds the patient's data too: the patient
+                        // is in the folder, whatever became of its original.
+                        self.copy_stems.insert(stem.clone());
+                        files.push(FileRef {
+                            path,
+                            stem,
+                            copy: Some(decorated.unwrap_or(client)),
+                            repair: None,
+                        })
+                    }
                     _ => self.rec.warning(
                         "unknown-file",
                         Some(&path),
@@ -1482,6 +1490,7 @@ impl Run<'_> {
         for (f, doc, _, entry, sha) in &loaded {
             if let Some(horizon) = self.peer_horizon
                 && f.copy.is_none()
+                && !self.copy_stems.contains(&f.stem)
             {
                 self.counts.purged_elsewhere += w.drop_purged_elsewhere(doc, horizon, self.now_ms)? as u64;
             }
