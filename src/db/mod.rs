@@ -170,29 +170,18 @@ impl Db {
         if format > STATE_FORMAT {
             return Err(DbError::NewerState { path: display, found: format });
         }
-        // Tables added since the state format was frozen.
-        let has_copies: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cs_copies')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_copies {
-            conn.execute_batch(copies::TABLE)?;
-        }
-        let has_held: bool =
-            conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cs_held')", [], |r| {
-                r.get(0)
-            })?;
-        if !has_held {
-            conn.execute_batch(held::TABLE)?;
-        }
-        let has_purged: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_cs_purged')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_purged {
-            conn.execute_batch(purge::TABLES)?;
+        // Tables and columns added since the state format was frozen.
+        for (table, sql) in
+            [("_cs_copies", copies::TABLE), ("_cs_held", held::TABLE), ("_cs_purged", purge::TABLES)]
+        {
+            let present: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
+                [table],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(sql)?;
+            }
         }
         let has_kind: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_conflicts') WHERE name = 'kind')",

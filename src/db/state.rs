@@ -13,7 +13,7 @@ use super::rowblob;
 use super::schema::quote;
 use super::values::{Sql, from_ref};
 use crate::model::{
-    Base, FieldState, FieldVersion, Hlc, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    Base, FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
 use crate::xmlstore::{Segment, encode_segment, is_xml_safe};
 
@@ -157,7 +157,7 @@ pub(crate) fn stamp_row(
         // A key purged here, inserted again: its causal length goes on
         // from the purged tombstone's, so every site takes the insert.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
-        row.cl = purged(conn, &key)?.map_or(0, |(cl, _)| cl);
+        row.cl = purged_cl(conn, &key)?.unwrap_or(0);
     }
     let mut stamped = RowState::default();
     // One stamp for every column this change touches: they were written
@@ -358,7 +358,7 @@ pub(crate) fn apply_doc(
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
     for (key, incoming) in &doc.rows {
-        if ctx.any_purged && purged(conn, key)?.is_some_and(|(cl, _)| incoming.cl <= cl) {
+        if ctx.any_purged && purged_cl(conn, key)?.is_some_and(|cl| incoming.cl <= cl) {
             // A copy of a row purged here: it was deleted, and stays so. (An
             // edit made without seeing the delete loses to it, as before the
             // purge; the site that made it keeps it as a record.)
@@ -632,10 +632,7 @@ pub(crate) fn resolve_conflict(
         Keep::Winner => state.winner().value().clone(),
         Keep::Loser => loser.value().clone(),
     };
-    let base = state.context();
-    clock.observe(base.latest().expect("a field state is never empty"));
-    let version = FieldVersion::new(value.clone(), clock.stamp(now_ms), base)
-        .expect("a fresh stamp is after every stamp the clock observed");
+    let version = settling_version(clock, now_ms, state, value.clone());
     row.fields.insert(col.clone(), FieldState::single(version.clone()));
     let patient = patient_of(ctx, &tbl, &pk, &row, old_patient.as_deref());
     save_row(conn, &tbl, &pk, &row, patient.as_deref())?;
@@ -651,6 +648,15 @@ pub(crate) fn resolve_conflict(
     batch.versions += 1;
     add_to_batch(batch, key, stamped, old_patient, patient);
     Ok(Resolved { id, table: tbl, pk, column: col, value })
+}
+
+/// A new version of a field made with everything it holds in view: it
+/// supersedes every version there, here and wherever it travels.
+fn settling_version(clock: &mut HlcClock, now_ms: u64, state: &FieldState, value: Value) -> FieldVersion {
+    let base = state.context();
+    clock.observe(base.latest().expect("a field state is never empty"));
+    FieldVersion::new(value, clock.stamp(now_ms), base)
+        .expect("a fresh stamp is after every stamp the clock observed")
 }
 
 /// Puts a locally made change of one row into the transaction's segment.
@@ -711,10 +717,7 @@ fn resolve_delete(
         }
         Keep::Loser => {
             let state = row.fields.get(col).expect("a lost version belongs to a field of the row");
-            let base = state.context();
-            clock.observe(base.latest().expect("a field state is never empty"));
-            let version = FieldVersion::new(lost.value().clone(), clock.stamp(now_ms), base)
-                .expect("a fresh stamp is after every stamp the clock observed");
+            let version = settling_version(clock, now_ms, state, lost.value().clone());
             row.cl += 1;
             row.deleted = Base::default();
             row.fields.insert(col.to_owned(), FieldState::single(version));
@@ -879,11 +882,11 @@ fn is_held(conn: &Connection, tbl: &str, pk: &str) -> Result<bool, DbError> {
         .query_row(params![tbl, pk], |r| r.get(0))?)
 }
 
-/// The causal length and delete stamp of a row purged here.
-fn purged(conn: &Connection, key: &RowKey) -> Result<Option<(u64, Option<Hlc>)>, DbError> {
-    let found: Option<(i64, Option<String>)> = conn
-        .prepare_cached("SELECT cl, deleted_at FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
-        .query_row(params![key.table, key.pk], |r| Ok((r.get(0)?, r.get(1)?)))
+/// The causal length of a row purged here.
+fn purged_cl(conn: &Connection, key: &RowKey) -> Result<Option<u64>, DbError> {
+    let cl: Option<i64> = conn
+        .prepare_cached("SELECT cl FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![key.table, key.pk], |r| r.get(0))
         .optional()?;
-    Ok(found.map(|(cl, d)| (cl as u64, d.and_then(|d| Hlc::parse(&d).ok()))))
+    Ok(cl.map(|c| c as u64))
 }

@@ -32,6 +32,8 @@ const SEGMENT_ROWS: usize = 5_000;
 const SEGMENT_BYTES: usize = 4 << 20;
 /// Bytes per batch of file writes (one syncfs each).
 const WRITE_BATCH_BYTES: usize = 16 << 20;
+/// How often a run looks for tombstones it can purge (at most).
+const PURGE_CHECK_MS: u64 = 5 * 60 * 1000;
 /// How stale the published last-sync time of an idle site may get.
 const SITE_FILE_REFRESH_MS: u64 = 5 * 60 * 1000;
 /// How often one patient may be re-queued in a run (each time only follows
@@ -1627,6 +1629,15 @@ impl Run<'_> {
     /// older than the retention; rewrite their patients' files without
     /// them (or remove the file of a purged patient); publish the horizon.
     fn purge_tombstones(&mut self) -> Result<(), EngineError> {
+        // Planning reads every tombstone: not on every run (a run with
+        // nothing to do stays cheap), at most every few minutes, or every
+        // run when the retention is shorter than that.
+        let interval = PURGE_CHECK_MS.min(self.settings.log_retention.as_millis() as u64);
+        let last: u64 = self.db.meta("last_purge_check_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if self.now_ms.saturating_sub(last) < interval {
+            return Ok(());
+        }
+        self.db.set_meta("last_purge_check_ms", &self.now_ms.to_string())?;
         let plan =
             super::tombstones::plan(&self.db, &self.peers, self.cfg.site, &self.settings, self.now_ms)?;
         let ready: Vec<crate::db::Tombstone> = plan

@@ -65,9 +65,7 @@ impl Scene {
         assert_eq!(dump(&self.a), dump(&self.b));
         let phone = patient_field(&self.a, &self.id, "phone").unwrap();
         for db in [&self.a, &self.b] {
-            let conflicts: serde_json::Value =
-                serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout)
-                    .unwrap();
+            let conflicts: serde_json::Value = json_of(db, &["conflicts"]);
             let lost: Vec<&str> =
                 conflicts.as_array().unwrap().iter().map(|c| c["lost_value"].as_str().unwrap()).collect();
             let mut both = vec![phone.as_str(), lost[0]];
@@ -127,8 +125,7 @@ fn with_auto_delete_off_a_copy_is_merged_once_kept_and_listed() {
     assert_eq!(first["counts"]["conflict_copies_merged"], 1);
     assert_eq!(first["counts"]["conflict_copies_kept"], 1);
     assert!(copy.exists(), "kept");
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&s.b).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&s.b, &["status"]);
     let kept = status["kept_copies"].as_array().unwrap();
     assert_eq!(kept.len(), 1);
     assert!(kept[0]["path"].as_str().unwrap().ends_with(&name));
@@ -144,8 +141,7 @@ fn with_auto_delete_off_a_copy_is_merged_once_kept_and_listed() {
     let third = sync_ok(&s.b);
     assert_eq!(third["counts"]["conflict_copies_deleted"], 1);
     assert!(!copy.exists());
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&s.b).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&s.b, &["status"]);
     assert_eq!(status["kept_copies"].as_array().unwrap().len(), 0);
     s.assert_converged();
 }
@@ -212,8 +208,7 @@ fn a_copy_of_this_site_s_own_segment_stops_the_run() {
     let a = family.init("a");
     add_patient(&app(&a), 1, 0);
     sync_ok(&a);
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&a, &["status"]);
     let site = status["site"].as_str().unwrap();
     let log = family.folder().join("log").join(site);
     let first = fs::read_dir(&log).unwrap().next().unwrap().unwrap().path();

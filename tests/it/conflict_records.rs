@@ -8,13 +8,8 @@ use std::path::Path;
 use crate::support::*;
 
 fn conflicts(db: &Path, all: bool) -> Vec<serde_json::Value> {
-    let mut cmd = cli(db);
-    cmd.args(["conflicts", "--json"]);
-    if all {
-        cmd.arg("--all");
-    }
-    let out = cmd.output().unwrap();
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    let args: &[&str] = if all { &["conflicts", "--all"] } else { &["conflicts"] };
+    json_of(db, args).as_array().unwrap().clone()
 }
 
 /// Two sites with one open conflict on a patient's phone: B's value won.

@@ -25,8 +25,7 @@ fn a_crash_after_the_export_commit_is_finished_by_the_next_run() {
     crash_at(&a, "after-export-commit");
     // The export is committed but its files were never written.
     assert!(!patient_file(&family.folder(), &second).exists());
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&a, &["status"]);
     assert!(status["pending_changes"].as_u64().unwrap() > 0, "the unwritten export shows as pending");
 
     let report = sync_ok(&a);

@@ -19,7 +19,7 @@ fn rows_of_patient(db: &Path, id: &str) -> i64 {
 }
 
 fn status(db: &Path) -> serde_json::Value {
-    serde_json::from_slice(&cli(db).args(["status", "--json"]).output().unwrap().stdout).unwrap()
+    json_of(db, &["status"])
 }
 
 #[test]
@@ -108,9 +108,7 @@ fn a_delete_concurrent_with_an_edit_wins_everywhere_and_the_edit_is_kept_for_rev
         sync_ok(first);
         for db in [&a, &b] {
             assert_eq!(rows_of_patient(db, &id), 0, "delete_first={delete_first} {}", db.display());
-            let records: serde_json::Value =
-                serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout)
-                    .unwrap();
+            let records: serde_json::Value = json_of(db, &["conflicts"]);
             let records = records.as_array().unwrap();
             assert_eq!(records.len(), 1, "{records:?}");
             assert_eq!(records[0]["kind"], "deleted");
@@ -122,12 +120,7 @@ fn a_delete_concurrent_with_an_edit_wins_everywhere_and_the_edit_is_kept_for_rev
 
         // Keeping the edit brings the patient back everywhere.
         if !delete_first {
-            let record = serde_json::from_slice::<serde_json::Value>(
-                &cli(&a).args(["conflicts", "--json"]).output().unwrap().stdout,
-            )
-            .unwrap()[0]["id"]
-                .as_i64()
-                .unwrap();
+            let record = json_of(&a, &["conflicts"])[0]["id"].as_i64().unwrap();
             cli(&a).args(["conflicts", "resolve", &record.to_string(), "--keep", "loser"]).assert().success();
             sync_ok(&a);
             sync_ok(&b);
@@ -263,7 +256,7 @@ fn a_few_deletions_pass_the_guard_at_once() {
 }
 
 fn tombstones(db: &Path) -> serde_json::Value {
-    serde_json::from_slice(&cli(db).args(["tombstones", "--json"]).output().unwrap().stdout).unwrap()
+    json_of(db, &["tombstones"])
 }
 
 #[test]
@@ -380,8 +373,7 @@ fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(dump(&a), dump(&c));
     // C, which made the edit, keeps it for a person to see.
-    let records: serde_json::Value =
-        serde_json::from_slice(&cli(&c).args(["conflicts", "--json"]).output().unwrap().stdout).unwrap();
+    let records: serde_json::Value = json_of(&c, &["conflicts"]);
     let records = records.as_array().unwrap();
     assert!(
         records.iter().any(|r| r["kind"] == "deleted" && r["lost_value"] == "rescheduled while away"),

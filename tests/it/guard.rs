@@ -41,8 +41,7 @@ fn a_database_copied_to_another_computer_refuses_until_reassigned() {
     cli(&copy).env("CLINICSYNC_MACHINE_ID", "another-computer").arg("sync").assert().success();
     sync_ok(&a);
     assert_eq!(patient_field(&a, &id, "phone").unwrap(), "from the copy");
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&a, &["status"]);
     assert_eq!(status["sites"].as_array().unwrap().len(), 2);
 }
 
@@ -70,8 +69,7 @@ fn an_unreachable_folder_changes_nothing_and_the_next_run_goes_on() {
     let away = family.dir.path().join("unmounted");
     fs::rename(family.folder(), &away).unwrap();
     fails_with(&a, None, "not reachable");
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&a, &["status"]);
     assert_eq!(status["online"], false);
     assert!(status["pending_changes"].as_u64().unwrap() > 0);
     fs::rename(&away, family.folder()).unwrap();
@@ -82,8 +80,7 @@ fn an_unreachable_folder_changes_nothing_and_the_next_run_goes_on() {
 fn a_copy_of_our_own_site_file_means_our_id_is_on_two_computers() {
     let family = Family::new();
     let a = family.init("a");
-    let status: serde_json::Value =
-        serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+    let status: serde_json::Value = json_of(&a, &["status"]);
     let site = status["site"].as_str().unwrap().to_owned();
     let sites = family.folder().join("sites");
     fs::copy(

@@ -118,8 +118,7 @@ fn two_sites_on_real_syncthing_converge_after_a_partition_and_the_conflict_copy_
     let phone = patient_field(&a, &id, "phone").unwrap();
     assert_eq!(phone, "typed on the laptop", "the later edit wins");
     for db in [&a, &b] {
-        let conflicts: serde_json::Value =
-            serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout).unwrap();
+        let conflicts: serde_json::Value = json_of(db, &["conflicts"]);
         assert_eq!(conflicts.as_array().unwrap().len(), 1, "{}", db.display());
         assert_eq!(conflicts[0]["lost_value"], "typed at the clinic");
     }

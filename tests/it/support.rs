@@ -55,6 +55,14 @@ pub(crate) fn sync_with(db: &Path, args: &[&str]) -> (i32, serde_json::Value) {
     (code, json)
 }
 
+/// Runs a command with `--json` and parses what it prints.
+pub(crate) fn json_of(db: &Path, args: &[&str]) -> serde_json::Value {
+    let out = cli(db).args(args).arg("--json").output().expect("run clinicsync");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
 /// Runs sync and insists it ends `ok`.
 pub(crate) fn sync_ok(db: &Path) -> serde_json::Value {
     let (code, json) = sync(db);

@@ -59,8 +59,7 @@ fn concurrent_edits_of_different_fields_both_survive_in_either_order() {
             assert_eq!(patient_field(db, &id, "email").unwrap(), "email from B", "a_first={a_first}");
         }
         assert_eq!(dump(&a), dump(&b));
-        let status: serde_json::Value =
-            serde_json::from_slice(&cli(&a).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+        let status: serde_json::Value = json_of(&a, &["status"]);
         assert_eq!(status["open_conflicts"], 0, "different fields are not a conflict");
     }
 }
@@ -81,11 +80,9 @@ fn concurrent_edits_of_one_field_converge_to_the_later_stamp_and_both_sites_keep
     sync_ok(&a);
     for db in [&a, &b] {
         assert_eq!(patient_field(db, &id, "phone").unwrap(), "typed at B");
-        let status: serde_json::Value =
-            serde_json::from_slice(&cli(db).args(["status", "--json"]).output().unwrap().stdout).unwrap();
+        let status: serde_json::Value = json_of(db, &["status"]);
         assert_eq!(status["open_conflicts"], 1, "{}", db.display());
-        let conflicts: serde_json::Value =
-            serde_json::from_slice(&cli(db).args(["conflicts", "--json"]).output().unwrap().stdout).unwrap();
+        let conflicts: serde_json::Value = json_of(db, &["conflicts"]);
         assert_eq!(conflicts[0]["lost_value"], "typed at A");
         assert_eq!(conflicts[0]["kept_value"], "typed at B");
         assert_eq!(conflicts[0]["column"], "phone");
