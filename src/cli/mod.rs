@@ -319,7 +319,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             )
                         }
                         "waiting-sites" => format!("waiting for {} to have it", t.waiting_for.join(", ")),
-                        "purgeable" => "purgeable: the next sync purges it".to_owned(),
+                        "purgeable" => "purgeable: a sync within 5 minutes purges it".to_owned(),
                         "waiting-confirmation" => {
                             "held by the mass-delete guard: `clinicsync sync --confirm-deletes` applies it".to_owned()
                         }
