@@ -274,6 +274,14 @@ impl Db {
             .query_row(params![table, pk], |r| r.get(0))?)
     }
 
+    /// Every patient the state holds rows of (deleted ones included).
+    pub fn patients(&self) -> Result<Vec<String>, DbError> {
+        let mut stmt =
+            self.conn.prepare("SELECT DISTINCT patient FROM _cs_rows WHERE patient IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// True when this patient's own row was purged here.
     pub fn is_purged_patient(&self, patient: &str) -> Result<bool, DbError> {
         let root = &self.mapping.root.table;

@@ -953,7 +953,20 @@ impl Run<'_> {
                 self.db.forget_copy(&kept.path)?;
             }
         }
-        let complete = self.reconcile(files, Vec::new())?;
+        // A patient this site knows whose file the folder does not have (a
+        // client lost or renamed it) is written again: read-repair of what
+        // is missing, not only of what is read. Not while returning after a
+        // purge: then absence is how the purge is learned.
+        let mut missing = Vec::new();
+        if self.peer_horizon.is_none() {
+            for patient in self.db.patients()? {
+                let stem = patient_file_name(&patient);
+                if !self.listed_stems.contains(&stem) && !self.copy_stems.contains(&stem) {
+                    missing.push(patient);
+                }
+            }
+        }
+        let complete = self.reconcile(files, missing)?;
         self.db.set_meta("last_full_scan_ms", &self.now_ms.to_string())?;
         Ok(complete && self.counts.files_skipped + self.counts.files_held_back == skipped_before)
     }

@@ -142,9 +142,7 @@ fn an_emptied_or_removed_patients_folder_deletes_nothing() {
             set(db, &[&format!("use_logs={logs}")]);
         }
         let conn = app(&a);
-        for n in 0..10 {
-            add_patient(&conn, n, 1);
-        }
+        let ids: Vec<String> = (0..10).map(|n| add_patient(&conn, n, 1)).collect();
         sync_ok(&a);
         sync_ok(&b);
         let before = dump(&a);
@@ -153,6 +151,10 @@ fn an_emptied_or_removed_patients_folder_deletes_nothing() {
             let (_, report) = sync_with(db, &["--full-scan"]);
             assert_ne!(report["outcome"], "failed", "{report:#}");
             assert_eq!(dump(db), before, "logs {logs}: nothing deleted at {}", db.display());
+        }
+        // The full scan wrote the missing files again from the database.
+        for id in &ids {
+            assert!(patient_file(&family.folder(), id).exists(), "logs {logs}: {id}'s file is back");
         }
     }
 }

@@ -451,6 +451,22 @@ impl Sim {
                         diff.push(format!("only at site {i}: {table} {row:?}"));
                     }
                 }
+                if std::env::var_os("SIM_VERBOSE").is_some() {
+                    for site in 0..self.sites.len() {
+                        for entry in walkdir::WalkDir::new(self.cloud.root(site)).sort_by_file_name() {
+                            let entry = entry.unwrap();
+                            let rel = entry
+                                .path()
+                                .strip_prefix(self.cloud.root(site))
+                                .unwrap()
+                                .to_string_lossy()
+                                .into_owned();
+                            if entry.file_type().is_file() && rel.starts_with("patients/") {
+                                eprintln!("SITE {site} {rel}: {}", self.cloud.describe(&rel));
+                            }
+                        }
+                    }
+                }
                 panic!("site {i} differs from site 0:\n  {}\n{}", diff.join("\n  "), self.trail());
             }
         }
