@@ -123,6 +123,7 @@ pub fn sync_with_clock(
         ignore: IgnoreRules::new(),
         now_ms: started_ms,
         peers: Vec::new(),
+        peers_incomplete: false,
         force_scan: options.full_scan,
         confirm_deletes: options.confirm_deletes,
         peer_horizon: None,
@@ -233,6 +234,10 @@ struct Run<'c> {
     ignore: IgnoreRules,
     now_ms: u64,
     peers: Vec<PeerFile>,
+    /// A site file could not be read this run: what every site has is not
+    /// known, so nothing that waits for every site (compaction, purging)
+    /// goes ahead.
+    peers_incomplete: bool,
     force_scan: bool,
     confirm_deletes: bool,
     /// Set when this site returns after peers purged tombstones it never
@@ -387,12 +392,14 @@ impl Run<'_> {
                             Some(&path),
                             format!("cannot be read: {e}; {}", retry_hint(&e)),
                         );
+                        self.peers_incomplete = true;
                         continue;
                     }
                 },
                 Err(ReadError::NotFound) => continue,
                 Err(e) => {
                     self.rec.skipped("site-file", Some(&path), format!("cannot be read: {e}; will retry"));
+                    self.peers_incomplete = true;
                     continue;
                 }
             };
@@ -1642,6 +1649,9 @@ impl Run<'_> {
     /// older than the retention; rewrite their patients' files without
     /// them (or remove the file of a purged patient); publish the horizon.
     fn purge_tombstones(&mut self) -> Result<(), EngineError> {
+        if self.peers_incomplete {
+            return Ok(());
+        }
         // Planning reads every tombstone: not on every run (a run with
         // nothing to do stays cheap), at most every few minutes, or every
         // run when the retention is shorter than that.
@@ -1651,8 +1661,16 @@ impl Run<'_> {
             return Ok(());
         }
         self.db.set_meta("last_purge_check_ms", &self.now_ms.to_string())?;
-        let plan =
-            super::tombstones::plan(&self.db, &self.peers, self.cfg.site, &self.settings, self.now_ms)?;
+        let unknown = super::tombstones::unknown_sites(&self.folder, &self.peers, self.cfg.site)
+            .map_err(|e| self.io("cannot list log/", e))?;
+        let plan = super::tombstones::plan(
+            &self.db,
+            &self.peers,
+            &unknown,
+            self.cfg.site,
+            &self.settings,
+            self.now_ms,
+        )?;
         let ready: Vec<crate::db::Tombstone> = plan
             .into_iter()
             .filter(|(_, step)| matches!(step, super::tombstones::Step::Purgeable))
@@ -1686,6 +1704,9 @@ impl Run<'_> {
     /// Step 6: delete own segments every active site has applied and that
     /// are older than the retention.
     fn compact(&mut self) -> Result<(), EngineError> {
+        if self.peers_incomplete {
+            return Ok(());
+        }
         let oldest = self.oldest_seq()?;
         let head = self.db.written_head()?;
         if oldest > head {

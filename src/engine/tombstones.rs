@@ -19,7 +19,7 @@ use super::host::SystemClock;
 use super::run::{PeerFile, staging_dir};
 use super::settings::{self, Settings};
 use crate::db::{Db, Purged, Tombstone};
-use crate::folder::layout::SITES_DIR;
+use crate::folder::layout::{LOG_DIR, SITES_DIR};
 use crate::folder::{DiskFolder, Folder, IgnoreRules};
 use crate::model::{Clock, SiteId};
 use crate::xmlstore::{decode_site, format_time};
@@ -45,9 +45,13 @@ pub(crate) enum Step {
 }
 
 /// Every tombstone of the state with its step.
+/// `unknown`: sites the folder shows (they have a change-log) whose site
+/// file this site has not read: nothing is purged while one exists, since
+/// nobody can tell what it has.
 pub(crate) fn plan(
     db: &Db,
     peers: &[PeerFile],
+    unknown: &[SiteId],
     own: SiteId,
     settings: &Settings,
     now_ms: u64,
@@ -71,12 +75,14 @@ pub(crate) fn plan(
                 Step::Young { purgeable_after_ms: h.wall_ms().saturating_add(retention) }
             }
             Some(h) => {
-                let waiting: Vec<String> = active
+                let mut waiting: Vec<String> = active
                     .iter()
                     .filter(|p| p.file.site != h.site() && p.file.site != own)
                     .filter(|p| p.file.ack_stamps.get(&h.site()).is_none_or(|acked| *acked < h))
                     .map(|p| format!("{} ({})", p.file.site.short(), p.file.name))
                     .collect();
+                waiting
+                    .extend(unknown.iter().map(|s| format!("{} (its site file has not arrived)", s.short())));
                 if waiting.is_empty() { Step::Purgeable } else { Step::Waiting { sites: waiting } }
             }
         };
@@ -111,6 +117,25 @@ pub struct TombstoneReport {
     pub purged: Vec<Purged>,
 }
 
+/// Sites with a change-log in the folder but no site file among `peers`.
+pub(crate) fn unknown_sites(
+    folder: &DiskFolder,
+    peers: &[PeerFile],
+    own: SiteId,
+) -> std::io::Result<Vec<SiteId>> {
+    let mut out = Vec::new();
+    for entry in folder.list(LOG_DIR)? {
+        if let Ok(site) = SiteId::parse(&entry.name)
+            && entry.is_dir
+            && site != own
+            && !peers.iter().any(|p| p.file.site == site)
+        {
+            out.push(site);
+        }
+    }
+    Ok(out)
+}
+
 /// Lists the tombstones of a database and the step each is at.
 pub fn tombstones(db_path: &Path) -> Result<TombstoneReport, EngineError> {
     let db = Db::open(db_path)?;
@@ -132,7 +157,8 @@ pub fn tombstones(db_path: &Path) -> Result<TombstoneReport, EngineError> {
         peers.push(PeerFile { file, mtime_ms });
     }
     let now = SystemClock.now_ms();
-    let tombstones = plan(&db, &peers, cfg.site, &settings, now)?
+    let unknown = unknown_sites(&folder, &peers, cfg.site).unwrap_or_default();
+    let tombstones = plan(&db, &peers, &unknown, cfg.site, &settings, now)?
         .into_iter()
         .map(|(t, step)| {
             let (name, waiting_for, purgeable_after) = match step {

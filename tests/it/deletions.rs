@@ -389,3 +389,33 @@ fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_
     assert!(String::from_utf8_lossy(&refused.stderr).contains("purged"));
     cli(&c).args(["conflicts", "resolve", &id.to_string(), "--keep", "winner"]).assert().success();
 }
+
+#[test]
+fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    for db in [&a, &b, &c] {
+        set(db, &["log_retention=0s"]);
+    }
+    let doomed = add_patient(&app(&a), 1, 1);
+    // C has written to the family: it has a change-log.
+    add_patient(&app(&c), 2, 0);
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    app(&a).execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    // C's site file has not reached A's folder (its change-log has).
+    let c_site = json_of(&c, &["status"])["site"].as_str().unwrap().to_owned();
+    fs::remove_file(family.folder().join("sites").join(format!("{c_site}.xml"))).unwrap();
+    for _ in 0..3 {
+        assert_eq!(sync_ok(&a)["counts"]["tombstones_purged"], 0);
+    }
+    let listed = tombstones(&a);
+    let waiting = &listed["tombstones"].as_array().unwrap()[0];
+    assert_eq!(waiting["step"], "waiting-sites", "{listed:#}");
+    assert!(waiting["waiting_for"].to_string().contains("has not arrived"), "{listed:#}");
+}

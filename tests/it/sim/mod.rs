@@ -452,6 +452,23 @@ impl Sim {
                     }
                 }
                 if std::env::var_os("SIM_VERBOSE").is_some() {
+                    for (site, st) in self.sites.iter().enumerate() {
+                        let q = |sql: &str| -> String {
+                            let mut stmt = st.app.prepare(sql).unwrap();
+                            let rows: Vec<String> = stmt
+                                .query_map([], |r| r.get::<_, String>(0))
+                                .unwrap()
+                                .map(|x| x.unwrap())
+                                .collect();
+                            rows.join(",")
+                        };
+                        eprintln!(
+                            "STATE site {site}: rows {} held {} purged {}",
+                            q("SELECT tbl || ' ' || pk || ' cl=' || cl FROM _cs_rows WHERE tbl = 'patients'"),
+                            q("SELECT tbl || ' ' || pk FROM _cs_held"),
+                            q("SELECT tbl || ' ' || pk || ' cl=' || cl FROM _cs_purged")
+                        );
+                    }
                     for site in 0..self.sites.len() {
                         for entry in walkdir::WalkDir::new(self.cloud.root(site)).sort_by_file_name() {
                             let entry = entry.unwrap();
