@@ -12,4 +12,6 @@ pub mod db;
 pub mod engine;
 pub mod folder;
 pub mod model;
+pub mod service;
 pub mod xmlstore;
+pub mod web;

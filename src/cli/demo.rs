@@ -120,7 +120,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         db: front.clone(),
         folder: folder.clone(),
         site_name: Some("Front desk".into()),
-        mapping: None,
+        ..InitOptions::default()
     })?;
     say(format!(
         "Front desk: created sync family {} and exported {} rows to the shared folder.",
@@ -131,7 +131,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         db: home.clone(),
         folder: folder.clone(),
         site_name: Some("Home visits".into()),
-        mapping: None,
+        ..InitOptions::default()
     })?;
     let seeded = &b.first_run.counts;
     say(format!(

@@ -3,6 +3,7 @@
 //! the exit code: 0 ok, 1 error, 2 usage, 3 the run finished `partial`.
 
 mod demo;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,8 +12,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::db::{ConflictRecord, Db, Keep};
-use crate::engine::{self, InitOptions, Outcome, RunReport, StatusReport, SyncOptions};
+use crate::db::{Db, Keep};
+use crate::engine::{self, InitOptions, Outcome, Progress, RunReport, StatusReport, SyncOptions};
 use crate::model::Hlc;
 use crate::xmlstore::format_time;
 
@@ -61,6 +62,15 @@ enum Command {
         /// holds back (`status` says how many and from which site).
         #[arg(long)]
         confirm_deletes: bool,
+    },
+    /// The service while the app runs: syncs every few minutes, within
+    /// seconds of files arriving or the app changing rows, and serves the
+    /// local web page (Status, Sync Now, Latest Logs, Conflicts, Settings).
+    Run {
+        /// Serve the page on this port instead of the `web_port` setting
+        /// (0: any free port; the printed link says which).
+        #[arg(long, value_name = "PORT")]
+        web_port: Option<u16>,
     },
     /// Online/offline, last sync, pending changes, the other sites.
     Status,
@@ -165,7 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = cli.db;
     match cli.command {
         Command::Init { folder, site_name, mapping } => {
-            let report = engine::init(&InitOptions { db: db.clone(), folder, site_name, mapping })?;
+            let options = InitOptions { db: db.clone(), folder, site_name, mapping, progress: Progress::new() };
+            let report = progress::with_bar(&options.progress.clone(), || engine::init(&options))?;
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -182,8 +193,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(exit_for(report.first_run.outcome))
         }
         Command::Sync { full_scan, confirm_deletes } => {
-            let report =
-                engine::sync(&db, &SyncOptions { full_scan, confirm_deletes, ..SyncOptions::default() })?;
+            let options = SyncOptions {
+                full_scan,
+                confirm_deletes,
+                wait_for_lock: Some(|| {
+                    eprintln!("clinicsync: another sync of this database is running; waiting for it to finish")
+                }),
+                ..SyncOptions::default()
+            };
+            let report = progress::with_bar(&options.progress.clone(), || engine::sync(&db, &options))?;
             if cli.json {
                 print_json(&report)?;
             } else {
@@ -193,6 +211,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("clinicsync: {}", report.error.as_deref().unwrap_or("the run failed"));
             }
             Ok(exit_for(report.outcome))
+        }
+        Command::Run { web_port } => {
+            crate::service::run(&crate::service::ServiceOptions { db, web_port })?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
             let report = engine::status(&db)?;
@@ -222,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let outcome = run.outcome.as_deref().unwrap_or("interrupted");
                     println!("#{} {} {} {}", run.id, format_time(run.started_ms), run.trigger, outcome);
                     if let Some(summary) = &run.summary {
-                        println!("    {}", summary_text(summary));
+                        println!("    {}", engine::summary_text(summary));
                     }
                     for e in events {
                         let path = e.path.as_deref().map(|p| format!("{p}: ")).unwrap_or_default();
@@ -262,7 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = Db::open(&db)?;
             let records = store.conflicts(!all)?;
             if cli.json {
-                let doc: Vec<_> = records.iter().map(conflict_json).collect();
+                let doc: Vec<_> = records.iter().map(engine::conflict_json).collect();
                 print_json(&doc)?;
             } else if records.is_empty() {
                 println!("No open conflicts.");
@@ -370,49 +392,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Demo { dir } => demo::run(&dir, cli.json),
     }
-}
-
-fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
-    json!({
-        "id": c.id,
-        "table": c.table,
-        "pk": c.pk,
-        "column": c.column,
-        "patient": c.patient,
-        "lost_value": c.value.display_short(),
-        "lost_hlc": c.hlc,
-        "lost_site": Hlc::parse(&c.hlc).ok().map(|h| h.site().short()),
-        "lost_at": Hlc::parse(&c.hlc).ok().map(|h| format_time(h.wall_ms())),
-        "kind": c.kind,
-        "kept_value": (c.kind != "deleted").then(|| c.winner_value.display_short()),
-        "deleted_by": (c.kind == "deleted").then(|| Hlc::parse(&c.winner_hlc).ok().map(|h| h.site().short())).flatten(),
-        "kept_hlc": c.winner_hlc,
-        "source": c.source,
-        "detected_ms": c.detected_ms,
-        "status": c.status,
-    })
-}
-
-fn summary_text(summary: &serde_json::Value) -> String {
-    let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
-    let scan = if summary.get("full_scan").and_then(serde_json::Value::as_bool) == Some(true) {
-        "; scanned every patient file"
-    } else {
-        ""
-    };
-    format!(
-        "exported {} rows; applied {} rows from {} segments and {} files; wrote {} segments and {} files; {} unchanged; {} skipped; {} held back; {} new conflicts{scan}",
-        get("exported_rows"),
-        get("rows_applied"),
-        get("segments_applied"),
-        get("files_applied"),
-        get("segments_written"),
-        get("files_written"),
-        get("files_unchanged"),
-        get("files_skipped"),
-        get("files_held_back"),
-        get("new_conflicts")
-    )
 }
 
 fn print_run(report: &RunReport) {

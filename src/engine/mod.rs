@@ -3,6 +3,7 @@
 //! the database, the folder, the clock and the codecs meet.
 
 mod host;
+mod progress;
 mod report;
 mod run;
 mod settings;
@@ -12,7 +13,8 @@ mod tombstones;
 use std::path::{Path, PathBuf};
 
 pub use host::{SystemClock, machine_fingerprint};
-pub use report::{Counts, Outcome, RunReport};
+pub use progress::{Progress, ProgressView};
+pub use report::{Counts, Outcome, RunReport, conflict_json, summary_text};
 pub use run::{SyncOptions, sync, sync_with_clock};
 pub use settings::{SettingError, SettingView, Settings};
 pub use status::{SiteStatus, StatusReport, status};
@@ -75,12 +77,14 @@ pub enum EngineError {
 }
 
 /// What `init` sets up.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct InitOptions {
     pub db: PathBuf,
     pub folder: PathBuf,
     pub site_name: Option<String>,
     pub mapping: Option<PathBuf>,
+    /// Where the first run reports its progress.
+    pub progress: Progress,
 }
 
 /// What `init` did.
@@ -142,6 +146,7 @@ pub fn init_with(
         .map_err(io_err(format!("cannot resolve {}", options.folder.display())))?;
     std::fs::create_dir_all(&folder_path)
         .map_err(io_err(format!("cannot create the folder {}", folder_path.display())))?;
+    settings::check_folder(&options.db, &folder_path, None)?;
     let folder = DiskFolder::new(folder_path.clone(), Some(run::staging_dir(&options.db)));
     let folder_display = folder_path.display().to_string();
     let existing = match folder.read(MANIFEST, 1 << 20) {
@@ -191,7 +196,7 @@ pub fn init_with(
     Db::open(&options.db)?.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
     let first_run = sync_with_clock(
         &options.db,
-        &SyncOptions { trigger: "init".into(), ..SyncOptions::default() },
+        &SyncOptions { trigger: "init".into(), progress: options.progress.clone(), ..SyncOptions::default() },
         clock,
     )?;
     Ok(InitReport {
@@ -224,6 +229,11 @@ pub fn reassign(db_path: &Path) -> Result<ReassignReport, EngineError> {
     Ok(ReassignReport { old_site: old.to_string(), new_site: new.to_string() })
 }
 
+/// The settings a run and the service use, with their defaults.
+pub fn settings_load(db_path: &Path) -> Result<Settings, EngineError> {
+    settings::load(&Db::open(db_path)?)
+}
+
 /// The settings of a database, as `clinicsync settings` shows them.
 pub fn settings_list(db_path: &Path) -> Result<Vec<SettingView>, EngineError> {
     settings::list(&Db::open(db_path)?)
@@ -242,8 +252,26 @@ pub fn resolve_conflict(
     id: i64,
     keep: crate::db::Keep,
 ) -> Result<crate::db::Resolved, EngineError> {
+    resolve_with_lock(db_path, id, keep, None)
+}
+
+/// [`resolve_conflict`], waiting for a sync in progress instead of failing.
+pub fn resolve_conflict_waiting(
+    db_path: &Path,
+    id: i64,
+    keep: crate::db::Keep,
+) -> Result<crate::db::Resolved, EngineError> {
+    resolve_with_lock(db_path, id, keep, Some(|| {}))
+}
+
+fn resolve_with_lock(
+    db_path: &Path,
+    id: i64,
+    keep: crate::db::Keep,
+    on_wait: Option<fn()>,
+) -> Result<crate::db::Resolved, EngineError> {
     let mut db = Db::open(db_path)?;
-    let _lock = run::take_lock(db_path)?;
+    let _lock = run::take_lock_or_wait(db_path, on_wait)?;
     let mut w = db.begin_write(SystemClock.now_ms())?;
     let resolved = w.resolve_conflict(id, keep)?;
     w.commit()?;

@@ -3,7 +3,11 @@
 
 use serde::Serialize;
 
-use crate::db::EventRecord;
+use serde_json::json;
+
+use crate::db::{ConflictRecord, EventRecord};
+use crate::model::Hlc;
+use crate::xmlstore::format_time;
 
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -91,6 +95,10 @@ pub struct RunReport {
     /// The process's peak resident memory so far, in KiB (Linux; else null).
     pub peak_rss_kib: Option<u64>,
     pub events: Vec<EventRecord>,
+    /// The folder paths this run wrote or removed, when the run was asked
+    /// to remember them and there were not too many (not in `--json`).
+    #[serde(skip)]
+    pub touched: Option<Vec<String>>,
 }
 
 impl RunReport {
@@ -187,4 +195,49 @@ impl Recorder {
             self.applied_unlogged = 0;
         }
     }
+}
+
+/// A conflict record as `conflicts --json` and the web page show it.
+pub fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
+    json!({
+        "id": c.id,
+        "table": c.table,
+        "pk": c.pk,
+        "column": c.column,
+        "patient": c.patient,
+        "lost_value": c.value.display_short(),
+        "lost_hlc": c.hlc,
+        "lost_site": Hlc::parse(&c.hlc).ok().map(|h| h.site().short()),
+        "lost_at": Hlc::parse(&c.hlc).ok().map(|h| format_time(h.wall_ms())),
+        "kind": c.kind,
+        "kept_value": (c.kind != "deleted").then(|| c.winner_value.display_short()),
+        "deleted_by": (c.kind == "deleted").then(|| Hlc::parse(&c.winner_hlc).ok().map(|h| h.site().short())).flatten(),
+        "kept_hlc": c.winner_hlc,
+        "source": c.source,
+        "detected_ms": c.detected_ms,
+        "status": c.status,
+    })
+}
+
+/// A run's counts in one line of words (Latest Logs).
+pub fn summary_text(summary: &serde_json::Value) -> String {
+    let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let scan = if summary.get("full_scan").and_then(serde_json::Value::as_bool) == Some(true) {
+        "; scanned every patient file"
+    } else {
+        ""
+    };
+    format!(
+        "exported {} rows; applied {} rows from {} segments and {} files; wrote {} segments and {} files; {} unchanged; {} skipped; {} held back; {} new conflicts{scan}",
+        get("exported_rows"),
+        get("rows_applied"),
+        get("segments_applied"),
+        get("files_applied"),
+        get("segments_written"),
+        get("files_written"),
+        get("files_unchanged"),
+        get("files_skipped"),
+        get("files_held_back"),
+        get("new_conflicts")
+    )
 }

@@ -12,6 +12,7 @@ use tracing::instrument;
 
 use super::EngineError;
 use super::host::{SystemClock, fault_point, machine_fingerprint, peak_rss_kib};
+use super::progress::Progress;
 use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
@@ -50,13 +51,33 @@ pub struct SyncOptions {
     /// Apply incoming deletions of patients even when there are more than
     /// the mass-delete guard lets through.
     pub confirm_deletes: bool,
+    /// Where the run reports its step and how far through it is.
+    pub progress: Progress,
+    /// Remember the folder paths the run wrote or removed
+    /// ([`RunReport::touched`]), so a file watcher can ignore its own echo.
+    pub track_touched: bool,
+    /// When another sync of this database is running: `None` fails with
+    /// [`EngineError::Busy`]; `Some(f)` calls `f` once and waits for it.
+    pub wait_for_lock: Option<fn()>,
 }
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { trigger: "manual".into(), full_scan: false, confirm_deletes: false }
+        SyncOptions {
+            trigger: "manual".into(),
+            full_scan: false,
+            confirm_deletes: false,
+            progress: Progress::new(),
+            track_touched: false,
+            wait_for_lock: None,
+        }
     }
 }
+
+/// Most paths a run remembers for [`SyncOptions::track_touched`]; a run
+/// that touched more reports none, and the watcher treats everything it
+/// saw as news.
+const TOUCHED_CAP: usize = 20_000;
 
 /// The single-instance lock for a database, held for the whole run.
 pub(crate) struct InstanceLock {
@@ -70,15 +91,29 @@ pub(crate) fn lock_path(db_path: &Path) -> PathBuf {
 }
 
 pub(crate) fn take_lock(db_path: &Path) -> Result<InstanceLock, EngineError> {
+    take_lock_or_wait(db_path, None)
+}
+
+/// Takes the lock; with `on_wait`, waits for it (calling `on_wait` first)
+/// instead of failing when another sync holds it.
+pub(crate) fn take_lock_or_wait(db_path: &Path, on_wait: Option<fn()>) -> Result<InstanceLock, EngineError> {
     let path = lock_path(db_path);
     let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|source| {
         EngineError::Io { what: format!("cannot create the lock file {}", path.display()), source }
     })?;
     match file.try_lock() {
         Ok(()) => Ok(InstanceLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            Err(EngineError::Busy { db: db_path.display().to_string() })
-        }
+        Err(std::fs::TryLockError::WouldBlock) => match on_wait {
+            None => Err(EngineError::Busy { db: db_path.display().to_string() }),
+            Some(on_wait) => {
+                on_wait();
+                file.lock().map_err(|source| EngineError::Io {
+                    what: format!("cannot lock {}", path.display()),
+                    source,
+                })?;
+                Ok(InstanceLock { _file: file })
+            }
+        },
         Err(std::fs::TryLockError::Error(source)) => {
             Err(EngineError::Io { what: format!("cannot lock {}", path.display()), source })
         }
@@ -105,15 +140,22 @@ pub fn sync_with_clock(
     clock: &dyn Clock,
 ) -> Result<RunReport, EngineError> {
     let db = Db::open(db_path)?;
-    let _lock = take_lock(db_path)?;
+    let _lock = take_lock_or_wait(db_path, options.wait_for_lock)?;
     let cfg = db.site_config()?;
     let settings = settings::load(&db)?;
+    let progress = options.progress.clone();
+    progress.set_running(true);
+    let _running = RunningGuard(progress.clone());
     let started_ms = clock.now_ms();
     let run_id = db.begin_run(&options.trigger, started_ms)?;
     let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
+    if options.track_touched {
+        folder.track_touched(TOUCHED_CAP);
+    }
     let mut run = Run {
         db,
         folder,
+        progress,
         cfg,
         clock,
         settings,
@@ -169,6 +211,7 @@ pub fn sync_with_clock(
         error,
         peak_rss_kib: peak_rss_kib(),
         events: run.rec.events.clone(),
+        touched: run.folder.take_touched(),
     };
     let summary = serde_json::to_value(&report.counts).expect("counts serialise");
     run.db.finish_run(run_id, ended_ms, outcome.as_str(), &summary, &report.events)?;
@@ -222,9 +265,19 @@ pub(super) struct PeerFile {
     pub(super) mtime_ms: u64,
 }
 
+/// Marks the progress handle idle when the run ends, however it ends.
+struct RunningGuard(Progress);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.set_running(false);
+    }
+}
+
 struct Run<'c> {
     db: Db,
     folder: DiskFolder,
+    progress: Progress,
     cfg: SiteConfig,
     clock: &'c dyn Clock,
     settings: Settings,
@@ -296,7 +349,9 @@ fn retry_hint(e: &DecodeError) -> &'static str {
 
 impl Run<'_> {
     fn execute(&mut self) -> Result<(), EngineError> {
+        self.progress.step("checking the folder", 0);
         self.guard()?;
+        self.progress.step("recording local changes", 0);
         self.export()?;
         self.import()?;
         self.show_parked_rows()?;
@@ -304,6 +359,7 @@ impl Run<'_> {
         // Changes the app made while the import ran were stamped by the
         // import's transactions; write them now rather than next run.
         self.write_outbox()?;
+        self.progress.step("tidying the folder", 0);
         self.merge_nearby_copies()?;
         self.settle_copies()?;
         self.compact()?;
@@ -475,6 +531,7 @@ impl Run<'_> {
             let mut w = self.db.begin_write(self.now_ms)?;
             let more = w.stamp_pending(SEGMENT_ROWS, SEGMENT_BYTES)?;
             let stamped = w.commit()?;
+            self.progress.advance(stamped.rows as u64);
             self.note_stamped(stamped);
             if !more {
                 break;
@@ -507,6 +564,7 @@ impl Run<'_> {
     fn write_outbox(&mut self) -> Result<(), EngineError> {
         let seqs = self.db.undone_seqs()?;
         let Some(&max_seq) = seqs.last() else { return Ok(()) };
+        self.progress.step("writing the change-log", seqs.len() as u64);
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         let mut batch_bytes = 0;
         let mut in_folder = Vec::new();
@@ -514,6 +572,7 @@ impl Run<'_> {
             let Some(bytes) = self.db.segment_bytes(seq)? else { continue };
             let path = segment_path(self.cfg.site, seq);
             in_folder.push(seq);
+            self.progress.advance(1);
             if self.folder.read(&path, bytes.len() as u64).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;
             }
@@ -776,7 +835,9 @@ impl Run<'_> {
         to: u64,
         touched: &mut BTreeSet<String>,
     ) -> Result<(), EngineError> {
+        self.progress.step("reading other sites' change-logs", to.saturating_sub(from) + 1);
         for seq in from..=to {
+            self.progress.advance(1);
             let path = segment_path(site, seq);
             let bytes = match self.folder.read(&path, self.limits.max_file_bytes) {
                 Ok(b) => b,
@@ -888,6 +949,7 @@ impl Run<'_> {
                 w.set_ack_stamp(site, h)?;
             }
             let stamped = w.commit()?;
+            self.progress.advance(stamped.rows as u64);
             self.note_stamped(stamped);
             self.counts.segments_applied += 1;
             self.counts.rows_applied += rows as u64;
@@ -1179,6 +1241,8 @@ impl Run<'_> {
     /// many files there are. Returns true when every wanted patient file is
     /// up to date.
     fn reconcile(&mut self, files: Vec<FileRef>, patients: Vec<String>) -> Result<bool, EngineError> {
+        let step = if files.is_empty() { "writing patient files" } else { "reading patient files" };
+        self.progress.step(step, (files.len() + patients.len()) as u64);
         let mut queue: VecDeque<Work> = files.into_iter().map(Work::File).collect();
         queue.extend(patients.into_iter().map(Work::Patient));
         let mut done: HashSet<String> = HashSet::new();
@@ -1218,6 +1282,7 @@ impl Run<'_> {
             let mut in_sync = HashSet::new();
             let mut changed = HashSet::new();
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
+            self.progress.advance(to_load.len() as u64);
             let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
             for patient in wanted {
                 let stem = patient_file_name(&patient);
@@ -1639,6 +1704,7 @@ impl Run<'_> {
                 self.counts.bytes_written += bytes.len() as u64;
             }
             let stamped = w.commit()?;
+            self.progress.advance(stamped.rows as u64);
             self.note_stamped(stamped);
             done.extend(batch.into_iter().map(|(_, _, patient)| patient));
         }

@@ -1,12 +1,17 @@
 //! Per-site settings, stored in the database (`_cs_meta`, keys
-//! `setting.<name>`): shown and changed by `clinicsync settings`.
+//! `setting.<name>`; the folder under its own key): shown and changed by
+//! `clinicsync settings` and the web page's Settings form.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::EngineError;
 use crate::db::Db;
+use crate::folder::layout::MANIFEST;
+use crate::model::FamilyId;
+use crate::xmlstore::decode_manifest;
 
 /// The settings a run uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +36,23 @@ pub struct Settings {
     pub mass_delete_percent: u8,
     /// ...and of more than this many patients.
     pub mass_delete_min_patients: u64,
+    /// `clinicsync run` syncs every `sync_interval` (on), or only when
+    /// asked and when files arrive (off).
+    pub auto_sync: bool,
+    pub sync_interval: Duration,
+    /// The port of the local web page (on 127.0.0.1 only).
+    pub web_port: u16,
+    /// Alert when no sync has succeeded for this long.
+    pub alert_after: Duration,
+    /// Run this shell command on an alert (empty: none).
+    pub alert_command: String,
+    /// POST the alert as JSON to this URL (empty: none).
+    pub alert_url: String,
 }
+
+/// The setting that is not stored as `setting.<key>`: the folder is part of
+/// the site's configuration.
+pub(super) const FOLDER: &str = "folder";
 
 struct Spec {
     key: &'static str,
@@ -40,6 +61,17 @@ struct Spec {
 }
 
 const SPECS: &[Spec] = &[
+    Spec {
+        key: FOLDER,
+        default: "",
+        help: "the folder the cloud client carries (must hold this family's clinicsync.xml)",
+    },
+    Spec { key: "auto_sync", default: "on", help: "`clinicsync run` syncs every sync_interval (on/off)" },
+    Spec {
+        key: "sync_interval",
+        default: "5m",
+        help: "how often `clinicsync run` syncs (a bare number is minutes)",
+    },
     Spec {
         key: "use_logs",
         default: "on",
@@ -76,6 +108,18 @@ const SPECS: &[Spec] = &[
         default: "20",
         help: "...but never fewer than this many patients",
     },
+    Spec { key: "web_port", default: "8750", help: "port of the local web page (127.0.0.1 only)" },
+    Spec { key: "alert_after", default: "1h", help: "alert when no sync has succeeded for this long" },
+    Spec {
+        key: "alert_command",
+        default: "",
+        help: "shell command run on an alert; the reason is in $CLINICSYNC_ALERT (empty: none)",
+    },
+    Spec {
+        key: "alert_url",
+        default: "",
+        help: "http(s) URL that receives each alert as a JSON POST (empty: none)",
+    },
 ];
 
 /// One setting as `clinicsync settings` shows it.
@@ -96,6 +140,8 @@ pub enum SettingError {
     Invalid { key: String, value: String, expected: &'static str },
     #[error("settings are written as KEY=VALUE, not {0:?}")]
     Syntax(String),
+    #[error("folder {path}: {reason}")]
+    Folder { path: String, reason: String },
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -119,7 +165,29 @@ fn validate(key: &str, value: &str) -> Result<String, SettingError> {
         "mass_delete_min_patients" => {
             value.parse::<u64>().map(|n| n.to_string()).map_err(|_| invalid("a whole number of patients"))
         }
-        "use_logs" | "auto_delete_conflicts" => parse_bool(value)
+        "web_port" => value
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p >= 1)
+            .map(|p| p.to_string())
+            .ok_or_else(|| invalid("a port number from 1 to 65535")),
+        "sync_interval" => {
+            let d = match value.parse::<u64>() {
+                Ok(minutes) => Some(Duration::from_secs(minutes.saturating_mul(60))),
+                Err(_) => humantime::parse_duration(value).ok(),
+            };
+            d.filter(|d| *d >= Duration::from_secs(10) && *d <= Duration::from_secs(24 * 3600))
+                .map(|d| humantime::format_duration(d).to_string())
+                .ok_or_else(|| invalid("a number of minutes, or a duration from 10s to 24h such as 5m"))
+        }
+        "alert_command" => Ok(value.to_owned()),
+        "alert_url" => {
+            let ok = value.is_empty()
+                || ((value.starts_with("http://") || value.starts_with("https://"))
+                    && !value.contains(char::is_whitespace));
+            if ok { Ok(value.to_owned()) } else { Err(invalid("empty, or an http:// or https:// URL")) }
+        }
+        "use_logs" | "auto_delete_conflicts" | "auto_sync" => parse_bool(value)
             .map(|b| if b { "on" } else { "off" }.to_owned())
             .ok_or_else(|| invalid("on or off")),
         _ => humantime::parse_duration(value)
@@ -129,7 +197,66 @@ fn validate(key: &str, value: &str) -> Result<String, SettingError> {
 }
 
 fn stored(db: &Db, spec: &Spec) -> Result<String, EngineError> {
+    if spec.key == FOLDER {
+        return Ok(db.site_config()?.folder.display().to_string());
+    }
     Ok(db.meta(&format!("setting.{}", spec.key))?.unwrap_or_else(|| spec.default.to_owned()))
+}
+
+/// Why `folder` cannot be this site's sync folder, if it cannot: it must
+/// exist, be a writable directory, not hold the database (the cloud client
+/// would carry the live database file), and hold `family`'s manifest (when
+/// `family` is given).
+pub(crate) fn check_folder(
+    db_path: &Path,
+    folder: &Path,
+    family: Option<FamilyId>,
+) -> Result<PathBuf, SettingError> {
+    let shown = folder.display().to_string();
+    let refuse = |reason: String| SettingError::Folder { path: shown.clone(), reason };
+    if folder.as_os_str().is_empty() {
+        return Err(refuse("no folder was given".into()));
+    }
+    let folder = std::path::absolute(folder).map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
+    let meta = match std::fs::metadata(&folder) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(refuse(
+                "does not exist (is the cloud client's drive mounted? create the folder or pick another)".into(),
+            ));
+        }
+        Err(e) => return Err(refuse(format!("cannot be reached: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(refuse("is a file, not a folder".into()));
+    }
+    if rustix::fs::access(&folder, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_err() {
+        return Err(refuse("is not writable by this user".into()));
+    }
+    let real_folder = folder.canonicalize().map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
+    let db_abs = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_path_buf());
+    let db_dir = db_abs.parent().map(Path::to_path_buf).unwrap_or_default();
+    let real_db_dir = db_dir.canonicalize().unwrap_or(db_dir);
+    if real_db_dir.starts_with(&real_folder) {
+        return Err(refuse(
+            "holds the database itself: the cloud client would copy the live database file between computers and damage it; keep the database outside the synced folder".into(),
+        ));
+    }
+    if let Some(family) = family {
+        let manifest = folder.join(MANIFEST);
+        let bytes = std::fs::read(&manifest).map_err(|_| {
+            refuse("holds no clinicsync.xml: it is not this family's folder (or the cloud client has not downloaded it yet)".into())
+        })?;
+        let found = decode_manifest(&bytes).map_err(|e| refuse(format!("its clinicsync.xml cannot be used: {e}")))?;
+        if found.family != family {
+            return Err(refuse(format!(
+                "belongs to family {}, but this database syncs with family {}: it is not this family's folder",
+                found.family.short(),
+                family.short()
+            )));
+        }
+    }
+    Ok(folder)
 }
 
 pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
@@ -153,6 +280,12 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
         auto_delete_conflicts: parse_bool(&get("auto_delete_conflicts")?).unwrap_or(true),
         mass_delete_percent: get("mass_delete_percent")?.parse().unwrap_or(10),
         mass_delete_min_patients: get("mass_delete_min_patients")?.parse().unwrap_or(20),
+        auto_sync: parse_bool(&get("auto_sync")?).unwrap_or(true),
+        sync_interval: duration("sync_interval")?,
+        web_port: get("web_port")?.parse().unwrap_or(8750),
+        alert_after: duration("alert_after")?,
+        alert_command: get("alert_command")?,
+        alert_url: get("alert_url")?,
     })
 }
 
@@ -173,6 +306,7 @@ pub(super) fn list(db: &Db) -> Result<Vec<SettingView>, EngineError> {
 /// Applies `KEY=VALUE` assignments, all or none.
 pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
     let mut parsed = Vec::new();
+    let mut new_folder = None;
     for a in assignments {
         let (key, value) = a.split_once('=').ok_or_else(|| SettingError::Syntax(a.clone()))?;
         let (key, value) = (key.trim(), value.trim());
@@ -180,10 +314,18 @@ pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
             let known = SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ");
             return Err(SettingError::Unknown { key: key.to_owned(), known }.into());
         }
+        if key == FOLDER {
+            let family = db.site_config()?.family;
+            new_folder = Some(check_folder(db.path(), Path::new(value), Some(family))?);
+            continue;
+        }
         parsed.push((key.to_owned(), validate(key, value)?));
     }
     for (key, value) in parsed {
         db.set_meta(&format!("setting.{key}"), &value)?;
+    }
+    if let Some(folder) = new_folder {
+        db.set_meta(FOLDER, &folder.display().to_string())?;
     }
     Ok(())
 }

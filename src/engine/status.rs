@@ -17,6 +17,9 @@ use crate::xmlstore::{decode_manifest, decode_site, format_time};
 
 /// A sync older than this earns a warning.
 const STALE_AFTER_MS: u64 = 60 * 60 * 1000;
+/// A site whose last sync is stamped this far in this computer's future
+/// has a clock running ahead.
+const CLOCK_AHEAD_WARN_MS: u64 = 2 * 60 * 1000;
 
 /// The status of this site. Field names are part of the `--json` output.
 #[derive(Clone, Debug, Serialize)]
@@ -127,8 +130,19 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
             };
             let this_site = file.site == cfg.site;
             let mut warning = None;
+            let ahead_ms = file.last_sync_ms.map_or(0, |ms| ms.saturating_sub(now));
             if file.family != cfg.family {
                 warning = Some("belongs to another family".to_owned());
+            } else if this_site && file.machine != super::host::machine_fingerprint() {
+                warning = Some(
+                    "this site id is in use on another computer too: run `clinicsync reassign` on one of them"
+                        .to_owned(),
+                );
+            } else if ahead_ms > CLOCK_AHEAD_WARN_MS {
+                warning = Some(format!(
+                    "its clock is about {} ahead of this computer's; its changes may be held back",
+                    humantime::format_duration(std::time::Duration::from_secs(ahead_ms / 1000))
+                ));
             } else if file.app_version != env!("CARGO_PKG_VERSION") {
                 warning = Some(format!(
                     "runs clinicsync {}, this site runs {}",

@@ -5,7 +5,7 @@
 //! on the same volume can be had, the temp file is `~$<name>.tmp` beside the
 //! target, a name every major client skips.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -22,6 +22,15 @@ pub struct DiskFolder {
     root: PathBuf,
     staging: Option<PathBuf>,
     stats: Cell<FolderStats>,
+    /// The paths this folder wrote or removed, when asked to remember them
+    /// (the service tells its own writes from a cloud client's with it).
+    touched: RefCell<Option<Touched>>,
+}
+
+struct Touched {
+    paths: Vec<String>,
+    cap: usize,
+    overflowed: bool,
 }
 
 /// What a folder was asked to do: the no-op-run tests assert on these
@@ -43,7 +52,32 @@ impl DiskFolder {
     /// lies on the same volume as `root`.
     pub fn new(root: PathBuf, staging: Option<PathBuf>) -> DiskFolder {
         let staging = staging.filter(|dir| same_volume(&root, dir));
-        DiskFolder { root, staging, stats: Cell::new(FolderStats::default()) }
+        DiskFolder { root, staging, stats: Cell::new(FolderStats::default()), touched: RefCell::new(None) }
+    }
+
+    /// Starts remembering the paths written or removed, up to `cap` of them.
+    pub fn track_touched(&self, cap: usize) {
+        *self.touched.borrow_mut() = Some(Touched { paths: Vec::new(), cap, overflowed: false });
+    }
+
+    /// The paths written or removed since [`DiskFolder::track_touched`];
+    /// `None` when not tracking or when there were more than its cap.
+    pub fn take_touched(&self) -> Option<Vec<String>> {
+        let touched = self.touched.borrow_mut().take()?;
+        (!touched.overflowed).then_some(touched.paths)
+    }
+
+    fn note_touched<'p>(&self, paths: impl IntoIterator<Item = &'p str>) {
+        if let Some(t) = self.touched.borrow_mut().as_mut() {
+            for path in paths {
+                if t.paths.len() >= t.cap {
+                    t.overflowed = true;
+                    t.paths = Vec::new();
+                    return;
+                }
+                t.paths.push(path.to_owned());
+            }
+        }
     }
 
     /// What this folder was asked to do so far.
@@ -169,6 +203,7 @@ impl Folder for DiskFolder {
             return Ok(());
         }
         self.count(|s| s.files_written += files.len() as u64);
+        self.note_touched(files.iter().map(|(rel, _)| rel.as_str()));
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
         let result = (|| {
             for (index, (rel, bytes)) in files.iter().enumerate() {
@@ -207,6 +242,7 @@ impl Folder for DiskFolder {
 
     fn remove(&self, path: &str) -> io::Result<()> {
         self.count(|s| s.removes += 1);
+        self.note_touched([path]);
         match fs::remove_file(self.full(path)?) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -216,7 +252,10 @@ impl Folder for DiskFolder {
 
     fn remove_empty_dir(&self, dir: &str) -> io::Result<bool> {
         match fs::remove_dir(self.full(dir)?) {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                self.note_touched([dir]);
+                Ok(true)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
             Err(e) => Err(e),

@@ -15,6 +15,7 @@ mod guard;
 mod mapping;
 mod model_laws;
 mod realsync;
+mod service;
 mod sim;
 mod support;
 mod tidy;

@@ -160,7 +160,7 @@ impl Sim {
                 db: db.clone(),
                 folder: root.clone(),
                 site_name: Some(format!("site {i}")),
-                mapping: None,
+                ..InitOptions::default()
             };
             let skew_ms = sim.rng.below(120_001) as i64 - 60_000;
             let rng = &mut sim.rng;
@@ -335,7 +335,7 @@ impl Sim {
     }
 
     fn sync(&mut self, site: usize, full_scan: bool) -> engine::RunReport {
-        let options = SyncOptions { trigger: "sim".into(), full_scan, confirm_deletes: false };
+        let options = SyncOptions { trigger: "sim".into(), full_scan, ..SyncOptions::default() };
         let clock = SiteClock { time: &self.clock, skew_ms: self.sites[site].skew_ms };
         let report = engine::sync_with_clock(&self.sites[site].db, &options, &clock)
             .unwrap_or_else(|e| panic!("sync of site {site} failed: {e}\n{}", self.trail()));

@@ -1,0 +1,95 @@
+//! Sending an alert: the configured shell command (reason in
+//! `$CLINICSYNC_ALERT`) and/or a JSON POST to the configured URL. An alert
+//! that cannot be sent is logged, never retried in a loop.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::scheduler::{Alert, AlertKind};
+
+/// How long an alert command or POST may take.
+const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where alerts go, from the settings.
+#[derive(Clone, Debug, Default)]
+pub struct AlertTarget {
+    pub command: String,
+    pub url: String,
+    pub site_name: String,
+    pub db: String,
+}
+
+/// What an alert POST carries.
+#[derive(Debug, Serialize)]
+struct Payload<'a> {
+    kind: &'static str,
+    reason: &'a str,
+    site_name: &'a str,
+    database: &'a str,
+    at: String,
+}
+
+fn kind_str(kind: &AlertKind) -> &'static str {
+    match kind {
+        AlertKind::Failed => "failed",
+        AlertKind::Stale => "stale",
+    }
+}
+
+/// Sends `alert` to every configured target; returns one line per target
+/// saying what happened, for the page and the log.
+pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
+    let mut results = Vec::new();
+    let text = format!("clinicsync at {}: {}", target.site_name, alert.reason);
+    if !target.command.trim().is_empty() {
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&target.command)
+            .env("CLINICSYNC_ALERT", &text)
+            .env("CLINICSYNC_ALERT_KIND", kind_str(&alert.kind))
+            .env("CLINICSYNC_DB", &target.db)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let line = match tokio::time::timeout(ALERT_TIMEOUT, cmd.output()).await {
+            Ok(Ok(out)) if out.status.success() => "alert command ran".to_owned(),
+            Ok(Ok(out)) => format!(
+                "alert command failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Ok(Err(e)) => format!("alert command could not start: {e}"),
+            Err(_) => format!("alert command did not finish within {}s", ALERT_TIMEOUT.as_secs()),
+        };
+        results.push(line);
+    }
+    if !target.url.trim().is_empty() {
+        let payload = Payload {
+            kind: kind_str(&alert.kind),
+            reason: &alert.reason,
+            site_name: &target.site_name,
+            database: &target.db,
+            at: crate::xmlstore::format_time(crate::model::Clock::now_ms(&crate::engine::SystemClock)),
+        };
+        let body = serde_json::to_string(&payload).unwrap_or_default();
+        let url = target.url.clone();
+        let sent = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(ALERT_TIMEOUT)).build().into();
+            agent.post(&url).header("Content-Type", "application/json").send(body)
+        })
+        .await;
+        results.push(match sent {
+            Ok(Ok(_)) => "alert posted".to_owned(),
+            Ok(Err(e)) => format!("alert POST to {} failed: {e}", target.url),
+            Err(e) => format!("alert POST to {} failed: {e}", target.url),
+        });
+    }
+    if results.is_empty() {
+        results.push("no alert_command or alert_url is set; the alert is only shown here".to_owned());
+    }
+    for line in &results {
+        tracing::warn!(kind = kind_str(&alert.kind), reason = %alert.reason, "{line}");
+    }
+    results
+}

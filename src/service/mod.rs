@@ -1,0 +1,318 @@
+//! `clinicsync run`: the service while the app runs. Syncs on the interval,
+//! after the cloud client delivers files and after the app changes rows,
+//! and on Sync Now; serves the local web page; raises alerts; stops cleanly
+//! on SIGTERM or Ctrl-C after the run in progress.
+
+pub mod alert;
+pub mod scheduler;
+mod watcher;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::db::Db;
+use crate::engine::{self, Progress, SyncOptions};
+use crate::model::Clock as _;
+use alert::AlertTarget;
+use scheduler::{Alert, Control, Hint, Hooks, RunDone, Schedule, SchedulerState, Trigger};
+
+/// How `clinicsync run` was started.
+#[derive(Clone, Debug)]
+pub struct ServiceOptions {
+    pub db: PathBuf,
+    /// Overrides the `web_port` setting (0: any free port).
+    pub web_port: Option<u16>,
+}
+
+/// An alert as the page lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AlertRecord {
+    pub at_ms: u64,
+    pub kind: &'static str,
+    pub reason: String,
+    /// What sending it did.
+    pub results: Vec<String>,
+}
+
+/// Alerts kept for the page.
+const ALERTS_KEPT: usize = 20;
+
+/// What the web page shares with the service.
+pub struct Shared {
+    pub db: PathBuf,
+    pub progress: Progress,
+    pub control: mpsc::Sender<Control>,
+    pub state: watch::Receiver<SchedulerState>,
+    pub alerts: Mutex<VecDeque<AlertRecord>>,
+    watcher: Mutex<Option<(PathBuf, notify::RecommendedWatcher)>>,
+    hints: mpsc::UnboundedSender<Hint>,
+}
+
+impl Shared {
+    /// Tells the scheduler about changed settings, and watches the new
+    /// folder if it moved.
+    pub fn settings_changed(&self) -> Result<(), engine::EngineError> {
+        let settings = engine::settings_load(&self.db)?;
+        let folder = Db::open(&self.db)?.site_config()?.folder;
+        let _ = self.control.try_send(Control::Settings(schedule_of(&settings)));
+        self.rewatch(&folder);
+        Ok(())
+    }
+
+    fn rewatch(&self, folder: &Path) {
+        let mut current = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        if current.as_ref().is_some_and(|(f, _)| f == folder) {
+            return;
+        }
+        *current = match watcher::watch(folder, self.hints.clone()) {
+            Ok(w) => Some((folder.to_path_buf(), w)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {} for new files ({e}); syncing on the interval only",
+                    folder.display()
+                );
+                None
+            }
+        };
+    }
+}
+
+fn schedule_of(s: &engine::Settings) -> Schedule {
+    Schedule { auto_sync: s.auto_sync, interval: s.sync_interval, alert_after: s.alert_after }
+}
+
+/// The real world behind the scheduler: the engine, the database, alerts.
+struct RealHooks {
+    db: PathBuf,
+    progress: Progress,
+    shared: Mutex<Option<Arc<Shared>>>,
+    /// A connection kept open to ask cheaply whether the app changed rows.
+    poll_db: Arc<Mutex<Option<Db>>>,
+}
+
+impl Hooks for RealHooks {
+    async fn run(&self, trigger: Trigger) -> RunDone {
+        let db = self.db.clone();
+        let options = SyncOptions {
+            trigger: trigger.as_str().to_owned(),
+            progress: self.progress.clone(),
+            track_touched: true,
+            // A `clinicsync sync` from the command line may hold the lock:
+            // wait for it rather than fail.
+            wait_for_lock: Some(|| {}),
+            ..SyncOptions::default()
+        };
+        let result = tokio::task::spawn_blocking(move || engine::sync(&db, &options)).await;
+        match result {
+            Ok(Ok(report)) => RunDone {
+                run_id: report.run_id,
+                outcome: report.outcome.as_str(),
+                error: report.error,
+                touched: report.touched,
+            },
+            Ok(Err(e)) => {
+                RunDone { run_id: None, outcome: "failed", error: Some(e.to_string()), touched: None }
+            }
+            Err(e) => RunDone {
+                run_id: None,
+                outcome: "failed",
+                error: Some(format!("the sync stopped unexpectedly: {e}")),
+                touched: None,
+            },
+        }
+    }
+
+    async fn local_changes(&self) -> bool {
+        let db = self.db.clone();
+        let conn = self.poll_db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_none() {
+                *guard = Db::open(&db).ok();
+            }
+            match guard.as_ref().map(Db::has_pending) {
+                Some(Ok(pending)) => pending,
+                // Reopen next time (the file may have been replaced).
+                _ => {
+                    *guard = None;
+                    false
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn alert(&self, alert: Alert) {
+        let db = self.db.clone();
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // Sending may take a while; the scheduler does not wait for it.
+        tokio::spawn(async move {
+            let target = match tokio::task::spawn_blocking(move || alert_target(&db)).await {
+                Ok(Ok(t)) => t,
+                _ => AlertTarget::default(),
+            };
+            let results = alert::send(&target, &alert).await;
+            if let Some(shared) = shared {
+                let mut alerts = shared.alerts.lock().unwrap_or_else(|e| e.into_inner());
+                alerts.push_front(AlertRecord {
+                    at_ms: engine::SystemClock.now_ms(),
+                    kind: match alert.kind {
+                        scheduler::AlertKind::Failed => "failed",
+                        scheduler::AlertKind::Stale => "stale",
+                    },
+                    reason: alert.reason,
+                    results,
+                });
+                alerts.truncate(ALERTS_KEPT);
+            }
+        });
+    }
+}
+
+fn alert_target(db_path: &Path) -> Result<AlertTarget, engine::EngineError> {
+    let settings = engine::settings_load(db_path)?;
+    let name = Db::open(db_path)?.site_config()?.name;
+    Ok(AlertTarget {
+        command: settings.alert_command,
+        url: settings.alert_url,
+        site_name: name,
+        db: db_path.display().to_string(),
+    })
+}
+
+/// The token file beside the database: `<db>-clinicsync.token`.
+pub fn token_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-clinicsync.token");
+    db_path.with_file_name(name)
+}
+
+/// Reads the page's token, or makes one (readable by this user only).
+fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = token_path(db_path);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim();
+        if token.len() >= 32 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Ok(token.to_owned());
+        }
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("cannot draw a random token: {e}"))?;
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write the token file {}", path.display()))?;
+    file.write_all(token.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+/// Runs the service until SIGTERM or Ctrl-C.
+pub fn run(options: &ServiceOptions) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the service's runtime")?;
+    runtime.block_on(serve(options))
+}
+
+async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
+    let db_path = options.db.clone();
+    let (settings, cfg, last_ok) = {
+        let db = Db::open(&db_path)?;
+        (engine::settings_load(&db_path)?, db.site_config()?, db.last_ok_ms()?)
+    };
+    let token = load_or_make_token(&db_path)?;
+    let port = options.web_port.unwrap_or(settings.web_port);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .with_context(|| {
+            format!("cannot open the web page on 127.0.0.1:{port} (another program uses it? change web_port)")
+        })?;
+    let port = listener.local_addr().context("cannot read the web page's address")?.port();
+
+    let progress = Progress::new();
+    let (control_tx, control_rx) = mpsc::channel(64);
+    let (hint_tx, hint_rx) = mpsc::unbounded_channel();
+    let (state_tx, state_rx) = watch::channel(SchedulerState::default());
+    let shared = Arc::new(Shared {
+        db: db_path.clone(),
+        progress: progress.clone(),
+        control: control_tx.clone(),
+        state: state_rx,
+        alerts: Mutex::new(VecDeque::new()),
+        watcher: Mutex::new(None),
+        hints: hint_tx,
+    });
+    shared.rewatch(&cfg.folder);
+    let hooks = Arc::new(RealHooks {
+        db: db_path.clone(),
+        progress,
+        shared: Mutex::new(Some(shared.clone())),
+        poll_db: Arc::new(Mutex::new(None)),
+    });
+    let now = engine::SystemClock.now_ms();
+    let last_success_ago = last_ok.map(|ms| Duration::from_millis(now.saturating_sub(ms)));
+    let scheduler = tokio::spawn(scheduler::run(
+        hooks,
+        schedule_of(&settings),
+        last_success_ago,
+        control_rx,
+        hint_rx,
+        state_tx,
+    ));
+
+    let app = crate::web::router(shared.clone(), token.clone(), port);
+    println!("clinicsync is running for site {:?} ({}), folder {}", cfg.name, cfg.site.short(), cfg.folder.display());
+    println!("Web page: http://127.0.0.1:{port}/?token={token}");
+    println!("Stop with Ctrl-C; a sync in progress finishes first.");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    eprintln!("clinicsync: stopping after the sync in progress (if any)");
+    let _ = control_tx.send(Control::Shutdown).await;
+    let _ = scheduler.await;
+    let _ = stop_tx.send(());
+    // Open page connections (live status) get a moment, not forever.
+    let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    shared.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    eprintln!("clinicsync: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

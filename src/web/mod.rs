@@ -1,0 +1,358 @@
+//! The local web page of `clinicsync run` (axum, 127.0.0.1 only): Status
+//! with Sync Now and live progress, Latest Logs, Conflicts, Settings.
+//! Every request needs the token `run` printed (given once as `?token=`,
+//! then kept in a same-site cookie); every POST also needs the page's CSRF
+//! token and, when the browser names one, this page's own origin.
+
+mod pages;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
+
+use crate::db::{Db, Keep};
+use crate::engine;
+use crate::service::Shared;
+use crate::service::scheduler::Control;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct WebState {
+    shared: Arc<Shared>,
+    token: Arc<str>,
+    csrf: Arc<str>,
+    port: u16,
+}
+
+/// The page's routes, behind the token and host checks.
+pub fn router(shared: Arc<Shared>, token: String, port: u16) -> Router {
+    let csrf = {
+        let digest = Sha256::digest(format!("clinicsync-csrf:{token}").as_bytes());
+        let mut hex = String::new();
+        crate::model::write_hex_bytes(&mut hex, &digest[..16]);
+        hex
+    };
+    let state = WebState { shared, token: token.into(), csrf: csrf.into(), port };
+    Router::new()
+        .route("/", get(status_page))
+        .route("/logs", get(logs_page))
+        .route("/conflicts", get(conflicts_page))
+        .route("/conflicts/{id}/resolve", post(resolve))
+        .route("/settings", get(settings_page).post(save_settings))
+        .route("/sync", post(sync_now))
+        .route("/api/status", get(api_status))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
+}
+
+fn cookie_name(port: u16) -> String {
+    format!("clinicsync_{port}")
+}
+
+/// Constant-time comparison of two secrets.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn cookie_token<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn refuse(status: StatusCode, message: &str) -> Response {
+    (status, Html(pages::refused(status, message))).into_response()
+}
+
+/// Host check (no DNS rebinding), token check, origin check for POSTs.
+async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let allowed_hosts = [format!("127.0.0.1:{}", st.port), format!("localhost:{}", st.port)];
+    if !allowed_hosts.iter().any(|h| h == host) {
+        return refuse(StatusCode::MISDIRECTED_REQUEST, "This page answers only at 127.0.0.1.");
+    }
+    // The token in the link `clinicsync run` printed: swap it for a cookie
+    // and drop it from the address bar.
+    if request.method() == Method::GET
+        && let Some(query) = request.uri().query()
+        && let Some(given) = query.split('&').find_map(|kv| kv.strip_prefix("token="))
+    {
+        if !same_secret(given, &st.token) {
+            return refuse(StatusCode::UNAUTHORIZED, "This link's token is not the current one.");
+        }
+        let mut response = Redirect::to(request.uri().path()).into_response();
+        let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", cookie_name(st.port), st.token);
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        return response;
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = cookie_token(headers, &cookie_name(st.port)).or(bearer);
+    if !presented.is_some_and(|t| same_secret(t, &st.token)) {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "Open this page with the link that `clinicsync run` printed (it carries the page's token).",
+        );
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let ours = [format!("http://127.0.0.1:{}", st.port), format!("http://localhost:{}", st.port)];
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        if let Some(origin) = origin
+            && !ours.iter().any(|o| o == origin)
+        {
+            return refuse(StatusCode::FORBIDDEN, "A request from another web site was refused.");
+        }
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
+            return refuse(StatusCode::FORBIDDEN, "A request from another web site was refused.");
+        }
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    response
+}
+
+/// The CSRF check of a POST: the form's `csrf` field or the
+/// `X-CSRF-Token` header must carry the page's CSRF token.
+fn csrf_ok(st: &WebState, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
+    let given = form
+        .get("csrf")
+        .map(String::as_str)
+        .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
+    given.is_some_and(|g| same_secret(g, &st.csrf))
+}
+
+fn csrf_refused() -> Response {
+    refuse(StatusCode::FORBIDDEN, "This form has expired or did not come from this page; reload the page and try again.")
+}
+
+/// Runs blocking database work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, engine::EngineError> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())),
+        Err(e) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal error: {e}"))),
+    }
+}
+
+fn page_context(st: &WebState) -> pages::Context {
+    let state = st.shared.state.borrow().clone();
+    pages::Context {
+        csrf: st.csrf.to_string(),
+        running: state.running.is_some(),
+        progress: st.shared.progress.view(),
+    }
+}
+
+async fn status_page(State(st): State<WebState>) -> Response {
+    let db = st.shared.db.clone();
+    match blocking(move || engine::status(&db)).await {
+        Ok(report) => {
+            let alerts: Vec<_> = st.shared.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+            Html(pages::status(&page_context(&st), &report, &alerts)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    last: Option<u32>,
+}
+
+async fn logs_page(State(st): State<WebState>, Query(q): Query<LogsQuery>) -> Response {
+    let db = st.shared.db.clone();
+    let last = q.last.unwrap_or(30).clamp(1, 500);
+    let runs = blocking(move || {
+        let store = Db::open(&db)?;
+        let mut out = Vec::new();
+        for run in store.recent_runs(last)? {
+            let events = store.run_events(run.id)?;
+            out.push((run, events));
+        }
+        Ok(out)
+    })
+    .await;
+    match runs {
+        Ok(runs) => Html(pages::logs(&page_context(&st), &runs)).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Flash {
+    #[serde(default)]
+    done: Option<String>,
+    #[serde(default)]
+    saved: Option<String>,
+}
+
+async fn conflicts_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {
+    let db = st.shared.db.clone();
+    match blocking(move || Ok(Db::open(&db)?.conflicts(true)?)).await {
+        Ok(records) => {
+            let views: Vec<_> = records.iter().map(engine::conflict_json).collect();
+            Html(pages::conflicts(&page_context(&st), &views, flash.done.as_deref())).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn resolve(
+    State(st): State<WebState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    if !csrf_ok(&st, &headers, &form) {
+        return csrf_refused();
+    }
+    let keep = match form.get("keep").map(String::as_str) {
+        Some("winner") => Keep::Winner,
+        Some("loser") => Keep::Loser,
+        _ => return refuse(StatusCode::BAD_REQUEST, "Choose which value to keep."),
+    };
+    let db = st.shared.db.clone();
+    // Resolving takes the sync lock; it waits for a run in progress.
+    match blocking(move || engine::resolve_conflict_waiting(&db, id, keep)).await {
+        Ok(_) => {
+            // Carry the choice to the other sites now.
+            let _ = st.shared.control.try_send(Control::SyncNow { reply: None });
+            Redirect::to(&format!("/conflicts?done={id}")).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {
+    let db = st.shared.db.clone();
+    match blocking(move || engine::settings_list(&db)).await {
+        Ok(list) => {
+            Html(pages::settings(&page_context(&st), &list, None, flash.saved.is_some())).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn save_settings(
+    State(st): State<WebState>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    if !csrf_ok(&st, &headers, &form) {
+        return csrf_refused();
+    }
+    let db = st.shared.db.clone();
+    let current = match blocking(move || engine::settings_list(&db)).await {
+        Ok(list) => list,
+        Err(r) => return r,
+    };
+    let assignments: Vec<String> = current
+        .iter()
+        .filter_map(|s| {
+            let new = form.get(s.key)?.trim();
+            (new != s.value).then(|| format!("{}={new}", s.key))
+        })
+        .collect();
+    let db = st.shared.db.clone();
+    let result = tokio::task::spawn_blocking(move || engine::settings_set(&db, &assignments)).await;
+    match result {
+        Ok(Ok(())) => {
+            if let Err(e) = st.shared.settings_changed() {
+                tracing::warn!("settings saved but not applied to the running service: {e}");
+            }
+            Redirect::to("/settings?saved=1").into_response()
+        }
+        Ok(Err(e)) => {
+            // Show the form again with what was typed and the reason.
+            let mut shown = current;
+            for s in &mut shown {
+                if let Some(v) = form.get(s.key) {
+                    s.value = v.trim().to_owned();
+                }
+            }
+            let body = pages::settings(&page_context(&st), &shown, Some(&e.to_string()), false);
+            (StatusCode::BAD_REQUEST, Html(body)).into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal error: {e}")),
+    }
+}
+
+async fn sync_now(
+    State(st): State<WebState>,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response {
+    if !csrf_ok(&st, &headers, &form) {
+        return csrf_refused();
+    }
+    let wants_json =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    if wants_json {
+        // The page's script follows the run through /api/status.
+        let finished_before = st.shared.state.borrow().runs_finished;
+        return match st.shared.control.try_send(Control::SyncNow { reply: None }) {
+            Ok(()) => (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "queued": true, "runs_finished": finished_before })),
+            )
+                .into_response(),
+            Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "The service is stopping or busy; try again."),
+        };
+    }
+    // Without script: wait for the run, then show Latest Logs.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if st.shared.control.send(Control::SyncNow { reply: Some(tx) }).await.is_err() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "The service is stopping; try again after it restarts.");
+    }
+    let _ = rx.await;
+    Redirect::to("/logs").into_response()
+}
+
+async fn api_status(State(st): State<WebState>) -> Response {
+    let db = st.shared.db.clone();
+    match blocking(move || engine::status(&db)).await {
+        Ok(report) => {
+            let state = st.shared.state.borrow().clone();
+            let doc = serde_json::json!({
+                "status": report,
+                "running": state.running,
+                "queued": state.queued,
+                "runs_finished": state.runs_finished,
+                "last_run": state.last_run.map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome })),
+                "progress": st.shared.progress.view(),
+            });
+            axum::Json(doc).into_response()
+        }
+        Err(r) => r,
+    }
+}

@@ -1,0 +1,419 @@
+//! The web page's HTML: server-rendered, readable without script, with a
+//! little script for live status and Sync Now progress. Every value from
+//! the database or the folder is escaped.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::db::{EventRecord, RunRecord};
+use crate::engine::{ProgressView, SettingView, StatusReport, summary_text};
+use crate::service::AlertRecord;
+use crate::xmlstore::format_time;
+
+/// What every page needs.
+pub(super) struct Context {
+    pub(super) csrf: String,
+    pub(super) running: bool,
+    pub(super) progress: ProgressView,
+}
+
+/// Escapes text for HTML content and attribute values.
+pub(super) fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = r#"
+:root { --ok: #17653a; --ok-bg: #e3f4e8; --bad: #a4161a; --bad-bg: #fbe4e4; --warn-bg: #fff4d6; --ink: #1d2430; --muted: #5a6472; --line: #d5dae1; --accent: #1f5fae; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--ink); background: #f6f7f9; }
+a { color: var(--accent); }
+.skip { position: absolute; left: -999px; } .skip:focus { left: 8px; top: 8px; background: #fff; padding: 4px 8px; z-index: 2; }
+header { background: #fff; border-bottom: 1px solid var(--line); }
+header .bar { max-width: 1100px; margin: 0 auto; padding: 10px 20px; display: flex; gap: 24px; align-items: center; flex-wrap: wrap; }
+header .brand { font-weight: 700; font-size: 18px; }
+nav a { margin-right: 16px; text-decoration: none; padding: 6px 2px; }
+nav a[aria-current="page"] { font-weight: 700; border-bottom: 3px solid var(--accent); }
+main { max-width: 1100px; margin: 0 auto; padding: 20px; }
+h1 { font-size: 24px; margin: 4px 0 16px; }
+h2 { font-size: 19px; margin: 28px 0 10px; }
+.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px 14px; }
+.card .label { color: var(--muted); font-size: 14px; }
+.card .value { font-size: 18px; font-weight: 600; }
+.good { color: var(--ok); } .bad { color: var(--bad); }
+.card.good { background: var(--ok-bg); border-color: #9fd3b1; } .card.bad { background: var(--bad-bg); border-color: #eba8a8; }
+.notice { background: var(--warn-bg); border: 1px solid #e8cf85; border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
+.notice.error { background: var(--bad-bg); border-color: #eba8a8; }
+.notice.done { background: var(--ok-bg); border-color: #9fd3b1; }
+table { border-collapse: collapse; width: 100%; background: #fff; border: 1px solid var(--line); }
+th, td { text-align: left; padding: 8px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
+th { background: #eef1f5; font-size: 14px; }
+button, input[type=submit] { font: inherit; padding: 8px 16px; border-radius: 6px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
+button.secondary { background: #fff; color: var(--accent); }
+button:disabled { opacity: .6; cursor: wait; }
+:focus-visible { outline: 3px solid #f0a500; outline-offset: 2px; }
+details { background: #fff; border: 1px solid var(--line); border-radius: 8px; margin: 8px 0; padding: 8px 12px; }
+summary { cursor: pointer; }
+.events { margin: 8px 0 4px; padding-left: 18px; }
+.events li { margin: 2px 0; }
+.lvl-error { color: var(--bad); font-weight: 600; } .lvl-warning { color: #8a5a00; font-weight: 600; }
+.path { font-family: ui-monospace, monospace; font-size: 14px; }
+.muted { color: var(--muted); }
+form.inline { display: inline; }
+label { font-weight: 600; display: block; }
+.field { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; margin-bottom: 10px; }
+.field input, .field select { font: inherit; padding: 6px 8px; width: 100%; max-width: 520px; border: 1px solid #9aa4b1; border-radius: 4px; }
+.field .help { color: var(--muted); font-size: 14px; }
+#progress { min-height: 1.5em; }
+progress { width: 260px; vertical-align: middle; }
+"#;
+
+fn layout(title: &str, current: &str, ctx: &Context, body: &str, script: &str) -> String {
+    let link = |href: &str, label: &str| {
+        let aria = if href == current { r#" aria-current="page""# } else { "" };
+        format!(r#"<a href="{href}"{aria}>{label}</a>"#)
+    };
+    format!(
+        r##"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · clinicsync</title><style>{STYLE}</style></head>
+<body data-csrf="{csrf}">
+<a class="skip" href="#main">Skip to content</a>
+<header><div class="bar"><span class="brand">clinicsync</span>
+<nav aria-label="Sections">{status}{logs}{conflicts}{settings}</nav>
+<span class="muted" id="running-badge">{running}</span></div></header>
+<main id="main">{body}</main>
+<script>{script}</script>
+</body></html>"##,
+        title = esc(title),
+        csrf = esc(&ctx.csrf),
+        status = link("/", "Status"),
+        logs = link("/logs", "Latest Logs"),
+        conflicts = link("/conflicts", "Conflicts"),
+        settings = link("/settings", "Settings"),
+        running = if ctx.running { "Syncing…" } else { "" },
+    )
+}
+
+/// A refusal (no token, wrong origin, expired form).
+pub(super) fn refused(status: StatusCode, message: &str) -> String {
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>clinicsync: {code}</title><style>{STYLE}</style></head>
+<body><main><h1>clinicsync</h1><p class="notice error" role="alert">{message}</p></main></body></html>"#,
+        code = status.as_u16(),
+        message = esc(message)
+    )
+}
+
+const STATUS_SCRIPT: &str = r#"
+const csrf = document.body.dataset.csrf;
+const $ = (id) => document.getElementById(id);
+function setCard(id, text, good) {
+  const card = $(id); if (!card) return;
+  card.querySelector('.value').textContent = text;
+  card.classList.toggle('good', good); card.classList.toggle('bad', !good);
+}
+function render(d) {
+  const s = d.status;
+  setCard('card-online', s.online ? 'Online' : 'Offline', s.online);
+  const lastOk = s.last_outcome === 'ok' && s.pending_changes === 0 && !s.warnings.some(w => w.startsWith('not synced'));
+  setCard('card-last', (s.last_sync || 'never') + (s.last_outcome ? ' (' + s.last_outcome + ')' : ''), lastOk);
+  setCard('card-pending', String(s.pending_changes), s.pending_changes === 0);
+  setCard('card-conflicts', String(s.open_conflicts), s.open_conflicts === 0);
+  const p = d.progress;
+  $('running-badge').textContent = d.running ? 'Syncing…' : '';
+  if (d.running) {
+    const bar = p.total > 0 ? ` <progress max="${p.total}" value="${p.done}"></progress> ${p.done} of ${p.total}` : '';
+    $('progress').innerHTML = '';
+    const span = document.createElement('span');
+    span.textContent = 'Syncing: ' + (p.step || 'starting') + ' ';
+    $('progress').appendChild(span);
+    if (bar) $('progress').insertAdjacentHTML('beforeend', bar);
+  }
+}
+async function poll() {
+  try {
+    const r = await fetch('/api/status', { headers: { Accept: 'application/json' } });
+    if (r.ok) { const d = await r.json(); render(d); return d; }
+  } catch (e) {}
+  return null;
+}
+let watching = null;
+async function follow(before) {
+  const d = await poll();
+  if (d && !d.running && d.runs_finished > before) {
+    const outcome = d.last_run ? d.last_run.outcome : 'finished';
+    const msg = $('progress');
+    msg.textContent = 'Sync finished: ' + outcome + '. ';
+    const a = document.createElement('a'); a.href = '/logs'; a.textContent = 'See Latest Logs';
+    msg.appendChild(a);
+    msg.className = outcome === 'ok' ? 'notice done' : 'notice error';
+    $('sync-button').disabled = false;
+    watching = null;
+    return;
+  }
+  watching = setTimeout(() => follow(before), 400);
+}
+$('sync-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  $('sync-button').disabled = true;
+  $('progress').className = '';
+  $('progress').textContent = 'Starting…';
+  try {
+    const r = await fetch('/sync', { method: 'POST', headers: { 'Accept': 'application/json', 'X-CSRF-Token': csrf, 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'csrf=' + encodeURIComponent(csrf) });
+    if (!r.ok) throw new Error('HTTP ' + r.status);
+    const j = await r.json();
+    follow(j.runs_finished);
+  } catch (err) {
+    $('progress').textContent = 'Sync Now could not start: ' + err.message;
+    $('progress').className = 'notice error';
+    $('sync-button').disabled = false;
+  }
+});
+setInterval(() => { if (!watching) poll(); }, 3000);
+"#;
+
+/// The Status page.
+pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) -> String {
+    let stale = s.warnings.iter().any(|w| w.starts_with("not synced"));
+    let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !stale;
+    let class = |good: bool| if good { "good" } else { "bad" };
+    let card = |id: &str, label: &str, value: &str, good: bool| {
+        format!(
+            r#"<div class="card {}" id="{id}"><div class="label">{label}</div><div class="value">{}</div></div>"#,
+            class(good),
+            esc(value)
+        )
+    };
+    let last = format!(
+        "{}{}",
+        s.last_sync.as_deref().unwrap_or("never"),
+        s.last_outcome.as_deref().map(|o| format!(" ({o})")).unwrap_or_default()
+    );
+    let mut body = format!(
+        r#"<h1>{name} <span class="muted">· site {site}</span></h1>
+<p class="muted">Folder: <span class="path">{folder}</span></p>
+<section class="cards" aria-label="Sync status">{online}{last}{pending}{conflicts}</section>"#,
+        name = esc(&s.site_name),
+        site = esc(s.site.get(..8).unwrap_or(&s.site)),
+        folder = esc(&s.folder),
+        online = card("card-online", "Folder", if s.online { "Online" } else { "Offline" }, s.online),
+        last = card("card-last", "Last sync", &last, last_good),
+        pending = card(
+            "card-pending",
+            "Local changes waiting",
+            &s.pending_changes.to_string(),
+            s.pending_changes == 0
+        ),
+        conflicts =
+            card("card-conflicts", "Open conflicts", &s.open_conflicts.to_string(), s.open_conflicts == 0),
+    );
+    for w in &s.warnings {
+        body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
+    }
+    let progress = if ctx.running {
+        format!("Syncing: {}", esc(ctx.progress.step))
+    } else {
+        String::new()
+    };
+    body.push_str(&format!(
+        r#"<h2>Sync Now</h2>
+<form id="sync-form" method="post" action="/sync"><input type="hidden" name="csrf" value="{csrf}">
+<button id="sync-button" type="submit">Sync Now</button></form>
+<div id="progress" aria-live="polite">{progress}</div>"#,
+        csrf = esc(&ctx.csrf)
+    ));
+    body.push_str(
+        r#"<h2>Sites of this family</h2><table><thead><tr><th scope="col">Site</th><th scope="col">Last sync</th><th scope="col">clinicsync</th><th scope="col">Exports applied here</th><th scope="col">Warning</th></tr></thead><tbody>"#,
+    );
+    for site in &s.sites {
+        let me = if site.this_site { " (this site)" } else { "" };
+        let applied = match site.applied_seq {
+            None => "—".to_owned(),
+            Some(a) => format!("{a} of {}", site.head_seq),
+        };
+        body.push_str(&format!(
+            r#"<tr><td>{name}{me} <span class="muted path">{id}</span></td><td>{last}</td><td>{version}</td><td>{applied}</td><td class="{wclass}">{warning}</td></tr>"#,
+            name = esc(&site.name),
+            id = esc(site.site.get(..8).unwrap_or(&site.site)),
+            last = esc(site.last_sync.as_deref().unwrap_or("never")),
+            version = esc(&site.app_version),
+            wclass = if site.warning.is_some() { "bad" } else { "" },
+            warning = esc(site.warning.as_deref().unwrap_or("")),
+        ));
+    }
+    if s.sites.is_empty() {
+        body.push_str(r#"<tr><td colspan="5" class="muted">No site files visible (is the folder offline?)</td></tr>"#);
+    }
+    body.push_str("</tbody></table>");
+    if !alerts.is_empty() {
+        body.push_str("<h2>Alerts sent</h2><ul>");
+        for a in alerts {
+            body.push_str(&format!(
+                "<li>{} — {}: {} <span class=\"muted\">({})</span></li>",
+                esc(&format_time(a.at_ms)),
+                esc(a.kind),
+                esc(&a.reason),
+                esc(&a.results.join("; "))
+            ));
+        }
+        body.push_str("</ul>");
+    }
+    layout("Status", "/", ctx, &body, STATUS_SCRIPT)
+}
+
+/// Latest Logs: newest run first, each expanding to its events.
+pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)]) -> String {
+    let mut body = String::from("<h1>Latest Logs</h1>");
+    if runs.is_empty() {
+        body.push_str(r#"<p class="muted">No runs yet.</p>"#);
+    }
+    body.push_str(r#"<div id="runs">"#);
+    for (i, (run, events)) in runs.iter().enumerate() {
+        let outcome = run.outcome.as_deref().unwrap_or("interrupted");
+        let class = match outcome {
+            "ok" => "good",
+            _ => "bad",
+        };
+        let summary = run.summary.as_ref().map(summary_text).unwrap_or_default();
+        let open = if i == 0 { " open" } else { "" };
+        body.push_str(&format!(
+            r#"<details class="run" id="run-{id}"{open}><summary><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span> · {n} events<br><span class="muted">{summary}</span></summary><ul class="events">"#,
+            id = run.id,
+            time = esc(&format_time(run.started_ms)),
+            trigger = esc(&trigger_words(&run.trigger)),
+            n = events.len(),
+            summary = esc(&summary),
+        ));
+        for e in events {
+            let path = e.path.as_deref().map(|p| format!(r#"<span class="path">{}</span>: "#, esc(p))).unwrap_or_default();
+            body.push_str(&format!(
+                r#"<li class="event"><span class="lvl-{lvl}">[{lvl}]</span> {path}{msg}</li>"#,
+                lvl = esc(&e.level),
+                msg = esc(&e.message)
+            ));
+        }
+        if events.is_empty() {
+            body.push_str(r#"<li class="muted">nothing to do</li>"#);
+        }
+        body.push_str("</ul></details>");
+    }
+    body.push_str("</div>");
+    layout("Latest Logs", "/logs", ctx, &body, "")
+}
+
+fn trigger_words(trigger: &str) -> String {
+    match trigger {
+        "manual" => "Sync Now".to_owned(),
+        "watcher" => "files arrived".to_owned(),
+        "local-change" => "local changes".to_owned(),
+        "interval" => "automatic".to_owned(),
+        "startup" => "service started".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The open conflict records, with a button to keep either value.
+pub(super) fn conflicts(ctx: &Context, records: &[Value], done: Option<&str>) -> String {
+    let mut body = String::from("<h1>Conflicts</h1>");
+    if let Some(id) = done {
+        body.push_str(&format!(
+            r#"<p class="notice done" role="status">Conflict #{} settled. The next sync carries the choice to every site.</p>"#,
+            esc(id)
+        ));
+    }
+    if records.is_empty() {
+        body.push_str(r#"<p>No open conflicts.</p>"#);
+        return layout("Conflicts", "/conflicts", ctx, &body, "");
+    }
+    body.push_str(
+        r#"<p class="muted">Two sites changed the same value before syncing. The later edit is shown everywhere; the other is kept here until someone chooses.</p>
+<table><thead><tr><th scope="col">#</th><th scope="col">Record</th><th scope="col">Shown now</th><th scope="col">The other value</th><th scope="col">Keep</th></tr></thead><tbody>"#,
+    );
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    for c in records {
+        let id = c.get("id").and_then(Value::as_i64).unwrap_or(0);
+        let deleted = text(c, "kind") == "deleted";
+        let shown = if deleted {
+            format!("the row was deleted (at site {})", text(c, "deleted_by"))
+        } else {
+            format!("“{}”", text(c, "kept_value"))
+        };
+        let (keep_winner, keep_loser) = if deleted {
+            ("Keep the deletion", "Restore the row with this value")
+        } else {
+            ("Keep the value shown", "Use the other value")
+        };
+        body.push_str(&format!(
+            r#"<tr id="conflict-{id}"><td>{id}</td><td>{table} <span class="path">{pk}</span><br>field <strong>{column}</strong></td><td>{shown}</td><td>“{lost}”<br><span class="muted">typed at site {site}, {at}</span></td>
+<td><form class="inline" method="post" action="/conflicts/{id}/resolve"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="keep" value="winner"><button type="submit" class="secondary" name="choice" value="winner">{keep_winner}</button></form>
+<form class="inline" method="post" action="/conflicts/{id}/resolve"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="keep" value="loser"><button type="submit" name="choice" value="loser">{keep_loser}</button></form></td></tr>"#,
+            table = esc(&text(c, "table")),
+            pk = esc(&text(c, "pk")),
+            column = esc(&text(c, "column")),
+            shown = esc(&shown),
+            lost = esc(&text(c, "lost_value")),
+            site = esc(&text(c, "lost_site")),
+            at = esc(&text(c, "lost_at")),
+            csrf = esc(&ctx.csrf),
+        ));
+    }
+    body.push_str("</tbody></table>");
+    layout("Conflicts", "/conflicts", ctx, &body, "")
+}
+
+/// The Settings form.
+pub(super) fn settings(ctx: &Context, list: &[SettingView], error: Option<&str>, saved: bool) -> String {
+    let mut body = String::from("<h1>Settings</h1>");
+    if saved {
+        body.push_str(r#"<p class="notice done" role="status">Settings saved. A new web port applies when clinicsync run restarts.</p>"#);
+    }
+    if let Some(e) = error {
+        body.push_str(&format!(r#"<p class="notice error" role="alert">Nothing was saved: {}</p>"#, esc(e)));
+    }
+    body.push_str(&format!(
+        r#"<form method="post" action="/settings" id="settings-form"><input type="hidden" name="csrf" value="{}">"#,
+        esc(&ctx.csrf)
+    ));
+    for s in list {
+        let id = format!("setting-{}", s.key);
+        let input = if s.default == "on" || s.default == "off" {
+            let opt = |v: &str| {
+                let sel = if s.value == v { " selected" } else { "" };
+                format!(r#"<option value="{v}"{sel}>{v}</option>"#)
+            };
+            format!(
+                r#"<select id="{id}" name="{key}" aria-describedby="{id}-help">{}{}</select>"#,
+                opt("on"),
+                opt("off"),
+                key = s.key
+            )
+        } else {
+            format!(
+                r#"<input id="{id}" name="{key}" value="{value}" aria-describedby="{id}-help">"#,
+                key = s.key,
+                value = esc(&s.value)
+            )
+        };
+        let default = if s.default.is_empty() { "empty".to_owned() } else { s.default.to_owned() };
+        body.push_str(&format!(
+            r#"<div class="field"><label for="{id}">{label}</label>{input}<div class="help" id="{id}-help">{help} (default: {default})</div></div>"#,
+            label = esc(&s.key.replace('_', " ")),
+            help = esc(s.help),
+            default = esc(&default),
+        ));
+    }
+    body.push_str(r#"<button type="submit" id="save-settings">Save settings</button></form>"#);
+    layout("Settings", "/settings", ctx, &body, "")
+}

@@ -1,0 +1,257 @@
+//! `clinicsync run` as a process against a real folder, in real time: a
+//! file another site writes is applied within 3 s with no interval tick, a
+//! row the app inserts is in the folder within 3 s, the web page refuses
+//! requests without its token, POSTs without its CSRF token and POSTs from
+//! another origin, and SIGTERM stops the service cleanly.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A running `clinicsync run`; stopped (SIGTERM, then kill) when dropped.
+pub(crate) struct Service {
+    child: Child,
+    /// `http://127.0.0.1:PORT`
+    pub(crate) base: String,
+    pub(crate) token: String,
+    stderr: PathBuf,
+}
+
+impl Service {
+    pub(crate) fn start(db: &Path) -> Service {
+        let stderr = db.with_extension("service.err");
+        let mut child = Command::new(assert_cmd::cargo::cargo_bin("clinicsync"))
+            .arg("--db")
+            .arg(db)
+            .args(["run", "--web-port", "0"])
+            .env("CLINICSYNC_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("start clinicsync run");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut link = None;
+        for line in lines.by_ref() {
+            let line = line.expect("read stdout");
+            if let Some(rest) = line.strip_prefix("Web page: ") {
+                link = Some(rest.trim().to_owned());
+                break;
+            }
+        }
+        // Keep draining stdout so the service never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        let link = link.unwrap_or_else(|| {
+            panic!("clinicsync run printed no link: {}", std::fs::read_to_string(&stderr).unwrap_or_default())
+        });
+        let (base, token) = link.split_once("/?token=").expect("link with a token");
+        let service = Service { child, base: base.to_owned(), token: token.to_owned(), stderr };
+        // The startup run finishes before the tests measure anything.
+        service.wait_for("the startup run", Duration::from_secs(30), || service.runs_finished() >= 1);
+        service
+    }
+
+    /// An HTTP client that reports every status instead of failing on 4xx.
+    pub(crate) fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into()
+    }
+
+    pub(crate) fn api_status(&self) -> serde_json::Value {
+        let mut response = Self::agent()
+            .get(format!("{}/api/status", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .expect("GET /api/status");
+        assert_eq!(response.status(), 200);
+        response.body_mut().read_json().expect("status JSON")
+    }
+
+    pub(crate) fn runs_finished(&self) -> u64 {
+        self.api_status()["runs_finished"].as_u64().unwrap_or(0)
+    }
+
+    /// The CSRF token the page's forms carry.
+    pub(crate) fn csrf(&self) -> String {
+        let mut response = Self::agent()
+            .get(format!("{}/settings", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .expect("GET /settings");
+        let html = response.body_mut().read_to_string().expect("settings page");
+        let at = html.find(r#"name="csrf" value=""#).expect("a CSRF field") + r#"name="csrf" value=""#.len();
+        html[at..].split('"').next().expect("csrf value").to_owned()
+    }
+
+    /// Polls `done` every 50 ms; panics with the service's log after `limit`.
+    pub(crate) fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+        let start = Instant::now();
+        while !done() {
+            if start.elapsed() > limit {
+                panic!(
+                    "{what}: not within {limit:?}; service log:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+
+    /// Sends SIGTERM and waits for the process; returns its exit status and
+    /// what it wrote on stderr.
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.terminate();
+        (status, std::fs::read_to_string(&self.stderr).unwrap_or_default())
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                return self.child.wait().expect("wait for clinicsync run");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+/// Two sites; `a` runs the service with an interval far longer than the
+/// test, so only the watcher and the local-change poll can be quick.
+fn family_with_service() -> (Family, PathBuf, PathBuf, Service) {
+    let fam = Family::new();
+    let a = fam.init("a");
+    let b = fam.init("b");
+    set(&a, &["sync_interval=1h"]);
+    let service = Service::start(&a);
+    (fam, a, b, service)
+}
+
+#[test]
+fn the_service_applies_arriving_files_and_exports_local_rows_within_three_seconds() {
+    let (fam, a, b, service) = family_with_service();
+    let runs_before = service.runs_finished();
+
+    // Another site writes: its segment and patient file land in the folder.
+    let patient = add_patient(&app(&b), 7, 2);
+    sync_ok(&b);
+    let took = service.wait_for("site b's patient applied at a", Duration::from_secs(3), || {
+        has_patient(&a, &patient)
+    });
+    eprintln!("applied at a {took:?} after b's sync ended");
+    let status = service.api_status();
+    assert!(status["runs_finished"].as_u64().unwrap() > runs_before);
+    assert_eq!(status["status"]["last_outcome"], "ok", "{status:#}");
+
+    // The app inserts a row at a: it is in the folder within 3 s.
+    let ours = add_patient(&app(&a), 8, 1);
+    let file = patient_file(&fam.folder(), &ours);
+    let took = service.wait_for("a's new patient in the folder", Duration::from_secs(3), || file.exists());
+    eprintln!("a's row in the folder after {took:?}");
+    let latest = json_of(&a, &["log", "--last", "5"]);
+    let triggers: Vec<&str> = latest.as_array().unwrap().iter().map(|r| r["run"]["trigger"].as_str().unwrap()).collect();
+    assert!(triggers.contains(&"watcher"), "{triggers:?}");
+    assert!(triggers.contains(&"local-change"), "{triggers:?}");
+    assert!(!triggers.contains(&"interval"), "the interval (1h) never ticked: {triggers:?}");
+
+    // Sync Now from the command line while the service runs: one run at a
+    // time, and it succeeds.
+    let report = sync_ok(&a);
+    assert_eq!(report["outcome"], "ok");
+
+    // b receives a's patient through the folder.
+    sync_ok(&b);
+    assert!(has_patient(&b, &ours));
+
+    let (status, log) = service.stop();
+    assert!(status.success(), "clinicsync run exited with {status}: {log}");
+    assert!(log.contains("clinicsync: stopped"), "{log}");
+}
+
+#[test]
+fn the_page_refuses_requests_without_the_token_csrf_or_origin() {
+    let (_fam, a, _b, service) = family_with_service();
+    let agent = Service::agent();
+    let base = &service.base;
+    let bearer = format!("Bearer {}", service.token);
+
+    // No token, a wrong token, a wrong link.
+    assert_eq!(agent.get(format!("{base}/")).call().unwrap().status(), 401);
+    assert_eq!(agent.get(format!("{base}/api/status")).header("Authorization", "Bearer nope").call().unwrap().status(), 401);
+    assert_eq!(agent.get(format!("{base}/?token=wrong")).call().unwrap().status(), 401);
+    // The printed link sets a same-site, script-proof cookie and drops the
+    // token from the address.
+    let response = agent.get(format!("{base}/?token={}", service.token)).call().unwrap();
+    assert_eq!(response.status(), 303);
+    let cookie = response.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert_eq!(response.headers().get("location").unwrap(), "/");
+    // Another host name (DNS rebinding) is refused even with the token.
+    let rebound = agent.get(format!("{base}/api/status")).header("Authorization", &bearer).header("Host", "evil.example").call().unwrap();
+    assert_eq!(rebound.status(), 421);
+
+    let runs_before = service.runs_finished();
+    let csrf = service.csrf();
+    let post = |path: &str, body: String, origin: Option<&str>| {
+        let mut request = agent
+            .post(format!("{base}{path}"))
+            .header("Authorization", &bearer)
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        if let Some(origin) = origin {
+            request = request.header("Origin", origin);
+        }
+        request.send(body).unwrap().status()
+    };
+    // Without the CSRF token, or with a wrong one: refused.
+    assert_eq!(post("/sync", String::new(), None), 403);
+    assert_eq!(post("/sync", "csrf=0000".into(), None), 403);
+    assert_eq!(post("/settings", "sync_interval=1".into(), None), 403);
+    // From another origin, even with the token and the CSRF token: refused.
+    let evil = Some("http://evil.example");
+    assert_eq!(post("/sync", format!("csrf={csrf}"), evil), 403);
+    assert_eq!(post("/settings", format!("csrf={csrf}&sync_interval=1"), evil), 403);
+    assert_eq!(post("/settings", format!("csrf={csrf}&sync_interval=1"), Some("null")), 403);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(service.runs_finished(), runs_before, "no refused request started a sync");
+    let settings = json_of(&a, &["settings"]);
+    let interval = settings.as_array().unwrap().iter().find(|s| s["key"] == "sync_interval").unwrap();
+    assert_eq!(interval["value"], "1h", "no refused request changed a setting");
+
+    // The same requests from the page itself go through.
+    assert_eq!(post("/settings", format!("csrf={csrf}&sync_interval=20"), Some(base)), 303);
+    let settings = json_of(&a, &["settings"]);
+    let interval = settings.as_array().unwrap().iter().find(|s| s["key"] == "sync_interval").unwrap();
+    assert_eq!(interval["value"], "20m");
+    // A bad value is refused with the reason, and nothing is saved.
+    let mut bad = agent
+        .post(format!("{base}/settings"))
+        .header("Authorization", &bearer)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("csrf={csrf}&sync_interval=soon&folder=/no/such/folder"))
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let html = bad.body_mut().read_to_string().unwrap();
+    assert!(html.contains("Nothing was saved"), "{html}");
+    assert_eq!(post("/sync", format!("csrf={csrf}"), Some(base)), 303);
+    assert!(service.runs_finished() > runs_before);
+}
