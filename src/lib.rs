@@ -13,5 +13,5 @@ pub mod engine;
 pub mod folder;
 pub mod model;
 pub mod service;
-pub mod xmlstore;
 pub mod web;
+pub mod xmlstore;

@@ -175,7 +175,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = cli.db;
     match cli.command {
         Command::Init { folder, site_name, mapping } => {
-            let options = InitOptions { db: db.clone(), folder, site_name, mapping, progress: Progress::new() };
+            let options =
+                InitOptions { db: db.clone(), folder, site_name, mapping, progress: Progress::new() };
             let report = progress::with_bar(&options.progress.clone(), || engine::init(&options))?;
             if cli.json {
                 print_json(&report)?;
@@ -197,7 +198,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 full_scan,
                 confirm_deletes,
                 wait_for_lock: Some(|| {
-                    eprintln!("clinicsync: another sync of this database is running; waiting for it to finish")
+                    eprintln!(
+                        "clinicsync: another sync of this database is running; waiting for it to finish"
+                    )
                 }),
                 ..SyncOptions::default()
             };

@@ -40,6 +40,9 @@ pub struct Settings {
     /// asked and when files arrive (off).
     pub auto_sync: bool,
     pub sync_interval: Duration,
+    /// `clinicsync run` syncs within seconds of files arriving and of the
+    /// app changing rows (on), or only on the interval and Sync Now (off).
+    pub watch: bool,
     /// The port of the local web page (on 127.0.0.1 only).
     pub web_port: u16,
     /// Alert when no sync has succeeded for this long.
@@ -71,6 +74,11 @@ const SPECS: &[Spec] = &[
         key: "sync_interval",
         default: "5m",
         help: "how often `clinicsync run` syncs (a bare number is minutes)",
+    },
+    Spec {
+        key: "watch",
+        default: "on",
+        help: "`clinicsync run` syncs within seconds of files arriving or the app changing rows (on/off; off for folders where file events do not work)",
     },
     Spec {
         key: "use_logs",
@@ -187,7 +195,7 @@ fn validate(key: &str, value: &str) -> Result<String, SettingError> {
                     && !value.contains(char::is_whitespace));
             if ok { Ok(value.to_owned()) } else { Err(invalid("empty, or an http:// or https:// URL")) }
         }
-        "use_logs" | "auto_delete_conflicts" | "auto_sync" => parse_bool(value)
+        "use_logs" | "auto_delete_conflicts" | "auto_sync" | "watch" => parse_bool(value)
             .map(|b| if b { "on" } else { "off" }.to_owned())
             .ok_or_else(|| invalid("on or off")),
         _ => humantime::parse_duration(value)
@@ -222,7 +230,8 @@ pub(crate) fn check_folder(
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(refuse(
-                "does not exist (is the cloud client's drive mounted? create the folder or pick another)".into(),
+                "does not exist (is the cloud client's drive mounted? create the folder or pick another)"
+                    .into(),
             ));
         }
         Err(e) => return Err(refuse(format!("cannot be reached: {e}"))),
@@ -247,7 +256,8 @@ pub(crate) fn check_folder(
         let bytes = std::fs::read(&manifest).map_err(|_| {
             refuse("holds no clinicsync.xml: it is not this family's folder (or the cloud client has not downloaded it yet)".into())
         })?;
-        let found = decode_manifest(&bytes).map_err(|e| refuse(format!("its clinicsync.xml cannot be used: {e}")))?;
+        let found =
+            decode_manifest(&bytes).map_err(|e| refuse(format!("its clinicsync.xml cannot be used: {e}")))?;
         if found.family != family {
             return Err(refuse(format!(
                 "belongs to family {}, but this database syncs with family {}: it is not this family's folder",
@@ -282,6 +292,7 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
         mass_delete_min_patients: get("mass_delete_min_patients")?.parse().unwrap_or(20),
         auto_sync: parse_bool(&get("auto_sync")?).unwrap_or(true),
         sync_interval: duration("sync_interval")?,
+        watch: parse_bool(&get("watch")?).unwrap_or(true),
         web_port: get("web_port")?.parse().unwrap_or(8750),
         alert_after: duration("alert_after")?,
         alert_command: get("alert_command")?,

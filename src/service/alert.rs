@@ -93,3 +93,71 @@ pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
     }
     results
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn alert() -> Alert {
+        Alert { kind: AlertKind::Failed, reason: "the sync folder is not reachable".into() }
+    }
+
+    #[tokio::test]
+    async fn the_command_gets_the_reason_in_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("alert.txt");
+        let target = AlertTarget {
+            command: format!("printf '%s|%s' \"$CLINICSYNC_ALERT_KIND\" \"$CLINICSYNC_ALERT\" > '{}'", out.display()),
+            site_name: "Front desk".into(),
+            ..AlertTarget::default()
+        };
+        let results = send(&target, &alert()).await;
+        assert_eq!(results, ["alert command ran"]);
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "failed|clinicsync at Front desk: the sync folder is not reachable"
+        );
+        let failing = AlertTarget { command: "echo broken >&2; exit 3".into(), ..AlertTarget::default() };
+        let results = send(&failing, &alert()).await;
+        assert!(results[0].contains("failed") && results[0].contains("broken"), "{results:?}");
+    }
+
+    #[tokio::test]
+    async fn the_url_gets_a_json_post() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap();
+            (head, String::from_utf8(body).unwrap())
+        });
+        let target = AlertTarget { url, site_name: "Branch".into(), ..AlertTarget::default() };
+        let results = send(&target, &alert()).await;
+        assert_eq!(results, ["alert posted"]);
+        let (head, body) = server.join().unwrap();
+        assert!(head.starts_with("POST /hook "), "{head}");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["kind"], "failed");
+        assert_eq!(doc["site_name"], "Branch");
+        assert_eq!(doc["reason"], "the sync folder is not reachable");
+    }
+}

@@ -51,7 +51,9 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     pub state: watch::Receiver<SchedulerState>,
     pub alerts: Mutex<VecDeque<AlertRecord>>,
-    watcher: Mutex<Option<(PathBuf, notify::RecommendedWatcher)>>,
+    /// The folder watched, its identity (device, inode) when the watch
+    /// began, and the watcher.
+    watcher: Mutex<Option<(PathBuf, (u64, u64), notify::RecommendedWatcher)>>,
     hints: mpsc::UnboundedSender<Hint>,
 }
 
@@ -66,13 +68,23 @@ impl Shared {
         Ok(())
     }
 
+    /// Watches `folder`, unless it is already watched and is still the
+    /// same directory (a folder deleted and created again, or a drive
+    /// mounted again, needs a new watch).
     fn rewatch(&self, folder: &Path) {
+        use std::os::unix::fs::MetadataExt as _;
+        let identity = std::fs::metadata(folder).map(|m| (m.dev(), m.ino())).ok();
         let mut current = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        if current.as_ref().is_some_and(|(f, _)| f == folder) {
+        if current.as_ref().is_some_and(|(f, id, _)| f == folder && Some(*id) == identity) {
             return;
         }
+        let Some(identity) = identity else {
+            // Unreachable now; the next run tries again.
+            *current = None;
+            return;
+        };
         *current = match watcher::watch(folder, self.hints.clone()) {
-            Ok(w) => Some((folder.to_path_buf(), w)),
+            Ok(w) => Some((folder.to_path_buf(), identity, w)),
             Err(e) => {
                 tracing::warn!(
                     "cannot watch {} for new files ({e}); syncing on the interval only",
@@ -85,7 +97,7 @@ impl Shared {
 }
 
 fn schedule_of(s: &engine::Settings) -> Schedule {
-    Schedule { auto_sync: s.auto_sync, interval: s.sync_interval, alert_after: s.alert_after }
+    Schedule { auto_sync: s.auto_sync, watch: s.watch, interval: s.sync_interval, alert_after: s.alert_after }
 }
 
 /// The real world behind the scheduler: the engine, the database, alerts.
@@ -110,6 +122,16 @@ impl Hooks for RealHooks {
             ..SyncOptions::default()
         };
         let result = tokio::task::spawn_blocking(move || engine::sync(&db, &options)).await;
+        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(shared) = shared {
+            let db = self.db.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Ok(cfg) = Db::open(&db).and_then(|d| d.site_config()) {
+                    shared.rewatch(&cfg.folder);
+                }
+            })
+            .await;
+        }
         match result {
             Ok(Ok(report)) => RunDone {
                 run_id: report.run_id,
@@ -237,9 +259,8 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     };
     let token = load_or_make_token(&db_path)?;
     let port = options.web_port.unwrap_or(settings.web_port);
-    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-        .with_context(|| {
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await.with_context(|| {
             format!("cannot open the web page on 127.0.0.1:{port} (another program uses it? change web_port)")
         })?;
     let port = listener.local_addr().context("cannot read the web page's address")?.port();
@@ -276,7 +297,12 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     ));
 
     let app = crate::web::router(shared.clone(), token.clone(), port);
-    println!("clinicsync is running for site {:?} ({}), folder {}", cfg.name, cfg.site.short(), cfg.folder.display());
+    println!(
+        "clinicsync is running for site {:?} ({}), folder {}",
+        cfg.name,
+        cfg.site.short(),
+        cfg.folder.display()
+    );
     println!("Web page: http://127.0.0.1:{port}/?token={token}");
     println!("Stop with Ctrl-C; a sync in progress finishes first.");
     use std::io::Write as _;

@@ -32,6 +32,9 @@ const MAX_EVENTS_DURING_RUN: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Schedule {
     pub auto_sync: bool,
+    /// React to file events and to the app's changes (off: only the
+    /// interval and Sync Now start runs).
+    pub watch: bool,
     pub interval: Duration,
     pub alert_after: Duration,
 }
@@ -103,7 +106,9 @@ pub trait Hooks: Send + Sync + 'static {
 pub enum Control {
     /// Sync Now: a run that starts after any run in progress; the reply
     /// comes when it has finished.
-    SyncNow { reply: Option<oneshot::Sender<RunDone>> },
+    SyncNow {
+        reply: Option<oneshot::Sender<RunDone>>,
+    },
     Settings(Schedule),
     /// Finish the run in progress, then stop.
     Shutdown,
@@ -261,6 +266,9 @@ pub async fn run<H: Hooks>(
                     }
                     continue;
                 }
+                if !schedule.watch {
+                    continue;
+                }
                 let fresh = now > echo.1 || hint.paths.is_empty() || hint.paths.iter().any(|p| !echo.0.contains(p));
                 if !fresh {
                     continue;
@@ -292,7 +300,7 @@ pub async fn run<H: Hooks>(
                 };
                 hooks.alert(Alert { kind: AlertKind::Stale, reason }).await;
             }
-            _ = poll.tick(), if running.is_none() && pending.is_none() && !shutting_down && !local_paused => {
+            _ = poll.tick(), if schedule.watch && running.is_none() && pending.is_none() && !shutting_down && !local_paused => {
                 if hooks.local_changes().await {
                     queue(&mut pending, Trigger::LocalChange, None);
                 }
@@ -395,6 +403,7 @@ mod tests {
     fn schedule(interval_min: u64) -> Schedule {
         Schedule {
             auto_sync: true,
+            watch: true,
             interval: Duration::from_secs(interval_min * 60),
             alert_after: Duration::from_secs(3600),
         }
@@ -483,7 +492,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_runs_own_writes_do_not_start_another_run() {
         let fake = Fake::default();
-        *fake.touched.lock().unwrap() = vec!["log/me/00000000000000000002.xml".into(), "patients/ab/x.xml".into()];
+        *fake.touched.lock().unwrap() =
+            vec!["log/me/00000000000000000002.xml".into(), "patients/ab/x.xml".into()];
         *fake.run_takes.lock().unwrap() = Duration::from_secs(2);
         let h = start(fake, schedule(60), Some(Duration::ZERO));
         // During the startup run, the watcher reports the run's own writes
@@ -540,7 +550,8 @@ mod tests {
     async fn a_failing_run_alerts_once_per_incident() {
         let fake = Fake::default();
         // Three failures, one success, two failures.
-        *fake.outcomes.lock().unwrap() = VecDeque::from(["failed", "failed", "failed", "ok", "failed", "failed"]);
+        *fake.outcomes.lock().unwrap() =
+            VecDeque::from(["failed", "failed", "failed", "ok", "failed", "failed"]);
         let h = start(fake, schedule(1), Some(Duration::ZERO));
         sleep(6 * 60 * 1000 + 30_000).await;
         let alerts = h.fake.alerts.lock().unwrap().clone();

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -128,7 +129,7 @@ async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Resp
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
@@ -149,7 +150,10 @@ fn csrf_ok(st: &WebState, headers: &HeaderMap, form: &HashMap<String, String>) -
 }
 
 fn csrf_refused() -> Response {
-    refuse(StatusCode::FORBIDDEN, "This form has expired or did not come from this page; reload the page and try again.")
+    refuse(
+        StatusCode::FORBIDDEN,
+        "This form has expired or did not come from this page; reload the page and try again.",
+    )
 }
 
 /// Runs blocking database work off the async threads.
@@ -176,7 +180,8 @@ async fn status_page(State(st): State<WebState>) -> Response {
     let db = st.shared.db.clone();
     match blocking(move || engine::status(&db)).await {
         Ok(report) => {
-            let alerts: Vec<_> = st.shared.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+            let alerts: Vec<_> =
+                st.shared.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
             Html(pages::status(&page_context(&st), &report, &alerts)).into_response()
         }
         Err(r) => r,
@@ -231,8 +236,10 @@ async fn resolve(
     State(st): State<WebState>,
     Path(id): Path<i64>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<HashMap<String, String>>,
+    form: Result<axum::Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    // A body that is not a form carries no CSRF token: refused below.
+    let form = form.map(|f| f.0).unwrap_or_default();
     if !csrf_ok(&st, &headers, &form) {
         return csrf_refused();
     }
@@ -266,8 +273,10 @@ async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -
 async fn save_settings(
     State(st): State<WebState>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<HashMap<String, String>>,
+    form: Result<axum::Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    // A body that is not a form carries no CSRF token: refused below.
+    let form = form.map(|f| f.0).unwrap_or_default();
     if !csrf_ok(&st, &headers, &form) {
         return csrf_refused();
     }
@@ -310,13 +319,17 @@ async fn save_settings(
 async fn sync_now(
     State(st): State<WebState>,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<HashMap<String, String>>,
+    form: Result<axum::Form<HashMap<String, String>>, FormRejection>,
 ) -> Response {
+    // A body that is not a form carries no CSRF token: refused below.
+    let form = form.map(|f| f.0).unwrap_or_default();
     if !csrf_ok(&st, &headers, &form) {
         return csrf_refused();
     }
-    let wants_json =
-        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
     if wants_json {
         // The page's script follows the run through /api/status.
         let finished_before = st.shared.state.borrow().runs_finished;
@@ -332,7 +345,10 @@ async fn sync_now(
     // Without script: wait for the run, then show Latest Logs.
     let (tx, rx) = tokio::sync::oneshot::channel();
     if st.shared.control.send(Control::SyncNow { reply: Some(tx) }).await.is_err() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "The service is stopping; try again after it restarts.");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is stopping; try again after it restarts.",
+        );
     }
     let _ = rx.await;
     Redirect::to("/logs").into_response()

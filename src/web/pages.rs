@@ -33,6 +33,21 @@ pub(super) fn esc(text: &str) -> String {
     out
 }
 
+/// A time for people: UTC in the page, shown in the browser's local time
+/// by the page's script.
+fn time_html(iso: Option<&str>) -> String {
+    match iso {
+        Some(t) => format!(r#"<time datetime="{0}">{0}</time>"#, esc(t)),
+        None => "never".to_owned(),
+    }
+}
+
+/// Shows every `<time>` in local time; shared by all pages.
+const LOCAL_TIMES: &str = r#"
+function localTime(iso) { const d = new Date(iso); return isNaN(d) ? iso : d.toLocaleString(); }
+document.querySelectorAll('time[datetime]').forEach(t => { t.textContent = localTime(t.getAttribute('datetime')); });
+"#;
+
 const STYLE: &str = r#"
 :root { --ok: #17653a; --ok-bg: #e3f4e8; --bad: #a4161a; --bad-bg: #fbe4e4; --warn-bg: #fff4d6; --ink: #1d2430; --muted: #5a6472; --line: #d5dae1; --accent: #1f5fae; }
 * { box-sizing: border-box; }
@@ -94,7 +109,7 @@ fn layout(title: &str, current: &str, ctx: &Context, body: &str, script: &str) -
 <nav aria-label="Sections">{status}{logs}{conflicts}{settings}</nav>
 <span class="muted" id="running-badge">{running}</span></div></header>
 <main id="main">{body}</main>
-<script>{script}</script>
+<script>{LOCAL_TIMES}{script}</script>
 </body></html>"##,
         title = esc(title),
         csrf = esc(&ctx.csrf),
@@ -128,7 +143,8 @@ function render(d) {
   const s = d.status;
   setCard('card-online', s.online ? 'Online' : 'Offline', s.online);
   const lastOk = s.last_outcome === 'ok' && s.pending_changes === 0 && !s.warnings.some(w => w.startsWith('not synced'));
-  setCard('card-last', (s.last_sync || 'never') + (s.last_outcome ? ' (' + s.last_outcome + ')' : ''), lastOk);
+  setCard('card-last', (s.last_sync ? localTime(s.last_sync) : 'never') + (s.last_outcome ? ' (' + s.last_outcome + ')' : ''), lastOk);
+  renderSites(s.sites);
   setCard('card-pending', String(s.pending_changes), s.pending_changes === 0);
   setCard('card-conflicts', String(s.open_conflicts), s.open_conflicts === 0);
   const p = d.progress;
@@ -141,6 +157,25 @@ function render(d) {
     $('progress').appendChild(span);
     if (bar) $('progress').insertAdjacentHTML('beforeend', bar);
   }
+}
+function renderSites(sites) {
+  const body = $('sites-body'); if (!body || !sites.length) return;
+  body.replaceChildren(...sites.map(site => {
+    const tr = document.createElement('tr');
+    const cells = [
+      site.name + (site.this_site ? ' (this site)' : '') + ' ' + site.site.slice(0, 8),
+      site.last_sync ? localTime(site.last_sync) : 'never',
+      site.app_version,
+      site.applied_seq === null ? '—' : site.applied_seq + ' of ' + site.head_seq,
+      site.warning || '',
+    ];
+    cells.forEach((text, i) => {
+      const td = document.createElement('td'); td.textContent = text;
+      if (i === 4 && site.warning) td.className = 'bad';
+      tr.appendChild(td);
+    });
+    return tr;
+  }));
 }
 async function poll() {
   try {
@@ -189,17 +224,17 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) ->
     let stale = s.warnings.iter().any(|w| w.starts_with("not synced"));
     let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !stale;
     let class = |good: bool| if good { "good" } else { "bad" };
-    let card = |id: &str, label: &str, value: &str, good: bool| {
+    // `value_html` is already escaped.
+    let card = |id: &str, label: &str, value_html: &str, good: bool| {
         format!(
-            r#"<div class="card {}" id="{id}"><div class="label">{label}</div><div class="value">{}</div></div>"#,
+            r#"<div class="card {}" id="{id}"><div class="label">{label}</div><div class="value">{value_html}</div></div>"#,
             class(good),
-            esc(value)
         )
     };
     let last = format!(
         "{}{}",
-        s.last_sync.as_deref().unwrap_or("never"),
-        s.last_outcome.as_deref().map(|o| format!(" ({o})")).unwrap_or_default()
+        time_html(s.last_sync.as_deref()),
+        s.last_outcome.as_deref().map(|o| format!(" ({})", esc(o))).unwrap_or_default()
     );
     let mut body = format!(
         r#"<h1>{name} <span class="muted">· site {site}</span></h1>
@@ -222,11 +257,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) ->
     for w in &s.warnings {
         body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
     }
-    let progress = if ctx.running {
-        format!("Syncing: {}", esc(ctx.progress.step))
-    } else {
-        String::new()
-    };
+    let progress = if ctx.running { format!("Syncing: {}", esc(ctx.progress.step)) } else { String::new() };
     body.push_str(&format!(
         r#"<h2>Sync Now</h2>
 <form id="sync-form" method="post" action="/sync"><input type="hidden" name="csrf" value="{csrf}">
@@ -235,7 +266,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) ->
         csrf = esc(&ctx.csrf)
     ));
     body.push_str(
-        r#"<h2>Sites of this family</h2><table><thead><tr><th scope="col">Site</th><th scope="col">Last sync</th><th scope="col">clinicsync</th><th scope="col">Exports applied here</th><th scope="col">Warning</th></tr></thead><tbody>"#,
+        r#"<h2>Sites of this family</h2><table><thead><tr><th scope="col">Site</th><th scope="col">Last sync</th><th scope="col">clinicsync</th><th scope="col">Exports applied here</th><th scope="col">Warning</th></tr></thead><tbody id="sites-body">"#,
     );
     for site in &s.sites {
         let me = if site.this_site { " (this site)" } else { "" };
@@ -247,14 +278,16 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) ->
             r#"<tr><td>{name}{me} <span class="muted path">{id}</span></td><td>{last}</td><td>{version}</td><td>{applied}</td><td class="{wclass}">{warning}</td></tr>"#,
             name = esc(&site.name),
             id = esc(site.site.get(..8).unwrap_or(&site.site)),
-            last = esc(site.last_sync.as_deref().unwrap_or("never")),
+            last = time_html(site.last_sync.as_deref()),
             version = esc(&site.app_version),
             wclass = if site.warning.is_some() { "bad" } else { "" },
             warning = esc(site.warning.as_deref().unwrap_or("")),
         ));
     }
     if s.sites.is_empty() {
-        body.push_str(r#"<tr><td colspan="5" class="muted">No site files visible (is the folder offline?)</td></tr>"#);
+        body.push_str(
+            r#"<tr><td colspan="5" class="muted">No site files visible (is the folder offline?)</td></tr>"#,
+        );
     }
     body.push_str("</tbody></table>");
     if !alerts.is_empty() {
@@ -262,7 +295,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) ->
         for a in alerts {
             body.push_str(&format!(
                 "<li>{} — {}: {} <span class=\"muted\">({})</span></li>",
-                esc(&format_time(a.at_ms)),
+                time_html(Some(&format_time(a.at_ms))),
                 esc(a.kind),
                 esc(&a.reason),
                 esc(&a.results.join("; "))
@@ -291,13 +324,17 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)]) -> Str
         body.push_str(&format!(
             r#"<details class="run" id="run-{id}"{open}><summary><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span> · {n} events<br><span class="muted">{summary}</span></summary><ul class="events">"#,
             id = run.id,
-            time = esc(&format_time(run.started_ms)),
+            time = time_html(Some(&format_time(run.started_ms))),
             trigger = esc(&trigger_words(&run.trigger)),
             n = events.len(),
             summary = esc(&summary),
         ));
         for e in events {
-            let path = e.path.as_deref().map(|p| format!(r#"<span class="path">{}</span>: "#, esc(p))).unwrap_or_default();
+            let path = e
+                .path
+                .as_deref()
+                .map(|p| format!(r#"<span class="path">{}</span>: "#, esc(p)))
+                .unwrap_or_default();
             body.push_str(&format!(
                 r#"<li class="event"><span class="lvl-{lvl}">[{lvl}]</span> {path}{msg}</li>"#,
                 lvl = esc(&e.level),
@@ -365,7 +402,7 @@ pub(super) fn conflicts(ctx: &Context, records: &[Value], done: Option<&str>) ->
             shown = esc(&shown),
             lost = esc(&text(c, "lost_value")),
             site = esc(&text(c, "lost_site")),
-            at = esc(&text(c, "lost_at")),
+            at = time_html(c.get("lost_at").and_then(Value::as_str)),
             csrf = esc(&ctx.csrf),
         ));
     }

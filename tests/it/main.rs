@@ -3,6 +3,7 @@
 //! directory; the CLI tests run the built `clinicsync` as a process.
 
 mod app_writer;
+mod browser;
 mod changelog;
 mod conflict_copies;
 mod conflict_names;
@@ -20,3 +21,4 @@ mod sim;
 mod support;
 mod tidy;
 mod two_sites;
+mod webdriver;

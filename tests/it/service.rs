@@ -155,9 +155,8 @@ fn the_service_applies_arriving_files_and_exports_local_rows_within_three_second
     // Another site writes: its segment and patient file land in the folder.
     let patient = add_patient(&app(&b), 7, 2);
     sync_ok(&b);
-    let took = service.wait_for("site b's patient applied at a", Duration::from_secs(3), || {
-        has_patient(&a, &patient)
-    });
+    let took = service
+        .wait_for("site b's patient applied at a", Duration::from_secs(3), || has_patient(&a, &patient));
     eprintln!("applied at a {took:?} after b's sync ended");
     let status = service.api_status();
     assert!(status["runs_finished"].as_u64().unwrap() > runs_before);
@@ -169,7 +168,8 @@ fn the_service_applies_arriving_files_and_exports_local_rows_within_three_second
     let took = service.wait_for("a's new patient in the folder", Duration::from_secs(3), || file.exists());
     eprintln!("a's row in the folder after {took:?}");
     let latest = json_of(&a, &["log", "--last", "5"]);
-    let triggers: Vec<&str> = latest.as_array().unwrap().iter().map(|r| r["run"]["trigger"].as_str().unwrap()).collect();
+    let triggers: Vec<&str> =
+        latest.as_array().unwrap().iter().map(|r| r["run"]["trigger"].as_str().unwrap()).collect();
     assert!(triggers.contains(&"watcher"), "{triggers:?}");
     assert!(triggers.contains(&"local-change"), "{triggers:?}");
     assert!(!triggers.contains(&"interval"), "the interval (1h) never ticked: {triggers:?}");
@@ -197,7 +197,15 @@ fn the_page_refuses_requests_without_the_token_csrf_or_origin() {
 
     // No token, a wrong token, a wrong link.
     assert_eq!(agent.get(format!("{base}/")).call().unwrap().status(), 401);
-    assert_eq!(agent.get(format!("{base}/api/status")).header("Authorization", "Bearer nope").call().unwrap().status(), 401);
+    assert_eq!(
+        agent
+            .get(format!("{base}/api/status"))
+            .header("Authorization", "Bearer nope")
+            .call()
+            .unwrap()
+            .status(),
+        401
+    );
     assert_eq!(agent.get(format!("{base}/?token=wrong")).call().unwrap().status(), 401);
     // The printed link sets a same-site, script-proof cookie and drops the
     // token from the address.
@@ -207,7 +215,12 @@ fn the_page_refuses_requests_without_the_token_csrf_or_origin() {
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     assert_eq!(response.headers().get("location").unwrap(), "/");
     // Another host name (DNS rebinding) is refused even with the token.
-    let rebound = agent.get(format!("{base}/api/status")).header("Authorization", &bearer).header("Host", "evil.example").call().unwrap();
+    let rebound = agent
+        .get(format!("{base}/api/status"))
+        .header("Authorization", &bearer)
+        .header("Host", "evil.example")
+        .call()
+        .unwrap();
     assert_eq!(rebound.status(), 421);
 
     let runs_before = service.runs_finished();
@@ -254,4 +267,54 @@ fn the_page_refuses_requests_without_the_token_csrf_or_origin() {
     assert!(html.contains("Nothing was saved"), "{html}");
     assert_eq!(post("/sync", format!("csrf={csrf}"), Some(base)), 303);
     assert!(service.runs_finished() > runs_before);
+}
+
+#[test]
+fn a_failing_sync_runs_the_alert_command_once_per_incident() {
+    let fam = Family::new();
+    let a = fam.init("a");
+    let alerts = fam.dir.path().join("alerts.log");
+    let command = format!("echo \"$CLINICSYNC_ALERT_KIND: $CLINICSYNC_ALERT\" >> '{}'", alerts.display());
+    cli(&a).arg("settings").arg("sync_interval=1h").arg(format!("alert_command={command}")).assert().success();
+    let service = Service::start(&a);
+    let csrf = service.csrf();
+    let sync_now = || {
+        let status = Service::agent()
+            .post(format!("{}/sync", service.base))
+            .header("Authorization", format!("Bearer {}", service.token))
+            .header("Origin", &service.base)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(format!("csrf={csrf}"))
+            .unwrap()
+            .status();
+        assert_eq!(status, 303, "Sync Now without script waits for the run, then shows Latest Logs");
+        service.api_status()["last_run"]["outcome"].as_str().unwrap().to_owned()
+    };
+    let lines = || std::fs::read_to_string(&alerts).unwrap_or_default().lines().count();
+
+    // The cloud drive is unmounted: runs fail, one alert.
+    let moved = fam.dir.path().join("shared-unmounted");
+    std::fs::rename(fam.folder(), &moved).unwrap();
+    assert_eq!(sync_now(), "failed");
+    assert_eq!(sync_now(), "failed");
+    service.wait_for("the alert command", Duration::from_secs(10), || lines() == 1);
+    let text = std::fs::read_to_string(&alerts).unwrap();
+    assert!(text.starts_with("failed: clinicsync at a: the sync folder"), "{text}");
+    assert_eq!(service.api_status()["status"]["online"], false);
+
+    // Back: the incident ends. Gone again: a new incident, a new alert.
+    std::fs::rename(&moved, fam.folder()).unwrap();
+    assert_eq!(sync_now(), "ok");
+    std::fs::rename(fam.folder(), &moved).unwrap();
+    assert_eq!(sync_now(), "failed");
+    service.wait_for("the second alert", Duration::from_secs(10), || lines() == 2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lines(), 2);
+    let mut page = Service::agent()
+        .get(format!("{}/", service.base))
+        .header("Authorization", format!("Bearer {}", service.token))
+        .call()
+        .unwrap();
+    let html = page.body_mut().read_to_string().unwrap();
+    assert!(html.contains("Alerts sent") && html.contains("alert command ran"), "{html}");
 }

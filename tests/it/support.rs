@@ -155,6 +155,8 @@ pub(crate) fn set(db: &Path, assignments: &[&str]) {
 
 /// Whether the app's `patients` table has this patient.
 pub(crate) fn has_patient(db: &Path, id: &str) -> bool {
-    app(db).query_row("SELECT count(*) FROM patients WHERE id = ?1", [id], |r| r.get::<_, i64>(0)).expect("count")
+    app(db)
+        .query_row("SELECT count(*) FROM patients WHERE id = ?1", [id], |r| r.get::<_, i64>(0))
+        .expect("count")
         > 0
 }

@@ -1,0 +1,139 @@
+//! The web page in real headless Chromium (Debian's chromium and
+//! chromium-driver, installed by `.ci/run`): open it with the token, change
+//! the interval, press Sync Now and watch it finish, find the run at the
+//! top of Latest Logs with its events, resolve a conflict; a request
+//! without the token, a POST without the CSRF token and a form posted from
+//! another origin are refused. Screenshots of each page are saved under
+//! `target/screenshots/`. Without Chromium this test fails unless
+//! `CLINICSYNC_SKIP_BROWSER=1` says to skip it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::service::Service;
+use crate::support::*;
+use crate::webdriver::{Browser, available};
+
+fn screenshots() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).parent().expect("target/").join("screenshots")
+}
+
+fn setting(db: &std::path::Path, key: &str) -> Value {
+    let list = json_of(db, &["settings"]);
+    list.as_array().unwrap().iter().find(|s| s["key"] == key).unwrap()["value"].clone()
+}
+
+#[test]
+fn clinic_staff_use_the_page_in_chromium() {
+    if std::env::var("CLINICSYNC_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: CLINICSYNC_SKIP_BROWSER=1");
+        return;
+    }
+    if let Err(e) = available() {
+        panic!("{e} (or set CLINICSYNC_SKIP_BROWSER=1 to skip this test)");
+    }
+    // Two sites with a conflict at a: both changed one phone number.
+    let fam = Family::new();
+    let a = fam.init("a");
+    let b = fam.init("b");
+    let patient = add_patient(&app(&a), 1, 2);
+    sync_ok(&a);
+    sync_ok(&b);
+    app(&a).execute("UPDATE patients SET phone = '+1 555 0101' WHERE id = ?1", [&patient]).unwrap();
+    app(&b).execute("UPDATE patients SET phone = '+1 555 0202' WHERE id = ?1", [&patient]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    sync_ok(&a);
+    let open = json_of(&a, &["conflicts"]);
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open:#}");
+    let lost = open[0]["lost_value"].as_str().unwrap().to_owned();
+    let conflict_id = open[0]["id"].as_i64().unwrap();
+
+    set(&a, &["sync_interval=1h"]);
+    let service = Service::start(&a);
+    let browser = Browser::start();
+    let shots = screenshots();
+
+    // Status, opened with the printed link.
+    browser.goto(&format!("{}/?token={}", service.base, service.token));
+    assert_eq!(browser.url(), format!("{}/", service.base), "the token leaves the address bar");
+    assert_eq!(browser.text("#card-online .value"), "Online");
+    assert!(browser.text("main").contains("Sites of this family"));
+    browser.screenshot(&shots.join("status.png"));
+
+    // Settings: change the interval.
+    browser.click("nav a[href='/settings']");
+    browser.type_into("#setting-sync_interval", "15");
+    browser.click("#save-settings");
+    browser.wait_text(".notice", Duration::from_secs(10), |t| t.contains("Settings saved"));
+    assert_eq!(setting(&a, "sync_interval"), "15m");
+    let shown = browser.run_async("arguments[0](document.getElementById('setting-sync_interval').value)");
+    assert_eq!(shown, "15m", "the form shows the saved value");
+    browser.screenshot(&shots.join("settings.png"));
+
+    // Sync Now, with live progress, until it says it finished. Site b
+    // changed a patient; with `watch` off only Sync Now picks it up.
+    browser.click("#setting-watch option[value='off']");
+    browser.click("#save-settings");
+    browser.wait_text(".notice", Duration::from_secs(10), |t| t.contains("Settings saved"));
+    let other = add_patient(&app(&b), 2, 1);
+    sync_ok(&b);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!has_patient(&a, &other), "with watch off, no run started on its own");
+    let runs_before = service.runs_finished();
+    browser.click("nav a[href='/']");
+    browser.click("#sync-button");
+    let done = browser.wait_text("#progress", Duration::from_secs(30), |t| t.contains("Sync finished"));
+    assert!(done.contains("ok"), "{done}");
+    assert!(service.runs_finished() > runs_before);
+    browser.screenshot(&shots.join("sync-now.png"));
+
+    // Latest Logs: the new run is at the top, open, with its events.
+    browser.click("#progress a[href='/logs']");
+    let top = browser.text("#runs details.run:first-child summary");
+    assert!(top.contains("Sync Now") && top.contains("ok"), "{top}");
+    let events = browser.text("#runs details.run:first-child .events");
+    assert!(events.contains("applied"), "the top run lists its events: {events}");
+    assert!(has_patient(&a, &other));
+    browser.screenshot(&shots.join("logs.png"));
+
+    // Conflicts: keep the value that lost.
+    browser.click("nav a[href='/conflicts']");
+    let row = browser.text(&format!("#conflict-{conflict_id}"));
+    assert!(row.contains(&lost), "{row}");
+    browser.screenshot(&shots.join("conflicts.png"));
+    browser.click(&format!("#conflict-{conflict_id} button[value='loser']"));
+    browser.wait_text(".notice", Duration::from_secs(10), |t| t.contains("settled"));
+    assert_eq!(patient_field(&a, &patient, "phone").as_deref(), Some(lost.as_str()));
+    assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
+    browser.screenshot(&shots.join("conflicts-resolved.png"));
+
+    // Refusals, from the page itself: without the token (no cookie), and a
+    // POST without the CSRF token.
+    let no_token = browser.run_async(
+        "fetch('/api/status', { credentials: 'omit' }).then(r => arguments[0](r.status), e => arguments[0](String(e)))",
+    );
+    assert_eq!(no_token, 401);
+    let no_csrf = browser.run_async(
+        "fetch('/sync', { method: 'POST' }).then(r => arguments[0](r.status), e => arguments[0](String(e)))",
+    );
+    assert_eq!(no_csrf, 403);
+
+    // A form on another origin that posts to the page, even carrying the
+    // right CSRF token, changes nothing and starts no sync.
+    let runs_before = service.runs_finished();
+    let csrf = service.csrf();
+    let attack = format!(
+        "data:text/html,<form id=f method=post action='{base}/settings'><input name=csrf value='{csrf}'><input name=sync_interval value=1></form><form id=g method=post action='{base}/sync'><input name=csrf value='{csrf}'></form><script>fetch('{base}/sync',{{method:'POST',mode:'no-cors',credentials:'include',body:new URLSearchParams({{csrf:'{csrf}'}})}}).finally(()=>document.getElementById('f').submit())</script>",
+        base = service.base
+    );
+    browser.goto(&attack);
+    std::thread::sleep(Duration::from_secs(2));
+    browser.screenshot(&shots.join("cross-origin-refused.png"));
+    assert_eq!(setting(&a, "sync_interval"), "15m", "a cross-origin form changed a setting");
+    assert_eq!(service.runs_finished(), runs_before, "a cross-origin request started a sync");
+    let refused = browser.text("body");
+    assert!(refused.contains("refused") || refused.contains("link"), "{refused}");
+}
