@@ -110,7 +110,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("alert.txt");
         let target = AlertTarget {
-            command: format!("printf '%s|%s' \"$CLINICSYNC_ALERT_KIND\" \"$CLINICSYNC_ALERT\" > '{}'", out.display()),
+            command: format!(
+                "printf '%s|%s' \"$CLINICSYNC_ALERT_KIND\" \"$CLINICSYNC_ALERT\" > '{}'",
+                out.display()
+            ),
             site_name: "Front desk".into(),
             ..AlertTarget::default()
         };

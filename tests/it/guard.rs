@@ -99,11 +99,31 @@ fn a_second_sync_of_the_same_database_waits_its_turn() {
     name.push("-clinicsync.lock");
     let lock = fs::File::options().write(true).open(a.with_file_name(name)).unwrap();
     lock.lock().unwrap();
-    let out = cli(&a).arg("sync").output().unwrap();
+    // The second sync says it waits, and waits while the first holds the lock.
+    let mut waiting = std::process::Command::new(assert_cmd::cargo::cargo_bin("clinicsync"))
+        .arg("--db")
+        .arg(&a)
+        .args(["sync", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.try_wait().unwrap().is_none(), "the second sync ran while the first held the lock");
+    lock.unlock().unwrap();
+    let out = waiting.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("another sync of this database is running; waiting")
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "ok");
+    // Commands that must not wait still refuse while a sync runs.
+    lock.lock().unwrap();
+    let out = cli(&a).arg("reassign").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already syncing"));
     lock.unlock().unwrap();
-    sync_ok(&a);
 }
 
 #[test]

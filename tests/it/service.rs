@@ -275,7 +275,12 @@ fn a_failing_sync_runs_the_alert_command_once_per_incident() {
     let a = fam.init("a");
     let alerts = fam.dir.path().join("alerts.log");
     let command = format!("echo \"$CLINICSYNC_ALERT_KIND: $CLINICSYNC_ALERT\" >> '{}'", alerts.display());
-    cli(&a).arg("settings").arg("sync_interval=1h").arg(format!("alert_command={command}")).assert().success();
+    cli(&a)
+        .arg("settings")
+        .arg("sync_interval=1h")
+        .arg(format!("alert_command={command}"))
+        .assert()
+        .success();
     let service = Service::start(&a);
     let csrf = service.csrf();
     let sync_now = || {
