@@ -11,8 +11,16 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::engine::Progress;
 
-/// A run shorter than this shows no bar at all.
+/// A run shorter than this shows no bar at all
+/// (`CLINICSYNC_PROGRESS_AFTER_MS` changes it, for tests).
 const SHOW_AFTER: Duration = Duration::from_millis(700);
+
+fn show_after() -> Duration {
+    std::env::var("CLINICSYNC_PROGRESS_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(SHOW_AFTER, Duration::from_millis)
+}
 const TICK: Duration = Duration::from_millis(100);
 
 /// Runs `work`, drawing `progress` as a bar while it runs (terminals only).
@@ -34,6 +42,7 @@ pub(super) fn with_bar<T>(progress: &Progress, work: impl FnOnce() -> T) -> T {
 
 fn draw(progress: &Progress, stop: &AtomicBool) {
     let started = std::time::Instant::now();
+    let show_after = show_after();
     let mut bar: Option<ProgressBar> = None;
     let counted = ProgressStyle::with_template("{spinner} {msg:<34} [{bar:30}] {pos}/{len} ({eta} left)")
         .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -43,7 +52,7 @@ fn draw(progress: &Progress, stop: &AtomicBool) {
     let mut last_step = "";
     while !stop.load(Ordering::Acquire) {
         std::thread::sleep(TICK);
-        if started.elapsed() < SHOW_AFTER {
+        if started.elapsed() < show_after {
             continue;
         }
         let view = progress.view();

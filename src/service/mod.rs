@@ -44,6 +44,10 @@ pub struct AlertRecord {
 /// Alerts kept for the page.
 const ALERTS_KEPT: usize = 20;
 
+/// The folder watched, its identity (device, inode) when the watch began,
+/// and the watcher.
+type Watched = (PathBuf, (u64, u64), notify::RecommendedWatcher);
+
 /// What the web page shares with the service.
 pub struct Shared {
     pub db: PathBuf,
@@ -51,9 +55,7 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     pub state: watch::Receiver<SchedulerState>,
     pub alerts: Mutex<VecDeque<AlertRecord>>,
-    /// The folder watched, its identity (device, inode) when the watch
-    /// began, and the watcher.
-    watcher: Mutex<Option<(PathBuf, (u64, u64), notify::RecommendedWatcher)>>,
+    watcher: Mutex<Option<Watched>>,
     hints: mpsc::UnboundedSender<Hint>,
 }
 

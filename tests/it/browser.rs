@@ -123,6 +123,8 @@ fn clinic_staff_use_the_page_in_chromium() {
 
     // A form on another origin that posts to the page, even carrying the
     // right CSRF token, changes nothing and starts no sync.
+    // Resolving started a sync to carry the choice; let it end first.
+    service.wait_idle();
     let runs_before = service.runs_finished();
     let csrf = service.csrf();
     let attack = format!(

@@ -17,6 +17,7 @@ mod mapping;
 mod model_laws;
 mod realsync;
 mod service;
+mod settings;
 mod sim;
 mod support;
 mod tidy;

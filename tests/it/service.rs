@@ -74,6 +74,14 @@ impl Service {
         response.body_mut().read_json().expect("status JSON")
     }
 
+    /// Waits until no run is in progress or queued.
+    pub(crate) fn wait_idle(&self) {
+        self.wait_for("the service to be idle", Duration::from_secs(30), || {
+            let s = self.api_status();
+            s["running"].is_null() && s["queued"] == false
+        });
+    }
+
     pub(crate) fn runs_finished(&self) -> u64 {
         self.api_status()["runs_finished"].as_u64().unwrap_or(0)
     }
@@ -158,8 +166,9 @@ fn the_service_applies_arriving_files_and_exports_local_rows_within_three_second
     let took = service
         .wait_for("site b's patient applied at a", Duration::from_secs(3), || has_patient(&a, &patient));
     eprintln!("applied at a {took:?} after b's sync ended");
+    // The rows are committed before the run ends; wait for its end.
+    service.wait_for("the run to end", Duration::from_secs(10), || service.runs_finished() > runs_before);
     let status = service.api_status();
-    assert!(status["runs_finished"].as_u64().unwrap() > runs_before);
     assert_eq!(status["status"]["last_outcome"], "ok", "{status:#}");
 
     // The app inserts a row at a: it is in the folder within 3 s.
@@ -223,6 +232,7 @@ fn the_page_refuses_requests_without_the_token_csrf_or_origin() {
         .unwrap();
     assert_eq!(rebound.status(), 421);
 
+    service.wait_idle();
     let runs_before = service.runs_finished();
     let csrf = service.csrf();
     let post = |path: &str, body: String, origin: Option<&str>| {
