@@ -214,7 +214,9 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         println!("  clinicsync status --db {d}/front-desk.db");
         println!("  clinicsync log --db {d}/home-visits.db");
         println!("  clinicsync conflicts --db {d}/front-desk.db");
-        println!("  clinicsync run --db {d}/front-desk.db     the service and its web page (Status, Sync Now, Latest Logs, Conflicts, Settings)");
+        println!(
+            "  clinicsync run --db {d}/front-desk.db     the service and its web page (Status, Sync Now, Latest Logs, Conflicts, Settings)"
+        );
     } else {
         println!(
             "NOT converged: the two sites differ. This is a bug; please report it with {}.",

@@ -253,8 +253,32 @@ pub fn run(options: &ServiceOptions) -> anyhow::Result<()> {
     runtime.block_on(serve(options))
 }
 
+/// Holds `<db>-clinicsync.service.lock` while the service runs: one
+/// service per database (runs are serialised anyway; two services would
+/// only fight over the page and the alerts).
+fn take_service_lock(db_path: &Path) -> anyhow::Result<std::fs::File> {
+    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-clinicsync.service.lock");
+    let path = db_path.with_file_name(name);
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create the lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(anyhow::anyhow!(
+            "clinicsync run is already running for {}; use its web page, or stop it first",
+            db_path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     let db_path = options.db.clone();
+    let _service_lock = take_service_lock(&db_path)?;
     let (settings, cfg, last_ok) = {
         let db = Db::open(&db_path)?;
         (engine::settings_load(&db_path)?, db.site_config()?, db.last_ok_ms()?)

@@ -192,6 +192,11 @@ fn the_service_applies_arriving_files_and_exports_local_rows_within_three_second
     sync_ok(&b);
     assert!(has_patient(&b, &ours));
 
+    // A second service for the same database refuses to start.
+    let second = cli(&a).args(["run", "--web-port", "0"]).timeout(Duration::from_secs(20)).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+
     let (status, log) = service.stop();
     assert!(status.success(), "clinicsync run exited with {status}: {log}");
     assert!(log.contains("clinicsync: stopped"), "{log}");
@@ -332,4 +337,35 @@ fn a_failing_sync_runs_the_alert_command_once_per_incident() {
         .unwrap();
     let html = page.body_mut().read_to_string().unwrap();
     assert!(html.contains("Alerts sent") && html.contains("alert command ran"), "{html}");
+}
+
+#[test]
+fn sigterm_lets_the_run_in_progress_finish() {
+    let (_fam, a, b, service) = family_with_service();
+    let conn = app(&b);
+    for n in 0..400 {
+        add_patient(&conn, 1000 + n, 4);
+    }
+    drop(conn);
+    sync_ok(&b);
+    // Stop as soon as the run that imports them is under way.
+    let mut caught_running = false;
+    service.wait_for("a run to start", Duration::from_secs(10), || {
+        let s = service.api_status();
+        caught_running = !s["running"].is_null();
+        caught_running || s["runs_finished"].as_u64().unwrap_or(0) > 1
+    });
+    let (status, log) = service.stop();
+    assert!(status.success(), "{log}");
+    if caught_running {
+        assert!(log.contains("stopping after the sync in progress"), "{log}");
+    }
+    // No run was cut short: every run recorded its outcome, and the
+    // patients it applied are all there.
+    let runs = json_of(&a, &["log", "--last", "20"]);
+    for r in runs.as_array().unwrap() {
+        assert!(!r["run"]["outcome"].is_null(), "an interrupted run: {r:#}");
+    }
+    let count: i64 = app(&a).query_row("SELECT count(*) FROM patients", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 400, "caught the run in progress: {caught_running}");
 }
