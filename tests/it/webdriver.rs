@@ -86,6 +86,12 @@ impl Browser {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|doc| panic!("WebDriver {method} {path} answered: {doc}"))
+    }
+
+    /// One WebDriver command; `Err` carries the error document.
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let url = format!("{}{path}", self.base);
         let response = match method {
             "GET" => self.agent.get(&url).call(),
@@ -95,8 +101,25 @@ impl Browser {
         let mut response = response.unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"));
         let status = response.status();
         let doc: Value = response.body_mut().read_json().unwrap_or(Value::Null);
-        assert!(status.is_success(), "WebDriver {method} {path} answered {status}: {doc}");
-        doc["value"].clone()
+        if status.is_success() { Ok(doc["value"].clone()) } else { Err(doc) }
+    }
+
+    /// Runs a command on the element `css` matches, finding it again when
+    /// the page was replaced in between (a stale element): up to 10 s.
+    fn on_element(&self, css: &str, method: &str, action: &str, body: Option<Value>) -> Value {
+        let start = Instant::now();
+        loop {
+            let id = self.find(css);
+            let path = format!("/session/{}/element/{id}{action}", self.session);
+            match self.try_call(method, &path, body.clone()) {
+                Ok(v) => return v,
+                Err(doc) if doc["value"]["error"] == "stale element reference" => {
+                    assert!(start.elapsed() < Duration::from_secs(10), "{css:?} stays stale: {doc}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(doc) => panic!("WebDriver {method} {action} on {css:?} answered: {doc}"),
+            }
+        }
     }
 
     fn session_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
@@ -134,20 +157,17 @@ impl Browser {
     }
 
     pub(crate) fn click(&self, css: &str) {
-        let id = self.find(css);
-        self.session_call("POST", &format!("/element/{id}/click"), None);
+        self.on_element(css, "POST", "/click", None);
     }
 
     /// Clears a field and types `text` into it.
     pub(crate) fn type_into(&self, css: &str, text: &str) {
-        let id = self.find(css);
-        self.session_call("POST", &format!("/element/{id}/clear"), None);
-        self.session_call("POST", &format!("/element/{id}/value"), Some(json!({ "text": text })));
+        self.on_element(css, "POST", "/clear", None);
+        self.on_element(css, "POST", "/value", Some(json!({ "text": text })));
     }
 
     pub(crate) fn text(&self, css: &str) -> String {
-        let id = self.find(css);
-        self.session_call("GET", &format!("/element/{id}/text"), None).as_str().unwrap_or_default().to_owned()
+        self.on_element(css, "GET", "/text", None).as_str().unwrap_or_default().to_owned()
     }
 
     /// Waits up to `limit` for the text of `css` to satisfy `ok`.
