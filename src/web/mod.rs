@@ -94,7 +94,9 @@ async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Resp
         if !same_secret(given, &st.token) {
             return refuse(StatusCode::UNAUTHORIZED, "This link's token is not the current one.");
         }
-        let mut response = Redirect::to(request.uri().path()).into_response();
+        // Only ever to a path on this page (`//host` would leave it).
+        let path = format!("/{}", request.uri().path().trim_start_matches('/'));
+        let mut response = Redirect::to(&path).into_response();
         let cookie = format!("{}={}; HttpOnly; SameSite=Strict; Path=/", cookie_name(st.port), st.token);
         if let Ok(value) = HeaderValue::from_str(&cookie) {
             response.headers_mut().insert(header::SET_COOKIE, value);

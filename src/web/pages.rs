@@ -324,6 +324,7 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)]) -> Str
         body.push_str(&format!(
             r#"<details class="run" id="run-{id}"{open}><summary><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span> · {n} events<br><span class="muted">{summary}</span></summary><ul class="events">"#,
             id = run.id,
+            outcome = esc(outcome),
             time = time_html(Some(&format_time(run.started_ms))),
             trigger = esc(&trigger_words(&run.trigger)),
             n = events.len(),
@@ -453,4 +454,19 @@ pub(super) fn settings(ctx: &Context, list: &[SettingView], error: Option<&str>,
     }
     body.push_str(r#"<button type="submit" id="save-settings">Save settings</button></form>"#);
     layout("Settings", "/settings", ctx, &body, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_folder_cannot_become_markup() {
+        assert_eq!(
+            esc(r#"<script>alert("x")</script> & 'y'"#),
+            "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#39;y&#39;"
+        );
+        let html = time_html(Some("<b>"));
+        assert!(!html.contains("<b>"), "{html}");
+    }
 }

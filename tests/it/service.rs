@@ -228,6 +228,9 @@ fn the_page_refuses_requests_without_the_token_csrf_or_origin() {
     let cookie = response.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
     assert_eq!(response.headers().get("location").unwrap(), "/");
+    // The swap never redirects off the page.
+    let response = agent.get(format!("{base}//evil.example/?token={}", service.token)).call().unwrap();
+    assert_eq!(response.headers().get("location").unwrap(), "/evil.example/");
     // Another host name (DNS rebinding) is refused even with the token.
     let rebound = agent
         .get(format!("{base}/api/status"))
