@@ -187,7 +187,7 @@ async function poll() {
 let watching = null;
 async function follow(before) {
   const d = await poll();
-  if (d && !d.running && d.runs_finished > before) {
+  if (d && !d.running && !d.queued && d.runs_finished > before) {
     const outcome = d.last_run ? d.last_run.outcome : 'finished';
     const msg = $('progress');
     msg.textContent = 'Sync finished: ' + outcome + '. ';
