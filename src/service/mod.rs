@@ -55,6 +55,10 @@ pub struct Shared {
     pub control: mpsc::Sender<Control>,
     pub state: watch::Receiver<SchedulerState>,
     pub alerts: Mutex<VecDeque<AlertRecord>>,
+    /// Sync Now runs the page asked for that have finished, and how the
+    /// latest ended (its run id and outcome): the page follows its own run.
+    pub manual_done: std::sync::atomic::AtomicU64,
+    pub last_manual: Mutex<Option<(Option<i64>, &'static str)>>,
     watcher: Mutex<Option<Watched>>,
     hints: mpsc::UnboundedSender<Hint>,
 }
@@ -301,6 +305,8 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
         control: control_tx.clone(),
         state: state_rx,
         alerts: Mutex::new(VecDeque::new()),
+        manual_done: std::sync::atomic::AtomicU64::new(0),
+        last_manual: Mutex::new(None),
         watcher: Mutex::new(None),
         hints: hint_tx,
     });

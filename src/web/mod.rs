@@ -8,6 +8,7 @@ mod pages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::rejection::FormRejection;
@@ -333,14 +334,26 @@ async fn sync_now(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
     if wants_json {
-        // The page's script follows the run through /api/status.
-        let finished_before = st.shared.state.borrow().runs_finished;
-        return match st.shared.control.try_send(Control::SyncNow { reply: None }) {
-            Ok(()) => (
-                StatusCode::ACCEPTED,
-                axum::Json(serde_json::json!({ "queued": true, "runs_finished": finished_before })),
-            )
-                .into_response(),
+        // The page's script follows its run through /api/status: the count
+        // of finished Sync Now runs passes `manual_before` when it is done.
+        let before = st.shared.manual_done.load(Ordering::Acquire);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        return match st.shared.control.try_send(Control::SyncNow { reply: Some(tx) }) {
+            Ok(()) => {
+                let shared = st.shared.clone();
+                tokio::spawn(async move {
+                    if let Ok(done) = rx.await {
+                        *shared.last_manual.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some((done.run_id, done.outcome));
+                        shared.manual_done.fetch_add(1, Ordering::AcqRel);
+                    }
+                });
+                (
+                    StatusCode::ACCEPTED,
+                    axum::Json(serde_json::json!({ "queued": true, "manual_before": before })),
+                )
+                    .into_response()
+            }
             Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "The service is stopping or busy; try again."),
         };
     }
@@ -367,6 +380,9 @@ async fn api_status(State(st): State<WebState>) -> Response {
                 "queued": state.queued,
                 "runs_finished": state.runs_finished,
                 "last_run": state.last_run.map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome })),
+                "manual_done": st.shared.manual_done.load(Ordering::Acquire),
+                "last_manual": st.shared.last_manual.lock().unwrap_or_else(|e| e.into_inner())
+                    .map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome })),
                 "progress": st.shared.progress.view(),
             });
             axum::Json(doc).into_response()

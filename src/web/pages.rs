@@ -187,8 +187,8 @@ async function poll() {
 let watching = null;
 async function follow(before) {
   const d = await poll();
-  if (d && !d.running && !d.queued && d.runs_finished > before) {
-    const outcome = d.last_run ? d.last_run.outcome : 'finished';
+  if (d && d.manual_done > before) {
+    const outcome = d.last_manual ? d.last_manual.outcome : 'finished';
     const msg = $('progress');
     msg.textContent = 'Sync finished: ' + outcome + '. ';
     const a = document.createElement('a'); a.href = '/logs'; a.textContent = 'See Latest Logs';
@@ -209,7 +209,7 @@ $('sync-form').addEventListener('submit', async (e) => {
     const r = await fetch('/sync', { method: 'POST', headers: { 'Accept': 'application/json', 'X-CSRF-Token': csrf, 'Content-Type': 'application/x-www-form-urlencoded' }, body: 'csrf=' + encodeURIComponent(csrf) });
     if (!r.ok) throw new Error('HTTP ' + r.status);
     const j = await r.json();
-    follow(j.runs_finished);
+    follow(j.manual_before);
   } catch (err) {
     $('progress').textContent = 'Sync Now could not start: ' + err.message;
     $('progress').className = 'notice error';
