@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::scheduler::{Alert, AlertKind};
+use super::scheduler::Alert;
 
 /// How long an alert command or POST may take.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,13 +30,6 @@ struct Payload<'a> {
     at: String,
 }
 
-fn kind_str(kind: &AlertKind) -> &'static str {
-    match kind {
-        AlertKind::Failed => "failed",
-        AlertKind::Stale => "stale",
-    }
-}
-
 /// Sends `alert` to every configured target; returns one line per target
 /// saying what happened, for the page and the log.
 pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
@@ -47,7 +40,7 @@ pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
         cmd.arg("-c")
             .arg(&target.command)
             .env("CLINICSYNC_ALERT", &text)
-            .env("CLINICSYNC_ALERT_KIND", kind_str(&alert.kind))
+            .env("CLINICSYNC_ALERT_KIND", alert.kind.as_str())
             .env("CLINICSYNC_DB", &target.db)
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -65,7 +58,7 @@ pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
     }
     if !target.url.trim().is_empty() {
         let payload = Payload {
-            kind: kind_str(&alert.kind),
+            kind: alert.kind.as_str(),
             reason: &alert.reason,
             site_name: &target.site_name,
             database: &target.db,
@@ -89,7 +82,7 @@ pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
         results.push("no alert_command or alert_url is set; the alert is only shown here".to_owned());
     }
     for line in &results {
-        tracing::warn!(kind = kind_str(&alert.kind), reason = %alert.reason, "{line}");
+        tracing::warn!(kind = alert.kind.as_str(), reason = %alert.reason, "{line}");
     }
     results
 }
@@ -100,6 +93,7 @@ mod tests {
     use std::net::TcpListener;
 
     use super::*;
+    use crate::service::scheduler::AlertKind;
 
     fn alert() -> Alert {
         Alert { kind: AlertKind::Failed, reason: "the sync folder is not reachable".into() }

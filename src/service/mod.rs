@@ -110,7 +110,7 @@ fn schedule_of(s: &engine::Settings) -> Schedule {
 struct RealHooks {
     db: PathBuf,
     progress: Progress,
-    shared: Mutex<Option<Arc<Shared>>>,
+    shared: Arc<Shared>,
     /// A connection kept open to ask cheaply whether the app changed rows.
     poll_db: Arc<Mutex<Option<Db>>>,
 }
@@ -128,16 +128,13 @@ impl Hooks for RealHooks {
             ..SyncOptions::default()
         };
         let result = tokio::task::spawn_blocking(move || engine::sync(&db, &options)).await;
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(shared) = shared {
-            let db = self.db.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Ok(cfg) = Db::open(&db).and_then(|d| d.site_config()) {
-                    shared.rewatch(&cfg.folder);
-                }
-            })
-            .await;
-        }
+        let (shared, db) = (self.shared.clone(), self.db.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Ok(cfg) = Db::open(&db).and_then(|d| d.site_config()) {
+                shared.rewatch(&cfg.folder);
+            }
+        })
+        .await;
         match result {
             Ok(Ok(report)) => RunDone {
                 run_id: report.run_id,
@@ -180,7 +177,7 @@ impl Hooks for RealHooks {
 
     async fn alert(&self, alert: Alert) {
         let db = self.db.clone();
-        let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let shared = self.shared.clone();
         // Sending may take a while; the scheduler does not wait for it.
         tokio::spawn(async move {
             let target = match tokio::task::spawn_blocking(move || alert_target(&db)).await {
@@ -188,19 +185,14 @@ impl Hooks for RealHooks {
                 _ => AlertTarget::default(),
             };
             let results = alert::send(&target, &alert).await;
-            if let Some(shared) = shared {
-                let mut alerts = shared.alerts.lock().unwrap_or_else(|e| e.into_inner());
-                alerts.push_front(AlertRecord {
-                    at_ms: engine::SystemClock.now_ms(),
-                    kind: match alert.kind {
-                        scheduler::AlertKind::Failed => "failed",
-                        scheduler::AlertKind::Stale => "stale",
-                    },
-                    reason: alert.reason,
-                    results,
-                });
-                alerts.truncate(ALERTS_KEPT);
-            }
+            let mut alerts = shared.alerts.lock().unwrap_or_else(|e| e.into_inner());
+            alerts.push_front(AlertRecord {
+                at_ms: engine::SystemClock.now_ms(),
+                kind: alert.kind.as_str(),
+                reason: alert.reason,
+                results,
+            });
+            alerts.truncate(ALERTS_KEPT);
         });
     }
 }
@@ -314,7 +306,7 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     let hooks = Arc::new(RealHooks {
         db: db_path.clone(),
         progress,
-        shared: Mutex::new(Some(shared.clone())),
+        shared: shared.clone(),
         poll_db: Arc::new(Mutex::new(None)),
     });
     let now = engine::SystemClock.now_ms();

@@ -84,6 +84,15 @@ pub enum AlertKind {
     Stale,
 }
 
+impl AlertKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AlertKind::Failed => "failed",
+            AlertKind::Stale => "stale",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {
     pub kind: AlertKind,
@@ -335,6 +344,7 @@ mod tests {
     //! The schedule on tokio's paused clock: time moves only when every
     //! task waits, so the instants below are exact, not timings.
 
+    use std::collections::VecDeque;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -354,8 +364,6 @@ mod tests {
         max_concurrent: AtomicUsize,
         t0: Mutex<Option<Instant>>,
     }
-
-    use std::collections::VecDeque;
 
     impl Fake {
         fn since(&self) -> Duration {
@@ -579,7 +587,6 @@ mod tests {
         // Hours more of the same incident: still one alert.
         sleep(5 * 3600 * 1000).await;
         assert_eq!(h.fake.alerts.lock().unwrap().len(), 1);
-        drop(h.task);
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -142,14 +141,28 @@ async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Resp
     response
 }
 
-/// The CSRF check of a POST: the form's `csrf` field or the
-/// `X-CSRF-Token` header must carry the page's CSRF token.
-fn csrf_ok(st: &WebState, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
-    let given = form
-        .get("csrf")
-        .map(String::as_str)
-        .or_else(|| headers.get("x-csrf-token").and_then(|v| v.to_str().ok()));
-    given.is_some_and(|g| same_secret(g, &st.csrf))
+/// A POSTed form that passed the CSRF check: its `csrf` field, or the
+/// `X-CSRF-Token` header, carries the page's CSRF token. A body that is
+/// not a form carries none and is refused the same way.
+struct CheckedForm(HashMap<String, String>);
+
+impl axum::extract::FromRequest<WebState> for CheckedForm {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, st: &WebState) -> Result<Self, Response> {
+        let header_token =
+            request.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let form = axum::Form::<HashMap<String, String>>::from_request(request, st)
+            .await
+            .map(|f| f.0)
+            .unwrap_or_default();
+        let given = form.get("csrf").cloned().or(header_token);
+        if given.is_some_and(|g| same_secret(&g, &st.csrf)) {
+            Ok(CheckedForm(form))
+        } else {
+            Err(csrf_refused())
+        }
+    }
 }
 
 fn csrf_refused() -> Response {
@@ -238,14 +251,8 @@ async fn conflicts_page(State(st): State<WebState>, Query(flash): Query<Flash>) 
 async fn resolve(
     State(st): State<WebState>,
     Path(id): Path<i64>,
-    headers: HeaderMap,
-    form: Result<axum::Form<HashMap<String, String>>, FormRejection>,
+    CheckedForm(form): CheckedForm,
 ) -> Response {
-    // A body that is not a form carries no CSRF token: refused below.
-    let form = form.map(|f| f.0).unwrap_or_default();
-    if !csrf_ok(&st, &headers, &form) {
-        return csrf_refused();
-    }
     let keep = match form.get("keep").map(String::as_str) {
         Some("winner") => Keep::Winner,
         Some("loser") => Keep::Loser,
@@ -273,16 +280,7 @@ async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -
     }
 }
 
-async fn save_settings(
-    State(st): State<WebState>,
-    headers: HeaderMap,
-    form: Result<axum::Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    // A body that is not a form carries no CSRF token: refused below.
-    let form = form.map(|f| f.0).unwrap_or_default();
-    if !csrf_ok(&st, &headers, &form) {
-        return csrf_refused();
-    }
+async fn save_settings(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
     let db = st.shared.db.clone();
     let current = match blocking(move || engine::settings_list(&db)).await {
         Ok(list) => list,
@@ -319,16 +317,7 @@ async fn save_settings(
     }
 }
 
-async fn sync_now(
-    State(st): State<WebState>,
-    headers: HeaderMap,
-    form: Result<axum::Form<HashMap<String, String>>, FormRejection>,
-) -> Response {
-    // A body that is not a form carries no CSRF token: refused below.
-    let form = form.map(|f| f.0).unwrap_or_default();
-    if !csrf_ok(&st, &headers, &form) {
-        return csrf_refused();
-    }
+async fn sync_now(State(st): State<WebState>, headers: HeaderMap, _form: CheckedForm) -> Response {
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
