@@ -3,6 +3,7 @@
 //! the app keeps writing while a sync runs; clinicsync's write transactions
 //! are short and take the write lock up front.
 
+mod bulk;
 mod copies;
 mod held;
 mod mapping;
@@ -229,7 +230,7 @@ impl Db {
         tx.execute_batch(held::TABLE)?;
         tx.execute_batch(purge::TABLES)?;
         schema::install_triggers(&tx, &mapping)?;
-        schema::queue_all_rows(&tx, &mapping)?;
+        bulk::start(&tx, &mapping)?;
         for (key, value) in [
             ("state_format", STATE_FORMAT.to_string()),
             ("site_id", params.site.to_string()),
@@ -400,7 +401,8 @@ impl Db {
             [],
             |r| r.get(0),
         )?;
-        Ok((rows + outbox) as u64)
+        let first = bulk::rows_left(&self.conn, &self.mapping)?;
+        Ok(rows as u64 + outbox as u64 + first)
     }
 
     /// What the file cache knows of a patient file: (size, mtime, sha256).
@@ -415,7 +417,16 @@ impl Db {
     /// Whether the app changed anything since the last export (one read; no
     /// write transaction needed to find out).
     pub fn has_pending(&self) -> Result<bool, DbError> {
-        Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?)
+        let pending: bool =
+            self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?;
+        Ok(pending || self.first_export_unfinished()?)
+    }
+
+    /// Whether the rows the database held when it was set up are not all
+    /// stamped yet (the first export is done in bounded steps; see
+    /// [`WriteTx::stamp_first_export`]).
+    pub fn first_export_unfinished(&self) -> Result<bool, DbError> {
+        bulk::unfinished(&self.conn)
     }
 
     /// Whether some rows wait outside the app's tables.
@@ -468,6 +479,21 @@ impl WriteTx<'_> {
             max_bytes,
             &mut self.batch,
         )
+    }
+
+    /// Stamps the next rows of the first export (the rows the database
+    /// held when it was set up), until about `max_rows` rows or `max_bytes`
+    /// of segment. Returns false when the first export is finished. Until
+    /// it is, nothing else may write the state: the run finishes it before
+    /// stamping later changes and before importing.
+    pub fn stamp_first_export(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+        };
+        bulk::stamp_next(&self.tx, &ctx, &mut self.clock, self.now_ms, max_rows, max_bytes, &mut self.batch)
     }
 
     /// Joins one incoming document, all or nothing: on error nothing of it

@@ -84,17 +84,3 @@ pub(crate) fn install_triggers(conn: &Connection, mapping: &Mapping) -> rusqlite
     }
     Ok(())
 }
-
-/// Queues every existing row of the mapped tables for export (the first
-/// export of a database that already holds data).
-pub(crate) fn queue_all_rows(conn: &Connection, mapping: &Mapping) -> rusqlite::Result<()> {
-    for table in mapping.tables() {
-        let (key, _) = mapping.table(table).expect("a mapped table");
-        let lit = format!("'{}'", table.replace('\'', "''"));
-        conn.execute(
-            &format!("INSERT INTO _cs_pending (tbl, pk) SELECT {lit}, {} FROM {}", quote(key), quote(table)),
-            [],
-        )?;
-    }
-    Ok(())
-}

@@ -96,6 +96,24 @@ fn save_row(
     Ok(())
 }
 
+/// Inserts the state of a row that has none; false (and nothing written)
+/// when it has one.
+fn insert_new_row(
+    conn: &Connection,
+    tbl: &str,
+    pk: &str,
+    row: &RowState,
+    patient: Option<&str>,
+) -> Result<bool, DbError> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tbl, pk) DO NOTHING",
+        )?
+        .execute(params![tbl, pk, row.cl as i64, patient, rowblob::encode(&row.fields, &row.deleted)])?;
+    Ok(n == 1)
+}
+
 /// The patient a row belongs to. Rows of tables this database does not map
 /// keep the patient of the document they arrived in.
 fn patient_of(ctx: &Ctx<'_>, tbl: &str, pk: &str, row: &RowState, fallback: Option<&str>) -> Option<String> {
@@ -140,14 +158,60 @@ pub(crate) fn stamp_row(
     batch: &mut StampBatch,
 ) -> Result<(), DbError> {
     let Some((key, _)) = ctx.mapping.table(tbl) else { return Ok(()) };
-    if !is_xml_safe(pk) {
-        batch.warnings.push(format!(
-            "row {tbl}/{pk:?} is not synced: its key contains control characters that no sync file can carry"
-        ));
+    if !key_is_safe(tbl, pk, batch) {
         return Ok(());
     }
     let current = current_row(conn, tbl, key, pk)?;
     let old = load_row(conn, tbl, pk)?;
+    stamp_with(conn, ctx, clock, now_ms, tbl, pk, current, old, false, batch)
+}
+
+fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
+    let safe = is_xml_safe(pk);
+    if !safe {
+        batch.warnings.push(format!(
+            "row {tbl}/{pk:?} is not synced: its key contains control characters that no sync file can carry"
+        ));
+    }
+    safe
+}
+
+/// Stamps a row of the first export, read from its table: a row with no
+/// recorded versions. Should it have some after all, it is queued for the
+/// ordinary path instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stamp_new_row(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    tbl: &str,
+    pk: &str,
+    current: Vec<(String, Value)>,
+    batch: &mut StampBatch,
+) -> Result<(), DbError> {
+    if !key_is_safe(tbl, pk, batch) {
+        return Ok(());
+    }
+    stamp_with(conn, ctx, clock, now_ms, tbl, pk, Some(current), None, true, batch)
+}
+
+/// The stamping of one row, given the app's row (`None`: deleted) and its
+/// recorded state. `fresh`: no state was looked up, the row is inserted
+/// only if it has none.
+#[allow(clippy::too_many_arguments)]
+fn stamp_with(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    tbl: &str,
+    pk: &str,
+    current: Option<Vec<(String, Value)>>,
+    old: Option<(RowState, Option<String>)>,
+    fresh: bool,
+    batch: &mut StampBatch,
+) -> Result<(), DbError> {
     let (old_row, old_patient) = match &old {
         Some((r, p)) => (Some(r), p.clone()),
         None => (None, None),
@@ -165,7 +229,7 @@ pub(crate) fn stamp_row(
     let mut stamp = None;
     match current {
         Some(columns) => {
-            if !row.is_alive() && !is_held(conn, tbl, pk)? {
+            if !row.is_alive() && (fresh || !is_held(conn, tbl, pk)?) {
                 row.cl += 1;
                 row.deleted = Base::default();
             }
@@ -223,7 +287,15 @@ pub(crate) fn stamp_row(
     stamped.cl = row.cl;
     stamped.deleted = row.deleted.clone();
     let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
-    save_row(conn, tbl, pk, &row, patient.as_deref())?;
+    if fresh {
+        if !insert_new_row(conn, tbl, pk, &row, patient.as_deref())? {
+            conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
+                .execute(params![tbl, pk])?;
+            return Ok(());
+        }
+    } else {
+        save_row(conn, tbl, pk, &row, patient.as_deref())?;
+    }
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };

@@ -527,6 +527,19 @@ impl Run<'_> {
     /// transaction (short transactions: the app keeps writing), then write
     /// the segments and patient files of every export not yet written.
     fn export(&mut self) -> Result<(), EngineError> {
+        // The rows the database held when it was set up, first and whole:
+        // nothing else writes the state until they are stamped.
+        while self.db.first_export_unfinished()? {
+            let mut w = self.db.begin_write(self.now_ms)?;
+            let more = w.stamp_first_export(SEGMENT_ROWS, SEGMENT_BYTES)?;
+            let stamped = w.commit()?;
+            self.progress.advance(stamped.rows as u64);
+            self.note_stamped(stamped);
+            if !more {
+                break;
+            }
+            fault_point("first-export-step");
+        }
         while self.db.has_pending()? {
             let mut w = self.db.begin_write(self.now_ms)?;
             let more = w.stamp_pending(SEGMENT_ROWS, SEGMENT_BYTES)?;

@@ -55,3 +55,60 @@ fn a_crash_before_the_site_file_is_written_is_harmless() {
     sync_ok(&b);
     assert_eq!(dump(&a), dump(&b));
 }
+
+#[test]
+fn a_first_export_stopped_halfway_goes_on_from_where_it_stopped() {
+    let family = Family::new();
+    let a = family.db("a");
+    let conn = new_clinic_db(&a);
+    // More rows than one step of the first export (5,000 rows).
+    let tx = conn.unchecked_transaction().unwrap();
+    for n in 0..5_200 {
+        tx.execute(
+            "INSERT INTO patients (id, family_name) VALUES (?1, ?2)",
+            rusqlite::params![uuid(1, n), n],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let out = cli(&a)
+        .env("CLINICSYNC_FAULT", "first-export-step")
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .args(["--site-name", "a"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault point did not stop init");
+    let status: serde_json::Value = json_of(&a, &["status"]);
+    let pending = status["pending_changes"].as_u64().unwrap();
+    // Rows the first export has not reached, and those stamped but not yet
+    // in the folder.
+    assert_eq!(pending, 5_200);
+
+    // The app goes on: a row the first step stamped, one it did not reach,
+    // a deletion and an insert beyond where it stopped.
+    conn.execute("UPDATE patients SET phone = 'early' WHERE id = ?1", [uuid(1, 0)]).unwrap();
+    conn.execute("UPDATE patients SET phone = 'late' WHERE id = ?1", [uuid(1, 5_100)]).unwrap();
+    conn.execute("DELETE FROM patients WHERE id = ?1", [uuid(1, 5_150)]).unwrap();
+    let added = add_patient(&conn, 9_000, 1);
+
+    let report = sync_ok(&a);
+    let exported = report["counts"]["exported_rows"].as_u64().unwrap();
+    assert!(exported < 5_000, "the run went on from where the first export stopped ({exported} rows)");
+    let stamped: i64 = app(&a).query_row("SELECT sum(rows) FROM _cs_outbox", [], |r| r.get(0)).unwrap();
+    // Every row once (the deleted one never), the early edit once more, the
+    // new patient and its three child rows.
+    assert_eq!(stamped, 5_199 + 1 + 4, "nothing was stamped twice");
+    assert_eq!(json_of(&a, &["status"])["pending_changes"], 0);
+
+    let b = family.init("b");
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(patient_field(&b, &uuid(1, 0), "phone").unwrap(), "early");
+    assert_eq!(patient_field(&b, &uuid(1, 5_100), "phone").unwrap(), "late");
+    let gone: i64 = app(&b)
+        .query_row("SELECT count(*) FROM patients WHERE id = ?1", [uuid(1, 5_150)], |r| r.get(0))
+        .unwrap();
+    assert_eq!(gone, 0);
+    assert!(patient_file(&family.folder(), &added).exists());
+    assert!(patient_file(&family.folder(), &uuid(1, 5_199)).exists());
+}

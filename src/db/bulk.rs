@@ -1,0 +1,285 @@
+//! The first export of a database that already holds rows: every mapped
+//! table is read in storage order and each row is stamped as new, in
+//! bounded transactions that each record where they got to, instead of
+//! queueing every row for the one-row-at-a-time path of later exports.
+//!
+//! While the first export is unfinished nothing else writes the state (the
+//! run's export finishes it before stamping the app's later changes and
+//! before importing), so a row it reaches has no recorded versions; if one
+//! has after all, the row is queued for the ordinary path instead.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::DbError;
+use super::mapping::Mapping;
+use super::schema::quote;
+use super::state::{Ctx, StampBatch, stamp_new_row};
+use super::values::from_ref;
+use crate::model::HlcClock;
+
+/// The `_cs_meta` key holding the first export's cursor while it is
+/// unfinished.
+pub(crate) const CURSOR_KEY: &str = "first_export";
+
+/// Where the first export has got to in one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum After {
+    Start,
+    /// The last rowid done (tables with rowids: read in rowid order).
+    Rowid(i64),
+    /// The last key done (`WITHOUT ROWID` tables: read in key order).
+    Key(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Cursor {
+    /// The table, by its place in the mapping's order.
+    table: usize,
+    after: After,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        match &self.after {
+            After::Start => format!("{}", self.table),
+            After::Rowid(r) => format!("{} r{r}", self.table),
+            After::Key(k) => format!("{} k{k}", self.table),
+        }
+    }
+
+    fn decode(text: &str) -> Option<Cursor> {
+        let (table, after) = match text.split_once(' ') {
+            None => (text, After::Start),
+            Some((t, rest)) => {
+                let after = if let Some(r) = rest.strip_prefix('r') {
+                    After::Rowid(r.parse().ok()?)
+                } else {
+                    After::Key(rest.strip_prefix('k')?.to_owned())
+                };
+                (t, after)
+            }
+        };
+        Some(Cursor { table: table.parse().ok()?, after })
+    }
+}
+
+fn load_cursor(conn: &Connection) -> Result<Option<Cursor>, DbError> {
+    let text: Option<String> = conn
+        .prepare_cached("SELECT value FROM _cs_meta WHERE key = ?1")?
+        .query_row([CURSOR_KEY], |r| r.get(0))
+        .optional()?;
+    match text {
+        None => Ok(None),
+        Some(t) => Cursor::decode(&t)
+            .map(Some)
+            .ok_or_else(|| DbError::Corrupt(format!("the first export's position {t:?} is unreadable"))),
+    }
+}
+
+fn save_cursor(conn: &Connection, cursor: Option<&Cursor>) -> Result<(), DbError> {
+    match cursor {
+        Some(c) => conn
+            .prepare_cached("INSERT OR REPLACE INTO _cs_meta (key, value) VALUES (?1, ?2)")?
+            .execute(params![CURSOR_KEY, c.encode()])?,
+        None => conn.prepare_cached("DELETE FROM _cs_meta WHERE key = ?1")?.execute([CURSOR_KEY])?,
+    };
+    Ok(())
+}
+
+/// Marks the rows the mapped tables hold now for the first export (called
+/// by `init`, in its transaction). Rows the app changes from now on are
+/// captured by the triggers as usual.
+pub(crate) fn start(conn: &Connection, mapping: &Mapping) -> Result<(), DbError> {
+    for table in mapping.tables() {
+        let any: bool =
+            conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {})", quote(table)), [], |r| r.get(0))?;
+        if any {
+            return save_cursor(conn, Some(&Cursor { table: 0, after: After::Start }));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the first export is unfinished.
+pub(crate) fn unfinished(conn: &Connection) -> Result<bool, DbError> {
+    Ok(load_cursor(conn)?.is_some())
+}
+
+/// Rows the first export has not reached yet (for the status page).
+pub(crate) fn rows_left(conn: &Connection, mapping: &Mapping) -> Result<u64, DbError> {
+    let Some(cursor) = load_cursor(conn)? else { return Ok(0) };
+    let mut left = 0u64;
+    for (i, table) in mapping.tables().enumerate().skip(cursor.table) {
+        let (key, _) = mapping.table(table).expect("a mapped table");
+        let after = if i == cursor.table { &cursor.after } else { &After::Start };
+        let n: i64 = match after {
+            After::Start => {
+                conn.query_row(&format!("SELECT count(*) FROM {}", quote(table)), [], |r| r.get(0))?
+            }
+            After::Rowid(r) => conn.query_row(
+                &format!("SELECT count(*) FROM {} WHERE rowid > ?1", quote(table)),
+                [r],
+                |r| r.get(0),
+            )?,
+            After::Key(k) => conn.query_row(
+                &format!("SELECT count(*) FROM {} WHERE {} > ?1", quote(table), quote(key)),
+                [k],
+                |r| r.get(0),
+            )?,
+        };
+        left += n as u64;
+    }
+    Ok(left)
+}
+
+fn has_rowid(conn: &Connection, table: &str) -> Result<bool, DbError> {
+    let without: Option<bool> = conn
+        .prepare_cached("SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'")?
+        .query_row([table], |r| r.get(0))
+        .optional()?;
+    Ok(!without.unwrap_or(false))
+}
+
+/// Stamps the next rows of the first export, until `max_rows` rows or
+/// about `max_bytes` of segment; records the new position in the same
+/// transaction. Returns true when rows are left.
+pub(crate) fn stamp_next(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    max_rows: usize,
+    max_bytes: usize,
+    batch: &mut StampBatch,
+) -> Result<bool, DbError> {
+    let Some(mut cursor) = load_cursor(conn)? else { return Ok(false) };
+    let tables: Vec<&str> = ctx.mapping.tables().collect();
+    let mut done = 0usize;
+    while cursor.table < tables.len() && done < max_rows && batch.bytes < max_bytes {
+        let table = tables[cursor.table];
+        let (key, _) = ctx.mapping.table(table).expect("a mapped table");
+        let rowid = has_rowid(conn, table)?;
+        // The position column first, then the key as text (as the capture
+        // triggers record it), then the row.
+        let (order, after_sql) = if rowid { ("rowid", "rowid") } else { (key, key) };
+        let filter = match cursor.after {
+            After::Start => String::new(),
+            _ => format!("WHERE {} > ?2", quote(after_sql)),
+        };
+        let order = if rowid { order.to_owned() } else { quote(order) };
+        let sql = format!(
+            "SELECT {order}, CAST({k} AS TEXT), * FROM {t} {filter} ORDER BY {order} LIMIT ?1",
+            k = quote(key),
+            t = quote(table)
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let names: Vec<String> = stmt.column_names().into_iter().skip(2).map(str::to_owned).collect();
+        let want = (max_rows - done) as i64;
+        let mut rows = match &cursor.after {
+            After::Start => stmt.query(params![want])?,
+            After::Rowid(r) => stmt.query(params![want, r])?,
+            After::Key(k) => stmt.query(params![want, k])?,
+        };
+        let mut fetched = 0i64;
+        while let Some(r) = rows.next()? {
+            fetched += 1;
+            cursor.after = if rowid { After::Rowid(r.get(0)?) } else { After::Key(r.get(0)?) };
+            let pk: Option<String> = r.get(1)?;
+            let columns = (0..names.len())
+                .map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i + 2)?))))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if let Some(pk) = pk {
+                stamp_new_row(conn, ctx, clock, now_ms, table, &pk, columns, batch)?;
+            }
+            done += 1;
+            if batch.bytes >= max_bytes {
+                break;
+            }
+        }
+        if fetched < want && batch.bytes < max_bytes {
+            cursor = Cursor { table: cursor.table + 1, after: After::Start };
+        }
+    }
+    let finished = cursor.table >= tables.len();
+    save_cursor(conn, (!finished).then_some(&cursor))?;
+    Ok(!finished)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, InitParams, REFERENCE_SCHEMA};
+    use crate::model::{
+        FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    };
+
+    #[test]
+    fn a_row_that_has_versions_already_goes_the_ordinary_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clinic.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        conn.execute("INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames'), ('p2', 'Bell')", [])
+            .unwrap();
+        let params = InitParams {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "a".into(),
+            folder: dir.path().join("folder"),
+            machine: "m".into(),
+            mapping: None,
+            now_ms: 1_000,
+        };
+        let mut db = Db::init(&path, params).unwrap();
+        assert!(db.first_export_unfinished().unwrap());
+        // p2 gets versions before the first export reaches it (nothing in
+        // clinicsync does this; the first export must not overwrite them).
+        let other = Hlc::new(500, 0, SiteId::from_bytes([3; 16]));
+        let mut row = RowState { cl: 1, ..RowState::default() };
+        let version = FieldVersion::new(Value::Text("Bell".into()), other, Default::default()).unwrap();
+        row.fields.insert("family_name".into(), FieldState::single(version));
+        let mut doc = PatientDoc::new(PatientId("p2".into()));
+        doc.rows.insert(RowKey { table: "patients".into(), pk: "p2".into() }, row);
+        let mut w = db.begin_write(2_000).unwrap();
+        w.apply_doc(&doc, "test").unwrap();
+        w.commit().unwrap();
+
+        let mut w = db.begin_write(3_000).unwrap();
+        assert!(!w.stamp_first_export(100, 1 << 20).unwrap(), "the first export is finished");
+        let first = w.commit().unwrap();
+        assert_eq!(first.rows, 1, "only p1 is stamped as new");
+        assert!(!db.first_export_unfinished().unwrap());
+        let queued: Vec<String> = db
+            .conn()
+            .prepare("SELECT pk FROM _cs_pending")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(queued, ["p2"]);
+        // The ordinary path keeps the other site's version and stamps only
+        // what the app has beyond it.
+        let mut w = db.begin_write(4_000).unwrap();
+        assert!(!w.stamp_pending(100, 1 << 20).unwrap());
+        w.commit().unwrap();
+        let doc = db.doc_for_patient("p2").unwrap();
+        let state = &doc.rows[&RowKey { table: "patients".into(), pk: "p2".into() }];
+        assert_eq!(state.fields["family_name"].winner().hlc(), other);
+        assert!(state.fields.len() > 1, "the app's other columns are stamped");
+    }
+
+    #[test]
+    fn cursors_read_back() {
+        for c in [
+            Cursor { table: 0, after: After::Start },
+            Cursor { table: 3, after: After::Rowid(-7) },
+            Cursor { table: 1, after: After::Key("a b\tc".into()) },
+            Cursor { table: 2, after: After::Key(String::new()) },
+        ] {
+            assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        }
+        assert_eq!(Cursor::decode("x"), None);
+        assert_eq!(Cursor::decode("1 q5"), None);
+    }
+}
