@@ -13,9 +13,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::DbError;
 use super::mapping::Mapping;
 use super::schema::quote;
-use super::state::{Ctx, StampBatch, stamp_new_row};
+use super::state::{Ctx, StampBatch, decode_state, stamp_new_row};
 use super::values::from_ref;
-use crate::model::HlcClock;
+use crate::model::{HlcClock, PatientDoc, PatientId, RowKey};
 
 /// The `_cs_meta` key holding the first export's cursor while it is
 /// unfinished.
@@ -32,22 +32,44 @@ enum After {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Cursor {
-    /// The table, by its place in the mapping's order.
-    table: usize,
-    after: After,
+enum Cursor {
+    /// Stamping: the table (by its place in the mapping's order) and the
+    /// last row done.
+    Stamp { table: usize, after: After },
+    /// Every row is stamped and its segment written; the patient files are
+    /// written in patient order, after this patient.
+    Files { after: Option<String> },
+}
+
+/// The stage of an unfinished first export.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FirstExport {
+    /// Rows are left to stamp: nothing else may write the state yet.
+    Stamping,
+    /// Every row is stamped; patient files are left to write, for the
+    /// patients after this one.
+    Files { after: Option<String> },
 }
 
 impl Cursor {
     fn encode(&self) -> String {
-        match &self.after {
-            After::Start => format!("{}", self.table),
-            After::Rowid(r) => format!("{} r{r}", self.table),
-            After::Key(k) => format!("{} k{k}", self.table),
+        match self {
+            Cursor::Stamp { table, after: After::Start } => format!("{table}"),
+            Cursor::Stamp { table, after: After::Rowid(r) } => format!("{table} r{r}"),
+            Cursor::Stamp { table, after: After::Key(k) } => format!("{table} k{k}"),
+            Cursor::Files { after: None } => "files".into(),
+            Cursor::Files { after: Some(p) } => format!("files p{p}"),
         }
     }
 
     fn decode(text: &str) -> Option<Cursor> {
+        if let Some(rest) = text.strip_prefix("files") {
+            return match rest.strip_prefix(" p") {
+                Some(p) => Some(Cursor::Files { after: Some(p.to_owned()) }),
+                None if rest.is_empty() => Some(Cursor::Files { after: None }),
+                None => None,
+            };
+        }
         let (table, after) = match text.split_once(' ') {
             None => (text, After::Start),
             Some((t, rest)) => {
@@ -59,7 +81,7 @@ impl Cursor {
                 (t, after)
             }
         };
-        Some(Cursor { table: table.parse().ok()?, after })
+        Some(Cursor::Stamp { table: table.parse().ok()?, after })
     }
 }
 
@@ -94,35 +116,90 @@ pub(crate) fn start(conn: &Connection, mapping: &Mapping) -> Result<(), DbError>
         let any: bool =
             conn.query_row(&format!("SELECT EXISTS (SELECT 1 FROM {})", quote(table)), [], |r| r.get(0))?;
         if any {
-            return save_cursor(conn, Some(&Cursor { table: 0, after: After::Start }));
+            return save_cursor(conn, Some(&Cursor::Stamp { table: 0, after: After::Start }));
         }
     }
     Ok(())
 }
 
-/// Whether the first export is unfinished.
-pub(crate) fn unfinished(conn: &Connection) -> Result<bool, DbError> {
-    Ok(load_cursor(conn)?.is_some())
+/// The stage of the first export, while it is unfinished.
+pub(crate) fn stage(conn: &Connection) -> Result<Option<FirstExport>, DbError> {
+    Ok(load_cursor(conn)?.map(|c| match c {
+        Cursor::Stamp { .. } => FirstExport::Stamping,
+        Cursor::Files { after } => FirstExport::Files { after },
+    }))
 }
 
-/// Rows the first export has not reached yet (for the status page).
-pub(crate) fn rows_left(conn: &Connection, mapping: &Mapping) -> Result<u64, DbError> {
-    let Some(cursor) = load_cursor(conn)? else { return Ok(0) };
+/// Records that the patient files are written up to `patient` (`None`:
+/// all of them; the first export is finished).
+pub(crate) fn files_written_until(conn: &Connection, patient: Option<&str>) -> Result<(), DbError> {
+    let cursor = patient.map(|p| Cursor::Files { after: Some(p.to_owned()) });
+    save_cursor(conn, cursor.as_ref())
+}
+
+/// The next patients of the first export's file stage, after `after`,
+/// each with every row the state holds.
+pub(crate) fn next_patients(
+    conn: &Connection,
+    after: Option<&str>,
+    max: usize,
+) -> Result<Vec<PatientDoc>, DbError> {
+    let after = after.unwrap_or("");
+    let last: Option<String> = conn
+        .prepare_cached(
+            "SELECT max(patient) FROM (SELECT DISTINCT patient FROM _cs_rows
+             WHERE patient > ?1 ORDER BY patient LIMIT ?2)",
+        )?
+        .query_row(params![after, max as i64], |r| r.get(0))?;
+    let Some(last) = last else { return Ok(Vec::new()) };
+    let mut docs: Vec<PatientDoc> = Vec::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient > ?1 AND patient <= ?2 ORDER BY patient",
+    )?;
+    let mut rows = stmt.query(params![after, last])?;
+    while let Some(r) = rows.next()? {
+        let patient = r.get_ref(0)?.as_str().map_err(|e| DbError::Corrupt(e.to_string()))?;
+        if docs.last().is_none_or(|d| d.patient.0 != patient) {
+            docs.push(PatientDoc::new(PatientId(patient.to_owned())));
+        }
+        let key = RowKey { table: r.get(1)?, pk: r.get(2)? };
+        let (cl, blob): (i64, _) = (r.get(3)?, r.get_ref(4)?);
+        let state = decode_state(&key, cl, blob)?;
+        docs.last_mut().expect("pushed above").rows.insert(key, state);
+    }
+    Ok(docs)
+}
+
+/// Rows the first export has not reached yet, or patients whose files it
+/// has not written (for the status page).
+pub(crate) fn left(conn: &Connection, mapping: &Mapping) -> Result<u64, DbError> {
+    let (table, after) = match load_cursor(conn)? {
+        None => return Ok(0),
+        Some(Cursor::Files { after }) => {
+            let n: i64 = conn.query_row(
+                "SELECT count(DISTINCT patient) FROM _cs_rows WHERE patient > ?1",
+                [after.unwrap_or_default()],
+                |r| r.get(0),
+            )?;
+            return Ok(n as u64);
+        }
+        Some(Cursor::Stamp { table, after }) => (table, after),
+    };
     let mut left = 0u64;
-    for (i, table) in mapping.tables().enumerate().skip(cursor.table) {
-        let (key, _) = mapping.table(table).expect("a mapped table");
-        let after = if i == cursor.table { &cursor.after } else { &After::Start };
+    for (i, name) in mapping.tables().enumerate().skip(table) {
+        let (key, _) = mapping.table(name).expect("a mapped table");
+        let after = if i == table { &after } else { &After::Start };
         let n: i64 = match after {
             After::Start => {
-                conn.query_row(&format!("SELECT count(*) FROM {}", quote(table)), [], |r| r.get(0))?
+                conn.query_row(&format!("SELECT count(*) FROM {}", quote(name)), [], |r| r.get(0))?
             }
-            After::Rowid(r) => conn.query_row(
-                &format!("SELECT count(*) FROM {} WHERE rowid > ?1", quote(table)),
-                [r],
-                |r| r.get(0),
-            )?,
+            After::Rowid(r) => {
+                conn.query_row(&format!("SELECT count(*) FROM {} WHERE rowid > ?1", quote(name)), [r], |r| {
+                    r.get(0)
+                })?
+            }
             After::Key(k) => conn.query_row(
-                &format!("SELECT count(*) FROM {} WHERE {} > ?1", quote(table), quote(key)),
+                &format!("SELECT count(*) FROM {} WHERE {} > ?1", quote(name), quote(key)),
                 [k],
                 |r| r.get(0),
             )?,
@@ -152,17 +229,20 @@ pub(crate) fn stamp_next(
     max_bytes: usize,
     batch: &mut StampBatch,
 ) -> Result<bool, DbError> {
-    let Some(mut cursor) = load_cursor(conn)? else { return Ok(false) };
+    let Some(Cursor::Stamp { table, after }) = load_cursor(conn)? else { return Ok(false) };
+    let mut cursor = (table, after);
+    batch.range_from =
+        Some(conn.query_row("SELECT coalesce(max(rowid), 0) FROM _cs_rows", [], |r| r.get(0))?);
     let tables: Vec<&str> = ctx.mapping.tables().collect();
     let mut done = 0usize;
-    while cursor.table < tables.len() && done < max_rows && batch.bytes < max_bytes {
-        let table = tables[cursor.table];
+    while cursor.0 < tables.len() && done < max_rows && batch.bytes < max_bytes {
+        let table = tables[cursor.0];
         let (key, _) = ctx.mapping.table(table).expect("a mapped table");
         let rowid = has_rowid(conn, table)?;
         // The position column first, then the key as text (as the capture
         // triggers record it), then the row.
         let (order, after_sql) = if rowid { ("rowid", "rowid") } else { (key, key) };
-        let filter = match cursor.after {
+        let filter = match cursor.1 {
             After::Start => String::new(),
             _ => format!("WHERE {} > ?2", quote(after_sql)),
         };
@@ -175,7 +255,7 @@ pub(crate) fn stamp_next(
         let mut stmt = conn.prepare_cached(&sql)?;
         let names: Vec<String> = stmt.column_names().into_iter().skip(2).map(str::to_owned).collect();
         let want = (max_rows - done) as i64;
-        let mut rows = match &cursor.after {
+        let mut rows = match &cursor.1 {
             After::Start => stmt.query(params![want])?,
             After::Rowid(r) => stmt.query(params![want, r])?,
             After::Key(k) => stmt.query(params![want, k])?,
@@ -183,7 +263,7 @@ pub(crate) fn stamp_next(
         let mut fetched = 0i64;
         while let Some(r) = rows.next()? {
             fetched += 1;
-            cursor.after = if rowid { After::Rowid(r.get(0)?) } else { After::Key(r.get(0)?) };
+            cursor.1 = if rowid { After::Rowid(r.get(0)?) } else { After::Key(r.get(0)?) };
             let pk: Option<String> = r.get(1)?;
             let columns = (0..names.len())
                 .map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i + 2)?))))
@@ -197,11 +277,15 @@ pub(crate) fn stamp_next(
             }
         }
         if fetched < want && batch.bytes < max_bytes {
-            cursor = Cursor { table: cursor.table + 1, after: After::Start };
+            cursor = (cursor.0 + 1, After::Start);
         }
     }
-    let finished = cursor.table >= tables.len();
-    save_cursor(conn, (!finished).then_some(&cursor))?;
+    let finished = cursor.0 >= tables.len();
+    let next = match finished {
+        true => Cursor::Files { after: None },
+        false => Cursor::Stamp { table: cursor.0, after: cursor.1 },
+    };
+    save_cursor(conn, Some(&next))?;
     Ok(!finished)
 }
 
@@ -248,7 +332,7 @@ mod tests {
         assert!(!w.stamp_first_export(100, 1 << 20).unwrap(), "the first export is finished");
         let first = w.commit().unwrap();
         assert_eq!(first.rows, 1, "only p1 is stamped as new");
-        assert!(!db.first_export_unfinished().unwrap());
+        assert_eq!(db.first_export().unwrap(), Some(FirstExport::Files { after: None }), "files are next");
         let queued: Vec<String> = db
             .conn()
             .prepare("SELECT pk FROM _cs_pending")
@@ -272,14 +356,18 @@ mod tests {
     #[test]
     fn cursors_read_back() {
         for c in [
-            Cursor { table: 0, after: After::Start },
-            Cursor { table: 3, after: After::Rowid(-7) },
-            Cursor { table: 1, after: After::Key("a b\tc".into()) },
-            Cursor { table: 2, after: After::Key(String::new()) },
+            Cursor::Stamp { table: 0, after: After::Start },
+            Cursor::Stamp { table: 3, after: After::Rowid(-7) },
+            Cursor::Stamp { table: 1, after: After::Key("a b\tc".into()) },
+            Cursor::Stamp { table: 2, after: After::Key(String::new()) },
+            Cursor::Files { after: None },
+            Cursor::Files { after: Some("files p x".into()) },
+            Cursor::Files { after: Some(String::new()) },
         ] {
             assert_eq!(Cursor::decode(&c.encode()), Some(c));
         }
         assert_eq!(Cursor::decode("x"), None);
         assert_eq!(Cursor::decode("1 q5"), None);
+        assert_eq!(Cursor::decode("filesx"), None);
     }
 }

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
+pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use held::HeldDeletes;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
@@ -184,13 +185,27 @@ impl Db {
                 conn.execute_batch(sql)?;
             }
         }
-        let has_kind: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_conflicts') WHERE name = 'kind')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_kind {
-            conn.execute_batch("ALTER TABLE _cs_conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit'")?;
+        // Columns added since the state format was frozen.
+        for (table, column, sql) in [
+            (
+                "_cs_conflicts",
+                "kind",
+                "ALTER TABLE _cs_conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit'",
+            ),
+            (
+                "_cs_outbox",
+                "from_row",
+                "ALTER TABLE _cs_outbox ADD COLUMN from_row INTEGER; ALTER TABLE _cs_outbox ADD COLUMN to_row INTEGER",
+            ),
+        ] {
+            let present: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+                [table, column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                conn.execute_batch(sql)?;
+            }
         }
         let mapping_text =
             meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
@@ -401,8 +416,15 @@ impl Db {
             [],
             |r| r.get(0),
         )?;
-        let first = bulk::rows_left(&self.conn, &self.mapping)?;
-        Ok(rows as u64 + outbox as u64 + first)
+        // The first export: rows stamped but not yet in the folder, and
+        // what it has not reached.
+        let stamped: i64 = self.conn.query_row(
+            "SELECT coalesce(sum(rows), 0) FROM _cs_outbox WHERE from_row IS NOT NULL AND segment_ms IS NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        let first = bulk::left(&self.conn, &self.mapping)?;
+        Ok(rows as u64 + outbox as u64 + stamped as u64 + first)
     }
 
     /// What the file cache knows of a patient file: (size, mtime, sha256).
@@ -417,16 +439,56 @@ impl Db {
     /// Whether the app changed anything since the last export (one read; no
     /// write transaction needed to find out).
     pub fn has_pending(&self) -> Result<bool, DbError> {
-        let pending: bool =
-            self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?;
-        Ok(pending || self.first_export_unfinished()?)
+        Ok(self.has_captured()? || self.first_export_unfinished()?)
     }
 
     /// Whether the rows the database held when it was set up are not all
     /// stamped yet (the first export is done in bounded steps; see
     /// [`WriteTx::stamp_first_export`]).
     pub fn first_export_unfinished(&self) -> Result<bool, DbError> {
-        bulk::unfinished(&self.conn)
+        Ok(bulk::stage(&self.conn)?.is_some())
+    }
+
+    /// The stage of the first export while it is unfinished.
+    pub fn first_export(&self) -> Result<Option<FirstExport>, DbError> {
+        bulk::stage(&self.conn)
+    }
+
+    /// The first export's next patients (in patient order, after `after`),
+    /// each as this database knows it, for writing their files.
+    pub fn first_export_patients(&self, after: Option<&str>, max: usize) -> Result<Vec<PatientDoc>, DbError> {
+        bulk::next_patients(&self.conn, after, max)
+    }
+
+    /// Rows the first export has not stamped yet, or patients whose files
+    /// it has not written.
+    pub fn first_export_left(&self) -> Result<u64, DbError> {
+        bulk::left(&self.conn, &self.mapping)
+    }
+
+    /// Leaves these patients' files to the ordinary path (read and join
+    /// the file, then write it if it is behind): they join the latest
+    /// export's unwritten patients.
+    pub fn queue_patient_files(&mut self, patients: &[String]) -> Result<(), DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seq: Option<i64> = tx.query_row("SELECT max(seq) FROM _cs_outbox", [], |r| r.get(0))?;
+        let seq = seq.ok_or_else(|| DbError::Corrupt("the first export recorded no export".into()))?;
+        {
+            let mut insert = tx
+                .prepare_cached("INSERT OR IGNORE INTO _cs_outbox_patients (seq, patient) VALUES (?1, ?2)")?;
+            for p in patients {
+                insert.execute(params![seq, p])?;
+            }
+        }
+        tx.execute("UPDATE _cs_outbox SET done_ms = NULL WHERE seq = ?1", [seq])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that the first export's patient files are written up to
+    /// `patient` (`None`: all; the first export is finished).
+    pub fn first_export_files_until(&self, patient: Option<&str>) -> Result<(), DbError> {
+        bulk::files_written_until(&self.conn, patient)
     }
 
     /// Whether some rows wait outside the app's tables.
@@ -616,12 +678,38 @@ impl Db {
     /// (once published, only compaction may remove it, and it is never
     /// written again).
     pub fn segment_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, DbError> {
-        Ok(self
+        type Entry = (Option<Vec<u8>>, i64, Option<i64>, Option<i64>);
+        let entry: Option<Entry> = self
             .conn
-            .prepare_cached("SELECT segment FROM _cs_outbox WHERE seq = ?1 AND segment_ms IS NULL")?
-            .query_row([seq as i64], |r| r.get(0))
-            .optional()?
-            .flatten())
+            .prepare_cached(
+                "SELECT segment, created_ms, from_row, to_row FROM _cs_outbox WHERE seq = ?1 AND segment_ms IS NULL",
+            )?
+            .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        match entry {
+            Some((Some(bytes), ..)) => Ok(Some(bytes)),
+            Some((None, created_ms, Some(from), Some(to))) => {
+                let site = self.site_config()?.site;
+                Ok(Some(state::range_segment(&self.conn, site, seq, created_ms as u64, (from, to))?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the app changed rows since the last export (the capture
+    /// queue; the first export is not counted).
+    pub fn has_captured(&self) -> Result<bool, DbError> {
+        Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?)
+    }
+
+    /// Whether a first-export step's segment is not in the folder yet
+    /// (until it is, nothing else may change the state it is made from).
+    pub fn first_export_unwritten(&self) -> Result<bool, DbError> {
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM _cs_outbox WHERE from_row IS NOT NULL AND segment_ms IS NULL)",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// The highest sequence number up to which every segment is in the

@@ -23,8 +23,11 @@ CREATE INDEX IF NOT EXISTS _cs_rows_patient ON _cs_rows (patient);
 -- the segment and every affected patient file are written.
 -- segment_ms: when its segment reached the folder (what readers may see);
 -- done_ms: when every patient file it touched was written too.
+-- from_row, to_row: a first-export step's segment is not stored; it is
+-- made from the _cs_rows rows with rowids in (from_row, to_row].
 CREATE TABLE IF NOT EXISTS _cs_outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,
-  segment BLOB, rows INTEGER NOT NULL DEFAULT 0, segment_ms INTEGER, done_ms INTEGER);
+  segment BLOB, rows INTEGER NOT NULL DEFAULT 0, segment_ms INTEGER, done_ms INTEGER,
+  from_row INTEGER, to_row INTEGER);
 CREATE TABLE IF NOT EXISTS _cs_outbox_patients (seq INTEGER NOT NULL, patient TEXT NOT NULL,
   PRIMARY KEY (seq, patient)) WITHOUT ROWID;
 -- Rows the state holds but the app's table cannot show yet (a NOT NULL or

@@ -34,6 +34,11 @@ pub(crate) struct Ctx<'a> {
 #[derive(Default)]
 pub(crate) struct StampBatch {
     pub(crate) rows: BTreeMap<(String, RowKey), RowState>,
+    /// The first export's rows are not kept here: its segment is made from
+    /// the state rows the transaction inserted (rowids after `range_from`).
+    pub(crate) range_from: Option<i64>,
+    /// Rows stamped into the range.
+    pub(crate) in_range: usize,
     pub(crate) patients: BTreeSet<String>,
     pub(crate) versions: usize,
     pub(crate) bytes: usize,
@@ -303,6 +308,7 @@ fn stamp_with(
     }
     batch.bytes += 100 + tbl.len() + pk.len();
     match &patient {
+        Some(_) if fresh && batch.range_from.is_some() => batch.in_range += 1,
         Some(p) => {
             let slot = (p.clone(), RowKey { table: tbl.to_owned(), pk: pk.to_owned() });
             match batch.rows.get_mut(&slot) {
@@ -398,12 +404,32 @@ pub(crate) fn finish_batch(
     batch: StampBatch,
 ) -> Result<StampOutcome, DbError> {
     let mut out = StampOutcome {
-        rows: batch.rows.len(),
+        rows: batch.rows.len() + batch.in_range,
         versions: batch.versions,
         patients: batch.patients.len(),
         warnings: batch.warnings,
         seq: None,
     };
+    if let Some(from) = batch.range_from
+        && batch.in_range > 0
+    {
+        // Made from the state when it is written (see `range_segment`):
+        // the segment's bytes never pass through the database.
+        let seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM _cs_outbox", [], |r| r.get(0))?;
+        let to: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM _cs_rows", [], |r| r.get(0))?;
+        out.patients = conn.query_row(
+            "SELECT count(DISTINCT patient) FROM _cs_rows WHERE rowid > ?1 AND rowid <= ?2",
+            [from, to],
+            |r| r.get(0),
+        )?;
+        conn.prepare_cached(
+            "INSERT INTO _cs_outbox (seq, created_ms, rows, from_row, to_row) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![seq, now_ms as i64, out.rows as i64, from, to])?;
+        out.seq = Some(seq as u64);
+        return Ok(out);
+    }
     if batch.rows.is_empty() && batch.patients.is_empty() {
         return Ok(out);
     }
@@ -417,6 +443,30 @@ pub(crate) fn finish_batch(
     }
     out.seq = Some(seq as u64);
     Ok(out)
+}
+
+/// The segment of a first-export step, made from the state rows it
+/// inserted. Until it is in the folder nothing else writes the state, so
+/// it is the same bytes every time.
+pub(crate) fn range_segment(
+    conn: &Connection,
+    site: SiteId,
+    seq: u64,
+    created_ms: u64,
+    (from, to): (i64, i64),
+) -> Result<Vec<u8>, DbError> {
+    let mut rows = BTreeMap::new();
+    let mut stmt = conn.prepare_cached(
+        "SELECT tbl, pk, cl, patient, state FROM _cs_rows WHERE rowid > ?1 AND rowid <= ?2 AND patient IS NOT NULL",
+    )?;
+    let mut found = stmt.query([from, to])?;
+    while let Some(r) = found.next()? {
+        let key = RowKey { table: r.get(0)?, pk: r.get(1)? };
+        let patient: String = r.get(3)?;
+        let state = decode_state(&key, r.get(2)?, r.get_ref(4)?)?;
+        rows.insert((patient, key), state);
+    }
+    Ok(encode_segment(&Segment { site, seq, created_ms, rows }))
 }
 
 /// Joins an incoming document into the state and projects every changed row
@@ -592,16 +642,25 @@ fn upsert_sql(table: &str, key_col: &str, columns: &[String], present: &[bool]) 
 
 /// Builds the document of one patient from the state: its root row and
 /// every row whose patient column points at it, deleted rows included.
+/// A row's state from its `_cs_rows` columns.
+pub(crate) fn decode_state(
+    key: &RowKey,
+    cl: i64,
+    blob: rusqlite::types::ValueRef<'_>,
+) -> Result<RowState, DbError> {
+    let blob = blob.as_blob().map_err(|_| corrupt(&key.table, &key.pk))?;
+    let (fields, deleted) = rowblob::decode(blob).ok_or_else(|| corrupt(&key.table, &key.pk))?;
+    Ok(RowState { cl: cl as u64, fields, deleted })
+}
+
 pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<PatientDoc, DbError> {
     let mut doc = PatientDoc::new(PatientId(patient.to_owned()));
     let mut stmt = conn.prepare_cached("SELECT tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
     let mut rows = stmt.query([patient])?;
     while let Some(r) = rows.next()? {
         let key = RowKey { table: r.get(0)?, pk: r.get(1)? };
-        let cl: i64 = r.get(2)?;
-        let blob = r.get_ref(3)?.as_blob().map_err(|_| corrupt(&key.table, &key.pk))?;
-        let (fields, deleted) = rowblob::decode(blob).ok_or_else(|| corrupt(&key.table, &key.pk))?;
-        doc.rows.insert(key, RowState { cl: cl as u64, fields, deleted });
+        let state = decode_state(&key, r.get(2)?, r.get_ref(3)?)?;
+        doc.rows.insert(key, state);
     }
     Ok(doc)
 }

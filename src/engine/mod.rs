@@ -64,6 +64,10 @@ pub enum EngineError {
         "{folder} is not empty and holds no clinicsync family; choose an empty folder or the family's folder"
     )]
     FolderNotEmpty { folder: String },
+    #[error(
+        "the first export of this database could not write its change-log into {folder}; it goes on from where it stopped on the next run, and nothing is imported until then"
+    )]
+    FirstExportWaits { folder: String },
     #[error("cannot read the mapping file {path}: {reason}")]
     MappingFile { path: String, reason: String },
     #[error(transparent)]

@@ -17,7 +17,7 @@ use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
 use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_copy_of};
-use crate::db::{Db, KeptCopy, SiteConfig, StampOutcome};
+use crate::db::{Db, FirstExport, KeptCopy, SiteConfig, StampOutcome};
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
@@ -527,20 +527,8 @@ impl Run<'_> {
     /// transaction (short transactions: the app keeps writing), then write
     /// the segments and patient files of every export not yet written.
     fn export(&mut self) -> Result<(), EngineError> {
-        // The rows the database held when it was set up, first and whole:
-        // nothing else writes the state until they are stamped.
-        while self.db.first_export_unfinished()? {
-            let mut w = self.db.begin_write(self.now_ms)?;
-            let more = w.stamp_first_export(SEGMENT_ROWS, SEGMENT_BYTES)?;
-            let stamped = w.commit()?;
-            self.progress.advance(stamped.rows as u64);
-            self.note_stamped(stamped);
-            if !more {
-                break;
-            }
-            fault_point("first-export-step");
-        }
-        while self.db.has_pending()? {
+        self.first_export()?;
+        while self.db.has_captured()? {
             let mut w = self.db.begin_write(self.now_ms)?;
             let more = w.stamp_pending(SEGMENT_ROWS, SEGMENT_BYTES)?;
             let stamped = w.commit()?;
@@ -552,6 +540,88 @@ impl Run<'_> {
         }
         fault_point("after-export-commit");
         self.write_outbox()
+    }
+
+    /// The first export of a database that held rows when it was set up:
+    /// its rows stamped in bounded steps, each step's segment written
+    /// before the next (the segment is made from the state of those rows
+    /// when it is written, so nothing may change that state first), then
+    /// every patient's file, in patient order.
+    fn first_export(&mut self) -> Result<(), EngineError> {
+        let mut shown = None;
+        loop {
+            let Some(stage) = self.db.first_export()? else { return Ok(()) };
+            if self.db.first_export_unwritten()? {
+                self.write_outbox_quietly()?;
+                if self.db.first_export_unwritten()? {
+                    return Err(EngineError::FirstExportWaits {
+                        folder: self.cfg.folder.display().to_string(),
+                    });
+                }
+                continue;
+            }
+            if shown.as_ref() != Some(&std::mem::discriminant(&stage)) {
+                shown = Some(std::mem::discriminant(&stage));
+                let (step, left) = match stage {
+                    FirstExport::Stamping => ("recording the database's rows", self.db.first_export_left()?),
+                    FirstExport::Files { .. } => ("writing patient files", self.db.first_export_left()?),
+                };
+                self.progress.step(step, left);
+            }
+            match stage {
+                FirstExport::Stamping => {
+                    let mut w = self.db.begin_write(self.now_ms)?;
+                    w.stamp_first_export(SEGMENT_ROWS, SEGMENT_BYTES)?;
+                    let stamped = w.commit()?;
+                    self.progress.advance(stamped.rows as u64);
+                    self.note_stamped(stamped);
+                    fault_point("first-export-step");
+                }
+                FirstExport::Files { after } => {
+                    if self.new_horizon.is_some() {
+                        // As in `write_outbox`: files wait for the import.
+                        return Ok(());
+                    }
+                    if !self.first_export_files(after.as_deref())? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the files of the first export's next patients. A patient
+    /// whose file is already in the folder (a family joined with a
+    /// populated database) is left to the ordinary path, which reads and
+    /// joins the file first. False when a write failed (the next run goes
+    /// on from the same place).
+    fn first_export_files(&mut self, after: Option<&str>) -> Result<bool, EngineError> {
+        let docs = self.db.first_export_patients(after, CHUNK)?;
+        let Some(last) = docs.last().map(|d| d.patient.0.clone()) else {
+            self.db.first_export_files_until(None)?;
+            return Ok(true);
+        };
+        let mut writes = Vec::with_capacity(docs.len());
+        let mut present = Vec::new();
+        for doc in docs {
+            self.progress.advance(1);
+            let path = patient_path(&patient_file_name(&doc.patient.0));
+            match self.folder.metadata(&path) {
+                Ok(None) => writes.push((path, encode_patient(&doc), doc.patient.0)),
+                Ok(Some(_)) | Err(_) => present.push(doc.patient.0),
+            }
+        }
+        let wanted = writes.len();
+        let mut done = HashSet::new();
+        self.write_files(writes, &mut done)?;
+        if done.len() < wanted {
+            return Ok(false);
+        }
+        if !present.is_empty() {
+            self.db.queue_patient_files(&present)?;
+        }
+        self.db.first_export_files_until(Some(&last))?;
+        Ok(true)
     }
 
     fn note_stamped(&mut self, stamped: StampOutcome) {
@@ -575,9 +645,20 @@ impl Run<'_> {
     /// Writes the segments of undone exports, then the patient files they
     /// touched; marks them done when everything is written.
     fn write_outbox(&mut self) -> Result<(), EngineError> {
+        self.write_outbox_with(true)
+    }
+
+    /// [`Self::write_outbox`] as a part of another step's progress.
+    fn write_outbox_quietly(&mut self) -> Result<(), EngineError> {
+        self.write_outbox_with(false)
+    }
+
+    fn write_outbox_with(&mut self, own_step: bool) -> Result<(), EngineError> {
         let seqs = self.db.undone_seqs()?;
         let Some(&max_seq) = seqs.last() else { return Ok(()) };
-        self.progress.step("writing the change-log", seqs.len() as u64);
+        if own_step {
+            self.progress.step("writing the change-log", seqs.len() as u64);
+        }
         let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
         let mut batch_bytes = 0;
         let mut in_folder = Vec::new();
@@ -585,7 +666,9 @@ impl Run<'_> {
             let Some(bytes) = self.db.segment_bytes(seq)? else { continue };
             let path = segment_path(self.cfg.site, seq);
             in_folder.push(seq);
-            self.progress.advance(1);
+            if own_step {
+                self.progress.advance(1);
+            }
             if self.folder.read(&path, bytes.len() as u64).ok().as_deref() == Some(bytes.as_slice()) {
                 continue;
             }
@@ -598,6 +681,7 @@ impl Run<'_> {
         if !self.write_segments(&mut batch, &mut batch_bytes) {
             return Ok(());
         }
+        fault_point("after-segment-write");
         // The segments are published even if a patient file below waits (a
         // damaged file must not hold back this site's whole log).
         self.db.segments_written(&in_folder, self.now_ms)?;

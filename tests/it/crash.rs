@@ -112,3 +112,35 @@ fn a_first_export_stopped_halfway_goes_on_from_where_it_stopped() {
     assert!(patient_file(&family.folder(), &added).exists());
     assert!(patient_file(&family.folder(), &uuid(1, 5_199)).exists());
 }
+
+/// A populated database whose first export stops after writing a
+/// segment but before recording it: the next run makes the same bytes
+/// again (a segment is never rewritten with different bytes).
+#[test]
+fn a_first_export_segment_written_but_not_recorded_is_the_same_bytes_next_run() {
+    let family = Family::new();
+    let a = family.db("a");
+    let conn = new_clinic_db(&a);
+    for n in 0..30 {
+        add_patient(&conn, n, 2);
+    }
+    let out = cli(&a)
+        .env("CLINICSYNC_FAULT", "after-segment-write")
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .args(["--site-name", "a"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault point did not stop init");
+    let site = json_of(&a, &["status"])["site"].as_str().unwrap().to_owned();
+    let segment = family.folder().join(format!("log/{site}/0000000001.xml"));
+    let first = std::fs::read(&segment).expect("the segment was written before the crash");
+    // The app changes a row in the meantime: it is a later export, not a
+    // change to this one.
+    conn.execute("UPDATE patients SET phone = 'changed' WHERE id = ?1", [uuid(1, 3)]).unwrap();
+    sync_ok(&a);
+    assert_eq!(std::fs::read(&segment).unwrap(), first, "the segment's bytes changed");
+    let b = family.init("b");
+    assert_eq!(dump(&a), dump(&b));
+    assert_eq!(patient_field(&b, &uuid(1, 3), "phone").unwrap(), "changed");
+}

@@ -196,3 +196,35 @@ fn deleting_a_row_deletes_it_at_the_other_site() {
     let n: i64 = app(&b).query_row("SELECT count(*) FROM invoices", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1);
 }
+
+/// Two clinics started from copies of one database, then set up
+/// clinicsync: the second one's first export finds the shared patient's
+/// file already in the folder and joins it instead of writing over it.
+#[test]
+fn a_first_export_joins_a_patient_file_already_in_the_folder() {
+    let family = Family::new();
+    let a = family.db("a");
+    let b = family.db("b");
+    let conn_a = new_clinic_db(&a);
+    let shared = add_patient(&conn_a, 1, 1);
+    drop(conn_a);
+    std::fs::copy(&a, &b).unwrap();
+    let conn_b = app(&b);
+    conn_b.execute("UPDATE patients SET email = 'b@example.org' WHERE id = ?1", [&shared]).unwrap();
+    let own = add_patient(&conn_b, 2, 1);
+    drop(conn_b);
+    cli(&a).args(["init", "--folder"]).arg(family.folder()).assert().success();
+    let file = patient_file(&family.folder(), &shared);
+    let site_a = json_of(&a, &["status"])["site"].as_str().unwrap().to_owned();
+    cli(&b).args(["init", "--folder"]).arg(family.folder()).assert().success();
+    let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(&site_a) && text.contains(&site_b), "the file holds both sites' versions");
+    assert!(patient_file(&family.folder(), &own).exists());
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+    // The email was typed differently at the two sites: a conflict at both.
+    let open = |db: &std::path::Path| json_of(db, &["status"])["open_conflicts"].as_u64().unwrap();
+    assert!(open(&a) >= 1);
+    assert_eq!(open(&a), open(&b));
+}
