@@ -702,6 +702,17 @@ impl Db {
         Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?)
     }
 
+    /// Records that a first-export step's segment is in the folder (its
+    /// patient files are the first export's last stage).
+    pub fn first_export_segment_written(&self, seq: u64, now_ms: u64) -> Result<(), DbError> {
+        self.conn.execute(
+            "UPDATE _cs_outbox SET segment_ms = coalesce(segment_ms, ?2), done_ms = coalesce(done_ms, ?2)
+             WHERE seq = ?1",
+            params![seq as i64, now_ms as i64],
+        )?;
+        Ok(())
+    }
+
     /// Whether a first-export step's segment is not in the folder yet
     /// (until it is, nothing else may change the state it is made from).
     pub fn first_export_unwritten(&self) -> Result<bool, DbError> {

@@ -34,11 +34,11 @@ pub(crate) struct Ctx<'a> {
 #[derive(Default)]
 pub(crate) struct StampBatch {
     pub(crate) rows: BTreeMap<(String, RowKey), RowState>,
-    /// The first export's rows are not kept here: its segment is made from
-    /// the state rows the transaction inserted (rowids after `range_from`).
+    /// A first-export step: its segment is made from the state rows the
+    /// transaction inserted (rowids after this one), which are
+    /// `range_rows`, kept in memory to make it right after the commit.
     pub(crate) range_from: Option<i64>,
-    /// Rows stamped into the range.
-    pub(crate) in_range: usize,
+    pub(crate) range_rows: Vec<((String, RowKey), RowState)>,
     pub(crate) patients: BTreeSet<String>,
     pub(crate) versions: usize,
     pub(crate) bytes: usize,
@@ -54,6 +54,9 @@ pub struct StampOutcome {
     pub versions: usize,
     pub patients: usize,
     pub warnings: Vec<String>,
+    /// A first-export step: the rows of its segment (which is not stored;
+    /// see [`crate::db::Db::segment_bytes`]), by (patient, row).
+    pub first_export_rows: Vec<((String, RowKey), RowState)>,
 }
 
 /// What joining one incoming document did.
@@ -168,7 +171,7 @@ pub(crate) fn stamp_row(
     }
     let current = current_row(conn, tbl, key, pk)?;
     let old = load_row(conn, tbl, pk)?;
-    stamp_with(conn, ctx, clock, now_ms, tbl, pk, current, old, false, batch)
+    stamp_with(conn, ctx, clock, now_ms, tbl, pk, current, old, batch)
 }
 
 fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
@@ -182,8 +185,9 @@ fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
 }
 
 /// Stamps a row of the first export, read from its table: a row with no
-/// recorded versions. Should it have some after all, it is queued for the
-/// ordinary path instead.
+/// recorded versions, so every column gets a version, all with one stamp.
+/// Should it have versions after all, it is queued for the ordinary path
+/// instead.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stamp_new_row(
     conn: &Connection,
@@ -198,12 +202,40 @@ pub(crate) fn stamp_new_row(
     if !key_is_safe(tbl, pk, batch) {
         return Ok(());
     }
-    stamp_with(conn, ctx, clock, now_ms, tbl, pk, Some(current), None, true, batch)
+    let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+    // A key purged here, inserted again: its causal length goes on from
+    // the purged tombstone's, so every site takes the insert.
+    let purged = if ctx.any_purged { purged_cl(conn, &key)?.unwrap_or(0) } else { 0 };
+    let mut row = RowState { cl: purged + 1, ..RowState::default() };
+    let stamp = clock.stamp(now_ms);
+    for (col, value) in current {
+        batch.bytes += 120 + col.len() + value_size(&value);
+        let version = FieldVersion::new(value, stamp, Base::default()).expect("a first version has no base");
+        row.fields.insert(col, FieldState::single(version));
+        batch.versions += 1;
+    }
+    let patient = patient_of(ctx, tbl, pk, &row, None);
+    if !insert_new_row(conn, tbl, pk, &row, patient.as_deref())? {
+        conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
+            .execute(params![tbl, pk])?;
+        return Ok(());
+    }
+    batch.bytes += 100 + tbl.len() + pk.len();
+    match patient {
+        Some(p) => batch.range_rows.push(((p, key), row)),
+        None => batch.warnings.push(no_patient(tbl, pk)),
+    }
+    Ok(())
+}
+
+fn no_patient(tbl: &str, pk: &str) -> String {
+    format!(
+        "row {tbl}/{pk} belongs to no patient (its patient column is empty), so it stays on this site until it has one"
+    )
 }
 
 /// The stamping of one row, given the app's row (`None`: deleted) and its
-/// recorded state. `fresh`: no state was looked up, the row is inserted
-/// only if it has none.
+/// recorded state.
 #[allow(clippy::too_many_arguments)]
 fn stamp_with(
     conn: &Connection,
@@ -214,7 +246,6 @@ fn stamp_with(
     pk: &str,
     current: Option<Vec<(String, Value)>>,
     old: Option<(RowState, Option<String>)>,
-    fresh: bool,
     batch: &mut StampBatch,
 ) -> Result<(), DbError> {
     let (old_row, old_patient) = match &old {
@@ -234,7 +265,7 @@ fn stamp_with(
     let mut stamp = None;
     match current {
         Some(columns) => {
-            if !row.is_alive() && (fresh || !is_held(conn, tbl, pk)?) {
+            if !row.is_alive() && !is_held(conn, tbl, pk)? {
                 row.cl += 1;
                 row.deleted = Base::default();
             }
@@ -292,15 +323,7 @@ fn stamp_with(
     stamped.cl = row.cl;
     stamped.deleted = row.deleted.clone();
     let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
-    if fresh {
-        if !insert_new_row(conn, tbl, pk, &row, patient.as_deref())? {
-            conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
-                .execute(params![tbl, pk])?;
-            return Ok(());
-        }
-    } else {
-        save_row(conn, tbl, pk, &row, patient.as_deref())?;
-    }
+    save_row(conn, tbl, pk, &row, patient.as_deref())?;
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
@@ -308,7 +331,6 @@ fn stamp_with(
     }
     batch.bytes += 100 + tbl.len() + pk.len();
     match &patient {
-        Some(_) if fresh && batch.range_from.is_some() => batch.in_range += 1,
         Some(p) => {
             let slot = (p.clone(), RowKey { table: tbl.to_owned(), pk: pk.to_owned() });
             match batch.rows.get_mut(&slot) {
@@ -320,9 +342,7 @@ fn stamp_with(
                 }
             }
         }
-        None => batch.warnings.push(format!(
-            "row {tbl}/{pk} belongs to no patient (its patient column is empty), so it stays on this site until it has one"
-        )),
+        None => batch.warnings.push(no_patient(tbl, pk)),
     }
     batch.patients.extend(old_patient);
     batch.patients.extend(patient);
@@ -404,25 +424,24 @@ pub(crate) fn finish_batch(
     batch: StampBatch,
 ) -> Result<StampOutcome, DbError> {
     let mut out = StampOutcome {
-        rows: batch.rows.len() + batch.in_range,
+        rows: batch.rows.len() + batch.range_rows.len(),
         versions: batch.versions,
         patients: batch.patients.len(),
         warnings: batch.warnings,
         seq: None,
+        first_export_rows: Vec::new(),
     };
     if let Some(from) = batch.range_from
-        && batch.in_range > 0
+        && !batch.range_rows.is_empty()
     {
-        // Made from the state when it is written (see `range_segment`):
-        // the segment's bytes never pass through the database.
+        // Made from these rows now, or from the state after a crash (see
+        // `range_segment`): the segment's bytes never pass through the
+        // database.
         let seq: i64 =
             conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM _cs_outbox", [], |r| r.get(0))?;
         let to: i64 = conn.query_row("SELECT coalesce(max(rowid), 0) FROM _cs_rows", [], |r| r.get(0))?;
-        out.patients = conn.query_row(
-            "SELECT count(DISTINCT patient) FROM _cs_rows WHERE rowid > ?1 AND rowid <= ?2",
-            [from, to],
-            |r| r.get(0),
-        )?;
+        out.patients = batch.range_rows.iter().map(|((p, _), _)| p).collect::<HashSet<_>>().len();
+        out.first_export_rows = batch.range_rows;
         conn.prepare_cached(
             "INSERT INTO _cs_outbox (seq, created_ms, rows, from_row, to_row) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?

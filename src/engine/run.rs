@@ -17,7 +17,7 @@ use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
 use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_copy_of};
-use crate::db::{Db, FirstExport, KeptCopy, SiteConfig, StampOutcome};
+use crate::db::{Db, KeptCopy, SiteConfig, StampOutcome};
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
@@ -25,6 +25,8 @@ use crate::xmlstore::{
     DecodeError, Limits, SiteFile, decode_manifest, decode_patient, decode_segment, decode_site,
     encode_patient, encode_site,
 };
+
+mod first_export;
 
 /// Files applied per database transaction during a scan.
 const CHUNK: usize = 256;
@@ -540,88 +542,6 @@ impl Run<'_> {
         }
         fault_point("after-export-commit");
         self.write_outbox()
-    }
-
-    /// The first export of a database that held rows when it was set up:
-    /// its rows stamped in bounded steps, each step's segment written
-    /// before the next (the segment is made from the state of those rows
-    /// when it is written, so nothing may change that state first), then
-    /// every patient's file, in patient order.
-    fn first_export(&mut self) -> Result<(), EngineError> {
-        let mut shown = None;
-        loop {
-            let Some(stage) = self.db.first_export()? else { return Ok(()) };
-            if self.db.first_export_unwritten()? {
-                self.write_outbox_quietly()?;
-                if self.db.first_export_unwritten()? {
-                    return Err(EngineError::FirstExportWaits {
-                        folder: self.cfg.folder.display().to_string(),
-                    });
-                }
-                continue;
-            }
-            if shown.as_ref() != Some(&std::mem::discriminant(&stage)) {
-                shown = Some(std::mem::discriminant(&stage));
-                let (step, left) = match stage {
-                    FirstExport::Stamping => ("recording the database's rows", self.db.first_export_left()?),
-                    FirstExport::Files { .. } => ("writing patient files", self.db.first_export_left()?),
-                };
-                self.progress.step(step, left);
-            }
-            match stage {
-                FirstExport::Stamping => {
-                    let mut w = self.db.begin_write(self.now_ms)?;
-                    w.stamp_first_export(SEGMENT_ROWS, SEGMENT_BYTES)?;
-                    let stamped = w.commit()?;
-                    self.progress.advance(stamped.rows as u64);
-                    self.note_stamped(stamped);
-                    fault_point("first-export-step");
-                }
-                FirstExport::Files { after } => {
-                    if self.new_horizon.is_some() {
-                        // As in `write_outbox`: files wait for the import.
-                        return Ok(());
-                    }
-                    if !self.first_export_files(after.as_deref())? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Writes the files of the first export's next patients. A patient
-    /// whose file is already in the folder (a family joined with a
-    /// populated database) is left to the ordinary path, which reads and
-    /// joins the file first. False when a write failed (the next run goes
-    /// on from the same place).
-    fn first_export_files(&mut self, after: Option<&str>) -> Result<bool, EngineError> {
-        let docs = self.db.first_export_patients(after, CHUNK)?;
-        let Some(last) = docs.last().map(|d| d.patient.0.clone()) else {
-            self.db.first_export_files_until(None)?;
-            return Ok(true);
-        };
-        let mut writes = Vec::with_capacity(docs.len());
-        let mut present = Vec::new();
-        for doc in docs {
-            self.progress.advance(1);
-            let path = patient_path(&patient_file_name(&doc.patient.0));
-            match self.folder.metadata(&path) {
-                Ok(None) => writes.push((path, encode_patient(&doc), doc.patient.0)),
-                Ok(Some(_)) | Err(_) => present.push(doc.patient.0),
-            }
-        }
-        let wanted = writes.len();
-        let mut done = HashSet::new();
-        self.write_files(writes, &mut done)?;
-        if done.len() < wanted {
-            return Ok(false);
-        }
-        if !present.is_empty() {
-            self.db.queue_patient_files(&present)?;
-        }
-        self.db.first_export_files_until(Some(&last))?;
-        Ok(true)
     }
 
     fn note_stamped(&mut self, stamped: StampOutcome) {
