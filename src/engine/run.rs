@@ -22,7 +22,7 @@ use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
 use crate::xmlstore::{
-    DecodeError, Limits, SiteFile, decode_manifest, decode_patient, decode_segment, decode_site,
+    DecodeError, Limits, Segment, SiteFile, decode_manifest, decode_patient, decode_segment, decode_site,
     encode_patient, encode_site,
 };
 
@@ -222,6 +222,13 @@ pub fn sync_with_clock(
 }
 
 /// A patient file (or a copy of one) found in the folder.
+/// A segment read from the folder, decoding on the other core, or why it
+/// could not be read.
+enum Fetched<'s> {
+    Decoding(usize, std::thread::ScopedJoinHandle<'s, Result<Segment, DecodeError>>),
+    Unread(ReadError),
+}
+
 #[derive(Clone, Debug)]
 struct FileRef {
     path: String,
@@ -853,140 +860,182 @@ impl Run<'_> {
         touched: &mut BTreeSet<String>,
     ) -> Result<(), EngineError> {
         self.progress.step("reading other sites' change-logs", to.saturating_sub(from) + 1);
-        for seq in from..=to {
-            self.progress.advance(1);
-            let path = segment_path(site, seq);
-            let bytes = match self.folder.read(&path, self.limits.max_file_bytes) {
-                Ok(b) => b,
-                Err(ReadError::NotFound) => {
-                    self.rec.skipped(
-                        "gap",
-                        Some(&path),
-                        format!("segment #{seq} of site {} ({name}) has not arrived yet; its later changes wait for it", site.short()),
-                    );
+        std::thread::scope(|scope| {
+            // The next segment is read and decoded on the other core while
+            // this one is applied.
+            let mut ahead = (from <= to).then(|| self.fetch_segment(scope, site, from));
+            for seq in from..=to {
+                let fetched = ahead.take().expect("fetched ahead");
+                if seq < to {
+                    ahead = Some(self.fetch_segment(scope, site, seq + 1));
+                }
+                if !self.apply_segment(site, name, seq, fetched, touched)? {
                     return Ok(());
                 }
-                Err(e) => {
-                    self.counts.files_skipped += 1;
-                    self.rec.skipped("skipped", Some(&path), format!("was not applied: {e}; will retry"));
-                    return Ok(());
-                }
-            };
-            self.counts.bytes_read += bytes.len() as u64;
-            let segment = match decode_segment(&bytes, self.limits) {
-                Ok(s) => s,
-                Err(e) => {
-                    self.counts.files_skipped += 1;
-                    self.rec.skipped(
-                        "skipped",
-                        Some(&path),
-                        format!(
-                            "was not applied: {e}; {}; the site's later changes wait for it",
-                            retry_hint(&e)
-                        ),
-                    );
-                    return Ok(());
-                }
-            };
-            if segment.site != site || segment.seq != seq {
-                self.counts.files_skipped += 1;
-                self.rec.skipped(
-                    "skipped",
-                    Some(&path),
-                    format!(
-                        "holds segment #{} of site {}, not what its name says; not applied",
-                        segment.seq,
-                        segment.site.short()
-                    ),
-                );
-                return Ok(());
             }
-            let stamps = segment
-                .rows
-                .values()
-                .flat_map(|r| r.fields.values())
-                .flat_map(|f| f.versions().iter().map(|v| v.hlc()));
-            if let Some(ahead) = self.too_far_ahead(stamps) {
-                self.hold_back(&path, ahead);
-                return Ok(());
+            Ok(())
+        })
+    }
+
+    /// Reads a segment and starts decoding it on the other core.
+    fn fetch_segment<'s>(
+        &mut self,
+        scope: &'s std::thread::Scope<'s, '_>,
+        site: SiteId,
+        seq: u64,
+    ) -> Fetched<'s> {
+        let path = segment_path(site, seq);
+        match self.folder.read(&path, self.limits.max_file_bytes) {
+            Ok(bytes) => {
+                let limits = self.limits;
+                let len = bytes.len();
+                Fetched::Decoding(len, scope.spawn(move || decode_segment(&bytes, limits)))
             }
-            // The latest of the site's own stamps in it: what this site
-            // acknowledges having applied (tombstones included).
-            let own_latest = segment
-                .rows
-                .values()
-                .flat_map(|r| {
-                    r.fields
-                        .values()
-                        .flat_map(|f| f.versions().iter().map(|v| v.hlc()))
-                        .chain(r.deleted.stamps().iter().copied())
-                })
-                .filter(|h| h.site() == site)
-                .max();
-            let mut docs: BTreeMap<String, PatientDoc> = BTreeMap::new();
-            for ((patient, key), row) in segment.rows {
-                docs.entry(patient.clone())
-                    .or_insert_with(|| PatientDoc::new(PatientId(patient)))
-                    .rows
-                    .insert(key, row);
-            }
-            let mut w = self.db.begin_write(self.now_ms)?;
-            w.hold_deletes();
-            let mut rows = 0;
-            let mut conflicts = 0;
-            let mut warnings = Vec::new();
-            let mut affected = BTreeSet::new();
-            let mut failure = None;
-            for doc in docs.values() {
-                match w.apply_doc(doc, &path) {
-                    Ok(o) => {
-                        rows += o.rows_changed;
-                        conflicts += o.new_conflicts;
-                        warnings.extend(o.warnings);
-                        affected.extend(o.affected);
-                    }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-            }
-            if let Some(e) = failure {
-                drop(w);
-                self.counts.files_skipped += 1;
-                self.rec.skipped(
-                    "skipped",
-                    Some(&path),
-                    format!("could not be applied to the database, nothing of it was kept: {e}; the site's later changes wait for it"),
-                );
-                return Ok(());
-            }
-            w.set_watermark(site, seq)?;
-            if let Some(h) = own_latest {
-                w.set_ack_stamp(site, h)?;
-            }
-            let stamped = w.commit()?;
-            self.progress.advance(stamped.rows as u64);
-            self.note_stamped(stamped);
-            self.counts.segments_applied += 1;
-            self.counts.rows_applied += rows as u64;
-            for warning in warnings {
-                self.rec.warning("schema", Some(&path), warning);
-            }
-            if rows > 0 {
-                self.rec.applied(&path, format!("applied {rows} changed rows of {} patients", docs.len()));
-            }
-            if conflicts > 0 {
-                self.counts.new_conflicts += conflicts as u64;
-                self.rec.warning(
-                    "conflict",
-                    Some(&path),
-                    format!("{conflicts} concurrent edits kept for review (`clinicsync conflicts`)"),
-                );
-            }
-            touched.extend(affected);
+            Err(e) => Fetched::Unread(e),
         }
-        Ok(())
+    }
+
+    /// Applies one segment in one transaction with the new watermark; false
+    /// when the site's later segments must wait (a gap, or this one could
+    /// not be applied).
+    fn apply_segment(
+        &mut self,
+        site: SiteId,
+        name: &str,
+        seq: u64,
+        fetched: Fetched<'_>,
+        touched: &mut BTreeSet<String>,
+    ) -> Result<bool, EngineError> {
+        self.progress.advance(1);
+        let path = segment_path(site, seq);
+        let (len, decoding) = match fetched {
+            Fetched::Decoding(len, decoding) => (len, decoding),
+            Fetched::Unread(ReadError::NotFound) => {
+                self.rec.skipped(
+                    "gap",
+                    Some(&path),
+                    format!("segment #{seq} of site {} ({name}) has not arrived yet; its later changes wait for it", site.short()),
+                );
+                return Ok(false);
+            }
+            Fetched::Unread(e) => {
+                self.counts.files_skipped += 1;
+                self.rec.skipped("skipped", Some(&path), format!("was not applied: {e}; will retry"));
+                return Ok(false);
+            }
+        };
+        self.counts.bytes_read += len as u64;
+        let decoded = decoding.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let segment = match decoded {
+            Ok(s) => s,
+            Err(e) => {
+                self.counts.files_skipped += 1;
+                self.rec.skipped(
+                    "skipped",
+                    Some(&path),
+                    format!("was not applied: {e}; {}; the site's later changes wait for it", retry_hint(&e)),
+                );
+                return Ok(false);
+            }
+        };
+        if segment.site != site || segment.seq != seq {
+            self.counts.files_skipped += 1;
+            self.rec.skipped(
+                "skipped",
+                Some(&path),
+                format!(
+                    "holds segment #{} of site {}, not what its name says; not applied",
+                    segment.seq,
+                    segment.site.short()
+                ),
+            );
+            return Ok(false);
+        }
+        let stamps = segment
+            .rows
+            .values()
+            .flat_map(|r| r.fields.values())
+            .flat_map(|f| f.versions().iter().map(|v| v.hlc()));
+        if let Some(ahead) = self.too_far_ahead(stamps) {
+            self.hold_back(&path, ahead);
+            return Ok(false);
+        }
+        // The latest of the site's own stamps in it: what this site
+        // acknowledges having applied (tombstones included).
+        let own_latest = segment
+            .rows
+            .values()
+            .flat_map(|r| {
+                r.fields
+                    .values()
+                    .flat_map(|f| f.versions().iter().map(|v| v.hlc()))
+                    .chain(r.deleted.stamps().iter().copied())
+            })
+            .filter(|h| h.site() == site)
+            .max();
+        let mut docs: BTreeMap<String, PatientDoc> = BTreeMap::new();
+        for ((patient, key), row) in segment.rows {
+            docs.entry(patient.clone())
+                .or_insert_with(|| PatientDoc::new(PatientId(patient)))
+                .rows
+                .insert(key, row);
+        }
+        let mut w = self.db.begin_write(self.now_ms)?;
+        w.hold_deletes();
+        let mut rows = 0;
+        let mut conflicts = 0;
+        let mut warnings = Vec::new();
+        let mut affected = BTreeSet::new();
+        let mut failure = None;
+        for doc in docs.values() {
+            match w.apply_doc(doc, &path) {
+                Ok(o) => {
+                    rows += o.rows_changed;
+                    conflicts += o.new_conflicts;
+                    warnings.extend(o.warnings);
+                    affected.extend(o.affected);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failure {
+            drop(w);
+            self.counts.files_skipped += 1;
+            self.rec.skipped(
+                "skipped",
+                Some(&path),
+                format!("could not be applied to the database, nothing of it was kept: {e}; the site's later changes wait for it"),
+            );
+            return Ok(false);
+        }
+        w.set_watermark(site, seq)?;
+        if let Some(h) = own_latest {
+            w.set_ack_stamp(site, h)?;
+        }
+        let stamped = w.commit()?;
+        self.progress.advance(stamped.rows as u64);
+        self.note_stamped(stamped);
+        self.counts.segments_applied += 1;
+        self.counts.rows_applied += rows as u64;
+        for warning in warnings {
+            self.rec.warning("schema", Some(&path), warning);
+        }
+        if rows > 0 {
+            self.rec.applied(&path, format!("applied {rows} changed rows of {} patients", docs.len()));
+        }
+        if conflicts > 0 {
+            self.counts.new_conflicts += conflicts as u64;
+            self.rec.warning(
+                "conflict",
+                Some(&path),
+                format!("{conflicts} concurrent edits kept for review (`clinicsync conflicts`)"),
+            );
+        }
+        touched.extend(affected);
+        Ok(true)
     }
 
     fn too_far_ahead(&self, stamps: impl Iterator<Item = Hlc>) -> Option<Hlc> {
