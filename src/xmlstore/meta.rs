@@ -186,7 +186,10 @@ fn read_root<'a>(file: &'a [u8], expected: &'static str) -> Result<Root<'a>, Dec
             match r.next()? {
                 Item::Start(_) => depth += 1,
                 Item::End => depth -= 1,
-                Item::Empty(e) if depth == 1 => children.push((element_name(&e), r.attributes(&e)?)),
+                Item::Empty(e) if depth == 1 => children.push((
+                    element_name(&e),
+                    r.attributes(&e)?.into_iter().map(|(k, v)| (k.to_owned(), v.into_owned())).collect(),
+                )),
                 Item::Empty(_) | Item::Text(_) => {}
                 Item::Eof => {
                     return Err(

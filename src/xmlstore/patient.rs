@@ -9,7 +9,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 
 use super::error::{DecodeError, DecodeErrorKind};
-use super::reader::{Item, Limits, Root, XmlReader, element_name, open_root, optional, required};
+use super::reader::{
+    Attrs, Item, Limits, Root, XmlReader, element_name, is_named, open_root, optional, required,
+};
 use super::text::{is_xml_safe, push_attr, push_content};
 use super::trailer;
 use crate::model::{Base, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value};
@@ -35,6 +37,13 @@ pub fn encode_patient(doc: &PatientDoc) -> Vec<u8> {
 /// written once on `<row>` and omitted from those fields. Ties go to the
 /// smallest pair, so the choice, like the bytes, depends only on the state.
 fn row_default(row: &RowState) -> Option<(Hlc, &Base)> {
+    // Most rows: every field was written together.
+    let mut versions = row.fields.values().flat_map(|f| f.versions());
+    let first = versions.next()?;
+    let pair = (first.hlc(), first.base());
+    if versions.all(|v| (v.hlc(), v.base()) == pair) {
+        return Some(pair);
+    }
     let mut counts: BTreeMap<(Hlc, &Base), usize> = BTreeMap::new();
     for version in row.fields.values().flat_map(|f| f.versions()) {
         *counts.entry((version.hlc(), version.base())).or_default() += 1;
@@ -56,7 +65,7 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
     out.push_str("\" pk=\"");
     push_attr(out, &key.pk);
     out.push_str("\" cl=\"");
-    out.push_str(&row.cl.to_string());
+    push_int(out, row.cl);
     if !row.is_alive() && !row.deleted.is_empty() {
         out.push_str("\" d=\"");
         row.deleted.push_encoded(out);
@@ -102,8 +111,9 @@ fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: O
     match version.value() {
         Value::Null => out.push_str("\" t=\"null\"/>\n"),
         Value::Integer(i) => {
-            out.push_str("\" t=\"int");
-            close(out, &i.to_string());
+            out.push_str("\" t=\"int\">");
+            push_int(out, i);
+            out.push_str("</f>\n");
         }
         Value::Real(r) => {
             out.push_str("\" t=\"real");
@@ -123,6 +133,12 @@ fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: O
             close(out, &B64.encode(b));
         }
     }
+}
+
+/// Appends a decimal integer without allocating.
+fn push_int(out: &mut String, n: impl std::fmt::Display) {
+    use std::fmt::Write as _;
+    write!(out, "{n}").expect("writing to a String cannot fail");
 }
 
 /// Reals are written so that they read back bit for bit: the shortest
@@ -166,7 +182,7 @@ pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeE
         loop {
             match r.next_structural()? {
                 Item::End => break,
-                Item::Start(e) | Item::Empty(e) if element_name(&e) != "row" => {
+                Item::Start(e) | Item::Empty(e) if !is_named(&e, "row") => {
                     return Err(
                         r.error(DecodeErrorKind::WrongElement { expected: "row", found: element_name(&e) })
                     );
@@ -223,10 +239,7 @@ pub(crate) struct RowHeader {
 }
 
 /// Reads the key and causal length of a `<row>` from its attributes.
-pub(crate) fn row_header_from(
-    r: &XmlReader<'_>,
-    attrs: &[(String, String)],
-) -> Result<RowHeader, DecodeError> {
+pub(crate) fn row_header_from(r: &XmlReader<'_>, attrs: &Attrs<'_>) -> Result<RowHeader, DecodeError> {
     let table = required(r, attrs, "row", "table")?.to_owned();
     let pk = required(r, attrs, "row", "pk")?.to_owned();
     let cl_text = required(r, attrs, "row", "cl")?;
@@ -275,22 +288,22 @@ pub(crate) fn read_row(
                 return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside <row>")));
             }
         };
-        let name = element_name(&e);
-        if name != "f" {
-            return Err(r.error(DecodeErrorKind::WrongElement { expected: "f", found: name }));
+        if !is_named(&e, "f") {
+            return Err(r.error(DecodeErrorKind::WrongElement { expected: "f", found: element_name(&e) }));
         }
         let attrs = r.attributes(&e)?;
         let mut text = String::new();
         if !empty {
             loop {
                 match r.next()? {
+                    Item::Text(t) if text.is_empty() => text = t.into_owned(),
                     Item::Text(t) => text.push_str(&t),
                     Item::End => break,
                     _ => return Err(r.error(DecodeErrorKind::Unexpected("an element inside <f>"))),
                 }
             }
         }
-        let (column, version) = field(r, &attrs, &text, default.as_ref())?;
+        let (column, version) = field(r, &attrs, text, default.as_ref())?;
         versions.entry(column).or_default().push(version);
     }
     let fields = versions
@@ -302,8 +315,8 @@ pub(crate) fn read_row(
 
 fn field(
     r: &XmlReader<'_>,
-    attrs: &[(String, String)],
-    text: &str,
+    attrs: &Attrs<'_>,
+    text: String,
     default: Option<&(Hlc, Base)>,
 ) -> Result<(String, FieldVersion), DecodeError> {
     let column = required(r, attrs, "f", "c")?.to_owned();
@@ -325,8 +338,8 @@ fn field(
         ("int", None) => {
             Value::Integer(text.parse().map_err(|_| bad("int", format!("{text:?} is not a 64-bit integer")))?)
         }
-        ("real", None) => Value::Real(decode_real(text).map_err(|e| bad("real", e))?),
-        ("text", None) => Value::Text(text.to_owned()),
+        ("real", None) => Value::Real(decode_real(&text).map_err(|e| bad("real", e))?),
+        ("text", None) => Value::Text(text),
         ("text", Some("base64")) => {
             let bytes = B64.decode(text.trim()).map_err(|e| bad("text", e.to_string()))?;
             Value::Text(String::from_utf8(bytes).map_err(|_| bad("text", "base64 text is not UTF-8".into()))?)

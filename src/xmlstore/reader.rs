@@ -146,16 +146,28 @@ impl<'a> XmlReader<'a> {
         Ok(())
     }
 
-    /// Reads the attributes of an element into (name, value) pairs.
-    pub(crate) fn attributes(&self, e: &BytesStart<'a>) -> Result<Vec<(String, String)>, DecodeError> {
-        let mut out = Vec::new();
+    /// Reads the attributes of an element into (name, value) pairs, borrowed
+    /// from the element where no unescaping is needed.
+    pub(crate) fn attributes<'e>(&self, e: &'e BytesStart<'a>) -> Result<Attrs<'e>, DecodeError> {
+        let mut out = Vec::with_capacity(6);
         for attr in e.attributes() {
             let attr = attr.map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?;
-            let key = String::from_utf8_lossy(attr.key.as_ref()).into_owned();
-            let value = attr
-                .unescape_value()
-                .map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?
-                .into_owned();
+            // The input is checked UTF-8 and names are split at ASCII bytes.
+            let key = std::str::from_utf8(attr.key.into_inner())
+                .map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?;
+            let value = match attr.value {
+                Cow::Borrowed(raw) => {
+                    let raw = std::str::from_utf8(raw)
+                        .map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?;
+                    quick_xml::escape::unescape(raw)
+                        .map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?
+                }
+                Cow::Owned(_) => Cow::Owned(
+                    attr.unescape_value()
+                        .map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?
+                        .into_owned(),
+                ),
+            };
             out.push((key, value));
         }
         Ok(out)
@@ -174,10 +186,18 @@ pub(crate) fn element_name(e: &BytesStart<'_>) -> String {
     String::from_utf8_lossy(e.name().as_ref()).into_owned()
 }
 
+/// Whether an element is named `name` (no allocation).
+pub(crate) fn is_named(e: &BytesStart<'_>, name: &str) -> bool {
+    e.name().as_ref() == name.as_bytes()
+}
+
+/// An element's attributes: (name, value) pairs.
+pub(crate) type Attrs<'e> = Vec<(&'e str, Cow<'e, str>)>;
+
 /// Finds a required attribute.
 pub(crate) fn required<'v>(
     reader: &XmlReader<'_>,
-    attrs: &'v [(String, String)],
+    attrs: &'v [(impl AsRef<str>, impl AsRef<str>)],
     element: &'static str,
     name: &'static str,
 ) -> Result<&'v str, DecodeError> {
@@ -185,8 +205,8 @@ pub(crate) fn required<'v>(
         .ok_or_else(|| reader.error(DecodeErrorKind::MissingAttribute { element, attribute: name }))
 }
 
-pub(crate) fn optional<'v>(attrs: &'v [(String, String)], name: &str) -> Option<&'v str> {
-    attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+pub(crate) fn optional<'v>(attrs: &'v [(impl AsRef<str>, impl AsRef<str>)], name: &str) -> Option<&'v str> {
+    attrs.iter().find(|(k, _)| k.as_ref() == name).map(|(_, v)| v.as_ref())
 }
 
 /// The opened root element of a sealed clinicsync file.
@@ -216,7 +236,8 @@ pub(crate) fn open_root<'a>(
     if name != expected {
         return Err(reader.error(DecodeErrorKind::WrongElement { expected, found: name }));
     }
-    let attrs = reader.attributes(&root)?;
+    let attrs: Vec<(String, String)> =
+        reader.attributes(&root)?.into_iter().map(|(k, v)| (k.to_owned(), v.into_owned())).collect();
     let format = optional(&attrs, "format").ok_or_else(|| {
         reader.error(DecodeErrorKind::MissingAttribute { element: "root", attribute: "format" })
     })?;

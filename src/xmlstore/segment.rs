@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::error::{DecodeError, DecodeErrorKind};
 use super::meta::{format_time, parse_time};
 use super::patient::{push_row, read_row, row_header_from};
-use super::reader::{Item, Limits, Root, XmlReader, element_name, open_root, required};
+use super::reader::{Item, Limits, Root, XmlReader, element_name, is_named, open_root, required};
 use super::trailer;
 use crate::model::{RowKey, RowState, SiteId};
 
@@ -68,9 +68,10 @@ pub fn decode_segment(file: &[u8], limits: Limits) -> Result<Segment, DecodeErro
                     return Err(r.error(DecodeErrorKind::Unexpected("the end of the file inside <segment>")));
                 }
             };
-            let name = element_name(&e);
-            if name != "row" {
-                return Err(r.error(DecodeErrorKind::WrongElement { expected: "row", found: name }));
+            if !is_named(&e, "row") {
+                return Err(
+                    r.error(DecodeErrorKind::WrongElement { expected: "row", found: element_name(&e) })
+                );
             }
             let attrs = r.attributes(&e)?;
             let patient = required(&r, &attrs, "row", "patient")?.to_owned();

@@ -3,6 +3,10 @@
 
 /// True when every character may appear in an XML 1.0 document.
 pub fn is_xml_safe(text: &str) -> bool {
+    // Most text is ASCII: one pass over the bytes.
+    if text.bytes().all(|b| matches!(b, b'\t' | b'\n' | b'\r' | 0x20..=0x7e)) {
+        return true;
+    }
     text.chars().all(
         |c| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
     )
