@@ -67,8 +67,48 @@ impl DiskFolder {
         (!touched.overflowed).then_some(touched.paths)
     }
 
+    /// A second handle on the same folder, for writing from another
+    /// thread; [`DiskFolder::absorb`] adds what it did to this one.
+    pub fn sibling(&self) -> DiskFolder {
+        let touched = self.touched.borrow().as_ref().map(|t| Touched {
+            paths: Vec::new(),
+            cap: t.cap,
+            overflowed: false,
+        });
+        DiskFolder {
+            root: self.root.clone(),
+            staging: self.staging.clone(),
+            stats: Cell::new(FolderStats::default()),
+            touched: RefCell::new(touched),
+        }
+    }
+
+    /// Adds what a sibling did: its counters and the paths it touched.
+    pub fn absorb(&self, sibling: DiskFolder) {
+        let o = sibling.stats.get();
+        self.count(|s| {
+            s.lists += o.lists;
+            s.patient_lists += o.patient_lists;
+            s.reads += o.reads;
+            s.files_written += o.files_written;
+            s.removes += o.removes;
+        });
+        if let Some(theirs) = sibling.touched.into_inner() {
+            if theirs.overflowed {
+                if let Some(ours) = self.touched.borrow_mut().as_mut() {
+                    ours.overflowed = true;
+                    ours.paths = Vec::new();
+                }
+            } else {
+                self.note_touched(theirs.paths.iter().map(String::as_str));
+            }
+        }
+    }
+
     fn note_touched<'p>(&self, paths: impl IntoIterator<Item = &'p str>) {
-        if let Some(t) = self.touched.borrow_mut().as_mut() {
+        if let Some(t) = self.touched.borrow_mut().as_mut()
+            && !t.overflowed
+        {
             for path in paths {
                 if t.paths.len() >= t.cap {
                     t.overflowed = true;
@@ -266,6 +306,33 @@ impl Folder for DiskFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sibling_writes_on_another_thread_and_its_writes_count_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("folder");
+        fs::create_dir_all(&root).unwrap();
+        let folder = DiskFolder::new(root.clone(), Some(dir.path().join("staging")));
+        folder.track_touched(3);
+        folder.write_batch(&[("a.xml".into(), b"a".to_vec())]).unwrap();
+        let sibling = folder.sibling();
+        let sibling = std::thread::spawn(move || {
+            sibling.write_batch(&[("log/b.xml".into(), b"b".to_vec())]).unwrap();
+            sibling
+        })
+        .join()
+        .unwrap();
+        folder.absorb(sibling);
+        assert_eq!(folder.stats().files_written, 2);
+        assert_eq!(fs::read(root.join("log/b.xml")).unwrap(), b"b");
+        assert_eq!(folder.take_touched(), Some(vec!["a.xml".to_owned(), "log/b.xml".to_owned()]));
+        // Past the cap, the sibling's overflow is this folder's overflow.
+        folder.track_touched(1);
+        let sibling = folder.sibling();
+        sibling.write_batch(&[("c.xml".into(), b"c".to_vec()), ("d.xml".into(), b"d".to_vec())]).unwrap();
+        folder.absorb(sibling);
+        assert_eq!(folder.take_touched(), None);
+    }
 
     #[test]
     fn batch_writes_land_whole_and_leave_no_temp_files() {

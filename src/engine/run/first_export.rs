@@ -1,39 +1,69 @@
 //! The first export of a database that already held rows when it was set
 //! up: its rows stamped in bounded steps, then every patient's file, in
-//! patient order. The second core encodes one step's segment (and then one
-//! chunk's patient files) while this thread reads and stamps the next.
+//! patient order. This thread only talks to SQLite; the second core
+//! encodes and writes one step's segment (then one chunk's patient files)
+//! while this thread stamps (reads) the next.
 
-use std::collections::HashSet;
+use std::io;
 use std::thread::{Scope, ScopedJoinHandle};
 
-use super::{CHUNK, Run, SEGMENT_BYTES, SEGMENT_ROWS};
+use super::{Run, SEGMENT_BYTES, SEGMENT_ROWS, sha_hex};
 use crate::changelog::segment_path;
 use crate::db::FirstExport;
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
-use crate::folder::Folder;
 use crate::folder::layout::patient_path;
+use crate::folder::{DiskFolder, Folder};
 use crate::model::{PatientDoc, patient_file_name};
 use crate::xmlstore::{Segment, encode_patient, encode_segment};
 
-/// A step's segment being encoded on the other core.
-struct Encoding<'s> {
+/// Patients per chunk of the file stage: one batch of writes (one syncfs,
+/// one sync of each directory it touched), about 6 MB.
+const FILE_CHUNK: usize = 512;
+
+/// A step's segment being encoded and written on the other core.
+struct SegmentJob<'s> {
     seq: u64,
-    bytes: ScopedJoinHandle<'s, Vec<u8>>,
+    done: ScopedJoinHandle<'s, (DiskFolder, io::Result<usize>)>,
 }
 
-/// A chunk of patient files being encoded on the other core.
-struct FileChunk<'s> {
+/// A chunk of patient files being encoded and written on the other core.
+struct FileJob<'s> {
     /// The chunk's last patient: where the file stage stands once it is
     /// written.
     last: String,
     /// Patients whose file is already in the folder.
     present: Vec<String>,
-    files: ScopedJoinHandle<'s, Vec<(String, Vec<u8>, String)>>,
+    done: ScopedJoinHandle<'s, WrittenFiles>,
+}
+
+struct WrittenFiles {
+    folder: DiskFolder,
+    /// (path, size, mtime, sha256) of each file written.
+    files: Vec<(String, u64, i64, String)>,
+    bytes: u64,
+    failed: Option<(usize, io::Error)>,
 }
 
 fn joined<T>(handle: ScopedJoinHandle<'_, T>) -> T {
     handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Encodes and writes patient files in one batch (on the other core).
+fn write_patient_files(folder: DiskFolder, docs: Vec<(String, PatientDoc)>) -> WrittenFiles {
+    let files: Vec<(String, Vec<u8>)> =
+        docs.into_iter().map(|(path, doc)| (path, encode_patient(&doc))).collect();
+    let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
+    if let Err(e) = folder.write_batch(&files) {
+        return WrittenFiles { folder, files: Vec::new(), bytes: 0, failed: Some((files.len(), e)) };
+    }
+    let mut written = Vec::with_capacity(files.len());
+    for (path, content) in files {
+        if let Ok(Some(entry)) = folder.metadata(&path) {
+            written.push((path, entry.size, entry.mtime_ns, sha_hex(&content)));
+        }
+    }
+    WrittenFiles { folder, files: written, bytes, failed: None }
 }
 
 impl Run<'_> {
@@ -73,11 +103,12 @@ impl Run<'_> {
         EngineError::FirstExportWaits { folder: self.cfg.folder.display().to_string() }
     }
 
-    /// Stamps step after step; each step's segment is encoded on the other
-    /// core while the next step is stamped (a step only inserts rows, so
-    /// it cannot change the state an earlier step's segment is made of).
+    /// Stamps step after step; each step's segment is encoded and written
+    /// on the other core while the next step is stamped (a step only
+    /// inserts rows, so it cannot change the state an earlier step's
+    /// segment is made of).
     fn stamp_steps<'s>(&mut self, scope: &'s Scope<'s, '_>) -> Result<(), EngineError> {
-        let mut in_flight: Option<Encoding<'s>> = None;
+        let mut in_flight: Option<SegmentJob<'s>> = None;
         while self.db.first_export()? == Some(FirstExport::Stamping) {
             let mut w = self.db.begin_write(self.now_ms)?;
             w.stamp_first_export(SEGMENT_ROWS, SEGMENT_BYTES)?;
@@ -88,61 +119,69 @@ impl Run<'_> {
             self.note_stamped(stamped);
             fault_point("first-export-step");
             if let Some(previous) = in_flight.take() {
-                self.publish_segment(previous)?;
+                self.segment_written(previous)?;
             }
             if let Some(seq) = seq {
                 let (site, created_ms) = (self.cfg.site, self.now_ms);
-                let bytes = scope.spawn(move || {
-                    encode_segment(&Segment { site, seq, created_ms, rows: rows.into_iter().collect() })
+                let folder = self.folder.sibling();
+                let done = scope.spawn(move || {
+                    let bytes =
+                        encode_segment(&Segment { site, seq, created_ms, rows: rows.into_iter().collect() });
+                    let size = bytes.len();
+                    let written = folder.write_batch(&[(segment_path(site, seq), bytes)]).map(|()| size);
+                    (folder, written)
                 });
-                in_flight = Some(Encoding { seq, bytes });
+                in_flight = Some(SegmentJob { seq, done });
             }
         }
         if let Some(last) = in_flight.take() {
-            self.publish_segment(last)?;
+            self.segment_written(last)?;
         }
         Ok(())
     }
 
-    fn publish_segment(&mut self, encoding: Encoding<'_>) -> Result<(), EngineError> {
-        let bytes = joined(encoding.bytes);
-        let path = segment_path(self.cfg.site, encoding.seq);
-        let size = bytes.len();
-        if let Err(e) = self.folder.write_batch(&[(path.clone(), bytes)]) {
-            self.rec.skipped("write", Some(&path), format!("could not be written: {e}; will retry"));
-            return Err(self.first_export_waits());
-        }
+    fn segment_written(&mut self, job: SegmentJob<'_>) -> Result<(), EngineError> {
+        let (folder, written) = joined(job.done);
+        self.folder.absorb(folder);
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let path = segment_path(self.cfg.site, job.seq);
+                self.rec.skipped("write", Some(&path), format!("could not be written: {e}; will retry"));
+                return Err(self.first_export_waits());
+            }
+        };
         fault_point("after-segment-write");
         self.counts.segments_written += 1;
         self.counts.bytes_written += size as u64;
-        self.db.first_export_segment_written(encoding.seq, self.now_ms)?;
+        self.db.first_export_segment_written(job.seq, self.now_ms)?;
         Ok(())
     }
 
     /// Writes every patient's file, in patient order, a chunk at a time:
-    /// one chunk is encoded on the other core while this thread reads the
-    /// next from the database and writes the one before.
+    /// one chunk is encoded and written on the other core while this
+    /// thread reads the next from the database.
     fn write_first_files<'s>(
         &mut self,
         scope: &'s Scope<'s, '_>,
         mut after: Option<String>,
     ) -> Result<(), EngineError> {
-        let mut in_flight: Option<FileChunk<'s>> = None;
+        let mut in_flight: Option<FileJob<'s>> = None;
         loop {
-            let docs = self.db.first_export_patients(after.as_deref(), CHUNK)?;
+            let docs = self.db.first_export_patients(after.as_deref(), FILE_CHUNK)?;
             let last = docs.last().map(|d| d.patient.0.clone());
-            let next = last.map(|last| self.encode_files(scope, docs, last));
+            let next = last.map(|last| self.start_files(scope, docs, last));
             if let Some(previous) = in_flight.take()
-                && !self.write_file_chunk(previous)?
+                && !self.files_written(previous)?
             {
                 // A write failed: the next run goes on from the last chunk
                 // written whole.
                 return Ok(());
             }
             match next {
-                Some(chunk) => {
-                    after = Some(chunk.last.clone());
-                    in_flight = Some(chunk);
+                Some(job) => {
+                    after = Some(job.last.clone());
+                    in_flight = Some(job);
                 }
                 None => {
                     self.db.first_export_files_until(None)?;
@@ -152,16 +191,16 @@ impl Run<'_> {
         }
     }
 
-    /// Starts encoding the files of a chunk of patients. A patient whose
-    /// file is already in the folder (a family joined with a populated
-    /// database) is left to the ordinary path, which reads and joins the
-    /// file first.
-    fn encode_files<'s>(
+    /// Starts encoding and writing the files of a chunk of patients. A
+    /// patient whose file is already in the folder (a family joined with a
+    /// populated database) is left to the ordinary path, which reads and
+    /// joins the file first.
+    fn start_files<'s>(
         &mut self,
         scope: &'s Scope<'s, '_>,
         docs: Vec<PatientDoc>,
         last: String,
-    ) -> FileChunk<'s> {
+    ) -> FileJob<'s> {
         let mut absent = Vec::with_capacity(docs.len());
         let mut present = Vec::new();
         for doc in docs {
@@ -171,27 +210,33 @@ impl Run<'_> {
                 Ok(Some(_)) | Err(_) => present.push(doc.patient.0),
             }
         }
-        let files = scope.spawn(move || {
-            absent.into_iter().map(|(path, doc)| (path, encode_patient(&doc), doc.patient.0)).collect()
-        });
-        FileChunk { last, present, files }
+        let folder = self.folder.sibling();
+        let done = scope.spawn(move || write_patient_files(folder, absent));
+        FileJob { last, present, done }
     }
 
-    /// Writes a chunk's files and records how far the file stage got.
-    /// False when a write failed.
-    fn write_file_chunk(&mut self, chunk: FileChunk<'_>) -> Result<bool, EngineError> {
-        let writes = joined(chunk.files);
-        let wanted = writes.len();
-        let mut done = HashSet::new();
-        self.progress.advance((wanted + chunk.present.len()) as u64);
-        self.write_files(writes, &mut done)?;
-        if done.len() < wanted {
+    /// Records a chunk's files and how far the file stage got. False when
+    /// the chunk could not be written.
+    fn files_written(&mut self, job: FileJob<'_>) -> Result<bool, EngineError> {
+        let written = joined(job.done);
+        self.folder.absorb(written.folder);
+        if let Some((n, e)) = written.failed {
+            self.rec.skipped("write", None, format!("could not write {n} patient files: {e}; will retry"));
             return Ok(false);
         }
-        if !chunk.present.is_empty() {
-            self.db.queue_patient_files(&chunk.present)?;
+        let w = self.db.begin_write(self.now_ms)?;
+        for (path, size, mtime_ns, sha) in &written.files {
+            w.record_file(path, *size, *mtime_ns, sha)?;
         }
-        self.db.first_export_files_until(Some(&chunk.last))?;
+        let stamped = w.commit()?;
+        self.note_stamped(stamped);
+        self.counts.files_written += written.files.len() as u64;
+        self.counts.bytes_written += written.bytes;
+        self.progress.advance((written.files.len() + job.present.len()) as u64);
+        if !job.present.is_empty() {
+            self.db.queue_patient_files(&job.present)?;
+        }
+        self.db.first_export_files_until(Some(&job.last))?;
         Ok(true)
     }
 }
