@@ -158,6 +158,13 @@ impl DiskFolder {
     }
 }
 
+/// `CLINICSYNC_FAULT=fail-write:PREFIX` makes every batch that writes a
+/// path starting with PREFIX fail (the tests of a folder that refuses
+/// writes; root ignores permissions).
+fn write_fault() -> Option<String> {
+    std::env::var("CLINICSYNC_FAULT").ok()?.strip_prefix("fail-write:").map(str::to_owned)
+}
+
 fn same_volume(root: &Path, staging: &Path) -> bool {
     if fs::create_dir_all(staging).is_err() {
         return false;
@@ -241,6 +248,11 @@ impl Folder for DiskFolder {
     fn write_batch(&self, files: &[(String, Vec<u8>)]) -> io::Result<()> {
         if files.is_empty() {
             return Ok(());
+        }
+        if let Some(prefix) = write_fault()
+            && files.iter().any(|(rel, _)| rel.starts_with(&prefix))
+        {
+            return Err(io::Error::other(format!("fault injected for writes under {prefix}")));
         }
         self.count(|s| s.files_written += files.len() as u64);
         self.note_touched(files.iter().map(|(rel, _)| rel.as_str()));

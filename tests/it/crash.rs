@@ -144,3 +144,36 @@ fn a_first_export_segment_written_but_not_recorded_is_the_same_bytes_next_run() 
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(patient_field(&b, &uuid(1, 3), "phone").unwrap(), "changed");
 }
+
+/// A first export whose change-log cannot be written stops the run there
+/// (its segments are made again from the state, which must not change
+/// first) and goes on once the folder takes writes again.
+#[test]
+fn a_first_export_that_cannot_write_its_log_waits_and_imports_nothing() {
+    let family = Family::new();
+    let a = family.init("a");
+    add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    let b = family.db("b");
+    let conn = new_clinic_db(&b);
+    let own = add_patient(&conn, 2, 1);
+    drop(conn);
+    let out = cli(&b)
+        .env("CLINICSYNC_FAULT", "fail-write:log/")
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .args(["--site-name", "b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("could not write its change-log"), "{said}");
+    // Nothing was imported while the first export waits.
+    let patients: i64 = app(&b).query_row("SELECT count(*) FROM patients", [], |r| r.get(0)).unwrap();
+    assert_eq!(patients, 1, "a's patient was imported before b's first export was written");
+    let (code, report) = sync_with(&b, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+    assert!(patient_file(&family.folder(), &own).exists());
+}
