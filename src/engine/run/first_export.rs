@@ -18,8 +18,8 @@ use crate::model::{PatientDoc, patient_file_name};
 use crate::xmlstore::{Segment, encode_patient, encode_segment};
 
 /// Patients per chunk of the file stage: one batch of writes (one syncfs,
-/// one sync of each directory it touched), about 6 MB.
-const FILE_CHUNK: usize = 512;
+/// one sync of each directory it touched), about 3 MB.
+const FILE_CHUNK: usize = 256;
 
 /// A step's segment being encoded and written on the other core.
 struct SegmentJob<'s> {
