@@ -11,6 +11,10 @@
 //! create right after a big delete is slow on this file system).
 
 use std::path::{Path, PathBuf};
+
+/// The allocator the `clinicsync` executable uses, so (f) measures what it does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use clinicsync::db::{Db, InitParams, REFERENCE_SCHEMA};
