@@ -137,13 +137,32 @@ pub(crate) fn files_written_until(conn: &Connection, patient: Option<&str>) -> R
     save_cursor(conn, cursor.as_ref())
 }
 
+/// One patient's rows as stored; [`StoredPatient::decode`] checks and
+/// decodes them, on any thread.
+pub struct StoredPatient {
+    pub patient: String,
+    rows: Vec<(RowKey, i64, Vec<u8>)>,
+}
+
+impl StoredPatient {
+    /// The patient's document; an error names a damaged row.
+    pub fn decode(self) -> Result<PatientDoc, DbError> {
+        let mut doc = PatientDoc::new(PatientId(self.patient));
+        for (key, cl, blob) in self.rows {
+            let state = decode_state(&key, cl, rusqlite::types::ValueRef::Blob(&blob))?;
+            doc.rows.insert(key, state);
+        }
+        Ok(doc)
+    }
+}
+
 /// The next patients of the first export's file stage, after `after`,
 /// each with every row the state holds.
 pub(crate) fn next_patients(
     conn: &Connection,
     after: Option<&str>,
     max: usize,
-) -> Result<Vec<PatientDoc>, DbError> {
+) -> Result<Vec<StoredPatient>, DbError> {
     let after = after.unwrap_or("");
     let last: Option<String> = conn
         .prepare_cached(
@@ -152,22 +171,28 @@ pub(crate) fn next_patients(
         )?
         .query_row(params![after, max as i64], |r| r.get(0))?;
     let Some(last) = last else { return Ok(Vec::new()) };
-    let mut docs: Vec<PatientDoc> = Vec::new();
+    let mut patients: Vec<StoredPatient> = Vec::new();
     let mut stmt = conn.prepare_cached(
         "SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient > ?1 AND patient <= ?2 ORDER BY patient",
     )?;
     let mut rows = stmt.query(params![after, last])?;
     while let Some(r) = rows.next()? {
         let patient = r.get_ref(0)?.as_str().map_err(|e| DbError::Corrupt(e.to_string()))?;
-        if docs.last().is_none_or(|d| d.patient.0 != patient) {
-            docs.push(PatientDoc::new(PatientId(patient.to_owned())));
+        if patients.last().is_none_or(|p| p.patient != patient) {
+            patients.push(StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) });
         }
         let key = RowKey { table: r.get(1)?, pk: r.get(2)? };
-        let (cl, blob): (i64, _) = (r.get(3)?, r.get_ref(4)?);
-        let state = decode_state(&key, cl, blob)?;
-        docs.last_mut().expect("pushed above").rows.insert(key, state);
+        let cl: i64 = r.get(3)?;
+        let rusqlite::types::ValueRef::Blob(blob) = r.get_ref(4)? else {
+            return Err(DbError::Corrupt(format!(
+                "the recorded versions of {}/{} are damaged",
+                key.table, key.pk
+            )));
+        };
+        let blob = blob.to_vec();
+        patients.last_mut().expect("pushed above").rows.push((key, cl, blob));
     }
-    Ok(docs)
+    Ok(patients)
 }
 
 /// Rows the first export has not reached yet, or patients whose files it

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-pub use bulk::FirstExport;
+pub use bulk::{FirstExport, StoredPatient};
 pub use copies::KeptCopy;
 pub use held::HeldDeletes;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
@@ -456,7 +456,11 @@ impl Db {
 
     /// The first export's next patients (in patient order, after `after`),
     /// each as this database knows it, for writing their files.
-    pub fn first_export_patients(&self, after: Option<&str>, max: usize) -> Result<Vec<PatientDoc>, DbError> {
+    pub fn first_export_patients(
+        &self,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<StoredPatient>, DbError> {
         bulk::next_patients(&self.conn, after, max)
     }
 

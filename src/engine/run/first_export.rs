@@ -9,17 +9,17 @@ use std::thread::{Scope, ScopedJoinHandle};
 
 use super::{Run, SEGMENT_BYTES, SEGMENT_ROWS, sha_hex};
 use crate::changelog::segment_path;
-use crate::db::FirstExport;
+use crate::db::{DbError, FirstExport, StoredPatient};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
 use crate::folder::layout::patient_path;
 use crate::folder::{DiskFolder, Folder};
-use crate::model::{PatientDoc, patient_file_name};
+use crate::model::patient_file_name;
 use crate::xmlstore::{Segment, encode_patient, encode_segment};
 
 /// Patients per chunk of the file stage: one batch of writes (one syncfs,
 /// one sync of each directory it touched), about 3 MB.
-const FILE_CHUNK: usize = 256;
+const FILE_CHUNK: usize = 512;
 
 /// A step's segment being encoded and written on the other core.
 struct SegmentJob<'s> {
@@ -34,7 +34,7 @@ struct FileJob<'s> {
     last: String,
     /// Patients whose file is already in the folder.
     present: Vec<String>,
-    done: ScopedJoinHandle<'s, WrittenFiles>,
+    done: ScopedJoinHandle<'s, Result<WrittenFiles, DbError>>,
 }
 
 struct WrittenFiles {
@@ -49,13 +49,19 @@ fn joined<T>(handle: ScopedJoinHandle<'_, T>) -> T {
     handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-/// Encodes and writes patient files in one batch (on the other core).
-fn write_patient_files(folder: DiskFolder, docs: Vec<(String, PatientDoc)>) -> WrittenFiles {
-    let files: Vec<(String, Vec<u8>)> =
-        docs.into_iter().map(|(path, doc)| (path, encode_patient(&doc))).collect();
+/// Decodes, encodes and writes patient files in one batch (on the other
+/// core).
+fn write_patient_files(
+    folder: DiskFolder,
+    patients: Vec<(String, StoredPatient)>,
+) -> Result<WrittenFiles, DbError> {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(patients.len());
+    for (path, stored) in patients {
+        files.push((path, encode_patient(&stored.decode()?)));
+    }
     let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
     if let Err(e) = folder.write_batch(&files) {
-        return WrittenFiles { folder, files: Vec::new(), bytes: 0, failed: Some((files.len(), e)) };
+        return Ok(WrittenFiles { folder, files: Vec::new(), bytes: 0, failed: Some((files.len(), e)) });
     }
     let mut written = Vec::with_capacity(files.len());
     for (path, content) in files {
@@ -63,7 +69,7 @@ fn write_patient_files(folder: DiskFolder, docs: Vec<(String, PatientDoc)>) -> W
             written.push((path, entry.size, entry.mtime_ns, sha_hex(&content)));
         }
     }
-    WrittenFiles { folder, files: written, bytes, failed: None }
+    Ok(WrittenFiles { folder, files: written, bytes, failed: None })
 }
 
 impl Run<'_> {
@@ -169,7 +175,7 @@ impl Run<'_> {
         let mut in_flight: Option<FileJob<'s>> = None;
         loop {
             let docs = self.db.first_export_patients(after.as_deref(), FILE_CHUNK)?;
-            let last = docs.last().map(|d| d.patient.0.clone());
+            let last = docs.last().map(|d| d.patient.clone());
             let next = last.map(|last| self.start_files(scope, docs, last));
             if let Some(previous) = in_flight.take()
                 && !self.files_written(previous)?
@@ -198,16 +204,16 @@ impl Run<'_> {
     fn start_files<'s>(
         &mut self,
         scope: &'s Scope<'s, '_>,
-        docs: Vec<PatientDoc>,
+        patients: Vec<StoredPatient>,
         last: String,
     ) -> FileJob<'s> {
-        let mut absent = Vec::with_capacity(docs.len());
+        let mut absent = Vec::with_capacity(patients.len());
         let mut present = Vec::new();
-        for doc in docs {
-            let path = patient_path(&patient_file_name(&doc.patient.0));
+        for stored in patients {
+            let path = patient_path(&patient_file_name(&stored.patient));
             match self.folder.metadata(&path) {
-                Ok(None) => absent.push((path, doc)),
-                Ok(Some(_)) | Err(_) => present.push(doc.patient.0),
+                Ok(None) => absent.push((path, stored)),
+                Ok(Some(_)) | Err(_) => present.push(stored.patient),
             }
         }
         let folder = self.folder.sibling();
@@ -218,7 +224,7 @@ impl Run<'_> {
     /// Records a chunk's files and how far the file stage got. False when
     /// the chunk could not be written.
     fn files_written(&mut self, job: FileJob<'_>) -> Result<bool, EngineError> {
-        let written = joined(job.done);
+        let written = joined(job.done)?;
         self.folder.absorb(written.folder);
         if let Some((n, e)) = written.failed {
             self.rec.skipped("write", None, format!("could not write {n} patient files: {e}; will retry"));
