@@ -18,7 +18,7 @@ use crate::model::patient_file_name;
 use crate::xmlstore::{Segment, encode_patient, encode_segment};
 
 /// Patients per chunk of the file stage: one batch of writes (one syncfs,
-/// one sync of each directory it touched), about 3 MB.
+/// one sync of each directory it touched), about 6 MB; see ARCHITECTURE.md.
 const FILE_CHUNK: usize = 512;
 
 /// A step's segment being encoded and written on the other core.
