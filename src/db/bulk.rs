@@ -234,12 +234,19 @@ pub(crate) fn left(conn: &Connection, mapping: &Mapping) -> Result<u64, DbError>
     Ok(left)
 }
 
-fn has_rowid(conn: &Connection, table: &str) -> Result<bool, DbError> {
+/// Whether a table is read in rowid order: it has rowids, and no column
+/// of its own hides them (a column named `rowid`, `oid` or `_rowid_`).
+fn by_rowid(conn: &Connection, table: &str) -> Result<bool, DbError> {
     let without: Option<bool> = conn
         .prepare_cached("SELECT wr FROM pragma_table_list WHERE name = ?1 AND schema = 'main'")?
         .query_row([table], |r| r.get(0))
         .optional()?;
-    Ok(!without.unwrap_or(false))
+    let hidden: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE lower(name) IN ('rowid', 'oid', '_rowid_'))",
+        )?
+        .query_row([table], |r| r.get(0))?;
+    Ok(!without.unwrap_or(false) && !hidden)
 }
 
 /// Stamps the next rows of the first export, until `max_rows` rows or
@@ -263,7 +270,7 @@ pub(crate) fn stamp_next(
     while cursor.0 < tables.len() && done < max_rows && batch.bytes < max_bytes {
         let table = tables[cursor.0];
         let (key, _) = ctx.mapping.table(table).expect("a mapped table");
-        let rowid = has_rowid(conn, table)?;
+        let rowid = by_rowid(conn, table)?;
         // The position column first, then the key as text (as the capture
         // triggers record it), then the row.
         let (order, after_sql) = if rowid { ("rowid", "rowid") } else { (key, key) };
@@ -317,7 +324,7 @@ pub(crate) fn stamp_next(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Db, InitParams, REFERENCE_SCHEMA};
+    use crate::db::{Db, InitParams, Mapping, REFERENCE_SCHEMA};
     use crate::model::{
         FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
     };
@@ -376,6 +383,61 @@ mod tests {
         let state = &doc.rows[&RowKey { table: "patients".into(), pk: "p2".into() }];
         assert_eq!(state.fields["family_name"].winner().hlc(), other);
         assert!(state.fields.len() > 1, "the app's other columns are stamped");
+    }
+
+    #[test]
+    fn small_steps_read_every_row_once_in_key_or_rowid_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clinic.db");
+        let conn = Connection::open(&path).unwrap();
+        // A WITHOUT ROWID root (read in key order) and a child whose own
+        // `oid` column hides the rowid (read in key order too).
+        conn.execute_batch(
+            "CREATE TABLE clients (uid TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
+             CREATE TABLE visits (vid TEXT PRIMARY KEY, client TEXT, oid TEXT);
+             CREATE TABLE notes (id TEXT PRIMARY KEY, client TEXT, body TEXT);",
+        )
+        .unwrap();
+        for i in 0..7 {
+            conn.execute("INSERT INTO clients VALUES (?1, 'n')", [format!("c{i}")]).unwrap();
+            conn.execute("INSERT INTO visits VALUES (?1, ?2, 'x')", [format!("v{i}"), format!("c{i}")])
+                .unwrap();
+            conn.execute("INSERT INTO notes VALUES (?1, ?2, 'b')", [format!("n{i}"), format!("c{i}")])
+                .unwrap();
+        }
+        let mapping = Mapping::from_toml(
+            "[root]\ntable = \"clients\"\nkey = \"uid\"\n\n[[children]]\ntable = \"visits\"\nkey = \"vid\"\npatient = \"client\"\n\n[[children]]\ntable = \"notes\"\nkey = \"id\"\npatient = \"client\"\n",
+        )
+        .unwrap();
+        assert!(!by_rowid(&conn, "clients").unwrap());
+        assert!(!by_rowid(&conn, "visits").unwrap());
+        assert!(by_rowid(&conn, "notes").unwrap());
+        let params = InitParams {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "a".into(),
+            folder: dir.path().join("folder"),
+            machine: "m".into(),
+            mapping: Some(mapping),
+            now_ms: 1_000,
+        };
+        let mut db = Db::init(&path, params).unwrap();
+        let mut steps = 0;
+        let mut rows = 0;
+        loop {
+            let mut w = db.begin_write(2_000).unwrap();
+            let more = w.stamp_first_export(3, 1 << 20).unwrap();
+            rows += w.commit().unwrap().rows;
+            steps += 1;
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(rows, 21, "every row once");
+        assert_eq!(steps, 7 + 1, "three rows a step (and a last step that finds none)");
+        let stamped: i64 = db.conn().query_row("SELECT count(*) FROM _cs_rows", [], |r| r.get(0)).unwrap();
+        assert_eq!(stamped, 21);
+        assert_eq!(db.first_export().unwrap(), Some(FirstExport::Files { after: None }));
     }
 
     #[test]
