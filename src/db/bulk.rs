@@ -13,9 +13,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::DbError;
 use super::mapping::Mapping;
 use super::schema::quote;
-use super::state::{Ctx, StampBatch, decode_state, stamp_new_row};
+use super::state::{Ctx, StampBatch, StoredPatient, collect_stored, stamp_new_row};
 use super::values::from_ref;
-use crate::model::{HlcClock, PatientDoc, PatientId, RowKey};
+use crate::model::HlcClock;
 
 /// The `_cs_meta` key holding the first export's cursor while it is
 /// unfinished.
@@ -137,25 +137,6 @@ pub(crate) fn files_written_until(conn: &Connection, patient: Option<&str>) -> R
     save_cursor(conn, cursor.as_ref())
 }
 
-/// One patient's rows as stored; [`StoredPatient::decode`] checks and
-/// decodes them, on any thread.
-pub struct StoredPatient {
-    pub patient: String,
-    rows: Vec<(RowKey, i64, Vec<u8>)>,
-}
-
-impl StoredPatient {
-    /// The patient's document; an error names a damaged row.
-    pub fn decode(self) -> Result<PatientDoc, DbError> {
-        let mut doc = PatientDoc::new(PatientId(self.patient));
-        for (key, cl, blob) in self.rows {
-            let state = decode_state(&key, cl, rusqlite::types::ValueRef::Blob(&blob))?;
-            doc.rows.insert(key, state);
-        }
-        Ok(doc)
-    }
-}
-
 /// The next patients of the first export's file stage, after `after`,
 /// each with every row the state holds.
 pub(crate) fn next_patients(
@@ -171,28 +152,10 @@ pub(crate) fn next_patients(
         )?
         .query_row(params![after, max as i64], |r| r.get(0))?;
     let Some(last) = last else { return Ok(Vec::new()) };
-    let mut patients: Vec<StoredPatient> = Vec::new();
     let mut stmt = conn.prepare_cached(
         "SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient > ?1 AND patient <= ?2 ORDER BY patient",
     )?;
-    let mut rows = stmt.query(params![after, last])?;
-    while let Some(r) = rows.next()? {
-        let patient = r.get_ref(0)?.as_str().map_err(|e| DbError::Corrupt(e.to_string()))?;
-        if patients.last().is_none_or(|p| p.patient != patient) {
-            patients.push(StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) });
-        }
-        let key = RowKey { table: r.get(1)?, pk: r.get(2)? };
-        let cl: i64 = r.get(3)?;
-        let rusqlite::types::ValueRef::Blob(blob) = r.get_ref(4)? else {
-            return Err(DbError::Corrupt(format!(
-                "the recorded versions of {}/{} are damaged",
-                key.table, key.pk
-            )));
-        };
-        let blob = blob.to_vec();
-        patients.last_mut().expect("pushed above").rows.push((key, cl, blob));
-    }
-    Ok(patients)
+    collect_stored(stmt.query(params![after, last])?)
 }
 
 /// Rows the first export has not reached yet, or patients whose files it

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-pub use bulk::{FirstExport, StoredPatient};
+pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use held::HeldDeletes;
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
 pub use purge::{Purged, Tombstone};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
-pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome};
+pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome, StoredPatient};
 
 use crate::model::{FamilyId, HlcClock, PatientDoc, SiteId};
 use state::{Ctx, StampBatch};
@@ -333,6 +333,12 @@ impl Db {
             hold_deletes: false,
             any_purged,
         })
+    }
+
+    /// These patients' rows as stored, to decode on any thread (a patient
+    /// with no rows is left out).
+    pub fn stored_patients(&self, patients: &[&str]) -> Result<Vec<StoredPatient>, DbError> {
+        state::stored_patients(&self.conn, patients)
     }
 
     /// The document of one patient as this database knows it.

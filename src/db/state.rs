@@ -661,6 +661,56 @@ fn upsert_sql(table: &str, key_col: &str, columns: &[String], present: &[bool]) 
 
 /// Builds the document of one patient from the state: its root row and
 /// every row whose patient column points at it, deleted rows included.
+/// One patient's rows as stored; [`StoredPatient::decode`] checks and
+/// decodes them, on any thread.
+pub struct StoredPatient {
+    pub patient: String,
+    rows: Vec<(RowKey, i64, Vec<u8>)>,
+}
+
+impl StoredPatient {
+    /// The patient's document; an error names a damaged row.
+    pub fn decode(self) -> Result<PatientDoc, DbError> {
+        let mut doc = PatientDoc::new(PatientId(self.patient));
+        for (key, cl, blob) in self.rows {
+            let state = decode_state(&key, cl, rusqlite::types::ValueRef::Blob(&blob))?;
+            doc.rows.insert(key, state);
+        }
+        Ok(doc)
+    }
+}
+
+/// Groups `_cs_rows` rows (patient, tbl, pk, cl, state) ordered by
+/// patient into each patient's stored rows.
+pub(crate) fn collect_stored(mut rows: rusqlite::Rows<'_>) -> Result<Vec<StoredPatient>, DbError> {
+    let mut patients: Vec<StoredPatient> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let patient = r.get_ref(0)?.as_str().map_err(|e| DbError::Corrupt(e.to_string()))?;
+        if patients.last().is_none_or(|p| p.patient != patient) {
+            patients.push(StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) });
+        }
+        let key = RowKey { table: r.get(1)?, pk: r.get(2)? };
+        let cl: i64 = r.get(3)?;
+        let rusqlite::types::ValueRef::Blob(blob) = r.get_ref(4)? else {
+            return Err(corrupt(&key.table, &key.pk));
+        };
+        let blob = blob.to_vec();
+        patients.last_mut().expect("pushed above").rows.push((key, cl, blob));
+    }
+    Ok(patients)
+}
+
+/// These patients' rows as stored (a patient the state has no row of is
+/// left out), in patient order.
+pub(crate) fn stored_patients(conn: &Connection, patients: &[&str]) -> Result<Vec<StoredPatient>, DbError> {
+    let list = serde_json::to_string(patients).expect("strings serialise");
+    let mut stmt = conn.prepare_cached(
+        "SELECT patient, tbl, pk, cl, state FROM _cs_rows
+         WHERE patient IN (SELECT value FROM json_each(?1)) ORDER BY patient",
+    )?;
+    collect_stored(stmt.query([list])?)
+}
+
 /// A row's state from its `_cs_rows` columns.
 pub(crate) fn decode_state(
     key: &RowKey,

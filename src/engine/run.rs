@@ -17,7 +17,7 @@ use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
 use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_copy_of};
-use crate::db::{Db, KeptCopy, SiteConfig, StampOutcome};
+use crate::db::{Db, DbError, KeptCopy, SiteConfig, StampOutcome, StoredPatient};
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
@@ -252,6 +252,10 @@ enum Loaded {
     /// Not usable now; the recorder has the reason.
     Skipped,
 }
+
+/// A file to compare with this database's encoding: its place in the
+/// chunk, bytes and metadata, the patient's stored rows, the patient.
+type Comparison = (usize, Vec<u8>, Entry, Option<StoredPatient>, String);
 
 /// What a chunk learned about a patient's original file.
 enum Original {
@@ -1588,9 +1592,10 @@ impl Run<'_> {
     ) -> Result<HashMap<String, Original>, EngineError> {
         let mut originals = HashMap::new();
         let mut loaded = Vec::with_capacity(chunk.len());
-        for f in chunk {
+        let mut compared = self.compare_with_ours(chunk)?;
+        for (f, compared) in chunk.iter().zip(compared.iter_mut()) {
             if let Some(patient) = &f.repair
-                && let Some(state) = self.compare_with_ours(f, patient)?
+                && let Some(state) = compared.take()
             {
                 if matches!(state, Original::Absent) {
                     // Not there: a new patient, or rclone renamed both
@@ -1723,19 +1728,63 @@ impl Run<'_> {
     }
 
     /// Read-repair's fast path: a file whose bytes equal this database's
-    /// encoding of the patient is up to date, with no parsing. `None` when
-    /// it differs (or cannot be read): the caller loads it in full.
-    fn compare_with_ours(&mut self, f: &FileRef, patient: &str) -> Result<Option<Original>, EngineError> {
-        let entry = match self.folder.metadata(&f.path) {
-            Ok(Some(e)) => e,
-            Ok(None) => return Ok(Some(Original::Absent)),
-            Err(_) => return Ok(None),
+    /// encoding of the patient is up to date, with no parsing. For each
+    /// file of the chunk to repair: `Some` when that settles it (equal, or
+    /// absent), `None` when it differs or cannot be read (the caller loads
+    /// it in full). The patients' rows are read in one query; both cores
+    /// decode and encode, half each.
+    fn compare_with_ours(&mut self, chunk: &[FileRef]) -> Result<Vec<Option<Original>>, EngineError> {
+        let mut out: Vec<Option<Original>> = chunk.iter().map(|_| None).collect();
+        let mut files = Vec::new();
+        for (i, f) in chunk.iter().enumerate() {
+            let Some(patient) = &f.repair else { continue };
+            let entry = match self.folder.metadata(&f.path) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    out[i] = Some(Original::Absent);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { continue };
+            self.counts.files_scanned += 1;
+            self.counts.bytes_read += bytes.len() as u64;
+            files.push((i, patient.as_str(), bytes, entry));
+        }
+        if files.is_empty() {
+            return Ok(out);
+        }
+        let names: Vec<&str> = files.iter().map(|(_, p, _, _)| *p).collect();
+        let mut stored: HashMap<String, StoredPatient> =
+            self.db.stored_patients(&names)?.into_iter().map(|s| (s.patient.clone(), s)).collect();
+        let work: Vec<Comparison> = files
+            .into_iter()
+            .map(|(i, patient, bytes, entry)| (i, bytes, entry, stored.remove(patient), patient.to_owned()))
+            .collect();
+        let compare = |work: Vec<Comparison>| {
+            let mut settled = Vec::new();
+            for (i, bytes, entry, rows, patient) in work {
+                let doc = match rows {
+                    Some(rows) => rows.decode()?,
+                    None => PatientDoc::new(PatientId(patient)),
+                };
+                if encode_patient(&doc) == bytes {
+                    settled.push((i, Original::Present(bytes, entry, None)));
+                }
+            }
+            Ok::<_, DbError>(settled)
         };
-        let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { return Ok(None) };
-        self.counts.files_scanned += 1;
-        self.counts.bytes_read += bytes.len() as u64;
-        let ours = encode_patient(&self.db.doc_for_patient(patient)?);
-        Ok((ours == bytes).then_some(Original::Present(bytes, entry, None)))
+        let (settled, other_half) = std::thread::scope(|scope| {
+            let mut mine = work;
+            let theirs = mine.split_off(mine.len() / 2);
+            let other = scope.spawn(move || compare(theirs));
+            let settled = compare(mine);
+            (settled, other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+        });
+        for (i, original) in settled?.into_iter().chain(other_half?) {
+            out[i] = Some(original);
+        }
+        Ok(out)
     }
 
     fn write_files(
