@@ -171,83 +171,6 @@ pub(crate) fn stamp_row(
     }
     let current = current_row(conn, tbl, key, pk)?;
     let old = load_row(conn, tbl, pk)?;
-    stamp_with(conn, ctx, clock, now_ms, tbl, pk, current, old, batch)
-}
-
-fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
-    let safe = is_xml_safe(pk);
-    if !safe {
-        batch.warnings.push(format!(
-            "row {tbl}/{pk:?} is not synced: its key contains control characters that no sync file can carry"
-        ));
-    }
-    safe
-}
-
-/// Stamps a row of the first export, read from its table: a row with no
-/// recorded versions, so every column gets a version, all with one stamp.
-/// Should it have versions after all, it is queued for the ordinary path
-/// instead.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn stamp_new_row(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    clock: &mut HlcClock,
-    now_ms: u64,
-    tbl: &str,
-    pk: &str,
-    current: Vec<(String, Value)>,
-    batch: &mut StampBatch,
-) -> Result<(), DbError> {
-    if !key_is_safe(tbl, pk, batch) {
-        return Ok(());
-    }
-    let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
-    // A key purged here, inserted again: its causal length goes on from
-    // the purged tombstone's, so every site takes the insert.
-    let purged = if ctx.any_purged { purged_cl(conn, &key)?.unwrap_or(0) } else { 0 };
-    let mut row = RowState { cl: purged + 1, ..RowState::default() };
-    let stamp = clock.stamp(now_ms);
-    for (col, value) in current {
-        batch.bytes += 120 + col.len() + value_size(&value);
-        let version = FieldVersion::new(value, stamp, Base::default()).expect("a first version has no base");
-        row.fields.insert(col, FieldState::single(version));
-        batch.versions += 1;
-    }
-    let patient = patient_of(ctx, tbl, pk, &row, None);
-    if !insert_new_row(conn, tbl, pk, &row, patient.as_deref())? {
-        conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
-            .execute(params![tbl, pk])?;
-        return Ok(());
-    }
-    batch.bytes += 100 + tbl.len() + pk.len();
-    match patient {
-        Some(p) => batch.range_rows.push(((p, key), row)),
-        None => batch.warnings.push(no_patient(tbl, pk)),
-    }
-    Ok(())
-}
-
-fn no_patient(tbl: &str, pk: &str) -> String {
-    format!(
-        "row {tbl}/{pk} belongs to no patient (its patient column is empty), so it stays on this site until it has one"
-    )
-}
-
-/// The stamping of one row, given the app's row (`None`: deleted) and its
-/// recorded state.
-#[allow(clippy::too_many_arguments)]
-fn stamp_with(
-    conn: &Connection,
-    ctx: &Ctx<'_>,
-    clock: &mut HlcClock,
-    now_ms: u64,
-    tbl: &str,
-    pk: &str,
-    current: Option<Vec<(String, Value)>>,
-    old: Option<(RowState, Option<String>)>,
-    batch: &mut StampBatch,
-) -> Result<(), DbError> {
     let (old_row, old_patient) = match &old {
         Some((r, p)) => (Some(r), p.clone()),
         None => (None, None),
@@ -347,6 +270,66 @@ fn stamp_with(
     batch.patients.extend(old_patient);
     batch.patients.extend(patient);
     Ok(())
+}
+
+fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
+    let safe = is_xml_safe(pk);
+    if !safe {
+        batch.warnings.push(format!(
+            "row {tbl}/{pk:?} is not synced: its key contains control characters that no sync file can carry"
+        ));
+    }
+    safe
+}
+
+/// Stamps a row of the first export, read from its table: a row with no
+/// recorded versions, so every column gets a version, all with one stamp.
+/// Should it have versions after all, it is queued for the ordinary path
+/// instead.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stamp_new_row(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    tbl: &str,
+    pk: &str,
+    current: Vec<(String, Value)>,
+    batch: &mut StampBatch,
+) -> Result<(), DbError> {
+    if !key_is_safe(tbl, pk, batch) {
+        return Ok(());
+    }
+    let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+    // A key purged here, inserted again: its causal length goes on from
+    // the purged tombstone's, so every site takes the insert.
+    let purged = if ctx.any_purged { purged_cl(conn, &key)?.unwrap_or(0) } else { 0 };
+    let mut row = RowState { cl: purged + 1, ..RowState::default() };
+    let stamp = clock.stamp(now_ms);
+    for (col, value) in current {
+        batch.bytes += 120 + col.len() + value_size(&value);
+        let version = FieldVersion::new(value, stamp, Base::default()).expect("a first version has no base");
+        row.fields.insert(col, FieldState::single(version));
+        batch.versions += 1;
+    }
+    let patient = patient_of(ctx, tbl, pk, &row, None);
+    if !insert_new_row(conn, tbl, pk, &row, patient.as_deref())? {
+        conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
+            .execute(params![tbl, pk])?;
+        return Ok(());
+    }
+    batch.bytes += 100 + tbl.len() + pk.len();
+    match patient {
+        Some(p) => batch.range_rows.push(((p, key), row)),
+        None => batch.warnings.push(no_patient(tbl, pk)),
+    }
+    Ok(())
+}
+
+fn no_patient(tbl: &str, pk: &str) -> String {
+    format!(
+        "row {tbl}/{pk} belongs to no patient (its patient column is empty), so it stays on this site until it has one"
+    )
 }
 
 fn value_size(v: &Value) -> usize {
