@@ -59,9 +59,14 @@ fn draw(progress: &Progress, stop: &AtomicBool) {
         let b = bar.get_or_insert_with(|| ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()));
         if view.step != last_step {
             last_step = view.step;
-            b.reset();
+            // Name, size and position first: a redraw in between must not
+            // show the old step at zero.
             b.set_style(if view.total > 0 { counted.clone() } else { open.clone() });
             b.set_message(view.step);
+            b.set_length(view.total);
+            b.set_position(view.done);
+            b.reset_elapsed();
+            b.reset_eta();
         }
         if view.total > 0 {
             b.set_length(view.total);

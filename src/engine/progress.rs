@@ -14,9 +14,10 @@ pub struct Progress(Arc<Inner>);
 #[derive(Debug, Default)]
 struct Inner {
     running: AtomicBool,
-    step: Mutex<&'static str>,
+    /// The step and its size, changed together (and `done` reset) under
+    /// the lock, so a reader never sees one step's name with another's size.
+    step: Mutex<(&'static str, u64)>,
     done: AtomicU64,
-    total: AtomicU64,
 }
 
 /// What a run is doing right now.
@@ -45,9 +46,9 @@ impl Progress {
 
     /// Enters a step of `total` items (0 when unknown).
     pub(crate) fn step(&self, step: &'static str, total: u64) {
-        *self.0.step.lock().unwrap_or_else(|e| e.into_inner()) = step;
+        let mut current = self.0.step.lock().unwrap_or_else(|e| e.into_inner());
+        *current = (step, total);
         self.0.done.store(0, Ordering::Release);
-        self.0.total.store(total, Ordering::Release);
     }
 
     /// Counts `n` more items of the current step done.
@@ -56,11 +57,13 @@ impl Progress {
     }
 
     pub fn view(&self) -> ProgressView {
-        let total = self.0.total.load(Ordering::Acquire);
+        let current = self.0.step.lock().unwrap_or_else(|e| e.into_inner());
+        let (step, total) = *current;
         let done = self.0.done.load(Ordering::Acquire);
+        drop(current);
         ProgressView {
             running: self.0.running.load(Ordering::Acquire),
-            step: *self.0.step.lock().unwrap_or_else(|e| e.into_inner()),
+            step,
             // Requeued work can count an item twice.
             done: if total > 0 { done.min(total) } else { done },
             total,
