@@ -221,7 +221,6 @@ pub fn sync_with_clock(
     Ok(report)
 }
 
-/// A patient file (or a copy of one) found in the folder.
 /// A segment read from the folder, decoding on the other core, or why it
 /// could not be read.
 enum Fetched<'s> {
@@ -229,6 +228,7 @@ enum Fetched<'s> {
     Unread(ReadError),
 }
 
+/// A patient file (or a copy of one) found in the folder.
 #[derive(Clone, Debug)]
 struct FileRef {
     path: String,
