@@ -8,6 +8,9 @@
 //! before importing), so a row it reaches has no recorded versions; if one
 //! has after all, the row is queued for the ordinary path instead.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
@@ -27,8 +30,32 @@ enum After {
     Start,
     /// The last rowid done (tables with rowids: read in rowid order).
     Rowid(i64),
-    /// The last key done (`WITHOUT ROWID` tables: read in key order).
-    Key(String),
+    /// The last key done (`WITHOUT ROWID` tables: read in key order), as
+    /// stored: text, or a BLOB an app put in the text key column.
+    Key {
+        blob: bool,
+        bytes: Vec<u8>,
+    },
+}
+
+impl After {
+    /// The key read from a row, as it compares in the table's index.
+    fn key(value: ValueRef<'_>) -> After {
+        match value {
+            ValueRef::Blob(b) => After::Key { blob: true, bytes: b.to_vec() },
+            ValueRef::Text(t) => After::Key { blob: false, bytes: t.to_vec() },
+            // A text-affinity key column stores numbers as text; anything
+            // else compares as its text.
+            ValueRef::Integer(i) => After::Key { blob: false, bytes: i.to_string().into_bytes() },
+            ValueRef::Real(r) => After::Key { blob: false, bytes: r.to_string().into_bytes() },
+            ValueRef::Null => After::Key { blob: false, bytes: Vec::new() },
+        }
+    }
+
+    /// The key as a statement parameter, of its own storage class.
+    fn key_param(blob: bool, bytes: &[u8]) -> ToSqlOutput<'_> {
+        ToSqlOutput::Borrowed(if blob { ValueRef::Blob(bytes) } else { ValueRef::Text(bytes) })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +83,9 @@ impl Cursor {
         match self {
             Cursor::Stamp { table, after: After::Start } => format!("{table}"),
             Cursor::Stamp { table, after: After::Rowid(r) } => format!("{table} r{r}"),
-            Cursor::Stamp { table, after: After::Key(k) } => format!("{table} k{k}"),
+            Cursor::Stamp { table, after: After::Key { blob, bytes } } => {
+                format!("{table} {}{}", if *blob { 'b' } else { 't' }, B64.encode(bytes))
+            }
             Cursor::Files { after: None } => "files".into(),
             Cursor::Files { after: Some(p) } => format!("files p{p}"),
         }
@@ -75,8 +104,10 @@ impl Cursor {
             Some((t, rest)) => {
                 let after = if let Some(r) = rest.strip_prefix('r') {
                     After::Rowid(r.parse().ok()?)
+                } else if let Some(t) = rest.strip_prefix('t') {
+                    After::Key { blob: false, bytes: B64.decode(t).ok()? }
                 } else {
-                    After::Key(rest.strip_prefix('k')?.to_owned())
+                    After::Key { blob: true, bytes: B64.decode(rest.strip_prefix('b')?).ok()? }
                 };
                 (t, after)
             }
@@ -186,9 +217,9 @@ pub(crate) fn left(conn: &Connection, mapping: &Mapping) -> Result<u64, DbError>
                     r.get(0)
                 })?
             }
-            After::Key(k) => conn.query_row(
+            After::Key { blob, bytes } => conn.query_row(
                 &format!("SELECT count(*) FROM {} WHERE {} > ?1", quote(name), quote(key)),
-                [k],
+                [After::key_param(*blob, bytes)],
                 |r| r.get(0),
             )?,
         };
@@ -253,13 +284,29 @@ pub(crate) fn stamp_next(
         let mut rows = match &cursor.1 {
             After::Start => stmt.query(params![want])?,
             After::Rowid(r) => stmt.query(params![want, r])?,
-            After::Key(k) => stmt.query(params![want, k])?,
+            After::Key { blob, bytes } => stmt.query(params![want, After::key_param(*blob, bytes)])?,
         };
         let mut fetched = 0i64;
         while let Some(r) = rows.next()? {
             fetched += 1;
-            cursor.1 = if rowid { After::Rowid(r.get(0)?) } else { After::Key(r.get(0)?) };
-            let pk: Option<String> = r.get(1)?;
+            cursor.1 = if rowid { After::Rowid(r.get(0)?) } else { After::key(r.get_ref(0)?) };
+            // NULL keys are never synced (the capture triggers skip them
+            // too); a key that is not UTF-8 text cannot be written to a file.
+            let pk = match r.get_ref(1)? {
+                ValueRef::Null => None,
+                ValueRef::Text(t) => match std::str::from_utf8(t) {
+                    Ok(t) => Some(t.to_owned()),
+                    Err(_) => {
+                        batch.warnings.push(format!(
+                            "a row of {table} is not synced: its key is not text (bytes {:?})",
+                            String::from_utf8_lossy(t)
+                        ));
+                        None
+                    }
+                },
+                // `CAST(… AS TEXT)` gives text or NULL.
+                _ => None,
+            };
             let columns = (0..names.len())
                 .map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i + 2)?))))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -361,6 +408,10 @@ mod tests {
              CREATE TABLE notes (id TEXT PRIMARY KEY, client TEXT, body TEXT);",
         )
         .unwrap();
+        // Keys an app stored as BLOBs in the text key column: one reads as
+        // text ("c9"), one is not text and is skipped with a warning.
+        conn.execute("INSERT INTO clients VALUES (x'6339', 'blob key')", []).unwrap();
+        conn.execute("INSERT INTO clients VALUES (x'ff00', 'not text')", []).unwrap();
         for i in 0..7 {
             conn.execute("INSERT INTO clients VALUES (?1, 'n')", [format!("c{i}")]).unwrap();
             conn.execute("INSERT INTO visits VALUES (?1, ?2, 'x')", [format!("v{i}"), format!("c{i}")])
@@ -387,19 +438,29 @@ mod tests {
         let mut db = Db::init(&path, params).unwrap();
         let mut steps = 0;
         let mut rows = 0;
+        let mut warnings = Vec::new();
         loop {
             let mut w = db.begin_write(2_000).unwrap();
             let more = w.stamp_first_export(3, 1 << 20).unwrap();
-            rows += w.commit().unwrap().rows;
+            let outcome = w.commit().unwrap();
+            rows += outcome.rows;
+            warnings.extend(outcome.warnings);
             steps += 1;
             if !more {
                 break;
             }
         }
-        assert_eq!(rows, 21, "every row once");
-        assert_eq!(steps, 7 + 1, "three rows a step (and a last step that finds none)");
+        assert_eq!(rows, 22, "every row once, the one whose key is not text left out");
+        assert!(steps >= 8, "three rows a step: {steps}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("its key is not text"), "{warnings:?}");
         let stamped: i64 = db.conn().query_row("SELECT count(*) FROM _cs_rows", [], |r| r.get(0)).unwrap();
-        assert_eq!(stamped, 21);
+        assert_eq!(stamped, 22);
+        let blob_key: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM _cs_rows WHERE tbl = 'clients' AND pk = 'c9'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(blob_key, 1);
         assert_eq!(db.first_export().unwrap(), Some(FirstExport::Files { after: None }));
     }
 
@@ -408,8 +469,9 @@ mod tests {
         for c in [
             Cursor::Stamp { table: 0, after: After::Start },
             Cursor::Stamp { table: 3, after: After::Rowid(-7) },
-            Cursor::Stamp { table: 1, after: After::Key("a b\tc".into()) },
-            Cursor::Stamp { table: 2, after: After::Key(String::new()) },
+            Cursor::Stamp { table: 1, after: After::Key { blob: false, bytes: b"a b\tc".to_vec() } },
+            Cursor::Stamp { table: 2, after: After::Key { blob: false, bytes: Vec::new() } },
+            Cursor::Stamp { table: 2, after: After::Key { blob: true, bytes: vec![0, 255, 7] } },
             Cursor::Files { after: None },
             Cursor::Files { after: Some("files p x".into()) },
             Cursor::Files { after: Some(String::new()) },
