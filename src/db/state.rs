@@ -352,16 +352,39 @@ pub(crate) fn stamp_pending(
     max_bytes: usize,
     batch: &mut StampBatch,
 ) -> Result<bool, DbError> {
-    let entries: Vec<(i64, Option<String>, Option<String>)> = {
+    // A key an app stored as a BLOB cannot be found again by its text, so
+    // its row is not synced (with a warning), as in the first export.
+    let entries: Vec<(i64, Option<String>, Result<Option<String>, Vec<u8>>)> = {
         let mut stmt = conn.prepare_cached("SELECT id, tbl, pk FROM _cs_pending ORDER BY id LIMIT ?1")?;
-        stmt.query_map([max_rows as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect::<rusqlite::Result<_>>()?
+        stmt.query_map([max_rows as i64], |r| {
+            use rusqlite::types::ValueRef;
+            let pk = match r.get_ref(2)? {
+                ValueRef::Null => Ok(None),
+                ValueRef::Text(t) => {
+                    std::str::from_utf8(t).map(|t| Some(t.to_owned())).map_err(|_| t.to_vec())
+                }
+                ValueRef::Blob(b) => Err(b.to_vec()),
+                // The queue's text column stores numbers as text; these
+                // cannot occur, and read as their text if they do.
+                ValueRef::Integer(i) => Ok(Some(i.to_string())),
+                ValueRef::Real(f) => Ok(Some(f.to_string())),
+            };
+            Ok((r.get(0)?, r.get(1)?, pk))
+        })?
+        .collect::<rusqlite::Result<_>>()?
     };
     let fetched = entries.len();
     let mut seen = HashSet::new();
     let mut last_id = None;
     for (id, tbl, pk) in entries {
         last_id = Some(id);
+        let pk = match pk {
+            Ok(pk) => pk,
+            Err(bytes) => {
+                batch.warnings.push(super::bulk::not_text_key(tbl.as_deref().unwrap_or("?"), &bytes));
+                None
+            }
+        };
         if let (Some(tbl), Some(pk)) = (tbl, pk)
             && seen.insert((tbl.clone(), pk.clone()))
         {

@@ -228,3 +228,24 @@ fn a_first_export_joins_a_patient_file_already_in_the_folder() {
     assert!(open(&a) >= 1);
     assert_eq!(open(&a), open(&b));
 }
+
+/// An app that stores a key as a BLOB (SQLite lets it, even in a text
+/// column): that row is not synced, with a warning naming it, and the
+/// rest of the export goes on.
+#[test]
+fn a_row_whose_key_is_stored_as_bytes_is_left_out_with_a_warning() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    conn.execute("INSERT INTO patients (id, family_name) VALUES (x'6869', 'Bytes')", []).unwrap();
+    let fine = add_patient(&conn, 1, 1);
+    let (code, report) = sync(&a);
+    assert_eq!(code, 0, "{report:#}");
+    let said = serde_json::to_string(&report["events"]).unwrap();
+    assert!(said.contains("stored as bytes, not text"), "{said}");
+    sync_ok(&b);
+    assert!(patient_field(&b, &fine, "family_name").is_some());
+    let at_b: i64 = app(&b).query_row("SELECT count(*) FROM patients", [], |r| r.get(0)).unwrap();
+    assert_eq!(at_b, 1, "only the patient with a text key travels");
+}
