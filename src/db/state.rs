@@ -340,6 +340,10 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
+/// A captured row's key: text (`None` for NULL), or the bytes of a key the
+/// app stored as a BLOB.
+type QueuedKey = Result<Option<String>, Vec<u8>>;
+
 /// Stamps pending rows in capture order until `max_rows` rows or about
 /// `max_bytes` of segment are done. Returns true when it stopped at a limit
 /// (more may be pending), false when it consumed everything there was.
@@ -354,7 +358,7 @@ pub(crate) fn stamp_pending(
 ) -> Result<bool, DbError> {
     // A key an app stored as a BLOB cannot be found again by its text, so
     // its row is not synced (with a warning), as in the first export.
-    let entries: Vec<(i64, Option<String>, Result<Option<String>, Vec<u8>>)> = {
+    let entries: Vec<(i64, Option<String>, QueuedKey)> = {
         let mut stmt = conn.prepare_cached("SELECT id, tbl, pk FROM _cs_pending ORDER BY id LIMIT ?1")?;
         stmt.query_map([max_rows as i64], |r| {
             use rusqlite::types::ValueRef;
