@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::DbError;
 use super::mapping::Mapping;
 use super::schema::quote;
-use super::state::{Ctx, StampBatch, StoredPatient, collect_stored, stamp_new_row};
+use super::state::{Ctx, StampBatch, StoredPatient, collect_stored, key_text, stamp_new_row};
 use super::values::from_ref;
 use crate::model::HlcClock;
 
@@ -298,21 +298,11 @@ pub(crate) fn stamp_next(
         while let Some(r) = rows.next()? {
             fetched += 1;
             cursor.1 = if rowid { After::Rowid(r.get(0)?) } else { After::key(r.get_ref(0)?) };
-            // As the capture queue sees keys: NULL is never synced, a BLOB
-            // (which the key column's text cannot find again) is not synced
-            // either, and neither is text that is not UTF-8.
-            let pk = match (r.get_ref(1)?, r.get_ref(2)?.as_str().unwrap_or("")) {
-                (ValueRef::Null, _) => None,
-                (ValueRef::Text(t), kind) => match std::str::from_utf8(t) {
-                    Ok(t) if kind != "blob" => Some(t.to_owned()),
-                    _ => {
-                        batch.warnings.push(not_text_key(table, t));
-                        None
-                    }
-                },
-                // `CAST(… AS TEXT)` gives text or NULL.
-                _ => None,
-            };
+            // As the capture queue sees keys (`state::key_text`).
+            let pk = key_text(r.get_ref(1)?, r.get_ref(2)?).unwrap_or_else(|bytes| {
+                batch.warnings.push(not_text_key(table, &bytes));
+                None
+            });
             let columns = (0..names.len())
                 .map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i + 3)?))))
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -345,6 +335,20 @@ mod tests {
         FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
     };
 
+    /// Sets up `clinic.db` in `dir` (which the test has filled) for a site.
+    fn init(dir: &std::path::Path, mapping: Option<Mapping>) -> Db {
+        let params = InitParams {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "a".into(),
+            folder: dir.join("folder"),
+            machine: "m".into(),
+            mapping,
+            now_ms: 1_000,
+        };
+        Db::init(&dir.join("clinic.db"), params).unwrap()
+    }
+
     #[test]
     fn a_row_that_has_versions_already_goes_the_ordinary_way() {
         let dir = tempfile::tempdir().unwrap();
@@ -353,16 +357,7 @@ mod tests {
         conn.execute_batch(REFERENCE_SCHEMA).unwrap();
         conn.execute("INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames'), ('p2', 'Bell')", [])
             .unwrap();
-        let params = InitParams {
-            site: SiteId::from_bytes([1; 16]),
-            family: FamilyId::from_bytes([2; 16]),
-            name: "a".into(),
-            folder: dir.path().join("folder"),
-            machine: "m".into(),
-            mapping: None,
-            now_ms: 1_000,
-        };
-        let mut db = Db::init(&path, params).unwrap();
+        let mut db = init(dir.path(), None);
         assert!(db.first_export_unfinished().unwrap());
         // p2 gets versions before the first export reaches it (nothing in
         // clinicsync does this; the first export must not overwrite them).
@@ -433,16 +428,7 @@ mod tests {
         assert!(!by_rowid(&conn, "clients").unwrap());
         assert!(!by_rowid(&conn, "visits").unwrap());
         assert!(by_rowid(&conn, "notes").unwrap());
-        let params = InitParams {
-            site: SiteId::from_bytes([1; 16]),
-            family: FamilyId::from_bytes([2; 16]),
-            name: "a".into(),
-            folder: dir.path().join("folder"),
-            machine: "m".into(),
-            mapping: Some(mapping),
-            now_ms: 1_000,
-        };
-        let mut db = Db::init(&path, params).unwrap();
+        let mut db = init(dir.path(), Some(mapping));
         let mut steps = 0;
         let mut rows = 0;
         let mut warnings = Vec::new();

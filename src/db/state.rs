@@ -340,9 +340,23 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
-/// A captured row's key: text (`None` for NULL), or the bytes of a key the
-/// app stored as a BLOB.
-type QueuedKey = Result<Option<String>, Vec<u8>>;
+/// A key as text (`None` for NULL), or the bytes of one no text can carry.
+pub(crate) type KeyText = Result<Option<String>, Vec<u8>>;
+
+/// A row's key as the sync carries it, read as `CAST(key AS TEXT),
+/// typeof(key)`: the text (`None` for NULL), or the bytes of a key the app
+/// stored as a BLOB or as text that is not UTF-8, which no text can find
+/// again and no file can carry (such a row is not synced).
+pub(crate) fn key_text(text: rusqlite::types::ValueRef<'_>, kind: rusqlite::types::ValueRef<'_>) -> KeyText {
+    match text {
+        rusqlite::types::ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(t) if kind.as_str() != Ok("blob") => Ok(Some(t.to_owned())),
+            _ => Err(t.to_vec()),
+        },
+        // `CAST(… AS TEXT)` gives text or NULL.
+        _ => Ok(None),
+    }
+}
 
 /// Stamps pending rows in capture order until `max_rows` rows or about
 /// `max_bytes` of segment are done. Returns true when it stopped at a limit
@@ -358,22 +372,12 @@ pub(crate) fn stamp_pending(
 ) -> Result<bool, DbError> {
     // A key an app stored as a BLOB cannot be found again by its text, so
     // its row is not synced (with a warning), as in the first export.
-    let entries: Vec<(i64, Option<String>, QueuedKey)> = {
-        let mut stmt = conn.prepare_cached("SELECT id, tbl, pk FROM _cs_pending ORDER BY id LIMIT ?1")?;
+    let entries: Vec<(i64, Option<String>, KeyText)> = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, tbl, CAST(pk AS TEXT), typeof(pk) FROM _cs_pending ORDER BY id LIMIT ?1",
+        )?;
         stmt.query_map([max_rows as i64], |r| {
-            use rusqlite::types::ValueRef;
-            let pk = match r.get_ref(2)? {
-                ValueRef::Null => Ok(None),
-                ValueRef::Text(t) => {
-                    std::str::from_utf8(t).map(|t| Some(t.to_owned())).map_err(|_| t.to_vec())
-                }
-                ValueRef::Blob(b) => Err(b.to_vec()),
-                // The queue's text column stores numbers as text; these
-                // cannot occur, and read as their text if they do.
-                ValueRef::Integer(i) => Ok(Some(i.to_string())),
-                ValueRef::Real(f) => Ok(Some(f.to_string())),
-            };
-            Ok((r.get(0)?, r.get(1)?, pk))
+            Ok((r.get(0)?, r.get(1)?, key_text(r.get_ref(2)?, r.get_ref(3)?)))
         })?
         .collect::<rusqlite::Result<_>>()?
     };
@@ -733,15 +737,12 @@ pub(crate) fn decode_state(
 }
 
 pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<PatientDoc, DbError> {
-    let mut doc = PatientDoc::new(PatientId(patient.to_owned()));
-    let mut stmt = conn.prepare_cached("SELECT tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
-    let mut rows = stmt.query([patient])?;
-    while let Some(r) = rows.next()? {
-        let key = RowKey { table: r.get(0)?, pk: r.get(1)? };
-        let state = decode_state(&key, r.get(2)?, r.get_ref(3)?)?;
-        doc.rows.insert(key, state);
+    let mut stmt =
+        conn.prepare_cached("SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
+    match collect_stored(stmt.query([patient])?)?.pop() {
+        Some(stored) => stored.decode(),
+        None => Ok(PatientDoc::new(PatientId(patient.to_owned()))),
     }
-    Ok(doc)
 }
 
 /// Which value a person keeps when settling a conflict record.

@@ -10,6 +10,18 @@ fn crash_at(db: &std::path::Path, point: &str) {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("fault injected at {point}")));
 }
 
+/// Runs `init` of a database with a fault injected, and expects it to fail.
+fn init_failing(family: &Family, db: &std::path::Path, fault: &str) -> std::process::Output {
+    let out = cli(db)
+        .env("CLINICSYNC_FAULT", fault)
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fault {fault} did not stop init");
+    out
+}
+
 #[test]
 fn a_crash_after_the_export_commit_is_finished_by_the_next_run() {
     let family = Family::new();
@@ -71,14 +83,7 @@ fn a_first_export_stopped_halfway_goes_on_from_where_it_stopped() {
         .unwrap();
     }
     tx.commit().unwrap();
-    let out = cli(&a)
-        .env("CLINICSYNC_FAULT", "first-export-step")
-        .args(["init", "--folder"])
-        .arg(family.folder())
-        .args(["--site-name", "a"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the fault point did not stop init");
+    init_failing(&family, &a, "first-export-step");
     let status: serde_json::Value = json_of(&a, &["status"]);
     let pending = status["pending_changes"].as_u64().unwrap();
     // Rows the first export has not reached, and those stamped but not yet
@@ -124,14 +129,7 @@ fn a_first_export_segment_written_but_not_recorded_is_the_same_bytes_next_run() 
     for n in 0..30 {
         add_patient(&conn, n, 2);
     }
-    let out = cli(&a)
-        .env("CLINICSYNC_FAULT", "after-segment-write")
-        .args(["init", "--folder"])
-        .arg(family.folder())
-        .args(["--site-name", "a"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the fault point did not stop init");
+    init_failing(&family, &a, "after-segment-write");
     let site = json_of(&a, &["status"])["site"].as_str().unwrap().to_owned();
     let segment = family.folder().join(format!("log/{site}/0000000001.xml"));
     let first = std::fs::read(&segment).expect("the segment was written before the crash");
@@ -158,14 +156,7 @@ fn a_first_export_that_cannot_write_its_log_waits_and_imports_nothing() {
     let conn = new_clinic_db(&b);
     let own = add_patient(&conn, 2, 1);
     drop(conn);
-    let out = cli(&b)
-        .env("CLINICSYNC_FAULT", "fail-write:log/")
-        .args(["init", "--folder"])
-        .arg(family.folder())
-        .args(["--site-name", "b"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let out = init_failing(&family, &b, "fail-write:log/");
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("could not write its change-log"), "{said}");
     // Nothing was imported while the first export waits.
