@@ -320,6 +320,8 @@ impl Db {
         // if nothing is pending now, nothing will be until it ends.
         let pending: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_pending)", [], |r| r.get(0))?;
         let any_purged: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_purged)", [], |r| r.get(0))?;
+        let any_parked: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_unprojected)", [], |r| r.get(0))?;
         Ok(WriteTx {
             pending,
             clock_at_start: clock,
@@ -332,6 +334,7 @@ impl Db {
             batch: StampBatch::default(),
             hold_deletes: false,
             any_purged,
+            any_parked: std::cell::Cell::new(any_parked),
         })
     }
 
@@ -522,6 +525,7 @@ pub struct WriteTx<'a> {
     batch: StampBatch,
     hold_deletes: bool,
     any_purged: bool,
+    any_parked: std::cell::Cell<bool>,
 }
 
 impl WriteTx<'_> {
@@ -541,6 +545,7 @@ impl WriteTx<'_> {
             columns: self.columns,
             hold_deletes: self.hold_deletes,
             any_purged: self.any_purged,
+            any_parked: &self.any_parked,
         };
         state::stamp_pending(
             &self.tx,
@@ -564,6 +569,7 @@ impl WriteTx<'_> {
             columns: self.columns,
             hold_deletes: self.hold_deletes,
             any_purged: self.any_purged,
+            any_parked: &self.any_parked,
         };
         bulk::stamp_next(&self.tx, &ctx, &mut self.clock, self.now_ms, max_rows, max_bytes, &mut self.batch)
     }
@@ -573,20 +579,40 @@ impl WriteTx<'_> {
     /// changed since the last export are stamped first (outside the
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
+        self.join_doc(doc, source, true)
+    }
+
+    /// Joins one incoming document without a savepoint of its own, for a
+    /// caller that drops the whole transaction when any document fails (a
+    /// segment is applied all or nothing). On error the transaction holds
+    /// part of the document and must not be committed. Cheaper than
+    /// [`WriteTx::apply_doc`]: a savepoint makes SQLite copy every page the
+    /// document touches into its statement journal first.
+    pub fn apply_doc_unguarded(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
+        self.join_doc(doc, source, false)
+    }
+
+    fn join_doc(&mut self, doc: &PatientDoc, source: &str, guarded: bool) -> Result<ApplyOutcome, DbError> {
         let ctx = Ctx {
             mapping: self.mapping,
             columns: self.columns,
             hold_deletes: self.hold_deletes,
             any_purged: self.any_purged,
+            any_parked: &self.any_parked,
         };
         if self.pending {
             for key in doc.rows.keys() {
                 state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
             }
         }
-        let sp = self.tx.savepoint()?;
-        let outcome = state::apply_doc(&sp, &ctx, self.now_ms, doc, source)?;
-        sp.commit()?;
+        let outcome = if guarded {
+            let sp = self.tx.savepoint()?;
+            let outcome = state::apply_doc(&sp, &ctx, self.now_ms, doc, source)?;
+            sp.commit()?;
+            outcome
+        } else {
+            state::apply_doc(&self.tx, &ctx, self.now_ms, doc, source)?
+        };
         for stamp in doc.stamps() {
             self.clock.observe(stamp);
         }
@@ -601,6 +627,7 @@ impl WriteTx<'_> {
             columns: self.columns,
             hold_deletes: self.hold_deletes,
             any_purged: self.any_purged,
+            any_parked: &self.any_parked,
         };
         state::resolve_conflict(&self.tx, &ctx, &mut self.clock, self.now_ms, id, keep, &mut self.batch)
     }
@@ -613,6 +640,7 @@ impl WriteTx<'_> {
             columns: self.columns,
             hold_deletes: self.hold_deletes,
             any_purged: self.any_purged,
+            any_parked: &self.any_parked,
         };
         state::retry_parked(&self.tx, &ctx)
     }

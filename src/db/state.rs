@@ -3,6 +3,7 @@
 //! the transaction's change-log segment), joining incoming documents, and
 //! projecting the result onto the app's tables.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -28,6 +29,10 @@ pub(crate) struct Ctx<'a> {
     /// Whether any row was ever purged here (most databases: no, and the
     /// per-row check is skipped).
     pub(crate) any_purged: bool,
+    /// Whether `_cs_unprojected` may hold rows (most transactions: no, and
+    /// a projected row need not be looked for there). Set when a row is
+    /// parked.
+    pub(crate) any_parked: &'a Cell<bool>,
 }
 
 /// Versions stamped in one write transaction: its change-log segment.
@@ -559,8 +564,10 @@ pub(crate) fn project_or_park(
     // back on its own (SQLite's default ABORT), the transaction stays.
     match project(conn, ctx, key, row) {
         Ok(warnings) => {
-            conn.prepare_cached("DELETE FROM _cs_unprojected WHERE tbl = ?1 AND pk = ?2")?
-                .execute(params![key.table, key.pk])?;
+            if ctx.any_parked.get() {
+                conn.prepare_cached("DELETE FROM _cs_unprojected WHERE tbl = ?1 AND pk = ?2")?
+                    .execute(params![key.table, key.pk])?;
+            }
             Ok(Ok(warnings))
         }
         Err(DbError::Sql(rusqlite::Error::SqliteFailure(e, message)))
@@ -572,6 +579,7 @@ pub(crate) fn project_or_park(
                  ON CONFLICT (tbl, pk) DO UPDATE SET reason = excluded.reason",
             )?
             .execute(params![key.table, key.pk, reason])?;
+            ctx.any_parked.set(true);
             Ok(Err(reason))
         }
         Err(e) => Err(e),

@@ -224,8 +224,57 @@ pub fn sync_with_clock(
 /// A segment read from the folder, decoding on the other core, or why it
 /// could not be read.
 enum Fetched<'s> {
-    Decoding(usize, std::thread::ScopedJoinHandle<'s, Result<Segment, DecodeError>>),
+    Decoding(usize, std::thread::ScopedJoinHandle<'s, Result<Prepared, DecodeError>>),
     Unread(ReadError),
+}
+
+/// Frees a large structure on a thread of its own: a segment's thousands of
+/// small allocations take the SQLite thread a noticeable part of an import
+/// to free, and nothing waits for it.
+fn drop_elsewhere<T: Send + 'static>(value: T) {
+    // Without a thread to be had, the failed spawn drops the closure, and
+    // the value with it, here.
+    let _ = std::thread::Builder::new().spawn(move || drop(value));
+}
+
+/// A decoded segment with what applying it needs worked out on the core
+/// that decoded it: its rows grouped into one document per patient, and
+/// the stamps the checks look at.
+struct Prepared {
+    site: SiteId,
+    seq: u64,
+    docs: BTreeMap<String, PatientDoc>,
+    /// The latest stamp of a field version in it (the clock-skew check).
+    latest: Option<Hlc>,
+    /// The latest of the writing site's own stamps, tombstones included:
+    /// what this site acknowledges having applied.
+    own_latest: Option<Hlc>,
+}
+
+impl Prepared {
+    fn new(segment: Segment) -> Prepared {
+        let writer = segment.site;
+        let mut latest = None;
+        let mut own_latest = None;
+        let mut docs: BTreeMap<String, PatientDoc> = BTreeMap::new();
+        for ((patient, key), row) in segment.rows {
+            let fields = row.fields.values().flat_map(|f| f.versions().iter().map(|v| v.hlc()));
+            latest = latest.max(fields.clone().max());
+            let own = fields.chain(row.deleted.stamps().iter().copied()).filter(|h| h.site() == writer);
+            own_latest = own_latest.max(own.max());
+            match docs.get_mut(&patient) {
+                Some(doc) => {
+                    doc.rows.insert(key, row);
+                }
+                None => {
+                    let mut doc = PatientDoc::new(PatientId(patient.clone()));
+                    doc.rows.insert(key, row);
+                    docs.insert(patient, doc);
+                }
+            }
+        }
+        Prepared { site: segment.site, seq: segment.seq, docs, latest, own_latest }
+    }
 }
 
 /// A patient file (or a copy of one) found in the folder.
@@ -893,7 +942,7 @@ impl Run<'_> {
             Ok(bytes) => {
                 let limits = self.limits;
                 let len = bytes.len();
-                Fetched::Decoding(len, scope.spawn(move || decode_segment(&bytes, limits)))
+                Fetched::Decoding(len, scope.spawn(move || decode_segment(&bytes, limits).map(Prepared::new)))
             }
             Err(e) => Fetched::Unread(e),
         }
@@ -955,35 +1004,11 @@ impl Run<'_> {
             );
             return Ok(false);
         }
-        let stamps = segment
-            .rows
-            .values()
-            .flat_map(|r| r.fields.values())
-            .flat_map(|f| f.versions().iter().map(|v| v.hlc()));
-        if let Some(ahead) = self.too_far_ahead(stamps) {
+        if let Some(ahead) = self.too_far_ahead(segment.latest.into_iter()) {
             self.hold_back(&path, ahead);
             return Ok(false);
         }
-        // The latest of the site's own stamps in it: what this site
-        // acknowledges having applied (tombstones included).
-        let own_latest = segment
-            .rows
-            .values()
-            .flat_map(|r| {
-                r.fields
-                    .values()
-                    .flat_map(|f| f.versions().iter().map(|v| v.hlc()))
-                    .chain(r.deleted.stamps().iter().copied())
-            })
-            .filter(|h| h.site() == site)
-            .max();
-        let mut docs: BTreeMap<String, PatientDoc> = BTreeMap::new();
-        for ((patient, key), row) in segment.rows {
-            docs.entry(patient.clone())
-                .or_insert_with(|| PatientDoc::new(PatientId(patient)))
-                .rows
-                .insert(key, row);
-        }
+        let Prepared { docs, own_latest, .. } = segment;
         let mut w = self.db.begin_write(self.now_ms)?;
         w.hold_deletes();
         let mut rows = 0;
@@ -991,8 +1016,10 @@ impl Run<'_> {
         let mut warnings = Vec::new();
         let mut affected = BTreeSet::new();
         let mut failure = None;
+        // A failed document drops the whole transaction below, so no
+        // document needs a savepoint of its own.
         for doc in docs.values() {
-            match w.apply_doc(doc, &path) {
+            match w.apply_doc_unguarded(doc, &path) {
                 Ok(o) => {
                     rows += o.rows_changed;
                     conflicts += o.new_conflicts;
@@ -1039,6 +1066,7 @@ impl Run<'_> {
             );
         }
         touched.extend(affected);
+        drop_elsewhere(docs);
         Ok(true)
     }
 

@@ -89,6 +89,43 @@ fn segments_late_twice_or_torn_wait_at_the_gap_and_apply_once() {
 }
 
 #[test]
+fn a_segment_that_cannot_be_applied_keeps_nothing_of_it_and_waits() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let first = add_patient(&conn, 1, 0);
+    let second = add_patient(&conn, 2, 0);
+    sync_ok(&a);
+    sync_ok(&b);
+    // B's recorded state of the second patient is damaged (a disk error,
+    // say): joining anything into it fails.
+    rusqlite::Connection::open(&b)
+        .unwrap()
+        .execute("UPDATE _cs_rows SET state = x'ff' WHERE pk = ?1", [&second])
+        .unwrap();
+    // One export, one segment: both patients' phones. The first patient is
+    // joined before the second fails.
+    conn.execute("UPDATE patients SET phone = 'new' WHERE id IN (?1, ?2)", [&first, &second]).unwrap();
+    sync_ok(&a);
+    for _ in 0..2 {
+        let (code, report) = sync(&b);
+        assert_ne!(code, 0, "{report:#}");
+        let skipped = events_of(&report, "skipped");
+        assert!(
+            skipped.iter().any(|e| e["message"].as_str().unwrap().contains("nothing of it was kept")),
+            "{report:#}"
+        );
+        assert_eq!(report["counts"]["segments_applied"], 0, "{report:#}");
+        assert_eq!(
+            patient_field(&b, &first, "phone").unwrap(),
+            "+1 555 0001",
+            "nothing of the segment stays"
+        );
+    }
+}
+
+#[test]
 fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrecting() {
     let family = Family::new();
     let a = family.init("a");
