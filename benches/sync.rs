@@ -287,13 +287,60 @@ fn patient_files(folder: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Floors: plain std::fs writes (temp + rename) of the same sizes into as
-/// many files, reading them back, and a plain rusqlite bulk insert of the
-/// same number of rows.
-fn floors(dir: &Path, sizes: &[u64], rows: u64, n: u64) -> (Duration, Duration, Duration) {
-    let out = dir.join("floor-files");
-    let staging = dir.join("floor-staging");
-    std::fs::create_dir_all(&staging).unwrap();
+/// Every file under the folder (patient files, change-log segments, site
+/// files, the family manifest), sorted.
+fn folder_files(folder: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(folder)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every row of the app's tables, column values in table order, to insert
+/// again for the insert floor.
+fn app_rows(path: &Path) -> Vec<(String, usize, Vec<rusqlite::types::Value>)> {
+    let conn = Connection::open(path).unwrap();
+    let tables = std::iter::once("patients").chain(CHILDREN.iter().map(|(t, _)| *t));
+    tables
+        .map(|table| {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM {table} ORDER BY rowid")).unwrap();
+            let width = stmt.column_count();
+            let mut values = Vec::new();
+            let mut rows = stmt.query([]).unwrap();
+            while let Some(row) = rows.next().unwrap() {
+                values.extend((0..width).map(|i| row.get::<_, rusqlite::types::Value>(i).unwrap()));
+            }
+            (table.to_owned(), width, values)
+        })
+        .collect()
+}
+
+/// This machine's floors for the same work, measured in the same run.
+struct Floors {
+    /// Plain std::fs temp+rename writes of as many files of the same sizes
+    /// as the full export left in the folder (patient files and segments).
+    write: Duration,
+    /// Reading those files back.
+    read: Duration,
+    /// A plain rusqlite bulk insert of the same rows (the app's rows, every
+    /// table and column) in one transaction.
+    insert: Duration,
+    /// The narrower floors of sessions 1 to 4, kept so that figures stay
+    /// comparable: writing the patient files only, and inserting as many
+    /// rows of one short, constant shape into one table.
+    write_patient_files: Duration,
+    read_patient_files: Duration,
+    insert_uniform: Duration,
+}
+
+/// Writes files of these sizes (temp + rename, 256 shard directories) and
+/// reads them back; returns both times.
+fn write_and_read(out: &Path, staging: &Path, sizes: &[u64]) -> (Duration, Duration) {
+    std::fs::create_dir_all(staging).unwrap();
     let max = sizes.iter().copied().max().unwrap_or(0) as usize;
     let filler: Vec<u8> = (0..max).map(|i| b"abcdefghij<>\n"[i % 13]).collect();
     let (_, write, _) = measure(|| {
@@ -309,20 +356,46 @@ fn floors(dir: &Path, sizes: &[u64], rows: u64, n: u64) -> (Duration, Duration, 
     });
     let (_, read, _) = measure(|| {
         let mut total = 0usize;
-        for entry in walkdir::WalkDir::new(&out).into_iter().filter_map(Result::ok) {
+        for entry in walkdir::WalkDir::new(out).into_iter().filter_map(Result::ok) {
             if entry.file_type().is_file() {
                 total += std::fs::read(entry.path()).unwrap().len();
             }
         }
         total
     });
-    let db_path = dir.join("floor.db");
+    (write, read)
+}
+
+/// Opens a fresh database with the app's schema, as the floor's inserts do.
+fn floor_db(path: &Path) -> Connection {
+    let conn = Connection::open(path).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+    conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+    conn
+}
+
+fn floors(dir: &Path, all_sizes: &[u64], patient_sizes: &[u64], app: &Path, rows: u64, n: u64) -> Floors {
+    let (write, read) = write_and_read(&dir.join("floor-files"), &dir.join("floor-staging"), all_sizes);
+    let (write_patient_files, read_patient_files) =
+        write_and_read(&dir.join("floor-patient-files"), &dir.join("floor-staging-2"), patient_sizes);
+    let tables = app_rows(app);
     let (_, insert, _) = measure(|| {
-        let mut conn = Connection::open(&db_path).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
-        conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
-        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        let mut conn = floor_db(&dir.join("floor.db"));
+        let tx = conn.transaction().unwrap();
+        for (table, width, values) in &tables {
+            let marks = vec!["?"; *width].join(", ");
+            let mut stmt = tx.prepare(&format!("INSERT INTO {table} VALUES ({marks})")).unwrap();
+            for row in values.chunks(*width) {
+                stmt.execute(rusqlite::params_from_iter(row)).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    });
+    drop(tables);
+    let (_, insert_uniform, _) = measure(|| {
+        let mut conn = floor_db(&dir.join("floor-uniform.db"));
         let tx = conn.transaction().unwrap();
         {
             let mut stmt = tx
@@ -341,7 +414,7 @@ fn floors(dir: &Path, sizes: &[u64], rows: u64, n: u64) -> (Duration, Duration, 
         }
         tx.commit().unwrap();
     });
-    (write, read, insert)
+    Floors { write, read, insert, write_patient_files, read_patient_files, insert_uniform }
 }
 
 fn run_size(base: &Path, n: u64, runs: usize) {
@@ -355,7 +428,9 @@ fn run_size(base: &Path, n: u64, runs: usize) {
     // (c) the full export of a populated database: its first `init`.
     let (init_a, c_time, c_rss) = init_cli(&a, &folder, "a");
     let files = patient_files(&folder);
-    let sizes: Vec<u64> = files.iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
+    let size_of = |p: &PathBuf| std::fs::metadata(p).unwrap().len();
+    let sizes: Vec<u64> = files.iter().map(size_of).collect();
+    let all_sizes: Vec<u64> = folder_files(&folder).iter().map(size_of).collect();
     let bytes: u64 = sizes.iter().sum();
     let counts = &init_a["first_run"]["counts"];
     report(&Figure {
@@ -369,7 +444,7 @@ fn run_size(base: &Path, n: u64, runs: usize) {
 
     // The floors, measured right after (c) so both see the same file
     // system conditions (creates right after a big delete are slow here).
-    let (write, read, insert) = floors(&dir, &sizes, rows, n);
+    let floor = floors(&dir, &all_sizes, &sizes, &a, rows, n);
 
     // (d) seeding a new site from the folder: its `init` joins the family.
     let (init_b, d_time, d_rss) = init_cli(&b, &folder, "b");
@@ -512,14 +587,22 @@ fn run_size(base: &Path, n: u64, runs: usize) {
     });
 
     let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
+    let ratio =
+        |t: Duration, floor: Duration| ((t.as_secs_f64() / floor.as_secs_f64()) * 10.0).round() / 10.0;
     println!(
         "{}",
         serde_json::json!({
-            "figure": "floors", "n": n,
-            "write_files_ms": ms(write), "read_files_ms": ms(read), "sqlite_insert_rows_ms": ms(insert),
-            "c_over_write_floor": ((c_time.as_secs_f64() / write.as_secs_f64()) * 10.0).round() / 10.0,
-            "c_over_write_plus_insert_floor": ((c_time.as_secs_f64() / (write + insert).as_secs_f64()) * 10.0).round() / 10.0,
-            "d_over_read_plus_insert_floor": ((d_time.as_secs_f64() / (read + insert).as_secs_f64()) * 10.0).round() / 10.0,
+            "figure": "floors", "n": n, "files": all_sizes.len(), "file_bytes": all_sizes.iter().sum::<u64>(),
+            "write_files_ms": ms(floor.write), "read_files_ms": ms(floor.read), "sqlite_insert_rows_ms": ms(floor.insert),
+            "c_over_write_plus_insert_floor": ratio(c_time, floor.write + floor.insert),
+            "d_over_read_plus_insert_floor": ratio(d_time, floor.read + floor.insert),
+            "narrow": {
+                "write_patient_files_ms": ms(floor.write_patient_files),
+                "read_patient_files_ms": ms(floor.read_patient_files),
+                "sqlite_insert_uniform_rows_ms": ms(floor.insert_uniform),
+                "c_over_write_plus_insert_floor": ratio(c_time, floor.write_patient_files + floor.insert_uniform),
+                "d_over_read_plus_insert_floor": ratio(d_time, floor.read_patient_files + floor.insert_uniform),
+            },
         })
     );
 }
