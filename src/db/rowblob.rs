@@ -3,14 +3,22 @@
 //! field version keeps stamping and applying within a few statements per
 //! row. Private to the database; the folder never sees it.
 //!
-//! Layout (version 1): `0x01`, varint field count, then per field: varint
-//! name length, name, varint version count, then per version: 24-byte
-//! stamp, the number of stamps in its base (one per site it had seen, so
-//! the old flag byte 0/1 reads the same) and 24 bytes for each, a value tag
-//! (0 null, 1 int, 2 real, 3 text, 4 blob) and its payload (8 bytes little
-//! endian, or a varint length and the bytes). Version 2 (a tombstone that
-//! says what its delete saw) starts with `0x02` and ends with that base: a
-//! count byte and 24 bytes per stamp.
+//! Layout (versions 3 and 4, written since session 5): the tag byte (`0x03`,
+//! or `0x04` for a row whose tombstone says what its delete saw), a varint
+//! count and that many 24-byte stamps: every distinct stamp the row names,
+//! each written once (a row changed in one edit has one stamp for all its
+//! fields); then a varint field count, and per field: varint name length,
+//! name, varint version count, then per version: the varint index of its
+//! stamp in that table, its base (a count byte and the varint index of each
+//! stamp), a value tag (0 null, 1 int, 2 real, 3 text, 4 blob) and its
+//! payload (8 bytes little endian, or a varint length and the bytes). A
+//! `0x04` blob ends with its delete's base, in the same form.
+//!
+//! Earlier databases hold versions 1 and 2, which are still read: `0x01`,
+//! the fields as above but with each stamp written out in full (24 bytes)
+//! where version 3 has an index; `0x02` also ends with the delete's base
+//! (a count byte and 24 bytes per stamp). A stamp is 6 bytes of wall
+//! clock (big endian), 2 of counter and the site's 16.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +26,8 @@ use crate::model::{Base, FieldState, FieldVersion, Hlc, SiteId, Value};
 
 const VERSION: u8 = 1;
 const VERSION_WITH_DELETE: u8 = 2;
+const SHARED: u8 = 3;
+const SHARED_WITH_DELETE: u8 = 4;
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
@@ -33,54 +43,83 @@ fn put_hlc(out: &mut Vec<u8>, h: Hlc) {
     out.extend_from_slice(h.site().as_bytes());
 }
 
-fn put_base(out: &mut Vec<u8>, base: &Base) {
-    // A base names at most one stamp per site; the format leaves a byte for
-    // their number.
-    let stamps = base.stamps();
-    let n = stamps.len().min(u8::MAX as usize);
-    out.push(n as u8);
-    for b in &stamps[..n] {
-        put_hlc(out, *b);
+/// The row's distinct stamps, in the order first named. Rows name a
+/// handful at most, so a linear search beats hashing.
+#[derive(Default)]
+struct Stamps(Vec<Hlc>);
+
+impl Stamps {
+    fn index(&mut self, h: Hlc) -> usize {
+        match self.0.iter().position(|s| *s == h) {
+            Some(i) => i,
+            None => {
+                self.0.push(h);
+                self.0.len() - 1
+            }
+        }
+    }
+
+    fn put_base(&mut self, out: &mut Vec<u8>, base: &Base) {
+        // A base names at most one stamp per site; the format leaves a byte
+        // for their number.
+        let stamps = base.stamps();
+        let n = stamps.len().min(u8::MAX as usize);
+        out.push(n as u8);
+        for b in &stamps[..n] {
+            put_varint(out, self.index(*b) as u64);
+        }
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Null => out.push(0),
+        Value::Integer(i) => {
+            out.push(1);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        Value::Real(r) => {
+            out.push(2);
+            out.extend_from_slice(&r.to_bits().to_le_bytes());
+        }
+        Value::Text(t) => {
+            out.push(3);
+            put_varint(out, t.len() as u64);
+            out.extend_from_slice(t.as_bytes());
+        }
+        Value::Blob(b) => {
+            out.push(4);
+            put_varint(out, b.len() as u64);
+            out.extend_from_slice(b);
+        }
     }
 }
 
 pub(crate) fn encode(fields: &BTreeMap<String, FieldState>, deleted: &Base) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + fields.len() * 48);
-    out.push(if deleted.is_empty() { VERSION } else { VERSION_WITH_DELETE });
-    put_varint(&mut out, fields.len() as u64);
+    // The fields first, into `body`, to learn the stamps they name.
+    let mut stamps = Stamps::default();
+    let mut body = Vec::with_capacity(16 + fields.len() * 24);
+    put_varint(&mut body, fields.len() as u64);
     for (name, state) in fields {
-        put_varint(&mut out, name.len() as u64);
-        out.extend_from_slice(name.as_bytes());
-        put_varint(&mut out, state.versions().len() as u64);
+        put_varint(&mut body, name.len() as u64);
+        body.extend_from_slice(name.as_bytes());
+        put_varint(&mut body, state.versions().len() as u64);
         for v in state.versions() {
-            put_hlc(&mut out, v.hlc());
-            put_base(&mut out, v.base());
-            match v.value() {
-                Value::Null => out.push(0),
-                Value::Integer(i) => {
-                    out.push(1);
-                    out.extend_from_slice(&i.to_le_bytes());
-                }
-                Value::Real(r) => {
-                    out.push(2);
-                    out.extend_from_slice(&r.to_bits().to_le_bytes());
-                }
-                Value::Text(t) => {
-                    out.push(3);
-                    put_varint(&mut out, t.len() as u64);
-                    out.extend_from_slice(t.as_bytes());
-                }
-                Value::Blob(b) => {
-                    out.push(4);
-                    put_varint(&mut out, b.len() as u64);
-                    out.extend_from_slice(b);
-                }
-            }
+            put_varint(&mut body, stamps.index(v.hlc()) as u64);
+            stamps.put_base(&mut body, v.base());
+            put_value(&mut body, v.value());
         }
     }
     if !deleted.is_empty() {
-        put_base(&mut out, deleted);
+        stamps.put_base(&mut body, deleted);
     }
+    let mut out = Vec::with_capacity(4 + stamps.0.len() * 24 + body.len());
+    out.push(if deleted.is_empty() { SHARED } else { SHARED_WITH_DELETE });
+    put_varint(&mut out, stamps.0.len() as u64);
+    for h in &stamps.0 {
+        put_hlc(&mut out, *h);
+    }
+    out.extend_from_slice(&body);
     out
 }
 
@@ -119,11 +158,12 @@ impl<'a> Cursor<'a> {
         (n <= self.bytes.len()).then_some(n)
     }
 
-    fn base(&mut self) -> Option<Base> {
+    /// A base: a count byte, then each stamp, read by `stamp`.
+    fn base(&mut self, mut stamp: impl FnMut(&mut Self) -> Option<Hlc>) -> Option<Base> {
         let n = self.byte()?;
         let mut seen = Vec::with_capacity(usize::from(n));
         for _ in 0..n {
-            seen.push(self.hlc()?);
+            seen.push(stamp(self)?);
         }
         Some(Base::new(seen))
     }
@@ -147,9 +187,27 @@ impl<'a> Cursor<'a> {
 pub(crate) fn decode(bytes: &[u8]) -> Option<(BTreeMap<String, FieldState>, Base)> {
     let mut c = Cursor { bytes };
     let version = c.byte()?;
-    if version != VERSION && version != VERSION_WITH_DELETE {
-        return None;
+    let (shared, with_delete) = match version {
+        VERSION => (false, false),
+        VERSION_WITH_DELETE => (false, true),
+        SHARED => (true, false),
+        SHARED_WITH_DELETE => (true, true),
+        _ => return None,
+    };
+    let mut table = Vec::new();
+    if shared {
+        let n = c.varint()?;
+        // Each stamp takes 24 bytes: a count the blob cannot hold is damage.
+        if n > (c.bytes.len() / 24) as u64 {
+            return None;
+        }
+        for _ in 0..n {
+            table.push(c.hlc()?);
+        }
     }
+    let stamp = |c: &mut Cursor<'_>| {
+        if shared { table.get(usize::try_from(c.varint()?).ok()?).copied() } else { c.hlc() }
+    };
     let nfields = c.varint()?;
     let mut fields = BTreeMap::new();
     for _ in 0..nfields {
@@ -158,8 +216,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(BTreeMap<String, FieldState>, Base
         let nversions = c.varint()?;
         let mut versions = Vec::with_capacity(nversions.min(16) as usize);
         for _ in 0..nversions {
-            let hlc = c.hlc()?;
-            let base = c.base()?;
+            let hlc = stamp(&mut c)?;
+            let base = c.base(stamp)?;
             let value = match c.byte()? {
                 0 => Value::Null,
                 1 => Value::Integer(i64::from_le_bytes(c.eight()?)),
@@ -178,7 +236,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(BTreeMap<String, FieldState>, Base
         }
         fields.insert(name, FieldState::from_versions(versions)?);
     }
-    let deleted = if version == VERSION_WITH_DELETE { c.base()? } else { Base::default() };
+    let deleted = if with_delete { c.base(stamp)? } else { Base::default() };
     c.bytes.is_empty().then_some((fields, deleted))
 }
 
@@ -207,10 +265,75 @@ mod tests {
         }
         for deleted in [Base::default(), Base::new([h(200)])] {
             let bytes = encode(&fields, &deleted);
-            assert_eq!(decode(&bytes).unwrap(), (fields.clone(), deleted));
+            assert_eq!(decode(&bytes).unwrap(), (fields.clone(), deleted.clone()));
             for cut in 0..bytes.len() {
                 assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
             }
+            // What earlier versions wrote still reads the same.
+            let old = encode_v1(&fields, &deleted);
+            assert_eq!(decode(&old).unwrap(), (fields.clone(), deleted));
+            for cut in 0..old.len() {
+                assert!(decode(&old[..cut]).is_none(), "cut at {cut}");
+            }
         }
+    }
+
+    #[test]
+    fn a_row_changed_in_one_edit_writes_its_stamp_once() {
+        let h = Hlc::new(1_000, 0, SiteId::from_bytes([7; 16]));
+        let fields: BTreeMap<String, FieldState> = (0..7)
+            .map(|i| {
+                let v = FieldVersion::new(Value::Integer(i), h, Base::default()).unwrap();
+                (format!("c{i}"), FieldState::single(v))
+            })
+            .collect();
+        let bytes = encode(&fields, &Base::default());
+        // Each field names its stamp in one byte instead of 24; the table
+        // costs its count and the stamp once.
+        assert_eq!(encode_v1(&fields, &Base::default()).len() - bytes.len(), 7 * 23 - 25);
+        assert_eq!(decode(&bytes).unwrap().0, fields);
+    }
+
+    #[test]
+    fn a_stamp_index_outside_the_table_is_damage() {
+        let h = Hlc::new(1_000, 0, SiteId::from_bytes([7; 16]));
+        let v = FieldVersion::new(Value::Null, h, Base::default()).unwrap();
+        let fields = BTreeMap::from([("c".to_owned(), FieldState::single(v))]);
+        let mut bytes = encode(&fields, &Base::default());
+        // 0x03, 1 stamp, the stamp, 1 field, name length 1, "c", 1 version,
+        // then the version's stamp index.
+        let at = 2 + 24 + 4;
+        assert_eq!(bytes[at], 0);
+        bytes[at] = 1;
+        assert!(decode(&bytes).is_none());
+        let mut huge = vec![SHARED];
+        put_varint(&mut huge, u64::MAX);
+        assert!(decode(&huge).is_none());
+    }
+
+    /// The layout of versions 1 and 2, as earlier databases hold it.
+    fn encode_v1(fields: &BTreeMap<String, FieldState>, deleted: &Base) -> Vec<u8> {
+        let put_base = |out: &mut Vec<u8>, base: &Base| {
+            out.push(base.stamps().len() as u8);
+            for b in base.stamps() {
+                put_hlc(out, *b);
+            }
+        };
+        let mut out = vec![if deleted.is_empty() { VERSION } else { VERSION_WITH_DELETE }];
+        put_varint(&mut out, fields.len() as u64);
+        for (name, state) in fields {
+            put_varint(&mut out, name.len() as u64);
+            out.extend_from_slice(name.as_bytes());
+            put_varint(&mut out, state.versions().len() as u64);
+            for v in state.versions() {
+                put_hlc(&mut out, v.hlc());
+                put_base(&mut out, v.base());
+                put_value(&mut out, v.value());
+            }
+        }
+        if !deleted.is_empty() {
+            put_base(&mut out, deleted);
+        }
+        out
     }
 }
