@@ -17,6 +17,12 @@ use super::{Entry, Folder, ReadError};
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Up to this many directories, a batch's renames are made durable by an
+/// fsync of each; beyond, by one syncfs (256 fsyncs of shard directories
+/// took a tenth of a millisecond each, 0.5 s of a 10,000-patient first
+/// export).
+const SYNC_DIRS_ONE_BY_ONE: usize = 8;
+
 /// A sync folder on the local file system.
 pub struct DiskFolder {
     root: PathBuf,
@@ -279,8 +285,16 @@ impl Folder for DiskFolder {
                     dirs.insert(parent.to_path_buf());
                 }
             }
-            for dir in dirs {
-                File::open(&dir)?.sync_all()?;
+            // The renames durable too: each directory's fsync, or for a
+            // batch spread over many directories (the first export's chunks
+            // touch all 256 shards) one more syncfs, which commits every
+            // directory change at once.
+            if dirs.len() > SYNC_DIRS_ONE_BY_ONE {
+                rustix::fs::syncfs(File::open(anchor)?)?;
+            } else {
+                for dir in dirs {
+                    File::open(&dir)?.sync_all()?;
+                }
             }
             Ok(())
         })();
