@@ -8,6 +8,8 @@
 //! before importing), so a row it reaches has no recorded versions; if one
 //! has after all, the row is queued for the ordinary path instead.
 
+use std::sync::{Arc, mpsc};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -16,9 +18,30 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::DbError;
 use super::mapping::Mapping;
 use super::schema::quote;
-use super::state::{Ctx, StampBatch, StoredPatient, collect_stored, key_text, stamp_new_row};
+use super::state::{
+    Ctx, MadeRow, NewRow, StampBatch, StoredPatient, collect_stored, insert_made_row, key_is_safe, key_text,
+    make_new_row, new_row_bytes, new_row_cl,
+};
 use super::values::from_ref;
 use crate::model::HlcClock;
+
+/// Rows per slice the other core makes states of.
+const SLICE_ROWS: usize = 512;
+
+/// Rows of one table read for the first export, sent to be made into
+/// states.
+struct Slice {
+    /// The table's place in the mapping's order.
+    table: usize,
+    names: Arc<[String]>,
+    rows: Vec<NewRow>,
+}
+
+impl Slice {
+    fn new(table: usize, names: &Arc<[String]>) -> Slice {
+        Slice { table, names: names.clone(), rows: Vec::with_capacity(SLICE_ROWS) }
+    }
+}
 
 /// The `_cs_meta` key holding the first export's cursor while it is
 /// unfinished.
@@ -268,56 +291,111 @@ pub(crate) fn stamp_next(
     batch.range_from =
         Some(conn.query_row("SELECT coalesce(max(rowid), 0) FROM _cs_rows", [], |r| r.get(0))?);
     let tables: Vec<&str> = ctx.mapping.tables().collect();
-    let mut done = 0usize;
-    while cursor.0 < tables.len() && done < max_rows && batch.bytes < max_bytes {
-        let table = tables[cursor.0];
-        let (key, _) = ctx.mapping.table(table).expect("a mapped table");
-        let rowid = by_rowid(conn, table)?;
-        // The position column first, then the key as text (as the capture
-        // triggers record it), then the row.
-        let (order, after_sql) = if rowid { ("rowid", "rowid") } else { (key, key) };
-        let filter = match cursor.1 {
-            After::Start => String::new(),
-            _ => format!("WHERE {} > ?2", quote(after_sql)),
-        };
-        let order = if rowid { order.to_owned() } else { quote(order) };
-        let sql = format!(
-            "SELECT {order}, CAST({k} AS TEXT), typeof({k}), * FROM {t} {filter} ORDER BY {order} LIMIT ?1",
-            k = quote(key),
-            t = quote(table)
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let names: Vec<String> = stmt.column_names().into_iter().skip(3).map(str::to_owned).collect();
-        let want = (max_rows - done) as i64;
-        let mut rows = match &cursor.1 {
-            After::Start => stmt.query(params![want])?,
-            After::Rowid(r) => stmt.query(params![want, r])?,
-            After::Key { blob, bytes } => stmt.query(params![want, After::key_param(*blob, bytes)])?,
-        };
-        let mut fetched = 0i64;
-        while let Some(r) = rows.next()? {
-            fetched += 1;
-            cursor.1 = if rowid { After::Rowid(r.get(0)?) } else { After::key(r.get_ref(0)?) };
-            // As the capture queue sees keys (`state::key_text`).
-            let pk = key_text(r.get_ref(1)?, r.get_ref(2)?).unwrap_or_else(|bytes| {
-                batch.warnings.push(not_text_key(table, &bytes));
-                None
-            });
-            let columns = (0..names.len())
-                .map(|i| Ok((names[i].clone(), from_ref(r.get_ref(i + 3)?))))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            if let Some(pk) = pk {
-                stamp_new_row(conn, ctx, clock, now_ms, table, &pk, columns, batch)?;
+    let mapping = ctx.mapping;
+    let names_of = &tables;
+    std::thread::scope(|scope| {
+        // Rows are read and inserted here, while the other core makes the
+        // states of the slice read before (all within this transaction).
+        let (to_maker, slices) = mpsc::sync_channel::<Slice>(1);
+        let (to_inserter, made) = mpsc::channel::<(usize, Vec<MadeRow>)>();
+        scope.spawn(move || {
+            for slice in slices {
+                let table = names_of[slice.table];
+                let rows =
+                    slice.rows.into_iter().map(|r| make_new_row(mapping, table, &slice.names, r)).collect();
+                if to_inserter.send((slice.table, rows)).is_err() {
+                    return;
+                }
             }
-            done += 1;
-            if batch.bytes >= max_bytes {
-                break;
+        });
+        let mut in_flight = 0usize;
+        let insert_one = |in_flight: &mut usize, batch: &mut StampBatch| -> Result<(), DbError> {
+            let (table, rows) = made.recv().expect("the maker sends a slice back for each it receives");
+            *in_flight -= 1;
+            for row in rows {
+                insert_made_row(conn, names_of[table], row, batch)?;
+            }
+            Ok(())
+        };
+        let send = |slice: Slice, in_flight: &mut usize, batch: &mut StampBatch| -> Result<(), DbError> {
+            if slice.rows.is_empty() {
+                return Ok(());
+            }
+            to_maker.send(slice).expect("the maker runs until the slices end");
+            *in_flight += 1;
+            // One slice being made while the next is read.
+            if *in_flight > 1 {
+                insert_one(in_flight, batch)?;
+            }
+            Ok(())
+        };
+        let mut done = 0usize;
+        while cursor.0 < tables.len() && done < max_rows && batch.bytes < max_bytes {
+            let table = tables[cursor.0];
+            let (key, _) = ctx.mapping.table(table).expect("a mapped table");
+            let rowid = by_rowid(conn, table)?;
+            // The position column first, then the key as text (as the capture
+            // triggers record it), then the row.
+            let (order, after_sql) = if rowid { ("rowid", "rowid") } else { (key, key) };
+            let filter = match cursor.1 {
+                After::Start => String::new(),
+                _ => format!("WHERE {} > ?2", quote(after_sql)),
+            };
+            let order = if rowid { order.to_owned() } else { quote(order) };
+            let sql = format!(
+                "SELECT {order}, CAST({k} AS TEXT), typeof({k}), * FROM {t} {filter} ORDER BY {order} LIMIT ?1",
+                k = quote(key),
+                t = quote(table)
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let names: Arc<[String]> = stmt.column_names().into_iter().skip(3).map(str::to_owned).collect();
+            let want = (max_rows - done) as i64;
+            let mut rows = match &cursor.1 {
+                After::Start => stmt.query(params![want])?,
+                After::Rowid(r) => stmt.query(params![want, r])?,
+                After::Key { blob, bytes } => stmt.query(params![want, After::key_param(*blob, bytes)])?,
+            };
+            let mut slice = Slice::new(cursor.0, &names);
+            let mut fetched = 0i64;
+            while let Some(r) = rows.next()? {
+                fetched += 1;
+                cursor.1 = if rowid { After::Rowid(r.get(0)?) } else { After::key(r.get_ref(0)?) };
+                // As the capture queue sees keys (`state::key_text`).
+                let pk = key_text(r.get_ref(1)?, r.get_ref(2)?).unwrap_or_else(|bytes| {
+                    batch.warnings.push(not_text_key(table, &bytes));
+                    None
+                });
+                done += 1;
+                let Some(pk) = pk else { continue };
+                if !key_is_safe(table, &pk, batch) {
+                    continue;
+                }
+                let values = (0..names.len())
+                    .map(|i| Ok(from_ref(r.get_ref(i + 3)?)))
+                    .collect::<rusqlite::Result<_>>()?;
+                let cl = new_row_cl(conn, ctx, table, &pk)?;
+                let row = NewRow { pk, cl, stamp: clock.stamp(now_ms), values };
+                batch.bytes += new_row_bytes(table, &names, &row);
+                batch.versions += names.len();
+                slice.rows.push(row);
+                if slice.rows.len() == SLICE_ROWS {
+                    send(std::mem::replace(&mut slice, Slice::new(cursor.0, &names)), &mut in_flight, batch)?;
+                }
+                if batch.bytes >= max_bytes {
+                    break;
+                }
+            }
+            send(slice, &mut in_flight, batch)?;
+            if fetched < want && batch.bytes < max_bytes {
+                cursor = (cursor.0 + 1, After::Start);
             }
         }
-        if fetched < want && batch.bytes < max_bytes {
-            cursor = (cursor.0 + 1, After::Start);
+        while in_flight > 0 {
+            insert_one(&mut in_flight, batch)?;
         }
-    }
+        // Leaving the scope drops the sender, which ends the maker.
+        Ok::<_, DbError>(())
+    })?;
     let finished = cursor.0 >= tables.len();
     let next = match finished {
         true => Cursor::Files { after: None },
@@ -394,6 +472,56 @@ mod tests {
         let state = &doc.rows[&RowKey { table: "patients".into(), pk: "p2".into() }];
         assert_eq!(state.fields["family_name"].winner().hlc(), other);
         assert!(state.fields.len() > 1, "the app's other columns are stamped");
+    }
+
+    #[test]
+    fn a_step_of_many_slices_inserts_each_row_once_and_queues_the_one_with_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clinic.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        for i in 0..1_300 {
+            conn.execute("INSERT INTO patients (id, family_name) VALUES (?1, 'n')", [format!("p{i:04}")])
+                .unwrap();
+        }
+        let mut db = init(dir.path(), None);
+        // p0700, in the middle of the first step's second slice, already has
+        // a version from another site.
+        let other = Hlc::new(500, 0, SiteId::from_bytes([3; 16]));
+        let mut row = RowState { cl: 1, ..RowState::default() };
+        let version = FieldVersion::new(Value::Text("m".into()), other, Default::default()).unwrap();
+        row.fields.insert("family_name".into(), FieldState::single(version));
+        let mut doc = PatientDoc::new(PatientId("p0700".into()));
+        doc.rows.insert(RowKey { table: "patients".into(), pk: "p0700".into() }, row);
+        let mut w = db.begin_write(2_000).unwrap();
+        w.apply_doc(&doc, "test").unwrap();
+        w.commit().unwrap();
+
+        let mut steps = Vec::new();
+        loop {
+            let mut w = db.begin_write(3_000).unwrap();
+            let more = w.stamp_first_export(1_000, 1 << 30).unwrap();
+            steps.push(w.commit().unwrap());
+            if !more {
+                break;
+            }
+        }
+        let rows: Vec<usize> = steps.iter().map(|s| s.rows).collect();
+        assert_eq!(rows, [999, 300], "p0700 goes the ordinary way");
+        let first: Vec<&str> = steps[0].first_export_rows.iter().map(|((_, k), _)| k.pk.as_str()).collect();
+        assert_eq!(first.len(), 999);
+        assert!(first.windows(2).all(|w| w[0] < w[1]) && !first.contains(&"p0700"));
+        let stamped: i64 = db.conn().query_row("SELECT count(*) FROM _cs_rows", [], |r| r.get(0)).unwrap();
+        assert_eq!(stamped, 1_300);
+        let queued: Vec<String> = db
+            .conn()
+            .prepare("SELECT pk FROM _cs_pending")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(queued, ["p0700"]);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::rowblob;
 use super::schema::quote;
 use super::values::{Sql, from_ref};
 use crate::model::{
-    Base, FieldState, FieldVersion, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+    Base, FieldState, FieldVersion, Hlc, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
 use crate::xmlstore::{Segment, encode_segment, is_xml_safe};
 
@@ -109,28 +109,39 @@ fn save_row(
     Ok(())
 }
 
-/// Inserts the state of a row that has none; false (and nothing written)
-/// when it has one.
+/// Inserts the state of a row that has none, its blob already made; false
+/// (and nothing written) when it has one.
 fn insert_new_row(
     conn: &Connection,
     tbl: &str,
     pk: &str,
-    row: &RowState,
+    cl: u64,
     patient: Option<&str>,
+    blob: &[u8],
 ) -> Result<bool, DbError> {
     let n = conn
         .prepare_cached(
             "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (tbl, pk) DO NOTHING",
         )?
-        .execute(params![tbl, pk, row.cl as i64, patient, rowblob::encode(&row.fields, &row.deleted)])?;
+        .execute(params![tbl, pk, cl as i64, patient, blob])?;
     Ok(n == 1)
 }
 
 /// The patient a row belongs to. Rows of tables this database does not map
 /// keep the patient of the document they arrived in.
 fn patient_of(ctx: &Ctx<'_>, tbl: &str, pk: &str, row: &RowState, fallback: Option<&str>) -> Option<String> {
-    match ctx.mapping.table(tbl) {
+    patient_in(ctx.mapping, tbl, pk, row, fallback)
+}
+
+fn patient_in(
+    mapping: &Mapping,
+    tbl: &str,
+    pk: &str,
+    row: &RowState,
+    fallback: Option<&str>,
+) -> Option<String> {
+    match mapping.table(tbl) {
         Some((_, TableRole::Root)) => Some(pk.to_owned()),
         Some((_, TableRole::Child { patient_column })) => {
             row.value(patient_column).and_then(Value::as_text).map(str::to_owned)
@@ -277,7 +288,7 @@ pub(crate) fn stamp_row(
     Ok(())
 }
 
-fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
+pub(crate) fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
     let safe = is_xml_safe(pk);
     if !safe {
         batch.warnings.push(format!(
@@ -287,48 +298,76 @@ fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
     safe
 }
 
-/// Stamps a row of the first export, read from its table: a row with no
+/// A row of the first export as read from its table: a row with no
 /// recorded versions, so every column gets a version, all with one stamp.
-/// Should it have versions after all, it is queued for the ordinary path
-/// instead.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn stamp_new_row(
+pub(crate) struct NewRow {
+    pub(crate) pk: String,
+    /// 1, or after a purge of the key, on from the purged tombstone's.
+    pub(crate) cl: u64,
+    pub(crate) stamp: Hlc,
+    /// The row's columns, in the order of the table's column names.
+    pub(crate) values: Vec<Value>,
+}
+
+/// A first-export row's state and its blob, made on any thread.
+pub(crate) struct MadeRow {
+    pk: String,
+    patient: Option<String>,
+    row: RowState,
+    blob: Vec<u8>,
+}
+
+/// Makes a first-export row's state: needs no database, so the other core
+/// does it while this one reads and inserts.
+pub(crate) fn make_new_row(mapping: &Mapping, tbl: &str, names: &[String], new: NewRow) -> MadeRow {
+    let mut row = RowState { cl: new.cl, ..RowState::default() };
+    for (col, value) in names.iter().zip(new.values) {
+        let version =
+            FieldVersion::new(value, new.stamp, Base::default()).expect("a first version has no base");
+        row.fields.insert(col.clone(), FieldState::single(version));
+    }
+    let patient = patient_in(mapping, tbl, &new.pk, &row, None);
+    let blob = rowblob::encode(&row.fields, &row.deleted);
+    MadeRow { pk: new.pk, patient, row, blob }
+}
+
+/// What a first-export row adds to its step's segment, by the estimate the
+/// step's size limit counts.
+pub(crate) fn new_row_bytes(tbl: &str, names: &[String], new: &NewRow) -> usize {
+    let fields: usize = names.iter().zip(&new.values).map(|(c, v)| 120 + c.len() + value_size(v)).sum();
+    fields + 100 + tbl.len() + new.pk.len()
+}
+
+/// Inserts a first-export row's state. Should the row have versions after
+/// all, it is queued for the ordinary path instead.
+pub(crate) fn insert_made_row(
     conn: &Connection,
-    ctx: &Ctx<'_>,
-    clock: &mut HlcClock,
-    now_ms: u64,
     tbl: &str,
-    pk: &str,
-    current: Vec<(String, Value)>,
+    made: MadeRow,
     batch: &mut StampBatch,
 ) -> Result<(), DbError> {
-    if !key_is_safe(tbl, pk, batch) {
-        return Ok(());
-    }
-    let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
-    // A key purged here, inserted again: its causal length goes on from
-    // the purged tombstone's, so every site takes the insert.
-    let purged = if ctx.any_purged { purged_cl(conn, &key)?.unwrap_or(0) } else { 0 };
-    let mut row = RowState { cl: purged + 1, ..RowState::default() };
-    let stamp = clock.stamp(now_ms);
-    for (col, value) in current {
-        batch.bytes += 120 + col.len() + value_size(&value);
-        let version = FieldVersion::new(value, stamp, Base::default()).expect("a first version has no base");
-        row.fields.insert(col, FieldState::single(version));
-        batch.versions += 1;
-    }
-    let patient = patient_of(ctx, tbl, pk, &row, None);
-    if !insert_new_row(conn, tbl, pk, &row, patient.as_deref())? {
+    let MadeRow { pk, patient, row, blob } = made;
+    if !insert_new_row(conn, tbl, &pk, row.cl, patient.as_deref(), &blob)? {
         conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
             .execute(params![tbl, pk])?;
         return Ok(());
     }
-    batch.bytes += 100 + tbl.len() + pk.len();
     match patient {
-        Some(p) => batch.range_rows.push(((p, key), row)),
-        None => batch.warnings.push(no_patient(tbl, pk)),
+        Some(p) => batch.range_rows.push(((p, RowKey { table: tbl.to_owned(), pk }), row)),
+        None => batch.warnings.push(no_patient(tbl, &pk)),
     }
     Ok(())
+}
+
+/// The cl a new row of this key starts at: 1, or after a purge of the key
+/// (inserted again), on from the purged tombstone's, so every site takes
+/// the insert.
+pub(crate) fn new_row_cl(conn: &Connection, ctx: &Ctx<'_>, tbl: &str, pk: &str) -> Result<u64, DbError> {
+    if !ctx.any_purged {
+        return Ok(1);
+    }
+    let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+    Ok(purged_cl(conn, &key)?.unwrap_or(0) + 1)
 }
 
 fn no_patient(tbl: &str, pk: &str) -> String {
