@@ -14,6 +14,7 @@ mod schema;
 mod state;
 mod values;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,7 +29,7 @@ pub use purge::{Purged, Tombstone};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome, StoredPatient};
 
-use crate::model::{FamilyId, HlcClock, PatientDoc, SiteId};
+use crate::model::{FamilyId, HlcClock, PatientDoc, RowKey, RowState, SiteId};
 use state::{Ctx, StampBatch};
 
 /// The version of the `_cs_` tables this build understands.
@@ -579,20 +580,7 @@ impl WriteTx<'_> {
     /// changed since the last export are stamped first (outside the
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        self.join_doc(doc, source, true)
-    }
-
-    /// Joins one incoming document without a savepoint of its own, for a
-    /// caller that drops the whole transaction when any document fails (a
-    /// segment is applied all or nothing). On error the transaction holds
-    /// part of the document and must not be committed. Cheaper than
-    /// [`WriteTx::apply_doc`]: a savepoint makes SQLite copy every page the
-    /// document touches into its statement journal first.
-    pub fn apply_doc_unguarded(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        self.join_doc(doc, source, false)
-    }
-
-    fn join_doc(&mut self, doc: &PatientDoc, source: &str, guarded: bool) -> Result<ApplyOutcome, DbError> {
+        self.stamp_pending_rows(doc.rows.keys())?;
         let ctx = Ctx {
             mapping: self.mapping,
             columns: self.columns,
@@ -600,23 +588,67 @@ impl WriteTx<'_> {
             any_purged: self.any_purged,
             any_parked: &self.any_parked,
         };
-        if self.pending {
-            for key in doc.rows.keys() {
-                state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
-            }
-        }
-        let outcome = if guarded {
-            let sp = self.tx.savepoint()?;
-            let outcome = state::apply_doc(&sp, &ctx, self.now_ms, doc, source)?;
-            sp.commit()?;
-            outcome
-        } else {
-            state::apply_doc(&self.tx, &ctx, self.now_ms, doc, source)?
-        };
+        let rows = doc.rows.iter().map(|(k, r)| (Cow::Borrowed(k), Cow::Borrowed(r)));
+        let sp = self.tx.savepoint()?;
+        let outcome =
+            state::apply_doc(&sp, &ctx, self.now_ms, &doc.patient.0, rows, source, &mut Vec::new())?;
+        sp.commit()?;
         for stamp in doc.stamps() {
             self.clock.observe(stamp);
         }
         Ok(outcome)
+    }
+
+    /// Joins one incoming document, taking its rows, without a savepoint of
+    /// its own, for a caller that drops the whole transaction when any
+    /// document fails (a segment is applied all or nothing). On error the
+    /// transaction holds part of the document and must not be committed.
+    /// Cheaper than [`WriteTx::apply_doc`]: a row new here is not copied,
+    /// and a savepoint makes SQLite copy every page the document touches
+    /// into its statement journal first. The rows end in `spent`, for the
+    /// caller to free (on another thread, say).
+    pub fn apply_doc_unguarded(
+        &mut self,
+        doc: PatientDoc,
+        source: &str,
+        spent: &mut Vec<RowState>,
+    ) -> Result<ApplyOutcome, DbError> {
+        self.stamp_pending_rows(doc.rows.keys())?;
+        let latest = doc.stamps().max();
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+            any_parked: &self.any_parked,
+        };
+        let PatientDoc { patient, rows } = doc;
+        let rows = rows.into_iter().map(|(k, r)| (Cow::Owned(k), Cow::Owned(r)));
+        let outcome = state::apply_doc(&self.tx, &ctx, self.now_ms, &patient.0, rows, source, spent)?;
+        if let Some(stamp) = latest {
+            self.clock.observe(stamp);
+        }
+        Ok(outcome)
+    }
+
+    /// Stamps these rows now if the app changed them since the last export
+    /// (outside any document's savepoint, so those stamps stand whatever
+    /// happens to the document).
+    fn stamp_pending_rows<'k>(&mut self, keys: impl Iterator<Item = &'k RowKey>) -> Result<(), DbError> {
+        if !self.pending {
+            return Ok(());
+        }
+        let ctx = Ctx {
+            mapping: self.mapping,
+            columns: self.columns,
+            hold_deletes: self.hold_deletes,
+            any_purged: self.any_purged,
+            any_parked: &self.any_parked,
+        };
+        for key in keys {
+            state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
+        }
+        Ok(())
     }
 
     /// Settles an open conflict record with a new edit of its field that

@@ -3,6 +3,7 @@
 //! the transaction's change-log segment), joining incoming documents, and
 //! projecting the result onto the app's tables.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -546,42 +547,58 @@ pub(crate) fn range_segment(
     Ok(encode_segment(&Segment { site, seq, created_ms, rows }))
 }
 
-/// Joins an incoming document into the state and projects every changed row
-/// onto the app's tables. The caller wraps it in a savepoint.
-pub(crate) fn apply_doc(
+/// Joins an incoming document's rows into the state and projects every
+/// changed row onto the app's tables. The caller wraps it in a savepoint,
+/// or drops the whole transaction on error. Rows given owned are joined
+/// without a copy; every row state used ends in `spent`, for the caller to
+/// free where it suits.
+pub(crate) fn apply_doc<'r>(
     conn: &Connection,
     ctx: &Ctx<'_>,
     now_ms: u64,
-    doc: &PatientDoc,
+    doc_patient: &str,
+    rows: impl Iterator<Item = (Cow<'r, RowKey>, Cow<'r, RowState>)>,
     source: &str,
+    spent: &mut Vec<RowState>,
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
-    for (key, incoming) in &doc.rows {
+    for (key, incoming) in rows {
+        let key = key.as_ref();
         if ctx.any_purged && purged_cl(conn, key)?.is_some_and(|cl| incoming.cl <= cl) {
             // A copy of a row purged here: it was deleted, and stays so. (An
             // edit made without seeing the delete loses to it, as before the
             // purge; the site that made it keeps it as a record.)
             continue;
         }
-        let old = load_row(conn, &key.table, &key.pk)?;
-        let (old_row, old_patient) = match &old {
-            Some((r, p)) => (Some(r), p.clone()),
-            None => (None, None),
+        let (row, had_records, old_patient) = match load_row(conn, &key.table, &key.pk)? {
+            Some((mut row, old_patient)) => {
+                let had_records = has_records(Some(&row));
+                if !row.join_from(&incoming) {
+                    spent.push(row);
+                    continue;
+                }
+                (row, had_records, old_patient)
+            }
+            // A row new here is what came, as a join into nothing would
+            // make it (which changes nothing only when nothing came).
+            None => {
+                if incoming.cl == 0 && incoming.fields.is_empty() && incoming.deleted.is_empty() {
+                    continue;
+                }
+                (incoming.into_owned(), false, None)
+            }
         };
-        let mut row = old_row.cloned().unwrap_or_default();
-        if !row.join_from(incoming) {
-            continue;
-        }
-        let fallback = old_patient.clone().unwrap_or_else(|| doc.patient.0.clone());
-        let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(&fallback));
+        let fallback = old_patient.as_deref().unwrap_or(doc_patient);
+        let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(fallback));
         save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
-        if has_records(old_row) || has_records(Some(&row)) {
+        if had_records || has_records(Some(&row)) {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }
         match project_or_park(conn, ctx, key, &row)? {
             Ok(warnings) => out.warnings.extend(warnings),
             Err(_) => out.parked += 1,
         }
+        spent.push(row);
         out.rows_changed += 1;
         out.affected.extend(old_patient);
         out.affected.extend(patient);

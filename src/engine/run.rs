@@ -1016,10 +1016,12 @@ impl Run<'_> {
         let mut warnings = Vec::new();
         let mut affected = BTreeSet::new();
         let mut failure = None;
+        let patients = docs.len();
         // A failed document drops the whole transaction below, so no
         // document needs a savepoint of its own.
-        for doc in docs.values() {
-            match w.apply_doc_unguarded(doc, &path) {
+        let mut spent = Vec::new();
+        for doc in docs.into_values() {
+            match w.apply_doc_unguarded(doc, &path, &mut spent) {
                 Ok(o) => {
                     rows += o.rows_changed;
                     conflicts += o.new_conflicts;
@@ -1055,7 +1057,7 @@ impl Run<'_> {
             self.rec.warning("schema", Some(&path), warning);
         }
         if rows > 0 {
-            self.rec.applied(&path, format!("applied {rows} changed rows of {} patients", docs.len()));
+            self.rec.applied(&path, format!("applied {rows} changed rows of {patients} patients"));
         }
         if conflicts > 0 {
             self.counts.new_conflicts += conflicts as u64;
@@ -1066,7 +1068,7 @@ impl Run<'_> {
             );
         }
         touched.extend(affected);
-        drop_elsewhere(docs);
+        drop_elsewhere(spent);
         Ok(true)
     }
 
