@@ -32,8 +32,11 @@ pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome, StoredPatient};
 use crate::model::{FamilyId, HlcClock, PatientDoc, RowKey, RowState, SiteId};
 use state::{Ctx, StampBatch};
 
-/// The version of the `_cs_` tables this build understands.
-pub const STATE_FORMAT: i64 = 1;
+/// The version of the `_cs_` tables this build understands. 2: row states
+/// may be in blob layouts 3 and 4 (see rowblob.rs), which builds knowing
+/// only format 1 cannot read; a format-1 database is taken up to 2 when
+/// opened, so such a build refuses it with a clear sentence instead.
+pub const STATE_FORMAT: i64 = 2;
 
 /// How long a statement waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -172,6 +175,9 @@ impl Db {
         let format: i64 = meta_get(&conn, "state_format")?.and_then(|f| f.parse().ok()).unwrap_or(0);
         if format > STATE_FORMAT {
             return Err(DbError::NewerState { path: display, found: format });
+        }
+        if format < STATE_FORMAT {
+            meta_set(&conn, "state_format", &STATE_FORMAT.to_string())?;
         }
         // Tables and columns added since the state format was frozen.
         for (table, sql) in

@@ -62,6 +62,37 @@ fn a_database_restored_from_an_older_backup_refuses() {
 }
 
 #[test]
+fn a_database_of_an_older_state_format_is_taken_up_and_a_newer_one_refused() {
+    let family = Family::new();
+    let a = family.init("a");
+    let meta = |value: &str| {
+        rusqlite::Connection::open(&a)
+            .unwrap()
+            .execute("UPDATE _cs_meta SET value = ?1 WHERE key = 'state_format'", [value])
+            .unwrap();
+    };
+    let format = || -> String {
+        rusqlite::Connection::open(&a)
+            .unwrap()
+            .query_row("SELECT value FROM _cs_meta WHERE key = 'state_format'", [], |r| r.get(0))
+            .unwrap()
+    };
+    // Set up by a build of format 1: opened, it is recorded as format 2,
+    // whose row layouts that build could not read.
+    meta("1");
+    sync_ok(&a);
+    assert_eq!(format(), clinicsync::db::STATE_FORMAT.to_string());
+    assert_eq!(clinicsync::db::STATE_FORMAT, 2);
+    meta("3");
+    fails_with(
+        &a,
+        None,
+        "set up by a newer clinicsync (state format 3, this one knows 2); upgrade clinicsync",
+    );
+    assert_eq!(format(), "3", "a newer database is left as it is");
+}
+
+#[test]
 fn an_unreachable_folder_changes_nothing_and_the_next_run_goes_on() {
     let family = Family::new();
     let a = family.init("a");
