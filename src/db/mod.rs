@@ -214,6 +214,12 @@ impl Db {
                 conn.execute_batch(sql)?;
             }
         }
+        // The first export's stamping drops the patient index and makes it
+        // again in the transaction that ends the stamping; should it be
+        // missing at any other time (a hand edit), it is made here.
+        if bulk::stage(&conn)? != Some(FirstExport::Stamping) {
+            bulk::restore_patient_index(&conn)?;
+        }
         let mapping_text =
             meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
         let mapping = Mapping::from_toml(&mapping_text)?;
