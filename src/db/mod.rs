@@ -29,7 +29,7 @@ pub use purge::{Purged, Tombstone};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome, StoredPatient};
 
-use crate::model::{FamilyId, HlcClock, PatientDoc, RowKey, RowState, SiteId};
+use crate::model::{FamilyId, HlcClock, PatientDoc, RowKey, SiteId};
 use state::{Ctx, StampBatch};
 
 /// The version of the `_cs_` tables this build understands. 2: row states
@@ -602,8 +602,7 @@ impl WriteTx<'_> {
         };
         let rows = doc.rows.iter().map(|(k, r)| (Cow::Borrowed(k), Cow::Borrowed(r)));
         let sp = self.tx.savepoint()?;
-        let outcome =
-            state::apply_doc(&sp, &ctx, self.now_ms, &doc.patient.0, rows, source, &mut Vec::new())?;
+        let outcome = state::apply_doc(&sp, &ctx, self.now_ms, &doc.patient.0, rows, source)?;
         sp.commit()?;
         for stamp in doc.stamps() {
             self.clock.observe(stamp);
@@ -617,14 +616,8 @@ impl WriteTx<'_> {
     /// transaction holds part of the document and must not be committed.
     /// Cheaper than [`WriteTx::apply_doc`]: a row new here is not copied,
     /// and a savepoint makes SQLite copy every page the document touches
-    /// into its statement journal first. The rows end in `spent`, for the
-    /// caller to free (on another thread, say).
-    pub fn apply_doc_unguarded(
-        &mut self,
-        doc: PatientDoc,
-        source: &str,
-        spent: &mut Vec<RowState>,
-    ) -> Result<ApplyOutcome, DbError> {
+    /// into its statement journal first.
+    pub fn apply_doc_unguarded(&mut self, doc: PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
         self.stamp_pending_rows(doc.rows.keys())?;
         let latest = doc.stamps().max();
         let ctx = Ctx {
@@ -636,7 +629,7 @@ impl WriteTx<'_> {
         };
         let PatientDoc { patient, rows } = doc;
         let rows = rows.into_iter().map(|(k, r)| (Cow::Owned(k), Cow::Owned(r)));
-        let outcome = state::apply_doc(&self.tx, &ctx, self.now_ms, &patient.0, rows, source, spent)?;
+        let outcome = state::apply_doc(&self.tx, &ctx, self.now_ms, &patient.0, rows, source)?;
         if let Some(stamp) = latest {
             self.clock.observe(stamp);
         }

@@ -550,8 +550,7 @@ pub(crate) fn range_segment(
 /// Joins an incoming document's rows into the state and projects every
 /// changed row onto the app's tables. The caller wraps it in a savepoint,
 /// or drops the whole transaction on error. Rows given owned are joined
-/// without a copy; every row state used ends in `spent`, for the caller to
-/// free where it suits.
+/// without a copy.
 pub(crate) fn apply_doc<'r>(
     conn: &Connection,
     ctx: &Ctx<'_>,
@@ -559,7 +558,6 @@ pub(crate) fn apply_doc<'r>(
     doc_patient: &str,
     rows: impl Iterator<Item = (Cow<'r, RowKey>, Cow<'r, RowState>)>,
     source: &str,
-    spent: &mut Vec<RowState>,
 ) -> Result<ApplyOutcome, DbError> {
     let mut out = ApplyOutcome::default();
     for (key, incoming) in rows {
@@ -574,7 +572,6 @@ pub(crate) fn apply_doc<'r>(
             Some((mut row, old_patient)) => {
                 let had_records = has_records(Some(&row));
                 if !row.join_from(&incoming) {
-                    spent.push(row);
                     continue;
                 }
                 (row, had_records, old_patient)
@@ -598,7 +595,6 @@ pub(crate) fn apply_doc<'r>(
             Ok(warnings) => out.warnings.extend(warnings),
             Err(_) => out.parked += 1,
         }
-        spent.push(row);
         out.rows_changed += 1;
         out.affected.extend(old_patient);
         out.affected.extend(patient);

@@ -20,9 +20,7 @@ use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_co
 use crate::db::{Db, DbError, KeptCopy, SiteConfig, StampOutcome, StoredPatient};
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
-use crate::model::{
-    Clock, Hlc, PatientDoc, PatientId, RowState, SiteId, patient_file_name, shard_of, write_hex_bytes,
-};
+use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
 use crate::xmlstore::{
     DecodeError, Limits, Segment, SiteFile, decode_manifest, decode_patient, decode_segment, decode_site,
     encode_patient, encode_site,
@@ -908,19 +906,14 @@ impl Run<'_> {
         self.progress.step("reading other sites' change-logs", to.saturating_sub(from) + 1);
         std::thread::scope(|scope| {
             // The next segment is read and decoded on the other core while
-            // this one is applied, and the rows of the one before are freed
-            // (their thousands of small allocations took this thread a
-            // noticeable part of an import to free). At most one segment
-            // waits to be freed, so memory stays bounded.
-            let (spent_to, spent) = std::sync::mpsc::sync_channel::<Vec<RowState>>(1);
-            scope.spawn(move || spent.into_iter().for_each(drop));
+            // this one is applied.
             let mut ahead = (from <= to).then(|| self.fetch_segment(scope, site, from));
             for seq in from..=to {
                 let fetched = ahead.take().expect("fetched ahead");
                 if seq < to {
                     ahead = Some(self.fetch_segment(scope, site, seq + 1));
                 }
-                if !self.apply_segment(site, name, seq, fetched, touched, &spent_to)? {
+                if !self.apply_segment(site, name, seq, fetched, touched)? {
                     return Ok(());
                 }
             }
@@ -956,7 +949,6 @@ impl Run<'_> {
         seq: u64,
         fetched: Fetched<'_>,
         touched: &mut BTreeSet<String>,
-        spent_to: &std::sync::mpsc::SyncSender<Vec<RowState>>,
     ) -> Result<bool, EngineError> {
         self.progress.advance(1);
         let path = segment_path(site, seq);
@@ -1018,9 +1010,8 @@ impl Run<'_> {
         let patients = docs.len();
         // A failed document drops the whole transaction below, so no
         // document needs a savepoint of its own.
-        let mut spent = Vec::new();
         for doc in docs.into_values() {
-            match w.apply_doc_unguarded(doc, &path, &mut spent) {
+            match w.apply_doc_unguarded(doc, &path) {
                 Ok(o) => {
                     rows += o.rows_changed;
                     conflicts += o.new_conflicts;
@@ -1067,8 +1058,6 @@ impl Run<'_> {
             );
         }
         touched.extend(affected);
-        // Freed here should the freeing thread be gone.
-        let _ = spent_to.send(spent);
         Ok(true)
     }
 
