@@ -187,8 +187,13 @@ impl FieldState {
         }
         all.sort();
         all.dedup();
+        // Most fields hold one version: nothing to sort out, nothing to copy.
+        if all.len() == 1 {
+            return Some(FieldState { versions: all });
+        }
+        let keep: Vec<bool> = all.iter().map(|v| !all.iter().any(|w| w.supersedes(v))).collect();
         let maximal: Vec<FieldVersion> =
-            all.iter().filter(|v| !all.iter().any(|w| w.supersedes(v))).cloned().collect();
+            all.into_iter().zip(keep).filter_map(|(v, keep)| keep.then_some(v)).collect();
         // Cannot be empty: the version with the highest stamp is superseded
         // by nothing, because superseding it needs a base at or past its
         // stamp and so a stamp beyond it.
