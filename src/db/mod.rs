@@ -541,6 +541,21 @@ pub struct WriteTx<'a> {
     any_parked: std::cell::Cell<bool>,
 }
 
+/// The transaction's context for the `state` functions. A macro, not a
+/// method, so that it borrows only these fields while the clock and the
+/// batch are borrowed mutably beside it.
+macro_rules! tx_ctx {
+    ($w:expr) => {
+        Ctx {
+            mapping: $w.mapping,
+            columns: $w.columns,
+            hold_deletes: $w.hold_deletes,
+            any_purged: $w.any_purged,
+            any_parked: &$w.any_parked,
+        }
+    };
+}
+
 impl WriteTx<'_> {
     /// From now on in this transaction, incoming deletions of patients are
     /// kept out of the app's tables (held) instead of applied; see
@@ -553,13 +568,7 @@ impl WriteTx<'_> {
     /// `max_rows` rows or `max_bytes` of segment are stamped. Returns false
     /// when nothing is left pending.
     pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         state::stamp_pending(
             &self.tx,
             &ctx,
@@ -577,13 +586,7 @@ impl WriteTx<'_> {
     /// it is, nothing else may write the state: the run finishes it before
     /// stamping later changes and before importing.
     pub fn stamp_first_export(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         bulk::stamp_next(&self.tx, &ctx, &mut self.clock, self.now_ms, max_rows, max_bytes, &mut self.batch)
     }
 
@@ -593,13 +596,7 @@ impl WriteTx<'_> {
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
         self.stamp_pending_rows(doc.rows.keys())?;
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         let rows = doc.rows.iter().map(|(k, r)| (Cow::Borrowed(k), Cow::Borrowed(r)));
         let sp = self.tx.savepoint()?;
         let outcome = state::apply_doc(&sp, &ctx, self.now_ms, &doc.patient.0, rows, source)?;
@@ -620,13 +617,7 @@ impl WriteTx<'_> {
     pub fn apply_doc_unguarded(&mut self, doc: PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
         self.stamp_pending_rows(doc.rows.keys())?;
         let latest = doc.stamps().max();
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         let PatientDoc { patient, rows } = doc;
         let rows = rows.into_iter().map(|(k, r)| (Cow::Owned(k), Cow::Owned(r)));
         let outcome = state::apply_doc(&self.tx, &ctx, self.now_ms, &patient.0, rows, source)?;
@@ -643,13 +634,7 @@ impl WriteTx<'_> {
         if !self.pending {
             return Ok(());
         }
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         for key in keys {
             state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
         }
@@ -659,26 +644,14 @@ impl WriteTx<'_> {
     /// Settles an open conflict record with a new edit of its field that
     /// supersedes every concurrent value (see [`Keep`]).
     pub fn resolve_conflict(&mut self, id: i64, keep: Keep) -> Result<Resolved, DbError> {
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         state::resolve_conflict(&self.tx, &ctx, &mut self.clock, self.now_ms, id, keep, &mut self.batch)
     }
 
     /// Tries again to show every parked row in the app's tables; returns
     /// those still parked, with the reason.
     pub fn retry_parked(&mut self) -> Result<Vec<(crate::model::RowKey, String)>, DbError> {
-        let ctx = Ctx {
-            mapping: self.mapping,
-            columns: self.columns,
-            hold_deletes: self.hold_deletes,
-            any_purged: self.any_purged,
-            any_parked: &self.any_parked,
-        };
+        let ctx = tx_ctx!(self);
         state::retry_parked(&self.tx, &ctx)
     }
 
