@@ -277,14 +277,7 @@ fn init_cli(db: &Path, folder: &Path, name: &str) -> (serde_json::Value, Duratio
 }
 
 fn patient_files(folder: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(folder.join("patients"))
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect();
-    out.sort();
-    out
+    folder_files(&folder.join("patients"))
 }
 
 /// Every file under the folder (patient files, change-log segments, site

@@ -451,6 +451,33 @@ mod tests {
         Db::init(&dir.join("clinic.db"), params).unwrap()
     }
 
+    /// Gives patient `pk` a `family_name` version from another site, as
+    /// an import would (nothing in clinicsync does this before the first
+    /// export reaches the row; the first export must not overwrite it).
+    fn give_version(db: &mut Db, pk: &str, name: &str) -> Hlc {
+        let other = Hlc::new(500, 0, SiteId::from_bytes([3; 16]));
+        let mut row = RowState { cl: 1, ..RowState::default() };
+        let version = FieldVersion::new(Value::Text(name.into()), other, Default::default()).unwrap();
+        row.fields.insert("family_name".into(), FieldState::single(version));
+        let mut doc = PatientDoc::new(PatientId(pk.into()));
+        doc.rows.insert(RowKey { table: "patients".into(), pk: pk.into() }, row);
+        let mut w = db.begin_write(2_000).unwrap();
+        w.apply_doc(&doc, "test").unwrap();
+        w.commit().unwrap();
+        other
+    }
+
+    /// The keys queued for the ordinary path.
+    fn pending_keys(db: &Db) -> Vec<String> {
+        db.conn()
+            .prepare("SELECT pk FROM _cs_pending")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
     #[test]
     fn a_row_that_has_versions_already_goes_the_ordinary_way() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,29 +490,14 @@ mod tests {
         assert!(db.first_export_unfinished().unwrap());
         // p2 gets versions before the first export reaches it (nothing in
         // clinicsync does this; the first export must not overwrite them).
-        let other = Hlc::new(500, 0, SiteId::from_bytes([3; 16]));
-        let mut row = RowState { cl: 1, ..RowState::default() };
-        let version = FieldVersion::new(Value::Text("Bell".into()), other, Default::default()).unwrap();
-        row.fields.insert("family_name".into(), FieldState::single(version));
-        let mut doc = PatientDoc::new(PatientId("p2".into()));
-        doc.rows.insert(RowKey { table: "patients".into(), pk: "p2".into() }, row);
-        let mut w = db.begin_write(2_000).unwrap();
-        w.apply_doc(&doc, "test").unwrap();
-        w.commit().unwrap();
+        let other = give_version(&mut db, "p2", "Bell");
 
         let mut w = db.begin_write(3_000).unwrap();
         assert!(!w.stamp_first_export(100, 1 << 20).unwrap(), "the first export is finished");
         let first = w.commit().unwrap();
         assert_eq!(first.rows, 1, "only p1 is stamped as new");
         assert_eq!(db.first_export().unwrap(), Some(FirstExport::Files { after: None }), "files are next");
-        let queued: Vec<String> = db
-            .conn()
-            .prepare("SELECT pk FROM _cs_pending")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let queued = pending_keys(&db);
         assert_eq!(queued, ["p2"]);
         // The ordinary path keeps the other site's version and stamps only
         // what the app has beyond it.
@@ -511,15 +523,7 @@ mod tests {
         let mut db = init(dir.path(), None);
         // p0700, in the middle of the first step's second slice, already has
         // a version from another site.
-        let other = Hlc::new(500, 0, SiteId::from_bytes([3; 16]));
-        let mut row = RowState { cl: 1, ..RowState::default() };
-        let version = FieldVersion::new(Value::Text("m".into()), other, Default::default()).unwrap();
-        row.fields.insert("family_name".into(), FieldState::single(version));
-        let mut doc = PatientDoc::new(PatientId("p0700".into()));
-        doc.rows.insert(RowKey { table: "patients".into(), pk: "p0700".into() }, row);
-        let mut w = db.begin_write(2_000).unwrap();
-        w.apply_doc(&doc, "test").unwrap();
-        w.commit().unwrap();
+        give_version(&mut db, "p0700", "m");
 
         let indexed = |db: &Db| -> bool {
             db.conn()
@@ -553,14 +557,7 @@ mod tests {
         assert!(first.windows(2).all(|w| w[0] < w[1]) && !first.contains(&"p0700"));
         let stamped: i64 = db.conn().query_row("SELECT count(*) FROM _cs_rows", [], |r| r.get(0)).unwrap();
         assert_eq!(stamped, 1_300);
-        let queued: Vec<String> = db
-            .conn()
-            .prepare("SELECT pk FROM _cs_pending")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let queued = pending_keys(&db);
         assert_eq!(queued, ["p0700"]);
     }
 
