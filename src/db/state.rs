@@ -95,18 +95,33 @@ pub(crate) fn load_row(
     Ok(Some((RowState { cl: cl as u64, fields, deleted }, patient)))
 }
 
+/// Saves a row's state under `patient`. `before` is the patient its stored
+/// state is filed under (`None`: it has no stored state). A row that stays
+/// with its patient keeps its patient-index entry untouched: SQLite
+/// rewrites an index entry whenever its column is assigned, even the same
+/// value, and that was a fifth of the pages an import wrote.
 fn save_row(
     conn: &Connection,
     tbl: &str,
     pk: &str,
     row: &RowState,
     patient: Option<&str>,
+    before: Option<Option<&str>>,
 ) -> Result<(), DbError> {
+    let blob = rowblob::encode(&row.fields, &row.deleted);
+    if before == Some(patient) {
+        let n = conn
+            .prepare_cached("UPDATE _cs_rows SET cl = ?3, state = ?4 WHERE tbl = ?1 AND pk = ?2")?
+            .execute(params![tbl, pk, row.cl as i64, blob])?;
+        if n == 1 {
+            return Ok(());
+        }
+    }
     conn.prepare_cached(
         "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, patient = excluded.patient, state = excluded.state",
     )?
-    .execute(params![tbl, pk, row.cl as i64, patient, rowblob::encode(&row.fields, &row.deleted)])?;
+    .execute(params![tbl, pk, row.cl as i64, patient, blob])?;
     Ok(())
 }
 
@@ -263,7 +278,8 @@ pub(crate) fn stamp_row(
     stamped.cl = row.cl;
     stamped.deleted = row.deleted.clone();
     let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
-    save_row(conn, tbl, pk, &row, patient.as_deref())?;
+    let before = old_row.map(|_| old_patient.as_deref());
+    save_row(conn, tbl, pk, &row, patient.as_deref(), before)?;
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
@@ -568,13 +584,13 @@ pub(crate) fn apply_doc<'r>(
             // purge; the site that made it keeps it as a record.)
             continue;
         }
-        let (row, had_records, old_patient) = match load_row(conn, &key.table, &key.pk)? {
+        let (row, had_records, before) = match load_row(conn, &key.table, &key.pk)? {
             Some((mut row, old_patient)) => {
                 let had_records = has_records(Some(&row));
                 if !row.join_from(&incoming) {
                     continue;
                 }
-                (row, had_records, old_patient)
+                (row, had_records, Some(old_patient))
             }
             // A row new here is what came, as a join into nothing would
             // make it (which changes nothing only when nothing came).
@@ -585,9 +601,10 @@ pub(crate) fn apply_doc<'r>(
                 (incoming.into_owned(), false, None)
             }
         };
-        let fallback = old_patient.as_deref().unwrap_or(doc_patient);
+        let stored_under = before.as_ref().map(|p| p.as_deref());
+        let fallback = stored_under.flatten().unwrap_or(doc_patient);
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(fallback));
-        save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
+        save_row(conn, &key.table, &key.pk, &row, patient.as_deref(), stored_under)?;
         if had_records || has_records(Some(&row)) {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }
@@ -596,7 +613,7 @@ pub(crate) fn apply_doc<'r>(
             Err(_) => out.parked += 1,
         }
         out.rows_changed += 1;
-        out.affected.extend(old_patient);
+        out.affected.extend(before.flatten());
         out.affected.extend(patient);
     }
     Ok(out)
@@ -906,7 +923,7 @@ pub(crate) fn resolve_conflict(
     let version = settling_version(clock, now_ms, state, value.clone());
     row.fields.insert(col.clone(), FieldState::single(version.clone()));
     let patient = patient_of(ctx, &tbl, &pk, &row, old_patient.as_deref());
-    save_row(conn, &tbl, &pk, &row, patient.as_deref())?;
+    save_row(conn, &tbl, &pk, &row, patient.as_deref(), Some(old_patient.as_deref()))?;
     sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
     if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
         return Err(DbError::Corrupt(format!(
@@ -999,7 +1016,7 @@ fn resolve_delete(
         }
     };
     let patient = patient_of(ctx, &key.table, &key.pk, &row, old_patient.as_deref());
-    save_row(conn, &key.table, &key.pk, &row, patient.as_deref())?;
+    save_row(conn, &key.table, &key.pk, &row, patient.as_deref(), Some(old_patient.as_deref()))?;
     sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
     if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
         return Err(DbError::Corrupt(format!("the app's table refuses {}/{}: {reason}", key.table, key.pk)));

@@ -147,6 +147,14 @@ fn rows_that_move_between_patients_leave_the_old_file_and_join_the_new() {
         })
         .unwrap();
     assert_eq!((owner.as_str(), notes.as_str()), (p2.as_str(), "bring referral"));
+    for db in [&a, &b] {
+        let filed_under: String = app(db)
+            .query_row("SELECT patient FROM _cs_rows WHERE tbl = 'appointments' AND pk = ?1", [&appt], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(filed_under, p2, "the state files the moved row under its new patient");
+    }
     let old_file = std::fs::read_to_string(patient_file(&family.folder(), &p1)).unwrap();
     let new_file = std::fs::read_to_string(patient_file(&family.folder(), &p2)).unwrap();
     assert!(!old_file.contains(&appt), "the moved row is still in the old patient's file");
