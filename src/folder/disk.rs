@@ -1,9 +1,9 @@
 //! The real sync folder on disk. New bytes are written to a staging
-//! directory outside the synced tree (on the same volume), made durable
-//! together with one `syncfs`, then renamed into place, so a cloud client
-//! never sees a temporary or half-written file. Where no staging directory
-//! on the same volume can be had, the temp file is `~$<name>.tmp` beside the
-//! target, a name every major client skips.
+//! directory outside the synced tree (on the same volume), made durable (an
+//! fsync each, or for a large batch one `syncfs`), then renamed into place,
+//! so a cloud client never sees a temporary or half-written file. Where no
+//! staging directory on the same volume can be had, the temp file is
+//! `~$<name>.tmp` beside the target, a name every major client skips.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -22,6 +22,12 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// took a tenth of a millisecond each, 0.5 s of a 10,000-patient first
 /// export).
 const SYNC_DIRS_ONE_BY_ONE: usize = 8;
+
+/// Up to this many files, a batch's temp files are made durable by an
+/// fsync of each; beyond, by one syncfs. A syncfs also waits for every
+/// other dirty page of the volume (the database's own writes, other
+/// programs'), which for a site file alone cost more than its fsync.
+const SYNC_FILES_ONE_BY_ONE: usize = 16;
 
 /// A sync folder on the local file system.
 pub struct DiskFolder {
@@ -273,11 +279,16 @@ impl Folder for DiskFolder {
                 staged.push((temp.clone(), target));
                 let mut f = File::create(&temp)?;
                 f.write_all(bytes)?;
+                if files.len() <= SYNC_FILES_ONE_BY_ONE {
+                    f.sync_data()?;
+                }
             }
-            // One syncfs makes every temp file of the batch durable: far
-            // cheaper than an fsync per file (see BENCHMARKING.md).
+            // For a large batch one syncfs makes every temp file durable:
+            // far cheaper than an fsync per file (see BENCHMARKING.md).
             let anchor = self.staging.as_deref().unwrap_or(&self.root);
-            rustix::fs::syncfs(File::open(anchor)?)?;
+            if files.len() > SYNC_FILES_ONE_BY_ONE {
+                rustix::fs::syncfs(File::open(anchor)?)?;
+            }
             let mut dirs = BTreeSet::new();
             for (temp, target) in &staged {
                 fs::rename(temp, target)?;
