@@ -154,8 +154,17 @@ pub fn main() -> ExitCode {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CLINICSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // Directives are parsed only when given: the parser compiles a regex
+    // first, a millisecond of every run's start.
+    let _ = match std::env::var_os("CLINICSYNC_LOG") {
+        Some(_) => builder
+            .with_env_filter(
+                EnvFilter::try_from_env("CLINICSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+            )
+            .try_init(),
+        None => builder.with_max_level(tracing::Level::WARN).try_init(),
+    };
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
