@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 
 use crate::model::{Base, FieldState, FieldVersion, Hlc, SiteId, Value};
+use crate::xmlstore::{RowSource, ValueRef, VersionRef};
 
 const VERSION: u8 = 1;
 const VERSION_WITH_DELETE: u8 = 2;
@@ -238,6 +239,122 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(BTreeMap<String, FieldState>, Base
     }
     let deleted = if with_delete { c.base(stamp)? } else { Base::default() };
     c.bytes.is_empty().then_some((fields, deleted))
+}
+
+/// A state blob read in place, for writing a patient file without decoding
+/// the row into a [`RowState`](crate::model::RowState) first (the file
+/// stage and read-repair write or compare every file of the patients they
+/// touch). It takes only blobs whose decoding would give back exactly what
+/// they hold, in the order they hold it: layout 3 or 4, fields in strictly
+/// ascending name order, one version each, bases sorted by site, every
+/// base before its stamp, nothing left over. Anything else (an older
+/// layout, a field with concurrent versions, damage) is refused, and the
+/// caller decodes the row instead, so both ways give the same bytes or the
+/// same error.
+#[derive(Default)]
+pub(crate) struct RowView<'a> {
+    cl: u64,
+    stamps: Vec<Hlc>,
+    /// Every base's stamps, one base after another.
+    bases: Vec<Hlc>,
+    /// Per field: its name, its version's stamp, its base (a range of
+    /// `bases`) and its value.
+    fields: Vec<(&'a str, Hlc, (usize, usize), ValueRef<'a>)>,
+    deleted: (usize, usize),
+}
+
+impl<'a> RowView<'a> {
+    /// Reads a row's `_cs_rows` columns, replacing what the view held;
+    /// `None` when the blob is not one the view takes.
+    pub(crate) fn read(&mut self, cl: i64, bytes: &'a [u8]) -> Option<()> {
+        self.cl = cl as u64;
+        self.stamps.clear();
+        self.bases.clear();
+        self.fields.clear();
+        self.deleted = (0, 0);
+        let mut c = Cursor { bytes };
+        let with_delete = match c.byte()? {
+            SHARED => false,
+            SHARED_WITH_DELETE => true,
+            _ => return None,
+        };
+        let n = c.varint()?;
+        if n > (c.bytes.len() / 24) as u64 {
+            return None;
+        }
+        for _ in 0..n {
+            self.stamps.push(c.hlc()?);
+        }
+        let nfields = c.varint()?;
+        let mut last: Option<&str> = None;
+        for _ in 0..nfields {
+            let len = c.len()?;
+            let name = std::str::from_utf8(c.take(len)?).ok()?;
+            if last.is_some_and(|last| last >= name) || c.varint()? != 1 {
+                return None;
+            }
+            last = Some(name);
+            let hlc = self.stamp(&mut c)?;
+            let base = self.base(&mut c)?;
+            if self.bases[base.0..base.1].iter().any(|b| *b >= hlc) {
+                return None;
+            }
+            let value = match c.byte()? {
+                0 => ValueRef::Null,
+                1 => ValueRef::Integer(i64::from_le_bytes(c.eight()?)),
+                2 => ValueRef::Real(f64::from_bits(u64::from_le_bytes(c.eight()?))),
+                3 => {
+                    let len = c.len()?;
+                    ValueRef::Text(std::str::from_utf8(c.take(len)?).ok()?)
+                }
+                4 => {
+                    let len = c.len()?;
+                    ValueRef::Blob(c.take(len)?)
+                }
+                _ => return None,
+            };
+            self.fields.push((name, hlc, base, value));
+        }
+        if with_delete {
+            self.deleted = self.base(&mut c)?;
+        }
+        c.bytes.is_empty().then_some(())
+    }
+
+    fn stamp(&self, c: &mut Cursor<'_>) -> Option<Hlc> {
+        self.stamps.get(usize::try_from(c.varint()?).ok()?).copied()
+    }
+
+    /// A base's stamps appended to `bases`: its range there, or `None`
+    /// unless they are sorted by site, one per site (as `Base` keeps them).
+    fn base(&mut self, c: &mut Cursor<'_>) -> Option<(usize, usize)> {
+        let n = c.byte()?;
+        let start = self.bases.len();
+        for _ in 0..n {
+            let h = self.stamp(c)?;
+            if self.bases[start..].last().is_some_and(|prev| prev.site() >= h.site()) {
+                return None;
+            }
+            self.bases.push(h);
+        }
+        Some((start, self.bases.len()))
+    }
+}
+
+impl RowSource for RowView<'_> {
+    fn cl(&self) -> u64 {
+        self.cl
+    }
+
+    fn deleted(&self) -> &[Hlc] {
+        &self.bases[self.deleted.0..self.deleted.1]
+    }
+
+    fn versions(&self) -> impl Iterator<Item = (&str, VersionRef<'_>)> {
+        self.fields.iter().map(|&(name, hlc, (start, end), value)| {
+            (name, VersionRef { hlc, base: &self.bases[start..end], value })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1783,11 +1783,11 @@ impl Run<'_> {
         let compare = |work: Vec<Comparison>| {
             let mut settled = Vec::new();
             for (i, bytes, entry, rows, patient) in work {
-                let doc = match rows {
-                    Some(rows) => rows.decode()?,
-                    None => PatientDoc::new(PatientId(patient)),
+                let ours = match rows {
+                    Some(rows) => rows.encode()?,
+                    None => encode_patient(&PatientDoc::new(PatientId(patient))),
                 };
-                if encode_patient(&doc) == bytes {
+                if ours == bytes {
                     settled.push((i, Original::Present(bytes, entry, None)));
                 }
             }

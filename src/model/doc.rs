@@ -25,6 +25,16 @@ pub struct Base {
     stamps: Vec<Hlc>,
 }
 
+/// Appends the text form of a list of stamps: separated by spaces.
+pub fn push_stamps(out: &mut String, stamps: &[Hlc]) {
+    for (i, h) in stamps.iter().enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        h.push_encoded(out);
+    }
+}
+
 impl Base {
     /// The base made of these stamps: the latest one of each site.
     pub fn new(stamps: impl IntoIterator<Item = Hlc>) -> Base {
@@ -61,12 +71,7 @@ impl Base {
 
     /// The text form: the stamps separated by spaces.
     pub fn push_encoded(&self, out: &mut String) {
-        for (i, h) in self.stamps.iter().enumerate() {
-            if i > 0 {
-                out.push(' ');
-            }
-            h.push_encoded(out);
-        }
+        push_stamps(out, &self.stamps);
     }
 
     pub fn encode(&self) -> String {
@@ -271,7 +276,12 @@ impl RowState {
     pub const MAX_CL: u64 = 1 << 48;
 
     pub fn is_alive(&self) -> bool {
-        self.cl % 2 == 1
+        RowState::cl_is_alive(self.cl)
+    }
+
+    /// Whether a row of this causal length exists: odd lengths live.
+    pub fn cl_is_alive(cl: u64) -> bool {
+        cl % 2 == 1
     }
 
     /// The value the database shows for a column, if the row has it.

@@ -16,6 +16,7 @@ pub use meta::{
     format_time,
 };
 pub use patient::{PATIENT_FORMAT, decode_patient, encode_patient};
+pub(crate) use patient::{PatientWriter, RowSource, ValueRef, VersionRef};
 pub use reader::Limits;
 pub use segment::{Segment, decode_segment, encode_segment};
 pub use text::is_xml_safe;

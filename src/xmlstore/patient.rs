@@ -14,46 +14,131 @@ use super::reader::{
 };
 use super::text::{is_xml_safe, push_attr, push_content};
 use super::trailer;
-use crate::model::{Base, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value};
+use crate::model::{
+    Base, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, Value, push_stamps,
+};
 
 /// The patient file format this build writes and reads.
 pub const PATIENT_FORMAT: u32 = 1;
 
 /// Encodes a document into its canonical bytes, trailer included.
 pub fn encode_patient(doc: &PatientDoc) -> Vec<u8> {
-    let mut out = String::with_capacity(256 + doc.rows.len() * 512);
-    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    out.push_str("<patient-file format=\"1\" patient=\"");
-    push_attr(&mut out, &doc.patient.0);
-    out.push_str("\">\n");
+    let mut writer = PatientWriter::new(&doc.patient.0, doc.rows.len());
     for (key, row) in &doc.rows {
-        push_row(&mut out, None, key, row);
+        writer.row(&key.table, &key.pk, row);
     }
-    out.push_str("</patient-file>\n");
-    trailer::seal(out.into_bytes())
+    writer.finish()
+}
+
+/// Writes a patient file a row at a time, from any [`RowSource`]: a decoded
+/// document, or (for the file stage and read-repair) the state's stored
+/// rows read in place. Rows must come in key order.
+pub(crate) struct PatientWriter {
+    out: String,
+}
+
+impl PatientWriter {
+    pub(crate) fn new(patient: &str, rows: usize) -> PatientWriter {
+        let mut out = String::with_capacity(256 + rows * 512);
+        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        out.push_str("<patient-file format=\"1\" patient=\"");
+        push_attr(&mut out, patient);
+        out.push_str("\">\n");
+        PatientWriter { out }
+    }
+
+    pub(crate) fn row(&mut self, table: &str, pk: &str, row: &impl RowSource) {
+        push_row(&mut self.out, None, table, pk, row);
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.out.push_str("</patient-file>\n");
+        trailer::seal(self.out.into_bytes())
+    }
+}
+
+/// A value as the writer reads it, borrowed from where it is kept.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum ValueRef<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl<'a> From<&'a Value> for ValueRef<'a> {
+    fn from(value: &'a Value) -> ValueRef<'a> {
+        match value {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(r) => ValueRef::Real(*r),
+            Value::Text(t) => ValueRef::Text(t),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+}
+
+/// A field version as the writer reads it: its stamp, its base's stamps
+/// (sorted by site, as in [`Base`]) and its value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VersionRef<'a> {
+    pub(crate) hlc: Hlc,
+    pub(crate) base: &'a [Hlc],
+    pub(crate) value: ValueRef<'a>,
+}
+
+/// What a `<row>` element is written from.
+pub(crate) trait RowSource {
+    fn cl(&self) -> u64;
+    /// The stamps of what its delete saw (empty if none).
+    fn deleted(&self) -> &[Hlc];
+    /// Every version of every field with its column: columns in name
+    /// order, each column's versions in [`FieldState`] order.
+    fn versions(&self) -> impl Iterator<Item = (&str, VersionRef<'_>)>;
+}
+
+impl RowSource for RowState {
+    fn cl(&self) -> u64 {
+        self.cl
+    }
+
+    fn deleted(&self) -> &[Hlc] {
+        self.deleted.stamps()
+    }
+
+    fn versions(&self) -> impl Iterator<Item = (&str, VersionRef<'_>)> {
+        self.fields.iter().flat_map(|(column, state)| {
+            state.versions().iter().map(move |v| {
+                (
+                    column.as_str(),
+                    VersionRef { hlc: v.hlc(), base: v.base().stamps(), value: v.value().into() },
+                )
+            })
+        })
+    }
 }
 
 /// The stamp pair most fields of a row share (they were written together):
 /// written once on `<row>` and omitted from those fields. Ties go to the
 /// smallest pair, so the choice, like the bytes, depends only on the state.
-fn row_default(row: &RowState) -> Option<(Hlc, &Base)> {
+fn row_default(row: &impl RowSource) -> Option<(Hlc, &[Hlc])> {
     // Most rows: every field was written together.
-    let mut versions = row.fields.values().flat_map(|f| f.versions());
+    let mut versions = row.versions().map(|(_, v)| (v.hlc, v.base));
     let first = versions.next()?;
-    let pair = (first.hlc(), first.base());
-    if versions.all(|v| (v.hlc(), v.base()) == pair) {
-        return Some(pair);
+    if versions.all(|pair| pair == first) {
+        return Some(first);
     }
-    let mut counts: BTreeMap<(Hlc, &Base), usize> = BTreeMap::new();
-    for version in row.fields.values().flat_map(|f| f.versions()) {
-        *counts.entry((version.hlc(), version.base())).or_default() += 1;
+    let mut counts: BTreeMap<(Hlc, &[Hlc]), usize> = BTreeMap::new();
+    for (_, v) in row.versions() {
+        *counts.entry((v.hlc, v.base)).or_default() += 1;
     }
     let best = counts.values().copied().max()?;
     counts.into_iter().find(|(_, n)| *n == best).map(|(pair, _)| pair)
 }
 
 /// Writes one `<row>` element with its fields; `patient` only in segments.
-pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, row: &RowState) {
+pub(crate) fn push_row(out: &mut String, patient: Option<&str>, table: &str, pk: &str, row: &impl RowSource) {
     out.push_str("  <row ");
     if let Some(p) = patient {
         out.push_str("patient=\"");
@@ -61,14 +146,14 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
         out.push_str("\" ");
     }
     out.push_str("table=\"");
-    push_attr(out, &key.table);
+    push_attr(out, table);
     out.push_str("\" pk=\"");
-    push_attr(out, &key.pk);
+    push_attr(out, pk);
     out.push_str("\" cl=\"");
-    push_int(out, row.cl);
-    if !row.is_alive() && !row.deleted.is_empty() {
+    push_int(out, row.cl());
+    if !RowState::cl_is_alive(row.cl()) && !row.deleted().is_empty() {
         out.push_str("\" d=\"");
-        row.deleted.push_encoded(out);
+        push_stamps(out, row.deleted());
     }
     let default = row_default(row);
     if let Some((h, b)) = default {
@@ -76,31 +161,30 @@ pub(crate) fn push_row(out: &mut String, patient: Option<&str>, key: &RowKey, ro
         h.push_encoded(out);
         if !b.is_empty() {
             out.push_str("\" b=\"");
-            b.push_encoded(out);
+            push_stamps(out, b);
         }
     }
-    if row.fields.is_empty() {
+    let mut versions = row.versions().peekable();
+    if versions.peek().is_none() {
         out.push_str("\"/>\n");
         return;
     }
     out.push_str("\">\n");
-    for (column, state) in &row.fields {
-        for version in state.versions() {
-            push_field(out, column, version, default);
-        }
+    for (column, version) in versions {
+        push_field(out, column, version, default);
     }
     out.push_str("  </row>\n");
 }
 
-fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: Option<(Hlc, &Base)>) {
+fn push_field(out: &mut String, column: &str, version: VersionRef<'_>, default: Option<(Hlc, &[Hlc])>) {
     out.push_str("    <f c=\"");
     push_attr(out, column);
-    if default != Some((version.hlc(), version.base())) {
+    if default != Some((version.hlc, version.base)) {
         out.push_str("\" h=\"");
-        version.hlc().push_encoded(out);
-        if !version.base().is_empty() {
+        version.hlc.push_encoded(out);
+        if !version.base.is_empty() {
             out.push_str("\" b=\"");
-            version.base().push_encoded(out);
+            push_stamps(out, version.base);
         }
     }
     let close = |out: &mut String, content: &str| {
@@ -108,27 +192,27 @@ fn push_field(out: &mut String, column: &str, version: &FieldVersion, default: O
         out.push_str(content);
         out.push_str("</f>\n");
     };
-    match version.value() {
-        Value::Null => out.push_str("\" t=\"null\"/>\n"),
-        Value::Integer(i) => {
+    match version.value {
+        ValueRef::Null => out.push_str("\" t=\"null\"/>\n"),
+        ValueRef::Integer(i) => {
             out.push_str("\" t=\"int\">");
             push_int(out, i);
             out.push_str("</f>\n");
         }
-        Value::Real(r) => {
+        ValueRef::Real(r) => {
             out.push_str("\" t=\"real");
-            close(out, &encode_real(*r));
+            close(out, &encode_real(r));
         }
-        Value::Text(t) if is_xml_safe(t) => {
+        ValueRef::Text(t) if is_xml_safe(t) => {
             out.push_str("\" t=\"text\">");
             push_content(out, t);
             out.push_str("</f>\n");
         }
-        Value::Text(t) => {
+        ValueRef::Text(t) => {
             out.push_str("\" t=\"text\" enc=\"base64");
             close(out, &B64.encode(t.as_bytes()));
         }
-        Value::Blob(b) => {
+        ValueRef::Blob(b) => {
             out.push_str("\" t=\"blob");
             close(out, &B64.encode(b));
         }

@@ -33,7 +33,7 @@ pub fn encode_segment(s: &Segment) -> Vec<u8> {
         format_time(s.created_ms)
     ));
     for ((patient, key), row) in &s.rows {
-        push_row(&mut out, Some(patient), key, row);
+        push_row(&mut out, Some(patient), &key.table, &key.pk, row);
     }
     out.push_str("</segment>\n");
     trailer::seal(out.into_bytes())

@@ -15,7 +15,7 @@ use crate::engine::host::fault_point;
 use crate::folder::layout::patient_path;
 use crate::folder::{DiskFolder, Folder};
 use crate::model::patient_file_name;
-use crate::xmlstore::{Segment, encode_patient, encode_segment};
+use crate::xmlstore::{Segment, encode_segment};
 
 /// Patients per chunk of the file stage: one batch of writes (one syncfs,
 /// one sync of each directory it touched), about 6 MB; see ARCHITECTURE.md.
@@ -57,7 +57,7 @@ fn write_patient_files(
 ) -> Result<WrittenFiles, DbError> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(patients.len());
     for (path, stored) in patients {
-        files.push((path, encode_patient(&stored.decode()?)));
+        files.push((path, stored.encode()?));
     }
     let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
     if let Err(e) = folder.write_batch(&files) {
