@@ -2,7 +2,8 @@
 
 /// mimalloc instead of the system allocator: the sync's model is many small
 /// allocations made on one core and freed on the other, where glibc's
-/// allocator spends much of its time (see docs/performance.md).
+/// allocator spends much of its time (see docs/performance.md). Built
+/// without transparent huge pages (Cargo.toml, ARCHITECTURE.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
