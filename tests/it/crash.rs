@@ -168,3 +168,30 @@ fn a_first_export_that_cannot_write_its_log_waits_and_imports_nothing() {
     assert_eq!(dump(&a), dump(&b));
     assert!(patient_file(&family.folder(), &own).exists());
 }
+
+/// Patient files the first export's file stage cannot write (with several
+/// chunks of them being written at once) are written by the next run, every
+/// one of them.
+#[test]
+fn a_first_export_whose_patient_files_cannot_be_written_writes_them_next_run() {
+    let family = Family::new();
+    let a = family.db("a");
+    let conn = new_clinic_db(&a);
+    // Three chunks of the file stage: more than one in flight when a write fails.
+    let ids: Vec<String> = (0..1_100).map(|n| add_patient(&conn, n, 0)).collect();
+    drop(conn);
+    let out = cli(&a)
+        .env("CLINICSYNC_FAULT", "fail-write:patients/")
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("could not write 512 patient files"), "{said}");
+    let written = |ids: &[String]| ids.iter().filter(|id| patient_file(&family.folder(), id).exists()).count();
+    assert_eq!(written(&ids), 0);
+    sync_ok(&a);
+    assert_eq!(written(&ids), ids.len());
+    let b = family.init("b");
+    assert_eq!(dump(&a), dump(&b));
+}

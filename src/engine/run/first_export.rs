@@ -4,6 +4,7 @@
 //! encodes and writes one step's segment (then one chunk's patient files)
 //! while this thread stamps (reads) the next.
 
+use std::collections::VecDeque;
 use std::io;
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -20,6 +21,9 @@ use crate::xmlstore::{Segment, encode_segment};
 /// Patients per chunk of the file stage: one batch of writes (one syncfs,
 /// one sync of each directory it touched), about 6 MB; see ARCHITECTURE.md.
 const FILE_CHUNK: usize = 512;
+
+/// Chunks being encoded and written while this thread reads the next.
+const FILE_JOBS: usize = 2;
 
 /// A step's segment being encoded and written on the other core.
 struct SegmentJob<'s> {
@@ -172,27 +176,30 @@ impl Run<'_> {
         scope: &'s Scope<'s, '_>,
         mut after: Option<String>,
     ) -> Result<(), EngineError> {
-        let mut in_flight: Option<FileJob<'s>> = None;
+        let mut in_flight: VecDeque<FileJob<'s>> = VecDeque::new();
         loop {
             let docs = self.db.first_export_patients(after.as_deref(), FILE_CHUNK)?;
             let last = docs.last().map(|d| d.patient.clone());
             let next = last.map(|last| self.start_files(scope, docs, last));
-            if let Some(previous) = in_flight.take()
-                && !self.files_written(previous)?
-            {
-                // A write failed: the next run goes on from the last chunk
-                // written whole.
-                return Ok(());
+            let finished = next.is_none();
+            if let Some(job) = next {
+                after = Some(job.last.clone());
+                in_flight.push_back(job);
             }
-            match next {
-                Some(job) => {
-                    after = Some(job.last.clone());
-                    in_flight = Some(job);
-                }
-                None => {
-                    self.db.first_export_files_until(None)?;
+            while in_flight.len() > FILE_JOBS || (finished && !in_flight.is_empty()) {
+                let previous = in_flight.pop_front().expect("not empty");
+                if !self.files_written(previous)? {
+                    // A write failed: the next run goes on from the last
+                    // chunk written whole (the later ones are written again).
+                    for job in in_flight {
+                        joined(job.done)?;
+                    }
                     return Ok(());
                 }
+            }
+            if finished {
+                self.db.first_export_files_until(None)?;
+                return Ok(());
             }
         }
     }
