@@ -773,7 +773,8 @@ impl StoredPatient {
 
     /// The patient's file, the same bytes as `encode_patient` of
     /// [`Self::decode`] (or its error): written from the stored rows in
-    /// place where each is one [`RowView`] takes, decoded where not.
+    /// place where each is one the blob view takes (`rowblob::RowView`),
+    /// decoded where not.
     pub fn encode(self) -> Result<Vec<u8>, DbError> {
         match self.encode_in_place() {
             Some(bytes) => Ok(bytes),

@@ -188,7 +188,8 @@ fn a_first_export_whose_patient_files_cannot_be_written_writes_them_next_run() {
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("could not write 512 patient files"), "{said}");
-    let written = |ids: &[String]| ids.iter().filter(|id| patient_file(&family.folder(), id).exists()).count();
+    let written =
+        |ids: &[String]| ids.iter().filter(|id| patient_file(&family.folder(), id).exists()).count();
     assert_eq!(written(&ids), 0);
     sync_ok(&a);
     assert_eq!(written(&ids), ids.len());

@@ -18,8 +18,8 @@ use crate::folder::{DiskFolder, Folder};
 use crate::model::patient_file_name;
 use crate::xmlstore::{Segment, encode_segment};
 
-/// Patients per chunk of the file stage: one batch of writes (one syncfs,
-/// one sync of each directory it touched), about 6 MB; see ARCHITECTURE.md.
+/// Patients per chunk of the file stage: one batch of writes (one syncfs
+/// for its files, one for its renames), about 6 MB; see ARCHITECTURE.md.
 const FILE_CHUNK: usize = 512;
 
 /// Chunks being encoded and written while this thread reads the next.
@@ -190,9 +190,11 @@ impl Run<'_> {
                 let previous = in_flight.pop_front().expect("not empty");
                 if !self.files_written(previous)? {
                     // A write failed: the next run goes on from the last
-                    // chunk written whole (the later ones are written again).
+                    // chunk written whole. Files a later chunk did write
+                    // are then in the folder, and take the ordinary path
+                    // (read and joined first), as in `start_files`.
                     for job in in_flight {
-                        joined(job.done)?;
+                        self.folder.absorb(joined(job.done)?.folder);
                     }
                     return Ok(());
                 }
