@@ -386,12 +386,22 @@ mod tests {
             for cut in 0..bytes.len() {
                 assert!(decode(&bytes[..cut]).is_none(), "cut at {cut}");
             }
+            // The in-place view takes the whole blob, and no cut of it.
+            let mut view = RowView::default();
+            assert_eq!(view.read(1, &bytes), Some(()));
+            assert_eq!(RowSource::deleted(&view), deleted.stamps());
+            assert_eq!(view.versions().count(), fields.len());
+            for cut in 0..bytes.len() {
+                assert!(view.read(1, &bytes[..cut]).is_none(), "view, cut at {cut}");
+            }
             // What earlier versions wrote still reads the same.
             let old = encode_v1(&fields, &deleted);
             assert_eq!(decode(&old).unwrap(), (fields.clone(), deleted));
             for cut in 0..old.len() {
                 assert!(decode(&old[..cut]).is_none(), "cut at {cut}");
             }
+            // The view leaves them to the decoder.
+            assert!(RowView::default().read(1, &old).is_none());
         }
     }
 
