@@ -437,6 +437,13 @@ mod tests {
         FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
     };
 
+    /// The app's `clinic.db` in `dir`, with its tables made by `schema`.
+    fn app_db(dir: &std::path::Path, schema: &str) -> Connection {
+        let conn = Connection::open(dir.join("clinic.db")).unwrap();
+        conn.execute_batch(schema).unwrap();
+        conn
+    }
+
     /// Sets up `clinic.db` in `dir` (which the test has filled) for a site.
     fn init(dir: &std::path::Path, mapping: Option<Mapping>) -> Db {
         let params = InitParams {
@@ -481,9 +488,7 @@ mod tests {
     #[test]
     fn a_row_that_has_versions_already_goes_the_ordinary_way() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("clinic.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        let conn = app_db(dir.path(), REFERENCE_SCHEMA);
         conn.execute("INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames'), ('p2', 'Bell')", [])
             .unwrap();
         let mut db = init(dir.path(), None);
@@ -513,9 +518,7 @@ mod tests {
     #[test]
     fn a_step_of_many_slices_inserts_each_row_once_and_queues_the_one_with_versions() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("clinic.db");
-        let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        let conn = app_db(dir.path(), REFERENCE_SCHEMA);
         for i in 0..1_300 {
             conn.execute("INSERT INTO patients (id, family_name) VALUES (?1, 'n')", [format!("p{i:04}")])
                 .unwrap();
@@ -548,7 +551,7 @@ mod tests {
         // Missing outside the stamping (a hand edit): made again on opening.
         db.conn().execute_batch("DROP INDEX _cs_rows_patient").unwrap();
         drop(db);
-        let db = Db::open(&path).unwrap();
+        let db = Db::open(&dir.path().join("clinic.db")).unwrap();
         assert!(indexed(&db));
         let rows: Vec<usize> = steps.iter().map(|s| s.rows).collect();
         assert_eq!(rows, [999, 300], "p0700 goes the ordinary way");
@@ -564,16 +567,14 @@ mod tests {
     #[test]
     fn small_steps_read_every_row_once_in_key_or_rowid_order() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("clinic.db");
-        let conn = Connection::open(&path).unwrap();
         // A WITHOUT ROWID root (read in key order) and a child whose own
         // `oid` column hides the rowid (read in key order too).
-        conn.execute_batch(
+        let conn = app_db(
+            dir.path(),
             "CREATE TABLE clients (uid TEXT PRIMARY KEY, name TEXT) WITHOUT ROWID;
              CREATE TABLE visits (vid TEXT PRIMARY KEY, client TEXT, oid TEXT);
              CREATE TABLE notes (id TEXT PRIMARY KEY, client TEXT, body TEXT);",
-        )
-        .unwrap();
+        );
         // Keys an app stored as BLOBs in the text key column are skipped
         // with a warning (the capture queue cannot find them again either),
         // and they do not confuse the key-order cursor.

@@ -181,6 +181,24 @@ impl<'a> Cursor<'a> {
     fn eight(&mut self) -> Option<[u8; 8]> {
         self.take(8)?.try_into().ok()
     }
+
+    /// A value: its tag, then 8 bytes or a varint length and the bytes.
+    fn value(&mut self) -> Option<ValueRef<'a>> {
+        Some(match self.byte()? {
+            0 => ValueRef::Null,
+            1 => ValueRef::Integer(i64::from_le_bytes(self.eight()?)),
+            2 => ValueRef::Real(f64::from_bits(u64::from_le_bytes(self.eight()?))),
+            3 => {
+                let len = self.len()?;
+                ValueRef::Text(std::str::from_utf8(self.take(len)?).ok()?)
+            }
+            4 => {
+                let len = self.len()?;
+                ValueRef::Blob(self.take(len)?)
+            }
+            _ => return None,
+        })
+    }
 }
 
 /// Decodes a state blob into its fields and its delete's view; `None`
@@ -219,20 +237,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<(BTreeMap<String, FieldState>, Base
         for _ in 0..nversions {
             let hlc = stamp(&mut c)?;
             let base = c.base(stamp)?;
-            let value = match c.byte()? {
-                0 => Value::Null,
-                1 => Value::Integer(i64::from_le_bytes(c.eight()?)),
-                2 => Value::Real(f64::from_bits(u64::from_le_bytes(c.eight()?))),
-                3 => {
-                    let len = c.len()?;
-                    Value::Text(std::str::from_utf8(c.take(len)?).ok()?.to_owned())
-                }
-                4 => {
-                    let len = c.len()?;
-                    Value::Blob(c.take(len)?.to_vec())
-                }
-                _ => return None,
-            };
+            let value = c.value()?.to_value();
             versions.push(FieldVersion::new(value, hlc, base).ok()?);
         }
         fields.insert(name, FieldState::from_versions(versions)?);
@@ -299,20 +304,7 @@ impl<'a> RowView<'a> {
             if self.bases[base.0..base.1].iter().any(|b| *b >= hlc) {
                 return None;
             }
-            let value = match c.byte()? {
-                0 => ValueRef::Null,
-                1 => ValueRef::Integer(i64::from_le_bytes(c.eight()?)),
-                2 => ValueRef::Real(f64::from_bits(u64::from_le_bytes(c.eight()?))),
-                3 => {
-                    let len = c.len()?;
-                    ValueRef::Text(std::str::from_utf8(c.take(len)?).ok()?)
-                }
-                4 => {
-                    let len = c.len()?;
-                    ValueRef::Blob(c.take(len)?)
-                }
-                _ => return None,
-            };
+            let value = c.value()?;
             self.fields.push((name, hlc, base, value));
         }
         if with_delete {
