@@ -307,6 +307,11 @@ pub(crate) fn stamp_next(
     // a sixth of the stamping at 100,000 patients. Nothing reads the state
     // by patient until the stamping ends.
     conn.execute_batch("DROP INDEX IF EXISTS _cs_rows_patient")?;
+    // The rows inserted here do not keep digests up (they are new rows of
+    // a database that had none until now): any digest goes.
+    if ctx.digests {
+        super::digests::drop_all(conn)?;
+    }
     batch.range_from =
         Some(conn.query_row("SELECT coalesce(max(rowid), 0) FROM _cs_rows", [], |r| r.get(0))?);
     let tables: Vec<&str> = ctx.mapping.tables().collect();

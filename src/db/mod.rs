@@ -5,6 +5,7 @@
 
 mod bulk;
 mod copies;
+mod digests;
 mod held;
 mod mapping;
 mod purge;
@@ -15,7 +16,7 @@ mod state;
 mod values;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,13 +31,17 @@ pub use runs::{ConflictRecord, EventRecord, RunRecord};
 pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome, StoredPatient};
 
 use crate::model::{FamilyId, HlcClock, PatientDoc, RowKey, SiteId};
+use crate::xmlstore::RowsDigest;
 use state::{Ctx, StampBatch};
 
 /// The version of the `_cs_` tables this build understands. 2: row states
 /// may be in blob layouts 3 and 4 (see rowblob.rs), which builds knowing
 /// only format 1 cannot read; a format-1 database is taken up to 2 when
 /// opened, so such a build refuses it with a clear sentence instead.
-pub const STATE_FORMAT: i64 = 2;
+/// 3: patients' rows digests (`_cs_digests`), which every write of a row
+/// must keep true; a build that does not know them would leave them stale,
+/// so it must refuse the database.
+pub const STATE_FORMAT: i64 = 3;
 
 /// How long a statement waits for another connection's lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -180,9 +185,12 @@ impl Db {
             meta_set(&conn, "state_format", &STATE_FORMAT.to_string())?;
         }
         // Tables and columns added since the state format was frozen.
-        for (table, sql) in
-            [("_cs_copies", copies::TABLE), ("_cs_held", held::TABLE), ("_cs_purged", purge::TABLES)]
-        {
+        for (table, sql) in [
+            ("_cs_copies", copies::TABLE),
+            ("_cs_held", held::TABLE),
+            ("_cs_purged", purge::TABLES),
+            ("_cs_digests", digests::TABLE),
+        ] {
             let present: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
                 [table],
@@ -257,6 +265,7 @@ impl Db {
         tx.execute_batch(copies::TABLE)?;
         tx.execute_batch(held::TABLE)?;
         tx.execute_batch(purge::TABLES)?;
+        tx.execute_batch(digests::TABLE)?;
         schema::install_triggers(&tx, &mapping)?;
         bulk::start(&tx, &mapping)?;
         for (key, value) in [
@@ -335,7 +344,9 @@ impl Db {
         let any_purged: bool = tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_purged)", [], |r| r.get(0))?;
         let any_parked: bool =
             tx.query_row("SELECT EXISTS (SELECT 1 FROM _cs_unprojected)", [], |r| r.get(0))?;
+        let digests = digests::any(&tx)?;
         Ok(WriteTx {
+            digests,
             pending,
             clock_at_start: clock,
             tx,
@@ -349,6 +360,54 @@ impl Db {
             any_purged,
             any_parked: std::cell::Cell::new(any_parked),
         })
+    }
+
+    /// The rows digests these patients have (see digests.rs).
+    pub(crate) fn digests_of(&self, patients: &[&str]) -> Result<HashMap<String, RowsDigest>, DbError> {
+        let mut out = HashMap::new();
+        for p in patients {
+            if let Some(d) = digests::get(&self.conn, p)? {
+                out.insert((*p).to_owned(), d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The patients whose recorded rows digest is not that of their rows
+    /// as this database encodes them now: none, unless a write of the
+    /// state failed to keep the digests up. A check for tests and for
+    /// support; reads every patient that has a digest.
+    pub fn stale_digests(&self) -> Result<Vec<String>, DbError> {
+        let patients: Vec<String> = self
+            .conn
+            .prepare("SELECT patient FROM _cs_digests ORDER BY patient")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stale = Vec::new();
+        for patient in patients {
+            let ours = match state::stored_patients(&self.conn, &[&patient])?.pop() {
+                Some(rows) => rows.encode()?,
+                None => crate::xmlstore::encode_patient(&PatientDoc::new(crate::model::PatientId(
+                    patient.clone(),
+                ))),
+            };
+            if RowsDigest::of_file(&ours, &patient) != digests::get(&self.conn, &patient)? {
+                stale.push(patient);
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Records patients' rows digests, each computed from this database's
+    /// encoding of the patient with no write to the state since it was
+    /// read (the caller's promise; see digests.rs).
+    pub(crate) fn store_digests(&mut self, found: &[(String, RowsDigest)]) -> Result<(), DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for (patient, digest) in found {
+            digests::put(&tx, patient, *digest)?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// These patients' rows as stored, to decode on any thread (a patient
@@ -539,6 +598,9 @@ pub struct WriteTx<'a> {
     hold_deletes: bool,
     any_purged: bool,
     any_parked: std::cell::Cell<bool>,
+    /// Whether any patient has a rows digest (see digests.rs). Digests are
+    /// made only outside write transactions, so it holds until the end.
+    digests: bool,
 }
 
 /// The transaction's context for the `state` functions. A macro, not a
@@ -552,6 +614,7 @@ macro_rules! tx_ctx {
             hold_deletes: $w.hold_deletes,
             any_purged: $w.any_purged,
             any_parked: &$w.any_parked,
+            digests: $w.digests,
         }
     };
 }

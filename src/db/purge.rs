@@ -27,6 +27,7 @@ fn drop_row(
 ) -> Result<(), DbError> {
     conn.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
         .execute(params![key.table, key.pk])?;
+    super::digests::drop(conn, patient)?;
     // Edits this site made after the horizon never reached the delete: as
     // with any edit a delete did not see, the delete wins and the edit is
     // kept here for a person to see.
@@ -178,6 +179,9 @@ impl Db {
         for t in rows {
             tx.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
                 .execute(params![t.table, t.pk])?;
+            if let Some(patient) = &t.patient {
+                super::digests::drop(&tx, patient)?;
+            }
             tx.prepare_cached(
                 "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (tbl, pk) DO UPDATE SET cl = max(cl, excluded.cl), deleted_at = excluded.deleted_at,

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
+use super::digests;
 use super::mapping::{Mapping, TableRole};
 use super::rowblob::{self, RowView};
 use super::schema::quote;
@@ -17,7 +18,7 @@ use super::values::{Sql, from_ref};
 use crate::model::{
     Base, FieldState, FieldVersion, Hlc, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
-use crate::xmlstore::{PatientWriter, Segment, encode_patient, encode_segment, is_xml_safe};
+use crate::xmlstore::{PatientWriter, RowsDigest, Segment, encode_patient, encode_segment, is_xml_safe};
 
 /// What the state code needs to know about the database's tables.
 pub(crate) struct Ctx<'a> {
@@ -34,6 +35,8 @@ pub(crate) struct Ctx<'a> {
     /// a projected row need not be looked for there). Set when a row is
     /// parked.
     pub(crate) any_parked: &'a Cell<bool>,
+    /// Whether any patient has a rows digest to keep up (see digests.rs).
+    pub(crate) digests: bool,
 }
 
 /// Versions stamped in one write transaction: its change-log segment.
@@ -100,28 +103,39 @@ pub(crate) fn load_row(
 /// with its patient keeps its patient-index entry untouched: SQLite
 /// rewrites an index entry whenever its column is assigned, even the same
 /// value, and that was a fifth of the pages an import wrote.
+///
+/// The patients' rows digests follow: `old` is the stored state's hash if
+/// the caller took it before changing the row ([`digests::before_save`]);
+/// without it the old patient's digest is dropped.
+#[allow(clippy::too_many_arguments)]
 fn save_row(
     conn: &Connection,
+    ctx: &Ctx<'_>,
     tbl: &str,
     pk: &str,
     row: &RowState,
     patient: Option<&str>,
     before: Option<Option<&str>>,
+    old: Option<RowsDigest>,
 ) -> Result<(), DbError> {
     let blob = rowblob::encode(&row.fields, &row.deleted);
+    let mut saved = false;
     if before == Some(patient) {
         let n = conn
             .prepare_cached("UPDATE _cs_rows SET cl = ?3, state = ?4 WHERE tbl = ?1 AND pk = ?2")?
             .execute(params![tbl, pk, row.cl as i64, blob])?;
-        if n == 1 {
-            return Ok(());
-        }
+        saved = n == 1;
     }
-    conn.prepare_cached(
-        "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, patient = excluded.patient, state = excluded.state",
-    )?
-    .execute(params![tbl, pk, row.cl as i64, patient, blob])?;
+    if !saved {
+        conn.prepare_cached(
+            "INSERT INTO _cs_rows (tbl, pk, cl, patient, state) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (tbl, pk) DO UPDATE SET cl = excluded.cl, patient = excluded.patient, state = excluded.state",
+        )?
+        .execute(params![tbl, pk, row.cl as i64, patient, blob])?;
+    }
+    if ctx.digests {
+        digests::after_save(conn, tbl, pk, row, patient, before, old)?;
+    }
     Ok(())
 }
 
@@ -279,7 +293,11 @@ pub(crate) fn stamp_row(
     stamped.deleted = row.deleted.clone();
     let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
     let before = old_row.map(|_| old_patient.as_deref());
-    save_row(conn, tbl, pk, &row, patient.as_deref(), before)?;
+    let old_hash = match old_row {
+        Some(old) if ctx.digests => digests::before_save(conn, tbl, pk, old, old_patient.as_deref())?,
+        _ => None,
+    };
+    save_row(conn, ctx, tbl, pk, &row, patient.as_deref(), before, old_hash)?;
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
@@ -584,13 +602,17 @@ pub(crate) fn apply_doc<'r>(
             // purge; the site that made it keeps it as a record.)
             continue;
         }
-        let (row, had_records, before) = match load_row(conn, &key.table, &key.pk)? {
+        let (row, had_records, before, old_hash) = match load_row(conn, &key.table, &key.pk)? {
             Some((mut row, old_patient)) => {
                 let had_records = has_records(Some(&row));
+                let old_hash = match ctx.digests {
+                    true => digests::before_save(conn, &key.table, &key.pk, &row, old_patient.as_deref())?,
+                    false => None,
+                };
                 if !row.join_from(&incoming) {
                     continue;
                 }
-                (row, had_records, Some(old_patient))
+                (row, had_records, Some(old_patient), old_hash)
             }
             // A row new here is what came, as a join into nothing would
             // make it (which changes nothing only when nothing came).
@@ -598,13 +620,13 @@ pub(crate) fn apply_doc<'r>(
                 if incoming.cl == 0 && incoming.fields.is_empty() && incoming.deleted.is_empty() {
                     continue;
                 }
-                (incoming.into_owned(), false, None)
+                (incoming.into_owned(), false, None, None)
             }
         };
         let stored_under = before.as_ref().map(|p| p.as_deref());
         let fallback = stored_under.flatten().unwrap_or(doc_patient);
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(fallback));
-        save_row(conn, &key.table, &key.pk, &row, patient.as_deref(), stored_under)?;
+        save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old_hash)?;
         if had_records || has_records(Some(&row)) {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }
@@ -950,7 +972,7 @@ pub(crate) fn resolve_conflict(
     let version = settling_version(clock, now_ms, state, value.clone());
     row.fields.insert(col.clone(), FieldState::single(version.clone()));
     let patient = patient_of(ctx, &tbl, &pk, &row, old_patient.as_deref());
-    save_row(conn, &tbl, &pk, &row, patient.as_deref(), Some(old_patient.as_deref()))?;
+    save_row(conn, ctx, &tbl, &pk, &row, patient.as_deref(), Some(old_patient.as_deref()), None)?;
     sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
     if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
         return Err(DbError::Corrupt(format!(
@@ -1043,7 +1065,7 @@ fn resolve_delete(
         }
     };
     let patient = patient_of(ctx, &key.table, &key.pk, &row, old_patient.as_deref());
-    save_row(conn, &key.table, &key.pk, &row, patient.as_deref(), Some(old_patient.as_deref()))?;
+    save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), Some(old_patient.as_deref()), None)?;
     sync_records(conn, &key, &row, patient.as_deref(), "", now_ms)?;
     if let Err(reason) = project_or_park(conn, ctx, &key, &row)? {
         return Err(DbError::Corrupt(format!("the app's table refuses {}/{}: {reason}", key.table, key.pk)));

@@ -44,6 +44,9 @@ pub struct Counts {
     pub files_scanned: u64,
     /// Files skipped because they are unchanged since they were applied.
     pub files_unchanged: u64,
+    /// Patient files read-repair found up to date by their rows digest,
+    /// without reading the patient's rows from the database.
+    pub files_digest_matched: u64,
     /// Files whose content changed this database.
     pub files_applied: u64,
     pub rows_applied: u64,

@@ -22,8 +22,8 @@ use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
 use crate::xmlstore::{
-    DecodeError, Limits, Segment, SiteFile, decode_manifest, decode_patient, decode_segment, decode_site,
-    encode_patient, encode_site,
+    DecodeError, Limits, RowsDigest, Segment, SiteFile, decode_manifest, decode_patient, decode_segment,
+    decode_site, encode_patient, encode_site,
 };
 
 mod first_export;
@@ -1746,12 +1746,15 @@ impl Run<'_> {
         Ok(originals)
     }
 
-    /// Read-repair's fast path: a file whose bytes equal this database's
-    /// encoding of the patient is up to date, with no parsing. For each
-    /// file of the chunk to repair: `Some` when that settles it (equal, or
-    /// absent), `None` when it differs or cannot be read (the caller loads
-    /// it in full). The patients' rows are read in one query; both cores
-    /// decode and encode, half each.
+    /// Read-repair's fast paths. A file whose rows digest equals the one
+    /// this database keeps for the patient holds exactly its rows: up to
+    /// date, with neither the state's rows read nor the file parsed. Else a
+    /// file whose bytes equal this database's encoding of the patient is up
+    /// to date, and the patient's digest is recorded for next time. For
+    /// each file of the chunk to repair: `Some` when that settles it
+    /// (equal, or absent), `None` when it differs or cannot be read (the
+    /// caller loads it in full). The patients' rows are read in one query;
+    /// both cores decode and encode, half each.
     fn compare_with_ours(&mut self, chunk: &[FileRef]) -> Result<Vec<Option<Original>>, EngineError> {
         let mut out: Vec<Option<Original>> = chunk.iter().map(|_| None).collect();
         let mut files = Vec::new();
@@ -1774,9 +1777,24 @@ impl Run<'_> {
             return Ok(out);
         }
         let names: Vec<&str> = files.iter().map(|(_, p, _, _)| *p).collect();
+        let known = self.db.digests_of(&names)?;
+        let mut rest = Vec::with_capacity(files.len());
+        for (i, patient, bytes, entry) in files {
+            match known.get(patient) {
+                Some(digest) if RowsDigest::of_file(&bytes, patient).as_ref() == Some(digest) => {
+                    self.counts.files_digest_matched += 1;
+                    out[i] = Some(Original::Present(bytes, entry, None));
+                }
+                _ => rest.push((i, patient, bytes, entry)),
+            }
+        }
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let names: Vec<&str> = rest.iter().map(|(_, p, _, _)| *p).collect();
         let mut stored: HashMap<String, StoredPatient> =
             self.db.stored_patients(&names)?.into_iter().map(|s| (s.patient.clone(), s)).collect();
-        let work: Vec<Comparison> = files
+        let work: Vec<Comparison> = rest
             .into_iter()
             .map(|(i, patient, bytes, entry)| (i, bytes, entry, stored.remove(patient), patient.to_owned()))
             .collect();
@@ -1785,10 +1803,11 @@ impl Run<'_> {
             for (i, bytes, entry, rows, patient) in work {
                 let ours = match rows {
                     Some(rows) => rows.encode()?,
-                    None => encode_patient(&PatientDoc::new(PatientId(patient))),
+                    None => encode_patient(&PatientDoc::new(PatientId(patient.clone()))),
                 };
                 if ours == bytes {
-                    settled.push((i, Original::Present(bytes, entry, None)));
+                    let digest = RowsDigest::of_file(&ours, &patient).map(|d| (patient, d));
+                    settled.push((i, Original::Present(bytes, entry, None), digest));
                 }
             }
             Ok::<_, DbError>(settled)
@@ -1800,8 +1819,14 @@ impl Run<'_> {
             let settled = compare(mine);
             (settled, other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
         });
-        for (i, original) in settled?.into_iter().chain(other_half?) {
+        let mut digests = Vec::new();
+        for (i, original, digest) in settled?.into_iter().chain(other_half?) {
             out[i] = Some(original);
+            digests.extend(digest);
+        }
+        // Nothing wrote the state since its rows were read above.
+        if !digests.is_empty() {
+            self.db.store_digests(&digests)?;
         }
         Ok(out)
     }

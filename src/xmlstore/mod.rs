@@ -2,6 +2,7 @@
 //! site files, each sealed with an integrity trailer. Pure codecs: bytes in,
 //! values out, no I/O.
 
+mod digest;
 mod error;
 mod meta;
 mod patient;
@@ -10,6 +11,7 @@ mod segment;
 mod text;
 mod trailer;
 
+pub(crate) use digest::RowsDigest;
 pub use error::{DecodeError, DecodeErrorKind};
 pub use meta::{
     FOLDER_FORMAT, Manifest, SiteFile, decode_manifest, decode_site, encode_manifest, encode_site,

@@ -40,10 +40,7 @@ pub(crate) struct PatientWriter {
 impl PatientWriter {
     pub(crate) fn new(patient: &str, rows: usize) -> PatientWriter {
         let mut out = String::with_capacity(256 + rows * 512);
-        out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-        out.push_str("<patient-file format=\"1\" patient=\"");
-        push_attr(&mut out, patient);
-        out.push_str("\">\n");
+        push_header(&mut out, patient);
         PatientWriter { out }
     }
 
@@ -55,6 +52,14 @@ impl PatientWriter {
         self.out.push_str("</patient-file>\n");
         trailer::seal(self.out.into_bytes())
     }
+}
+
+/// Everything a patient file holds before its first row.
+pub(super) fn push_header(out: &mut String, patient: &str) {
+    out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    out.push_str("<patient-file format=\"1\" patient=\"");
+    push_attr(out, patient);
+    out.push_str("\">\n");
 }
 
 /// A value as the writer reads it, borrowed from where it is kept.

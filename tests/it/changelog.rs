@@ -1,7 +1,7 @@
 //! The change-log: segments delivered late, twice or torn; a dormant site
 //! returning after compaction; compaction never outrunning an active site;
 //! a run with nothing to do touching no patient directory; read-repair
-//! after a provider kept an older file.
+//! after a provider kept an older file, and by the patients' digests.
 
 use std::fs;
 use std::path::Path;
@@ -229,6 +229,55 @@ fn a_provider_that_kept_an_older_file_is_repaired_by_the_next_site_that_applies_
     assert_eq!(patient_field(&b, &id, "phone").unwrap(), "latest");
     let repaired = fs::read_to_string(&path).unwrap();
     assert!(repaired.contains("latest"), "B rewrote the file it found behind");
+}
+
+#[test]
+fn read_repair_settles_an_up_to_date_file_by_its_digest_and_still_repairs_one_behind() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let id = add_patient(&conn, 1, 2);
+    sync_ok(&a);
+    // B compares the file with its rows the slow way once, and records the
+    // patient's digest.
+    let first = sync_ok(&b);
+    assert_eq!(first["counts"]["files_digest_matched"], 0);
+    let digests = || -> i64 {
+        rusqlite::Connection::open(&b)
+            .unwrap()
+            .query_row("SELECT count(*) FROM _cs_digests WHERE patient = ?1", [&id], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(digests(), 1);
+    // Up to date: A's file holds exactly what B's rows became, and B's
+    // digest followed the change it applied.
+    conn.execute("UPDATE patients SET phone = 'second' WHERE id = ?1", params![id]).unwrap();
+    sync_ok(&a);
+    let second = sync_ok(&b);
+    assert_eq!(second["counts"]["files_digest_matched"], 1, "{second:#}");
+    assert_eq!(second["counts"]["files_written"], 0, "{second:#}");
+    assert_eq!(patient_field(&b, &id, "phone").unwrap(), "second");
+    // Behind: a provider put the older file back. Its digest is not B's, so
+    // B compares, finds it behind and writes it again.
+    let path = patient_file(&family.folder(), &id);
+    let older = fs::read(&path).unwrap();
+    conn.execute("UPDATE patients SET phone = 'latest' WHERE id = ?1", params![id]).unwrap();
+    sync_ok(&a);
+    fs::write(&path, &older).unwrap();
+    let third = sync_ok(&b);
+    assert_eq!(third["counts"]["files_digest_matched"], 0, "{third:#}");
+    assert!(fs::read_to_string(&path).unwrap().contains("latest"), "B rewrote the file it found behind");
+    // B's own edit moves its digest too; A settles B's file by A's digest
+    // once it has one.
+    app(&b).execute("UPDATE patients SET phone = 'from b' WHERE id = ?1", params![id]).unwrap();
+    sync_ok(&b);
+    sync_ok(&a);
+    for db in [&a, &b] {
+        let stale = clinicsync::db::Db::open(db).unwrap().stale_digests().unwrap();
+        assert!(stale.is_empty(), "{}: {stale:?}", db.display());
+    }
+    assert!(fs::read_to_string(&path).unwrap().contains("from b"));
 }
 
 #[test]

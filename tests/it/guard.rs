@@ -77,19 +77,28 @@ fn a_database_of_an_older_state_format_is_taken_up_and_a_newer_one_refused() {
             .query_row("SELECT value FROM _cs_meta WHERE key = 'state_format'", [], |r| r.get(0))
             .unwrap()
     };
-    // Set up by a build of format 1: opened, it is recorded as format 2,
-    // whose row layouts that build could not read.
-    meta("1");
-    sync_ok(&a);
-    assert_eq!(format(), clinicsync::db::STATE_FORMAT.to_string());
-    assert_eq!(clinicsync::db::STATE_FORMAT, 2);
-    meta("3");
+    // Set up by a build of format 1 or 2: opened, it is recorded as format
+    // 3, which builds that cannot read its row layouts or do not keep its
+    // patients' digests refuse; the digests' table is made.
+    for older in ["1", "2"] {
+        meta(older);
+        rusqlite::Connection::open(&a).unwrap().execute_batch("DROP TABLE IF EXISTS _cs_digests").unwrap();
+        sync_ok(&a);
+        assert_eq!(format(), clinicsync::db::STATE_FORMAT.to_string());
+        let digests: i64 = rusqlite::Connection::open(&a)
+            .unwrap()
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = '_cs_digests'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(digests, 1, "from format {older}");
+    }
+    assert_eq!(clinicsync::db::STATE_FORMAT, 3);
+    meta("4");
     fails_with(
         &a,
         None,
-        "set up by a newer clinicsync (state format 3, this one knows 2); upgrade clinicsync",
+        "set up by a newer clinicsync (state format 4, this one knows 3); upgrade clinicsync",
     );
-    assert_eq!(format(), "3", "a newer database is left as it is");
+    assert_eq!(format(), "4", "a newer database is left as it is");
 }
 
 #[test]

@@ -105,6 +105,8 @@ struct Sim {
     log: Vec<String>,
     /// Tombstones purged across all runs (to show the runs exercise it).
     purged: u64,
+    /// Patient files read-repair settled by their rows digest.
+    digest_matches: u64,
 }
 
 const PATIENT_COLUMNS: [&str; 4] = ["given_name", "phone", "email", "notes"];
@@ -144,6 +146,7 @@ impl Sim {
             counter: 0,
             flavor,
             purged: 0,
+            digest_matches: 0,
             log: vec![format!("seed {seed}: {n} sites, {flavor:?}, use_logs={use_logs}")],
         };
         for (i, root) in roots.iter().enumerate() {
@@ -352,6 +355,11 @@ impl Sim {
         ));
         assert_ne!(report.outcome, engine::Outcome::Failed, "{}", self.trail());
         self.purged += report.counts.tombstones_purged;
+        self.digest_matches += report.counts.files_digest_matched;
+        // Every recorded rows digest is still that of the patient's rows,
+        // whatever the run joined, stamped, moved, deleted or purged.
+        let stale = Db::open(&self.sites[site].db).unwrap().stale_digests().unwrap();
+        assert!(stale.is_empty(), "site {site}: stale rows digests of {stale:?}\n{}", self.trail());
         report
     }
 
@@ -649,8 +657,9 @@ impl Sim {
 }
 
 /// One seeded run: random steps, then quiescence, then the checks. Returns
-/// the flavor, the conflict copies made and the tombstones purged.
-fn run(seed: u64) -> (Flavor, u64, u64) {
+/// the flavor, the conflict copies made, the tombstones purged and the
+/// files read-repair settled by their digest.
+fn run(seed: u64) -> (Flavor, u64, u64, u64) {
     let mut sim = Sim::new(seed);
     let steps = 60 + sim.rng.below(80);
     for _ in 0..steps {
@@ -658,7 +667,7 @@ fn run(seed: u64) -> (Flavor, u64, u64) {
     }
     sim.quiesce();
     sim.check();
-    (sim.flavor, sim.cloud.copies_made, sim.purged)
+    (sim.flavor, sim.cloud.copies_made, sim.purged, sim.digest_matches)
 }
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
@@ -678,19 +687,22 @@ fn run_share(first: u64, stride: u64) {
     let mut copies: BTreeMap<String, u64> = BTreeMap::new();
     let mut runs = 0;
     let mut purged = 0;
+    let mut digest_matches = 0;
     for seed in seeds(200).filter(|s| s % stride == first) {
-        let (flavor, made, p) = run(seed);
+        let (flavor, made, p, d) = run(seed);
         *copies.entry(format!("{flavor:?}")).or_default() += made;
         purged += p;
+        digest_matches += d;
         runs += 1;
     }
     eprintln!(
-        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}"
+        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}"
     );
     if std::env::var_os("SIM_SEED").is_none() && runs >= 20 {
         // The runs must have exercised the conflict paths, or they prove little.
         let made: u64 = copies.iter().filter(|(f, _)| *f != "LastWriter").map(|(_, n)| n).sum();
         assert!(made > 0, "no conflict copy was made in {runs} seeds: the simulation is too tame");
+        assert!(digest_matches > 0, "read-repair never settled a file by its digest in {runs} seeds");
     }
 }
 

@@ -1,0 +1,109 @@
+//! Per-patient rows digests (`_cs_digests`): for a patient that has one,
+//! the sum of the hashes of its rows as its patient file holds them (see
+//! [`RowsDigest`]). Read-repair takes a file whose digest equals this one
+//! as up to date without reading the patient's rows from the state.
+//!
+//! The rule that keeps them true: every write of `_cs_rows` either moves
+//! the digests of the patients it touches along with it (takes the row's
+//! old hash out, adds the new one) or drops them. A digest is only ever
+//! made whole from an encoding of the state (read-repair's comparison,
+//! with no write in between). A build that did not know this table would
+//! break the rule, so it came with state format 3, which such builds refuse
+//! to open.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::model::RowState;
+use crate::xmlstore::RowsDigest;
+
+pub(crate) const TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS _cs_digests (patient TEXT PRIMARY KEY, rows BLOB NOT NULL) WITHOUT ROWID;";
+
+/// Whether any patient has a digest: when none does (a new or seeding
+/// database) writes skip the upkeep altogether.
+pub(crate) fn any(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_digests)", [], |r| r.get(0))
+}
+
+/// A patient's digest; one that does not decode counts as none.
+pub(crate) fn get(conn: &Connection, patient: &str) -> rusqlite::Result<Option<RowsDigest>> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT rows FROM _cs_digests WHERE patient = ?1")?
+        .query_row([patient], |r| r.get(0))
+        .optional()?;
+    Ok(blob.and_then(|b| RowsDigest::from_bytes(&b)))
+}
+
+pub(crate) fn put(conn: &Connection, patient: &str, digest: RowsDigest) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO _cs_digests (patient, rows) VALUES (?1, ?2)
+         ON CONFLICT (patient) DO UPDATE SET rows = excluded.rows",
+    )?
+    .execute(params![patient, digest.to_bytes().as_slice()])?;
+    Ok(())
+}
+
+pub(crate) fn drop(conn: &Connection, patient: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM _cs_digests WHERE patient = ?1")?.execute([patient])?;
+    Ok(())
+}
+
+pub(crate) fn drop_all(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM _cs_digests", [])?;
+    Ok(())
+}
+
+/// The hash a stored row had, taken before it changes, for
+/// [`after_save`]: `None` when its patient has no digest (nothing to move).
+pub(crate) fn before_save(
+    conn: &Connection,
+    tbl: &str,
+    pk: &str,
+    row: &RowState,
+    patient: Option<&str>,
+) -> rusqlite::Result<Option<RowsDigest>> {
+    let Some(patient) = patient else { return Ok(None) };
+    Ok(get(conn, patient)?.map(|_| RowsDigest::row(tbl, pk, row)))
+}
+
+/// Moves the digests after a row was saved: `before` is the patient its
+/// old state was filed under (`None`: it had none), `old` that state's hash
+/// if the caller took it. Without it, the old patient's digest is dropped.
+pub(crate) fn after_save(
+    conn: &Connection,
+    tbl: &str,
+    pk: &str,
+    row: &RowState,
+    patient: Option<&str>,
+    before: Option<Option<&str>>,
+    old: Option<RowsDigest>,
+) -> rusqlite::Result<()> {
+    let mut new_hash = None;
+    if let Some(Some(was)) = before
+        && let Some(digest) = get(conn, was)?
+    {
+        match old {
+            Some(old) => {
+                let mut digest = digest.minus(old);
+                if patient == Some(was) {
+                    digest = digest.plus(*new_hash.insert(RowsDigest::row(tbl, pk, row)));
+                }
+                put(conn, was, digest)?;
+            }
+            None => drop(conn, was)?,
+        }
+        if patient == Some(was) {
+            return Ok(());
+        }
+    } else if before == Some(patient) {
+        // Same patient, no digest: nothing to keep up.
+        return Ok(());
+    }
+    if let Some(now) = patient
+        && let Some(digest) = get(conn, now)?
+    {
+        let hash = new_hash.unwrap_or_else(|| RowsDigest::row(tbl, pk, row));
+        put(conn, now, digest.plus(hash))?;
+    }
+    Ok(())
+}
