@@ -139,6 +139,21 @@ fn save_row(
     Ok(())
 }
 
+/// The hash of a row's state as stored, for its patient's digest, taken
+/// before the row is saved: `None` when that patient has no digest.
+fn stored_hash(
+    conn: &Connection,
+    tbl: &str,
+    pk: &str,
+    patient: Option<&str>,
+) -> Result<Option<RowsDigest>, DbError> {
+    let Some(patient) = patient else { return Ok(None) };
+    if digests::get(conn, patient)?.is_none() {
+        return Ok(None);
+    }
+    Ok(load_row(conn, tbl, pk)?.map(|(row, _)| RowsDigest::row(tbl, pk, &row)))
+}
+
 /// Inserts the state of a row that has none, its blob already made; false
 /// (and nothing written) when it has one.
 fn insert_new_row(
@@ -602,17 +617,13 @@ pub(crate) fn apply_doc<'r>(
             // purge; the site that made it keeps it as a record.)
             continue;
         }
-        let (row, had_records, before, old_hash) = match load_row(conn, &key.table, &key.pk)? {
+        let (row, had_records, before) = match load_row(conn, &key.table, &key.pk)? {
             Some((mut row, old_patient)) => {
                 let had_records = has_records(Some(&row));
-                let old_hash = match ctx.digests {
-                    true => digests::before_save(conn, &key.table, &key.pk, &row, old_patient.as_deref())?,
-                    false => None,
-                };
                 if !row.join_from(&incoming) {
                     continue;
                 }
-                (row, had_records, Some(old_patient), old_hash)
+                (row, had_records, Some(old_patient))
             }
             // A row new here is what came, as a join into nothing would
             // make it (which changes nothing only when nothing came).
@@ -620,12 +631,18 @@ pub(crate) fn apply_doc<'r>(
                 if incoming.cl == 0 && incoming.fields.is_empty() && incoming.deleted.is_empty() {
                     continue;
                 }
-                (incoming.into_owned(), false, None, None)
+                (incoming.into_owned(), false, None)
             }
         };
         let stored_under = before.as_ref().map(|p| p.as_deref());
         let fallback = stored_under.flatten().unwrap_or(doc_patient);
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(fallback));
+        // Hashed only now that the row changes (a full scan joins every
+        // file, and most change nothing), from its state still stored.
+        let old_hash = match stored_under {
+            Some(was) if ctx.digests => stored_hash(conn, &key.table, &key.pk, was)?,
+            _ => None,
+        };
         save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old_hash)?;
         if had_records || has_records(Some(&row)) {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
