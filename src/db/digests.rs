@@ -78,18 +78,14 @@ pub(crate) fn after_save(
     before: Option<Option<&str>>,
     old: Option<RowsDigest>,
 ) -> rusqlite::Result<()> {
-    let mut new_hash = None;
     if let Some(Some(was)) = before
         && let Some(digest) = get(conn, was)?
     {
         match old {
-            Some(old) => {
-                let mut digest = digest.minus(old);
-                if patient == Some(was) {
-                    digest = digest.plus(*new_hash.insert(RowsDigest::row(tbl, pk, row)));
-                }
-                put(conn, was, digest)?;
+            Some(old) if patient == Some(was) => {
+                put(conn, was, digest.minus(old).plus(RowsDigest::row(tbl, pk, row)))?;
             }
+            Some(old) => put(conn, was, digest.minus(old))?,
             None => drop(conn, was)?,
         }
         if patient == Some(was) {
@@ -102,8 +98,7 @@ pub(crate) fn after_save(
     if let Some(now) = patient
         && let Some(digest) = get(conn, now)?
     {
-        let hash = new_hash.unwrap_or_else(|| RowsDigest::row(tbl, pk, row));
-        put(conn, now, digest.plus(hash))?;
+        put(conn, now, digest.plus(RowsDigest::row(tbl, pk, row)))?;
     }
     Ok(())
 }
