@@ -53,22 +53,36 @@ pub(crate) fn drop_all(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The hash a stored row had, taken before it changes, for
-/// [`after_save`]: `None` when its patient has no digest (nothing to move).
+/// A stored row's part in its patient's digest, taken before the row
+/// changes: the patient's digest and the row's hash.
+pub(crate) struct Before {
+    digest: RowsDigest,
+    hash: RowsDigest,
+}
+
+impl Before {
+    pub(crate) fn new(digest: RowsDigest, tbl: &str, pk: &str, row: &RowState) -> Before {
+        Before { digest, hash: RowsDigest::row(tbl, pk, row) }
+    }
+}
+
+/// For [`after_save`]: `None` when the row's patient has no digest
+/// (nothing to move).
 pub(crate) fn before_save(
     conn: &Connection,
     tbl: &str,
     pk: &str,
     row: &RowState,
     patient: Option<&str>,
-) -> rusqlite::Result<Option<RowsDigest>> {
+) -> rusqlite::Result<Option<Before>> {
     let Some(patient) = patient else { return Ok(None) };
-    Ok(get(conn, patient)?.map(|_| RowsDigest::row(tbl, pk, row)))
+    Ok(get(conn, patient)?.map(|digest| Before::new(digest, tbl, pk, row)))
 }
 
 /// Moves the digests after a row was saved: `before` is the patient its
-/// old state was filed under (`None`: it had none), `old` that state's hash
-/// if the caller took it. Without it, the old patient's digest is dropped.
+/// old state was filed under (`None`: it had none), `old` what
+/// [`before_save`] took of it just before. Without it, the old patient's
+/// digest (if any) is dropped.
 pub(crate) fn after_save(
     conn: &Connection,
     tbl: &str,
@@ -76,24 +90,20 @@ pub(crate) fn after_save(
     row: &RowState,
     patient: Option<&str>,
     before: Option<Option<&str>>,
-    old: Option<RowsDigest>,
+    old: Option<Before>,
 ) -> rusqlite::Result<()> {
-    if let Some(Some(was)) = before
-        && let Some(digest) = get(conn, was)?
-    {
+    if let Some(Some(was)) = before {
+        let stays = patient == Some(was);
         match old {
-            Some(old) if patient == Some(was) => {
-                put(conn, was, digest.minus(old).plus(RowsDigest::row(tbl, pk, row)))?;
+            Some(Before { digest, hash }) if stays => {
+                put(conn, was, digest.minus(hash).plus(RowsDigest::row(tbl, pk, row)))?;
             }
-            Some(old) => put(conn, was, digest.minus(old))?,
+            Some(Before { digest, hash }) => put(conn, was, digest.minus(hash))?,
             None => drop(conn, was)?,
         }
-        if patient == Some(was) {
+        if stays {
             return Ok(());
         }
-    } else if before == Some(patient) {
-        // Same patient, no digest: nothing to keep up.
-        return Ok(());
     }
     if let Some(now) = patient
         && let Some(digest) = get(conn, now)?

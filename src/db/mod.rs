@@ -385,12 +385,8 @@ impl Db {
             .collect::<rusqlite::Result<_>>()?;
         let mut stale = Vec::new();
         for patient in patients {
-            let ours = match state::stored_patients(&self.conn, &[&patient])?.pop() {
-                Some(rows) => rows.encode()?,
-                None => crate::xmlstore::encode_patient(&PatientDoc::new(crate::model::PatientId(
-                    patient.clone(),
-                ))),
-            };
+            // Through the decoder, not the in-place writer read-repair uses.
+            let ours = crate::xmlstore::encode_patient(&self.doc_for_patient(&patient)?);
             if RowsDigest::of_file(&ours, &patient) != digests::get(&self.conn, &patient)? {
                 stale.push(patient);
             }

@@ -18,7 +18,7 @@ use super::values::{Sql, from_ref};
 use crate::model::{
     Base, FieldState, FieldVersion, Hlc, HlcClock, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
 };
-use crate::xmlstore::{PatientWriter, RowsDigest, Segment, encode_patient, encode_segment, is_xml_safe};
+use crate::xmlstore::{PatientWriter, Segment, encode_patient, encode_segment, is_xml_safe};
 
 /// What the state code needs to know about the database's tables.
 pub(crate) struct Ctx<'a> {
@@ -104,8 +104,8 @@ pub(crate) fn load_row(
 /// rewrites an index entry whenever its column is assigned, even the same
 /// value, and that was a fifth of the pages an import wrote.
 ///
-/// The patients' rows digests follow: `old` is the stored state's hash if
-/// the caller took it before changing the row ([`digests::before_save`]);
+/// The patients' rows digests follow: `old` is what the caller took of
+/// the stored state before changing the row ([`digests::before_save`]);
 /// without it the old patient's digest is dropped.
 #[allow(clippy::too_many_arguments)]
 fn save_row(
@@ -116,7 +116,7 @@ fn save_row(
     row: &RowState,
     patient: Option<&str>,
     before: Option<Option<&str>>,
-    old: Option<RowsDigest>,
+    old: Option<digests::Before>,
 ) -> Result<(), DbError> {
     let blob = rowblob::encode(&row.fields, &row.deleted);
     let mut saved = false;
@@ -139,19 +139,18 @@ fn save_row(
     Ok(())
 }
 
-/// The hash of a row's state as stored, for its patient's digest, taken
-/// before the row is saved: `None` when that patient has no digest.
-fn stored_hash(
+/// [`digests::before_save`] for a row whose old state is no longer in
+/// hand: read again from the state, and only when its patient has a digest.
+fn stored_before(
     conn: &Connection,
     tbl: &str,
     pk: &str,
     patient: Option<&str>,
-) -> Result<Option<RowsDigest>, DbError> {
-    let Some(patient) = patient else { return Ok(None) };
-    if digests::get(conn, patient)?.is_none() {
+) -> Result<Option<digests::Before>, DbError> {
+    let Some(digest) = patient.map(|p| digests::get(conn, p)).transpose()?.flatten() else {
         return Ok(None);
-    }
-    Ok(load_row(conn, tbl, pk)?.map(|(row, _)| RowsDigest::row(tbl, pk, &row)))
+    };
+    Ok(load_row(conn, tbl, pk)?.map(|(row, _)| digests::Before::new(digest, tbl, pk, &row)))
 }
 
 /// Inserts the state of a row that has none, its blob already made; false
@@ -308,11 +307,11 @@ pub(crate) fn stamp_row(
     stamped.deleted = row.deleted.clone();
     let patient = patient_of(ctx, tbl, pk, &row, old_patient.as_deref());
     let before = old_row.map(|_| old_patient.as_deref());
-    let old_hash = match old_row {
+    let old = match old_row {
         Some(old) if ctx.digests => digests::before_save(conn, tbl, pk, old, old_patient.as_deref())?,
         _ => None,
     };
-    save_row(conn, ctx, tbl, pk, &row, patient.as_deref(), before, old_hash)?;
+    save_row(conn, ctx, tbl, pk, &row, patient.as_deref(), before, old)?;
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
@@ -639,11 +638,11 @@ pub(crate) fn apply_doc<'r>(
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(fallback));
         // Hashed only now that the row changes (a full scan joins every
         // file, and most change nothing), from its state still stored.
-        let old_hash = match stored_under {
-            Some(was) if ctx.digests => stored_hash(conn, &key.table, &key.pk, was)?,
+        let old = match stored_under {
+            Some(was) if ctx.digests => stored_before(conn, &key.table, &key.pk, was)?,
             _ => None,
         };
-        save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old_hash)?;
+        save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old)?;
         if had_records || has_records(Some(&row)) {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }
