@@ -14,7 +14,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::model::RowState;
-use crate::xmlstore::RowsDigest;
+use crate::xmlstore::{RowSource, RowsDigest};
 
 pub(crate) const TABLE: &str =
     "CREATE TABLE IF NOT EXISTS _cs_digests (patient TEXT PRIMARY KEY, rows BLOB NOT NULL) WITHOUT ROWID;";
@@ -61,7 +61,7 @@ pub(crate) struct Before {
 }
 
 impl Before {
-    pub(crate) fn new(digest: RowsDigest, tbl: &str, pk: &str, row: &RowState) -> Before {
+    pub(crate) fn new(digest: RowsDigest, tbl: &str, pk: &str, row: &impl RowSource) -> Before {
         Before { digest, hash: RowsDigest::row(tbl, pk, row) }
     }
 }

@@ -89,14 +89,22 @@ pub(crate) fn load_row(
     tbl: &str,
     pk: &str,
 ) -> Result<Option<(RowState, Option<String>)>, DbError> {
+    Ok(load_stored(conn, tbl, pk)?.map(|(row, patient, _)| (row, patient)))
+}
+
+/// [`load_row`] with the stored columns its state was decoded from.
+fn load_stored(conn: &Connection, tbl: &str, pk: &str) -> Result<Option<LoadedRow>, DbError> {
     let found: Option<(i64, Option<String>, Vec<u8>)> = conn
         .prepare_cached("SELECT cl, patient, state FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
         .query_row(params![tbl, pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let Some((cl, patient, blob)) = found else { return Ok(None) };
-    let (fields, deleted) = rowblob::decode(&blob).ok_or_else(|| corrupt(tbl, pk))?;
-    Ok(Some((RowState { cl: cl as u64, fields, deleted }, patient)))
+    let row = decode_row(tbl, pk, cl, &blob)?;
+    Ok(Some((row, patient, (cl, blob))))
 }
+
+/// A stored row: its state, its patient, and its `cl` and blob as stored.
+type LoadedRow = (RowState, Option<String>, (i64, Vec<u8>));
 
 /// Saves a row's state under `patient`. `before` is the patient its stored
 /// state is filed under (`None`: it has no stored state). A row that stays
@@ -139,18 +147,25 @@ fn save_row(
     Ok(())
 }
 
-/// [`digests::before_save`] for a row whose old state is no longer in
-/// hand: read again from the state, and only when its patient has a digest.
+/// [`digests::before_save`] for a row changed since it was loaded, from
+/// its stored columns (`cl` and blob): only when its patient has a digest,
+/// and read in place when the blob view takes the blob.
 fn stored_before(
     conn: &Connection,
     tbl: &str,
     pk: &str,
     patient: Option<&str>,
+    (cl, blob): &(i64, Vec<u8>),
 ) -> Result<Option<digests::Before>, DbError> {
     let Some(digest) = patient.map(|p| digests::get(conn, p)).transpose()?.flatten() else {
         return Ok(None);
     };
-    Ok(load_row(conn, tbl, pk)?.map(|(row, _)| digests::Before::new(digest, tbl, pk, &row)))
+    let mut view = RowView::default();
+    if view.read(*cl, blob).is_some() {
+        return Ok(Some(digests::Before::new(digest, tbl, pk, &view)));
+    }
+    let row = decode_row(tbl, pk, *cl, blob)?;
+    Ok(Some(digests::Before::new(digest, tbl, pk, &row)))
 }
 
 /// Inserts the state of a row that has none, its blob already made; false
@@ -616,13 +631,13 @@ pub(crate) fn apply_doc<'r>(
             // purge; the site that made it keeps it as a record.)
             continue;
         }
-        let (row, had_records, before) = match load_row(conn, &key.table, &key.pk)? {
-            Some((mut row, old_patient)) => {
+        let (row, had_records, before, stored) = match load_stored(conn, &key.table, &key.pk)? {
+            Some((mut row, old_patient, stored)) => {
                 let had_records = has_records(Some(&row));
                 if !row.join_from(&incoming) {
                     continue;
                 }
-                (row, had_records, Some(old_patient))
+                (row, had_records, Some(old_patient), Some(stored))
             }
             // A row new here is what came, as a join into nothing would
             // make it (which changes nothing only when nothing came).
@@ -630,16 +645,18 @@ pub(crate) fn apply_doc<'r>(
                 if incoming.cl == 0 && incoming.fields.is_empty() && incoming.deleted.is_empty() {
                     continue;
                 }
-                (incoming.into_owned(), false, None)
+                (incoming.into_owned(), false, None, None)
             }
         };
         let stored_under = before.as_ref().map(|p| p.as_deref());
         let fallback = stored_under.flatten().unwrap_or(doc_patient);
         let patient = patient_of(ctx, &key.table, &key.pk, &row, Some(fallback));
         // Hashed only now that the row changes (a full scan joins every
-        // file, and most change nothing), from its state still stored.
-        let old = match stored_under {
-            Some(was) if ctx.digests => stored_before(conn, &key.table, &key.pk, was)?,
+        // file, and most change nothing), from its state as stored.
+        let old = match (stored_under, &stored) {
+            (Some(was), Some(stored)) if ctx.digests => {
+                stored_before(conn, &key.table, &key.pk, was, stored)?
+            }
             _ => None,
         };
         save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old)?;
@@ -874,7 +891,11 @@ pub(crate) fn decode_state(
     blob: rusqlite::types::ValueRef<'_>,
 ) -> Result<RowState, DbError> {
     let blob = blob.as_blob().map_err(|_| corrupt(&key.table, &key.pk))?;
-    let (fields, deleted) = rowblob::decode(blob).ok_or_else(|| corrupt(&key.table, &key.pk))?;
+    decode_row(&key.table, &key.pk, cl, blob)
+}
+
+fn decode_row(tbl: &str, pk: &str, cl: i64, blob: &[u8]) -> Result<RowState, DbError> {
+    let (fields, deleted) = rowblob::decode(blob).ok_or_else(|| corrupt(tbl, pk))?;
     Ok(RowState { cl: cl as u64, fields, deleted })
 }
 

@@ -84,18 +84,12 @@ impl RowsDigest {
         // every `<`, so "\n  <row " only ever starts an element.
         let mut sum = RowsDigest::default();
         let mut start = 0;
-        let mut at = 0;
-        while let Some(next) = find(&rows[at..], b"\n  <row ").map(|i| at + i + 1) {
-            sum = sum.plus(RowsDigest::of_row(&rows[start..next]));
-            start = next;
-            at = next;
+        for at in memchr::memmem::find_iter(rows, b"\n  <row ") {
+            sum = sum.plus(RowsDigest::of_row(&rows[start..=at]));
+            start = at + 1;
         }
         Some(sum.plus(RowsDigest::of_row(&rows[start..])))
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ pub fn unseal(file: &[u8]) -> Result<&[u8], TrailerError> {
     if !trimmed.ends_with(b"-->") {
         return Err(TrailerError::Missing);
     }
-    let start = rfind(trimmed, PREFIX).ok_or(TrailerError::Missing)?;
+    let start = memchr::memmem::rfind(trimmed, PREFIX).ok_or(TrailerError::Missing)?;
     let inner = &trimmed[start + PREFIX.len()..trimmed.len() - 3];
     let inner = std::str::from_utf8(inner).map_err(|_| TrailerError::Malformed)?;
     let (hex, bytes) = inner.split_once(" bytes=").ok_or(TrailerError::Malformed)?;
@@ -59,10 +59,6 @@ pub fn unseal(file: &[u8]) -> Result<&[u8], TrailerError> {
         return Err(TrailerError::Hash);
     }
     Ok(body)
-}
-
-fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 #[cfg(test)]
