@@ -1802,18 +1802,22 @@ impl Run<'_> {
         }
         let names: Vec<&str> = files.iter().map(|(_, p, _, _)| *p).collect();
         let known = self.db.digests_of(&names)?;
-        let matched = on_both_cores(files.iter().collect(), |part| {
+        // Files of patients with a digest, hashed on both cores.
+        let with_digest = files.iter().filter(|(_, p, _, _)| known.contains_key(*p)).collect();
+        let matched: HashSet<usize> = on_both_cores(with_digest, |part| {
             part.into_iter()
-                .map(|(_, patient, bytes, _)| {
-                    known
-                        .get(*patient)
-                        .is_some_and(|d| RowsDigest::of_file(bytes, patient).as_ref() == Some(d))
+                .filter(|(_, patient, bytes, _)| {
+                    RowsDigest::of_file(bytes, patient).as_ref() == known.get(*patient)
                 })
-                .collect::<Vec<bool>>()
-        });
+                .map(|(i, _, _, _)| *i)
+                .collect::<Vec<usize>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         let mut rest = Vec::with_capacity(files.len());
-        for ((i, patient, bytes, entry), matched) in files.into_iter().zip(matched.into_iter().flatten()) {
-            if matched {
+        for (i, patient, bytes, entry) in files {
+            if matched.contains(&i) {
                 self.counts.files_digest_matched += 1;
                 out[i] = Some(Original::Present(bytes, entry, None));
             } else {
