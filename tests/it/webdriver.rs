@@ -105,16 +105,24 @@ impl Browser {
     }
 
     /// Runs a command on the element `css` matches, finding it again when
-    /// the page was replaced in between (a stale element): up to 10 s.
+    /// the page was replaced in between (a stale element) or trying again
+    /// while it is not ready for it (covered, not laid out yet, not
+    /// editable yet: the page is still loading or redrawing): up to 10 s.
     fn on_element(&self, css: &str, method: &str, action: &str, body: Option<Value>) -> Value {
+        const PASSING: [&str; 4] = [
+            "stale element reference",
+            "element click intercepted",
+            "element not interactable",
+            "invalid element state",
+        ];
         let start = Instant::now();
         loop {
             let id = self.find(css);
             let path = format!("/session/{}/element/{id}{action}", self.session);
             match self.try_call(method, &path, body.clone()) {
                 Ok(v) => return v,
-                Err(doc) if doc["value"]["error"] == "stale element reference" => {
-                    assert!(start.elapsed() < Duration::from_secs(10), "{css:?} stays stale: {doc}");
+                Err(doc) if PASSING.iter().any(|e| doc["value"]["error"] == *e) => {
+                    assert!(start.elapsed() < Duration::from_secs(10), "{css:?} stays unusable: {doc}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 Err(doc) => panic!("WebDriver {method} {action} on {css:?} answered: {doc}"),
