@@ -2051,8 +2051,8 @@ mod tests {
 
     /// Children started while runs come and go (an alert command, the
     /// tests' CLI runs) never make a run see its own released lock as
-    /// another sync's. Without the grace, about one take in eight failed
-    /// here with `Busy`.
+    /// another sync's. Without the grace this test fails with `Busy` within
+    /// a fraction of a second.
     #[test]
     fn a_child_process_starting_does_not_make_the_lock_look_taken() {
         let dir = tempfile::tempdir().unwrap();
