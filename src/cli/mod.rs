@@ -58,10 +58,14 @@ enum Command {
         /// cloud client overwrote; slower on a large folder).
         #[arg(long)]
         full_scan: bool,
-        /// Apply incoming deletions of patients that the mass-delete guard
-        /// holds back (`status` says how many and from which site).
+        /// Apply the incoming deletions that the mass-delete guard holds
+        /// back (`status` says how many and from which site).
         #[arg(long)]
         confirm_deletes: bool,
+        /// Refuse the deletions that the mass-delete guard holds back: the
+        /// rows stay here and go back to every site as new rows.
+        #[arg(long, conflicts_with = "confirm_deletes")]
+        keep_deleted: bool,
     },
     /// The service while the app runs: syncs every few minutes, within
     /// seconds of files arriving or the app changing rows, and serves the
@@ -202,10 +206,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(report.first_run.outcome))
         }
-        Command::Sync { full_scan, confirm_deletes } => {
+        Command::Sync { full_scan, confirm_deletes, keep_deleted } => {
             let options = SyncOptions {
                 full_scan,
                 confirm_deletes,
+                keep_deleted,
                 wait_for_lock: Some(|| {
                     eprintln!(
                         "clinicsync: another sync of this database is running; waiting for it to finish"
@@ -355,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "waiting-sites" => format!("waiting for {} to have it", t.waiting_for.join(", ")),
                         "purgeable" => "purgeable: a sync within 5 minutes purges it".to_owned(),
                         "waiting-confirmation" => {
-                            "held by the mass-delete guard: `clinicsync sync --confirm-deletes` applies it".to_owned()
+                            "held by the mass-delete guard: `clinicsync sync --confirm-deletes` applies it, `--keep-deleted` refuses it".to_owned()
                         }
                         "waiting-review" => {
                             "kept: an edit made without seeing the delete waits for review (`clinicsync conflicts`)".to_owned()

@@ -1,12 +1,20 @@
 //! Deletions held by the mass-delete guard: the state has the tombstones
 //! (they travel on, and the patient files carry them), but the app's tables
-//! keep the rows until a person confirms (`sync --confirm-deletes`) or the
-//! next run finds the batch small enough.
+//! keep the rows until the guard lets them through, a person confirms
+//! (`sync --confirm-deletes`) or refuses them (`sync --keep-deleted`).
+//!
+//! Every incoming deletion of a row the app shows is held while a run
+//! imports; a held row is filed under its patient. The guard then counts
+//! them in groups: the patients (their own rows, with every child row
+//! filed under them), and each child table's rows held on their own (their
+//! patient is not being deleted). A group is applied or kept whole.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::schema::quote;
+use super::state::{self, Ctx, Restored, StampBatch};
 use super::{Db, DbError};
+use crate::model::{HlcClock, RowKey};
 
 pub(super) const TABLE: &str = "
 CREATE TABLE IF NOT EXISTS _cs_held (tbl TEXT NOT NULL, pk TEXT NOT NULL, patient TEXT NOT NULL,
@@ -18,64 +26,200 @@ CREATE TABLE IF NOT EXISTS _cs_held (tbl TEXT NOT NULL, pk TEXT NOT NULL, patien
 pub struct HeldDeletes {
     /// Patients whose deletion waits.
     pub patients: u64,
-    /// Rows in all (the patients' own and their child rows).
+    /// Rows in all (the patients' own and their child rows, and the rows
+    /// held on their own).
     pub rows: u64,
     /// The sites that deleted them (full ids).
     pub sites: Vec<String>,
+    /// Child rows held on their own (their patient stays), per table.
+    pub tables: Vec<HeldTable>,
+}
+
+/// Rows of one child table whose deletion waits while their patient stays.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HeldTable {
+    pub table: String,
+    pub rows: u64,
+}
+
+/// A group of held deletions the guard applies or keeps whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeldGroup {
+    /// Patients' own rows, with the child rows filed under them.
+    Patients,
+    /// One child table's rows held on their own.
+    Table(String),
+    /// Everything held.
+    All,
+}
+
+/// What releasing a group applied to the app's tables.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Released {
+    pub patients: u64,
+    pub rows: u64,
+}
+
+/// Deletions refused in one write transaction, per deleting site.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Kept {
+    /// Rows that live again.
+    pub rows: u64,
+    /// Of them, patients' own rows.
+    pub patients: u64,
+    /// Per site that deleted them: (site, rows, earliest and latest delete
+    /// time in ms).
+    pub by_site: Vec<(String, u64, u64, u64)>,
+    /// Whether held rows are left for another transaction.
+    pub more: bool,
+}
+
+impl HeldGroup {
+    /// The group's rows in `_cs_held`, as an SQL condition.
+    fn condition(&self, root: &str) -> String {
+        let root = lit(root);
+        let filed_under_held = format!("patient IN (SELECT pk FROM _cs_held WHERE tbl = {root})");
+        match self {
+            HeldGroup::Patients => format!("(tbl = {root} OR {filed_under_held})"),
+            HeldGroup::Table(t) => format!("(tbl = {} AND tbl <> {root} AND NOT {filed_under_held})", lit(t)),
+            HeldGroup::All => "1".to_owned(),
+        }
+    }
+}
+
+/// A name as an SQL string literal.
+fn lit(name: &str) -> String {
+    format!("'{}'", name.replace('\'', "''"))
 }
 
 impl Db {
     pub fn held_deletes(&self) -> Result<HeldDeletes, DbError> {
-        let (patients, rows): (i64, i64) =
-            self.conn.query_row("SELECT count(DISTINCT patient), count(*) FROM _cs_held", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+        let root = &self.mapping.root.table;
+        let (patients, rows): (i64, i64) = self.conn.query_row(
+            "SELECT count(*) FILTER (WHERE tbl = ?1), count(*) FROM _cs_held",
+            [root],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let mut stmt =
             self.conn.prepare("SELECT DISTINCT site FROM _cs_held WHERE site IS NOT NULL ORDER BY site")?;
         let sites = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        Ok(HeldDeletes { patients: patients as u64, rows: rows as u64, sites })
+        let mut stmt = self.conn.prepare(
+            "SELECT tbl, count(*) FROM _cs_held
+             WHERE tbl <> ?1 AND patient NOT IN (SELECT pk FROM _cs_held WHERE tbl = ?1)
+             GROUP BY tbl ORDER BY tbl",
+        )?;
+        let tables = stmt
+            .query_map([root], |r| Ok(HeldTable { table: r.get(0)?, rows: r.get::<_, i64>(1)? as u64 }))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(HeldDeletes { patients: patients as u64, rows: rows as u64, sites, tables })
+    }
+
+    /// Forgets held deletions of rows that live again (re-inserted at
+    /// another site, or refused there with `--keep-deleted`): there is
+    /// nothing to delete any more.
+    pub fn forget_revived_held(&self) -> Result<u64, DbError> {
+        let n = self.conn.execute(
+            "DELETE FROM _cs_held WHERE EXISTS (SELECT 1 FROM _cs_rows r
+               WHERE r.tbl = _cs_held.tbl AND r.pk = _cs_held.pk AND r.cl % 2 = 1)",
+            [],
+        )?;
+        Ok(n as u64)
     }
 
     /// Patients the app's table shows (held ones included).
     pub fn patient_count(&self) -> Result<u64, DbError> {
-        let root = &self.mapping.root.table;
+        self.table_count(&self.mapping.root.table)
+    }
+
+    /// Rows a mapped table of the app shows (held ones included).
+    pub fn table_count(&self, table: &str) -> Result<u64, DbError> {
         let n: i64 =
-            self.conn.query_row(&format!("SELECT count(*) FROM {}", quote(root)), [], |r| r.get(0))?;
+            self.conn.query_row(&format!("SELECT count(*) FROM {}", quote(table)), [], |r| r.get(0))?;
         Ok(n as u64)
     }
 
-    /// Applies every held deletion to the app's tables. Returns how many
-    /// patients went.
-    pub fn release_held(&mut self) -> Result<u64, DbError> {
-        let held = self.held_deletes()?;
-        if held.rows == 0 {
-            return Ok(0);
-        }
+    /// Applies a group of held deletions to the app's tables (child rows
+    /// first, so a foreign key never refuses the patient's row).
+    pub fn release_held(&mut self, group: &HeldGroup) -> Result<Released, DbError> {
+        let root = self.mapping.root.table.clone();
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute("INSERT INTO _cs_quiet (x) VALUES (1)", [])?;
-        let rows: Vec<(String, String)> = {
-            let mut stmt = tx.prepare("SELECT tbl, pk FROM _cs_held")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
-        };
-        for (tbl, pk) in rows {
-            // Only a row whose state is still deleted (or purged) goes: one
-            // brought back since (re-inserted elsewhere) stays.
-            let alive: Option<bool> = tx
-                .query_row(
-                    "SELECT cl % 2 = 1 FROM _cs_rows WHERE tbl = ?1 AND pk = ?2",
-                    params![tbl, pk],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if alive != Some(true)
-                && let Some((key, _)) = self.mapping.table(&tbl)
-            {
-                tx.execute(&format!("DELETE FROM {} WHERE {} = ?1", quote(&tbl), quote(key)), [&pk])?;
+        let mut released = Released::default();
+        {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT tbl, pk FROM _cs_held WHERE {} ORDER BY tbl = {}, tbl, pk",
+                group.condition(&root),
+                lit(&root)
+            ))?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (tbl, pk): (String, String) = (r.get(0)?, r.get(1)?);
+                // Only a row whose state is still deleted (or purged) goes:
+                // one brought back since (re-inserted elsewhere) stays.
+                let alive: Option<bool> = tx
+                    .prepare_cached("SELECT cl % 2 = 1 FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+                    .query_row(params![tbl, pk], |r| r.get(0))
+                    .optional()?;
+                if alive == Some(true) {
+                    continue;
+                }
+                if let Some((key, _)) = self.mapping.table(&tbl) {
+                    let n = tx
+                        .prepare_cached(&format!("DELETE FROM {} WHERE {} = ?1", quote(&tbl), quote(key)))?
+                        .execute([&pk])?;
+                    released.rows += n as u64;
+                    if tbl == root {
+                        released.patients += n as u64;
+                    }
+                }
             }
         }
-        tx.execute("DELETE FROM _cs_held", [])?;
+        tx.execute(&format!("DELETE FROM _cs_held WHERE {}", group.condition(&root)), [])?;
         tx.execute("DELETE FROM _cs_quiet", [])?;
         tx.commit()?;
-        Ok(held.patients)
+        Ok(released)
     }
+}
+
+/// Refuses up to `max_rows` held deletions (`sync --keep-deleted`): the
+/// rows live again here and travel to every site as new inserts. The
+/// patients' own rows go first.
+pub(super) fn keep(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    batch: &mut StampBatch,
+    max_rows: usize,
+) -> Result<Kept, DbError> {
+    let root = ctx.mapping.root.table.as_str();
+    let keys: Vec<(RowKey, Option<String>)> = {
+        let mut stmt =
+            conn.prepare("SELECT tbl, pk, site FROM _cs_held ORDER BY tbl <> ?1, patient, tbl, pk LIMIT ?2")?;
+        stmt.query_map(params![root, max_rows as i64 + 1], |r| {
+            Ok((RowKey { table: r.get(0)?, pk: r.get(1)? }, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?
+    };
+    let mut kept = Kept { more: keys.len() > max_rows, ..Kept::default() };
+    for (key, site) in keys.into_iter().take(max_rows) {
+        conn.prepare_cached("DELETE FROM _cs_held WHERE tbl = ?1 AND pk = ?2")?
+            .execute(params![key.table, key.pk])?;
+        let Some(Restored { deleted_at }) = state::restore_row(conn, ctx, clock, now_ms, &key, batch)? else {
+            continue;
+        };
+        kept.rows += 1;
+        kept.patients += u64::from(key.table == root);
+        let site = deleted_at.map(|h| h.site().to_string()).or(site).unwrap_or_default();
+        let at = deleted_at.map_or(0, |h| h.wall_ms());
+        match kept.by_site.iter_mut().find(|(s, ..)| *s == site) {
+            Some((_, n, first, last)) => {
+                *n += 1;
+                *first = (*first).min(at);
+                *last = (*last).max(at);
+            }
+            None => kept.by_site.push((site, 1, at, at)),
+        }
+    }
+    Ok(kept)
 }

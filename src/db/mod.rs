@@ -24,7 +24,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
-pub use held::HeldDeletes;
+pub use held::{HeldDeletes, HeldGroup, HeldTable, Kept, Released};
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
 pub use purge::{Purged, Tombstone};
 pub use runs::{ConflictRecord, EventRecord, RunRecord};
@@ -621,6 +621,13 @@ impl WriteTx<'_> {
     /// [`Db::held_deletes`].
     pub fn hold_deletes(&mut self) {
         self.hold_deletes = true;
+    }
+
+    /// Refuses up to `max_rows` held deletions (`sync --keep-deleted`): the
+    /// rows live again here and travel to every site as new inserts.
+    pub fn keep_held(&mut self, max_rows: usize) -> Result<Kept, DbError> {
+        let ctx = tx_ctx!(self);
+        held::keep(&self.tx, &ctx, &mut self.clock, self.now_ms, &mut self.batch, max_rows)
     }
 
     /// Stamps the app's pending changes, oldest first, until about

@@ -1213,21 +1213,17 @@ pub(crate) fn sync_records(
     Ok(new)
 }
 
-/// Holds an incoming deletion when it is part of deleting a patient (the
-/// patient's own row, or a row of a patient whose row is deleted) and the
-/// app still shows the row. Returns whether it was held.
+/// Holds an incoming deletion while the app still shows the row: the
+/// state takes the tombstone, the app keeps the row until the mass-delete
+/// guard has counted the run's deletions (see held.rs). A child row is
+/// filed under its patient, so that it is applied or refused with the
+/// patient's own deletion. Returns whether it was held.
 fn hold_delete(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Result<bool, DbError> {
     let Some((key_col, role)) = ctx.mapping.table(&key.table) else { return Ok(false) };
     let patient = match role {
         TableRole::Root => key.pk.clone(),
         TableRole::Child { patient_column } => {
-            let Some(p) = row.value(patient_column).and_then(Value::as_text) else { return Ok(false) };
-            let root = ctx.mapping.root.table.clone();
-            let patient_dead = load_row(conn, &root, p)?.is_some_and(|(r, _)| !r.is_alive());
-            if !patient_dead {
-                return Ok(false);
-            }
-            p.to_owned()
+            row.value(patient_column).and_then(Value::as_text).unwrap_or_default().to_owned()
         }
     };
     let shown: bool = conn
@@ -1247,6 +1243,52 @@ fn hold_delete(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -
     )?
     .execute(params![key.table, key.pk, patient, site])?;
     Ok(true)
+}
+
+/// A held deletion refused: the row lives again.
+pub(crate) struct Restored {
+    /// The stamp of the delete that was refused (its site and time).
+    pub(crate) deleted_at: Option<Hlc>,
+}
+
+/// Refuses a held deletion (`sync --keep-deleted`): the app still shows
+/// the row, so it lives again at every site as a new insert (the next odd
+/// causal length, which every site takes over the tombstone), its fields
+/// travelling whole so a site that already purged the tombstone has them.
+/// An edit the app made to the row while it was held is stamped first.
+/// None when the row has no state or is alive already.
+pub(crate) fn restore_row(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    key: &RowKey,
+    batch: &mut StampBatch,
+) -> Result<Option<Restored>, DbError> {
+    stamp_if_pending(conn, ctx, clock, now_ms, key, batch)?;
+    let Some((mut row, old_patient)) = load_row(conn, &key.table, &key.pk)? else { return Ok(None) };
+    if row.is_alive() {
+        return Ok(None);
+    }
+    let deleted_at = row.deleted_at();
+    let old = if ctx.digests {
+        digests::before_save(conn, &key.table, &key.pk, &row, old_patient.as_deref())?
+    } else {
+        None
+    };
+    row.cl += 1;
+    row.deleted = Base::default();
+    let stamped = RowState { cl: row.cl, fields: row.fields.clone(), ..RowState::default() };
+    let patient = patient_of(ctx, &key.table, &key.pk, &row, old_patient.as_deref());
+    save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), Some(old_patient.as_deref()), old)?;
+    sync_records(conn, key, &row, patient.as_deref(), "", now_ms)?;
+    // The app shows the row already; this makes it show the state's values
+    // (a row the app's table refuses now is parked and shown later).
+    let _parked = project_or_park(conn, ctx, key, &row)?;
+    batch.bytes += 300 + key.table.len() + key.pk.len() + 200 * stamped.fields.len();
+    batch.versions += 1;
+    add_to_batch(batch, key.clone(), stamped, old_patient, patient);
+    Ok(Some(Restored { deleted_at }))
 }
 
 /// True when the app still shows a row whose deletion is held.

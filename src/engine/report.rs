@@ -73,6 +73,14 @@ pub struct Counts {
     /// tables this run, and those the mass-delete guard holds back.
     pub patients_deleted: u64,
     pub deletes_held: u64,
+    /// Rows another site deleted whose deletion reached the app's tables
+    /// this run (patients' own rows and child rows), and the rows the
+    /// guard holds back (the held patients' rows included).
+    pub rows_deleted: u64,
+    pub rows_held: u64,
+    /// Rows whose held deletion was refused (`sync --keep-deleted`): they
+    /// live again and go back to every site.
+    pub rows_kept: u64,
     /// Tombstones purged, and patient files of purged patients removed.
     pub tombstones_purged: u64,
     pub files_removed: u64,

@@ -17,7 +17,7 @@ use super::report::{Counts, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use crate::changelog::{CatchUp, Peer, Retention, catch_up, compaction_limit, segment_path};
 use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_copy_of};
-use crate::db::{Db, DbError, KeptCopy, SiteConfig, StampOutcome, StoredPatient};
+use crate::db::{Db, DbError, HeldGroup, KeptCopy, SiteConfig, StampOutcome, StoredPatient};
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
 use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
@@ -53,6 +53,9 @@ pub struct SyncOptions {
     /// Apply incoming deletions of patients even when there are more than
     /// the mass-delete guard lets through.
     pub confirm_deletes: bool,
+    /// Refuse every held deletion: the rows stay here and go back to every
+    /// site as new inserts.
+    pub keep_deleted: bool,
     /// Where the run reports its step and how far through it is.
     pub progress: Progress,
     /// Remember the folder paths the run wrote or removed
@@ -69,6 +72,7 @@ impl Default for SyncOptions {
             trigger: "manual".into(),
             full_scan: false,
             confirm_deletes: false,
+            keep_deleted: false,
             progress: Progress::new(),
             track_touched: false,
             wait_for_lock: None,
@@ -194,6 +198,7 @@ pub fn sync_with_clock(
         peers_incomplete: false,
         force_scan: options.full_scan,
         confirm_deletes: options.confirm_deletes,
+        keep_deleted: options.keep_deleted,
         peer_horizon: None,
         listed_stems: HashSet::new(),
         copy_stems: HashSet::new(),
@@ -370,6 +375,7 @@ struct Run<'c> {
     peers_incomplete: bool,
     force_scan: bool,
     confirm_deletes: bool,
+    keep_deleted: bool,
     /// Set when this site returns after peers purged tombstones it never
     /// read: the latest purge horizon, and (filled by the full scan) the
     /// patient files the folder has.
@@ -430,6 +436,7 @@ impl Run<'_> {
         self.guard()?;
         self.progress.step("recording local changes", 0);
         self.export()?;
+        self.keep_deleted()?;
         self.import()?;
         self.show_parked_rows()?;
         self.guard_deletes()?;
@@ -851,35 +858,128 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The mass-delete guard. Incoming deletions of patients were held while
-    /// they were applied; now the run knows how many there are. A batch
-    /// within the threshold is applied to the app's tables; a larger one
-    /// waits for `sync --confirm-deletes`, and the run is partial.
+    /// `sync --keep-deleted`: every deletion the guard held when the run
+    /// started is refused. The rows stay in the app's tables and go back to
+    /// every site as new inserts, in bounded exports.
+    fn keep_deleted(&mut self) -> Result<(), EngineError> {
+        if !self.keep_deleted {
+            return Ok(());
+        }
+        let mut kept = crate::db::Kept { more: true, ..Default::default() };
+        while kept.more {
+            let mut w = self.db.begin_write(self.now_ms)?;
+            let step = w.keep_held(SEGMENT_ROWS)?;
+            let stamped = w.commit()?;
+            self.note_stamped(stamped);
+            kept.rows += step.rows;
+            kept.patients += step.patients;
+            kept.more = step.more;
+            for (site, n, first, last) in step.by_site {
+                match kept.by_site.iter_mut().find(|(s, ..)| *s == site) {
+                    Some((_, m, f, l)) => {
+                        *m += n;
+                        *f = (*f).min(first);
+                        *l = (*l).max(last);
+                    }
+                    None => kept.by_site.push((site, n, first, last)),
+                }
+            }
+        }
+        self.counts.rows_kept += kept.rows;
+        if kept.by_site.is_empty() {
+            self.rec.info("keep-deleted", None, "no deletion was held; nothing to keep".into());
+        }
+        for (site, n, first, last) in &kept.by_site {
+            let when = if first == last {
+                crate::xmlstore::format_time(*first)
+            } else {
+                format!(
+                    "between {} and {}",
+                    crate::xmlstore::format_time(*first),
+                    crate::xmlstore::format_time(*last)
+                )
+            };
+            self.rec.info(
+                "keep-deleted",
+                None,
+                format!(
+                    "kept {n} rows that site {} deleted {when} (refused with --keep-deleted); they stay here and go back to every site as new rows",
+                    self.site_label(site)
+                ),
+            );
+        }
+        self.write_outbox_quietly()
+    }
+
+    /// The mass-delete guard. Every incoming deletion of a row the app
+    /// shows was held while it was applied; now the run knows how many
+    /// there are. The patients' deletions (with their child rows) are one
+    /// group, and each child table's rows deleted on their own are
+    /// another: a group within the threshold (of the patients, or of that
+    /// table's rows) is applied to the app's tables; a larger one waits for
+    /// `sync --confirm-deletes` or `sync --keep-deleted`, and the run is
+    /// partial.
     fn guard_deletes(&mut self) -> Result<(), EngineError> {
+        self.db.forget_revived_held()?;
         let held = self.db.held_deletes()?;
         if held.rows == 0 {
             return Ok(());
         }
-        let total = self.db.patient_count()?;
         let percent = u64::from(self.settings.mass_delete_percent);
-        let limit = self.settings.mass_delete_min_patients.max((total * percent).div_ceil(100));
+        let min = self.settings.mass_delete_min_patients;
         let sites = held.sites.iter().map(|s| self.site_label(s)).collect::<Vec<_>>().join(", ");
-        if held.patients <= limit || self.confirm_deletes {
-            let n = self.db.release_held()?;
-            self.counts.patients_deleted += n;
-            let why = if held.patients > limit { " (confirmed with --confirm-deletes)" } else { "" };
-            self.rec.info("delete", None, format!("deleted {n} patients that site {sites} deleted{why}"));
-            return Ok(());
+        let mut groups = Vec::new();
+        if held.patients > 0 {
+            let root = self.db.mapping().root.table.clone();
+            let own: u64 = held.tables.iter().map(|t| t.rows).sum();
+            groups.push((HeldGroup::Patients, root, held.patients, held.rows - own));
         }
-        self.counts.deletes_held = held.patients;
-        self.rec.skipped(
-            "held-deletes",
-            None,
-            format!(
-                "{} patients were deleted at site {sites}: more than {limit} ({percent}% of this database's {total} patients, and at least {}), so they are still shown here and their deletion waits; everything else was applied. If the deletion is right, run `clinicsync sync --confirm-deletes`",
-                held.patients, self.settings.mass_delete_min_patients
-            ),
-        );
+        for t in &held.tables {
+            groups.push((HeldGroup::Table(t.table.clone()), t.table.clone(), t.rows, t.rows));
+        }
+        for (group, table, count, rows) in groups {
+            let total = self.db.table_count(&table)?;
+            let limit = min.max((total * percent).div_ceil(100));
+            let what = match group {
+                HeldGroup::Patients => format!("{count} patients"),
+                _ => format!("{count} rows of {table}"),
+            };
+            if count <= limit || self.confirm_deletes {
+                let released = self.db.release_held(&group)?;
+                self.counts.patients_deleted += released.patients;
+                self.counts.rows_deleted += released.rows;
+                let why = if count > limit { " (confirmed with --confirm-deletes)" } else { "" };
+                let with = match group {
+                    HeldGroup::Patients if released.rows > released.patients => {
+                        format!(" with {} of their rows", released.rows - released.patients)
+                    }
+                    _ => String::new(),
+                };
+                self.rec.info("delete", None, format!("deleted {what}{with} that site {sites} deleted{why}"));
+                continue;
+            }
+            self.counts.rows_held += rows;
+            let (whole, shown) = match group {
+                HeldGroup::Patients => {
+                    self.counts.deletes_held += count;
+                    (
+                        format!("{percent}% of this database's {total} patients, and at least {min}"),
+                        format!("they and their {} rows are still shown here", rows - count),
+                    )
+                }
+                _ => (
+                    format!("{percent}% of the {total} rows of {table}, and at least {min}"),
+                    "their patients stay, and the rows are still shown here".to_owned(),
+                ),
+            };
+            self.rec.skipped(
+                "held-deletes",
+                None,
+                format!(
+                    "{what} were deleted at site {sites}: more than {limit} ({whole}), so {shown} and their deletion waits; everything else was applied. If the deletion is right, run `clinicsync sync --confirm-deletes`; to keep them and send them back to every site, run `clinicsync sync --keep-deleted`"
+                ),
+            );
+        }
         Ok(())
     }
 

@@ -91,11 +91,21 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
     }
     let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
     let held_deletes = db.held_deletes()?;
-    if held_deletes.patients > 0 {
+    if held_deletes.rows > 0 {
         let sites: Vec<&str> = held_deletes.sites.iter().map(|s| s.get(..8).unwrap_or(s)).collect();
+        let mut what = Vec::new();
+        if held_deletes.patients > 0 {
+            let own: u64 = held_deletes.tables.iter().map(|t| t.rows).sum();
+            what.push(format!(
+                "{} patients (with {} of their rows)",
+                held_deletes.patients,
+                held_deletes.rows - own - held_deletes.patients
+            ));
+        }
+        what.extend(held_deletes.tables.iter().map(|t| format!("{} rows of {}", t.rows, t.table)));
         warnings.push(format!(
-            "{} patients deleted at site {} are still shown here: more than the mass-delete guard lets through on its own; if that deletion is right, run `clinicsync sync --confirm-deletes`",
-            held_deletes.patients,
+            "{} deleted at site {} are still shown here: more than the mass-delete guard lets through on its own; if that deletion is right, run `clinicsync sync --confirm-deletes`; to keep them and send them back to every site, run `clinicsync sync --keep-deleted`",
+            what.join(" and "),
             sites.join(", ")
         ));
     }

@@ -239,6 +239,138 @@ fn deleting_thirty_percent_of_two_hundred_patients_waits_for_confirmation() {
     assert_eq!(status(&b)["held_deletes"]["patients"], 0);
 }
 
+fn table_rows(db: &Path, table: &str) -> i64 {
+    app(db).query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_held_mass_deletion_holds_the_patients_child_rows_too() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..100).map(|n| add_patient(&conn, n, 2)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    for id in &ids[..90] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    assert_eq!(table_rows(&a, "clinical_notes"), 20, "the app's cascade at A");
+    sync_ok(&a);
+
+    let (code, report) = sync(&b);
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["counts"]["deletes_held"], 90);
+    assert_eq!(report["counts"]["rows_held"], 90 * 7);
+    for table in ["patients", "appointments", "clinical_notes", "invoices"] {
+        let expected = if table == "patients" { 100 } else { 200 };
+        assert_eq!(table_rows(&b, table), expected, "{table} still shown at B while the deletion waits");
+    }
+    let held = events_of(&report, "held-deletes");
+    assert_eq!(held.len(), 1, "one hold: the patients with their rows: {held:?}");
+    assert!(held[0]["message"].as_str().unwrap().contains("their 540 rows"), "{held:?}");
+    let s = status(&b);
+    assert_eq!(s["held_deletes"]["rows"], 630);
+    assert_eq!(s["held_deletes"]["tables"].as_array().unwrap().len(), 0, "no table held on its own");
+
+    // Another run, and a full scan, still hold everything.
+    assert_eq!(sync_with(&b, &["--full-scan"]).0, 3);
+    assert_eq!(table_rows(&b, "clinical_notes"), 200);
+
+    let (code, report) = sync_with(&b, &["--confirm-deletes"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["counts"]["patients_deleted"], 90);
+    assert_eq!(report["counts"]["rows_deleted"], 630);
+    assert_eq!(dump(&a), dump(&b));
+}
+
+#[test]
+fn deleting_most_of_one_table_is_held_even_when_the_patients_stay() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    for n in 0..50 {
+        add_patient(&conn, n, 2);
+    }
+    sync_ok(&a);
+    sync_ok(&b);
+    conn.execute("DELETE FROM clinical_notes", []).unwrap();
+    // A few appointments go too: within the guard, they are applied.
+    conn.execute("DELETE FROM appointments WHERE rowid IN (SELECT rowid FROM appointments LIMIT 3)", [])
+        .unwrap();
+    sync_ok(&a);
+
+    let (code, report) = sync(&b);
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(table_rows(&b, "clinical_notes"), 100, "every note still shown at B");
+    assert_eq!(table_rows(&b, "appointments"), 97, "the small deletion went through");
+    assert_eq!(report["counts"]["deletes_held"], 0, "no patient was deleted");
+    assert_eq!(report["counts"]["rows_held"], 100);
+    let held = events_of(&report, "held-deletes");
+    assert!(held[0]["message"].as_str().unwrap().contains("100 rows of clinical_notes"), "{held:?}");
+    let s = status(&b);
+    assert_eq!(s["held_deletes"]["tables"][0]["table"], "clinical_notes");
+    assert_eq!(s["held_deletes"]["tables"][0]["rows"], 100);
+    assert!(
+        s["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("100 rows of clinical_notes")),
+        "{s:#}"
+    );
+
+    let (code, report) = sync_with(&b, &["--confirm-deletes"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(table_rows(&b, "clinical_notes"), 0);
+    assert_eq!(dump(&a), dump(&b));
+}
+
+#[test]
+fn a_refused_mass_deletion_brings_the_rows_back_at_every_site() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..40).map(|n| add_patient(&conn, n, 1)).collect();
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    let before = dump(&b);
+    for id in &ids[..30] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&a);
+    assert_eq!(sync(&b).0, 3, "held at B");
+
+    let (code, report) = sync_with(&b, &["--keep-deleted"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["counts"]["rows_kept"], 120);
+    let kept = events_of(&report, "keep-deleted");
+    let site_a = status(&a)["site"].as_str().unwrap().to_owned();
+    assert!(kept[0]["message"].as_str().unwrap().contains(&site_a[..8]), "names the deleting site: {kept:?}");
+    assert!(kept[0]["message"].as_str().unwrap().contains("kept 120 rows"), "{kept:?}");
+    assert_eq!(dump(&b), before, "nothing lost at B");
+    assert_eq!(status(&b)["held_deletes"]["rows"], 0);
+
+    // A, which deleted them, and C, which had them held or not, take the
+    // rows back as new inserts; nobody holds anything any more.
+    for db in [&a, &c, &b, &a] {
+        let (code, report) = sync(db);
+        assert!(code == 0 || code == 3, "{report:#}");
+    }
+    for db in [&a, &b, &c] {
+        let (code, report) = sync(db);
+        assert_eq!(code, 0, "{} settles: {report:#}", db.display());
+        assert_eq!(dump(db), before, "{} has every row again", db.display());
+    }
+
+    // --keep-deleted and --confirm-deletes cannot be given together.
+    cli(&b).args(["sync", "--keep-deleted", "--confirm-deletes"]).assert().code(2);
+}
+
 #[test]
 fn a_few_deletions_pass_the_guard_at_once() {
     let family = Family::new();
