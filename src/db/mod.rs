@@ -231,6 +231,19 @@ impl Db {
         let mapping_text =
             meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
         let mapping = Mapping::from_toml(&mapping_text)?;
+        let edit_times: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_pending') WHERE name = 'at_ms')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !edit_times {
+            // The triggers record when the app wrote, in one step with the
+            // column they fill.
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch("ALTER TABLE _cs_pending ADD COLUMN at_ms INTEGER")?;
+            schema::install_triggers(&tx, &mapping)?;
+            tx.commit()?;
+        }
         let columns = load_columns(&conn, &mapping)?;
         Ok(Db { conn, path: path.to_path_buf(), mapping, columns })
     }

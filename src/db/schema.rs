@@ -11,8 +11,9 @@ CREATE TABLE IF NOT EXISTS _cs_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 -- Holds a row only inside clinicsync's own write transactions: the capture
 -- triggers stay quiet while it does, so applied changes never echo back.
 CREATE TABLE IF NOT EXISTS _cs_quiet (x INTEGER);
--- Filled by the triggers: which rows the app touched since the last export.
-CREATE TABLE IF NOT EXISTS _cs_pending (id INTEGER PRIMARY KEY, tbl TEXT, pk TEXT);
+-- Filled by the triggers: which rows the app touched since the last export,
+-- and when (ms since the epoch, by the computer's clock as the app wrote).
+CREATE TABLE IF NOT EXISTS _cs_pending (id INTEGER PRIMARY KEY, tbl TEXT, pk TEXT, at_ms INTEGER);
 CREATE INDEX IF NOT EXISTS _cs_pending_row ON _cs_pending (tbl, pk);
 -- Per replicated row: causal length (odd alive, even deleted), the patient it
 -- belongs to, and the maximal versions of its fields (see rowblob.rs).
@@ -58,11 +59,18 @@ pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The time of the app's write, in ms since the epoch, as the triggers
+/// record it. `julianday('now')` is in every SQLite an app may link (and is
+/// the same for every row one statement writes); it counts whole ms.
+const NOW_MS: &str = "CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)";
+
 /// Creates (or re-creates) the capture triggers of every mapped table. The
-/// triggers record only which row changed; the export compares the row with
-/// its recorded versions to find the changed columns, so columns the app adds
-/// later are captured without new triggers.
+/// triggers record only which row changed and when; the export compares the
+/// row with its recorded versions to find the changed columns, so columns
+/// the app adds later are captured without new triggers, and stamps them
+/// with the time of the app's last write of the row.
 pub(crate) fn install_triggers(conn: &Connection, mapping: &Mapping) -> rusqlite::Result<()> {
+    let now = NOW_MS;
     for table in mapping.tables() {
         let (key, _) = mapping.table(table).expect("a mapped table");
         let t = quote(table);
@@ -74,16 +82,111 @@ pub(crate) fn install_triggers(conn: &Connection, mapping: &Mapping) -> rusqlite
              DROP TRIGGER IF EXISTS \"_cs_{table}_au\";
              DROP TRIGGER IF EXISTS \"_cs_{table}_ad\";
              CREATE TRIGGER \"_cs_{table}_ai\" AFTER INSERT ON {t} {quiet} BEGIN
-               INSERT INTO _cs_pending (tbl, pk) VALUES ({lit}, NEW.{k});
+               INSERT INTO _cs_pending (tbl, pk, at_ms) VALUES ({lit}, NEW.{k}, {now});
              END;
              CREATE TRIGGER \"_cs_{table}_au\" AFTER UPDATE ON {t} {quiet} BEGIN
-               INSERT INTO _cs_pending (tbl, pk) VALUES ({lit}, OLD.{k});
-               INSERT INTO _cs_pending (tbl, pk) SELECT {lit}, NEW.{k} WHERE NEW.{k} IS NOT OLD.{k};
+               INSERT INTO _cs_pending (tbl, pk, at_ms) VALUES ({lit}, OLD.{k}, {now});
+               INSERT INTO _cs_pending (tbl, pk, at_ms) SELECT {lit}, NEW.{k}, {now} WHERE NEW.{k} IS NOT OLD.{k};
              END;
              CREATE TRIGGER \"_cs_{table}_ad\" AFTER DELETE ON {t} {quiet} BEGIN
-               INSERT INTO _cs_pending (tbl, pk) VALUES ({lit}, OLD.{k});
+               INSERT INTO _cs_pending (tbl, pk, at_ms) VALUES ({lit}, OLD.{k}, {now});
              END;"
         ))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::{Db, InitParams};
+    use crate::model::{FamilyId, RowKey, SiteId};
+
+    fn init(dir: &std::path::Path) -> Db {
+        let params = InitParams {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "a".into(),
+            folder: dir.join("folder"),
+            machine: "m".into(),
+            mapping: None,
+            now_ms: 1_000,
+        };
+        Db::init(&dir.join("clinic.db"), params).unwrap()
+    }
+
+    fn stamp_wall(db: &Db, pk: &str) -> u64 {
+        let doc = db.doc_for_patient(pk).unwrap();
+        doc.rows[&RowKey { table: "patients".into(), pk: pk.into() }].fields["family_name"]
+            .winner()
+            .hlc()
+            .wall_ms()
+    }
+
+    #[test]
+    fn an_edit_is_stamped_with_the_time_the_app_wrote_it_never_later_than_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = init(dir.path());
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        db.conn()
+            .execute("INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames'), ('p2', 'Bell'), ('p3', 'Cole')", [])
+            .unwrap();
+        let recorded: i64 =
+            db.conn().query_row("SELECT min(at_ms) FROM _cs_pending", [], |r| r.get(0)).unwrap();
+        assert!(recorded as u128 >= before.saturating_sub(1), "the trigger records the write's time");
+        // The times as a laptop would have recorded them over a day.
+        for (pk, at) in [("p1", 5_000), ("p2", 4_000), ("p3", 99_000)] {
+            db.conn()
+                .execute("UPDATE _cs_pending SET at_ms = ?2 WHERE pk = ?1", rusqlite::params![pk, at])
+                .unwrap();
+        }
+        let mut w = db.begin_write(10_000).unwrap();
+        assert!(!w.stamp_pending(100, 1 << 20).unwrap());
+        w.commit().unwrap();
+        assert_eq!(stamp_wall(&db, "p2"), 4_000);
+        assert_eq!(stamp_wall(&db, "p1"), 5_000, "rows go in the order they were written");
+        assert_eq!(stamp_wall(&db, "p3"), 10_000, "a time ahead of the sync's clock is not believed");
+        let left: i64 = db.conn().query_row("SELECT count(*) FROM _cs_pending", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 0);
+
+        // An edit made before stamps this site has issued since stamps after them.
+        db.conn().execute("UPDATE patients SET family_name = 'Ames-Bell' WHERE id = 'p1'", []).unwrap();
+        db.conn().execute("UPDATE _cs_pending SET at_ms = 6_000", []).unwrap();
+        let mut w = db.begin_write(11_000).unwrap();
+        w.stamp_pending(100, 1 << 20).unwrap();
+        w.commit().unwrap();
+        assert_eq!(stamp_wall(&db, "p1"), 10_000, "after the clock's latest stamp, not before it");
+    }
+
+    #[test]
+    fn a_database_set_up_before_edit_times_records_them_once_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(init(dir.path()));
+        let conn = rusqlite::Connection::open(dir.path().join("clinic.db")).unwrap();
+        // The state as an older clinicsync left it.
+        conn.execute_batch(
+            "DROP TRIGGER \"_cs_patients_ai\"; DROP TRIGGER \"_cs_patients_au\"; DROP TRIGGER \"_cs_patients_ad\";
+             DROP TRIGGER \"_cs_appointments_ai\"; DROP TRIGGER \"_cs_appointments_au\"; DROP TRIGGER \"_cs_appointments_ad\";
+             DROP TRIGGER \"_cs_clinical_notes_ai\"; DROP TRIGGER \"_cs_clinical_notes_au\"; DROP TRIGGER \"_cs_clinical_notes_ad\";
+             DROP TRIGGER \"_cs_invoices_ai\"; DROP TRIGGER \"_cs_invoices_au\"; DROP TRIGGER \"_cs_invoices_ad\";
+             ALTER TABLE _cs_pending DROP COLUMN at_ms;
+             CREATE TRIGGER \"_cs_patients_ai\" AFTER INSERT ON patients BEGIN
+               INSERT INTO _cs_pending (tbl, pk) VALUES ('patients', NEW.id);
+             END;
+             INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames');",
+        )
+        .unwrap();
+        let db = Db::open(&dir.path().join("clinic.db")).unwrap();
+        db.conn().execute("INSERT INTO patients (id, family_name) VALUES ('p2', 'Bell')", []).unwrap();
+        let times: Vec<Option<i64>> = db
+            .conn()
+            .prepare("SELECT at_ms FROM _cs_pending ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(times.len(), 2);
+        assert_eq!(times[0], None, "the older entry has no time: it is stamped with the sync's");
+        assert!(times[1].is_some(), "the new trigger records the time");
+    }
 }

@@ -230,12 +230,18 @@ fn current_row(
 
 /// Turns the app's current row into versions: every column whose value
 /// differs from the recorded winner gets a new stamp, and the causal length
-/// follows the row's existence. Records the change in `batch`.
+/// follows the row's existence. Records the change in `batch`. The stamp
+/// takes `edit_ms`, when the app last wrote the row, or, when this site's
+/// clock has issued or seen a later stamp since, the next stamp after it
+/// (a site's stamps grow with its log, and an edit stamps above what it
+/// supersedes).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn stamp_row(
     conn: &Connection,
     ctx: &Ctx<'_>,
     clock: &mut HlcClock,
     now_ms: u64,
+    edit_ms: u64,
     tbl: &str,
     pk: &str,
     batch: &mut StampBatch,
@@ -283,7 +289,7 @@ pub(crate) fn stamp_row(
                     // A later base than the shared stamp needs a fresh one.
                     Some(h) if base.latest().is_none_or(|b| b < h) => h,
                     _ => {
-                        let h = clock.stamp(now_ms);
+                        let h = clock.stamp(edit_ms);
                         stamp = Some(h);
                         h
                     }
@@ -308,7 +314,7 @@ pub(crate) fn stamp_row(
             if let Some(latest) = seen.latest() {
                 clock.observe(latest);
             }
-            let h = stamp.unwrap_or_else(|| clock.stamp(now_ms));
+            let h = stamp.unwrap_or_else(|| clock.stamp(edit_ms));
             seen.add(h);
             row.cl += 1;
             row.deleted = seen;
@@ -479,21 +485,31 @@ pub(crate) fn stamp_pending(
     batch: &mut StampBatch,
 ) -> Result<bool, DbError> {
     // A key an app stored as a BLOB cannot be found again by its text, so
-    // its row is not synced (with a warning), as in the first export.
-    let entries: Vec<(i64, Option<String>, KeyText)> = {
+    // its row is not synced (with a warning), as in the first export. Rows
+    // go in the order the app last wrote them, each stamped with the time
+    // of that write (never later than now), so the later edit wins.
+    type Entry = (i64, Option<String>, rusqlite::types::Value, KeyText, u64);
+    let entries: Vec<Entry> = {
         let mut stmt = conn.prepare_cached(
-            "SELECT id, tbl, CAST(pk AS TEXT), typeof(pk) FROM _cs_pending ORDER BY id LIMIT ?1",
+            "SELECT max(id), tbl, pk, CAST(pk AS TEXT), typeof(pk), min(coalesce(max(at_ms), ?2), ?2) AS at
+             FROM _cs_pending GROUP BY tbl, pk ORDER BY at, max(id) LIMIT ?1",
         )?;
-        stmt.query_map([max_rows as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, key_text(r.get_ref(2)?, r.get_ref(3)?)))
+        stmt.query_map(params![max_rows as i64, now_ms as i64], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                key_text(r.get_ref(3)?, r.get_ref(4)?),
+                r.get::<_, i64>(5)?.max(0) as u64,
+            ))
         })?
         .collect::<rusqlite::Result<_>>()?
     };
     let fetched = entries.len();
     let mut seen = HashSet::new();
-    let mut last_id = None;
-    for (id, tbl, pk) in entries {
-        last_id = Some(id);
+    let mut done = Vec::with_capacity(entries.len());
+    for (id, tbl, raw_pk, pk, edit_ms) in entries {
+        done.push((id, tbl.clone(), raw_pk));
         let pk = match pk {
             Ok(pk) => pk,
             Err(bytes) => {
@@ -504,14 +520,18 @@ pub(crate) fn stamp_pending(
         if let (Some(tbl), Some(pk)) = (tbl, pk)
             && seen.insert((tbl.clone(), pk.clone()))
         {
-            stamp_row(conn, ctx, clock, now_ms, &tbl, &pk, batch)?;
+            stamp_row(conn, ctx, clock, now_ms, edit_ms, &tbl, &pk, batch)?;
         }
         if batch.bytes >= max_bytes {
             break;
         }
     }
-    if let Some(id) = last_id {
-        conn.prepare_cached("DELETE FROM _cs_pending WHERE id <= ?1")?.execute([id])?;
+    // Each stamped row's entries up to the last one read (by the key as
+    // stored: an app may store keys of any type).
+    let mut forget =
+        conn.prepare_cached("DELETE FROM _cs_pending WHERE tbl IS ?1 AND pk IS ?2 AND id <= ?3")?;
+    for (id, tbl, raw_pk) in done {
+        forget.execute(params![tbl, raw_pk, id])?;
     }
     Ok(batch.bytes >= max_bytes || fetched == max_rows)
 }
@@ -527,11 +547,13 @@ pub(crate) fn stamp_if_pending(
     batch: &mut StampBatch,
 ) -> Result<(), DbError> {
     let pending: Option<i64> = conn
-        .prepare_cached("SELECT 1 FROM _cs_pending WHERE tbl = ?1 AND pk = ?2 LIMIT 1")?
-        .query_row(params![key.table, key.pk], |r| r.get(0))
+        .prepare_cached(
+            "SELECT min(coalesce(max(at_ms), ?3), ?3) FROM _cs_pending WHERE tbl = ?1 AND pk = ?2 HAVING count(*) > 0",
+        )?
+        .query_row(params![key.table, key.pk, now_ms as i64], |r| r.get(0))
         .optional()?;
-    if pending.is_some() {
-        stamp_row(conn, ctx, clock, now_ms, &key.table, &key.pk, batch)?;
+    if let Some(edit_ms) = pending {
+        stamp_row(conn, ctx, clock, now_ms, edit_ms.max(0) as u64, &key.table, &key.pk, batch)?;
         conn.prepare_cached("DELETE FROM _cs_pending WHERE tbl = ?1 AND pk = ?2")?
             .execute(params![key.table, key.pk])?;
     }

@@ -91,6 +91,54 @@ fn concurrent_edits_of_one_field_converge_to_the_later_stamp_and_both_sites_keep
     assert!(String::from_utf8_lossy(&text.stdout).contains("Conflicts: 1 open"));
 }
 
+/// Waits until this computer's clock has passed `ms` (the time an app's
+/// write was recorded), so that the next write is later.
+fn wait_until_after(ms: i64) {
+    let now =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    while now() <= ms + 2 {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn last_edit_ms(db: &std::path::Path) -> i64 {
+    app(db).query_row("SELECT max(at_ms) FROM _cs_pending", [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn the_later_edit_wins_even_when_the_earlier_one_syncs_last() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let id = add_patient(&app(&a), 1, 0);
+    sync_ok(&a);
+    sync_ok(&b);
+    // A's receptionist types first; B's a moment later. B syncs first, and
+    // A (a laptop, say) hours later: the time of the typing decides.
+    app(&a).execute("UPDATE patients SET phone = 'typed first at A' WHERE id = ?1", [&id]).unwrap();
+    wait_until_after(last_edit_ms(&a));
+    app(&b).execute("UPDATE patients SET phone = 'typed later at B' WHERE id = ?1", [&id]).unwrap();
+    let typed_at_b = last_edit_ms(&b);
+    assert!(typed_at_b > last_edit_ms(&a));
+    sync_ok(&b);
+    sync_ok(&a);
+    sync_ok(&b);
+    for db in [&a, &b] {
+        assert_eq!(patient_field(db, &id, "phone").unwrap(), "typed later at B", "{}", db.display());
+        let conflicts: serde_json::Value = json_of(db, &["conflicts"]);
+        assert_eq!(conflicts[0]["lost_value"], "typed first at A", "kept for review at {}", db.display());
+    }
+    // A later edit at A, made with both values in view, settles it.
+    wait_until_after(typed_at_b);
+    app(&a).execute("UPDATE patients SET phone = 'settled at A' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    for db in [&a, &b] {
+        assert_eq!(patient_field(db, &id, "phone").unwrap(), "settled at A");
+        assert_eq!(json_of(db, &["status"])["open_conflicts"], 0);
+    }
+}
+
 #[test]
 fn a_third_site_learns_of_a_conflict_it_never_took_part_in() {
     let family = Family::new();
