@@ -7,13 +7,26 @@ use sha2::{Digest, Sha256};
 
 use crate::model::Clock;
 
-/// The wall clock.
+/// The wall clock. The test hook `CLINICSYNC_CLOCK_OFFSET` (a duration
+/// such as `31days`) sets it that far ahead, so tests through the command
+/// line can let days pass (retention, dormancy, purging) without waiting.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        now.saturating_add(clock_offset_ms())
     }
+}
+
+fn clock_offset_ms() -> u64 {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::env::var("CLINICSYNC_CLOCK_OFFSET")
+            .ok()
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .map_or(0, |d| d.as_millis() as u64)
+    })
 }
 
 /// 16 random bytes from the operating system, for site and family ids.

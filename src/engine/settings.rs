@@ -85,21 +85,25 @@ const SPECS: &[Spec] = &[
         default: "on",
         help: "read other sites' change-logs instead of scanning every patient file (on/off)",
     },
-    Spec { key: "log_retention", default: "7days", help: "keep own change-log segments at least this long" },
+    Spec {
+        key: "log_retention",
+        default: "7days",
+        help: "keep own change-log segments, and deletions before they are purged, at least this long (1day at least)",
+    },
     Spec {
         key: "dormancy",
         default: "30days",
-        help: "sites not seen for this long stop holding back log compaction",
+        help: "sites not seen for this long stop holding back log compaction and purging (7days at least)",
     },
     Spec {
         key: "max_clock_skew",
         default: "1h",
-        help: "hold back changes stamped further ahead of this computer's clock",
+        help: "hold back changes stamped further ahead of this computer's clock (1min at least)",
     },
     Spec {
         key: "full_scan_interval",
         default: "1h",
-        help: "with logs on, scan every patient file at least this often",
+        help: "with logs on, scan every patient file at least this often (1min at least)",
     },
     Spec {
         key: "auto_delete_conflicts",
@@ -146,6 +150,8 @@ pub enum SettingError {
     Unknown { key: String, known: String },
     #[error("{key} must be {expected}, not {value:?}")]
     Invalid { key: String, value: String, expected: &'static str },
+    #[error("{key} must be at least {least}, not {value:?}: {why}")]
+    TooShort { key: String, value: String, least: String, why: &'static str },
     #[error("settings are written as KEY=VALUE, not {0:?}")]
     Syntax(String),
     #[error("folder {path}: {reason}")]
@@ -198,10 +204,48 @@ fn validate(key: &str, value: &str) -> Result<String, SettingError> {
         "use_logs" | "auto_delete_conflicts" | "auto_sync" | "watch" => parse_bool(value)
             .map(|b| if b { "on" } else { "off" }.to_owned())
             .ok_or_else(|| invalid("on or off")),
-        _ => humantime::parse_duration(value)
-            .map(|d| humantime::format_duration(d).to_string())
-            .map_err(|_| invalid("a duration such as 30s, 15min, 12h or 7days")),
+        _ => {
+            let d = humantime::parse_duration(value)
+                .map_err(|_| invalid("a duration such as 30s, 15min, 12h or 7days"))?;
+            if let Some((least, why)) = minimum(key)
+                && d < least
+            {
+                return Err(SettingError::TooShort {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                    least: humantime::format_duration(least).to_string(),
+                    why,
+                });
+            }
+            Ok(humantime::format_duration(d).to_string())
+        }
     }
+}
+
+/// The shortest value of a duration setting that keeps the rules safe, and
+/// why.
+fn minimum(key: &str) -> Option<(Duration, &'static str)> {
+    const MINUTE: u64 = 60;
+    const DAY: u64 = 24 * 3600;
+    let (secs, why) = match key {
+        "log_retention" => (
+            DAY,
+            "a deletion waits at least this long before it is purged, and the change-log is kept for sites whose cloud client delivers late",
+        ),
+        "dormancy" => (
+            7 * DAY,
+            "a site away for less (a week's holiday, a laptop on home visits) would count as gone, and the others would purge deletions it has not seen yet",
+        ),
+        "full_scan_interval" => {
+            (MINUTE, "a full scan reads every patient file; to read them on every run, set use_logs=off")
+        }
+        "max_clock_skew" => (
+            MINUTE,
+            "computers' clocks differ by seconds even when they are set right, and less would hold back their changes",
+        ),
+        _ => return None,
+    };
+    Some((Duration::from_secs(secs), why))
 }
 
 fn stored(db: &Db, spec: &Spec) -> Result<String, EngineError> {
@@ -274,12 +318,14 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
         let spec = SPECS.iter().find(|s| s.key == key).expect("a known setting");
         stored(db, spec)
     };
+    // A value stored before its minimum existed counts as the minimum.
     let duration = |key: &str| -> Result<Duration, EngineError> {
         let text = get(key)?;
-        Ok(humantime::parse_duration(&text).unwrap_or_else(|_| {
+        let d = humantime::parse_duration(&text).unwrap_or_else(|_| {
             let spec = SPECS.iter().find(|s| s.key == key).expect("a known setting");
             humantime::parse_duration(spec.default).expect("defaults parse")
-        }))
+        });
+        Ok(minimum(key).map_or(d, |(least, _)| d.max(least)))
     };
     Ok(Settings {
         use_logs: parse_bool(&get("use_logs")?).unwrap_or(true),
@@ -339,4 +385,35 @@ pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
         db.set_meta(FOLDER, &folder.display().to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::InitParams;
+    use crate::model::SiteId;
+
+    #[test]
+    fn a_value_stored_below_its_minimum_counts_as_the_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = InitParams {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "a".into(),
+            folder: dir.path().join("folder"),
+            machine: "m".into(),
+            mapping: None,
+            now_ms: 1_000,
+        };
+        let db = Db::init(&dir.path().join("clinic.db"), params).unwrap();
+        // As an older clinicsync, which had no minimums, may have stored them.
+        for (key, value) in [("dormancy", "2s"), ("log_retention", "0s"), ("full_scan_interval", "0s")] {
+            db.set_meta(&format!("setting.{key}"), value).unwrap();
+        }
+        let settings = load(&db).unwrap();
+        assert_eq!(settings.dormancy, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(settings.log_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(settings.full_scan_interval, Duration::from_secs(60));
+        assert_eq!(settings.max_clock_skew, Duration::from_secs(3600), "the default is untouched");
+    }
 }

@@ -131,9 +131,6 @@ fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrect
     let a = family.init("a");
     let b = family.init("b");
     let c = family.init("c");
-    for db in [&a, &b] {
-        set(db, &["log_retention=0s", "dormancy=2s"]);
-    }
     let conn_a = app(&a);
     let keep = add_patient(&conn_a, 1, 2);
     let doomed = add_patient(&conn_a, 2, 2);
@@ -148,7 +145,8 @@ fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrect
     for db in [&a, &b, &a, &b] {
         sync_ok(db);
     }
-    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    // A month passes: the retention (7 days) and C's dormancy (30 days).
+    days_pass(31);
     let mut deleted = 0;
     for db in [&a, &b, &a, &b] {
         deleted += sync_ok(db)["counts"]["segments_deleted"].as_u64().unwrap();
@@ -330,6 +328,25 @@ fn settings_are_validated_and_shown() {
     let list: serde_json::Value =
         serde_json::from_slice(&cli(&a).args(["settings", "--json"]).output().unwrap().stdout).unwrap();
     assert_eq!(list.as_array().unwrap().iter().find(|s| s["key"] == "use_logs").unwrap()["value"], "off");
+}
+
+#[test]
+fn settings_that_would_break_the_rules_are_refused_with_the_reason() {
+    let family = Family::new();
+    let a = family.init("a");
+    for (bad, least, why) in [
+        ("log_retention=0s", "1day", "purged"),
+        ("dormancy=2s", "7days", "holiday"),
+        ("dormancy=6days", "7days", "count as gone"),
+        ("full_scan_interval=0s", "1m", "use_logs=off"),
+        ("max_clock_skew=1s", "1m", "clocks differ"),
+    ] {
+        let out = cli(&a).args(["settings", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(&format!("at least {least}")) && said.contains(why), "{bad}: {said}");
+    }
+    set(&a, &["log_retention=1day", "dormancy=7days", "full_scan_interval=1m", "max_clock_skew=1m"]);
 }
 
 proptest! {

@@ -399,9 +399,6 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
     let a = family.init("a");
     let b = family.init("b");
     let c = family.init("c");
-    for db in [&a, &b, &c] {
-        set(db, &["log_retention=0s", "dormancy=2s"]);
-    }
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 10);
     let keep = add_patient(&conn, 2, 1);
@@ -418,6 +415,12 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
     let waiting: Vec<&serde_json::Value> =
         listed["tombstones"].as_array().unwrap().iter().filter(|t| t["patient"] == doomed.as_str()).collect();
     assert_eq!(waiting.len(), 31, "the patient and its 30 rows: {listed:#}");
+    assert_eq!(waiting[0]["step"], "waiting-retention", "{listed:#}");
+    // A week passes: the retention is over, but B and C have not seen it.
+    days_pass(8);
+    let listed = tombstones(&a);
+    let waiting: Vec<&serde_json::Value> =
+        listed["tombstones"].as_array().unwrap().iter().filter(|t| t["patient"] == doomed.as_str()).collect();
     assert_eq!(waiting[0]["step"], "waiting-sites", "B and C have not seen the delete yet");
     assert_eq!(waiting[0]["waiting_for"].as_array().unwrap().len(), 2);
     let human = String::from_utf8(cli(&a).arg("tombstones").output().unwrap().stdout).unwrap();
@@ -426,7 +429,8 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
     for db in [&b, &a, &b] {
         sync_ok(db);
     }
-    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    // A month passes: the retention (7 days) and C's dormancy (30 days).
+    days_pass(31);
     let mut purged = 0;
     for db in [&a, &b, &a, &b] {
         purged += sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap();
@@ -471,9 +475,6 @@ fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_
     let a = family.init("a");
     let b = family.init("b");
     let c = family.init("c");
-    for db in [&a, &b, &c] {
-        set(db, &["log_retention=0s", "dormancy=2s"]);
-    }
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 2);
     add_patient(&conn, 2, 0);
@@ -489,7 +490,8 @@ fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_
     for db in [&a, &b, &a, &b] {
         sync_ok(db);
     }
-    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    // A month passes: the retention (7 days) and C's dormancy (30 days).
+    days_pass(31);
     // While away, after the delete, C reschedules one of the appointments.
     app(&c)
         .execute("UPDATE appointments SET status = 'rescheduled while away' WHERE id = ?1", [&appt])
@@ -528,9 +530,6 @@ fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
     let a = family.init("a");
     let b = family.init("b");
     let c = family.init("c");
-    for db in [&a, &b, &c] {
-        set(db, &["log_retention=0s"]);
-    }
     let doomed = add_patient(&app(&a), 1, 1);
     // C has written to the family: it has a change-log.
     add_patient(&app(&c), 2, 0);
@@ -543,6 +542,8 @@ fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
     // C's site file has not reached A's folder (its change-log has).
     let c_site = json_of(&c, &["status"])["site"].as_str().unwrap().to_owned();
     fs::remove_file(family.folder().join("sites").join(format!("{c_site}.xml"))).unwrap();
+    // The retention passes; C is not dormant.
+    days_pass(8);
     for _ in 0..3 {
         assert_eq!(sync_ok(&a)["counts"]["tombstones_purged"], 0);
     }

@@ -34,10 +34,30 @@ impl Family {
     }
 }
 
+thread_local! {
+    /// How far this test has let time pass for clinicsync (seconds).
+    static LATER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Lets `days` pass for every later command of this test: clinicsync's
+/// clock runs that much further ahead (the `CLINICSYNC_CLOCK_OFFSET` hook),
+/// so retention, dormancy and purging come without waiting.
+pub(crate) fn days_pass(days: u64) {
+    LATER.with(|l| l.set(l.get() + days * 24 * 3600));
+}
+
 /// The CLI as a process, with `--db` set.
 pub(crate) fn cli(db: &Path) -> Command {
     let mut cmd = Command::cargo_bin("clinicsync").expect("the clinicsync binary is built");
-    cmd.arg("--db").arg(db).env_remove("CLINICSYNC_FAULT").env_remove("CLINICSYNC_MACHINE_ID");
+    cmd.arg("--db")
+        .arg(db)
+        .env_remove("CLINICSYNC_FAULT")
+        .env_remove("CLINICSYNC_MACHINE_ID")
+        .env_remove("CLINICSYNC_CLOCK_OFFSET");
+    let later = LATER.with(std::cell::Cell::get);
+    if later > 0 {
+        cmd.env("CLINICSYNC_CLOCK_OFFSET", format!("{later}s"));
+    }
     cmd
 }
 
