@@ -292,6 +292,8 @@ impl Db {
             ("created_ms", params.now_ms.to_string()),
             ("hlc_wall", "0".into()),
             ("hlc_counter", "0".into()),
+            // Until the folder is set up too (engine::init removes it).
+            ("init_unfinished", "1".into()),
         ] {
             meta_set(&tx, key, &value)?;
         }
@@ -315,6 +317,11 @@ impl Db {
 
     pub fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
         meta_get(&self.conn, key)
+    }
+
+    pub fn delete_meta(&self, key: &str) -> Result<(), DbError> {
+        self.conn.execute("DELETE FROM _cs_meta WHERE key = ?1", [key])?;
+        Ok(())
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {

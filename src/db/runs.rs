@@ -109,6 +109,20 @@ impl Db {
     }
 
     /// The last run that finished, whatever its outcome.
+    /// Whether the run before `run_id` never finished (the process was
+    /// killed, or the computer stopped).
+    pub fn run_before_interrupted(&self, run_id: i64) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT outcome IS NULL FROM _cs_runs WHERE id < ?1 ORDER BY id DESC LIMIT 1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false))
+    }
+
     pub fn last_finished_run(&self) -> Result<Option<RunRecord>, DbError> {
         let sql =
             format!("{RUN_COLUMNS} WHERE id = (SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL)");

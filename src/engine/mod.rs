@@ -57,6 +57,14 @@ pub enum EngineError {
     #[error("{folder}/clinicsync.xml cannot be used: {reason}")]
     BadManifest { folder: String, reason: String },
     #[error(
+        "the setup of {db} was interrupted before it finished; run `clinicsync --db {db} init --folder {folder}` again to finish it"
+    )]
+    InitUnfinished { db: String, folder: String },
+    #[error(
+        "the setup of {db} was interrupted while it set up the folder {recorded}; run `clinicsync --db {db} init --folder {recorded}` to finish it there"
+    )]
+    InitOtherFolder { db: String, recorded: String },
+    #[error(
         "{folder} belongs to family {theirs}, but this database syncs with family {ours}; point the database at its own folder"
     )]
     OtherFamily { folder: String, theirs: String, ours: String },
@@ -79,6 +87,11 @@ pub enum EngineError {
         source: std::io::Error,
     },
 }
+
+/// Recorded by `Db::init` with the setup, removed once the folder is set
+/// up too: while present, `init` run again finishes the setup and a sync
+/// refuses to run.
+pub(crate) const INIT_UNFINISHED: &str = "init_unfinished";
 
 /// What `init` sets up.
 #[derive(Clone, Debug, Default)]
@@ -123,14 +136,28 @@ pub fn init_with(
     draw_id: &mut dyn FnMut() -> std::io::Result<[u8; 16]>,
 ) -> Result<InitReport, EngineError> {
     // Refuse before touching the folder; Db::init checks again, atomically.
+    // A setup that was interrupted (killed, or the folder refused a write)
+    // after the database was set up is finished with what it recorded.
+    let mut resume = None;
     if let Ok(db) = Db::open(&options.db) {
         let cfg = db.site_config()?;
-        return Err(DbError::AlreadyInitialized {
-            path: options.db.display().to_string(),
-            site: cfg.site.to_string(),
-            folder: cfg.folder.display().to_string(),
+        if db.meta(INIT_UNFINISHED)?.is_none() {
+            return Err(DbError::AlreadyInitialized {
+                path: options.db.display().to_string(),
+                site: cfg.site.to_string(),
+                folder: cfg.folder.display().to_string(),
+            }
+            .into());
         }
-        .into());
+        let asked = std::path::absolute(&options.folder).unwrap_or_else(|_| options.folder.clone());
+        if asked != cfg.folder {
+            return Err(EngineError::InitOtherFolder {
+                db: options.db.display().to_string(),
+                recorded: cfg.folder.display().to_string(),
+            });
+        }
+        let name = db.meta("site_name")?.unwrap_or_default();
+        resume = Some((cfg, name));
     }
     let mapping = match &options.mapping {
         None => None,
@@ -164,27 +191,53 @@ pub fn init_with(
     if existing.is_none() {
         let ignore = IgnoreRules::new();
         let entries = folder.list("").map_err(io_err(format!("cannot list {folder_display}")))?;
-        if entries.iter().any(|e| !ignore.is_ignored(&e.name)) {
+        // An interrupted setup may have made the two folders already.
+        let made_by_setup = |e: &crate::folder::Entry| {
+            resume.is_some()
+                && e.is_dir
+                && [SITES_DIR, PATIENTS_DIR].contains(&e.name.as_str())
+                && folder.list(&e.name).is_ok_and(|inside| inside.iter().all(|i| ignore.is_ignored(&i.name)))
+        };
+        if entries.iter().any(|e| !ignore.is_ignored(&e.name) && !made_by_setup(e)) {
             return Err(EngineError::FolderNotEmpty { folder: folder_display });
         }
     }
-    let mut random = |what: &str| draw_id().map_err(io_err(format!("cannot draw a random {what} id")));
-    let family = match &existing {
-        Some(m) => m.family,
-        None => FamilyId::from_bytes(random("family")?),
+    let (family, site, site_name) = match resume {
+        Some((cfg, name)) => {
+            if let Some(m) = &existing
+                && m.family != cfg.family
+            {
+                return Err(EngineError::OtherFamily {
+                    folder: folder_display,
+                    theirs: m.family.short(),
+                    ours: cfg.family.short(),
+                });
+            }
+            (cfg.family, cfg.site, name)
+        }
+        None => {
+            let mut random =
+                |what: &str| draw_id().map_err(io_err(format!("cannot draw a random {what} id")));
+            let family = match &existing {
+                Some(m) => m.family,
+                None => FamilyId::from_bytes(random("family")?),
+            };
+            let site = SiteId::from_bytes(random("site")?);
+            let site_name = options.site_name.clone().unwrap_or_else(|| format!("site {}", site.short()));
+            let params = InitParams {
+                site,
+                family,
+                name: site_name.clone(),
+                folder: folder_path.clone(),
+                machine: machine_fingerprint(),
+                mapping,
+                now_ms: clock.now_ms(),
+            };
+            drop(Db::init(&options.db, params)?);
+            (family, site, site_name)
+        }
     };
-    let site = SiteId::from_bytes(random("site")?);
-    let site_name = options.site_name.clone().unwrap_or_else(|| format!("site {}", site.short()));
-    let params = InitParams {
-        site,
-        family,
-        name: site_name.clone(),
-        folder: folder_path.clone(),
-        machine: machine_fingerprint(),
-        mapping,
-        now_ms: clock.now_ms(),
-    };
-    drop(Db::init(&options.db, params)?);
+    host::fault_point("init-before-manifest");
     if existing.is_none() {
         let manifest = Manifest { family, created_ms: clock.now_ms() };
         for dir in [SITES_DIR, PATIENTS_DIR] {
@@ -197,7 +250,10 @@ pub fn init_with(
     }
     // The first run catches up from the change-logs; a periodic full scan
     // is due only after the interval.
-    Db::open(&options.db)?.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
+    let db = Db::open(&options.db)?;
+    db.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
+    db.delete_meta(INIT_UNFINISHED)?;
+    drop(db);
     let first_run = sync_with_clock(
         &options.db,
         &SyncOptions { trigger: "init".into(), progress: options.progress.clone(), ..SyncOptions::default() },

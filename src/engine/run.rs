@@ -172,12 +172,19 @@ pub fn sync_with_clock(
     let db = Db::open(db_path)?;
     let _lock = take_lock_or_wait(db_path, options.wait_for_lock)?;
     let cfg = db.site_config()?;
+    if db.meta(super::INIT_UNFINISHED)?.is_some() {
+        return Err(EngineError::InitUnfinished {
+            db: db_path.display().to_string(),
+            folder: cfg.folder.display().to_string(),
+        });
+    }
     let settings = settings::load(&db)?;
     let progress = options.progress.clone();
     progress.set_running(true);
     let _running = RunningGuard(progress.clone());
     let started_ms = clock.now_ms();
     let run_id = db.begin_run(&options.trigger, started_ms)?;
+    let after_interruption = db.run_before_interrupted(run_id)?;
     let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
     if options.track_touched {
         folder.track_touched(TOUCHED_CAP);
@@ -199,6 +206,7 @@ pub fn sync_with_clock(
         force_scan: options.full_scan,
         confirm_deletes: options.confirm_deletes,
         keep_deleted: options.keep_deleted,
+        after_interruption,
         peer_horizon: None,
         listed_stems: HashSet::new(),
         copy_stems: HashSet::new(),
@@ -376,6 +384,8 @@ struct Run<'c> {
     force_scan: bool,
     confirm_deletes: bool,
     keep_deleted: bool,
+    /// The run before this one never finished: it may have left temp files.
+    after_interruption: bool,
     /// Set when this site returns after peers purged tombstones it never
     /// read: the latest purge horizon, and (filled by the full scan) the
     /// patient files the folder has.
@@ -434,6 +444,7 @@ impl Run<'_> {
     fn execute(&mut self) -> Result<(), EngineError> {
         self.progress.step("checking the folder", 0);
         self.guard()?;
+        self.remove_leftovers()?;
         self.progress.step("recording local changes", 0);
         self.export()?;
         self.keep_deleted()?;
@@ -603,6 +614,51 @@ impl Run<'_> {
                     );
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Removes the temp files a killed run left: in the staging directory
+    /// beside the database (every run: one listing), and where there is
+    /// none, beside their targets in the folder, after a run that did not
+    /// finish (the full scan also removes any it meets).
+    fn remove_leftovers(&mut self) -> Result<(), EngineError> {
+        match self.folder.remove_left_staged() {
+            Ok(0) => {}
+            Ok(n) => self.rec.info(
+                "leftovers",
+                None,
+                format!("removed {n} temp files that a stopped run left beside the database"),
+            ),
+            Err(e) => self.rec.warning(
+                "leftovers",
+                None,
+                format!("could not remove the temp files a stopped run left beside the database: {e}"),
+            ),
+        }
+        if self.folder.uses_staging() || !self.after_interruption {
+            return Ok(());
+        }
+        let mut dirs = vec![String::new(), SITES_DIR.to_owned(), format!("{LOG_DIR}/{}", self.cfg.site)];
+        let shards = self.folder.list(PATIENTS_DIR).map_err(|e| self.io("cannot list patients/", e))?;
+        dirs.extend(shards.into_iter().filter(|e| e.is_dir).map(|e| format!("{PATIENTS_DIR}/{}", e.name)));
+        let mut removed = 0;
+        for dir in dirs {
+            match self.folder.remove_left_temps(&dir) {
+                Ok(paths) => removed += paths.len(),
+                Err(e) => self.rec.warning(
+                    "leftovers",
+                    Some(&dir),
+                    format!("could not remove the temp files a stopped run left: {e}"),
+                ),
+            }
+        }
+        if removed > 0 {
+            self.rec.info(
+                "leftovers",
+                None,
+                format!("removed {removed} temp files that a stopped run left in the folder"),
+            );
         }
         Ok(())
     }
@@ -1285,6 +1341,21 @@ impl Run<'_> {
                 .map_err(|e| self.io(&format!("cannot list {shard_path}"), e))?;
             for entry in entries {
                 if self.ignore.is_ignored(&entry.name) {
+                    if crate::folder::is_left_temp(&entry) {
+                        let path = format!("{shard_path}/{}", entry.name);
+                        match self.folder.remove(&path) {
+                            Ok(()) => self.rec.info(
+                                "leftovers",
+                                Some(&path),
+                                "removed: a temp file that a stopped run left".into(),
+                            ),
+                            Err(e) => self.rec.warning(
+                                "leftovers",
+                                Some(&path),
+                                format!("could not be removed: {e}"),
+                            ),
+                        }
+                    }
                     continue;
                 }
                 let path = format!("{shard_path}/{}", entry.name);

@@ -170,6 +170,89 @@ impl DiskFolder {
     }
 }
 
+/// How old a temp file of a process that may still run must be before it
+/// counts as left behind: no batch takes this long.
+const STALE_TEMP_AFTER_NS: i64 = 3600 * 1_000_000_000;
+
+/// The process id in one of this module's temp file names: `~$<name>.<pid>-<n>.tmp`
+/// beside a target, `<pid>-<n>-<index>.tmp` in the staging directory.
+fn temp_pid(name: &str) -> Option<u32> {
+    let stem = name.strip_suffix(".tmp")?;
+    let tail = match stem.strip_prefix("~$") {
+        Some(beside) => beside.rsplit_once('.')?.1,
+        None => stem,
+    };
+    tail.split('-').next()?.parse().ok()
+}
+
+/// Whether the process `pid` is running: `None` where this cannot be told.
+fn process_alive(pid: u32) -> Option<bool> {
+    let proc = Path::new("/proc");
+    proc.join("self").exists().then(|| proc.join(pid.to_string()).exists())
+}
+
+/// Whether a file is a temp file a killed clinicsync left: one of our temp
+/// names, of another process that is not running (or, where that cannot be
+/// told, older than any batch takes).
+fn left_behind(name: &str, mtime_ns: i64, now_ns: i64) -> bool {
+    match temp_pid(name) {
+        Some(pid) if pid == std::process::id() => false,
+        Some(pid) => {
+            process_alive(pid) == Some(false) || now_ns.saturating_sub(mtime_ns) > STALE_TEMP_AFTER_NS
+        }
+        None => false,
+    }
+}
+
+/// Whether a folder entry is a temp file a killed clinicsync left (see
+/// [`DiskFolder::remove_left_temps`]).
+pub fn is_left_temp(entry: &Entry) -> bool {
+    !entry.is_dir && entry.name.starts_with("~$") && left_behind(&entry.name, entry.mtime_ns, now_ns())
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl DiskFolder {
+    /// Removes the temp files a killed clinicsync left in `dir` of the
+    /// folder (they are named `~$<name>.<pid>-<n>.tmp`, which clients skip,
+    /// but nothing else would ever remove them). Returns their paths.
+    pub fn remove_left_temps(&self, dir: &str) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in self.list(dir)? {
+            if is_left_temp(&entry) {
+                let path = if dir.is_empty() { entry.name } else { format!("{dir}/{}", entry.name) };
+                self.remove(&path)?;
+                removed.push(path);
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes the temp files a killed clinicsync left in the staging
+    /// directory. Returns how many.
+    pub fn remove_left_staged(&self) -> io::Result<u64> {
+        let Some(dir) = &self.staging else { return Ok(0) };
+        let now = now_ns();
+        let mut n = 0;
+        for item in fs::read_dir(dir)? {
+            let item = item?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = item.metadata() else { continue };
+            let mtime = entry_of(name.clone(), &meta).mtime_ns;
+            if meta.is_file() && left_behind(&name, mtime, now) {
+                match fs::remove_file(item.path()) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 /// `CLINICSYNC_FAULT=fail-write:PREFIX` makes every batch that writes a
 /// path starting with PREFIX fail (the tests of a folder that refuses
 /// writes; root ignores permissions).
@@ -343,6 +426,25 @@ impl Folder for DiskFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_dead_process_s_temp_files_count_as_left_behind() {
+        assert_eq!(temp_pid("~$0123.xml.4242-7.tmp"), Some(4242));
+        assert_eq!(temp_pid("4242-7-3.tmp"), Some(4242));
+        assert_eq!(temp_pid("~$notes.docx"), None, "an office lock file is not ours");
+        assert_eq!(temp_pid("~$0123.xml.tmp"), None);
+        let now = now_ns();
+        let mine = format!("~$0123.xml.{}-1.tmp", std::process::id());
+        assert!(!left_behind(&mine, 0, now), "this process's own temp file");
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let running = format!("{}-1-0.tmp", child.id());
+        assert!(!left_behind(&running, now, now), "a running process's temp file");
+        let hour = 3600 * 1_000_000_000;
+        assert!(left_behind(&running, now - hour - 1, now), "older than any batch: the id was reused");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(left_behind(&running, now, now), "once it has gone, even a fresh file");
+    }
 
     #[test]
     fn a_sibling_writes_on_another_thread_and_its_writes_count_here() {

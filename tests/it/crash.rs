@@ -196,3 +196,114 @@ fn a_first_export_whose_patient_files_cannot_be_written_writes_them_next_run() {
     let b = family.init("b");
     assert_eq!(dump(&a), dump(&b));
 }
+
+#[test]
+fn an_init_stopped_before_the_folder_was_set_up_is_finished_by_init_run_again() {
+    for fault in ["init-before-manifest", "fail-write:clinicsync.xml"] {
+        let family = Family::new();
+        let a = family.db("a");
+        let out = init_failing(&family, &a, fault);
+        assert!(!family.folder().join("clinicsync.xml").exists(), "{fault}");
+        // Every other command says how to get out.
+        let (code, _) = sync(&a);
+        assert_eq!(code, 1, "{fault}");
+        let said = cli(&a).arg("sync").output().unwrap();
+        let said = String::from_utf8_lossy(&said.stderr);
+        assert!(
+            said.contains("was interrupted") && said.contains("init --folder"),
+            "{fault}: {said} ({out:?})"
+        );
+        // Another folder is refused, naming the one the setup began with.
+        let elsewhere = family.dir.path().join("elsewhere");
+        let other = cli(&a).args(["init", "--folder"]).arg(&elsewhere).output().unwrap();
+        assert_eq!(other.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&other.stderr).contains(&family.folder().display().to_string()));
+
+        let site = {
+            let conn = app(&a);
+            conn.query_row("SELECT value FROM _cs_meta WHERE key = 'site_id'", [], |r| r.get::<_, String>(0))
+                .unwrap()
+        };
+        let again = cli(&a).args(["init", "--folder"]).arg(family.folder()).arg("--json").output().unwrap();
+        assert!(again.status.success(), "{fault}: {}", String::from_utf8_lossy(&again.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+        assert_eq!(report["site"], site.as_str(), "the site it recorded");
+        assert!(family.folder().join("clinicsync.xml").exists());
+        let id = add_patient(&app(&a), 1, 1);
+        sync_ok(&a);
+        let b = family.init("b");
+        assert!(has_patient(&b, &id), "{fault}: a second site joins the family");
+        // Finished: init again is refused as for any database set up.
+        assert_eq!(
+            cli(&a).args(["init", "--folder"]).arg(family.folder()).output().unwrap().status.code(),
+            Some(1)
+        );
+    }
+}
+
+/// A process that has ended: its id names temp files nobody writes any more.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn temp_files_a_killed_run_left_beside_the_database_are_removed_by_the_next_run() {
+    let family = Family::new();
+    let a = family.init("a");
+    let staging = family.dir.path().join(".clinicsync-staging");
+    let pid = dead_pid();
+    for n in 0..30 {
+        std::fs::write(staging.join(format!("{pid}-{n}-0.tmp")), b"<patient").unwrap();
+    }
+    let report = sync_ok(&a);
+    let left = events_of(&report, "leftovers");
+    assert!(left[0]["message"].as_str().unwrap().contains("removed 30 temp files"), "{left:?}");
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+}
+
+#[test]
+fn temp_files_a_killed_run_left_in_the_folder_are_removed_by_the_next_run() {
+    // The database on another volume than the folder: no staging directory
+    // can be had, and temp files are made beside their targets.
+    let shm = std::path::Path::new("/dev/shm");
+    let family = Family::new();
+    assert_ne!(
+        std::fs::metadata(shm).map(|m| std::os::unix::fs::MetadataExt::dev(&m)).ok(),
+        Some(std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(family.dir.path()).unwrap())),
+        "this test needs /dev/shm on a volume of its own"
+    );
+    let dir = tempfile::tempdir_in(shm).unwrap();
+    let a = dir.path().join("a.db");
+    cli(&a).args(["init", "--folder"]).arg(family.folder()).assert().success();
+    let id = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    let shard = patient_file(&family.folder(), &id).parent().unwrap().to_path_buf();
+    let pid = dead_pid();
+    let left = [
+        shard.join(format!("~$x.xml.{pid}-1.tmp")),
+        family.folder().join("sites").join(format!("~$y.xml.{pid}-2.tmp")),
+        family.folder().join(format!("~$clinicsync.xml.{pid}-3.tmp")),
+    ];
+    for path in &left {
+        std::fs::write(path, b"half a file").unwrap();
+    }
+    // Someone's office lock file is not ours and stays.
+    let lock = shard.join("~$letter.docx");
+    std::fs::write(&lock, b"").unwrap();
+    // The run they came from never finished.
+    app(&a).execute("INSERT INTO _cs_runs (started_ms, trigger) VALUES (1, 'manual')", []).unwrap();
+    let report = sync_ok(&a);
+    let said = events_of(&report, "leftovers");
+    assert!(said.iter().any(|e| e["message"].as_str().unwrap().contains("removed 3 temp files")), "{said:?}");
+    for path in &left {
+        assert!(!path.exists(), "{} is removed", path.display());
+    }
+    assert!(lock.exists());
+    // A full scan removes any it meets, whatever the run before did.
+    std::fs::write(&left[0], b"half a file").unwrap();
+    let report = sync_with(&a, &["--full-scan"]).1;
+    assert!(!left[0].exists(), "{report:#}");
+}
