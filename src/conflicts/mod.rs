@@ -293,13 +293,24 @@ fn client_of(rest: &str) -> Client {
     }
 }
 
-/// rclone bisync's `.conflict1` (1.64+) and `..path1` (older), after the
+/// rclone bisync's `.conflict1` (1.64+), `..path1` (older) and
+/// `.2024-01-31-conflict1` (a `--conflict-suffix` with a date), after the
 /// extension; a copy of a copy repeats them (`.conflict2.conflict1`).
 fn is_rclone_suffix(after_ext: &str) -> bool {
     let mut rest = after_ext;
     while !rest.is_empty() {
-        let Some(tail) = ["..path", ".conflict"].iter().find_map(|p| rest.strip_prefix(p)) else {
-            return false;
+        let tail = if let Some(tail) = rest.strip_prefix("..path") {
+            tail
+        } else {
+            // `.`, what the suffix setting put before `conflict` (a date,
+            // a time: letters, digits, `-`, `_`, spaces), `conflict`.
+            let Some(segment) = rest.strip_prefix('.') else { return false };
+            let Some(at) = segment.find("conflict") else { return false };
+            let dated = &segment[..at];
+            if !dated.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_ ".contains(&b)) {
+                return false;
+            }
+            &segment[at + "conflict".len()..]
         };
         let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 {
