@@ -6,6 +6,7 @@
 mod bulk;
 mod copies;
 mod digests;
+mod dirs;
 mod held;
 mod mapping;
 mod purge;
@@ -190,6 +191,7 @@ impl Db {
             ("_cs_held", held::TABLE),
             ("_cs_purged", purge::TABLES),
             ("_cs_digests", digests::TABLE),
+            ("_cs_dirs", dirs::TABLE),
         ] {
             let present: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
@@ -279,6 +281,7 @@ impl Db {
         tx.execute_batch(held::TABLE)?;
         tx.execute_batch(purge::TABLES)?;
         tx.execute_batch(digests::TABLE)?;
+        tx.execute_batch(dirs::TABLE)?;
         schema::install_triggers(&tx, &mapping)?;
         bulk::start(&tx, &mapping)?;
         for (key, value) in [

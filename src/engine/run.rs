@@ -217,6 +217,7 @@ pub fn sync_with_clock(
         suspect_shards: BTreeSet::new(),
         copy_dirs: BTreeSet::new(),
         purged_now: HashSet::new(),
+        dirs_seen: None,
         copy_docs: HashMap::new(),
     };
     let result = run.execute();
@@ -414,6 +415,8 @@ struct Run<'c> {
     copy_dirs: BTreeSet<String>,
     /// Patients whose own row this run purged.
     purged_now: HashSet<String>,
+    /// The patient folders' times the copy check saw, recorded at the end.
+    dirs_seen: Option<Vec<(String, Option<i64>)>>,
     /// The copies decoded this run, by stem: their bytes and content.
     copy_docs: HashMap<String, Vec<(Vec<u8>, PatientDoc)>>,
 }
@@ -428,6 +431,20 @@ struct MergedCopy {
     /// Merged and kept by an earlier run once its original was up to
     /// date; its content is in the database since.
     settled_before: bool,
+}
+
+/// A directory's time after this site's own changes, starting from
+/// `from`: `None` when a change did not start where the one before ended
+/// (someone else changed the directory in between).
+fn follow(from: Option<i64>, own: Option<&Vec<(Option<i64>, Option<i64>)>>) -> Option<Option<i64>> {
+    let mut at = from;
+    for (before, after) in own.into_iter().flatten() {
+        if *before != at {
+            return None;
+        }
+        at = *after;
+    }
+    Some(at)
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
@@ -459,6 +476,7 @@ impl Run<'_> {
         self.settle_copies()?;
         self.compact()?;
         self.purge_tombstones()?;
+        self.record_patient_dirs()?;
         Ok(())
     }
 
@@ -1674,14 +1692,42 @@ impl Run<'_> {
         Ok(left == 0 && blocked.is_empty())
     }
 
-    /// With logs on, a run lists no patient folder unless it must. Where
-    /// this run found another writer's version of a patient file, the
-    /// shard is listed for conflict copies beside it.
+    /// With logs on, a run lists no patient folder unless it must. It lists
+    /// a shard where it found another writer's version of a patient file,
+    /// and every directory under `patients/` whose modification time moved
+    /// for a reason other than this site's own writes (257 stats: a cloud
+    /// client added, renamed or removed something there), and merges the
+    /// conflict copies it finds; likewise a decorated `patients` folder.
     fn merge_nearby_copies(&mut self) -> Result<(), EngineError> {
-        if self.counts.full_scan || self.suspect_shards.is_empty() {
+        let moved = self.check_patient_dirs()?;
+        if self.counts.full_scan {
             return Ok(());
         }
         let mut files = Vec::new();
+        for dir in moved {
+            match dir.strip_prefix(PATIENTS_DIR).and_then(|d| d.strip_prefix('/')) {
+                Some(shard) => {
+                    self.suspect_shards.insert(shard.to_owned());
+                }
+                None => {
+                    // A shard folder added, removed or renamed: a decorated
+                    // copy of one (`ab (Case Conflict)`) holds copies.
+                    let entries =
+                        self.folder.list(PATIENTS_DIR).map_err(|e| self.io("cannot list patients/", e))?;
+                    let decorated: Vec<Entry> = entries
+                        .into_iter()
+                        .filter(|e| {
+                            e.is_dir && !(e.name.len() == 2 && e.name.bytes().all(|b| b.is_ascii_hexdigit()))
+                        })
+                        .collect();
+                    self.collect_patient_files(PATIENTS_DIR, decorated, &mut files)?;
+                }
+            }
+        }
+        for (top, _) in self.decorated.clone() {
+            let shards = self.folder.list(&top).map_err(|e| self.io(&format!("cannot list {top}"), e))?;
+            self.collect_patient_files(&top, shards, &mut files)?;
+        }
         for shard in std::mem::take(&mut self.suspect_shards) {
             let dir = format!("{PATIENTS_DIR}/{shard}");
             let entries = self.folder.list(&dir).map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
@@ -1695,9 +1741,54 @@ impl Run<'_> {
                 }
             }
         }
+        files.retain(|f| f.copy.is_some());
         if !files.is_empty() {
             self.reconcile(files, Vec::new())?;
         }
+        Ok(())
+    }
+
+    /// Stats `patients/` and its 256 shard folders and returns those whose
+    /// modification time is not the one this site accounted for, followed
+    /// through this run's own changes ([`DiskFolder::take_own_changes`]).
+    /// Remembers what it saw for [`Self::record_patient_dirs`]. The first
+    /// run that keeps the times lists nothing (the periodic full scan finds
+    /// what was there before).
+    fn check_patient_dirs(&mut self) -> Result<Vec<String>, EngineError> {
+        let recorded = self.db.dir_mtimes()?;
+        let own = self.folder.take_own_changes();
+        let dirs = std::iter::once(PATIENTS_DIR.to_owned())
+            .chain((0..=255u8).map(|b| format!("{PATIENTS_DIR}/{b:02x}")));
+        let mut seen = Vec::with_capacity(257);
+        let mut moved = Vec::new();
+        for dir in dirs {
+            let now = self.folder.dir_mtime(&dir).map_err(|e| self.io(&format!("cannot stat {dir}"), e))?;
+            if let Some(&then) = recorded.get(&dir)
+                && follow(then, own.get(&dir)) != Some(now)
+            {
+                moved.push(dir.clone());
+            }
+            seen.push((dir, now));
+        }
+        self.dirs_seen = Some(seen);
+        Ok(moved)
+    }
+
+    /// Records the directories' times as this run accounted for them: what
+    /// the check saw, moved on through the run's own later changes. A
+    /// change by someone else after the check leaves a time the next run
+    /// does not expect, so it lists that folder.
+    fn record_patient_dirs(&mut self) -> Result<(), EngineError> {
+        let Some(seen) = self.dirs_seen.take() else { return Ok(()) };
+        let own = self.folder.take_own_changes();
+        let dirs: Vec<(String, Option<i64>)> = seen
+            .into_iter()
+            .map(|(dir, at_check)| {
+                let after = follow(at_check, own.get(&dir)).unwrap_or(at_check);
+                (dir, after)
+            })
+            .collect();
+        self.db.set_dir_mtimes(&dirs)?;
         Ok(())
     }
 

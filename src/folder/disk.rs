@@ -37,7 +37,15 @@ pub struct DiskFolder {
     /// The paths this folder wrote or removed, when asked to remember them
     /// (the service tells its own writes from a cloud client's with it).
     touched: RefCell<Option<Touched>>,
+    /// How this folder's own writes and removals changed the modification
+    /// time of the directories under `patients/`: per directory, (before,
+    /// after) of each change, in order.
+    own_changes: RefCell<DirChanges>,
 }
+
+/// Per directory, the (before, after) modification times of each change
+/// this folder made in it, in order (`None`: the directory did not exist).
+pub type DirChanges = std::collections::HashMap<String, Vec<(Option<i64>, Option<i64>)>>;
 
 struct Touched {
     paths: Vec<String>,
@@ -64,7 +72,48 @@ impl DiskFolder {
     /// lies on the same volume as `root`.
     pub fn new(root: PathBuf, staging: Option<PathBuf>) -> DiskFolder {
         let staging = staging.filter(|dir| same_volume(&root, dir));
-        DiskFolder { root, staging, stats: Cell::new(FolderStats::default()), touched: RefCell::new(None) }
+        DiskFolder {
+            root,
+            staging,
+            stats: Cell::new(FolderStats::default()),
+            touched: RefCell::new(None),
+            own_changes: RefCell::new(DirChanges::new()),
+        }
+    }
+
+    /// The changes this folder made to directories under `patients/` since
+    /// the last call (see [`DirChanges`]): a run tells its own changes from
+    /// a cloud client's with them.
+    pub fn take_own_changes(&self) -> DirChanges {
+        std::mem::take(&mut self.own_changes.borrow_mut())
+    }
+
+    /// The modification time of a directory of the folder, `None` when it
+    /// does not exist.
+    pub fn dir_mtime(&self, dir: &str) -> io::Result<Option<i64>> {
+        match fs::metadata(self.full(dir)?) {
+            Ok(meta) => Ok(Some(entry_of(String::new(), &meta).mtime_ns)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs `change` on directory entries of the folder, noting how it
+    /// changed the modification times of those under `patients/`.
+    fn noting_changes<T>(&self, rels: &[&str], change: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+        let dirs: BTreeSet<&str> = rels
+            .iter()
+            .filter_map(|rel| rel.rsplit_once('/').map(|(dir, _)| dir))
+            .filter(|dir| dir.starts_with(super::layout::PATIENTS_DIR))
+            .collect();
+        let before: Vec<Option<i64>> = dirs.iter().map(|d| self.dir_mtime(d).ok().flatten()).collect();
+        let result = change();
+        let mut own = self.own_changes.borrow_mut();
+        for (dir, before) in dirs.into_iter().zip(before) {
+            let after = self.dir_mtime(dir).ok().flatten();
+            own.entry(dir.to_owned()).or_default().push((before, after));
+        }
+        result
     }
 
     /// Starts remembering the paths written or removed, up to `cap` of them.
@@ -92,11 +141,16 @@ impl DiskFolder {
             staging: self.staging.clone(),
             stats: Cell::new(FolderStats::default()),
             touched: RefCell::new(touched),
+            own_changes: RefCell::new(DirChanges::new()),
         }
     }
 
-    /// Adds what a sibling did: its counters and the paths it touched.
+    /// Adds what a sibling did: its counters, the paths it touched and its
+    /// changes to directories.
     pub fn absorb(&self, sibling: DiskFolder) {
+        for (dir, changes) in sibling.own_changes.take() {
+            self.own_changes.borrow_mut().entry(dir).or_default().extend(changes);
+        }
         let o = sibling.stats.get();
         self.count(|s| {
             s.lists += o.lists;
@@ -352,7 +406,8 @@ impl Folder for DiskFolder {
         self.count(|s| s.files_written += files.len() as u64);
         self.note_touched(files.iter().map(|(rel, _)| rel.as_str()));
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
-        let result = (|| {
+        let rels: Vec<&str> = files.iter().map(|(rel, _)| rel.as_str()).collect();
+        let result = self.noting_changes(&rels, || {
             for (index, (rel, bytes)) in files.iter().enumerate() {
                 let target = self.full(rel)?;
                 if let Some(parent) = target.parent() {
@@ -391,7 +446,7 @@ impl Folder for DiskFolder {
                 }
             }
             Ok(())
-        })();
+        });
         if result.is_err() {
             for (temp, _) in &staged {
                 let _ = fs::remove_file(temp);
@@ -403,15 +458,17 @@ impl Folder for DiskFolder {
     fn remove(&self, path: &str) -> io::Result<()> {
         self.count(|s| s.removes += 1);
         self.note_touched([path]);
-        match fs::remove_file(self.full(path)?) {
+        let full = self.full(path)?;
+        self.noting_changes(&[path], || match fs::remove_file(&full) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
-        }
+        })
     }
 
     fn remove_empty_dir(&self, dir: &str) -> io::Result<bool> {
-        match fs::remove_dir(self.full(dir)?) {
+        let full = self.full(dir)?;
+        self.noting_changes(&[dir], || match fs::remove_dir(&full) {
             Ok(()) => {
                 self.note_touched([dir]);
                 Ok(true)
@@ -419,7 +476,7 @@ impl Folder for DiskFolder {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => Ok(false),
             Err(e) => Err(e),
-        }
+        })
     }
 }
 

@@ -6,7 +6,7 @@ mod disk;
 pub mod layout;
 
 pub use crate::conflicts::IgnoreRules;
-pub use disk::{DiskFolder, FolderStats, is_left_temp};
+pub use disk::{DirChanges, DiskFolder, FolderStats, is_left_temp};
 
 use std::io;
 

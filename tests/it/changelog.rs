@@ -193,13 +193,17 @@ fn a_run_with_nothing_to_do_lists_no_patient_directory() {
         assert_eq!(report["counts"]["files_scanned"], 0);
         assert_eq!(folder["files_written"], 0, "nothing is rewritten: {report:#}");
     }
-    // A small change reads only what it touched.
+    // A small change reads only what it touched, and lists only the shard
+    // folder the other site wrote into (a copy could have arrived there).
     conn.execute("UPDATE patients SET phone = 'x' WHERE id = ?1", [uuid(1, 3)]).unwrap();
-    sync_ok(&a);
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "its own write is not news: {report:#}");
     let report = sync_ok(&b);
-    assert_eq!(report["counts"]["folder"]["patient_lists"], 0);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 1);
     assert_eq!(report["counts"]["segments_applied"], 1);
     assert_eq!(report["counts"]["files_scanned"], 1, "only the touched patient's file is read back");
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "nothing new since");
 
     // With logs off, every run scans.
     set(&b, &["use_logs=off"]);

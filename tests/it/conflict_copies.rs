@@ -219,3 +219,103 @@ fn a_copy_of_this_site_s_own_segment_stops_the_run() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("two computers") && err.contains("Dropbox"), "{err}");
 }
+
+/// Waits until this computer's clock is past a directory's modification
+/// time, so that a change made now gives it a later one (directory times
+/// move in coarse clock ticks).
+fn wait_past_mtime(dir: &Path) {
+    let mtime = fs::metadata(dir).unwrap().modified().unwrap();
+    while std::time::SystemTime::now() <= mtime + std::time::Duration::from_millis(20) {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_copy_that_arrives_after_the_site_last_synced_is_merged_by_a_plain_sync() {
+    let family = Family::new();
+    let a = family.init("a");
+    let ids: Vec<String> = (0..30).map(|n| add_patient(&app(&a), n, 1)).collect();
+    sync_ok(&a);
+    // Another site's version of a patient arrives as a copy only, while
+    // A's log holds nothing new: only the shard folder's time tells.
+    let b = family.init("b");
+    app(&b).execute("UPDATE patients SET phone = 'typed at B' WHERE id = ?1", [&ids[4]]).unwrap();
+    sync_ok(&b);
+    let original = patient_file(&family.folder(), &ids[4]);
+    let from_b = fs::read(&original).unwrap();
+    let stem = clinicsync::model::patient_file_name(&ids[4]);
+    // A's view: B's log is gone from the folder, the original is A's again.
+    fs::remove_dir_all(family.folder().join("log").join(json_of(&b, &["status"])["site"].as_str().unwrap()))
+        .unwrap();
+    fs::remove_file(
+        family
+            .folder()
+            .join("sites")
+            .join(format!("{}.xml", json_of(&b, &["status"])["site"].as_str().unwrap())),
+    )
+    .unwrap();
+    sync_ok(&a);
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "settled: {report:#}");
+    let dir = original.parent().unwrap().to_owned();
+    wait_past_mtime(&dir);
+    let copy = dir.join(format!("{stem}.sync-conflict-20240131-142233-7QKZ3XN.xml"));
+    fs::write(&copy, &from_b).unwrap();
+
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["full_scan"], false);
+    assert_eq!(
+        report["counts"]["folder"]["patient_lists"], 1,
+        "only the shard that changed is listed: {report:#}"
+    );
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 1, "{report:#}");
+    assert!(!copy.exists());
+    assert_eq!(patient_field(&a, &ids[4], "phone").as_deref(), Some("typed at B"));
+}
+
+#[test]
+fn a_copy_whose_join_changes_nothing_is_deleted_without_rewriting_the_original() {
+    let family = Family::new();
+    let a = family.init("a");
+    let id = add_patient(&app(&a), 1, 2);
+    sync_ok(&a);
+    let original = patient_file(&family.folder(), &id);
+    let dir = original.parent().unwrap().to_owned();
+    wait_past_mtime(&dir);
+    let stem = clinicsync::model::patient_file_name(&id);
+    let copy = dir.join(format!("{stem} (1).xml"));
+    fs::copy(&original, &copy).unwrap();
+    let before = fs::metadata(&original).unwrap().modified().unwrap();
+
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 1, "{report:#}");
+    assert_eq!(report["counts"]["files_written"], 0, "{report:#}");
+    assert!(!copy.exists());
+    assert_eq!(fs::metadata(&original).unwrap().modified().unwrap(), before, "the original is untouched");
+}
+
+#[test]
+fn an_original_a_client_renamed_away_is_written_again_by_a_plain_sync() {
+    let family = Family::new();
+    let a = family.init("a");
+    let id = add_patient(&app(&a), 1, 2);
+    sync_ok(&a);
+    let original = patient_file(&family.folder(), &id);
+    let dir = original.parent().unwrap().to_owned();
+    let stem = clinicsync::model::patient_file_name(&id);
+    wait_past_mtime(&dir);
+    // rclone bisync: both sides renamed, the original gone.
+    let bytes = fs::read(&original).unwrap();
+    fs::write(dir.join(format!("{stem}.xml..path1")), &bytes).unwrap();
+    fs::write(dir.join(format!("{stem}.xml..path2")), &bytes).unwrap();
+    fs::remove_file(&original).unwrap();
+
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["full_scan"], false);
+    assert!(original.exists(), "{report:#}");
+    assert_eq!(fs::read(&original).unwrap(), bytes);
+    assert_eq!(copies_left(&dir, &stem), Vec::<String>::new(), "{report:#}");
+    let again = sync_ok(&a);
+    assert_eq!(again["counts"]["folder"]["patient_lists"], 0, "the folder is at rest: {again:#}");
+    assert_eq!(again["counts"]["files_written"], 0);
+}
