@@ -148,14 +148,19 @@ fn a_second_sync_of_the_same_database_waits_its_turn() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Wait for it to say so (the event), then it is blocked on the lock.
+    let mut stderr = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut said = String::new();
+    while !said.contains("another sync of this database is running; waiting") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(n > 0, "the second sync ended without saying it waits: {said}");
+        said.push_str(&line);
+    }
     assert!(waiting.try_wait().unwrap().is_none(), "the second sync ran while the first held the lock");
     lock.unlock().unwrap();
     let out = waiting.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("another sync of this database is running; waiting")
-    );
+    assert_eq!(out.status.code(), Some(0), "{said}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["outcome"], "ok");
     // Commands that must not wait still refuse while a sync runs.
