@@ -214,6 +214,7 @@ impl Db {
                 "from_row",
                 "ALTER TABLE _cs_outbox ADD COLUMN from_row INTEGER; ALTER TABLE _cs_outbox ADD COLUMN to_row INTEGER",
             ),
+            ("_cs_purged", "base", "ALTER TABLE _cs_purged ADD COLUMN base TEXT"),
         ] {
             let present: bool = conn.query_row(
                 "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",

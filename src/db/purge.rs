@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use super::rowblob;
 use super::state::doc_for_patient;
 use super::{Db, DbError, WriteTx};
-use crate::model::{Hlc, PatientDoc, RowKey, RowState, SiteId, patient_file_name};
+use crate::model::{Base, Hlc, PatientDoc, RowKey, RowState, SiteId, patient_file_name};
 
 /// A row that existed before a peer's purge horizon and that the folder no
 /// longer has: the peers purged its tombstone while this site was away. It is removed
@@ -73,7 +73,7 @@ fn existed_before(row: &RowState, horizon: Hlc) -> bool {
 
 pub(super) const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS _cs_purged (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
-  patient TEXT, deleted_at TEXT, purged_ms INTEGER NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+  patient TEXT, deleted_at TEXT, purged_ms INTEGER NOT NULL, base TEXT, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _cs_ack_stamps (site TEXT PRIMARY KEY, stamp TEXT NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS _cs_rows_dead ON _cs_rows (tbl, pk) WHERE cl % 2 = 0;
 ";
@@ -177,15 +177,25 @@ impl Db {
     pub fn purge(&mut self, rows: &[Tombstone], now_ms: u64) -> Result<(), DbError> {
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for t in rows {
+            // What the delete saw, kept so the deletion can be told again
+            // to a site that brings the row back (see purged_tombstones).
+            let base: Option<String> = tx
+                .prepare_cached("SELECT state FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+                .query_row(params![t.table, t.pk], |r| r.get::<_, Vec<u8>>(0))
+                .optional()?
+                .and_then(|blob| rowblob::decode(&blob))
+                .map(|(_, deleted)| deleted.encode())
+                .filter(|b| !b.is_empty());
             tx.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
                 .execute(params![t.table, t.pk])?;
             if let Some(patient) = &t.patient {
                 super::digests::drop(&tx, patient)?;
             }
             tx.prepare_cached(
-                "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms, base)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (tbl, pk) DO UPDATE SET cl = max(cl, excluded.cl), deleted_at = excluded.deleted_at,
-                   purged_ms = excluded.purged_ms",
+                   purged_ms = excluded.purged_ms, base = excluded.base",
             )?
             .execute(params![
                 t.table,
@@ -193,7 +203,8 @@ impl Db {
                 t.cl as i64,
                 t.patient,
                 t.deleted_at.map(|h| h.encode()),
-                now_ms as i64
+                now_ms as i64,
+                base
             ])?;
             tx.prepare_cached(
                 "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?3
@@ -203,6 +214,36 @@ impl Db {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The tombstones of rows purged here, as far as they are still known:
+    /// the causal length and what the delete saw (or, for a row purged
+    /// before that was kept, its stamp). Written into a patient file that
+    /// brings such a row back, they tell the site that still has it to
+    /// delete it too. Keys not purged here are left out.
+    pub fn purged_tombstones(&self, keys: &[RowKey]) -> Result<Vec<(RowKey, RowState)>, DbError> {
+        let mut out = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT cl, deleted_at, base FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?;
+        for key in keys {
+            let found: Option<(i64, Option<String>, Option<String>)> = stmt
+                .query_row(params![key.table, key.pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((cl, deleted_at, base)) = found else { continue };
+            let deleted = match base.as_deref().and_then(|b| Base::parse(b, usize::MAX)) {
+                Some(base) => base,
+                None => {
+                    let mut base = Base::default();
+                    if let Some(h) = deleted_at.as_deref().and_then(|h| Hlc::parse(h).ok()) {
+                        base.add(h);
+                    }
+                    base
+                }
+            };
+            out.push((key.clone(), RowState { cl: cl as u64, deleted, ..RowState::default() }));
+        }
+        Ok(out)
     }
 
     /// Rows purged from the state, newest first.

@@ -78,6 +78,9 @@ pub struct ApplyOutcome {
     pub warnings: Vec<String>,
     /// Rows kept in the state that the app's table cannot show yet.
     pub parked: usize,
+    /// Rows refused because this site purged them, where the file does not
+    /// carry their deletion (a site that has not applied it wrote them).
+    pub stale_purged: Vec<RowKey>,
 }
 
 fn corrupt(tbl: &str, pk: &str) -> DbError {
@@ -647,10 +650,16 @@ pub(crate) fn apply_doc<'r>(
     let mut out = ApplyOutcome::default();
     for (key, incoming) in rows {
         let key = key.as_ref();
-        if ctx.any_purged && purged_cl(conn, key)?.is_some_and(|cl| incoming.cl <= cl) {
+        if ctx.any_purged
+            && let Some(cl) = purged_cl(conn, key)?
+            && incoming.cl <= cl
+        {
             // A copy of a row purged here: it was deleted, and stays so. (An
             // edit made without seeing the delete loses to it, as before the
             // purge; the site that made it keeps it as a record.)
+            if incoming.cl < cl {
+                out.stale_purged.push(key.clone());
+            }
             continue;
         }
         let (row, had_records, before, stored) = match load_stored(conn, &key.table, &key.pk)? {

@@ -20,7 +20,9 @@ use crate::conflicts::{Classified, Client, FileKind, classify_path, decorated_co
 use crate::db::{Db, DbError, HeldGroup, KeptCopy, SiteConfig, StampOutcome, StoredPatient};
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR, patient_path, site_path};
 use crate::folder::{DiskFolder, Entry, Folder, IgnoreRules, ReadError};
-use crate::model::{Clock, Hlc, PatientDoc, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
+use crate::model::{
+    Clock, Hlc, PatientDoc, PatientId, RowKey, SiteId, patient_file_name, shard_of, write_hex_bytes,
+};
 use crate::xmlstore::{
     DecodeError, Limits, RowsDigest, Segment, SiteFile, decode_manifest, decode_patient, decode_segment,
     decode_site, encode_patient, encode_site,
@@ -218,6 +220,8 @@ pub fn sync_with_clock(
         copy_dirs: BTreeSet::new(),
         purged_now: HashSet::new(),
         dirs_seen: None,
+        stale_purged: HashMap::new(),
+        read_this_run: HashSet::new(),
         copy_docs: HashMap::new(),
     };
     let result = run.execute();
@@ -417,6 +421,11 @@ struct Run<'c> {
     purged_now: HashSet<String>,
     /// The patient folders' times the copy check saw, recorded at the end.
     dirs_seen: Option<Vec<(String, Option<i64>)>>,
+    /// Patient files (by stem) holding rows this site purged whose deletion
+    /// they do not carry: the keys, to write the deletion into them.
+    stale_purged: HashMap<String, Vec<RowKey>>,
+    /// Patient files this run has read.
+    read_this_run: HashSet<String>,
     /// The copies decoded this run, by stem: their bytes and content.
     copy_docs: HashMap<String, Vec<(Vec<u8>, PatientDoc)>>,
 }
@@ -1209,12 +1218,19 @@ impl Run<'_> {
         // A failed document drops the whole transaction below, so no
         // document needs a savepoint of its own.
         for doc in docs.into_values() {
+            let patient = doc.patient.0.clone();
             match w.apply_doc_unguarded(doc, &path) {
                 Ok(o) => {
                     rows += o.rows_changed;
                     conflicts += o.new_conflicts;
                     warnings.extend(o.warnings);
                     affected.extend(o.affected);
+                    if !o.stale_purged.is_empty() {
+                        // Rows this site purged, from a site that has not
+                        // applied their deletion: its file is read, and
+                        // told the deletion (read-repair).
+                        affected.insert(patient);
+                    }
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -1458,6 +1474,7 @@ impl Run<'_> {
     /// Reads and verifies one file. Nothing of a file that fails is used.
     fn load(&mut self, f: &FileRef) -> Result<Loaded, EngineError> {
         self.counts.files_scanned += 1;
+        self.read_this_run.insert(f.path.clone());
         let entry = match self.folder.metadata(&f.path) {
             Ok(Some(e)) => e,
             Ok(None) => return Ok(Loaded::Gone),
@@ -1609,7 +1626,31 @@ impl Run<'_> {
                         continue;
                     }
                 };
-                let doc = self.db.doc_for_patient(&patient)?;
+                let mut doc = self.db.doc_for_patient(&patient)?;
+                let mut retold = 0;
+                if let Some(keys) = self.stale_purged.remove(&stem)
+                    && let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
+                {
+                    // The file brings back rows this site purged (a site that
+                    // was away wrote them): it is written again with their
+                    // deletion, joined with what it holds, so that site
+                    // deletes them too and keeps its later edits for review.
+                    for (key, tombstone) in self.db.purged_tombstones(&keys)? {
+                        doc.rows.insert(key, tombstone);
+                        retold += 1;
+                    }
+                    doc = file.join(&doc);
+                }
+                if retold > 0 {
+                    let path = patient_path(&stem);
+                    self.rec.warning(
+                        "purge",
+                        Some(&path),
+                        format!(
+                            "brings back {retold} rows of patient {patient} that were deleted and purged here; a site that has not applied the deletion wrote them, so the file is written again with the deletion and that site deletes them too (its edits are kept there for review)"
+                        ),
+                    );
+                }
                 if let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
                     && file.join(&doc) == **file
                 {
@@ -1736,12 +1777,26 @@ impl Run<'_> {
                     continue;
                 }
                 let path = format!("{dir}/{}", entry.name);
-                if let Classified::Copy { of: FileKind::Patient { stem }, client } = classify_path(&path) {
-                    files.push(FileRef { path, stem, copy: Some(client), repair: None });
+                match classify_path(&path) {
+                    Classified::Copy { of: FileKind::Patient { stem }, client } => {
+                        files.push(FileRef { path, stem, copy: Some(client), repair: None });
+                    }
+                    // Another writer's version this run has not read, and
+                    // no change-log told of (an old file a client brought
+                    // back, a site that wrote rows it should not have).
+                    Classified::Original(FileKind::Patient { stem })
+                        if !self.read_this_run.contains(&path)
+                            && self.db.file_seen(&path)?.is_none_or(|(size, mtime_ns, _)| {
+                                size != entry.size || mtime_ns != entry.mtime_ns
+                            }) =>
+                    {
+                        files.push(FileRef { path, stem, copy: None, repair: None });
+                    }
+                    _ => {}
                 }
             }
         }
-        files.retain(|f| f.copy.is_some());
+        files.retain(|f| f.copy.is_some() || f.repair.is_none());
         if !files.is_empty() {
             self.reconcile(files, Vec::new())?;
         }
@@ -1976,6 +2031,9 @@ impl Run<'_> {
                         changed.extend(outcome.affected.iter().cloned());
                     }
                     let patient = doc.patient.clone();
+                    if f.copy.is_none() && !outcome.stale_purged.is_empty() {
+                        self.stale_purged.insert(f.stem.clone(), outcome.stale_purged.clone());
+                    }
                     if f.copy.is_none() {
                         originals
                             .insert(f.stem.clone(), Original::Present(bytes, entry, Some(Box::new(doc))));
@@ -2055,6 +2113,7 @@ impl Run<'_> {
                 Err(_) => continue,
             };
             let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { continue };
+            self.read_this_run.insert(f.path.clone());
             self.counts.files_scanned += 1;
             self.counts.bytes_read += bytes.len() as u64;
             files.push((i, patient.as_str(), bytes, entry));

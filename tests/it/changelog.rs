@@ -106,8 +106,13 @@ fn a_segment_that_cannot_be_applied_keeps_nothing_of_it_and_waits() {
         .unwrap();
     // One export, one segment: both patients' phones. The first patient is
     // joined before the second fails.
+    let first_file = patient_file(&family.folder(), &first);
+    let old_file = fs::read(&first_file).unwrap();
     conn.execute("UPDATE patients SET phone = 'new' WHERE id IN (?1, ?2)", [&first, &second]).unwrap();
     sync_ok(&a);
+    // The segment has arrived at B, the patient file not yet (B reads it
+    // like any other file once it has).
+    fs::write(&first_file, &old_file).unwrap();
     for _ in 0..2 {
         let (code, report) = sync(&b);
         assert_ne!(code, 0, "{report:#}");

@@ -552,3 +552,98 @@ fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
     assert_eq!(waiting["step"], "waiting-sites", "{listed:#}");
     assert!(waiting["waiting_for"].to_string().contains("has not arrived"), "{listed:#}");
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_the_deletion() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    let conn = app(&a);
+    let doomed = add_patient(&conn, 1, 2);
+    let keep = add_patient(&conn, 2, 1);
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    // C goes offline: its cloud client stops, so it works on its own copy
+    // of the folder from now on.
+    let offline = family.dir.path().join("offline-c");
+    copy_tree(&family.folder(), &offline);
+    set(&c, &[&format!("folder={}", offline.display())]);
+
+    conn.execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    days_pass(31);
+    let mut purged = 0;
+    for db in [&a, &b, &a, &b] {
+        purged += sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap();
+    }
+    assert!(purged >= 7, "A and B purged the patient while C was away ({purged})");
+    let file = patient_file(&family.folder(), &doomed);
+    assert!(!file.exists());
+
+    // Offline, C edits the patient; its run writes the patient's file and
+    // its change-log into its own copy of the folder.
+    app(&c).execute("UPDATE patients SET phone = 'typed at C while away' WHERE id = ?1", [&doomed]).unwrap();
+    sync_ok(&c);
+    // C reconnects: its edited file wins over the deletion (as Syncthing
+    // does), and its log and site file arrive too.
+    let c_site = json_of(&c, &["status"])["site"].as_str().unwrap().to_owned();
+    fs::copy(patient_file(&offline, &doomed), &file).unwrap();
+    copy_tree(&offline.join("log").join(&c_site), &family.folder().join("log").join(&c_site));
+    fs::copy(
+        offline.join("sites").join(format!("{c_site}.xml")),
+        family.folder().join("sites").join(format!("{c_site}.xml")),
+    )
+    .unwrap();
+    set(&c, &[&format!("folder={}", family.folder().display())]);
+
+    // A notices, says so, and writes the deletion into the file.
+    let report = sync_ok(&a);
+    let said = events_of(&report, "purge");
+    assert!(
+        said.iter().any(|e| e["message"].as_str().unwrap().contains("deleted and purged here")),
+        "{report:#}"
+    );
+    assert_eq!(rows_of_patient(&a, &doomed), 0, "nothing comes back at A");
+    // C deletes the patient too, and keeps its edit for review.
+    for db in [&c, &b, &a, &c] {
+        let (code, report) = sync(db);
+        assert!(code == 0 || code == 3, "{report:#}");
+    }
+    for db in [&a, &b, &c] {
+        assert_eq!(rows_of_patient(db, &doomed), 0, "the delete wins at {}", db.display());
+    }
+    assert_eq!(dump(&a), dump(&c));
+    assert_eq!(dump(&b), dump(&c));
+    let records = json_of(&c, &["conflicts"]);
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "deleted" && r["lost_value"] == "typed at C while away"),
+        "{records:#}"
+    );
+    assert!(has_patient(&c, &keep));
+    // The folder comes to rest: nobody rewrites the file any more.
+    for db in [&a, &b, &c] {
+        let report = sync_ok(db);
+        assert_eq!(report["counts"]["files_written"], 0, "{} : {report:#}", db.display());
+    }
+}
