@@ -6,17 +6,15 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use std::collections::HashSet;
-
 use super::rowblob;
-use super::state::doc_for_patient;
 use super::{Db, DbError, WriteTx};
-use crate::model::{Base, Hlc, PatientDoc, RowKey, RowState, SiteId, patient_file_name};
+use crate::model::{Base, Hlc, RowKey, RowState, SiteId};
+use crate::xmlstore::PurgedKey;
 
-/// A row that existed before a peer's purge horizon and that the folder no
-/// longer has: the peers purged its tombstone while this site was away. It is removed
-/// from the state and remembered as purged; the app's row goes through the
-/// mass-delete guard like any incoming deletion.
+/// A row the other sites purged while this site was away (deleted at
+/// `horizon`, the delete's stamp). It is removed from the state and
+/// remembered as purged; the app's row goes through the mass-delete guard
+/// like any incoming deletion.
 fn drop_row(
     conn: &rusqlite::Connection,
     key: &RowKey,
@@ -64,13 +62,6 @@ fn drop_row(
     Ok(())
 }
 
-/// True when the row existed before the horizon (its first version is
-/// older): a row created later is new, not purged, and is kept.
-fn existed_before(row: &RowState, horizon: Hlc) -> bool {
-    let first = row.fields.values().flat_map(|f| f.versions().iter().map(|v| v.hlc())).min();
-    first.is_some_and(|h| h < horizon)
-}
-
 pub(super) const TABLES: &str = "
 CREATE TABLE IF NOT EXISTS _cs_purged (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
   patient TEXT, deleted_at TEXT, purged_ms INTEGER NOT NULL, base TEXT, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
@@ -100,27 +91,6 @@ pub struct Purged {
 }
 
 impl WriteTx<'_> {
-    /// Applies a peer's purge to this site, which was away when it
-    /// happened: every row of `file`'s patient that this site holds, that
-    /// the file read from the folder no longer has, and whose versions are
-    /// all older than `horizon`. Returns how many rows went.
-    pub fn drop_purged_elsewhere(
-        &self,
-        file: &PatientDoc,
-        horizon: Hlc,
-        now_ms: u64,
-    ) -> Result<usize, DbError> {
-        let ours = doc_for_patient(&self.tx, &file.patient.0)?;
-        let mut n = 0;
-        for (key, row) in &ours.rows {
-            if !file.rows.contains_key(key) && existed_before(row, horizon) {
-                drop_row(&self.tx, key, row, &file.patient.0, horizon, now_ms)?;
-                n += 1;
-            }
-        }
-        Ok(n)
-    }
-
     /// Records that this site has applied `site`'s changes up to `stamp`.
     pub fn set_ack_stamp(&self, site: SiteId, stamp: Hlc) -> Result<(), DbError> {
         self.tx
@@ -263,40 +233,54 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The peer-purge rule for patients whose file the folder no longer has
-    /// at all (`listed`: the stems a complete listing found): their rows
-    /// older than `horizon` go. Returns how many rows went.
-    pub fn drop_absent_patients(
+    /// The rows other sites say they purged (`<purged>` in their site
+    /// files) that this site still holds with no higher causal length:
+    /// they were deleted while this site was away, and go here too (the
+    /// app's rows through the mass-delete guard). An edit this site made
+    /// after the delete is kept as a `deleted` record. Whether the rows'
+    /// files are in the folder does not matter (a file may not have
+    /// arrived yet, or a client may have brought an old one back). Returns
+    /// how many rows went.
+    pub fn drop_listed_purged(
         &mut self,
-        listed: &HashSet<String>,
+        listed: &[PurgedKey],
         horizon: Hlc,
         now_ms: u64,
     ) -> Result<usize, DbError> {
-        let root = self.mapping.root.table.clone();
-        let patients: Vec<String> = {
-            let mut stmt = self.conn.prepare("SELECT pk FROM _cs_rows WHERE tbl = ?1")?;
-            stmt.query_map([&root], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
-        };
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut n = 0;
-        for patient in patients {
-            if listed.contains(&patient_file_name(&patient)) {
+        for p in listed {
+            let key = RowKey { table: p.table.clone(), pk: p.pk.clone() };
+            let Some((row, patient)) = super::state::load_row(&tx, &key.table, &key.pk)? else { continue };
+            if row.cl > p.cl {
                 continue;
             }
-            let ours = doc_for_patient(&tx, &patient)?;
-            let root_key = RowKey { table: root.clone(), pk: patient.clone() };
-            if !ours.rows.get(&root_key).is_some_and(|r| existed_before(r, horizon)) {
-                continue;
-            }
-            for (key, row) in &ours.rows {
-                if existed_before(row, horizon) {
-                    drop_row(&tx, key, row, &patient, horizon, now_ms)?;
-                    n += 1;
-                }
-            }
+            let deleted = p.deleted.unwrap_or(horizon);
+            drop_row(&tx, &key, &row, patient.as_deref().unwrap_or_default(), deleted, now_ms)?;
+            tx.prepare_cached("UPDATE _cs_purged SET cl = max(cl, ?3) WHERE tbl = ?1 AND pk = ?2")?
+                .execute(params![key.table, key.pk, p.cl as i64])?;
+            n += 1;
         }
         tx.commit()?;
         Ok(n)
+    }
+
+    /// Rows purged here since `since_ms`, newest first, at most `limit`:
+    /// what the site file publishes.
+    pub fn recent_purged(&self, since_ms: u64, limit: usize) -> Result<Vec<PurgedKey>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT tbl, pk, cl, deleted_at FROM _cs_purged WHERE purged_ms >= ?1
+             ORDER BY purged_ms DESC, tbl, pk LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since_ms as i64, limit as i64], |r| {
+            Ok(PurgedKey {
+                table: r.get(0)?,
+                pk: r.get(1)?,
+                cl: r.get::<_, i64>(2)? as u64,
+                deleted: r.get::<_, Option<String>>(3)?.and_then(|h| Hlc::parse(&h).ok()),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// True when a tombstone has edits it did not see that nobody has

@@ -39,6 +39,8 @@ const SEGMENT_BYTES: usize = 4 << 20;
 const WRITE_BATCH_BYTES: usize = 16 << 20;
 /// How often a run looks for tombstones it can purge (at most).
 const PURGE_CHECK_MS: u64 = 5 * 60 * 1000;
+/// Most purged rows a site file lists (the newest; about 150 bytes each).
+const PURGED_PUBLISHED: usize = 3_000;
 /// How stale the published last-sync time of an idle site may get.
 const SITE_FILE_REFRESH_MS: u64 = 5 * 60 * 1000;
 /// How often one patient may be re-queued in a run (each time only follows
@@ -909,23 +911,24 @@ impl Run<'_> {
     }
 
     /// This site was away while others purged tombstones it never read.
-    /// The rows it still holds that are older than their purge horizon and
-    /// that the folder no longer has were deleted: they go here too (through
-    /// the mass-delete guard), instead of coming back. Runs after a complete
-    /// full scan that found patient files (an empty or missing folder
-    /// deletes nothing).
+    /// The rows they say they purged (`<purged>` in their site files) that
+    /// this site still holds go here too (through the mass-delete guard),
+    /// instead of coming back. Runs after a complete full scan. A row no
+    /// site lists any more (purged longer ago than the sites publish) is
+    /// kept: if it comes back, the sites that purged it write its deletion
+    /// into its file.
     fn apply_peer_purge(&mut self, horizon: Hlc) -> Result<(), EngineError> {
-        if self.listed_stems.is_empty() {
-            self.rec.info(
-                "purge",
-                Some(PATIENTS_DIR),
-                "other sites purged deletions while this site was away, but the folder shows no patient files; nothing is deleted for that".into(),
-            );
-            return Ok(());
+        let mut listed: BTreeMap<(String, String), crate::xmlstore::PurgedKey> = BTreeMap::new();
+        for peer in &self.peers {
+            for p in &peer.file.purged {
+                let slot = listed.entry((p.table.clone(), p.pk.clone())).or_insert_with(|| p.clone());
+                if p.cl > slot.cl {
+                    *slot = p.clone();
+                }
+            }
         }
-        let mut listed = std::mem::take(&mut self.listed_stems);
-        listed.extend(self.copy_stems.iter().cloned());
-        self.counts.purged_elsewhere += self.db.drop_absent_patients(&listed, horizon, self.now_ms)? as u64;
+        let listed: Vec<_> = listed.into_values().collect();
+        self.counts.purged_elsewhere += self.db.drop_listed_purged(&listed, horizon, self.now_ms)? as u64;
         self.db.set_meta("horizon_applied", &horizon.encode())?;
         if self.counts.purged_elsewhere > 0 {
             self.rec.info(
@@ -2006,12 +2009,6 @@ impl Run<'_> {
         w.hold_deletes();
         let mut results = Vec::with_capacity(loaded.len());
         for (f, doc, _, entry, sha) in &loaded {
-            if let Some(horizon) = self.peer_horizon
-                && f.copy.is_none()
-                && !self.copy_stems.contains(&f.stem)
-            {
-                self.counts.purged_elsewhere += w.drop_purged_elsewhere(doc, horizon, self.now_ms)? as u64;
-            }
             let result = w.apply_doc(doc, &f.path);
             if result.is_ok() {
                 w.record_file(&f.path, entry.size, entry.mtime_ns, sha)?;
@@ -2344,6 +2341,13 @@ impl Run<'_> {
             last_sync_ms,
             machine: self.cfg.machine.clone(),
             mapping: self.db.mapping().fingerprint(),
+            // What this site purged within the dormancy: a site away for
+            // longer than that is taken for gone, and what it brings back
+            // is told the deletion by the file instead.
+            purged: self.db.recent_purged(
+                self.now_ms.saturating_sub(self.settings.dormancy.as_millis() as u64),
+                PURGED_PUBLISHED,
+            )?,
         };
         let path = site_path(self.cfg.site);
         let published = self.folder.read(&path, 1 << 20).ok().and_then(|b| decode_site(&b).ok());

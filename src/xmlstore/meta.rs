@@ -43,6 +43,20 @@ pub struct SiteFile {
     pub machine: String,
     /// A fingerprint of the table mapping the site replicates.
     pub mapping: String,
+    /// Rows this site purged lately (`<purged>`): a site returning after
+    /// the purge deletes exactly these, whether or not their files are in
+    /// its folder yet.
+    pub purged: Vec<PurgedKey>,
+}
+
+/// A row a site purged: its key, the causal length of its tombstone and
+/// the delete's stamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgedKey {
+    pub table: String,
+    pub pk: String,
+    pub cl: u64,
+    pub deleted: Option<Hlc>,
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
@@ -97,7 +111,7 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
         out.push_str("\" purge-horizon=\"");
         h.push_encoded(&mut out);
     }
-    if s.acks.is_empty() {
+    if s.acks.is_empty() && s.purged.is_empty() {
         out.push_str("\"/>\n");
     } else {
         out.push_str("\">\n");
@@ -107,6 +121,19 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
                     .push_str(&format!("  <ack site=\"{site}\" seq=\"{seq}\" stamp=\"{}\"/>\n", h.encode())),
                 None => out.push_str(&format!("  <ack site=\"{site}\" seq=\"{seq}\"/>\n")),
             }
+        }
+        for p in &s.purged {
+            out.push_str("  <purged table=\"");
+            push_attr(&mut out, &p.table);
+            out.push_str("\" pk=\"");
+            push_attr(&mut out, &p.pk);
+            out.push_str(&format!("\" cl=\"{}\"", p.cl));
+            if let Some(h) = p.deleted {
+                out.push_str(" deleted=\"");
+                h.push_encoded(&mut out);
+                out.push('"');
+            }
+            out.push_str("/>\n");
         }
         out.push_str("</site>\n");
     }
@@ -132,7 +159,24 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
     };
     let mut acks = std::collections::BTreeMap::new();
     let mut ack_stamps = std::collections::BTreeMap::new();
+    let mut purged = Vec::new();
     for (name, child) in &children {
+        if name == "purged" {
+            let table = required(&r, child, "purged", "table")?.to_owned();
+            let pk = required(&r, child, "purged", "pk")?.to_owned();
+            let cl_text = required(&r, child, "purged", "cl")?;
+            let cl: u64 = cl_text
+                .parse()
+                .ok()
+                .filter(|cl| cl % 2 == 0 && *cl > 0)
+                .ok_or_else(|| bad(&r, "cl", cl_text, "not the causal length of a deleted row".into()))?;
+            let deleted = match optional(child, "deleted") {
+                None => None,
+                Some(t) => Some(Hlc::parse(t).map_err(|e| bad(&r, "deleted", t, e.to_string()))?),
+            };
+            purged.push(PurgedKey { table, pk, cl, deleted });
+            continue;
+        }
         if name != "ack" {
             continue;
         }
@@ -162,6 +206,7 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
         last_sync_ms,
         machine: optional(&attrs, "machine").unwrap_or_default().to_owned(),
         mapping: optional(&attrs, "mapping").unwrap_or_default().to_owned(),
+        purged,
     })
 }
 
@@ -227,8 +272,23 @@ mod tests {
             last_sync_ms: Some(1_700_000_000_123),
             machine: "abc".into(),
             mapping: "def".into(),
+            purged: vec![
+                PurgedKey {
+                    table: "clinical_notes".into(),
+                    pk: "a \"key\" & <more>".into(),
+                    cl: 4,
+                    deleted: Some(Hlc::new(1_699_000_000_000, 0, SiteId::from_bytes([8; 16]))),
+                },
+                PurgedKey { table: "patients".into(), pk: "p1".into(), cl: 2, deleted: None },
+            ],
         };
         assert_eq!(decode_site(&encode_site(&s)).unwrap(), s);
+        // A causal length that is not a deletion's is refused.
+        let sealed = encode_site(&s);
+        let body = std::str::from_utf8(trailer::unseal(&sealed).unwrap()).unwrap();
+        let odd = trailer::seal(body.replace("cl=\"4\"", "cl=\"3\"").into_bytes());
+        let refused = decode_site(&odd).unwrap_err().to_string();
+        assert!(refused.contains("causal length"), "{refused}");
         let m = Manifest { family: FamilyId::from_bytes([3; 16]), created_ms: 1_700_000_000_000 };
         assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
     }

@@ -14,7 +14,7 @@ mod trailer;
 pub(crate) use digest::RowsDigest;
 pub use error::{DecodeError, DecodeErrorKind};
 pub use meta::{
-    FOLDER_FORMAT, Manifest, SiteFile, decode_manifest, decode_site, encode_manifest, encode_site,
+    FOLDER_FORMAT, Manifest, PurgedKey, SiteFile, decode_manifest, decode_site, encode_manifest, encode_site,
     format_time,
 };
 pub use patient::{PATIENT_FORMAT, decode_patient, encode_patient};

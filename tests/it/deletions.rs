@@ -647,3 +647,52 @@ fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_th
         assert_eq!(report["counts"]["files_written"], 0, "{} : {report:#}", db.display());
     }
 }
+
+#[test]
+fn a_returning_site_whose_client_has_not_downloaded_every_file_drops_only_what_was_purged() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    let conn = app(&a);
+    let doomed = add_patient(&conn, 1, 2);
+    let kept: Vec<String> = (2..6).map(|n| add_patient(&conn, n, 1)).collect();
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    // C goes away; A deletes a patient; a month later A and B purge it.
+    conn.execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    days_pass(31);
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    assert!(!patient_file(&family.folder(), &doomed).exists(), "purged");
+    // C comes back, but its cloud client has not yet brought down the
+    // files of two patients the others kept.
+    let parked = family.dir.path().join("not-downloaded");
+    fs::create_dir_all(&parked).unwrap();
+    for id in &kept[..2] {
+        fs::rename(patient_file(&family.folder(), id), parked.join(clinicsync::model::patient_file_name(id)))
+            .unwrap();
+    }
+    let report = sync_ok(&c);
+    assert_eq!(report["counts"]["full_scan"], true, "{report:#}");
+    assert_eq!(rows_of_patient(&c, &doomed), 0, "what was purged goes");
+    for id in &kept {
+        assert!(has_patient(&c, id), "{id} is kept: its file has not arrived, it was not deleted");
+    }
+    // The files arrive; every site agrees.
+    for id in &kept[..2] {
+        fs::rename(parked.join(clinicsync::model::patient_file_name(id)), patient_file(&family.folder(), id))
+            .unwrap();
+    }
+    for db in [&c, &a, &b, &c] {
+        sync_ok(db);
+    }
+    assert_eq!(dump(&a), dump(&c));
+    assert_eq!(dump(&b), dump(&c));
+    assert_eq!(dump(&c)[0].1.len(), 4);
+}

@@ -96,6 +96,16 @@ fn the_site_file_and_manifest_formats_are_frozen() {
         last_sync_ms: Some(1_763_700_000_000),
         machine: "5e1f0c2a9b3d4e6f".into(),
         mapping: "a1b2c3d4e5f60718".into(),
+        purged: vec![clinicsync::xmlstore::PurgedKey {
+            table: "patients".into(),
+            pk: "0b7e4c1a-2f3d-4e5f-8a9b-0c1d2e3f4a5b".into(),
+            cl: 2,
+            deleted: Some(Hlc::new(
+                1_763_600_000_000,
+                0,
+                SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            )),
+        }],
     };
     expect_file!["../../fixtures/format/site-v1.xml"]
         .assert_eq(std::str::from_utf8(&encode_site(&site)).unwrap());
