@@ -39,6 +39,9 @@ const SEGMENT_BYTES: usize = 4 << 20;
 const WRITE_BATCH_BYTES: usize = 16 << 20;
 /// How often a run looks for tombstones it can purge (at most).
 const PURGE_CHECK_MS: u64 = 5 * 60 * 1000;
+/// How long copies of an original that a client renamed away wait for the
+/// site that rebuilds it before any site does.
+const COPIES_WAIT_FOR_LEADER_MS: u64 = 3_600_000;
 /// Most purged rows a site file lists (the newest; about 150 bytes each).
 const PURGED_PUBLISHED: usize = 3_000;
 /// How stale the published last-sync time of an idle site may get.
@@ -224,6 +227,7 @@ pub fn sync_with_clock(
         dirs_seen: None,
         stale_purged: HashMap::new(),
         read_this_run: HashSet::new(),
+        left_for_leader: HashSet::new(),
         copy_docs: HashMap::new(),
     };
     let result = run.execute();
@@ -428,6 +432,9 @@ struct Run<'c> {
     stale_purged: HashMap<String, Vec<RowKey>>,
     /// Patient files this run has read.
     read_this_run: HashSet<String>,
+    /// Stems whose original is gone and left for another site to write
+    /// again from their copies (see `rebuilds_original`).
+    left_for_leader: HashSet<String>,
     /// The copies decoded this run, by stem: their bytes and content.
     copy_docs: HashMap<String, Vec<(Vec<u8>, PatientDoc)>>,
 }
@@ -1687,6 +1694,12 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
+                if existing.is_none() && self.copy_docs.contains_key(&stem) && !self.rebuilds_original(&stem)
+                {
+                    // Another site rebuilds it; the copies stay until then.
+                    self.left_for_leader.insert(stem);
+                    continue;
+                }
                 if existing.is_none()
                     && let Some(copy) = self.copy_docs.get(&stem).and_then(|copies| {
                         copies.iter().find(|(_, d)| d.join(&doc) == *d).map(|(b, _)| b.clone())
@@ -1857,6 +1870,14 @@ impl Run<'_> {
         for c in std::mem::take(&mut self.merged_copies) {
             let original = patient_path(&c.stem);
             let made_by = c.client.label();
+            if self.left_for_leader.contains(&c.stem) {
+                self.rec.info(
+                    "conflict-copy",
+                    Some(&c.path),
+                    format!("a copy made by {made_by}: merged; {original} is gone, and the site that rebuilds it writes it and deletes the copies (two sites writing it at once would clash again)"),
+                );
+                continue;
+            }
             if !c.settled_before && !self.settled.contains(&c.stem) {
                 self.rec.skipped(
                     "conflict-copy",
@@ -1925,6 +1946,36 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether this site writes again an original that a cloud client
+    /// renamed away into copies (rclone: both sides renamed, the name gone).
+    /// Every site that merged the copies would, and two sites writing the
+    /// same new file between two passes of the client make it clash again,
+    /// forever. So one site does it: the one with the lowest id among the
+    /// sites active within the dormancy; any site does it once the copies
+    /// have waited an hour (that site is away).
+    fn rebuilds_original(&self, stem: &str) -> bool {
+        let dormancy = self.settings.dormancy.as_millis() as u64;
+        let active = |last: u64| self.now_ms.saturating_sub(last) < dormancy;
+        let leader = self
+            .peers
+            .iter()
+            .filter(|p| active(p.file.last_sync_ms.unwrap_or(p.mtime_ms)))
+            .map(|p| p.file.site)
+            .chain(std::iter::once(self.cfg.site))
+            .min();
+        if leader == Some(self.cfg.site) {
+            return true;
+        }
+        let newest_copy_ms = self
+            .merged_copies
+            .iter()
+            .filter(|c| c.stem == stem)
+            .map(|c| (c.mtime_ns.max(0) / 1_000_000) as u64)
+            .max()
+            .unwrap_or(0);
+        self.now_ms.saturating_sub(newest_copy_ms) > COPIES_WAIT_FOR_LEADER_MS
     }
 
     fn requeue(

@@ -319,3 +319,41 @@ fn an_original_a_client_renamed_away_is_written_again_by_a_plain_sync() {
     assert_eq!(again["counts"]["folder"]["patient_lists"], 0, "the folder is at rest: {again:#}");
     assert_eq!(again["counts"]["files_written"], 0);
 }
+
+#[test]
+fn an_original_renamed_away_into_copies_is_written_again_by_one_site_only() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let id = add_patient(&app(&a), 1, 2);
+    sync_ok(&a);
+    sync_ok(&b);
+    let site = |db: &Path| json_of(db, &["status"])["site"].as_str().unwrap().to_owned();
+    let (leader, other) = if site(&a) < site(&b) { (&a, &b) } else { (&b, &a) };
+    let original = patient_file(&family.folder(), &id);
+    let dir = original.parent().unwrap().to_owned();
+    let stem = clinicsync::model::patient_file_name(&id);
+    wait_past_mtime(&dir);
+    let bytes = fs::read(&original).unwrap();
+    fs::write(dir.join(format!("{stem}.xml..path1")), &bytes).unwrap();
+    fs::write(dir.join(format!("{stem}.xml..path2")), &bytes).unwrap();
+    fs::remove_file(&original).unwrap();
+
+    // The other site merges the copies and leaves the file to the one site
+    // that writes it, so two sites never write the same new file at once.
+    let report = sync_ok(other);
+    assert!(!original.exists(), "{report:#}");
+    assert_eq!(copies_left(&dir, &stem).len(), 2);
+    let said = events_of(&report, "conflict-copy");
+    assert!(
+        said.iter().any(|e| e["message"].as_str().unwrap().contains("the site that rebuilds it")),
+        "{said:?}"
+    );
+
+    let report = sync_ok(leader);
+    assert!(original.exists(), "{report:#}");
+    assert_eq!(copies_left(&dir, &stem), Vec::<String>::new());
+    assert_eq!(fs::read(&original).unwrap(), bytes);
+    sync_ok(other);
+    assert_eq!(dump(&a), dump(&b));
+}

@@ -1,9 +1,12 @@
-//! End to end through a real cloud client: two sites on real Syncthing
+//! End to end through real cloud clients: two sites on real Syncthing
 //! daemons (loopback only, `tests/realsync/syncthing-pair.sh`), partitioned
-//! while both edit the same field, then healed. Both converge, the conflict
+//! while both edit the same field, then healed: both converge, the conflict
 //! is recorded at both, and the conflict copy Syncthing made is merged and
-//! deleted. `.ci/run` installs syncthing; without it this test fails unless
-//! `CLINICSYNC_SKIP_REALSYNC=1` says to skip it.
+//! deleted. And two sites over rclone bisync (`tests/realsync/rclone-bisync.sh`),
+//! which renames both sides of a clash away: the folders come to rest with
+//! every patient's file and no copy. `.ci/run` installs both clients;
+//! without them these tests fail unless `CLINICSYNC_SKIP_REALSYNC=1` says
+//! to skip them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,5 +124,110 @@ fn two_sites_on_real_syncthing_converge_after_a_partition_and_the_conflict_copy_
         let conflicts: serde_json::Value = json_of(db, &["conflicts"]);
         assert_eq!(conflicts.as_array().unwrap().len(), 1, "{}", db.display());
         assert_eq!(conflicts[0]["lost_value"], "typed at the clinic");
+    }
+}
+
+const RCLONE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/realsync/rclone-bisync.sh");
+
+/// Two folders joined by rclone bisync: one reconciliation pass per
+/// `bisync()`, nothing in the background.
+struct Bisync {
+    base: tempfile::TempDir,
+}
+
+impl Bisync {
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(RCLONE)
+            .arg(args[0])
+            .arg(self.base.path())
+            .args(&args[1..])
+            .output()
+            .expect("run the rclone harness");
+        assert!(
+            out.status.success(),
+            "rclone-bisync.sh {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn bisync(&self) {
+        self.run(&["sync"]);
+    }
+}
+
+/// Files of the patients folder that are not an original patient file.
+fn copies_in(folder: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(folder.join("patients"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(folder).unwrap().to_string_lossy().into_owned())
+        .filter(|p| {
+            !matches!(clinicsync::conflicts::classify_path(p), clinicsync::conflicts::Classified::Original(_))
+        })
+        .collect()
+}
+
+#[test]
+fn two_sites_over_rclone_bisync_converge_and_their_folders_come_to_rest() {
+    if Command::new("rclone").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
+            "rclone is not installed (apt-get install rclone; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
+        );
+        eprintln!("skipped: rclone is not installed");
+        return;
+    }
+    let pair = Bisync { base: tempfile::tempdir().unwrap() };
+    pair.run(&["up", "2"]);
+    let fa = PathBuf::from(pair.run(&["folder", "1"]));
+    let fb = PathBuf::from(pair.run(&["folder", "2"]));
+    let dbs = tempfile::tempdir().unwrap();
+    let (a, b) = (dbs.path().join("a.db"), dbs.path().join("b.db"));
+    init_at(&a, &fa, "clinic");
+    let ids: Vec<String> = (0..20).map(|n| add_patient(&app(&a), n, 2)).collect();
+    sync_ok(&a);
+    pair.bisync();
+    init_at(&b, &fb, "branch");
+    pair.bisync();
+    sync_ok(&b);
+    assert_eq!(dump(&a), dump(&b));
+
+    // Both sites edit the same four patients (different fields) between
+    // two passes of the client: rclone renames both sides of each file.
+    for id in &ids[..4] {
+        app(&a).execute("UPDATE patients SET phone = 'from the clinic' WHERE id = ?1", [id]).unwrap();
+        app(&b).execute("UPDATE patients SET email = 'branch@example.org' WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&a);
+    sync_ok(&b);
+    pair.bisync();
+    assert!(!copies_in(&fa).is_empty(), "rclone made its conflict copies");
+
+    // A clinic's day: every site syncs, then the client passes, a few times.
+    for _ in 0..6 {
+        for db in [&a, &b] {
+            let (code, report) = sync(db);
+            assert!(code == 0 || code == 3, "{report:#}");
+        }
+        pair.bisync();
+    }
+    assert_eq!(dump(&a), dump(&b));
+    for id in &ids[..4] {
+        assert_eq!(patient_field(&a, id, "phone").as_deref(), Some("from the clinic"));
+        assert_eq!(patient_field(&a, id, "email").as_deref(), Some("branch@example.org"));
+    }
+    for folder in [&fa, &fb] {
+        assert_eq!(copies_in(folder), Vec::<String>::new(), "no copy left in {}", folder.display());
+        for id in &ids {
+            assert!(patient_file(folder, id).exists(), "{id} has its file in {}", folder.display());
+        }
+    }
+    // At rest: another round changes nothing.
+    for db in [&a, &b] {
+        let report = sync_ok(db);
+        assert_eq!(report["counts"]["files_written"], 0, "{report:#}");
     }
 }
