@@ -231,3 +231,87 @@ fn two_sites_over_rclone_bisync_converge_and_their_folders_come_to_rest() {
         assert_eq!(report["counts"]["files_written"], 0, "{report:#}");
     }
 }
+
+#[test]
+fn a_site_that_edited_a_patient_offline_while_the_others_purged_it_deletes_it_on_real_syncthing() {
+    if Command::new("syncthing").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
+            "syncthing is not installed (apt-get install syncthing; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
+        );
+        eprintln!("skipped: syncthing is not installed");
+        return;
+    }
+    let trio = Pair { base: tempfile::tempdir().unwrap() };
+    trio.run(&["up", "3"]);
+    let folders: Vec<PathBuf> = (1..=3).map(|i| trio.folder(i)).collect();
+    let dbs = tempfile::tempdir().unwrap();
+    let sites: Vec<PathBuf> = ["a", "b", "c"].iter().map(|n| dbs.path().join(format!("{n}.db"))).collect();
+    let (a, b, c) = (&sites[0], &sites[1], &sites[2]);
+    init_at(a, &folders[0], "clinic");
+    trio.wait_idle();
+    init_at(b, &folders[1], "branch");
+    init_at(c, &folders[2], "laptop");
+    let doomed = add_patient(&app(a), 1, 2);
+    let kept = add_patient(&app(a), 2, 1);
+    sync_ok(a);
+    trio.wait_idle();
+    for db in [b, c, a] {
+        sync_ok(db);
+        trio.wait_idle();
+    }
+    assert_eq!(dump(a), dump(c));
+
+    // The laptop leaves for weeks. The clinic deletes a patient, and a
+    // month later the clinic and the branch purge it.
+    trio.run(&["pause", "3"]);
+    app(a).execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    for db in [a, b, a, b] {
+        sync_ok(db);
+        trio.wait_idle();
+    }
+    days_pass(31);
+    let mut purged = 0;
+    for db in [a, b, a, b] {
+        purged += sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap();
+        trio.wait_idle();
+    }
+    assert!(purged > 0, "the clinic and the branch purged the patient");
+    assert!(!patient_file(&folders[0], &doomed).exists());
+
+    // Offline, the laptop edits that patient; its run rewrites the file.
+    app(c).execute("UPDATE patients SET phone = 'typed on the laptop' WHERE id = ?1", [&doomed]).unwrap();
+    sync_ok(c);
+    // Back online: Syncthing lets the edited file win over the deletion.
+    trio.run(&["resume", "3"]);
+    trio.wait_idle();
+    assert!(patient_file(&folders[0], &doomed).exists(), "Syncthing brought the file back");
+
+    let mut told = false;
+    for _ in 0..3 {
+        for db in [a, b, c] {
+            let (code, report) = sync(db);
+            assert!(code == 0 || code == 3, "{report:#}");
+            told |= events_of(&report, "purge")
+                .iter()
+                .any(|e| e["message"].as_str().unwrap().contains("deleted and purged here"));
+            trio.wait_idle();
+        }
+    }
+    assert!(told, "a site that purged the patient said the file brought it back");
+    for db in [a, b, c] {
+        assert!(!has_patient(db, &doomed), "the delete wins at {}", db.display());
+        assert!(has_patient(db, &kept));
+    }
+    assert_eq!(dump(a), dump(b));
+    assert_eq!(dump(a), dump(c));
+    let records = json_of(c, &["conflicts"]);
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "deleted" && r["lost_value"] == "typed on the laptop"),
+        "the laptop keeps its edit for review: {records:#}"
+    );
+}
