@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::EngineError;
 use crate::db::Db;
+use crate::folder::Folder;
 use crate::folder::layout::MANIFEST;
 use crate::model::FamilyId;
 use crate::xmlstore::decode_manifest;
@@ -296,8 +297,9 @@ pub(crate) fn check_folder(
         ));
     }
     if let Some(family) = family {
-        let manifest = folder.join(MANIFEST);
-        let bytes = std::fs::read(&manifest).map_err(|_| {
+        // Read as every file of the folder is: a FIFO or a link there must
+        // not hang or lead elsewhere.
+        let bytes = crate::folder::DiskFolder::new(folder.clone(), None).read(MANIFEST, 1 << 20).map_err(|_| {
             refuse("holds no clinicsync.xml: it is not this family's folder (or the cloud client has not downloaded it yet)".into())
         })?;
         let found =

@@ -91,7 +91,7 @@ impl DiskFolder {
     /// The modification time of a directory of the folder, `None` when it
     /// does not exist.
     pub fn dir_mtime(&self, dir: &str) -> io::Result<Option<i64>> {
-        match fs::metadata(self.full(dir)?) {
+        match fs::symlink_metadata(self.full(dir)?) {
             Ok(meta) => Ok(Some(entry_of(String::new(), &meta).mtime_ns)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -201,6 +201,33 @@ impl DiskFolder {
     /// targets as `~$<name>.tmp` (false).
     pub fn uses_staging(&self) -> bool {
         self.staging.is_some()
+    }
+
+    /// Refuses a path inside the folder that passes through a link: a
+    /// folder that is a link (say `patients/ab` to a folder elsewhere) would
+    /// let a read or a write reach outside the synced folder. The folder's
+    /// own root may be a link (a cloud drive mounted elsewhere).
+    fn no_links_within(&self, rel: &str) -> io::Result<()> {
+        let mut at = self.root.clone();
+        let mut parts = rel.split('/').filter(|p| !p.is_empty()).peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                break;
+            }
+            at.push(part);
+            match fs::symlink_metadata(&at) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(io::Error::other(format!(
+                        "{} is a link, and clinicsync does not follow links inside the folder",
+                        at.strip_prefix(&self.root).unwrap_or(&at).display()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn full(&self, rel: &str) -> io::Result<PathBuf> {
@@ -324,6 +351,65 @@ fn same_volume(root: &Path, staging: &Path) -> bool {
     }
 }
 
+/// What a file that is not a regular file is, for the sentence that skips it.
+fn not_regular(kind: fs::FileType) -> Option<&'static str> {
+    #[cfg(unix)]
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_file() {
+        return None;
+    }
+    if kind.is_symlink() {
+        return Some("a link");
+    }
+    if kind.is_dir() {
+        return Some("a folder");
+    }
+    #[cfg(unix)]
+    {
+        if kind.is_fifo() {
+            return Some("a FIFO (a named pipe)");
+        }
+        if kind.is_socket() {
+            return Some("a socket");
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return Some("a device");
+        }
+    }
+    Some("a special file")
+}
+
+/// Opens a regular file for reading without following a link and without
+/// blocking (a FIFO opened for reading waits for a writer forever).
+fn open_regular(path: &Path) -> Result<File, ReadError> {
+    let kind = match fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(what) = not_regular(kind) {
+        return Err(ReadError::NotRegular(what));
+    }
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+        options.custom_flags(flags.bits() as i32);
+    }
+    let file = match options.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    // Swapped for something else between the look and the open.
+    if let Some(what) = not_regular(file.metadata()?.file_type()) {
+        return Err(ReadError::NotRegular(what));
+    }
+    Ok(file)
+}
+
 fn entry_of(name: String, meta: &fs::Metadata) -> Entry {
     Entry {
         name,
@@ -341,6 +427,14 @@ impl Folder for DiskFolder {
             s.patient_lists += u64::from(patients);
         });
         let path = if dir.is_empty() { self.root.clone() } else { self.full(dir)? };
+        if !dir.is_empty() {
+            self.no_links_within(dir)?;
+            // A folder that is a link holds nothing of ours: a full scan
+            // names it where it lists its parent.
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Ok(Vec::new());
+            }
+        }
         let reader = match fs::read_dir(&path) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -363,7 +457,8 @@ impl Folder for DiskFolder {
 
     fn metadata(&self, path: &str) -> io::Result<Option<Entry>> {
         let full = self.full(path)?;
-        match fs::metadata(&full) {
+        self.no_links_within(path)?;
+        match fs::symlink_metadata(&full) {
             Ok(meta) => {
                 let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 Ok(Some(entry_of(name, &meta)))
@@ -376,11 +471,8 @@ impl Folder for DiskFolder {
     fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
         self.count(|s| s.reads += 1);
         let full = self.full(path)?;
-        let file = match File::open(&full) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
-            Err(e) => return Err(e.into()),
-        };
+        self.no_links_within(path)?;
+        let file = open_regular(&full)?;
         let size = file.metadata()?.len();
         if size > limit {
             return Err(ReadError::TooLarge { size, limit });
@@ -410,6 +502,7 @@ impl Folder for DiskFolder {
         let result = self.noting_changes(&rels, || {
             for (index, (rel, bytes)) in files.iter().enumerate() {
                 let target = self.full(rel)?;
+                self.no_links_within(rel)?;
                 if let Some(parent) = target.parent() {
                     fs::create_dir_all(parent)?;
                 }
@@ -459,6 +552,7 @@ impl Folder for DiskFolder {
         self.count(|s| s.removes += 1);
         self.note_touched([path]);
         let full = self.full(path)?;
+        self.no_links_within(path)?;
         self.noting_changes(&[path], || match fs::remove_file(&full) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -468,6 +562,7 @@ impl Folder for DiskFolder {
 
     fn remove_empty_dir(&self, dir: &str) -> io::Result<bool> {
         let full = self.full(dir)?;
+        self.no_links_within(&format!("{dir}/."))?;
         self.noting_changes(&[dir], || match fs::remove_dir(&full) {
             Ok(()) => {
                 self.note_touched([dir]);

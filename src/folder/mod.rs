@@ -27,6 +27,10 @@ pub enum ReadError {
     TooLarge { size: u64, limit: u64 },
     #[error("it does not exist")]
     NotFound,
+    /// A FIFO, a device, a socket, a folder, or a link: opening it could
+    /// hang the run or reach outside the folder.
+    #[error("it is {0}, not a regular file; clinicsync does not open it")]
+    NotRegular(&'static str),
     #[error("it cannot be read: {0}")]
     Io(#[from] io::Error),
 }
@@ -34,7 +38,8 @@ pub enum ReadError {
 /// The sync folder. Small on purpose: the real directory implements it, and
 /// a simulation can implement it in memory.
 pub trait Folder {
-    /// Lists a directory; a missing directory is an empty list.
+    /// Lists a directory; a missing directory, or one that is a link, is an
+    /// empty list (no access follows a link inside the folder).
     fn list(&self, dir: &str) -> io::Result<Vec<Entry>>;
     /// Stats one file; `None` when it does not exist.
     fn metadata(&self, path: &str) -> io::Result<Option<Entry>>;

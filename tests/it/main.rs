@@ -13,6 +13,7 @@ mod damaged_files;
 mod deletions;
 mod format;
 mod guard;
+mod hostile;
 mod mapping;
 mod model_laws;
 mod realsync;

@@ -1,0 +1,115 @@
+//! Hostile items in the folder that a run must neither hang on nor follow
+//! out of the folder: FIFOs named like clinicsync's files, links in place
+//! of files and of shard folders. Each is skipped with a sentence naming
+//! it, and nothing outside the folder changes.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Makes a FIFO (a named pipe): opening it for reading waits for a writer.
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo").arg(path).status().expect("run mkfifo");
+    assert!(status.success());
+}
+
+/// Runs a command of the CLI and insists it ends (a hang fails the test).
+fn finishes(db: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = cli(db).args(args).timeout(Duration::from_secs(60)).output().expect("run clinicsync");
+    let code = out.status.code().unwrap_or_else(|| panic!("{args:?} did not finish (hung?)"));
+    (
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn fifos_named_like_clinicsync_files_are_skipped_and_never_hang_a_run() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let id = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    let folder = family.folder();
+    // Another site's next segment, a patient file, a site file of a site
+    // that does not exist yet.
+    let site_a = json_of(&a, &["status"])["site"].as_str().unwrap().to_owned();
+    let fifos = [
+        folder.join("log").join(&site_a).join("0000000099.xml"),
+        patient_file(&folder, &id).with_file_name("ffffffffffffffffffffffffffffffff.xml"),
+        folder.join("sites").join("abababababababababababababababab.xml"),
+    ];
+    for fifo in &fifos {
+        mkfifo(fifo);
+    }
+    for args in [&["sync", "--json"][..], &["sync", "--full-scan", "--json"], &["status"], &["tombstones"]] {
+        let (code, stdout, stderr) = finishes(&b, args);
+        assert!(code == 0 || code == 3, "{args:?}: {code} {stdout} {stderr}");
+    }
+    let (_, stdout, _) = finishes(&b, &["sync", "--full-scan", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let skipped: Vec<&serde_json::Value> = events_of(&report, "skipped");
+    assert!(
+        skipped
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("a FIFO (a named pipe), not a regular file")),
+        "named with a sentence: {report:#}"
+    );
+    assert_eq!(dump(&a), dump(&b), "everything else synced");
+}
+
+#[test]
+fn a_fifo_in_place_of_clinicsync_xml_fails_the_run_with_a_sentence_instead_of_hanging() {
+    let family = Family::new();
+    let a = family.init("a");
+    let manifest = family.folder().join("clinicsync.xml");
+    fs::remove_file(&manifest).unwrap();
+    mkfifo(&manifest);
+    let (code, _, stderr) = finishes(&a, &["sync"]);
+    assert_eq!(code, 1, "{stderr}");
+    let (code, stdout, stderr) = finishes(&a, &["status"]);
+    assert!(code == 0 || code == 1, "{stdout} {stderr}");
+    let (code, _, stderr) = finishes(&a, &["settings", &format!("folder={}", family.folder().display())]);
+    assert_eq!(code, 1, "{stderr}");
+}
+
+#[test]
+fn a_shard_folder_that_links_outside_is_never_written_through() {
+    let family = Family::new();
+    let a = family.init("a");
+    let id = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    let original = patient_file(&family.folder(), &id);
+    let shard = original.parent().unwrap().to_owned();
+    // The shard becomes a link to a decoy folder outside the synced folder.
+    let decoy = family.dir.path().join("decoy");
+    fs::create_dir_all(&decoy).unwrap();
+    fs::remove_dir_all(&shard).unwrap();
+    std::os::unix::fs::symlink(&decoy, &shard).unwrap();
+    // A patient file that links to the database itself.
+    let other = add_patient(&app(&a), 2, 1);
+    sync_ok(&a);
+    let linked = patient_file(&family.folder(), &other);
+    let db_before = fs::read(&a).unwrap().len();
+    if linked.parent().unwrap() != shard {
+        fs::remove_file(&linked).unwrap();
+        std::os::unix::fs::symlink(&a, &linked).unwrap();
+    }
+    for args in
+        [&["sync", "--json"][..], &["sync", "--full-scan", "--json"], &["sync", "--full-scan", "--json"]]
+    {
+        let (code, stdout, stderr) = finishes(&a, args);
+        assert!(code == 0 || code == 3, "{args:?}: {stdout} {stderr}");
+    }
+    assert_eq!(fs::read_dir(&decoy).unwrap().count(), 0, "nothing was written through the link");
+    assert!(fs::symlink_metadata(&shard).unwrap().file_type().is_symlink(), "the link is left alone");
+    if linked.parent().unwrap() != shard {
+        assert!(fs::symlink_metadata(&linked).unwrap().file_type().is_symlink(), "never written through");
+    }
+    assert!(fs::read(&a).unwrap().len() >= db_before, "the database is intact");
+    assert!(has_patient(&a, &id) && has_patient(&a, &other), "nothing is deleted for that");
+}
