@@ -150,7 +150,7 @@ pub fn main() -> ExitCode {
             if json {
                 println!("{}", json!({ "ok": false, "error": message }));
             }
-            eprintln!("clinicsync: {message}");
+            eprintln!("clinicsync: {}", shown(&message));
             ExitCode::from(1)
         }
     }
@@ -198,7 +198,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "{verb} family {} in {}; this site is {:?} ({}).",
                     &report.family[..8],
-                    report.folder,
+                    shown(&report.folder),
                     report.site_name,
                     &report.site[..8]
                 );
@@ -225,7 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_run(&report);
             }
             if report.outcome == Outcome::Failed && !cli.json {
-                eprintln!("clinicsync: {}", report.error.as_deref().unwrap_or("the run failed"));
+                eprintln!("clinicsync: {}", shown(report.error.as_deref().unwrap_or("the run failed")));
             }
             Ok(exit_for(report.outcome))
         }
@@ -259,13 +259,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 for (run, events) in &out {
                     let outcome = run.outcome.as_deref().unwrap_or("interrupted");
-                    println!("#{} {} {} {}", run.id, format_time(run.started_ms), run.trigger, outcome);
+                    println!(
+                        "#{} {} {} {}",
+                        run.id,
+                        format_time(run.started_ms),
+                        shown(&run.trigger),
+                        shown(outcome)
+                    );
                     if let Some(summary) = &run.summary {
                         println!("    {}", engine::summary_text(summary));
                     }
                     for e in events {
-                        let path = e.path.as_deref().map(|p| format!("{p}: ")).unwrap_or_default();
-                        println!("    [{}] {path}{}", e.level, e.message);
+                        let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
+                        println!("    [{}] {path}{}", shown(&e.level), shown(&e.message));
                     }
                 }
             }
@@ -289,9 +295,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "Conflict #{} settled: {}/{} {} is now {:?}. The next sync carries this to every site.",
                     r.id,
-                    r.table,
-                    r.pk,
-                    r.column,
+                    shown(&r.table),
+                    shown(&r.pk),
+                    shown(&r.column),
                     r.value.display_short()
                 );
             }
@@ -313,7 +319,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         Err(_) => String::new(),
                     };
-                    let source = c.source.as_deref().map(|s| format!(", found in {s}")).unwrap_or_default();
+                    let source =
+                        c.source.as_deref().map(|s| format!(", found in {}", shown(s))).unwrap_or_default();
                     let outcome = if c.kind == "deleted" {
                         let by = Hlc::parse(&c.winner_hlc).map(|h| h.site().short()).unwrap_or_default();
                         format!("the row was deleted (at site {by}) by someone who had not seen this edit")
@@ -323,11 +330,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!(
                         "#{} {}/{} {}: {outcome}, lost {:?}{lost} [{}{source}]",
                         c.id,
-                        c.table,
-                        c.pk,
-                        c.column,
+                        shown(&c.table),
+                        shown(&c.pk),
+                        shown(&c.column),
                         c.value.display_short(),
-                        c.status,
+                        shown(&c.status),
                     );
                 }
                 if !all {
@@ -367,10 +374,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         _ => "kept".to_owned(),
                     };
-                    println!("{}/{}: {when}; {step}", t.table, t.pk);
+                    println!("{}/{}: {}; {}", shown(&t.table), shown(&t.pk), shown(&when), shown(&step));
                 }
                 for p in &report.purged {
-                    println!("{}/{}: purged {}", p.table, p.pk, format_time(p.purged_ms));
+                    println!("{}/{}: purged {}", shown(&p.table), shown(&p.pk), format_time(p.purged_ms));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -389,7 +396,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         format!(" (default {})", s.default)
                     };
-                    println!("{:<20} {}{default}\n{:<20} {}", s.key, s.value, "", s.help);
+                    println!("{:<20} {}{}\n{:<20} {}", s.key, shown(&s.value), shown(&default), "", s.help);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -412,25 +419,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn print_run(report: &RunReport) {
-    println!("{}", report.summary_line());
+    println!("{}", shown(&report.summary_line()));
     for e in report.events.iter().filter(|e| e.level != "info") {
-        let path = e.path.as_deref().map(|p| format!("{p}: ")).unwrap_or_default();
-        println!("  {path}{}", e.message);
+        let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
+        println!("  {path}{}", shown(&e.message));
     }
 }
 
+/// Text for a terminal: every string that may have come from the folder
+/// (a site's name, a file's name, a key, a sentence quoting them) has its
+/// control characters (escape sequences, carriage returns, new lines that
+/// would forge a line) and text-direction overrides shown as `\u{..}`.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn print_status(s: &StatusReport) {
-    println!("Site:      {} ({})", s.site_name, &s.site[..8]);
+    println!("Site:      {} ({})", shown(&s.site_name), &s.site[..8]);
     println!("Family:    {}", &s.family[..8]);
-    println!("Folder:    {} ({})", s.folder, if s.online { "online" } else { "OFFLINE" });
+    println!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });
     let last = s.last_sync.as_deref().unwrap_or("never");
-    println!("Last sync: {last} ({})", s.last_outcome.as_deref().unwrap_or("no run yet"));
+    println!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
     println!("Pending:   {} local changes not yet in the folder", s.pending_changes);
     println!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
     if !s.kept_copies.is_empty() {
         println!("Conflict copies merged and kept (auto_delete_conflicts is off):");
         for c in &s.kept_copies {
-            println!("  {} (made by {}), merged into {}", c.path, c.client, c.original);
+            println!(
+                "  {} (made by {}), merged into {}",
+                shown(&c.path),
+                shown(&c.client),
+                shown(&c.original)
+            );
         }
     }
     if !s.sites.is_empty() {
@@ -446,14 +478,16 @@ fn print_status(s: &StatusReport) {
                 _ => String::new(),
             };
             println!(
-                "  {} {}{me}: last sync {last}, clinicsync {}{behind}{warning}",
-                &site.site[..8],
-                site.name,
-                site.app_version
+                "  {} {}{me}: last sync {}, clinicsync {}{behind}{}",
+                shown(site.site.get(..8).unwrap_or(&site.site)),
+                shown(&site.name),
+                shown(last),
+                shown(&site.app_version),
+                shown(&warning)
             );
         }
     }
     for w in &s.warnings {
-        println!("Warning:   {w}");
+        println!("Warning:   {}", shown(w));
     }
 }

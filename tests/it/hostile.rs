@@ -113,3 +113,37 @@ fn a_shard_folder_that_links_outside_is_never_written_through() {
     assert!(fs::read(&a).unwrap().len() >= db_before, "the database is intact");
     assert!(has_patient(&a, &id) && has_patient(&a, &other), "nothing is deleted for that");
 }
+
+#[test]
+fn names_and_keys_from_the_folder_reach_the_terminal_with_their_control_characters_shown() {
+    let family = Family::new();
+    let a = family.init("a");
+    let evil = family.db("evil");
+    let name = "evil\u{1b}]0;pwned\u{7}\r\nWarning:   forged line\u{1b}[2J\u{202e}";
+    cli(&evil).args(["init", "--folder"]).arg(family.folder()).args(["--site-name", name]).assert().success();
+    // A conflict copy whose name carries a new line and an escape.
+    let id = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    sync_ok(&evil);
+    let original = patient_file(&family.folder(), &id);
+    let stem = clinicsync::model::patient_file_name(&id);
+    fs::copy(&original, original.with_file_name(format!("{stem} (\u{1b}[31mred\nfake line).xml"))).unwrap();
+    sync_with(&a, &["--full-scan"]);
+    for args in
+        [&["status"][..], &["log", "--last", "3"], &["sync", "--full-scan"], &["conflicts"], &["tombstones"]]
+    {
+        let (_, stdout, stderr) = finishes(&a, args);
+        for text in [&stdout, &stderr] {
+            assert!(
+                !text.chars().any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+                "{args:?} printed a raw control character: {text:?}"
+            );
+            assert!(
+                !text.lines().any(|l| l.starts_with("Warning:   forged") || l.starts_with("fake line")),
+                "{text}"
+            );
+        }
+    }
+    let (_, status, _) = finishes(&a, &["status"]);
+    assert!(status.contains("evil\\u{1b}]0;pwned\\u{7}\\u{d}\\u{a}Warning:"), "shown visibly: {status}");
+}
