@@ -105,6 +105,8 @@ struct Sim {
     log: Vec<String>,
     /// Tombstones purged across all runs (to show the runs exercise it).
     purged: u64,
+    /// Mass deletions the guard held (then kept or confirmed).
+    holds: u64,
     /// Patient files read-repair settled by their rows digest.
     digest_matches: u64,
 }
@@ -149,6 +151,7 @@ impl Sim {
             counter: 0,
             flavor,
             purged: 0,
+            holds: 0,
             digest_matches: 0,
             log: vec![format!("seed {seed}: {n} sites, {flavor:?}, use_logs={use_logs}")],
         };
@@ -174,7 +177,13 @@ impl Sim {
             let clock = SiteClock { time: &sim.clock, skew_ms };
             let report = engine::init_with(&options, &clock, &mut draw).expect("init");
             assert_ne!(report.first_run.outcome, engine::Outcome::Failed, "{}", sim.trail());
-            let mut settings = vec!["log_retention=1day".to_owned()];
+            // A guard that small families reach, so mass deletions are held
+            // and then confirmed or refused.
+            let mut settings = vec![
+                "log_retention=1day".to_owned(),
+                "mass_delete_percent=25".to_owned(),
+                "mass_delete_min_patients=2".to_owned(),
+            ];
             if !use_logs {
                 settings.push("use_logs=off".into());
             }
@@ -299,18 +308,25 @@ impl Sim {
                 self.log.push(format!("site {site}: delete appointment {pk}"));
             }
         } else {
-            let pk = self.rng.pick(&patients).unwrap().clone();
-            self.saw_row(site, "patients", &pk);
-            let children: Vec<String> = {
-                let conn = &self.sites[site].app;
-                let mut stmt = conn.prepare("SELECT id FROM appointments WHERE patient_id = ?1").unwrap();
-                stmt.query_map([&pk], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+            // Now and then a mass deletion: half the patients at once.
+            let doomed: Vec<String> = if patients.len() >= 4 && self.rng.chance(60) {
+                patients.iter().filter(|_| self.rng.chance(50)).cloned().collect()
+            } else {
+                vec![self.rng.pick(&patients).unwrap().clone()]
             };
-            for child in children {
-                self.saw_row(site, "appointments", &child);
+            for pk in &doomed {
+                self.saw_row(site, "patients", pk);
+                let children: Vec<String> = {
+                    let conn = &self.sites[site].app;
+                    let mut stmt = conn.prepare("SELECT id FROM appointments WHERE patient_id = ?1").unwrap();
+                    stmt.query_map([pk], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+                };
+                for child in children {
+                    self.saw_row(site, "appointments", &child);
+                }
+                self.sites[site].app.execute("DELETE FROM patients WHERE id = ?1", [pk]).unwrap();
             }
-            self.sites[site].app.execute("DELETE FROM patients WHERE id = ?1", [&pk]).unwrap();
-            self.log.push(format!("site {site}: delete patient {pk} and its appointments"));
+            self.log.push(format!("site {site}: delete patients {doomed:?} and their appointments"));
         }
     }
 
@@ -341,7 +357,29 @@ impl Sim {
     }
 
     fn sync(&mut self, site: usize, full_scan: bool) -> engine::RunReport {
-        let options = SyncOptions { trigger: "sim".into(), full_scan, ..SyncOptions::default() };
+        let report =
+            self.sync_with(site, SyncOptions { trigger: "sim".into(), full_scan, ..SyncOptions::default() });
+        if report.counts.rows_held == 0 {
+            return report;
+        }
+        // A person at that site decides about the held deletions.
+        self.holds += 1;
+        let keep = self.rng.chance(50);
+        self.log.push(format!("site {site}: {}", if keep { "--keep-deleted" } else { "--confirm-deletes" }));
+        self.sync_with(
+            site,
+            SyncOptions {
+                trigger: "sim".into(),
+                full_scan,
+                confirm_deletes: !keep,
+                keep_deleted: keep,
+                ..SyncOptions::default()
+            },
+        )
+    }
+
+    fn sync_with(&mut self, site: usize, options: SyncOptions) -> engine::RunReport {
+        let full_scan = options.full_scan;
         let clock = SiteClock { time: &self.clock, skew_ms: self.sites[site].skew_ms };
         let report = engine::sync_with_clock(&self.sites[site].db, &options, &clock)
             .unwrap_or_else(|e| panic!("sync of site {site} failed: {e}\n{}", self.trail()));
@@ -663,7 +701,7 @@ impl Sim {
 /// One seeded run: random steps, then quiescence, then the checks. Returns
 /// the flavor, the conflict copies made, the tombstones purged and the
 /// files read-repair settled by their digest.
-fn run(seed: u64) -> (Flavor, u64, u64, u64) {
+fn run(seed: u64) -> (Flavor, u64, u64, u64, u64) {
     let mut sim = Sim::new(seed);
     let steps = 60 + sim.rng.below(80);
     for _ in 0..steps {
@@ -671,7 +709,7 @@ fn run(seed: u64) -> (Flavor, u64, u64, u64) {
     }
     sim.quiesce();
     sim.check();
-    (sim.flavor, sim.cloud.copies_made, sim.purged, sim.digest_matches)
+    (sim.flavor, sim.cloud.copies_made, sim.purged, sim.digest_matches, sim.holds)
 }
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
@@ -692,15 +730,17 @@ fn run_share(first: u64, stride: u64) {
     let mut runs = 0;
     let mut purged = 0;
     let mut digest_matches = 0;
+    let mut holds = 0;
     for seed in seeds(200).filter(|s| s % stride == first) {
-        let (flavor, made, p, d) = run(seed);
+        let (flavor, made, p, d, h) = run(seed);
         *copies.entry(format!("{flavor:?}")).or_default() += made;
         purged += p;
         digest_matches += d;
+        holds += h;
         runs += 1;
     }
     eprintln!(
-        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}"
+        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}; mass deletions held, then kept or confirmed: {holds}"
     );
     if std::env::var_os("SIM_SEED").is_none() && runs >= 20 {
         // The runs must have exercised the conflict paths, or they prove little.
@@ -708,6 +748,7 @@ fn run_share(first: u64, stride: u64) {
         assert!(made > 0, "no conflict copy was made in {runs} seeds: the simulation is too tame");
         assert!(digest_matches > 0, "read-repair never settled a file by its digest in {runs} seeds");
         assert!(purged > 0, "no tombstone was purged in {runs} seeds: the retention never passed");
+        assert!(holds > 0, "the mass-delete guard never held a deletion in {runs} seeds");
     }
 }
 
