@@ -426,7 +426,9 @@ struct Run<'c> {
     /// Patients whose own row this run purged.
     purged_now: HashSet<String>,
     /// The patient folders' times the copy check saw, recorded at the end.
-    dirs_seen: Option<Vec<(String, Option<i64>)>>,
+    /// Per folder: its time as recorded before this run (`None`: never),
+    /// and as the check saw it.
+    dirs_seen: Option<Vec<(String, Option<Option<i64>>, Option<i64>)>>,
     /// Patient files (by stem) holding rows this site purged whose deletion
     /// they do not carry: the keys, to write the deletion into them.
     stale_purged: HashMap<String, Vec<RowKey>>,
@@ -1013,6 +1015,9 @@ impl Run<'_> {
     /// `sync --confirm-deletes` or `sync --keep-deleted`, and the run is
     /// partial.
     fn guard_deletes(&mut self) -> Result<(), EngineError> {
+        if self.db.held_deletes()?.rows == 0 {
+            return Ok(());
+        }
         self.db.forget_revived_held()?;
         let held = self.db.held_deletes()?;
         if held.rows == 0 {
@@ -1834,12 +1839,13 @@ impl Run<'_> {
         let mut moved = Vec::new();
         for dir in dirs {
             let now = self.folder.dir_mtime(&dir).map_err(|e| self.io(&format!("cannot stat {dir}"), e))?;
-            if let Some(&then) = recorded.get(&dir)
+            let then = recorded.get(&dir).copied();
+            if let Some(then) = then
                 && follow(then, own.get(&dir)) != Some(now)
             {
                 moved.push(dir.clone());
             }
-            seen.push((dir, now));
+            seen.push((dir, then, now));
         }
         self.dirs_seen = Some(seen);
         Ok(moved)
@@ -1852,14 +1858,18 @@ impl Run<'_> {
     fn record_patient_dirs(&mut self) -> Result<(), EngineError> {
         let Some(seen) = self.dirs_seen.take() else { return Ok(()) };
         let own = self.folder.take_own_changes();
+        // Only what changed is written: a run with nothing to do writes
+        // nothing.
         let dirs: Vec<(String, Option<i64>)> = seen
             .into_iter()
-            .map(|(dir, at_check)| {
+            .filter_map(|(dir, recorded, at_check)| {
                 let after = follow(at_check, own.get(&dir)).unwrap_or(at_check);
-                (dir, after)
+                (recorded != Some(after)).then_some((dir, after))
             })
             .collect();
-        self.db.set_dir_mtimes(&dirs)?;
+        if !dirs.is_empty() {
+            self.db.set_dir_mtimes(&dirs)?;
+        }
         Ok(())
     }
 
