@@ -426,9 +426,8 @@ struct Run<'c> {
     /// Patients whose own row this run purged.
     purged_now: HashSet<String>,
     /// The patient folders' times the copy check saw, recorded at the end.
-    /// Per folder: its time as recorded before this run (`None`: never),
-    /// and as the check saw it.
-    dirs_seen: Option<Vec<(String, Option<Option<i64>>, Option<i64>)>>,
+    /// What the copy check saw of the patient folders (see `DirSeen`).
+    dirs_seen: Option<Vec<DirSeen>>,
     /// Patient files (by stem) holding rows this site purged whose deletion
     /// they do not carry: the keys, to write the deletion into them.
     stale_purged: HashMap<String, Vec<RowKey>>,
@@ -452,6 +451,11 @@ struct MergedCopy {
     /// date; its content is in the database since.
     settled_before: bool,
 }
+
+/// A patient folder as the copy check saw it: its path, its time as
+/// recorded before this run (`None`: never recorded; the inner `None`: the
+/// folder did not exist), and its time at the check.
+type DirSeen = (String, Option<Option<i64>>, Option<i64>);
 
 /// A directory's time after this site's own changes, starting from
 /// `from`: `None` when a change did not start where the one before ended
