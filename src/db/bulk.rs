@@ -437,9 +437,9 @@ pub(crate) fn stamp_next(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Db, InitParams, Mapping, REFERENCE_SCHEMA};
+    use crate::db::{Db, Mapping, REFERENCE_SCHEMA};
     use crate::model::{
-        FamilyId, FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
+        FieldState, FieldVersion, Hlc, PatientDoc, PatientId, RowKey, RowState, SiteId, Value,
     };
 
     /// The app's `clinic.db` in `dir`, with its tables made by `schema`.
@@ -451,16 +451,7 @@ mod tests {
 
     /// Sets up `clinic.db` in `dir` (which the test has filled) for a site.
     fn init(dir: &std::path::Path, mapping: Option<Mapping>) -> Db {
-        let params = InitParams {
-            site: SiteId::from_bytes([1; 16]),
-            family: FamilyId::from_bytes([2; 16]),
-            name: "a".into(),
-            folder: dir.join("folder"),
-            machine: "m".into(),
-            mapping,
-            now_ms: 1_000,
-        };
-        Db::init(&dir.join("clinic.db"), params).unwrap()
+        Db::init_for_test(dir, mapping)
     }
 
     /// Gives patient `pk` a `family_name` version from another site, as

@@ -306,6 +306,23 @@ impl Db {
         Ok(Db { conn, path: path.to_path_buf(), mapping, columns })
     }
 
+    /// `clinic.db` in `dir` set up for a test site (ids 01.., family 02..,
+    /// the folder `dir/folder`, created at 1,000 ms), with `mapping` or the
+    /// reference schema.
+    #[cfg(test)]
+    pub(crate) fn init_for_test(dir: &Path, mapping: Option<Mapping>) -> Db {
+        let params = InitParams {
+            site: SiteId::from_bytes([1; 16]),
+            family: FamilyId::from_bytes([2; 16]),
+            name: "a".into(),
+            folder: dir.join("folder"),
+            machine: "m".into(),
+            mapping,
+            now_ms: 1_000,
+        };
+        Db::init(&dir.join("clinic.db"), params).expect("set up a test database")
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -98,20 +98,11 @@ pub(crate) fn install_triggers(conn: &Connection, mapping: &Mapping) -> rusqlite
 
 #[cfg(test)]
 mod tests {
-    use crate::db::{Db, InitParams};
-    use crate::model::{FamilyId, RowKey, SiteId};
+    use crate::db::Db;
+    use crate::model::RowKey;
 
     fn init(dir: &std::path::Path) -> Db {
-        let params = InitParams {
-            site: SiteId::from_bytes([1; 16]),
-            family: FamilyId::from_bytes([2; 16]),
-            name: "a".into(),
-            folder: dir.join("folder"),
-            machine: "m".into(),
-            mapping: None,
-            now_ms: 1_000,
-        };
-        Db::init(&dir.join("clinic.db"), params).unwrap()
+        Db::init_for_test(dir, None)
     }
 
     fn stamp_wall(db: &Db, pk: &str) -> u64 {

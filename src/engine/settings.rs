@@ -392,22 +392,11 @@ pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::InitParams;
-    use crate::model::SiteId;
 
     #[test]
     fn a_value_stored_below_its_minimum_counts_as_the_minimum() {
         let dir = tempfile::tempdir().unwrap();
-        let params = InitParams {
-            site: SiteId::from_bytes([1; 16]),
-            family: FamilyId::from_bytes([2; 16]),
-            name: "a".into(),
-            folder: dir.path().join("folder"),
-            machine: "m".into(),
-            mapping: None,
-            now_ms: 1_000,
-        };
-        let db = Db::init(&dir.path().join("clinic.db"), params).unwrap();
+        let db = Db::init_for_test(dir.path(), None);
         // As an older clinicsync, which had no minimums, may have stored them.
         for (key, value) in [("dormancy", "2s"), ("log_retention", "0s"), ("full_scan_interval", "0s")] {
             db.set_meta(&format!("setting.{key}"), value).unwrap();

@@ -21,21 +21,36 @@ struct Pair {
     base: tempfile::TempDir,
 }
 
+/// Runs a harness subcommand on `base` (`harness SUBCOMMAND BASE ARGS...`)
+/// and returns what it printed.
+fn harness(script: &str, base: &Path, args: &[&str]) -> String {
+    let out = Command::new(script).arg(args[0]).arg(base).args(&args[1..]).output().expect("run the harness");
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether the cloud client `program` is installed; without it a test
+/// fails unless `CLINICSYNC_SKIP_REALSYNC` says to skip.
+fn client_installed(program: &str, version_arg: &str) -> bool {
+    if Command::new(program).arg(version_arg).output().is_ok() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
+        "{program} is not installed (apt-get install {program}; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
+    );
+    eprintln!("skipped: {program} is not installed");
+    false
+}
+
 impl Pair {
     fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(HARNESS)
-            .arg(args[0])
-            .arg(self.base.path())
-            .args(&args[1..])
-            .output()
-            .expect("run the Syncthing harness");
-        assert!(
-            out.status.success(),
-            "syncthing-pair.sh {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        harness(HARNESS, self.base.path(), args)
     }
 
     fn folder(&self, i: usize) -> PathBuf {
@@ -68,12 +83,7 @@ fn init_at(db: &Path, folder: &Path, name: &str) {
 
 #[test]
 fn two_sites_on_real_syncthing_converge_after_a_partition_and_the_conflict_copy_is_merged_and_deleted() {
-    if Command::new("syncthing").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
-            "syncthing is not installed (apt-get install syncthing; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
-        );
-        eprintln!("skipped: syncthing is not installed");
+    if !client_installed("syncthing", "--version") {
         return;
     }
     let pair = Pair { base: tempfile::tempdir().unwrap() };
@@ -137,19 +147,7 @@ struct Bisync {
 
 impl Bisync {
     fn run(&self, args: &[&str]) -> String {
-        let out = Command::new(RCLONE)
-            .arg(args[0])
-            .arg(self.base.path())
-            .args(&args[1..])
-            .output()
-            .expect("run the rclone harness");
-        assert!(
-            out.status.success(),
-            "rclone-bisync.sh {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        harness(RCLONE, self.base.path(), args)
     }
 
     fn bisync(&self) {
@@ -172,12 +170,7 @@ fn copies_in(folder: &Path) -> Vec<String> {
 
 #[test]
 fn two_sites_over_rclone_bisync_converge_and_their_folders_come_to_rest() {
-    if Command::new("rclone").arg("version").output().is_err() {
-        assert!(
-            std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
-            "rclone is not installed (apt-get install rclone; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
-        );
-        eprintln!("skipped: rclone is not installed");
+    if !client_installed("rclone", "version") {
         return;
     }
     let pair = Bisync { base: tempfile::tempdir().unwrap() };
@@ -234,12 +227,7 @@ fn two_sites_over_rclone_bisync_converge_and_their_folders_come_to_rest() {
 
 #[test]
 fn a_site_that_edited_a_patient_offline_while_the_others_purged_it_deletes_it_on_real_syncthing() {
-    if Command::new("syncthing").arg("--version").output().is_err() {
-        assert!(
-            std::env::var_os("CLINICSYNC_SKIP_REALSYNC").is_some(),
-            "syncthing is not installed (apt-get install syncthing; `.ci/run` does); set CLINICSYNC_SKIP_REALSYNC=1 to skip"
-        );
-        eprintln!("skipped: syncthing is not installed");
+    if !client_installed("syncthing", "--version") {
         return;
     }
     let trio = Pair { base: tempfile::tempdir().unwrap() };
