@@ -21,7 +21,8 @@ pub(crate) enum Flavor {
     /// version to `NAME (conflicted copy DATE TIME).xml` and never uploads it.
     Nextcloud,
     /// Both versions are renamed (`NAME.xml.conflict1`, `.conflict2`) and
-    /// the original name disappears.
+    /// the original name disappears, also when both sides wrote the same
+    /// bytes.
     Rclone,
     /// The last upload replaces the file; no copy (a Google Drive-like
     /// client).
@@ -105,7 +106,14 @@ impl FakeCloud {
                 continue;
             }
             let server = self.server.get(path);
-            if server == Some(bytes) {
+            if server == Some(bytes) && self.flavor == Flavor::Rclone && server != base {
+                // rclone bisync 1.60 compares no contents: the same new
+                // bytes written on both sides are "new or changed in both
+                // paths", and both sides are renamed.
+                let theirs = server.unwrap().clone();
+                self.clash(site, path, bytes.clone(), theirs);
+                changed = true;
+            } else if server == Some(bytes) {
                 self.base[site].insert(path.clone(), bytes.clone());
             } else if server == base || server.is_none() {
                 // Nobody else changed it (or they deleted it: an edit wins
