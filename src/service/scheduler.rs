@@ -137,6 +137,9 @@ pub struct SchedulerState {
     /// The id and outcome of the latest finished run.
     pub last_run: Option<(Option<i64>, &'static str)>,
     pub runs_finished: u64,
+    /// Sync Now requests received (the page's, the command line's
+    /// through the page): a refused request never adds one.
+    pub sync_requests: u64,
 }
 
 struct Pending {
@@ -251,7 +254,10 @@ pub async fn run<H: Hooks>(
             msg = control.recv(), if !shutting_down => match msg {
                 Some(Control::SyncNow { reply }) => {
                     queue(&mut pending, Trigger::Manual, reply);
-                    state.send_modify(|s| s.queued = running.is_some());
+                    state.send_modify(|s| {
+                        s.queued = running.is_some();
+                        s.sync_requests += 1;
+                    });
                 }
                 Some(Control::Settings(new)) => schedule = new,
                 Some(Control::Shutdown) | None => {

@@ -368,6 +368,7 @@ async fn api_status(State(st): State<WebState>) -> Response {
                 "running": state.running,
                 "queued": state.queued,
                 "runs_finished": state.runs_finished,
+                "sync_requests": state.sync_requests,
                 "last_run": state.last_run.map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome })),
                 "manual_done": st.shared.manual_done.load(Ordering::Acquire),
                 "last_manual": st.shared.last_manual.lock().unwrap_or_else(|e| e.into_inner())

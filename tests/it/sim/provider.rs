@@ -101,30 +101,37 @@ impl FakeCloud {
             if self.partial[site].contains_key(path) || self.local_only[site].contains(path) {
                 continue;
             }
-            let base = self.base[site].get(path);
-            if base == Some(bytes) {
+            let base = self.base[site].get(path).cloned();
+            if base.as_ref() == Some(bytes) {
                 continue;
             }
-            let server = self.server.get(path);
-            if server == Some(bytes) && self.flavor == Flavor::Rclone && server != base {
+            match self.server.get(path).cloned() {
                 // rclone bisync 1.60 compares no contents: the same new
                 // bytes written on both sides are "new or changed in both
                 // paths", and both sides are renamed.
-                let theirs = server.unwrap().clone();
-                self.clash(site, path, bytes.clone(), theirs);
-                changed = true;
-            } else if server == Some(bytes) {
-                self.base[site].insert(path.clone(), bytes.clone());
-            } else if server == base || server.is_none() {
+                Some(theirs)
+                    if theirs == *bytes
+                        && self.flavor == Flavor::Rclone
+                        && Some(&theirs) != base.as_ref() =>
+                {
+                    self.clash(site, path, bytes.clone(), theirs);
+                    changed = true;
+                }
+                Some(theirs) if theirs == *bytes => {
+                    self.base[site].insert(path.clone(), bytes.clone());
+                }
                 // Nobody else changed it (or they deleted it: an edit wins
                 // over a delete).
-                self.server.insert(path.clone(), bytes.clone());
-                self.base[site].insert(path.clone(), bytes.clone());
-                changed = true;
-            } else {
-                let theirs = server.unwrap().clone();
-                self.clash(site, path, bytes.clone(), theirs);
-                changed = true;
+                server if server == base || server.is_none() => {
+                    self.server.insert(path.clone(), bytes.clone());
+                    self.base[site].insert(path.clone(), bytes.clone());
+                    changed = true;
+                }
+                Some(theirs) => {
+                    self.clash(site, path, bytes.clone(), theirs);
+                    changed = true;
+                }
+                None => unreachable!("a missing server copy is handled above"),
             }
         }
         let gone: Vec<String> = self.base[site]
