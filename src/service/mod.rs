@@ -219,7 +219,19 @@ pub fn token_path(db_path: &Path) -> PathBuf {
 fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let path = token_path(db_path);
+    if let Ok(meta) = std::fs::symlink_metadata(&path)
+        && (!meta.is_file() || meta.permissions().mode() & 0o077 != 0)
+    {
+        // Other users could read it (or it is not a plain file): the token
+        // may be known, so it is replaced by a new one only this user reads.
+        eprintln!(
+            "clinicsync: {} could be read by other users; the page gets a new token, readable by this user only",
+            crate::cli::shown(&path.display().to_string())
+        );
+        std::fs::remove_file(&path).with_context(|| format!("cannot replace {}", path.display()))?;
+    }
     if let Ok(text) = std::fs::read_to_string(&path) {
         let token = text.trim();
         if token.len() >= 32 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {

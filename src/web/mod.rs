@@ -49,6 +49,7 @@ pub fn router(shared: Arc<Shared>, token: String, port: u16) -> Router {
         .route("/settings", get(settings_page).post(save_settings))
         .route("/sync", post(sync_now))
         .route("/api/status", get(api_status))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
@@ -77,8 +78,33 @@ fn refuse(status: StatusCode, message: &str) -> Response {
     (status, Html(pages::refused(status, message))).into_response()
 }
 
-/// Host check (no DNS rebinding), token check, origin check for POSTs.
+/// The most a form may send: the settings form is well under a kilobyte.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// Every response, refusals included, is kept out of caches, frames and
+/// other sites' referrers.
 async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Response {
+    let mut response = checked(st, request, next).await;
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    // `same-origin`, not `no-referrer`: under `no-referrer` a browser sends
+    // `Origin: null` with the page's own form posts, which cannot be told
+    // from a sandboxed frame of another site's; `same-origin` already keeps
+    // the page's addresses from every other site.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    response
+}
+
+/// Host check (no DNS rebinding), token check, origin check for POSTs.
+async fn checked(st: WebState, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let allowed_hosts = [format!("127.0.0.1:{}", st.port), format!("localhost:{}", st.port)];
@@ -126,19 +152,19 @@ async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Resp
         if fetch_site.is_some_and(|s| s != "same-origin" && s != "none") {
             return refuse(StatusCode::FORBIDDEN, "A request from another web site was refused.");
         }
+        // Without an Origin, a Referer that names another site says where
+        // the request came from just as well.
+        let referer = headers.get(header::REFERER).and_then(|v| v.to_str().ok());
+        if origin.is_none()
+            && let Some(referer) = referer
+            && !ours
+                .iter()
+                .any(|o| referer == o || referer.strip_prefix(o.as_str()).is_some_and(|r| r.starts_with('/')))
+        {
+            return refuse(StatusCode::FORBIDDEN, "A request from another web site was refused.");
+        }
     }
-    let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
-        ),
-    );
-    response
+    next.run(request).await
 }
 
 /// A POSTed form that passed the CSRF check: its `csrf` field, or the
@@ -152,10 +178,18 @@ impl axum::extract::FromRequest<WebState> for CheckedForm {
     async fn from_request(request: Request, st: &WebState) -> Result<Self, Response> {
         let header_token =
             request.headers().get("x-csrf-token").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let form = axum::Form::<HashMap<String, String>>::from_request(request, st)
-            .await
-            .map(|f| f.0)
-            .unwrap_or_default();
+        let form = match axum::Form::<HashMap<String, String>>::from_request(request, st).await {
+            Ok(f) => f.0,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(refuse(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "This form sent more than the page accepts; nothing was saved.",
+                ));
+            }
+            // Not a form: no CSRF field in it, refused below unless the
+            // header carries the token, and then an empty form.
+            Err(_) => HashMap::new(),
+        };
         let given = form.get("csrf").cloned().or(header_token);
         if given.is_some_and(|g| same_secret(&g, &st.csrf)) {
             Ok(CheckedForm(form))
@@ -293,6 +327,11 @@ async fn save_settings(State(st): State<WebState>, CheckedForm(form): CheckedFor
             (new != s.value).then(|| format!("{}={new}", s.key))
         })
         .collect();
+    if assignments.is_empty() {
+        // Nothing differs from what is saved (or the form carried no
+        // settings at all): nothing to save, and the page does not say so.
+        return Redirect::to("/settings").into_response();
+    }
     let db = st.shared.db.clone();
     let result = tokio::task::spawn_blocking(move || engine::settings_set(&db, &assignments)).await;
     match result {

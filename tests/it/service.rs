@@ -380,3 +380,72 @@ fn sigterm_lets_the_run_in_progress_finish() {
     sync_ok(&a);
     assert_eq!(patients(), 400, "{seen} were applied when the stop was asked for: {log}");
 }
+
+#[test]
+fn the_page_refuses_foreign_referers_and_oversized_forms_and_keeps_its_token_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let fam = Family::new();
+    let a = fam.init("a");
+    // A token file that other users can read is not kept.
+    let token_file = clinicsync::service::token_path(&a);
+    std::fs::write(&token_file, "a".repeat(43)).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let service = Service::start(&a);
+    assert_ne!(service.token, "a".repeat(43), "a readable token is replaced");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "readable by this user only: {mode:o}");
+
+    let csrf = service.csrf();
+    let bearer = format!("Bearer {}", service.token);
+    let requests_before = service.api_status()["sync_requests"].as_u64().unwrap();
+    let post = |path: &str, body: String, referer: Option<&str>| {
+        let mut request = Service::agent()
+            .post(format!("{}{path}", service.base))
+            .header("Authorization", &bearer)
+            .header("Content-Type", "application/x-www-form-urlencoded");
+        if let Some(referer) = referer {
+            request = request.header("Referer", referer);
+        }
+        request.send(body).unwrap()
+    };
+    // A foreign Referer and no Origin: another site's form.
+    for referer in ["http://evil.example/form.html", "http://127.0.0.1:1/x", "http://127.0.0.1.evil.example/"]
+    {
+        assert_eq!(post("/sync", format!("csrf={csrf}"), Some(referer)).status(), 403, "{referer}");
+        assert_eq!(
+            post("/settings", format!("csrf={csrf}&alert_command=touch+/tmp/x"), Some(referer)).status(),
+            403
+        );
+    }
+    // A body over the limit: 413, and the page says nothing was saved.
+    // (Just over it: a far larger body is cut off as it is sent.)
+    let huge = format!("csrf={csrf}&alert_url=http://x/{}", "a".repeat(80 * 1024));
+    let mut response = post("/settings", huge, Some(&format!("{}/settings", service.base)));
+    assert_eq!(response.status(), 413);
+    assert!(response.body_mut().read_to_string().unwrap().contains("nothing was saved"));
+    let settings = json_of(&a, &["settings"]);
+    for key in ["alert_command", "alert_url"] {
+        let value = &settings.as_array().unwrap().iter().find(|s| s["key"] == key).unwrap()["value"];
+        assert_eq!(value, "", "{key} unchanged");
+    }
+    // Every response, refusals included, carries the page's protections.
+    let refused = Service::agent().get(format!("{}/api/status", service.base)).call().unwrap();
+    assert_eq!(refused.status(), 401);
+    for (name, want) in
+        [("referrer-policy", "same-origin"), ("x-frame-options", "DENY"), ("cache-control", "no-store")]
+    {
+        assert_eq!(refused.headers().get(name).and_then(|v| v.to_str().ok()), Some(want), "{name}");
+    }
+    assert!(
+        refused
+            .headers()
+            .get("content-security-policy")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    // The page's own Sync Now, with its own Referer, goes through.
+    assert_eq!(post("/sync", format!("csrf={csrf}"), Some(&format!("{}/", service.base))).status(), 303);
+    assert_eq!(service.api_status()["sync_requests"].as_u64().unwrap(), requests_before + 1);
+}
