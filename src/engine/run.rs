@@ -834,6 +834,17 @@ impl Run<'_> {
             }
             return Ok(());
         }
+        // A change-log whose site file has not arrived is not read (what
+        // it holds up to is in that file): said, so it is not silent.
+        let unknown = super::tombstones::unknown_sites(&self.folder, &self.peers, self.cfg.site)
+            .map_err(|e| self.io("cannot list log/", e))?;
+        for site in unknown {
+            self.rec.warning(
+                "unknown-site",
+                Some(&format!("{LOG_DIR}/{site}")),
+                format!("is the change-log of site {}, whose site file (sites/{site}.xml) is not in the folder: its changes are read once that file arrives (if that site left the family, its folder can be deleted)", site.short()),
+            );
+        }
         let watermarks = self.db.watermarks()?;
         let mut plans = Vec::new();
         let last_scan: u64 = self.db.meta("last_full_scan_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);

@@ -147,3 +147,19 @@ fn names_and_keys_from_the_folder_reach_the_terminal_with_their_control_characte
     let (_, status, _) = finishes(&a, &["status"]);
     assert!(status.contains("evil\\u{1b}]0;pwned\\u{7}\\u{d}\\u{a}Warning:"), "shown visibly: {status}");
 }
+
+#[test]
+fn a_change_log_whose_site_file_has_not_arrived_is_named_not_passed_over() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    add_patient(&app(&b), 1, 1);
+    sync_ok(&b);
+    let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
+    fs::remove_file(family.folder().join("sites").join(format!("{site_b}.xml"))).unwrap();
+    let (_, report) = sync(&a);
+    let said = events_of(&report, "unknown-site");
+    assert_eq!(said.len(), 1, "{report:#}");
+    assert_eq!(said[0]["path"], format!("log/{site_b}").as_str());
+    assert!(said[0]["message"].as_str().unwrap().contains("read once that file arrives"));
+}
