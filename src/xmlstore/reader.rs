@@ -29,6 +29,10 @@ impl Default for Limits {
     }
 }
 
+/// Most attributes on one element: clinicsync writes at most a dozen (a
+/// site file's root), and later versions of the format may add some.
+const MAX_ATTRIBUTES: usize = 32;
+
 /// What the decoders see: only elements and their text.
 pub(crate) enum Item<'a> {
     Start(BytesStart<'a>),
@@ -150,7 +154,12 @@ impl<'a> XmlReader<'a> {
     /// from the element where no unescaping is needed.
     pub(crate) fn attributes<'e>(&self, e: &'e BytesStart<'a>) -> Result<Attrs<'e>, DecodeError> {
         let mut out = Vec::with_capacity(6);
-        for attr in e.attributes() {
+        for (i, attr) in e.attributes().enumerate() {
+            // Each attribute is checked against the ones before it (no
+            // duplicates): bounded here, or 100,000 of them take minutes.
+            if i >= MAX_ATTRIBUTES {
+                return Err(self.error(DecodeErrorKind::TooManyAttributes { limit: MAX_ATTRIBUTES }));
+            }
             let attr = attr.map_err(|err| self.error(DecodeErrorKind::Xml(err.to_string())))?;
             // The input is checked UTF-8 and names are split at ASCII bytes.
             let key = std::str::from_utf8(attr.key.into_inner())
