@@ -344,6 +344,13 @@ pub(crate) struct RowHeader {
 pub(crate) fn row_header_from(r: &XmlReader<'_>, attrs: &Attrs<'_>) -> Result<RowHeader, DecodeError> {
     let table = required(r, attrs, "row", "table")?.to_owned();
     let pk = required(r, attrs, "row", "pk")?.to_owned();
+    if !is_xml_safe(&pk) {
+        return Err(r.error(DecodeErrorKind::BadAttribute {
+            attribute: "pk",
+            value: pk,
+            reason: "a key with control characters, which clinicsync never exports".into(),
+        }));
+    }
     let cl_text = required(r, attrs, "row", "cl")?;
     let cl = cl_text.parse::<u64>().ok().filter(|cl| *cl <= RowState::MAX_CL).ok_or_else(|| {
         r.error(DecodeErrorKind::BadAttribute {
@@ -441,6 +448,12 @@ fn field(
             Value::Integer(text.parse().map_err(|_| bad("int", format!("{text:?} is not a 64-bit integer")))?)
         }
         ("real", None) => Value::Real(decode_real(&text).map_err(|e| bad("real", e))?),
+        // Text with control characters is written as base64: in the open
+        // (raw, or as a character reference) it was not written by
+        // clinicsync, and could reach a terminal or a page.
+        ("text", None) if !is_xml_safe(&text) => {
+            return Err(bad("text", "it holds control characters, which clinicsync writes only as base64".into()));
+        }
         ("text", None) => Value::Text(text),
         ("text", Some("base64")) => {
             let bytes = B64.decode(text.trim()).map_err(|e| bad("text", e.to_string()))?;
