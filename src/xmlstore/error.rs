@@ -68,6 +68,8 @@ pub enum DecodeErrorKind {
         "it is format version {found}, newer than this clinicsync reads (version {supported}); upgrade clinicsync on this computer"
     )]
     UnsupportedFormat { found: String, supported: u32 },
+    #[error("field {column} {reason}")]
+    BadField { column: String, reason: String },
     #[error("a field of type {class} is invalid: {reason}")]
     BadValue { class: &'static str, reason: String },
     #[error("the row {table}/{pk} appears twice")]

@@ -415,10 +415,32 @@ pub(crate) fn read_row(
         let (column, version) = field(r, &attrs, text, default.as_ref())?;
         versions.entry(column).or_default().push(version);
     }
-    let fields = versions
-        .into_iter()
-        .map(|(c, vs)| (c, FieldState::from_versions(vs).expect("at least one version per entry")))
-        .collect();
+    let mut fields = BTreeMap::new();
+    for (column, mut vs) in versions {
+        // Concurrent versions of one field come from different sites (a
+        // family has a handful); sorting them out is quadratic, so a file
+        // with thousands is refused before that.
+        if vs.len() > MAX_VERSIONS_PER_FIELD {
+            return Err(r.error(DecodeErrorKind::BadField {
+                reason: format!(
+                    "has {} versions; clinicsync keeps at most {MAX_VERSIONS_PER_FIELD}",
+                    vs.len()
+                ),
+                column,
+            }));
+        }
+        vs.sort_by_key(|v| v.hlc());
+        if let Some(pair) = vs.windows(2).find(|w| w[0].hlc() == w[1].hlc() && w[0] != w[1]) {
+            return Err(r.error(DecodeErrorKind::BadField {
+                reason: format!(
+                    "holds two different versions under one stamp ({}), which no clinicsync writes",
+                    pair[0].hlc().encode()
+                ),
+                column,
+            }));
+        }
+        fields.insert(column, FieldState::from_versions(vs).expect("at least one version per entry"));
+    }
     Ok(RowState { cl, fields, deleted: Base::default() })
 }
 
@@ -452,7 +474,10 @@ fn field(
         // (raw, or as a character reference) it was not written by
         // clinicsync, and could reach a terminal or a page.
         ("text", None) if !is_xml_safe(&text) => {
-            return Err(bad("text", "it holds control characters, which clinicsync writes only as base64".into()));
+            return Err(bad(
+                "text",
+                "it holds control characters, which clinicsync writes only as base64".into(),
+            ));
         }
         ("text", None) => Value::Text(text),
         ("text", Some("base64")) => {
@@ -478,6 +503,10 @@ fn field(
 /// The most sites one base may name: far more than a family has.
 const MAX_BASE_STAMPS: usize = 64;
 
+/// Most concurrent versions one field may hold in a file (each is another
+/// site's value that no edit has seen yet).
+const MAX_VERSIONS_PER_FIELD: usize = 64;
+
 fn parse_base(r: &XmlReader<'_>, text: &str) -> Result<Base, DecodeError> {
     Base::parse(text, MAX_BASE_STAMPS).ok_or_else(|| {
         r.error(DecodeErrorKind::BadAttribute {
@@ -499,6 +528,24 @@ fn parse_hlc(r: &XmlReader<'_>, attribute: &'static str, text: &str) -> Result<H
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_with_more_versions_than_any_family_makes_is_refused_before_they_are_sorted_out() {
+        let site = "0123456789abcdef0123456789abcdef";
+        let versions: String = (0..=MAX_VERSIONS_PER_FIELD)
+            .map(|i| {
+                format!(
+                    "    <f c=\"x\" h=\"{:012x}0000{site}\" t=\"text\">v{i}</f>\n",
+                    0x019a_a4b6_4507_u64 + i as u64
+                )
+            })
+            .collect();
+        let body = format!(
+            "<patient-file format=\"1\" patient=\"p1\">\n  <row table=\"patients\" pk=\"p1\" cl=\"1\">\n{versions}  </row>\n</patient-file>\n"
+        );
+        let error = decode_patient(&super::super::seal(body.into_bytes()), Limits::default()).unwrap_err();
+        assert!(error.to_string().contains("has 65 versions; clinicsync keeps at most 64"), "{error}");
+    }
 
     #[test]
     fn reals_round_trip_bit_for_bit() {
