@@ -70,6 +70,10 @@ pub enum DbError {
     NoSuchConflict(i64),
     #[error("conflict #{id} is already settled: {how}")]
     ConflictSettled { id: i64, how: String },
+    #[error(
+        "it holds a version stamped by this site ({0}) that this site never made, so no clinicsync wrote it"
+    )]
+    ForgedStamp(String),
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -702,6 +706,7 @@ impl WriteTx<'_> {
     /// changed since the last export are stamped first (outside the
     /// document's savepoint, so those stamps stand whatever happens).
     pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
+        self.refuse_forged(doc)?;
         self.stamp_pending_rows(doc.rows.keys())?;
         let ctx = tx_ctx!(self);
         let rows = doc.rows.iter().map(|(k, r)| (Cow::Borrowed(k), Cow::Borrowed(r)));
@@ -722,6 +727,7 @@ impl WriteTx<'_> {
     /// and a savepoint makes SQLite copy every page the document touches
     /// into its statement journal first.
     pub fn apply_doc_unguarded(&mut self, doc: PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
+        self.refuse_forged(&doc)?;
         self.stamp_pending_rows(doc.rows.keys())?;
         let latest = doc.stamps().max();
         let ctx = tx_ctx!(self);
@@ -732,6 +738,16 @@ impl WriteTx<'_> {
             self.clock.observe(stamp);
         }
         Ok(outcome)
+    }
+
+    /// Refuses a document with a version stamped by this site after every
+    /// stamp this site has issued: no clinicsync made it.
+    fn refuse_forged(&self, doc: &PatientDoc) -> Result<(), DbError> {
+        let (wall, counter) = self.clock.state();
+        match doc.stamps().find(|h| h.site() == self.site && (h.wall_ms(), h.counter()) > (wall, counter)) {
+            Some(h) => Err(DbError::ForgedStamp(h.encode())),
+            None => Ok(()),
+        }
     }
 
     /// Stamps these rows now if the app changed them since the last export

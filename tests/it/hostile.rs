@@ -163,3 +163,31 @@ fn a_change_log_whose_site_file_has_not_arrived_is_named_not_passed_over() {
     assert_eq!(said[0]["path"], format!("log/{site_b}").as_str());
     assert!(said[0]["message"].as_str().unwrap().contains("read once that file arrives"));
 }
+
+#[test]
+fn a_file_with_a_version_this_site_never_stamped_is_refused_whole() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    sync_ok(&a);
+    let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
+    // B's own id on a version ten minutes ahead of B's clock (within the
+    // clock-skew allowance): B never made it.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let stamp = format!("{:012x}0000{site_b}", now + 600_000);
+    let id = uuid(9, 9);
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<patient-file format=\"1\" patient=\"{id}\">\n  <row table=\"patients\" pk=\"{id}\" cl=\"1\">\n    <f c=\"family_name\" h=\"{stamp}\" t=\"text\">Forged</f>\n  </row>\n</patient-file>\n"
+    );
+    let path = patient_file(&family.folder(), &id);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, clinicsync::xmlstore::seal(body.into_bytes())).unwrap();
+    let (code, report) = sync_with(&b, &["--full-scan"]);
+    assert_eq!(code, 3, "{report:#}");
+    let skipped = events_of(&report, "skipped");
+    assert!(
+        skipped.iter().any(|e| e["message"].as_str().unwrap().contains("that this site never made")),
+        "{report:#}"
+    );
+    assert!(!has_patient(&b, &id), "nothing of it applied");
+}
