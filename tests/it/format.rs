@@ -1,7 +1,8 @@
 //! The folder formats, frozen: golden bytes for the patient file, the site
-//! file and the manifest, and a data-driven set of bad files with the exact
-//! error each must produce (`fixtures/bad-files/`). Set UPDATE_EXPECT=1 to
-//! rewrite the expectations after a deliberate format change.
+//! file and the manifest, a data-driven set of bad files with the exact
+//! error each must produce (`fixtures/bad-files/`), and damaged real files
+//! that no decoder may panic on. Set UPDATE_EXPECT=1 to rewrite the
+//! expectations after a deliberate format change.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +14,7 @@ use clinicsync::xmlstore::{
     Limits, Manifest, SiteFile, decode_patient, encode_manifest, encode_patient, encode_site, seal,
 };
 use expect_test::expect_file;
+use proptest::prelude::*;
 
 fn golden_doc() -> PatientDoc {
     let a = SiteId::parse("0123456789abcdef0123456789abcdef").unwrap();
@@ -158,4 +160,102 @@ fn the_segment_format_is_frozen() {
     let bytes = encode_segment(&segment);
     expect_file!["../../fixtures/format/segment-v1.xml"].assert_eq(std::str::from_utf8(&bytes).unwrap());
     assert_eq!(decode_segment(&bytes, Limits::default()).unwrap(), segment);
+}
+
+/// A mutation of a real file: the kinds of damage a disk, a cloud client or
+/// a hostile hand can do.
+#[derive(Clone, Debug)]
+enum Damage {
+    Flip { at: usize, to: u8 },
+    Cut { at: usize },
+    Repeat { from: usize, len: usize, to: usize },
+    Insert { at: usize, bytes: Vec<u8> },
+}
+
+fn damaged(body: &[u8], damage: &[Damage]) -> Vec<u8> {
+    let mut out = body.to_vec();
+    for d in damage {
+        let n = out.len().max(1);
+        match d {
+            Damage::Flip { at, to } => {
+                let at = at % n;
+                if at < out.len() {
+                    out[at] = *to;
+                }
+            }
+            Damage::Cut { at } => out.truncate(at % n),
+            Damage::Repeat { from, len, to } => {
+                let from = from % n;
+                let end = (from + len).min(out.len());
+                let piece = out[from.min(end)..end].to_vec();
+                let to = to % n;
+                out.splice(to.min(out.len())..to.min(out.len()), piece);
+            }
+            Damage::Insert { at, bytes } => {
+                let at = (at % n).min(out.len());
+                out.splice(at..at, bytes.iter().copied());
+            }
+        }
+    }
+    out
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(at, to)| Damage::Flip { at, to }),
+        any::<usize>().prop_map(|at| Damage::Cut { at }),
+        (any::<usize>(), 0usize..400, any::<usize>()).prop_map(|(from, len, to)| Damage::Repeat {
+            from,
+            len,
+            to
+        }),
+        (
+            any::<usize>(),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(b'<'),
+                    Just(b'>'),
+                    Just(b'"'),
+                    Just(b'&'),
+                    Just(b'='),
+                    Just(b' '),
+                    Just(0u8),
+                    Just(0x1b),
+                    any::<u8>()
+                ],
+                0..40
+            )
+        )
+            .prop_map(|(at, bytes)| Damage::Insert { at, bytes }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Damaged files (sealed again, so the parser sees them, or not) never
+    /// panic a decoder: each is refused with an error or decodes to what
+    /// the bytes say; a patient file that decodes encodes again the same.
+    #[test]
+    fn damaged_files_are_refused_or_read_never_a_panic(damage in proptest::collection::vec(damage(), 1..4), reseal in any::<bool>()) {
+        use clinicsync::xmlstore::{decode_segment, decode_site, encode_segment, Segment};
+        let patient = encode_patient(&golden_doc());
+        let segment = encode_segment(&Segment {
+            site: SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+            seq: 7,
+            created_ms: 1_763_700_000_000,
+            rows: golden_doc().rows.into_iter().map(|(k, r)| (("3f2504e0-4f89-11d3-9a0c-0305e82c3301".to_owned(), k), r)).collect(),
+        });
+        let site = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format/site-v1.xml")).unwrap();
+        for file in [patient, segment, site] {
+            let body = clinicsync::xmlstore::unseal(&file).unwrap();
+            let bad = damaged(body, &damage);
+            let bytes = if reseal { seal(bad) } else { bad };
+            if let Ok(doc) = decode_patient(&bytes, Limits::default()) {
+                prop_assert_eq!(decode_patient(&encode_patient(&doc), Limits::default()).unwrap(), doc);
+            }
+            let _ = decode_segment(&bytes, Limits::default());
+            let _ = decode_site(&bytes);
+        }
+    }
 }
