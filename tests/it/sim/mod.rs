@@ -109,6 +109,11 @@ struct Sim {
     holds: u64,
     /// Patient files read-repair settled by their rows digest.
     digest_matches: u64,
+    /// A site whose cloud client is off: it works and syncs on its own
+    /// folder while the others go on past its dormancy and purge.
+    away: Option<usize>,
+    /// Sites that came back after the others purged while they were away.
+    returns: u64,
 }
 
 const PATIENT_COLUMNS: [&str; 4] = ["given_name", "phone", "email", "notes"];
@@ -153,6 +158,8 @@ impl Sim {
             purged: 0,
             holds: 0,
             digest_matches: 0,
+            away: None,
+            returns: 0,
             log: vec![format!("seed {seed}: {n} sites, {flavor:?}, use_logs={use_logs}")],
         };
         for (i, root) in roots.iter().enumerate() {
@@ -183,6 +190,7 @@ impl Sim {
                 "log_retention=1day".to_owned(),
                 "mass_delete_percent=25".to_owned(),
                 "mass_delete_min_patients=2".to_owned(),
+                "dormancy=7days".to_owned(),
             ];
             if !use_logs {
                 settings.push("use_logs=off".into());
@@ -314,20 +322,26 @@ impl Sim {
             } else {
                 vec![self.rng.pick(&patients).unwrap().clone()]
             };
-            for pk in &doomed {
-                self.saw_row(site, "patients", pk);
-                let children: Vec<String> = {
-                    let conn = &self.sites[site].app;
-                    let mut stmt = conn.prepare("SELECT id FROM appointments WHERE patient_id = ?1").unwrap();
-                    stmt.query_map([pk], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
-                };
-                for child in children {
-                    self.saw_row(site, "appointments", &child);
-                }
-                self.sites[site].app.execute("DELETE FROM patients WHERE id = ?1", [pk]).unwrap();
-            }
-            self.log.push(format!("site {site}: delete patients {doomed:?} and their appointments"));
+            self.delete_patients(site, &doomed);
         }
+    }
+
+    /// The app at `site` deletes these patients (their appointments go
+    /// with them).
+    fn delete_patients(&mut self, site: usize, doomed: &[String]) {
+        for pk in doomed {
+            self.saw_row(site, "patients", pk);
+            let children: Vec<String> = {
+                let conn = &self.sites[site].app;
+                let mut stmt = conn.prepare("SELECT id FROM appointments WHERE patient_id = ?1").unwrap();
+                stmt.query_map([pk], |r| r.get(0)).unwrap().collect::<rusqlite::Result<_>>().unwrap()
+            };
+            for child in children {
+                self.saw_row(site, "appointments", &child);
+            }
+            self.sites[site].app.execute("DELETE FROM patients WHERE id = ?1", [pk]).unwrap();
+        }
+        self.log.push(format!("site {site}: delete patients {doomed:?} and their appointments"));
     }
 
     /// A delete discards knowingly every value the deleting site shows for
@@ -414,6 +428,8 @@ impl Sim {
                 let full = self.rng.chance(15);
                 self.sync(site, full);
             }
+            // An away site's cloud client neither sends nor receives.
+            50.. if self.away == Some(site) => {}
             50..72 => {
                 self.cloud.upload(site);
                 self.log.push(format!("cloud: upload from site {site}"));
@@ -433,6 +449,53 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// A site's cloud client goes off (a laptop on home visits): the site
+    /// keeps working and syncing into its own folder.
+    fn go_away(&mut self) {
+        let site = self.rng.below(self.sites.len());
+        self.away = Some(site);
+        self.log.push(format!("site {site} goes away"));
+    }
+
+    /// The others go on past the away site's dormancy (and the retention),
+    /// compacting and purging without it; then it comes back.
+    fn come_back(&mut self) {
+        let Some(away) = self.away else { return };
+        let purged_before = self.purged;
+        // While it is away, a patient it knows is deleted elsewhere.
+        let others: Vec<usize> = (0..self.sites.len()).filter(|s| *s != away).collect();
+        let deleter = *self.rng.pick(&others).unwrap();
+        let shared: Vec<String> =
+            self.ids(deleter, "patients").into_iter().filter(|p| self.exists(away, "patients", p)).collect();
+        if let Some(pk) = self.rng.pick(&shared).cloned() {
+            self.delete_patients(deleter, &[pk]);
+        }
+        for _ in 0..4 {
+            self.clock.0.fetch_add(2 * 86_400_000 + self.rng.below(3_600_000) as u64, Ordering::Relaxed);
+            for _ in 0..2 {
+                for site in (0..self.sites.len()).filter(|s| *s != away) {
+                    self.cloud.upload(site);
+                }
+                for site in (0..self.sites.len()).filter(|s| *s != away) {
+                    for path in self.cloud.pending(site) {
+                        self.cloud.deliver(site, &path, false);
+                    }
+                }
+                for site in (0..self.sites.len()).filter(|s| *s != away) {
+                    self.sync(site, false);
+                }
+            }
+        }
+        self.away = None;
+        if self.purged > purged_before {
+            self.returns += 1;
+        }
+        self.log.push(format!(
+            "site {away} comes back ({} tombstones purged meanwhile)",
+            self.purged - purged_before
+        ));
     }
 
     /// Delivers everything and syncs every site until a whole round changes
@@ -701,15 +764,27 @@ impl Sim {
 /// One seeded run: random steps, then quiescence, then the checks. Returns
 /// the flavor, the conflict copies made, the tombstones purged and the
 /// files read-repair settled by their digest.
-fn run(seed: u64) -> (Flavor, u64, u64, u64, u64) {
+fn run(seed: u64) -> (Flavor, u64, u64, u64, u64, u64) {
     let mut sim = Sim::new(seed);
     let steps = 60 + sim.rng.below(80);
-    for _ in 0..steps {
+    // Some families have a site away while the others purge.
+    let away = if sim.rng.chance(35) { Some((sim.rng.below(steps), sim.rng.below(steps))) } else { None };
+    for i in 0..steps {
+        if away.is_some_and(|(from, _)| from == i) {
+            sim.go_away();
+        }
+        if away.is_some_and(|(from, to)| to == i && to > from) {
+            sim.come_back();
+        }
         sim.step();
     }
+    sim.come_back();
     sim.quiesce();
+    if std::env::var_os("SIM_TRAIL").is_some() {
+        eprintln!("{}", sim.trail());
+    }
     sim.check();
-    (sim.flavor, sim.cloud.copies_made, sim.purged, sim.digest_matches, sim.holds)
+    (sim.flavor, sim.cloud.copies_made, sim.purged, sim.digest_matches, sim.holds, sim.returns)
 }
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
@@ -731,8 +806,10 @@ fn run_share(first: u64, stride: u64) {
     let mut purged = 0;
     let mut digest_matches = 0;
     let mut holds = 0;
+    let mut returns = 0;
     for seed in seeds(200).filter(|s| s % stride == first) {
-        let (flavor, made, p, d, h) = run(seed);
+        let (flavor, made, p, d, h, r) = run(seed);
+        returns += r;
         *copies.entry(format!("{flavor:?}")).or_default() += made;
         purged += p;
         digest_matches += d;
@@ -740,7 +817,7 @@ fn run_share(first: u64, stride: u64) {
         runs += 1;
     }
     eprintln!(
-        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}; mass deletions held, then kept or confirmed: {holds}"
+        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}; mass deletions held, then kept or confirmed: {holds}; sites back after the others purged: {returns}"
     );
     if std::env::var_os("SIM_SEED").is_none() && runs >= 20 {
         // The runs must have exercised the conflict paths, or they prove little.
@@ -749,6 +826,7 @@ fn run_share(first: u64, stride: u64) {
         assert!(digest_matches > 0, "read-repair never settled a file by its digest in {runs} seeds");
         assert!(purged > 0, "no tombstone was purged in {runs} seeds: the retention never passed");
         assert!(holds > 0, "the mass-delete guard never held a deletion in {runs} seeds");
+        assert!(returns > 0, "no site came back after the others purged in {runs} seeds");
     }
 }
 
