@@ -549,6 +549,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn with_watch_off_neither_arriving_files_nor_local_changes_start_a_run() {
+        let mut s = schedule(60);
+        s.watch = false;
+        let h = start(Fake::default(), s, Some(Duration::ZERO));
+        sleep(20_000).await;
+        h.hints.send(hint("patients/ab/x.xml")).unwrap();
+        h.fake.local.store(true, Ordering::SeqCst);
+        sleep(10 * 60 * 1000).await;
+        let runs = h.fake.runs();
+        assert_eq!(runs.len(), 1, "only the startup run: {runs:?}");
+        // The interval still runs.
+        sleep(51 * 60 * 1000).await;
+        assert_eq!(h.fake.runs().last().unwrap().1, Trigger::Interval);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn local_changes_are_exported_within_two_seconds() {
         let h = start(Fake::default(), schedule(60), Some(Duration::ZERO));
         sleep(20_000).await;
