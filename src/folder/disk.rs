@@ -500,11 +500,17 @@ impl Folder for DiskFolder {
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
         let rels: Vec<&str> = files.iter().map(|(rel, _)| rel.as_str()).collect();
         let result = self.noting_changes(&rels, || {
+            // Each folder of the batch is looked at once (a first export
+            // writes thousands of files into 256 shards).
+            let mut checked: BTreeSet<&str> = BTreeSet::new();
             for (index, (rel, bytes)) in files.iter().enumerate() {
                 let target = self.full(rel)?;
-                self.no_links_within(rel)?;
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)?;
+                let parent_rel = rel.rsplit_once('/').map_or("", |(dir, _)| dir);
+                if checked.insert(parent_rel) {
+                    self.no_links_within(rel)?;
+                    if let Some(parent) = target.parent() {
+                        fs::create_dir_all(parent)?;
+                    }
                 }
                 let temp = self.temp_for(&target, index);
                 staged.push((temp.clone(), target));
