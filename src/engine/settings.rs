@@ -114,12 +114,12 @@ const SPECS: &[Spec] = &[
     Spec {
         key: "mass_delete_percent",
         default: "10",
-        help: "incoming deletions of more than this % of the patients wait for `sync --confirm-deletes`",
+        help: "incoming deletions of more than this % of the patients (or of one table's rows) wait for `sync --confirm-deletes` or `--keep-deleted`",
     },
     Spec {
         key: "mass_delete_min_patients",
         default: "20",
-        help: "...but never fewer than this many patients",
+        help: "...but never fewer than this many patients (or rows)",
     },
     Spec { key: "web_port", default: "8750", help: "port of the local web page (127.0.0.1 only)" },
     Spec { key: "alert_after", default: "1h", help: "alert when no sync has succeeded for this long" },
