@@ -41,6 +41,10 @@ pub struct DiskFolder {
     /// time of the directories under `patients/`: per directory, (before,
     /// after) of each change, in order.
     own_changes: RefCell<DirChanges>,
+    /// Names listed that are not UTF-8 (a client on another system made
+    /// them), by the path a run knows them as (with U+FFFD where the bytes
+    /// were not text): a copy so named is read and removed like any other.
+    raw_names: RefCell<std::collections::HashMap<String, PathBuf>>,
 }
 
 /// Per directory, the (before, after) modification times of each change
@@ -78,6 +82,7 @@ impl DiskFolder {
             stats: Cell::new(FolderStats::default()),
             touched: RefCell::new(None),
             own_changes: RefCell::new(DirChanges::new()),
+            raw_names: RefCell::new(std::collections::HashMap::new()),
         }
     }
 
@@ -142,6 +147,7 @@ impl DiskFolder {
             stats: Cell::new(FolderStats::default()),
             touched: RefCell::new(touched),
             own_changes: RefCell::new(DirChanges::new()),
+            raw_names: RefCell::new(std::collections::HashMap::new()),
         }
     }
 
@@ -235,6 +241,9 @@ impl DiskFolder {
         let safe = rel_path.components().all(|c| matches!(c, Component::Normal(_)));
         if !safe {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unsafe folder path {rel:?}")));
+        }
+        if let Some(raw) = self.raw_names.borrow().get(rel) {
+            return Ok(raw.clone());
         }
         Ok(self.root.join(rel_path))
     }
@@ -443,7 +452,15 @@ impl Folder for DiskFolder {
         let mut out = Vec::new();
         for item in reader {
             let item = item?;
-            let name = item.file_name().to_string_lossy().into_owned();
+            let name = match item.file_name().into_string() {
+                Ok(name) => name,
+                Err(raw) => {
+                    let name = raw.to_string_lossy().into_owned();
+                    let rel = if dir.is_empty() { name.clone() } else { format!("{dir}/{name}") };
+                    self.raw_names.borrow_mut().insert(rel, item.path());
+                    name
+                }
+            };
             // A file removed between listing and stat is simply gone.
             match item.metadata() {
                 Ok(meta) => out.push(entry_of(name, &meta)),

@@ -357,3 +357,39 @@ fn an_original_renamed_away_into_copies_is_written_again_by_one_site_only() {
     sync_ok(other);
     assert_eq!(dump(&a), dump(&b));
 }
+
+#[test]
+fn a_copy_whose_name_is_not_utf8_is_merged_and_named_in_the_log() {
+    use std::os::unix::ffi::OsStrExt;
+    let family = Family::new();
+    let a = family.init("a");
+    let id = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    let b = family.init("b");
+    app(&b).execute("UPDATE patients SET phone = 'only in the copy' WHERE id = ?1", [&id]).unwrap();
+    sync_ok(&b);
+    let original = patient_file(&family.folder(), &id);
+    let from_b = fs::read(&original).unwrap();
+    // A sees B's version only as a copy: B's log and site file never came.
+    let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
+    fs::remove_dir_all(family.folder().join("log").join(&site_b)).unwrap();
+    fs::remove_file(family.folder().join("sites").join(format!("{site_b}.xml"))).unwrap();
+    sync_ok(&a);
+    let dir = original.parent().unwrap().to_owned();
+    wait_past_mtime(&dir);
+    let stem = clinicsync::model::patient_file_name(&id);
+    // Latin-1 bytes from a client on another system: not UTF-8.
+    let mut name = format!("{stem} (caf").into_bytes();
+    name.extend_from_slice(b"\xe9 conflict).xml");
+    let copy = dir.join(std::ffi::OsStr::from_bytes(&name));
+    fs::write(&copy, &from_b).unwrap();
+
+    let (_, report) = sync(&a);
+    assert_eq!(patient_field(&a, &id, "phone").as_deref(), Some("only in the copy"), "{report:#}");
+    assert!(!copy.exists(), "merged and deleted: {report:#}");
+    let said = events_of(&report, "conflict-copy");
+    assert!(
+        said.iter().any(|e| e["path"].as_str().unwrap().contains("(caf\u{fffd} conflict).xml")),
+        "{said:?}"
+    );
+}
