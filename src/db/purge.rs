@@ -20,29 +20,30 @@ fn drop_row(
     key: &RowKey,
     row: &RowState,
     patient: &str,
-    horizon: Hlc,
+    deleted: &Base,
     now_ms: u64,
 ) -> Result<(), DbError> {
     conn.prepare_cached("DELETE FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
         .execute(params![key.table, key.pk])?;
     super::digests::drop(conn, patient)?;
-    // Edits this site made after the horizon never reached the delete: as
-    // with any edit a delete did not see, the delete wins and the edit is
-    // kept here for a person to see.
+    // Versions the delete did not see (edits this site made while away,
+    // whenever it made them) lose to it, as an edit a delete did not see
+    // always does, and are kept here for a person to see.
+    let deleted_at = deleted.latest().map(|h| h.encode()).unwrap_or_default();
     let mut record = conn.prepare_cached(
         "INSERT INTO _cs_conflicts (tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source,
            detected_ms, kind) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 'purged while this site was away', ?8, 'deleted')
          ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = 'deleted', status = 'open', resolved_ms = NULL",
     )?;
     for (col, state) in &row.fields {
-        for v in state.versions().iter().filter(|v| v.hlc() > horizon) {
+        for v in state.versions().iter().filter(|v| !deleted.covers(v.hlc())) {
             record.execute(params![
                 key.table,
                 key.pk,
                 col,
                 super::values::Sql(v.value()),
                 v.hlc().encode(),
-                horizon.encode(),
+                deleted_at,
                 patient,
                 now_ms as i64
             ])?;
@@ -51,15 +52,22 @@ fn drop_row(
     // Its causal length as a tombstone: past the live row's.
     let cl = if row.is_alive() { row.cl + 1 } else { row.cl };
     conn.prepare_cached(
-        "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO _cs_purged (tbl, pk, cl, patient, deleted_at, purged_ms, base) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (tbl, pk) DO UPDATE SET cl = max(cl, excluded.cl)",
     )?
-    .execute(params![key.table, key.pk, cl as i64, patient, horizon.encode(), now_ms as i64])?;
+    .execute(params![key.table, key.pk, cl as i64, patient, deleted_at, now_ms as i64, deleted.encode()])?;
     conn.prepare_cached(
         "INSERT INTO _cs_held (tbl, pk, patient, site) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tbl, pk) DO NOTHING",
     )?
-    .execute(params![key.table, key.pk, patient, horizon.site().to_string()])?;
+    .execute(params![key.table, key.pk, patient, deleted.latest().map(|h| h.site().to_string())])?;
     Ok(())
+}
+
+/// What a purged row's delete saw: the recorded base, or for a row purged
+/// before that was kept, the delete's stamp alone.
+fn seen_by_delete(base: Option<&str>, deleted_at: Option<&str>) -> Base {
+    base.and_then(|b| Base::parse(b, usize::MAX))
+        .unwrap_or_else(|| Base::new(deleted_at.and_then(|h| Hlc::parse(h).ok())))
 }
 
 pub(super) const TABLES: &str = "
@@ -201,16 +209,7 @@ impl Db {
                 .query_row(params![key.table, key.pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             let Some((cl, deleted_at, base)) = found else { continue };
-            let deleted = match base.as_deref().and_then(|b| Base::parse(b, usize::MAX)) {
-                Some(base) => base,
-                None => {
-                    let mut base = Base::default();
-                    if let Some(h) = deleted_at.as_deref().and_then(|h| Hlc::parse(h).ok()) {
-                        base.add(h);
-                    }
-                    base
-                }
-            };
+            let deleted = seen_by_delete(base.as_deref(), deleted_at.as_deref());
             out.push((key.clone(), RowState { cl: cl as u64, deleted, ..RowState::default() }));
         }
         Ok(out)
@@ -255,8 +254,8 @@ impl Db {
             if row.cl > p.cl {
                 continue;
             }
-            let deleted = p.deleted.unwrap_or(horizon);
-            drop_row(&tx, &key, &row, patient.as_deref().unwrap_or_default(), deleted, now_ms)?;
+            let deleted = if p.deleted.is_empty() { Base::new([horizon]) } else { p.deleted.clone() };
+            drop_row(&tx, &key, &row, patient.as_deref().unwrap_or_default(), &deleted, now_ms)?;
             tx.prepare_cached("UPDATE _cs_purged SET cl = max(cl, ?3) WHERE tbl = ?1 AND pk = ?2")?
                 .execute(params![key.table, key.pk, p.cl as i64])?;
             n += 1;
@@ -269,15 +268,17 @@ impl Db {
     /// what the site file publishes.
     pub fn recent_purged(&self, since_ms: u64, limit: usize) -> Result<Vec<PurgedKey>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT tbl, pk, cl, deleted_at FROM _cs_purged WHERE purged_ms >= ?1
+            "SELECT tbl, pk, cl, deleted_at, base FROM _cs_purged WHERE purged_ms >= ?1
              ORDER BY purged_ms DESC, tbl, pk LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![since_ms as i64, limit as i64], |r| {
+            let deleted_at: Option<String> = r.get(3)?;
+            let base: Option<String> = r.get(4)?;
             Ok(PurgedKey {
                 table: r.get(0)?,
                 pk: r.get(1)?,
                 cl: r.get::<_, i64>(2)? as u64,
-                deleted: r.get::<_, Option<String>>(3)?.and_then(|h| Hlc::parse(&h).ok()),
+                deleted: seen_by_delete(base.as_deref(), deleted_at.as_deref()),
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

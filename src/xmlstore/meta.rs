@@ -50,13 +50,15 @@ pub struct SiteFile {
 }
 
 /// A row a site purged: its key, the causal length of its tombstone and
-/// the delete's stamp.
+/// what its delete saw (per site, the latest stamp; the delete's own stamp
+/// among them), so that a returning site can tell which of its edits the
+/// delete did not see.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurgedKey {
     pub table: String,
     pub pk: String,
     pub cl: u64,
-    pub deleted: Option<Hlc>,
+    pub deleted: crate::model::Base,
 }
 
 /// Formats milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
@@ -128,9 +130,9 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
             out.push_str("\" pk=\"");
             push_attr(&mut out, &p.pk);
             out.push_str(&format!("\" cl=\"{}\"", p.cl));
-            if let Some(h) = p.deleted {
+            if !p.deleted.is_empty() {
                 out.push_str(" deleted=\"");
-                h.push_encoded(&mut out);
+                p.deleted.push_encoded(&mut out);
                 out.push('"');
             }
             out.push_str("/>\n");
@@ -171,8 +173,15 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
                 .filter(|cl| cl % 2 == 0 && *cl > 0)
                 .ok_or_else(|| bad(&r, "cl", cl_text, "not the causal length of a deleted row".into()))?;
             let deleted = match optional(child, "deleted") {
-                None => None,
-                Some(t) => Some(Hlc::parse(t).map_err(|e| bad(&r, "deleted", t, e.to_string()))?),
+                None => crate::model::Base::default(),
+                Some(t) => crate::model::Base::parse(t, 64).ok_or_else(|| {
+                    bad(
+                        &r,
+                        "deleted",
+                        t,
+                        "not a list of distinct sites' stamps separated by single spaces".into(),
+                    )
+                })?,
             };
             purged.push(PurgedKey { table, pk, cl, deleted });
             continue;
@@ -277,9 +286,12 @@ mod tests {
                     table: "clinical_notes".into(),
                     pk: "a \"key\" & <more>".into(),
                     cl: 4,
-                    deleted: Some(Hlc::new(1_699_000_000_000, 0, SiteId::from_bytes([8; 16]))),
+                    deleted: crate::model::Base::new([
+                        Hlc::new(1_699_000_000_000, 0, SiteId::from_bytes([8; 16])),
+                        Hlc::new(1_698_000_000_000, 3, SiteId::from_bytes([9; 16])),
+                    ]),
                 },
-                PurgedKey { table: "patients".into(), pk: "p1".into(), cl: 2, deleted: None },
+                PurgedKey { table: "patients".into(), pk: "p1".into(), cl: 2, deleted: Default::default() },
             ],
         };
         assert_eq!(decode_site(&encode_site(&s)).unwrap(), s);

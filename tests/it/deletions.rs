@@ -696,3 +696,45 @@ fn a_returning_site_whose_client_has_not_downloaded_every_file_drops_only_what_w
     assert_eq!(dump(&b), dump(&c));
     assert_eq!(dump(&c)[0].1.len(), 4);
 }
+
+#[test]
+fn an_edit_made_away_before_the_delete_it_never_reached_is_kept_for_review_after_the_purge() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let c = family.init("c");
+    let conn = app(&a);
+    let doomed = add_patient(&conn, 1, 1);
+    add_patient(&conn, 2, 0);
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    // C, away, edits first (its edit never reaches the others); then A
+    // deletes the patient, and a month later A and B purge it.
+    app(&c)
+        .execute("UPDATE patients SET phone = 'typed at C before the delete' WHERE id = ?1", [&doomed])
+        .unwrap();
+    conn.execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    days_pass(31);
+    for db in [&a, &b, &a, &b] {
+        sync_ok(db);
+    }
+    assert!(!patient_file(&family.folder(), &doomed).exists(), "purged");
+    for db in [&c, &a, &b, &c] {
+        let (code, report) = sync(db);
+        assert!(code == 0 || code == 3, "{report:#}");
+    }
+    assert_eq!(rows_of_patient(&c, &doomed), 0, "the delete wins");
+    let records = json_of(&c, &["conflicts"]);
+    assert!(
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "deleted" && r["lost_value"] == "typed at C before the delete"),
+        "the edit the delete never saw is kept at C: {records:#}"
+    );
+}

@@ -102,11 +102,11 @@ fn the_site_file_and_manifest_formats_are_frozen() {
             table: "patients".into(),
             pk: "0b7e4c1a-2f3d-4e5f-8a9b-0c1d2e3f4a5b".into(),
             cl: 2,
-            deleted: Some(Hlc::new(
+            deleted: Base::new([Hlc::new(
                 1_763_600_000_000,
                 0,
                 SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
-            )),
+            )]),
         }],
     };
     expect_file!["../../fixtures/format/site-v1.xml"]
