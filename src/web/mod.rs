@@ -49,9 +49,16 @@ pub fn router(shared: Arc<Shared>, token: String, port: u16) -> Router {
         .route("/settings", get(settings_page).post(save_settings))
         .route("/sync", post(sync_now))
         .route("/api/status", get(api_status))
+        .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
+        .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
+}
+
+/// One of the page's scripts, served as a file.
+fn script(text: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], text).into_response()
 }
 
 fn cookie_name(port: u16) -> String {
@@ -97,7 +104,7 @@ async fn guard(State(st): State<WebState>, request: Request, next: Next) -> Resp
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; script-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     response

@@ -43,7 +43,7 @@ fn time_html(iso: Option<&str>) -> String {
 }
 
 /// Shows every `<time>` in local time; shared by all pages.
-const LOCAL_TIMES: &str = r#"
+pub(super) const LOCAL_TIMES: &str = r#"
 function localTime(iso) { const d = new Date(iso); return isNaN(d) ? iso : d.toLocaleString(); }
 document.querySelectorAll('time[datetime]').forEach(t => { t.textContent = localTime(t.getAttribute('datetime')); });
 "#;
@@ -94,6 +94,9 @@ label { font-weight: 600; display: block; }
 progress { width: 260px; vertical-align: middle; }
 "#;
 
+/// A page: `script` is the page's own `<script src>` after the shared one
+/// (scripts are served as files: the page's policy allows no inline
+/// script).
 fn layout(title: &str, current: &str, ctx: &Context, body: &str, script: &str) -> String {
     let link = |href: &str, label: &str| {
         let aria = if href == current { r#" aria-current="page""# } else { "" };
@@ -109,7 +112,7 @@ fn layout(title: &str, current: &str, ctx: &Context, body: &str, script: &str) -
 <nav aria-label="Sections">{status}{logs}{conflicts}{settings}</nav>
 <span class="muted" id="running-badge">{running}</span></div></header>
 <main id="main">{body}</main>
-<script>{LOCAL_TIMES}{script}</script>
+<script src="/times.js"></script>{script}
 </body></html>"##,
         title = esc(title),
         csrf = esc(&ctx.csrf),
@@ -131,7 +134,7 @@ pub(super) fn refused(status: StatusCode, message: &str) -> String {
     )
 }
 
-const STATUS_SCRIPT: &str = r#"
+pub(super) const STATUS_SCRIPT: &str = r#"
 const csrf = document.body.dataset.csrf;
 const $ = (id) => document.getElementById(id);
 function setCard(id, text, good) {
@@ -303,7 +306,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) ->
         }
         body.push_str("</ul>");
     }
-    layout("Status", "/", ctx, &body, STATUS_SCRIPT)
+    layout("Status", "/", ctx, &body, r#"<script src="/status.js"></script>"#)
 }
 
 /// Latest Logs: newest run first, each expanding to its events.

@@ -436,14 +436,10 @@ fn the_page_refuses_foreign_referers_and_oversized_forms_and_keeps_its_token_pri
     {
         assert_eq!(refused.headers().get(name).and_then(|v| v.to_str().ok()), Some(want), "{name}");
     }
+    let csp = refused.headers().get("content-security-policy").unwrap().to_str().unwrap().to_owned();
     assert!(
-        refused
-            .headers()
-            .get("content-security-policy")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .contains("frame-ancestors 'none'")
+        csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self';"),
+        "no inline script: {csp}"
     );
     // The page's own Sync Now, with its own Referer, goes through.
     assert_eq!(post("/sync", format!("csrf={csrf}"), Some(&format!("{}/", service.base))).status(), 303);
