@@ -220,6 +220,15 @@ fn a_copy_of_this_site_s_own_segment_stops_the_run() {
     assert!(err.contains("two computers") && err.contains("Dropbox"), "{err}");
 }
 
+/// Takes a site's change-log and site file out of the folder, as if its
+/// cloud client had never delivered them: its changes can arrive only in
+/// files.
+fn forget_site(family: &Family, db: &Path) {
+    let site = json_of(db, &["status"])["site"].as_str().unwrap().to_owned();
+    fs::remove_dir_all(family.folder().join("log").join(&site)).unwrap();
+    fs::remove_file(family.folder().join("sites").join(format!("{site}.xml"))).unwrap();
+}
+
 /// Waits until this computer's clock is past a directory's modification
 /// time, so that a change made now gives it a later one (directory times
 /// move in coarse clock ticks).
@@ -244,16 +253,8 @@ fn a_copy_that_arrives_after_the_site_last_synced_is_merged_by_a_plain_sync() {
     let original = patient_file(&family.folder(), &ids[4]);
     let from_b = fs::read(&original).unwrap();
     let stem = clinicsync::model::patient_file_name(&ids[4]);
-    // A's view: B's log is gone from the folder, the original is A's again.
-    fs::remove_dir_all(family.folder().join("log").join(json_of(&b, &["status"])["site"].as_str().unwrap()))
-        .unwrap();
-    fs::remove_file(
-        family
-            .folder()
-            .join("sites")
-            .join(format!("{}.xml", json_of(&b, &["status"])["site"].as_str().unwrap())),
-    )
-    .unwrap();
+    // A's view: B's log and site file never came.
+    forget_site(&family, &b);
     sync_ok(&a);
     let report = sync_ok(&a);
     assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "settled: {report:#}");
@@ -371,9 +372,7 @@ fn a_copy_whose_name_is_not_utf8_is_merged_and_named_in_the_log() {
     let original = patient_file(&family.folder(), &id);
     let from_b = fs::read(&original).unwrap();
     // A sees B's version only as a copy: B's log and site file never came.
-    let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
-    fs::remove_dir_all(family.folder().join("log").join(&site_b)).unwrap();
-    fs::remove_file(family.folder().join("sites").join(format!("{site_b}.xml"))).unwrap();
+    forget_site(&family, &b);
     sync_ok(&a);
     let dir = original.parent().unwrap().to_owned();
     wait_past_mtime(&dir);
