@@ -345,13 +345,7 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(serve_page(listener, app, stop_rx));
     shutdown_signal().await;
     eprintln!("clinicsync: stopping after the sync in progress (if any)");
     let _ = control_tx.send(Control::Shutdown).await;
@@ -362,6 +356,48 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     shared.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     eprintln!("clinicsync: stopped");
     Ok(())
+}
+
+/// Most connections the page serves at once; more are closed at once.
+const PAGE_CONNECTIONS: usize = 64;
+/// How long a connection has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the page until `stop`: HTTP/1 with a header timeout, so a
+/// connection that never finishes its headers is closed, and at most
+/// [`PAGE_CONNECTIONS`] connections at once, so many of them cannot grow
+/// the service's memory.
+async fn serve_page(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PAGE_CONNECTIONS));
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors, say: wait a moment rather than spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = connection.await;
+            drop(slot);
+        });
+    }
 }
 
 async fn shutdown_signal() {

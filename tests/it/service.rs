@@ -445,3 +445,40 @@ fn the_page_refuses_foreign_referers_and_oversized_forms_and_keeps_its_token_pri
     assert_eq!(post("/sync", format!("csrf={csrf}"), Some(&format!("{}/", service.base))).status(), 303);
     assert_eq!(service.api_status()["sync_requests"].as_u64().unwrap(), requests_before + 1);
 }
+
+#[test]
+fn connections_that_never_finish_their_headers_are_closed_and_cannot_pile_up() {
+    use std::io::{Read, Write};
+    let fam = Family::new();
+    let a = fam.init("a");
+    let service = Service::start(&a);
+    let addr = service.base.trim_start_matches("http://").to_owned();
+    // Slow clients: headers begun, never finished.
+    let mut slow: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            s
+        })
+        .collect();
+    // Each is closed by the server: beyond the limit at once, the others
+    // when their headers time out (a read that ends is the event).
+    for s in &mut slow {
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(n) => {
+                let answer = String::from_utf8_lossy(&buf[..n]);
+                assert!(
+                    n == 0 || answer.starts_with("HTTP/1.1 408"),
+                    "closed, or told it timed out: {answer:?}"
+                );
+            }
+            // Closed before reading what was sent: a reset.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("the connection was still open after a minute: {e}"),
+        }
+    }
+    // And the page answers as before.
+    assert_eq!(service.api_status()["status"]["site_name"], "a");
+}
