@@ -62,7 +62,7 @@ pub enum DecodeErrorKind {
     WrongElement { expected: &'static str, found: String },
     #[error("<{element}> lacks the attribute {attribute}")]
     MissingAttribute { element: &'static str, attribute: &'static str },
-    #[error("attribute {attribute}={value:?} is invalid: {reason}")]
+    #[error("attribute {attribute}={} is invalid: {reason}", shortened(value))]
     BadAttribute { attribute: &'static str, value: String, reason: String },
     #[error(
         "it is format version {found}, newer than this clinicsync reads (version {supported}); upgrade clinicsync on this computer"
@@ -74,4 +74,14 @@ pub enum DecodeErrorKind {
     BadValue { class: &'static str, reason: String },
     #[error("the row {table}/{pk} appears twice")]
     DuplicateRow { table: String, pk: String },
+}
+
+/// A value from a file as a sentence quotes it: at most 80 characters, so
+/// a hostile file cannot make a log line of megabytes.
+fn shortened(value: &str) -> String {
+    const MAX: usize = 80;
+    match value.char_indices().nth(MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+    }
 }

@@ -360,7 +360,7 @@ pub(crate) fn row_header_from(r: &XmlReader<'_>, attrs: &Attrs<'_>) -> Result<Ro
         })
     })?;
     let h = optional(attrs, "h").map(|h| parse_hlc(r, "h", h)).transpose()?;
-    let b = optional(attrs, "b").map(|b| parse_base(r, b)).transpose()?;
+    let b = optional(attrs, "b").map(|b| parse_base(r, "b", b)).transpose()?;
     let default = match (h, b) {
         (Some(h), b) => Some((h, b.unwrap_or_default())),
         (None, None) => None,
@@ -369,7 +369,7 @@ pub(crate) fn row_header_from(r: &XmlReader<'_>, attrs: &Attrs<'_>) -> Result<Ro
         }
     };
     let deleted = match optional(attrs, "d") {
-        Some(d) if cl % 2 == 0 => parse_base(r, d)?,
+        Some(d) if cl % 2 == 0 => parse_base(r, "d", d)?,
         Some(d) => {
             return Err(r.error(DecodeErrorKind::BadAttribute {
                 attribute: "d",
@@ -455,7 +455,7 @@ fn field(
     let (hlc, base) = match (optional(attrs, "h"), default) {
         (Some(h), _) => (
             parse_hlc(r, "h", h)?,
-            optional(attrs, "b").map(|b| parse_base(r, b)).transpose()?.unwrap_or_default(),
+            optional(attrs, "b").map(|b| parse_base(r, "b", b)).transpose()?.unwrap_or_default(),
         ),
         (None, Some((h, b))) if optional(attrs, "b").is_none() => (*h, b.clone()),
         (None, _) => return Err(r.error(DecodeErrorKind::MissingAttribute { element: "f", attribute: "h" })),
@@ -507,10 +507,10 @@ const MAX_BASE_STAMPS: usize = 64;
 /// site's value that no edit has seen yet).
 const MAX_VERSIONS_PER_FIELD: usize = 64;
 
-fn parse_base(r: &XmlReader<'_>, text: &str) -> Result<Base, DecodeError> {
+fn parse_base(r: &XmlReader<'_>, attribute: &'static str, text: &str) -> Result<Base, DecodeError> {
     Base::parse(text, MAX_BASE_STAMPS).ok_or_else(|| {
         r.error(DecodeErrorKind::BadAttribute {
-            attribute: "b",
+            attribute,
             value: text.to_owned(),
             reason: format!(
                 "not a list of distinct sites' stamps separated by single spaces (at most {MAX_BASE_STAMPS})"
