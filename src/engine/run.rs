@@ -42,6 +42,8 @@ const PURGE_CHECK_MS: u64 = 5 * 60 * 1000;
 /// How long copies of an original that a client renamed away wait for the
 /// site that rebuilds it before any site does.
 const COPIES_WAIT_FOR_LEADER_MS: u64 = 3_600_000;
+/// Parked rows a run names one by one; the rest are counted per table.
+const PARKED_NAMED: usize = 20;
 /// Most purged rows a site file lists (the newest; about 150 bytes each).
 const PURGED_PUBLISHED: usize = 3_000;
 /// How stale the published last-sync time of an idle site may get.
@@ -1116,13 +1118,29 @@ impl Run<'_> {
         let still = w.retry_parked()?;
         let stamped = w.commit()?;
         self.note_stamped(stamped);
-        for (key, reason) in still {
+        // The first few by name, the rest counted per table: a file of a
+        // hundred thousand such rows must not make as many log lines.
+        let mut more: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, (key, reason)) in still.into_iter().enumerate() {
+            if i >= PARKED_NAMED {
+                *more.entry(key.table).or_default() += 1;
+                continue;
+            }
             self.rec.skipped(
                 "parked",
                 None,
                 format!(
                     "row {}/{} is kept by clinicsync but the app's table cannot hold it yet ({reason}); the rest of its data is on its way, and every run tries again",
                     key.table, key.pk
+                ),
+            );
+        }
+        for (table, n) in more {
+            self.rec.skipped(
+                "parked",
+                None,
+                format!(
+                    "and {n} more rows of {table} that the app's table cannot hold yet; every run tries again"
                 ),
             );
         }
