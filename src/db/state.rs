@@ -1250,21 +1250,14 @@ pub(crate) fn sync_records(
 /// filed under its patient, so that it is applied or refused with the
 /// patient's own deletion. Returns whether it was held.
 fn hold_delete(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -> Result<bool, DbError> {
-    let Some((key_col, role)) = ctx.mapping.table(&key.table) else { return Ok(false) };
+    let Some((_, role)) = ctx.mapping.table(&key.table) else { return Ok(false) };
     let patient = match role {
         TableRole::Root => key.pk.clone(),
         TableRole::Child { patient_column } => {
             row.value(patient_column).and_then(Value::as_text).unwrap_or_default().to_owned()
         }
     };
-    let shown: bool = conn
-        .prepare_cached(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ?1)",
-            quote(&key.table),
-            quote(key_col)
-        ))?
-        .query_row([&key.pk], |r| r.get(0))?;
-    if !shown {
+    if !app_shows(conn, ctx, key)? {
         return Ok(false);
     }
     let site = row.deleted_at().map(|h| h.site().to_string());
@@ -1274,6 +1267,18 @@ fn hold_delete(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey, row: &RowState) -
     )?
     .execute(params![key.table, key.pk, patient, site])?;
     Ok(true)
+}
+
+/// Whether the app's table has the row.
+fn app_shows(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey) -> Result<bool, DbError> {
+    let Some((key_col, _)) = ctx.mapping.table(&key.table) else { return Ok(false) };
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ?1)",
+            quote(&key.table),
+            quote(key_col)
+        ))?
+        .query_row([&key.pk], |r| r.get(0))?)
 }
 
 /// A held deletion refused: the row lives again.
@@ -1298,7 +1303,9 @@ pub(crate) fn restore_row(
 ) -> Result<Option<Restored>, DbError> {
     stamp_if_pending(conn, ctx, clock, now_ms, key, batch)?;
     let Some((mut row, old_patient)) = load_row(conn, &key.table, &key.pk)? else { return Ok(None) };
-    if row.is_alive() {
+    // Alive again already, or deleted in the app here since it was held
+    // (this site agrees with the delete): nothing to keep.
+    if row.is_alive() || !app_shows(conn, ctx, key)? {
         return Ok(None);
     }
     let deleted_at = row.deleted_at();

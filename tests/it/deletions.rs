@@ -738,3 +738,28 @@ fn an_edit_made_away_before_the_delete_it_never_reached_is_kept_for_review_after
         "the edit the delete never saw is kept at C: {records:#}"
     );
 }
+
+#[test]
+fn keeping_held_deletions_does_not_bring_back_a_row_this_site_deleted_meanwhile() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..40).map(|n| add_patient(&conn, n, 0)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    for id in &ids[..30] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&a);
+    assert_eq!(sync(&b).0, 3, "held at B");
+    // At B, someone deletes one of the held patients by hand: B agrees.
+    app(&b).execute("DELETE FROM patients WHERE id = ?1", [&ids[0]]).unwrap();
+    let (code, report) = sync_with(&b, &["--keep-deleted"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["counts"]["rows_kept"], 29, "{report:#}");
+    assert!(!has_patient(&b, &ids[0]), "not brought back");
+    assert!(has_patient(&b, &ids[1]));
+    sync_ok(&a);
+    assert!(!has_patient(&a, &ids[0]) && has_patient(&a, &ids[1]));
+}
