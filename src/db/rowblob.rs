@@ -3,7 +3,7 @@
 //! field version keeps stamping and applying within a few statements per
 //! row. Private to the database; the folder never sees it.
 //!
-//! Layout (versions 3 and 4, written since session 5): the tag byte (`0x03`,
+//! Layout (versions 3 and 4, written since commit e5aff08): the tag byte (`0x03`,
 //! or `0x04` for a row whose tombstone says what its delete saw), a varint
 //! count and that many 24-byte stamps: every distinct stamp the row names,
 //! each written once (a row changed in one edit has one stamp for all its
