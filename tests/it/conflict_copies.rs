@@ -229,14 +229,12 @@ fn forget_site(family: &Family, db: &Path) {
     fs::remove_file(family.folder().join("sites").join(format!("{site}.xml"))).unwrap();
 }
 
-/// Waits until this computer's clock is past a directory's modification
-/// time, so that a change made now gives it a later one (directory times
-/// move in coarse clock ticks).
-fn wait_past_mtime(dir: &Path) {
-    let mtime = fs::metadata(dir).unwrap().modified().unwrap();
-    while std::time::SystemTime::now() <= mtime + std::time::Duration::from_millis(20) {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+/// Moves a folder's modification time a second on, as a cloud client's
+/// write there does (directory times move in coarse clock ticks, so a
+/// write in the tick of the site's last run could leave it unchanged).
+fn client_wrote_in(dir: &Path) {
+    let now = fs::metadata(dir).unwrap().modified().unwrap();
+    fs::File::open(dir).unwrap().set_modified(now + std::time::Duration::from_secs(1)).unwrap();
 }
 
 #[test]
@@ -259,9 +257,9 @@ fn a_copy_that_arrives_after_the_site_last_synced_is_merged_by_a_plain_sync() {
     let report = sync_ok(&a);
     assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "settled: {report:#}");
     let dir = original.parent().unwrap().to_owned();
-    wait_past_mtime(&dir);
     let copy = dir.join(format!("{stem}.sync-conflict-20240131-142233-7QKZ3XN.xml"));
     fs::write(&copy, &from_b).unwrap();
+    client_wrote_in(&dir);
 
     let report = sync_ok(&a);
     assert_eq!(report["counts"]["full_scan"], false);
@@ -282,10 +280,10 @@ fn a_copy_whose_join_changes_nothing_is_deleted_without_rewriting_the_original()
     sync_ok(&a);
     let original = patient_file(&family.folder(), &id);
     let dir = original.parent().unwrap().to_owned();
-    wait_past_mtime(&dir);
     let stem = clinicsync::model::patient_file_name(&id);
     let copy = dir.join(format!("{stem} (1).xml"));
     fs::copy(&original, &copy).unwrap();
+    client_wrote_in(&dir);
     let before = fs::metadata(&original).unwrap().modified().unwrap();
 
     let report = sync_ok(&a);
@@ -304,12 +302,12 @@ fn an_original_a_client_renamed_away_is_written_again_by_a_plain_sync() {
     let original = patient_file(&family.folder(), &id);
     let dir = original.parent().unwrap().to_owned();
     let stem = clinicsync::model::patient_file_name(&id);
-    wait_past_mtime(&dir);
     // rclone bisync: both sides renamed, the original gone.
     let bytes = fs::read(&original).unwrap();
     fs::write(dir.join(format!("{stem}.xml..path1")), &bytes).unwrap();
     fs::write(dir.join(format!("{stem}.xml..path2")), &bytes).unwrap();
     fs::remove_file(&original).unwrap();
+    client_wrote_in(&dir);
 
     let report = sync_ok(&a);
     assert_eq!(report["counts"]["full_scan"], false);
@@ -334,11 +332,11 @@ fn an_original_renamed_away_into_copies_is_written_again_by_one_site_only() {
     let original = patient_file(&family.folder(), &id);
     let dir = original.parent().unwrap().to_owned();
     let stem = clinicsync::model::patient_file_name(&id);
-    wait_past_mtime(&dir);
     let bytes = fs::read(&original).unwrap();
     fs::write(dir.join(format!("{stem}.xml..path1")), &bytes).unwrap();
     fs::write(dir.join(format!("{stem}.xml..path2")), &bytes).unwrap();
     fs::remove_file(&original).unwrap();
+    client_wrote_in(&dir);
 
     // The other site merges the copies and leaves the file to the one site
     // that writes it, so two sites never write the same new file at once.
@@ -375,13 +373,13 @@ fn a_copy_whose_name_is_not_utf8_is_merged_and_named_in_the_log() {
     forget_site(&family, &b);
     sync_ok(&a);
     let dir = original.parent().unwrap().to_owned();
-    wait_past_mtime(&dir);
     let stem = clinicsync::model::patient_file_name(&id);
     // Latin-1 bytes from a client on another system: not UTF-8.
     let mut name = format!("{stem} (caf").into_bytes();
     name.extend_from_slice(b"\xe9 conflict).xml");
     let copy = dir.join(std::ffi::OsStr::from_bytes(&name));
     fs::write(&copy, &from_b).unwrap();
+    client_wrote_in(&dir);
 
     let (_, report) = sync(&a);
     assert_eq!(patient_field(&a, &id, "phone").as_deref(), Some("only in the copy"), "{report:#}");
