@@ -49,8 +49,6 @@ pub enum HeldGroup {
     Patients,
     /// One child table's rows held on their own.
     Table(String),
-    /// Everything held.
-    All,
 }
 
 /// What releasing a group applied to the app's tables.
@@ -82,7 +80,6 @@ impl HeldGroup {
         match self {
             HeldGroup::Patients => format!("(tbl = {root} OR {filed_under_held})"),
             HeldGroup::Table(t) => format!("(tbl = {} AND tbl <> {root} AND NOT {filed_under_held})", lit(t)),
-            HeldGroup::All => "1".to_owned(),
         }
     }
 }
@@ -124,11 +121,6 @@ impl Db {
             [],
         )?;
         Ok(n as u64)
-    }
-
-    /// Patients the app's table shows (held ones included).
-    pub fn patient_count(&self) -> Result<u64, DbError> {
-        self.table_count(&self.mapping.root.table)
     }
 
     /// Rows a mapped table of the app shows (held ones included).

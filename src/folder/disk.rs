@@ -45,6 +45,9 @@ pub struct DiskFolder {
     /// them), by the path a run knows them as (with U+FFFD where the bytes
     /// were not text): a copy so named is read and removed like any other.
     raw_names: RefCell<std::collections::HashMap<String, PathBuf>>,
+    /// Folders inside the root already seen not to be links this run (each
+    /// is looked at once, not once per file in it).
+    not_links: RefCell<std::collections::HashSet<PathBuf>>,
 }
 
 /// Per directory, the (before, after) modification times of each change
@@ -83,6 +86,7 @@ impl DiskFolder {
             touched: RefCell::new(None),
             own_changes: RefCell::new(DirChanges::new()),
             raw_names: RefCell::new(std::collections::HashMap::new()),
+            not_links: RefCell::new(std::collections::HashSet::new()),
         }
     }
 
@@ -148,6 +152,7 @@ impl DiskFolder {
             touched: RefCell::new(touched),
             own_changes: RefCell::new(DirChanges::new()),
             raw_names: RefCell::new(std::collections::HashMap::new()),
+            not_links: RefCell::new(std::collections::HashSet::new()),
         }
     }
 
@@ -221,6 +226,9 @@ impl DiskFolder {
                 break;
             }
             at.push(part);
+            if self.not_links.borrow().contains(&at) {
+                continue;
+            }
             match fs::symlink_metadata(&at) {
                 Ok(meta) if meta.file_type().is_symlink() => {
                     return Err(io::Error::other(format!(
@@ -228,7 +236,9 @@ impl DiskFolder {
                         at.strip_prefix(&self.root).unwrap_or(&at).display()
                     )));
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    self.not_links.borrow_mut().insert(at.clone());
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e),
             }
