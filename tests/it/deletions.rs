@@ -389,6 +389,14 @@ fn a_few_deletions_pass_the_guard_at_once() {
     assert_eq!(dump(&a), dump(&b));
 }
 
+/// A month passes (the retention, and the dormancy of a third site that
+/// stays away), and A and B sync until they purge; returns how many
+/// tombstones they purged.
+fn month_passes_and_a_and_b_purge(a: &Path, b: &Path) -> u64 {
+    days_pass(31);
+    [a, b, a, b].iter().map(|db| sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap()).sum()
+}
+
 fn tombstones(db: &Path) -> serde_json::Value {
     json_of(db, &["tombstones"])
 }
@@ -430,11 +438,7 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
         sync_ok(db);
     }
     // A month passes: the retention (7 days) and C's dormancy (30 days).
-    days_pass(31);
-    let mut purged = 0;
-    for db in [&a, &b, &a, &b] {
-        purged += sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap();
-    }
+    let purged = month_passes_and_a_and_b_purge(&a, &b);
     assert!(purged >= 31, "A and B purged while C was dormant ({purged})");
     assert!(!patient_file(&family.folder(), &doomed).exists(), "the purged patient's file is gone");
     let after = tombstones(&a);
@@ -588,11 +592,7 @@ fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_th
     for db in [&a, &b, &a, &b] {
         sync_ok(db);
     }
-    days_pass(31);
-    let mut purged = 0;
-    for db in [&a, &b, &a, &b] {
-        purged += sync_ok(db)["counts"]["tombstones_purged"].as_u64().unwrap();
-    }
+    let purged = month_passes_and_a_and_b_purge(&a, &b);
     assert!(purged >= 7, "A and B purged the patient while C was away ({purged})");
     let file = patient_file(&family.folder(), &doomed);
     assert!(!file.exists());
@@ -665,10 +665,7 @@ fn a_returning_site_whose_client_has_not_downloaded_every_file_drops_only_what_w
     for db in [&a, &b, &a, &b] {
         sync_ok(db);
     }
-    days_pass(31);
-    for db in [&a, &b, &a, &b] {
-        sync_ok(db);
-    }
+    month_passes_and_a_and_b_purge(&a, &b);
     assert!(!patient_file(&family.folder(), &doomed).exists(), "purged");
     // C comes back, but its cloud client has not yet brought down the
     // files of two patients the others kept.
@@ -718,10 +715,7 @@ fn an_edit_made_away_before_the_delete_it_never_reached_is_kept_for_review_after
     for db in [&a, &b, &a, &b] {
         sync_ok(db);
     }
-    days_pass(31);
-    for db in [&a, &b, &a, &b] {
-        sync_ok(db);
-    }
+    month_passes_and_a_and_b_purge(&a, &b);
     assert!(!patient_file(&family.folder(), &doomed).exists(), "purged");
     for db in [&c, &a, &b, &c] {
         let (code, report) = sync(db);
