@@ -83,7 +83,7 @@ cmd_up() {
   # (like Syncthing's .stfolder). Do not delete it in tests.
   [ -e "$BASE/site1/folder/$MARKER" ] || echo "realsync rclone-bisync marker - keep" >"$BASE/site1/folder/$MARKER"
   for ((i = 2; i <= n; i++)); do bisync_pair "$i" --resync; done
-  log "rclone bisync harness ready: $n sites under $BASE (rclone $("$RCLONE" version 2>/dev/null | head -n1 | awk '{print $2}'))"
+  log "rclone bisync harness ready: $n sites under $BASE (rclone $("$RCLONE" version 2>/dev/null | sed -n 1p | awk '{print $2}'))"
 }
 
 cmd_sync() {
