@@ -457,6 +457,16 @@ impl Db {
         state::stored_patients(&self.conn, patients)
     }
 
+    /// One patient's document and the bytes of its file, or why that file
+    /// would be beyond `limits` (see `state::patient_for_file`).
+    pub fn patient_for_file(
+        &self,
+        patient: &str,
+        limits: &crate::xmlstore::Limits,
+    ) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
+        state::patient_for_file(&self.conn, patient, limits)
+    }
+
     /// The document of one patient as this database knows it.
     pub fn doc_for_patient(&self, patient: &str) -> Result<PatientDoc, DbError> {
         state::doc_for_patient(&self.conn, patient)

@@ -904,6 +904,50 @@ pub(crate) fn collect_stored(mut rows: rusqlite::Rows<'_>) -> Result<Vec<StoredP
     Ok(patients)
 }
 
+/// A patient's document and its file's bytes, or why the file would be
+/// beyond `limits` (every reader would refuse it). Memory stays bounded
+/// whatever the state holds: the rows are counted first, then the file is
+/// written from the stored rows in place, and the document is decoded only
+/// from a patient within the limits. (A state blob is never larger than
+/// the same row in a file, so more blob bytes than a file may hold means
+/// the file would be over.)
+pub(crate) fn patient_for_file(
+    conn: &Connection,
+    patient: &str,
+    limits: &crate::xmlstore::Limits,
+) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
+    let (rows, blob_bytes): (i64, i64) = conn
+        .prepare_cached("SELECT count(*), coalesce(sum(length(state)), 0) FROM _cs_rows WHERE patient = ?1")?
+        .query_row([patient], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if rows as u64 > limits.max_rows as u64 {
+        return Ok(Err(format!(
+            "it would hold {rows} rows, over the {} every clinicsync reads",
+            limits.max_rows
+        )));
+    }
+    if blob_bytes as u64 > limits.max_file_bytes {
+        return Ok(Err(format!(
+            "it would be more than {blob_bytes} bytes, over the {}-byte limit every clinicsync reads",
+            limits.max_file_bytes
+        )));
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
+    let Some(stored) = collect_stored(stmt.query([patient])?)?.pop() else {
+        let doc = PatientDoc::new(PatientId(patient.to_owned()));
+        let bytes = encode_patient(&doc);
+        return Ok(Ok((doc, bytes)));
+    };
+    let bytes = match stored.encode_in_place() {
+        Some(bytes) => bytes,
+        None => encode_patient(&stored.clone().decode()?),
+    };
+    if let Some(why) = limits.refusal(&bytes) {
+        return Ok(Err(why));
+    }
+    Ok(Ok((stored.decode()?, bytes)))
+}
+
 /// These patients' rows as stored (a patient the state has no row of is
 /// left out), in patient order.
 pub(crate) fn stored_patients(conn: &Connection, patients: &[&str]) -> Result<Vec<StoredPatient>, DbError> {

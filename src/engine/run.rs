@@ -30,11 +30,17 @@ use crate::xmlstore::{
 
 mod first_export;
 
-/// Files applied per database transaction during a scan.
+/// Files applied per database transaction during a scan, and the bytes
+/// after which a chunk takes no more: a chunk's files and what they decode
+/// to are in memory together (see `Limits` for one file's ceiling).
 const CHUNK: usize = 256;
+const CHUNK_BYTES: u64 = 4 << 20;
 /// Rows and approximate bytes per change-log segment.
 const SEGMENT_ROWS: usize = 5_000;
 const SEGMENT_BYTES: usize = 4 << 20;
+/// Largest segment decoded while the one before it is applied: an export
+/// of `SEGMENT_BYTES` with its last row, with room to spare.
+const AHEAD_BYTES: u64 = 2 * SEGMENT_BYTES as u64;
 /// Bytes per batch of file writes (one syncfs each).
 const WRITE_BATCH_BYTES: usize = 16 << 20;
 /// How often a run looks for tombstones it can purge (at most).
@@ -330,6 +336,8 @@ struct FileRef {
     /// Read only to check it is up to date (read-repair of this patient):
     /// compared with this database's bytes first, decoded only if they differ.
     repair: Option<String>,
+    /// Its size when listed (0 when not known): what it adds to a chunk.
+    size: u64,
 }
 
 enum Loaded {
@@ -438,8 +446,10 @@ struct Run<'c> {
     /// Stems whose original is gone and left for another site to write
     /// again from their copies (see `rebuilds_original`).
     left_for_leader: HashSet<String>,
-    /// The copies decoded this run, by stem: their bytes and content.
-    copy_docs: HashMap<String, Vec<(Vec<u8>, PatientDoc)>>,
+    /// The copies applied this run, by stem: their paths (read again if an
+    /// original must be rebuilt from one, so that memory does not grow with
+    /// the number of copies).
+    copy_docs: HashMap<String, Vec<String>>,
 }
 
 /// A copy merged this run.
@@ -1162,11 +1172,20 @@ impl Run<'_> {
         std::thread::scope(|scope| {
             // The next segment is read and decoded on the other core while
             // this one is applied.
-            let mut ahead = (from <= to).then(|| self.fetch_segment(scope, site, from));
+            // A large segment (only a damaged or hostile one is larger than
+            // an export writes) waits for its turn, so that two of them are
+            // never in memory together.
+            let mut ahead = None;
             for seq in from..=to {
-                let fetched = ahead.take().expect("fetched ahead");
+                let fetched = match ahead.take() {
+                    Some(fetched) => fetched,
+                    None => self.fetch_segment(scope, site, seq),
+                };
                 if seq < to {
-                    ahead = Some(self.fetch_segment(scope, site, seq + 1));
+                    let next = segment_path(site, seq + 1);
+                    let small =
+                        self.folder.metadata(&next).ok().flatten().is_some_and(|e| e.size <= AHEAD_BYTES);
+                    ahead = small.then(|| self.fetch_segment(scope, site, seq + 1));
                 }
                 if !self.apply_segment(site, name, seq, fetched, touched)? {
                     return Ok(());
@@ -1458,7 +1477,7 @@ impl Run<'_> {
                         if decorated.is_none() {
                             self.listed_stems.insert(stem.clone());
                         }
-                        files.push(FileRef { path, stem, copy: decorated, repair: None })
+                        files.push(FileRef { path, stem, copy: decorated, repair: None, size: entry.size })
                     }
                     Classified::Copy { of: FileKind::Patient { stem }, client } => {
                         // A copy holds the patient's data too: the patient
@@ -1469,6 +1488,7 @@ impl Run<'_> {
                             stem,
                             copy: Some(decorated.unwrap_or(client)),
                             repair: None,
+                            size: entry.size,
                         })
                     }
                     _ => self.rec.warning(
@@ -1620,13 +1640,15 @@ impl Run<'_> {
             let mut to_load: Vec<FileRef> = Vec::new();
             let mut loading: HashSet<String> = HashSet::new();
             let mut wanted: BTreeSet<String> = BTreeSet::new();
-            while to_load.len() < CHUNK {
+            let mut chunk_bytes = 0u64;
+            while to_load.len() < CHUNK && chunk_bytes < CHUNK_BYTES {
                 let Some(work) = queue.pop_front() else { break };
                 match work {
                     Work::File(f) => {
                         if f.copy.is_none() {
                             loading.insert(f.stem.clone());
                         }
+                        chunk_bytes += f.size;
                         to_load.push(f);
                     }
                     Work::Patient(p) => {
@@ -1635,12 +1657,10 @@ impl Run<'_> {
                             continue;
                         }
                         if loading.insert(stem.clone()) {
-                            to_load.push(FileRef {
-                                path: patient_path(&stem),
-                                stem,
-                                copy: None,
-                                repair: Some(p.clone()),
-                            });
+                            let path = patient_path(&stem);
+                            let size = self.folder.metadata(&path).ok().flatten().map_or(0, |e| e.size);
+                            chunk_bytes += size;
+                            to_load.push(FileRef { path, stem, copy: None, repair: Some(p.clone()), size });
                         }
                         wanted.insert(p);
                     }
@@ -1674,11 +1694,20 @@ impl Run<'_> {
                         continue;
                     }
                 };
-                let mut doc = self.db.doc_for_patient(&patient)?;
+                let (mut doc, from_state) = match self.db.patient_for_file(&patient, &self.limits)? {
+                    Ok(found) => found,
+                    Err(why) => {
+                        self.file_too_large(&stem, &patient, &why);
+                        done.insert(patient);
+                        continue;
+                    }
+                };
                 let mut retold = 0;
+                let mut rejoined = false;
                 if let Some(keys) = self.stale_purged.remove(&stem)
                     && let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
                 {
+                    rejoined = true;
                     // The file brings back rows this site purged (a site that
                     // was away wrote them): it is written again with their
                     // deletion, joined with what it holds, so that site
@@ -1700,7 +1729,7 @@ impl Run<'_> {
                     );
                 }
                 if let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
-                    && file.join(&doc) == **file
+                    && file.covers(&doc)
                 {
                     // The file already holds everything this site knows
                     // (and maybe more it refuses, such as rows it purged):
@@ -1727,8 +1756,13 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
-                let mut bytes = encode_patient(&doc);
+                let mut bytes = if rejoined { encode_patient(&doc) } else { from_state };
                 if existing.is_some_and(|(old, _)| *old == bytes) {
+                    done.insert(patient);
+                    continue;
+                }
+                if let Some(why) = self.limits.refusal(&bytes) {
+                    self.file_too_large(&stem, &patient, &why);
                     done.insert(patient);
                     continue;
                 }
@@ -1739,9 +1773,7 @@ impl Run<'_> {
                     continue;
                 }
                 if existing.is_none()
-                    && let Some(copy) = self.copy_docs.get(&stem).and_then(|copies| {
-                        copies.iter().find(|(_, d)| d.join(&doc) == *d).map(|(b, _)| b.clone())
-                    })
+                    && let Some(copy) = self.copy_covering(&stem, &doc)
                 {
                     // The original is gone (rclone renames both sides of a
                     // conflict) and a copy already holds everything this
@@ -1833,7 +1865,13 @@ impl Run<'_> {
                 let path = format!("{dir}/{}", entry.name);
                 match classify_path(&path) {
                     Classified::Copy { of: FileKind::Patient { stem }, client } => {
-                        files.push(FileRef { path, stem, copy: Some(client), repair: None });
+                        files.push(FileRef {
+                            path,
+                            stem,
+                            copy: Some(client),
+                            repair: None,
+                            size: entry.size,
+                        });
                     }
                     // Another writer's version this run has not read, and
                     // no change-log told of (an old file a client brought
@@ -1844,7 +1882,7 @@ impl Run<'_> {
                                 size != entry.size || mtime_ns != entry.mtime_ns
                             }) =>
                     {
-                        files.push(FileRef { path, stem, copy: None, repair: None });
+                        files.push(FileRef { path, stem, copy: None, repair: None, size: entry.size });
                     }
                     _ => {}
                 }
@@ -2021,6 +2059,28 @@ impl Run<'_> {
         self.now_ms.saturating_sub(newest_copy_ms) > COPIES_WAIT_FOR_LEADER_MS
     }
 
+    /// A patient's file this site does not write: every reader would refuse
+    /// it.
+    fn file_too_large(&mut self, stem: &str, patient: &str, why: &str) {
+        self.rec.skipped(
+            "too-large",
+            Some(&patient_path(stem)),
+            format!(
+                "is not written: {why}. Patient {patient} holds more than a patient file may carry. Its changes still travel in this site's change-log, but a site that joins later, or reads the folder again from scratch, does not get this patient from the folder"
+            ),
+        );
+    }
+
+    /// The bytes of a copy of `stem` applied this run that already holds
+    /// everything `doc` holds, read again from the folder.
+    fn copy_covering(&self, stem: &str, doc: &PatientDoc) -> Option<Vec<u8>> {
+        self.copy_docs.get(stem)?.iter().find_map(|path| {
+            let bytes = self.folder.read(path, self.limits.max_file_bytes).ok()?;
+            let copy = decode_patient(&bytes, self.limits).ok()?;
+            copy.covers(doc).then_some(bytes)
+        })
+    }
+
     fn requeue(
         &mut self,
         queue: &mut VecDeque<Work>,
@@ -2129,7 +2189,7 @@ impl Run<'_> {
                         originals
                             .insert(f.stem.clone(), Original::Present(bytes, entry, Some(Box::new(doc))));
                     } else {
-                        self.copy_docs.entry(f.stem.clone()).or_default().push((bytes, doc));
+                        self.copy_docs.entry(f.stem.clone()).or_default().push(f.path.clone());
                     }
                     for warning in outcome.warnings {
                         self.rec.warning("schema", Some(&f.path), warning);

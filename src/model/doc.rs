@@ -192,17 +192,20 @@ impl FieldState {
         }
         all.sort();
         all.dedup();
-        // Most fields hold one version: nothing to sort out, nothing to copy.
+        // Most fields hold one version: nothing to sort out, nothing to copy
+        // (but no spare capacity kept either: a patient holds many fields).
         if all.len() == 1 {
+            all.shrink_to_fit();
             return Some(FieldState { versions: all });
         }
         let keep: Vec<bool> = all.iter().map(|v| !all.iter().any(|w| w.supersedes(v))).collect();
-        let maximal: Vec<FieldVersion> =
+        let mut maximal: Vec<FieldVersion> =
             all.into_iter().zip(keep).filter_map(|(v, keep)| keep.then_some(v)).collect();
         // Cannot be empty: the version with the highest stamp is superseded
         // by nothing, because superseding it needs a base at or past its
         // stamp and so a stamp beyond it.
         debug_assert!(!maximal.is_empty());
+        maximal.shrink_to_fit();
         Some(FieldState { versions: maximal })
     }
 
@@ -389,6 +392,19 @@ impl PatientDoc {
         let mut out = self.clone();
         out.join_from(other);
         out
+    }
+
+    /// Whether `self` already holds everything `other` holds: the join
+    /// would equal `self`. Joins one row at a time, so a large patient is
+    /// never copied whole.
+    pub fn covers(&self, other: &PatientDoc) -> bool {
+        other.rows.iter().all(|(key, theirs)| {
+            self.rows.get(key).is_some_and(|mine| {
+                let mut joined = mine.clone();
+                joined.join_from(theirs);
+                joined == *mine
+            })
+        })
     }
 
     /// Every stamp in the document, for advancing a clock or checking skew.

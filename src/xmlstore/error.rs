@@ -54,6 +54,8 @@ pub enum DecodeErrorKind {
     TooDeep,
     #[error("it has more than {limit} elements")]
     TooManyElements { limit: usize },
+    #[error("it has more than {limit} rows")]
+    TooManyRows { limit: usize },
     #[error("an element has more than {limit} attributes, which clinicsync never writes")]
     TooManyAttributes { limit: usize },
     #[error("a text is longer than the {limit}-byte limit")]

@@ -318,6 +318,9 @@ fn insert_row(
     key: RowKey,
     row: RowState,
 ) -> Result<(), DecodeError> {
+    if doc.rows.len() >= r.limits().max_rows {
+        return Err(r.error(DecodeErrorKind::TooManyRows { limit: r.limits().max_rows }));
+    }
     if doc.rows.contains_key(&key) {
         return Err(r.error(DecodeErrorKind::DuplicateRow { table: key.table, pk: key.pk }));
     }
@@ -413,7 +416,7 @@ pub(crate) fn read_row(
             }
         }
         let (column, version) = field(r, &attrs, text, default.as_ref())?;
-        versions.entry(column).or_default().push(version);
+        versions.entry(column).or_insert_with(|| Vec::with_capacity(1)).push(version);
     }
     let mut fields = BTreeMap::new();
     for (column, mut vs) in versions {

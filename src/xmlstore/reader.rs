@@ -17,15 +17,72 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// Most elements in one file.
     pub max_elements: usize,
+    /// Most rows in one file (a row costs more memory than its fields).
+    pub max_rows: usize,
     /// Longest text of one element, in bytes.
     pub max_text_bytes: usize,
     /// Deepest nesting.
     pub max_depth: usize,
 }
 
+/// What every clinicsync reads and writes. They bound what one file costs
+/// a run: a file at these limits decodes to at most about 100 MiB (about
+/// 250 bytes per element for its model and the state it is joined with,
+/// plus its bytes twice), and a run reads one such file at a time
+/// (ARCHITECTURE.md, "Memory"). The heaviest real patient (thousands of
+/// rows over decades) stays several times below them; a writer never
+/// writes a file beyond them (it says so instead), because every reader
+/// would refuse it.
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_file_bytes: 64 << 20, max_elements: 2_000_000, max_text_bytes: 32 << 20, max_depth: 8 }
+        Limits {
+            max_file_bytes: 16 << 20,
+            max_elements: 150_000,
+            max_rows: 25_000,
+            max_text_bytes: 8 << 20,
+            max_depth: 8,
+        }
+    }
+}
+
+impl Limits {
+    /// Why an encoded file must not be written, if it would be refused.
+    pub fn refusal(&self, file: &[u8]) -> Option<String> {
+        if file.len() as u64 > self.max_file_bytes {
+            return Some(format!(
+                "it would be {} bytes, over the {}-byte limit every clinicsync reads",
+                file.len(),
+                self.max_file_bytes
+            ));
+        }
+        // Every element starts with `<` followed by a name (a comment, the
+        // declaration and end tags do not count); text holds no raw `<`, so
+        // the gap between two is at least as long as any text in it.
+        let (mut elements, mut rows, mut widest, mut last) = (0, 0, 0, 0);
+        for i in memchr::memchr_iter(b'<', file) {
+            elements += usize::from(file.get(i + 1).is_some_and(|b| b.is_ascii_alphabetic()));
+            rows += usize::from(file[i..].starts_with(b"<row "));
+            widest = widest.max(i - last);
+            last = i;
+        }
+        if elements > self.max_elements {
+            return Some(format!(
+                "it would hold {elements} elements, over the {} every clinicsync reads",
+                self.max_elements
+            ));
+        }
+        if rows > self.max_rows {
+            return Some(format!(
+                "it would hold {rows} rows, over the {} every clinicsync reads",
+                self.max_rows
+            ));
+        }
+        (widest > self.max_text_bytes).then(|| {
+            format!(
+                "a value in it would be over the {}-byte limit every clinicsync reads",
+                self.max_text_bytes
+            )
+        })
     }
 }
 
@@ -79,6 +136,10 @@ impl<'a> XmlReader<'a> {
     pub(crate) fn line(&self) -> usize {
         let end = self.event_start.min(self.input.len());
         1 + self.input[..end].iter().filter(|&&b| b == b'\n').count()
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
     }
 
     pub(crate) fn error(&self, kind: DecodeErrorKind) -> DecodeError {

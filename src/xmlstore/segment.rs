@@ -83,6 +83,9 @@ pub fn decode_segment(file: &[u8], limits: Limits) -> Result<Segment, DecodeErro
             };
             row.deleted = header.deleted;
             let slot = (patient, header.key);
+            if rows.len() >= r.limits().max_rows {
+                return Err(r.error(DecodeErrorKind::TooManyRows { limit: r.limits().max_rows }));
+            }
             if rows.contains_key(&slot) {
                 let (_, key) = slot;
                 return Err(r.error(DecodeErrorKind::DuplicateRow { table: key.table, pk: key.pk }));

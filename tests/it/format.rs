@@ -129,7 +129,13 @@ fn bad_files_are_refused_with_their_exact_error() {
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
         let body = std::fs::read(&path).unwrap();
         let file = if name.starts_with("raw-") { body } else { seal(body) };
-        let limits = Limits { max_file_bytes: 4096, max_elements: 50, max_text_bytes: 256, max_depth: 8 };
+        let limits = Limits {
+            max_file_bytes: 4096,
+            max_elements: 50,
+            max_rows: 20,
+            max_text_bytes: 256,
+            max_depth: 8,
+        };
         let error = match decode_patient(&file, limits) {
             Ok(doc) => panic!("{name} was accepted: {doc:?}"),
             Err(e) => format!("{e}\n"),

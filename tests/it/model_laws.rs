@@ -109,6 +109,13 @@ proptest! {
     }
 
     #[test]
+    fn a_doc_covers_another_exactly_when_joining_it_changes_nothing(a in doc(), b in doc()) {
+        prop_assert_eq!(a.covers(&b), a.join(&b) == a);
+        let joined = a.join(&b);
+        prop_assert!(joined.covers(&a) && joined.covers(&b));
+    }
+
+    #[test]
     fn a_conflict_is_kept_exactly_when_neither_version_supersedes_the_other(h in history(), i: prop::sample::Index, j: prop::sample::Index) {
         let (x, y) = (h[i.index(h.len())].clone(), h[j.index(h.len())].clone());
         let joined = FieldState::single(x.clone()).join(&FieldState::single(y.clone()));

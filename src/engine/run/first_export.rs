@@ -16,7 +16,7 @@ use crate::engine::host::fault_point;
 use crate::folder::layout::patient_path;
 use crate::folder::{DiskFolder, Folder};
 use crate::model::patient_file_name;
-use crate::xmlstore::{Segment, encode_segment};
+use crate::xmlstore::{Limits, Segment, encode_segment};
 
 /// Patients per chunk of the file stage: one batch of writes (one syncfs
 /// for its files, one for its renames), about 6 MB; see ARCHITECTURE.md.
@@ -47,6 +47,9 @@ struct WrittenFiles {
     files: Vec<(String, u64, i64, String)>,
     bytes: u64,
     failed: Option<(usize, io::Error)>,
+    /// Patients whose file would be beyond what every clinicsync reads:
+    /// left to the run's own writing of files, which says so.
+    refused: Vec<String>,
 }
 
 fn joined<T>(handle: ScopedJoinHandle<'_, T>) -> T {
@@ -60,12 +63,26 @@ fn write_patient_files(
     patients: Vec<(String, StoredPatient)>,
 ) -> Result<WrittenFiles, DbError> {
     let mut files: Vec<(String, Vec<u8>)> = Vec::with_capacity(patients.len());
+    let mut refused = Vec::new();
+    let limits = Limits::default();
     for (path, stored) in patients {
-        files.push((path, stored.encode()?));
+        let patient = stored.patient.clone();
+        let bytes = stored.encode()?;
+        if limits.refusal(&bytes).is_some() {
+            refused.push(patient);
+        } else {
+            files.push((path, bytes));
+        }
     }
     let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
     if let Err(e) = folder.write_batch(&files) {
-        return Ok(WrittenFiles { folder, files: Vec::new(), bytes: 0, failed: Some((files.len(), e)) });
+        return Ok(WrittenFiles {
+            folder,
+            files: Vec::new(),
+            bytes: 0,
+            failed: Some((files.len(), e)),
+            refused,
+        });
     }
     let mut written = Vec::with_capacity(files.len());
     for (path, content) in files {
@@ -73,7 +90,7 @@ fn write_patient_files(
             written.push((path, entry.size, entry.mtime_ns, sha_hex(&content)));
         }
     }
-    Ok(WrittenFiles { folder, files: written, bytes, failed: None })
+    Ok(WrittenFiles { folder, files: written, bytes, failed: None, refused })
 }
 
 impl Run<'_> {
@@ -250,6 +267,9 @@ impl Run<'_> {
         self.progress.advance((written.files.len() + job.present.len()) as u64);
         if !job.present.is_empty() {
             self.db.queue_patient_files(&job.present)?;
+        }
+        if !written.refused.is_empty() {
+            self.db.queue_patient_files(&written.refused)?;
         }
         self.db.first_export_files_until(Some(&job.last))?;
         Ok(true)
