@@ -108,7 +108,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let home = dir.join("home-visits.db");
     let say = |line: String| {
         if !json_out {
-            println!("{line}");
+            say!("{line}");
         }
     };
 
@@ -184,7 +184,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let conflicts = front_db.conflicts(true)?;
     let home_conflicts = home_db.open_conflict_count()?;
     if json_out {
-        println!(
+        say!(
             "{}",
             serde_json::to_string_pretty(&json!({
                 "converged": converged,
@@ -197,9 +197,9 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         );
     } else if converged {
         let per_table: Vec<String> = left.iter().map(|(t, r)| format!("{} {t}", r.len())).collect();
-        println!("Converged: both sites hold the same {rows} rows ({}).", per_table.join(", "));
+        say!("Converged: both sites hold the same {rows} rows ({}).", per_table.join(", "));
         for c in &conflicts {
-            println!(
+            say!(
                 "Both sites edited {}.{} of the same patient at once: both now show {:?}; the other value {:?} is kept for review ({} open conflict at each site).",
                 c.table,
                 c.column,
@@ -209,19 +209,16 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
             );
         }
         let d = dir.display();
-        println!("Look at:");
-        println!("  {d}/shared-folder                the folder a cloud client would carry");
-        println!("  clinicsync status --db {d}/front-desk.db");
-        println!("  clinicsync log --db {d}/home-visits.db");
-        println!("  clinicsync conflicts --db {d}/front-desk.db");
-        println!(
+        say!("Look at:");
+        say!("  {d}/shared-folder                the folder a cloud client would carry");
+        say!("  clinicsync status --db {d}/front-desk.db");
+        say!("  clinicsync log --db {d}/home-visits.db");
+        say!("  clinicsync conflicts --db {d}/front-desk.db");
+        say!(
             "  clinicsync run --db {d}/front-desk.db     the service and its web page (Status, Sync Now, Latest Logs, Conflicts, Settings)"
         );
     } else {
-        println!(
-            "NOT converged: the two sites differ. This is a bug; please report it with {}.",
-            dir.display()
-        );
+        say!("NOT converged: the two sites differ. This is a bug; please report it with {}.", dir.display());
     }
     Ok(if converged { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

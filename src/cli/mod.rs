@@ -2,6 +2,14 @@
 //! human summary or one JSON document (`--json`), and maps the result to
 //! the exit code: 0 ok, 1 error, 2 usage, 3 the run finished `partial`.
 
+/// `println!` for the CLI's output: a reader that went away (`clinicsync
+/// log | head`) ends the program quietly instead of with a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
 mod demo;
 mod progress;
 
@@ -132,6 +140,18 @@ enum KeepArg {
 }
 
 /// Runs the command line; returns the process exit code.
+/// Writes one line to stdout (see `say!`).
+pub(crate) fn print_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("clinicsync: cannot write its output: {e}");
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -148,7 +168,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let message = format!("{e:#}");
             if json {
-                println!("{}", json!({ "ok": false, "error": message }));
+                say!("{}", json!({ "ok": false, "error": message }));
             }
             eprintln!("clinicsync: {}", shown(&message));
             ExitCode::from(1)
@@ -172,7 +192,7 @@ fn init_tracing() {
 }
 
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value).context("cannot format the JSON output")?);
+    say!("{}", serde_json::to_string_pretty(value).context("cannot format the JSON output")?);
     Ok(())
 }
 
@@ -188,6 +208,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = cli.db;
     match cli.command {
         Command::Init { folder, site_name, mapping } => {
+            if site_name.as_deref().is_some_and(|n| n.chars().any(char::is_control)) {
+                anyhow::bail!(
+                    "--site-name holds a control character (a line break, tab or escape); a site's name is one line of plain text"
+                );
+            }
             let options =
                 InitOptions { db: db.clone(), folder, site_name, mapping, progress: Progress::new() };
             let report = progress::with_bar(&options.progress.clone(), || engine::init(&options))?;
@@ -195,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print_json(&report)?;
             } else {
                 let verb = if report.joined { "Joined" } else { "Created" };
-                println!(
+                say!(
                     "{verb} family {} in {}; this site is {:?} ({}).",
                     &report.family[..8],
                     shown(&report.folder),
@@ -255,11 +280,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out.iter().map(|(run, events)| json!({ "run": run, "events": events })).collect();
                 print_json(&doc)?;
             } else if out.is_empty() {
-                println!("No runs yet.");
+                say!("No runs yet.");
             } else {
                 for (run, events) in &out {
                     let outcome = run.outcome.as_deref().unwrap_or("interrupted");
-                    println!(
+                    say!(
                         "#{} {} {} {}",
                         run.id,
                         format_time(run.started_ms),
@@ -267,11 +292,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         shown(outcome)
                     );
                     if let Some(summary) = &run.summary {
-                        println!("    {}", engine::summary_text(summary));
+                        say!("    {}", engine::summary_text(summary));
                     }
                     for e in events {
                         let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
-                        println!("    [{}] {path}{}", shown(&e.level), shown(&e.message));
+                        say!("    [{}] {path}{}", shown(&e.level), shown(&e.message));
                     }
                 }
             }
@@ -292,7 +317,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "value": r.value.display_short(),
                 }))?;
             } else {
-                println!(
+                say!(
                     "Conflict #{} settled: {}/{} {} is now {:?}. The next sync carries this to every site.",
                     r.id,
                     shown(&r.table),
@@ -310,7 +335,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let doc: Vec<_> = records.iter().map(engine::conflict_json).collect();
                 print_json(&doc)?;
             } else if records.is_empty() {
-                println!("No open conflicts.");
+                say!("No open conflicts.");
             } else {
                 for c in &records {
                     let lost = match Hlc::parse(&c.hlc) {
@@ -327,7 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("kept {:?}", c.winner_value.display_short())
                     };
-                    println!(
+                    say!(
                         "#{} {}/{} {}: {outcome}, lost {:?}{lost} [{}{source}]",
                         c.id,
                         shown(&c.table),
@@ -338,7 +363,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
                 if !all {
-                    println!(
+                    say!(
                         "Settle one with `clinicsync conflicts resolve ID --keep winner|loser` (for an edit that lost to a delete: winner keeps the delete, loser brings the row back with the edit)."
                     );
                 }
@@ -350,7 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&report)?;
             } else if report.tombstones.is_empty() && report.purged.is_empty() {
-                println!("No tombstones: nothing deleted is waiting to be purged.");
+                say!("No tombstones: nothing deleted is waiting to be purged.");
             } else {
                 for t in &report.tombstones {
                     let when = match (&t.deleted_at, &t.deleted_by) {
@@ -374,10 +399,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                         _ => "kept".to_owned(),
                     };
-                    println!("{}/{}: {}; {}", shown(&t.table), shown(&t.pk), shown(&when), shown(&step));
+                    say!("{}/{}: {}; {}", shown(&t.table), shown(&t.pk), shown(&when), shown(&step));
                 }
                 for p in &report.purged {
-                    println!("{}/{}: purged {}", shown(&p.table), shown(&p.pk), format_time(p.purged_ms));
+                    say!("{}/{}: purged {}", shown(&p.table), shown(&p.pk), format_time(p.purged_ms));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -396,7 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     } else {
                         format!(" (default {})", s.default)
                     };
-                    println!("{:<20} {}{}\n{:<20} {}", s.key, shown(&s.value), shown(&default), "", s.help);
+                    say!("{:<20} {}{}\n{:<20} {}", s.key, shown(&s.value), shown(&default), "", s.help);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -406,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 print_json(&report)?;
             } else {
-                println!(
+                say!(
                     "This database now syncs as site {} (was {}). Run `clinicsync sync` to continue.",
                     &report.new_site[..8],
                     &report.old_site[..8]
@@ -419,10 +444,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn print_run(report: &RunReport) {
-    println!("{}", shown(&report.summary_line()));
+    say!("{}", shown(&report.summary_line()));
     for e in report.events.iter().filter(|e| e.level != "info") {
         let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
-        println!("  {path}{}", shown(&e.message));
+        say!("  {path}{}", shown(&e.message));
     }
 }
 
@@ -447,26 +472,21 @@ pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn print_status(s: &StatusReport) {
-    println!("Site:      {} ({})", shown(&s.site_name), &s.site[..8]);
-    println!("Family:    {}", &s.family[..8]);
-    println!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });
+    say!("Site:      {} ({})", shown(&s.site_name), &s.site[..8]);
+    say!("Family:    {}", &s.family[..8]);
+    say!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });
     let last = s.last_sync.as_deref().unwrap_or("never");
-    println!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
-    println!("Pending:   {} local changes not yet in the folder", s.pending_changes);
-    println!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
+    say!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
+    say!("Pending:   {} local changes not yet in the folder", s.pending_changes);
+    say!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
     if !s.kept_copies.is_empty() {
-        println!("Conflict copies merged and kept (auto_delete_conflicts is off):");
+        say!("Conflict copies merged and kept (auto_delete_conflicts is off):");
         for c in &s.kept_copies {
-            println!(
-                "  {} (made by {}), merged into {}",
-                shown(&c.path),
-                shown(&c.client),
-                shown(&c.original)
-            );
+            say!("  {} (made by {}), merged into {}", shown(&c.path), shown(&c.client), shown(&c.original));
         }
     }
     if !s.sites.is_empty() {
-        println!("Sites:");
+        say!("Sites:");
         for site in &s.sites {
             let me = if site.this_site { " (this site)" } else { "" };
             let last = site.last_sync.as_deref().unwrap_or("never");
@@ -477,7 +497,7 @@ fn print_status(s: &StatusReport) {
                 }
                 _ => String::new(),
             };
-            println!(
+            say!(
                 "  {} {}{me}: last sync {}, clinicsync {}{behind}{}",
                 shown(site.site.get(..8).unwrap_or(&site.site)),
                 shown(&site.name),
@@ -488,6 +508,6 @@ fn print_status(s: &StatusReport) {
         }
     }
     for w in &s.warnings {
-        println!("Warning:   {}", shown(w));
+        say!("Warning:   {}", shown(w));
     }
 }

@@ -202,6 +202,17 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
         None => None,
         Some(t) => Some(Hlc::parse(t).map_err(|e| bad(&r, "purge-horizon", t, e.to_string()))?),
     };
+    // Shown to people, in a terminal and on the page: one line of text.
+    for attribute in ["name", "app-version"] {
+        if let Some(text) = optional(&attrs, attribute).filter(|t| t.chars().any(char::is_control)) {
+            return Err(bad(
+                &r,
+                attribute,
+                text,
+                "it holds control characters (line breaks, escapes), which clinicsync never writes".into(),
+            ));
+        }
+    }
     Ok(SiteFile {
         site,
         family,

@@ -279,6 +279,7 @@ fn decode_real(text: &str) -> Result<f64, String> {
 pub fn decode_patient(file: &[u8], limits: Limits) -> Result<PatientDoc, DecodeError> {
     let Root { reader: mut r, attrs, empty } = open_root(file, limits, "patient-file", PATIENT_FORMAT)?;
     let patient = required(&r, &attrs, "patient-file", "patient")?;
+    check_key(&r, "patient", patient)?;
     let mut doc = PatientDoc::new(PatientId(patient.to_owned()));
     if !empty {
         loop {
@@ -343,17 +344,24 @@ pub(crate) struct RowHeader {
     pub(crate) deleted: Base,
 }
 
+/// Refuses a key (a row's or a patient's) with control characters: it
+/// names files and is shown to people.
+pub(crate) fn check_key(r: &XmlReader<'_>, attribute: &'static str, key: &str) -> Result<(), DecodeError> {
+    if is_xml_safe(key) {
+        return Ok(());
+    }
+    Err(r.error(DecodeErrorKind::BadAttribute {
+        attribute,
+        value: key.to_owned(),
+        reason: "a key with control characters, which clinicsync never exports".into(),
+    }))
+}
+
 /// Reads the key and causal length of a `<row>` from its attributes.
 pub(crate) fn row_header_from(r: &XmlReader<'_>, attrs: &Attrs<'_>) -> Result<RowHeader, DecodeError> {
     let table = required(r, attrs, "row", "table")?.to_owned();
     let pk = required(r, attrs, "row", "pk")?.to_owned();
-    if !is_xml_safe(&pk) {
-        return Err(r.error(DecodeErrorKind::BadAttribute {
-            attribute: "pk",
-            value: pk,
-            reason: "a key with control characters, which clinicsync never exports".into(),
-        }));
-    }
+    check_key(r, "pk", &pk)?;
     let cl_text = required(r, attrs, "row", "cl")?;
     let cl = cl_text.parse::<u64>().ok().filter(|cl| *cl <= RowState::MAX_CL).ok_or_else(|| {
         r.error(DecodeErrorKind::BadAttribute {

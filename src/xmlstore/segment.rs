@@ -75,6 +75,7 @@ pub fn decode_segment(file: &[u8], limits: Limits) -> Result<Segment, DecodeErro
             }
             let attrs = r.attributes(&e)?;
             let patient = required(&r, &attrs, "row", "patient")?.to_owned();
+            super::patient::check_key(&r, "patient", &patient)?;
             let header = row_header_from(&r, &attrs)?;
             let mut row = if is_empty {
                 RowState { cl: header.cl, ..RowState::default() }

@@ -120,11 +120,33 @@ fn names_and_keys_from_the_folder_reach_the_terminal_with_their_control_characte
     let a = family.init("a");
     let evil = family.db("evil");
     let name = "evil\u{1b}]0;pwned\u{7}\r\nWarning:   forged line\u{1b}[2J\u{202e}";
-    cli(&evil).args(["init", "--folder"]).arg(family.folder()).args(["--site-name", name]).assert().success();
+    // clinicsync itself refuses such a name; a hostile site file carries it
+    // as character references.
+    let refused = cli(&evil)
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .args(["--site-name", name])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--site-name holds a control character"));
+    cli(&evil)
+        .args(["init", "--folder"])
+        .arg(family.folder())
+        .args(["--site-name", "evil"])
+        .assert()
+        .success();
+    let evil_site = json_of(&evil, &["status"])["site"].as_str().unwrap().to_owned();
+    let site_file = family.folder().join("sites").join(format!("{evil_site}.xml"));
+    let text = fs::read_to_string(&site_file).unwrap();
+    let body = text[..text.find("<!--clinicsync").unwrap()].replace(
+        "name=\"evil\"",
+        "name=\"evil&#27;]0;pwned&#7;&#13;&#10;Warning:   forged line&#27;[2J\u{202e}\"",
+    );
+    fs::write(&site_file, clinicsync::xmlstore::seal(body.into_bytes())).unwrap();
     // A conflict copy whose name carries a new line and an escape.
     let id = add_patient(&app(&a), 1, 1);
-    sync_ok(&a);
-    sync_ok(&evil);
+    assert_eq!(sync(&a).0, 3, "the hostile site file is refused");
     let original = patient_file(&family.folder(), &id);
     let stem = clinicsync::model::patient_file_name(&id);
     fs::copy(&original, original.with_file_name(format!("{stem} (\u{1b}[31mred\nfake line).xml"))).unwrap();
@@ -144,8 +166,8 @@ fn names_and_keys_from_the_folder_reach_the_terminal_with_their_control_characte
             );
         }
     }
-    let (_, status, _) = finishes(&a, &["status"]);
-    assert!(status.contains("evil\\u{1b}]0;pwned\\u{7}\\u{d}\\u{a}Warning:"), "shown visibly: {status}");
+    let (_, log, _) = finishes(&a, &["log", "--last", "3"]);
+    assert!(log.contains("attribute name=\"evil\\u{1b}]0;pwned\\u{7}\\r\\nWarning:"), "shown visibly: {log}");
 }
 
 #[test]
@@ -220,4 +242,62 @@ fn many_rows_the_app_cannot_hold_yet_make_a_few_log_lines_not_one_each() {
         parked[20]["message"].as_str().unwrap().starts_with("and 5 more rows of clinical_notes"),
         "{parked:?}"
     );
+}
+
+#[test]
+fn a_patient_beyond_what_every_reader_accepts_is_not_written_and_the_run_says_so() {
+    let family = Family::new();
+    let a = family.init("a");
+    let conn = app(&a);
+    let id = add_patient(&conn, 1, 0);
+    let tx = conn.unchecked_transaction().unwrap();
+    for i in 0..25_001 {
+        tx.execute(
+            "INSERT INTO clinical_notes (id, patient_id, written_at, body) VALUES (?1, ?2, '2026-11-01', 'seen')",
+            rusqlite::params![format!("note-{i}"), id],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let (code, report) = sync(&a);
+    assert_eq!(code, 3, "{report:#}");
+    let too_large = events_of(&report, "too-large");
+    assert!(
+        too_large
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().starts_with(
+                "is not written: it would hold 25002 rows, over the 25000 every clinicsync reads"
+            )),
+        "{report:#}"
+    );
+    assert!(!patient_file(&family.folder(), &id).exists());
+    // The rows still travel in the change-log: another site gets them all.
+    let b = family.db("b");
+    let joined =
+        cli(&b).args(["init", "--folder"]).arg(family.folder()).args(["--site-name", "b"]).output().unwrap();
+    // B cannot write the patient's file either, and says so too.
+    assert_eq!(joined.status.code(), Some(3), "{}", String::from_utf8_lossy(&joined.stderr));
+    let notes: i64 = app(&b)
+        .query_row("SELECT count(*) FROM clinical_notes WHERE patient_id = ?1", [&id], |r| r.get(0))
+        .unwrap();
+    assert_eq!(notes, 25_001);
+}
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    let family = Family::new();
+    let a = family.init("a");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("clinicsync"))
+        .args(["--db"])
+        .arg(&a)
+        .arg("log")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
