@@ -322,7 +322,7 @@ struct Floors {
     /// A plain rusqlite bulk insert of the same rows (the app's rows, every
     /// table and column) in one transaction.
     insert: Duration,
-    /// The narrower floors of sessions 1 to 4, kept so that figures stay
+    /// The narrower floors of the earliest benchmark figures, kept so that they stay
     /// comparable: writing the patient files only, and inserting as many
     /// rows of one short, constant shape into one table.
     write_patient_files: Duration,

@@ -548,7 +548,7 @@ impl Folder for DiskFolder {
                 }
             }
             // For a large batch one syncfs makes every temp file durable:
-            // far cheaper than an fsync per file (see BENCHMARKING.md).
+            // far cheaper than an fsync per file (measured in docs/performance.md).
             let anchor = self.staging.as_deref().unwrap_or(&self.root);
             if files.len() > SYNC_FILES_ONE_BY_ONE {
                 rustix::fs::syncfs(File::open(anchor)?)?;
