@@ -12,18 +12,6 @@ use rusqlite::params;
 
 use crate::support::*;
 
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in walkdir::WalkDir::new(from) {
-        let entry = entry.unwrap();
-        let target = to.join(entry.path().strip_prefix(from).unwrap());
-        if entry.file_type().is_dir() {
-            fs::create_dir_all(&target).unwrap();
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn site_id(db: &Path) -> String {
     clinicsync::db::Db::open(db).unwrap().site_config().unwrap().site.to_string()
 }

@@ -557,19 +557,6 @@ fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
     assert!(waiting["waiting_for"].to_string().contains("has not arrived"), "{listed:#}");
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_the_deletion() {
     let family = Family::new();

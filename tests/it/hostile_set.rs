@@ -136,19 +136,6 @@ fn point_at_own_folder(dir: &Path) {
     set(&dir.join("a.db"), &[&format!("folder={}", dir.join("shared").display())]);
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn fill(text: &str) -> String {
     template().vars.iter().fold(text.to_owned(), |t, (k, v)| t.replace(k, v))
 }
@@ -212,9 +199,8 @@ fn run_over(scene: &Scene, path: &str) -> Outcome {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{path}: no JSON report ({e}): {}", String::from_utf8_lossy(&out.stdout)));
-    if let Some(peak) = report["peak_rss_kib"].as_u64() {
-        assert!(peak < CEILING_KIB, "{path}: the run peaked at {peak} KiB, over the ceiling");
-    }
+    let peak = report["peak_rss_kib"].as_u64().expect("the report gives the run's peak memory");
+    assert!(peak < CEILING_KIB, "{path}: the run peaked at {peak} KiB, over the ceiling");
     assert!(holdings(&db) == before, "{path}: the database changed: {}", report["events"]);
     if let Some(bytes) = item_bytes {
         assert!(fs::read(&item).is_ok_and(|now| now == bytes), "{path}: the item was overwritten or removed");

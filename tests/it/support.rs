@@ -180,3 +180,16 @@ pub(crate) fn has_patient(db: &Path, id: &str) -> bool {
         .expect("count")
         > 0
 }
+
+/// Copies a directory tree (a family's folder and databases) as it is.
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let target = to.join(entry.path().strip_prefix(from).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
