@@ -74,6 +74,10 @@ pub enum DbError {
         "it holds a version stamped by this site ({0}) that this site never made, so no clinicsync wrote it"
     )]
     ForgedStamp(String),
+    #[error(
+        "it holds a version of {table} {pk} field {column} under the stamp {stamp} that differs from the version this database has under it; one edit has one stamp, so one of the two copies was damaged or forged"
+    )]
+    StampClash { table: String, pk: String, column: String, stamp: String },
     #[error("database error: {0}")]
     Sql(#[from] rusqlite::Error),
 }

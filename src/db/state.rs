@@ -664,6 +664,14 @@ pub(crate) fn apply_doc<'r>(
         }
         let (row, had_records, before, stored) = match load_stored(conn, &key.table, &key.pk)? {
             Some((mut row, old_patient, stored)) => {
+                if let Some((column, stamp)) = row.clash_with(&incoming) {
+                    return Err(DbError::StampClash {
+                        table: key.table.clone(),
+                        pk: key.pk.clone(),
+                        column: column.to_owned(),
+                        stamp: stamp.encode(),
+                    });
+                }
                 let had_records = has_records(Some(&row));
                 if !row.join_from(&incoming) {
                     continue;

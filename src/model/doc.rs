@@ -292,6 +292,22 @@ impl RowState {
         self.fields.get(column).map(|f| f.winner().value())
     }
 
+    /// A field where `other` holds a version under a stamp that this row
+    /// holds with another value or base, and that stamp. No clinicsync
+    /// writes two versions under one stamp (one edit, one stamp), so one
+    /// of the two copies was damaged or forged; joining them would keep
+    /// both as a concurrent edit made out of nothing.
+    pub fn clash_with<'a>(&self, other: &'a RowState) -> Option<(&'a str, Hlc)> {
+        other.fields.iter().find_map(|(column, theirs)| {
+            let mine = self.fields.get(column)?;
+            theirs
+                .versions()
+                .iter()
+                .find(|v| mine.versions().iter().any(|w| w.hlc == v.hlc && w != *v))
+                .map(|v| (column.as_str(), v.hlc))
+        })
+    }
+
     /// Merges `other` into `self`; returns true when `self` changed.
     pub fn join_from(&mut self, other: &RowState) -> bool {
         let mut changed = false;
@@ -435,6 +451,28 @@ mod tests {
         let second = v("b", hlc(2, 2), &[first.hlc()]);
         let joined = FieldState::single(first).join(&FieldState::single(second.clone()));
         assert_eq!(joined.versions(), &[second]);
+    }
+
+    #[test]
+    fn another_version_under_a_known_stamp_is_a_clash_and_the_same_version_is_not() {
+        let row = |fields: &[(&str, FieldVersion)]| RowState {
+            cl: 1,
+            fields: fields.iter().map(|(c, v)| (c.to_string(), FieldState::single(v.clone()))).collect(),
+            deleted: Base::default(),
+        };
+        let stamp = hlc(5, 1);
+        let mine =
+            row(&[("phone", v("+1 555 0142", stamp, &[])), ("email", v("a@example.org", hlc(4, 1), &[]))]);
+        let same = row(&[("phone", v("+1 555 0142", stamp, &[]))]);
+        let later = row(&[("phone", v("+1 555 0199", hlc(6, 2), &[stamp]))]);
+        let other_value = row(&[("phone", v("+1 555 0143", stamp, &[]))]);
+        let other_base = row(&[("phone", v("+1 555 0142", stamp, &[hlc(3, 2)]))]);
+        assert_eq!(mine.clash_with(&same), None);
+        assert_eq!(mine.clash_with(&later), None);
+        assert_eq!(mine.clash_with(&other_value), Some(("phone", stamp)));
+        assert_eq!(mine.clash_with(&other_base), Some(("phone", stamp)));
+        // Joined, the clash would be a concurrent edit made out of nothing.
+        assert_eq!(mine.join(&other_value).fields["phone"].versions().len(), 2);
     }
 
     #[test]

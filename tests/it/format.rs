@@ -171,14 +171,51 @@ fn the_segment_format_is_frozen() {
 /// A mutation of a real file: the kinds of damage a disk, a cloud client or
 /// a hostile hand can do.
 #[derive(Clone, Debug)]
-enum Damage {
-    Flip { at: usize, to: u8 },
-    Cut { at: usize },
-    Repeat { from: usize, len: usize, to: usize },
-    Insert { at: usize, bytes: Vec<u8> },
+pub(crate) enum Damage {
+    Flip {
+        at: usize,
+        to: u8,
+    },
+    Cut {
+        at: usize,
+    },
+    Repeat {
+        from: usize,
+        len: usize,
+        to: usize,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    /// The `nth` element (counted modulo the elements there are) written
+    /// twice, one after the other.
+    DupElement {
+        nth: usize,
+    },
+    /// The `nth` attribute written twice on its element.
+    DupAttr {
+        nth: usize,
+    },
+    /// One hex digit of the `nth` stamp (an `h` or `b` attribute) set to
+    /// `digit`: the file stays well-formed and says something else.
+    Restamp {
+        nth: usize,
+        at: usize,
+        digit: u8,
+    },
+    /// The file up to `at`, then another file (`other`, modulo the others
+    /// given) from `from` on.
+    Splice {
+        at: usize,
+        other: usize,
+        from: usize,
+    },
 }
 
-fn damaged(body: &[u8], damage: &[Damage]) -> Vec<u8> {
+/// `body` with each of `damage` done to it in turn; `others` are the files
+/// a splice takes its second part from.
+pub(crate) fn damaged(body: &[u8], damage: &[Damage], others: &[&[u8]]) -> Vec<u8> {
     let mut out = body.to_vec();
     for d in damage {
         let n = out.len().max(1);
@@ -201,12 +238,86 @@ fn damaged(body: &[u8], damage: &[Damage]) -> Vec<u8> {
                 let at = (at % n).min(out.len());
                 out.splice(at..at, bytes.iter().copied());
             }
+            Damage::DupElement { nth } => {
+                let starts: Vec<usize> = out
+                    .windows(2)
+                    .enumerate()
+                    .filter(|(_, w)| w[0] == b'<' && w[1].is_ascii_alphabetic())
+                    .map(|(i, _)| i)
+                    .collect();
+                if let Some(&start) = starts.get(nth % starts.len().max(1))
+                    && let Some(end) = element_end(&out, start)
+                {
+                    let piece = out[start..end].to_vec();
+                    out.splice(end..end, piece);
+                }
+            }
+            Damage::DupAttr { nth } => {
+                let quotes: Vec<usize> =
+                    out.windows(2).enumerate().filter(|(_, w)| w == b"=\"").map(|(i, _)| i).collect();
+                if let Some(&eq) = quotes.get(nth % quotes.len().max(1)) {
+                    let name = out[..eq].iter().rposition(|&b| b == b' ').map_or(eq, |i| i + 1);
+                    if let Some(close) = out[eq + 2..].iter().position(|&b| b == b'"') {
+                        let end = eq + 2 + close + 1;
+                        let mut piece = vec![b' '];
+                        piece.extend_from_slice(&out[name..end]);
+                        out.splice(end..end, piece);
+                    }
+                }
+            }
+            Damage::Restamp { nth, at, digit } => {
+                let stamps: Vec<usize> = out
+                    .windows(4)
+                    .enumerate()
+                    .filter(|(_, w)| w == b" h=\"" || w == b" b=\"")
+                    .map(|(i, _)| i + 4)
+                    .collect();
+                if let Some(&start) = stamps.get(nth % stamps.len().max(1)) {
+                    let len = out[start..].iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(0);
+                    if len > 0 {
+                        out[start + at % len] = b"0123456789abcdef"[usize::from(*digit % 16)];
+                    }
+                }
+            }
+            Damage::Splice { at, other, from } => {
+                if !others.is_empty() {
+                    let other = others[other % others.len()];
+                    out.truncate(at % n);
+                    out.extend_from_slice(&other[from % other.len().max(1)..]);
+                }
+            }
         }
     }
     out
 }
 
-fn damage() -> impl Strategy<Value = Damage> {
+/// Where the element opening at `start` ends: after its `/>`, or after the
+/// first `</name>` that follows.
+fn element_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let name_len = bytes[start + 1..].iter().position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))?;
+    let name = &bytes[start + 1..start + 1 + name_len];
+    let open_end = start + bytes[start..].iter().position(|&b| b == b'>')?;
+    if bytes[open_end - 1] == b'/' {
+        return Some(open_end + 1);
+    }
+    let mut close = b"</".to_vec();
+    close.extend_from_slice(name);
+    close.push(b'>');
+    let at = bytes[open_end..].windows(close.len()).position(|w| w == close.as_slice())?;
+    Some(open_end + at + close.len())
+}
+
+/// A stamp changed in one digit: damage that a well-formedness check
+/// cannot see.
+pub(crate) fn restamp() -> impl Strategy<Value = Damage> {
+    (any::<usize>(), any::<usize>(), any::<u8>()).prop_map(|(nth, at, digit)| Damage::Restamp {
+        nth,
+        at,
+        digit,
+    })
+}
+
+pub(crate) fn damage() -> impl Strategy<Value = Damage> {
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(at, to)| Damage::Flip { at, to }),
         any::<usize>().prop_map(|at| Damage::Cut { at }),
@@ -233,6 +344,14 @@ fn damage() -> impl Strategy<Value = Damage> {
             )
         )
             .prop_map(|(at, bytes)| Damage::Insert { at, bytes }),
+        any::<usize>().prop_map(|nth| Damage::DupElement { nth }),
+        any::<usize>().prop_map(|nth| Damage::DupAttr { nth }),
+        restamp(),
+        (any::<usize>(), any::<usize>(), any::<usize>()).prop_map(|(at, other, from)| Damage::Splice {
+            at,
+            other,
+            from
+        }),
     ]
 }
 
@@ -253,9 +372,12 @@ proptest! {
             rows: golden_doc().rows.into_iter().map(|(k, r)| (("3f2504e0-4f89-11d3-9a0c-0305e82c3301".to_owned(), k), r)).collect(),
         });
         let site = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format/site-v1.xml")).unwrap();
-        for file in [patient, segment, site] {
-            let body = clinicsync::xmlstore::unseal(&file).unwrap();
-            let bad = damaged(body, &damage);
+        let bodies: Vec<Vec<u8>> =
+            [patient, segment, site].iter().map(|f| clinicsync::xmlstore::unseal(f).unwrap().to_vec()).collect();
+        for (i, body) in bodies.iter().enumerate() {
+            let others: Vec<&[u8]> =
+                bodies.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, b)| b.as_slice()).collect();
+            let bad = damaged(body, &damage, &others);
             let bytes = if reseal { seal(bad) } else { bad };
             if let Ok(doc) = decode_patient(&bytes, Limits::default()) {
                 prop_assert_eq!(decode_patient(&encode_patient(&doc), Limits::default()).unwrap(), doc);

@@ -14,6 +14,7 @@ mod deletions;
 mod format;
 mod guard;
 mod hostile;
+mod hostile_mutations;
 mod hostile_set;
 mod mapping;
 mod model_laws;
