@@ -7,6 +7,7 @@ mod progress;
 mod report;
 mod run;
 mod settings;
+mod sites;
 mod status;
 mod tombstones;
 

@@ -147,6 +147,63 @@ impl RunReport {
     }
 }
 
+/// What an event is about. The names are part of the `--json` output and
+/// of Latest Logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    Applied,
+    Skipped,
+    Gap,
+    HeldBack,
+    TooLarge,
+    Write,
+    SiteFile,
+    UnknownSite,
+    UnknownFile,
+    ConflictCopy,
+    Conflict,
+    Schema,
+    Parked,
+    Delete,
+    HeldDeletes,
+    KeepDeleted,
+    Purge,
+    Compact,
+    Export,
+    Scan,
+    Leftovers,
+    Failed,
+}
+
+impl EventKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Applied => "applied",
+            EventKind::Skipped => "skipped",
+            EventKind::Gap => "gap",
+            EventKind::HeldBack => "held-back",
+            EventKind::TooLarge => "too-large",
+            EventKind::Write => "write",
+            EventKind::SiteFile => "site-file",
+            EventKind::UnknownSite => "unknown-site",
+            EventKind::UnknownFile => "unknown-file",
+            EventKind::ConflictCopy => "conflict-copy",
+            EventKind::Conflict => "conflict",
+            EventKind::Schema => "schema",
+            EventKind::Parked => "parked",
+            EventKind::Delete => "delete",
+            EventKind::HeldDeletes => "held-deletes",
+            EventKind::KeepDeleted => "keep-deleted",
+            EventKind::Purge => "purge",
+            EventKind::Compact => "compact",
+            EventKind::Export => "export",
+            EventKind::Scan => "scan",
+            EventKind::Leftovers => "leftovers",
+            EventKind::Failed => "failed",
+        }
+    }
+}
+
 /// Collects the events of a run as it goes.
 pub(crate) struct Recorder {
     pub(crate) events: Vec<EventRecord>,
@@ -164,28 +221,28 @@ impl Recorder {
         Recorder { events: Vec::new(), partial: false, now_ms, applied_logged: 0, applied_unlogged: 0 }
     }
 
-    fn push(&mut self, level: &str, kind: &str, path: Option<&str>, message: String) {
+    fn push(&mut self, level: &str, kind: EventKind, path: Option<&str>, message: String) {
         self.events.push(EventRecord {
             at_ms: self.now_ms,
             level: level.to_owned(),
-            kind: kind.to_owned(),
+            kind: kind.as_str().to_owned(),
             path: path.map(str::to_owned),
             message,
         });
     }
 
-    pub(crate) fn info(&mut self, kind: &str, path: Option<&str>, message: String) {
+    pub(crate) fn info(&mut self, kind: EventKind, path: Option<&str>, message: String) {
         self.push("info", kind, path, message);
     }
 
     /// Something worth a look that does not make the run partial.
-    pub(crate) fn warning(&mut self, kind: &str, path: Option<&str>, message: String) {
+    pub(crate) fn warning(&mut self, kind: EventKind, path: Option<&str>, message: String) {
         self.push("warning", kind, path, message);
     }
 
     /// Something left undone: the run ends `partial` and the next run
     /// tries again.
-    pub(crate) fn skipped(&mut self, kind: &str, path: Option<&str>, message: String) {
+    pub(crate) fn skipped(&mut self, kind: EventKind, path: Option<&str>, message: String) {
         self.partial = true;
         self.push("error", kind, path, message);
     }
@@ -193,7 +250,7 @@ impl Recorder {
     pub(crate) fn applied(&mut self, path: &str, message: String) {
         if self.applied_logged < MAX_APPLIED_EVENTS {
             self.applied_logged += 1;
-            self.push("info", "applied", Some(path), message);
+            self.push("info", EventKind::Applied, Some(path), message);
         } else {
             self.applied_unlogged += 1;
         }
@@ -202,7 +259,7 @@ impl Recorder {
     pub(crate) fn finish(&mut self) {
         if self.applied_unlogged > 0 {
             let n = self.applied_unlogged;
-            self.push("info", "applied", None, format!("and {n} more files applied"));
+            self.push("info", EventKind::Applied, None, format!("and {n} more files applied"));
             self.applied_unlogged = 0;
         }
     }

@@ -8,12 +8,12 @@ use serde::Serialize;
 use super::EngineError;
 use super::host::SystemClock;
 use super::run::staging_dir;
-use crate::conflicts::{Classified, FileKind, classify_path};
+use super::sites::{self, PeerFile, Sites};
 use crate::db::{Db, HeldDeletes, KeptCopy};
 use crate::folder::layout::{MANIFEST, SITES_DIR};
 use crate::folder::{DiskFolder, Folder, IgnoreRules};
 use crate::model::Clock;
-use crate::xmlstore::{decode_manifest, decode_site, format_time};
+use crate::xmlstore::{decode_manifest, format_time};
 
 /// A sync older than this earns a warning.
 const STALE_AFTER_MS: u64 = 60 * 60 * 1000;
@@ -112,38 +112,25 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
     let watermarks = db.watermarks()?;
     let mut sites = Vec::new();
     if online {
-        let ignore = IgnoreRules::new();
-        for entry in folder.list(SITES_DIR).unwrap_or_default() {
-            if ignore.is_ignored(&entry.name) {
-                continue;
+        let found = match sites::read(&folder, &IgnoreRules::new(), cfg.family, cfg.site) {
+            Ok(found) => found,
+            Err(e) => {
+                warnings.push(format!("{SITES_DIR}/ cannot be listed: {e}"));
+                Sites::default()
             }
-            let path = format!("{SITES_DIR}/{}", entry.name);
-            match classify_path(&path) {
-                Classified::Original(_) => {}
-                Classified::Copy { of: FileKind::Site { site }, client } => {
-                    let whose = if site == cfg.site.to_string() { "this site's" } else { "another site's" };
-                    warnings.push(format!(
-                        "{path} is a copy of {whose} file made by {}: that site id is in use on two computers",
-                        client.label()
-                    ));
-                    continue;
-                }
-                _ => continue,
-            }
-            let Ok(bytes) = folder.read(&path, 1 << 20) else { continue };
-            let file = match decode_site(&bytes) {
-                Ok(f) => f,
-                Err(e) => {
-                    warnings.push(format!("{path} cannot be read: {e}"));
-                    continue;
-                }
-            };
+        };
+        if let Some((path, client)) = &found.own_copy {
+            warnings.push(format!(
+                "{path} is a copy of this site's file made by {}: this site id is in use on two computers; run `clinicsync reassign` on one of them",
+                client.label()
+            ));
+        }
+        warnings.extend(found.problems.iter().map(|p| format!("{} {}", p.path(), p.message())));
+        for PeerFile { file, .. } in found.own.into_iter().chain(found.peers) {
             let this_site = file.site == cfg.site;
             let mut warning = None;
             let ahead_ms = file.last_sync_ms.map_or(0, |ms| ms.saturating_sub(now));
-            if file.family != cfg.family {
-                warning = Some("belongs to another family".to_owned());
-            } else if this_site && file.machine != super::host::machine_fingerprint() {
+            if this_site && file.machine != super::host::machine_fingerprint() {
                 warning = Some(
                     "this site id is in use on another computer too: run `clinicsync reassign` on one of them"
                         .to_owned(),

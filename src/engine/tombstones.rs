@@ -16,13 +16,14 @@ use serde::Serialize;
 
 use super::EngineError;
 use super::host::SystemClock;
-use super::run::{PeerFile, staging_dir};
+use super::run::staging_dir;
 use super::settings::{self, Settings};
+use super::sites::{self, PeerFile, Problem, Sites};
 use crate::db::{Db, Purged, Tombstone};
-use crate::folder::layout::{LOG_DIR, SITES_DIR};
-use crate::folder::{DiskFolder, Folder, IgnoreRules};
+use crate::folder::layout::SITES_DIR;
+use crate::folder::{DiskFolder, IgnoreRules};
 use crate::model::{Clock, SiteId};
-use crate::xmlstore::{decode_site, format_time};
+use crate::xmlstore::format_time;
 
 /// Where a tombstone is on its way to being purged.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,10 +48,10 @@ pub(crate) enum Step {
 /// Every tombstone of the state with its step.
 /// `unknown`: sites the folder shows (they have a change-log) whose site
 /// file this site has not read: nothing is purged while one exists, since
-/// nobody can tell what it has.
+/// nobody can tell what it has; nor while a site file cannot be read.
 pub(crate) fn plan(
     db: &Db,
-    peers: &[PeerFile],
+    sites: &Sites,
     unknown: &[SiteId],
     own: SiteId,
     settings: &Settings,
@@ -58,7 +59,8 @@ pub(crate) fn plan(
 ) -> Result<Vec<(Tombstone, Step)>, EngineError> {
     let retention = settings.log_retention.as_millis() as u64;
     let dormancy = settings.dormancy.as_millis() as u64;
-    let active: Vec<&PeerFile> = peers
+    let active: Vec<&PeerFile> = sites
+        .peers
         .iter()
         .filter(|p| {
             let seen = p.file.last_sync_ms.unwrap_or(0).max(p.mtime_ms);
@@ -83,6 +85,9 @@ pub(crate) fn plan(
                     .collect();
                 waiting
                     .extend(unknown.iter().map(|s| format!("{} (its site file has not arrived)", s.short())));
+                waiting.extend(
+                    sites.unreadable().map(|path| format!("the site whose file {path} cannot be read")),
+                );
                 if waiting.is_empty() { Step::Purgeable } else { Step::Waiting { sites: waiting } }
             }
         };
@@ -117,48 +122,21 @@ pub struct TombstoneReport {
     pub purged: Vec<Purged>,
 }
 
-/// Sites with a change-log in the folder but no site file among `peers`.
-pub(crate) fn unknown_sites(
-    folder: &DiskFolder,
-    peers: &[PeerFile],
-    own: SiteId,
-) -> std::io::Result<Vec<SiteId>> {
-    let mut out = Vec::new();
-    for entry in folder.list(LOG_DIR)? {
-        if let Ok(site) = SiteId::parse(&entry.name)
-            && entry.is_dir
-            && site != own
-            && !peers.iter().any(|p| p.file.site == site)
-        {
-            out.push(site);
-        }
-    }
-    Ok(out)
-}
-
 /// Lists the tombstones of a database and the step each is at.
 pub fn tombstones(db_path: &Path) -> Result<TombstoneReport, EngineError> {
     let db = Db::open(db_path)?;
     let cfg = db.site_config()?;
     let settings = settings::load(&db)?;
     let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
-    let ignore = IgnoreRules::new();
-    let mut peers = Vec::new();
-    for entry in folder.list(SITES_DIR).unwrap_or_default() {
-        if ignore.is_ignored(&entry.name) || !entry.name.ends_with(".xml") {
-            continue;
-        }
-        let Ok(bytes) = folder.read(&format!("{SITES_DIR}/{}", entry.name), 1 << 20) else { continue };
-        let Ok(file) = decode_site(&bytes) else { continue };
-        if file.family != cfg.family || file.site == cfg.site || format!("{}.xml", file.site) != entry.name {
-            continue;
-        }
-        let mtime_ms = u64::try_from(entry.mtime_ns / 1_000_000).unwrap_or(0);
-        peers.push(PeerFile { file, mtime_ms });
-    }
+    // The same sites and the same judgement as the run's guard: a site
+    // file the run cannot read holds back the purge here too.
+    let sites = sites::read(&folder, &IgnoreRules::new(), cfg.family, cfg.site).unwrap_or_else(|e| Sites {
+        problems: vec![Problem::Unreadable { path: SITES_DIR.to_owned(), reason: e.to_string() }],
+        ..Sites::default()
+    });
     let now = SystemClock.now_ms();
-    let unknown = unknown_sites(&folder, &peers, cfg.site).unwrap_or_default();
-    let tombstones = plan(&db, &peers, &unknown, cfg.site, &settings, now)?
+    let unknown = sites::unknown_sites(&folder, &sites.peers, cfg.site).unwrap_or_default();
+    let tombstones = plan(&db, &sites, &unknown, cfg.site, &settings, now)?
         .into_iter()
         .map(|(t, step)| {
             let (name, waiting_for, purgeable_after) = match step {

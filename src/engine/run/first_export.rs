@@ -13,6 +13,7 @@ use crate::changelog::segment_path;
 use crate::db::{DbError, FirstExport, StoredPatient};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
+use crate::engine::report::EventKind;
 use crate::folder::layout::patient_path;
 use crate::folder::{DiskFolder, Folder};
 use crate::model::patient_file_name;
@@ -174,7 +175,11 @@ impl Run<'_> {
             Ok(size) => size,
             Err(e) => {
                 let path = segment_path(self.cfg.site, job.seq);
-                self.rec.skipped("write", Some(&path), format!("could not be written: {e}; will retry"));
+                self.rec.skipped(
+                    EventKind::Write,
+                    Some(&path),
+                    format!("could not be written: {e}; will retry"),
+                );
                 return Err(self.first_export_waits());
             }
         };
@@ -253,7 +258,11 @@ impl Run<'_> {
         let written = joined(job.done)?;
         self.folder.absorb(written.folder);
         if let Some((n, e)) = written.failed {
-            self.rec.skipped("write", None, format!("could not write {n} patient files: {e}; will retry"));
+            self.rec.skipped(
+                EventKind::Write,
+                None,
+                format!("could not write {n} patient files: {e}; will retry"),
+            );
             return Ok(false);
         }
         let w = self.db.begin_write(self.now_ms)?;

@@ -1,0 +1,234 @@
+//! Conflict copies: merge the copies a cloud client made, then delete or keep
+//! each once its original holds everything it held; one site rebuilds an
+//! original a client renamed away.
+
+use crate::conflicts::{Classified, Client, FileKind, classify_path};
+use crate::db::KeptCopy;
+use crate::engine::EngineError;
+use crate::folder::layout::{PATIENTS_DIR, patient_path};
+use crate::folder::{Entry, Folder};
+use crate::model::PatientDoc;
+use crate::xmlstore::decode_patient;
+
+use super::{COPIES_WAIT_FOR_LEADER_MS, FileRef, Run};
+use crate::engine::report::EventKind;
+
+/// A copy merged this run.
+pub(super) struct MergedCopy {
+    pub(super) path: String,
+    pub(super) stem: String,
+    pub(super) client: Client,
+    pub(super) size: u64,
+    pub(super) mtime_ns: i64,
+    /// Merged and kept by an earlier run once its original was up to
+    /// date; its content is in the database since.
+    pub(super) settled_before: bool,
+}
+
+impl Run<'_> {
+    /// With logs on, a run lists no patient folder unless it must. It lists
+    /// a shard where it found another writer's version of a patient file,
+    /// and every directory under `patients/` whose modification time moved
+    /// for a reason other than this site's own writes (257 stats: a cloud
+    /// client added, renamed or removed something there), and merges the
+    /// conflict copies it finds; likewise a decorated `patients` folder.
+    pub(super) fn merge_nearby_copies(&mut self) -> Result<(), EngineError> {
+        let moved = self.check_patient_dirs()?;
+        if self.counts.full_scan {
+            return Ok(());
+        }
+        let mut files = Vec::new();
+        for dir in moved {
+            match dir.strip_prefix(PATIENTS_DIR).and_then(|d| d.strip_prefix('/')) {
+                Some(shard) => {
+                    self.suspect_shards.insert(shard.to_owned());
+                }
+                None => {
+                    // A shard folder added, removed or renamed: a decorated
+                    // copy of one (`ab (Case Conflict)`) holds copies.
+                    let entries =
+                        self.folder.list(PATIENTS_DIR).map_err(|e| self.io("cannot list patients/", e))?;
+                    let decorated: Vec<Entry> = entries
+                        .into_iter()
+                        .filter(|e| {
+                            e.is_dir && !(e.name.len() == 2 && e.name.bytes().all(|b| b.is_ascii_hexdigit()))
+                        })
+                        .collect();
+                    self.collect_patient_files(PATIENTS_DIR, decorated, &mut files)?;
+                }
+            }
+        }
+        for (top, _) in self.decorated.clone() {
+            let shards = self.folder.list(&top).map_err(|e| self.io(&format!("cannot list {top}"), e))?;
+            self.collect_patient_files(&top, shards, &mut files)?;
+        }
+        for shard in std::mem::take(&mut self.suspect_shards) {
+            let dir = format!("{PATIENTS_DIR}/{shard}");
+            let entries = self.folder.list(&dir).map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
+            for entry in entries {
+                if entry.is_dir || self.ignore.is_ignored(&entry.name) {
+                    continue;
+                }
+                let path = format!("{dir}/{}", entry.name);
+                match classify_path(&path) {
+                    Classified::Copy { of: FileKind::Patient { stem }, client } => {
+                        files.push(FileRef {
+                            path,
+                            stem,
+                            copy: Some(client),
+                            repair: None,
+                            size: entry.size,
+                        });
+                    }
+                    // Another writer's version this run has not read, and
+                    // no change-log told of (an old file a client brought
+                    // back, a site that wrote rows it should not have).
+                    Classified::Original(FileKind::Patient { stem })
+                        if !self.read_this_run.contains(&path)
+                            && self.db.file_seen(&path)?.is_none_or(|(size, mtime_ns, _)| {
+                                size != entry.size || mtime_ns != entry.mtime_ns
+                            }) =>
+                    {
+                        files.push(FileRef { path, stem, copy: None, repair: None, size: entry.size });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        files.retain(|f| f.copy.is_some() || f.repair.is_none());
+        if !files.is_empty() {
+            self.reconcile(files, Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// Deletes (or, with `auto_delete_conflicts` off, remembers) every copy
+    /// merged this run whose original is now up to date. A copy whose
+    /// original could not be written stays for the next run.
+    pub(super) fn settle_copies(&mut self) -> Result<(), EngineError> {
+        for c in std::mem::take(&mut self.merged_copies) {
+            let original = patient_path(&c.stem);
+            let made_by = c.client.label();
+            if self.left_for_leader.contains(&c.stem) {
+                self.rec.info(
+                    EventKind::ConflictCopy,
+                    Some(&c.path),
+                    format!("a copy made by {made_by}: merged; {original} is gone, and the site that rebuilds it writes it and deletes the copies (two sites writing it at once would clash again)"),
+                );
+                continue;
+            }
+            if !c.settled_before && !self.settled.contains(&c.stem) {
+                self.rec.skipped(
+                    EventKind::ConflictCopy,
+                    Some(&c.path),
+                    format!("was merged, but {original} could not be brought up to date; the copy stays until it is"),
+                );
+                continue;
+            }
+            if !self.settings.auto_delete_conflicts {
+                if !self.db.is_kept_copy(&c.path)? {
+                    self.db.keep_copy(&KeptCopy {
+                        path: c.path.clone(),
+                        original: original.clone(),
+                        client: made_by.to_owned(),
+                        merged_ms: self.now_ms,
+                    })?;
+                    self.counts.conflict_copies_kept += 1;
+                    self.rec.info(
+                        EventKind::ConflictCopy,
+                        Some(&c.path),
+                        format!("a copy made by {made_by}: merged into {original} and kept (auto_delete_conflicts is off); it is not merged again unless it changes"),
+                    );
+                }
+                continue;
+            }
+            // Delete only the bytes that were merged.
+            match self.folder.metadata(&c.path) {
+                Ok(Some(e)) if e.size == c.size && e.mtime_ns == c.mtime_ns => {}
+                Ok(None) => {
+                    self.db.forget_copy(&c.path)?;
+                    continue;
+                }
+                _ => {
+                    self.rec.info(
+                        EventKind::ConflictCopy,
+                        Some(&c.path),
+                        "changed after it was merged; it is merged again next run".into(),
+                    );
+                    continue;
+                }
+            }
+            if let Err(e) = self.folder.remove(&c.path) {
+                self.rec.warning(
+                    EventKind::ConflictCopy,
+                    Some(&c.path),
+                    format!("was merged into {original} but could not be deleted: {e}; will retry"),
+                );
+                continue;
+            }
+            self.db.forget_copy(&c.path)?;
+            self.counts.conflict_copies_deleted += 1;
+            self.rec.info(
+                EventKind::ConflictCopy,
+                Some(&c.path),
+                format!("a copy made by {made_by}: merged into {original} and deleted"),
+            );
+        }
+        if self.settings.auto_delete_conflicts {
+            // Deepest first: shard copies before a decorated patients folder.
+            let mut dirs: Vec<String> = std::mem::take(&mut self.copy_dirs).into_iter().collect();
+            dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
+            for dir in dirs {
+                if matches!(self.folder.remove_empty_dir(&dir), Ok(true)) {
+                    self.rec.info(
+                        EventKind::ConflictCopy,
+                        Some(&dir),
+                        "a copied folder, now empty: deleted".into(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this site writes again an original that a cloud client
+    /// renamed away into copies (rclone: both sides renamed, the name gone).
+    /// Every site that merged the copies would, and two sites writing the
+    /// same new file between two passes of the client make it clash again,
+    /// forever. So one site does it: the one with the lowest id among the
+    /// sites active within the dormancy; any site does it once the copies
+    /// have waited an hour (that site is away).
+    pub(super) fn rebuilds_original(&self, stem: &str) -> bool {
+        let dormancy = self.settings.dormancy.as_millis() as u64;
+        let active = |last: u64| self.now_ms.saturating_sub(last) < dormancy;
+        let leader = self
+            .sites
+            .peers
+            .iter()
+            .filter(|p| active(p.file.last_sync_ms.unwrap_or(p.mtime_ms)))
+            .map(|p| p.file.site)
+            .chain(std::iter::once(self.cfg.site))
+            .min();
+        if leader == Some(self.cfg.site) {
+            return true;
+        }
+        let newest_copy_ms = self
+            .merged_copies
+            .iter()
+            .filter(|c| c.stem == stem)
+            .map(|c| (c.mtime_ns.max(0) / 1_000_000) as u64)
+            .max()
+            .unwrap_or(0);
+        self.now_ms.saturating_sub(newest_copy_ms) > COPIES_WAIT_FOR_LEADER_MS
+    }
+
+    /// The bytes of a copy of `stem` applied this run that already holds
+    /// everything `doc` holds, read again from the folder.
+    pub(super) fn copy_covering(&self, stem: &str, doc: &PatientDoc) -> Option<Vec<u8>> {
+        self.copy_docs.get(stem)?.iter().find_map(|path| {
+            let bytes = self.folder.read(path, self.limits.max_file_bytes).ok()?;
+            let copy = decode_patient(&bytes, self.limits).ok()?;
+            copy.covers(doc).then_some(bytes)
+        })
+    }
+}

@@ -1,0 +1,229 @@
+//! Deletions that arrive: a purge another site did, the mass-delete guard
+//! and a person's decision on what it held, and rows the app's tables
+//! refuse for now (parked).
+
+use std::collections::BTreeMap;
+
+use crate::db::HeldGroup;
+use crate::engine::EngineError;
+use crate::model::Hlc;
+
+use super::{PARKED_NAMED, Run, SEGMENT_ROWS};
+use crate::engine::report::EventKind;
+
+impl Run<'_> {
+    /// This site was away while others purged tombstones it never read.
+    /// The rows they say they purged (`<purged>` in their site files) that
+    /// this site still holds go here too (through the mass-delete guard),
+    /// instead of coming back. Runs after a complete full scan. A row no
+    /// site lists any more (purged longer ago than the sites publish) is
+    /// kept: if it comes back, the sites that purged it write its deletion
+    /// into its file.
+    pub(super) fn apply_peer_purge(&mut self, horizon: Hlc) -> Result<(), EngineError> {
+        let mut listed: BTreeMap<(String, String), crate::xmlstore::PurgedKey> = BTreeMap::new();
+        for peer in &self.sites.peers {
+            for p in &peer.file.purged {
+                let slot = listed.entry((p.table.clone(), p.pk.clone())).or_insert_with(|| p.clone());
+                if p.cl > slot.cl {
+                    *slot = p.clone();
+                }
+            }
+        }
+        let listed: Vec<_> = listed.into_values().collect();
+        self.counts.purged_elsewhere += self.db.drop_listed_purged(&listed, horizon, self.now_ms)? as u64;
+        self.db.set_meta("horizon_applied", &horizon.encode())?;
+        if self.counts.purged_elsewhere > 0 {
+            self.rec.info(
+                EventKind::Purge,
+                None,
+                format!(
+                    "{} rows this site still had were deleted and purged by the other sites while it was away (horizon {}); they are deleted here too",
+                    self.counts.purged_elsewhere,
+                    crate::xmlstore::format_time(horizon.wall_ms())
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// `sync --keep-deleted`: every deletion the guard held when the run
+    /// started is refused. The rows stay in the app's tables and go back to
+    /// every site as new inserts, in bounded exports.
+    pub(super) fn keep_deleted(&mut self) -> Result<(), EngineError> {
+        if !self.keep_deleted {
+            return Ok(());
+        }
+        let mut kept = crate::db::Kept { more: true, ..Default::default() };
+        while kept.more {
+            let mut w = self.db.begin_write(self.now_ms)?;
+            let step = w.keep_held(SEGMENT_ROWS)?;
+            let stamped = w.commit()?;
+            self.note_stamped(stamped);
+            kept.rows += step.rows;
+            kept.patients += step.patients;
+            kept.more = step.more;
+            for (site, n, first, last) in step.by_site {
+                match kept.by_site.iter_mut().find(|(s, ..)| *s == site) {
+                    Some((_, m, f, l)) => {
+                        *m += n;
+                        *f = (*f).min(first);
+                        *l = (*l).max(last);
+                    }
+                    None => kept.by_site.push((site, n, first, last)),
+                }
+            }
+        }
+        self.counts.rows_kept += kept.rows;
+        if kept.by_site.is_empty() {
+            self.rec.info(EventKind::KeepDeleted, None, "no deletion was held; nothing to keep".into());
+        }
+        for (site, n, first, last) in &kept.by_site {
+            let when = if first == last {
+                crate::xmlstore::format_time(*first)
+            } else {
+                format!(
+                    "between {} and {}",
+                    crate::xmlstore::format_time(*first),
+                    crate::xmlstore::format_time(*last)
+                )
+            };
+            self.rec.info(
+                EventKind::KeepDeleted,
+                None,
+                format!(
+                    "kept {n} rows that site {} deleted {when} (refused with --keep-deleted); they stay here and go back to every site as new rows",
+                    self.site_label(site)
+                ),
+            );
+        }
+        self.write_outbox_quietly()
+    }
+
+    /// The mass-delete guard. Every incoming deletion of a row the app
+    /// shows was held while it was applied; now the run knows how many
+    /// there are. The patients' deletions (with their child rows) are one
+    /// group, and each child table's rows deleted on their own are
+    /// another: a group within the threshold (of the patients, or of that
+    /// table's rows) is applied to the app's tables; a larger one waits for
+    /// `sync --confirm-deletes` or `sync --keep-deleted`, and the run is
+    /// partial.
+    pub(super) fn guard_deletes(&mut self) -> Result<(), EngineError> {
+        if self.db.held_deletes()?.rows == 0 {
+            return Ok(());
+        }
+        self.db.forget_revived_held()?;
+        let held = self.db.held_deletes()?;
+        if held.rows == 0 {
+            return Ok(());
+        }
+        let percent = u64::from(self.settings.mass_delete_percent);
+        let min = self.settings.mass_delete_min_patients;
+        let sites = held.sites.iter().map(|s| self.site_label(s)).collect::<Vec<_>>().join(", ");
+        let mut groups = Vec::new();
+        if held.patients > 0 {
+            let root = self.db.mapping().root.table.clone();
+            let own: u64 = held.tables.iter().map(|t| t.rows).sum();
+            groups.push((HeldGroup::Patients, root, held.patients, held.rows - own));
+        }
+        for t in &held.tables {
+            groups.push((HeldGroup::Table(t.table.clone()), t.table.clone(), t.rows, t.rows));
+        }
+        for (group, table, count, rows) in groups {
+            let total = self.db.table_count(&table)?;
+            let limit = min.max((total * percent).div_ceil(100));
+            let what = match group {
+                HeldGroup::Patients => format!("{count} patients"),
+                _ => format!("{count} rows of {table}"),
+            };
+            if count <= limit || self.confirm_deletes {
+                let released = self.db.release_held(&group)?;
+                self.counts.patients_deleted += released.patients;
+                self.counts.rows_deleted += released.rows;
+                let why = if count > limit { " (confirmed with --confirm-deletes)" } else { "" };
+                let with = match group {
+                    HeldGroup::Patients if released.rows > released.patients => {
+                        format!(" with {} of their rows", released.rows - released.patients)
+                    }
+                    _ => String::new(),
+                };
+                self.rec.info(
+                    EventKind::Delete,
+                    None,
+                    format!("deleted {what}{with} that site {sites} deleted{why}"),
+                );
+                continue;
+            }
+            self.counts.rows_held += rows;
+            let (whole, shown) = match group {
+                HeldGroup::Patients => {
+                    self.counts.deletes_held += count;
+                    (
+                        format!("{percent}% of this database's {total} patients, and at least {min}"),
+                        format!("they and their {} rows are still shown here", rows - count),
+                    )
+                }
+                _ => (
+                    format!("{percent}% of the {total} rows of {table}, and at least {min}"),
+                    "their patients stay, and the rows are still shown here".to_owned(),
+                ),
+            };
+            self.rec.skipped(
+                EventKind::HeldDeletes,
+                None,
+                format!(
+                    "{what} were deleted at site {sites}: more than {limit} ({whole}), so {shown} and their deletion waits; everything else was applied. If the deletion is right, run `clinicsync sync --confirm-deletes`; to keep them and send them back to every site, run `clinicsync sync --keep-deleted`"
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// A site as people know it: its short id and name.
+    pub(super) fn site_label(&self, site: &str) -> String {
+        let short = site.get(..8).unwrap_or(site);
+        match self.sites.peers.iter().find(|p| p.file.site.to_string() == site) {
+            Some(p) => format!("{short} ({})", p.file.name),
+            None if site == self.cfg.site.to_string() => format!("{short} (this site)"),
+            None => short.to_owned(),
+        }
+    }
+
+    /// Rows whose fields arrived only in part wait outside the app's tables;
+    /// once the rest has arrived they are shown.
+    pub(super) fn show_parked_rows(&mut self) -> Result<(), EngineError> {
+        if !self.db.has_parked()? {
+            return Ok(());
+        }
+        let mut w = self.db.begin_write(self.now_ms)?;
+        let still = w.retry_parked()?;
+        let stamped = w.commit()?;
+        self.note_stamped(stamped);
+        // The first few by name, the rest counted per table: a file of a
+        // hundred thousand such rows must not make as many log lines.
+        let mut more: BTreeMap<String, u64> = BTreeMap::new();
+        for (i, (key, reason)) in still.into_iter().enumerate() {
+            if i >= PARKED_NAMED {
+                *more.entry(key.table).or_default() += 1;
+                continue;
+            }
+            self.rec.skipped(
+                EventKind::Parked,
+                None,
+                format!(
+                    "row {}/{} is kept by clinicsync but the app's table cannot hold it yet ({reason}); the rest of its data is on its way, and every run tries again",
+                    key.table, key.pk
+                ),
+            );
+        }
+        for (table, n) in more {
+            self.rec.skipped(
+                EventKind::Parked,
+                None,
+                format!(
+                    "and {n} more rows of {table} that the app's table cannot hold yet; every run tries again"
+                ),
+            );
+        }
+        Ok(())
+    }
+}

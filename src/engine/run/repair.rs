@@ -1,0 +1,544 @@
+//! Read-repair: join what the patient files hold into the database, chunk by
+//! chunk, and write every file that is behind the database again.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::db::{DbError, StoredPatient};
+use crate::engine::EngineError;
+use crate::folder::layout::patient_path;
+use crate::folder::{Entry, Folder};
+use crate::model::{PatientDoc, PatientId, patient_file_name, shard_of};
+use crate::xmlstore::{RowsDigest, encode_patient};
+
+use super::{
+    CHUNK, CHUNK_BYTES, FileRef, Loaded, MAX_REQUEUES, MergedCopy, Run, WRITE_BATCH_BYTES, on_both_cores,
+    sha_hex,
+};
+use crate::engine::report::EventKind;
+
+/// A file to compare with this database's encoding: its place in the
+/// chunk, bytes and metadata, the patient's stored rows, the patient.
+pub(super) type Comparison = (usize, Vec<u8>, Entry, Option<StoredPatient>, String);
+
+/// What a chunk learned about a patient's original file.
+pub(super) enum Original {
+    /// Its bytes, and what it holds when this run decoded it.
+    Present(Vec<u8>, Entry, Option<Box<PatientDoc>>),
+    Absent,
+    /// Unreadable: never overwritten.
+    Blocked,
+}
+
+pub(super) enum Work {
+    File(FileRef),
+    Patient(String),
+}
+
+impl Run<'_> {
+    /// Joins files into the database and rewrites every patient file that
+    /// is behind the database (read-repair), following rows that moved
+    /// between patients. Works in chunks, so memory stays bounded however
+    /// many files there are. Returns true when every wanted patient file is
+    /// up to date.
+    pub(super) fn reconcile(
+        &mut self,
+        files: Vec<FileRef>,
+        patients: Vec<String>,
+    ) -> Result<bool, EngineError> {
+        let step = if files.is_empty() { "writing patient files" } else { "reading patient files" };
+        self.progress.step(step, (files.len() + patients.len()) as u64);
+        let mut queue: VecDeque<Work> = files.into_iter().map(Work::File).collect();
+        queue.extend(patients.into_iter().map(Work::Patient));
+        let mut done: HashSet<String> = HashSet::new();
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut requeued: HashMap<String, u32> = HashMap::new();
+        let mut left = 0usize;
+        while !queue.is_empty() {
+            let mut to_load: Vec<FileRef> = Vec::new();
+            let mut loading: HashSet<String> = HashSet::new();
+            let mut wanted: BTreeSet<String> = BTreeSet::new();
+            let mut chunk_bytes = 0u64;
+            while to_load.len() < CHUNK && chunk_bytes < CHUNK_BYTES {
+                let Some(work) = queue.pop_front() else { break };
+                match work {
+                    Work::File(f) => {
+                        if f.copy.is_none() {
+                            loading.insert(f.stem.clone());
+                        }
+                        chunk_bytes += f.size;
+                        to_load.push(f);
+                    }
+                    Work::Patient(p) => {
+                        let stem = patient_file_name(&p);
+                        if done.contains(&p) || blocked.contains(&stem) {
+                            continue;
+                        }
+                        if loading.insert(stem.clone()) {
+                            let path = patient_path(&stem);
+                            let size = self.folder.metadata(&path).ok().flatten().map_or(0, |e| e.size);
+                            chunk_bytes += size;
+                            to_load.push(FileRef { path, stem, copy: None, repair: Some(p.clone()), size });
+                        }
+                        wanted.insert(p);
+                    }
+                }
+            }
+            let mut in_sync = HashSet::new();
+            let mut changed = HashSet::new();
+            let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
+            self.progress.advance(to_load.len() as u64);
+            let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
+            for patient in wanted {
+                let stem = patient_file_name(&patient);
+                if done.contains(&patient) || blocked.contains(&stem) {
+                    continue;
+                }
+                if in_sync.contains(&patient) && !changed.contains(&patient) {
+                    done.insert(patient);
+                    continue;
+                }
+                let existing = match originals.get(&stem) {
+                    Some(Original::Blocked) => {
+                        blocked.insert(stem);
+                        continue;
+                    }
+                    Some(Original::Present(bytes, entry, _)) => Some((bytes, entry)),
+                    Some(Original::Absent) => None,
+                    None => {
+                        // A patient a row moved to or from: its file is read
+                        // and joined in a later chunk.
+                        self.requeue(&mut queue, &mut requeued, patient, &mut left);
+                        continue;
+                    }
+                };
+                let (mut doc, from_state) = match self.db.patient_for_file(&patient, &self.limits)? {
+                    Ok(found) => found,
+                    Err(why) => {
+                        self.file_too_large(&stem, &patient, &why);
+                        done.insert(patient);
+                        continue;
+                    }
+                };
+                let mut retold = 0;
+                let mut rejoined = false;
+                if let Some(keys) = self.stale_purged.remove(&stem)
+                    && let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
+                {
+                    rejoined = true;
+                    // The file brings back rows this site purged (a site that
+                    // was away wrote them): it is written again with their
+                    // deletion, joined with what it holds, so that site
+                    // deletes them too and keeps its later edits for review.
+                    for (key, tombstone) in self.db.purged_tombstones(&keys)? {
+                        doc.rows.insert(key, tombstone);
+                        retold += 1;
+                    }
+                    doc = file.join(&doc);
+                }
+                if retold > 0 {
+                    let path = patient_path(&stem);
+                    self.rec.warning(
+                        EventKind::Purge,
+                        Some(&path),
+                        format!(
+                            "brings back {retold} rows of patient {patient} that were deleted and purged here; a site that has not applied the deletion wrote them, so the file is written again with the deletion and that site deletes them too (its edits are kept there for review)"
+                        ),
+                    );
+                }
+                if let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
+                    && file.covers(&doc)
+                {
+                    // The file already holds everything this site knows
+                    // (and maybe more it refuses, such as rows it purged):
+                    // it is not behind.
+                    done.insert(patient);
+                    continue;
+                }
+                if doc.rows.is_empty() {
+                    // Nothing known of the patient: its file is left as it
+                    // is, unless this run purged the patient (its file goes;
+                    // a site still keeping the tombstone may write it again,
+                    // and it is left alone after that).
+                    if existing.is_some() && self.purged_now.contains(&patient) {
+                        let path = patient_path(&stem);
+                        match self.folder.remove(&path) {
+                            Ok(()) => self.counts.files_removed += 1,
+                            Err(e) => self.rec.warning(
+                                EventKind::Purge,
+                                Some(&path),
+                                format!("could not be deleted: {e}; will retry"),
+                            ),
+                        }
+                    }
+                    done.insert(patient);
+                    continue;
+                }
+                let mut bytes = if rejoined { encode_patient(&doc) } else { from_state };
+                if existing.is_some_and(|(old, _)| *old == bytes) {
+                    done.insert(patient);
+                    continue;
+                }
+                if let Some(why) = self.limits.refusal(&bytes) {
+                    self.file_too_large(&stem, &patient, &why);
+                    done.insert(patient);
+                    continue;
+                }
+                if existing.is_none() && self.copy_docs.contains_key(&stem) && !self.rebuilds_original(&stem)
+                {
+                    // Another site rebuilds it; the copies stay until then.
+                    self.left_for_leader.insert(stem);
+                    continue;
+                }
+                if existing.is_none()
+                    && let Some(copy) = self.copy_covering(&stem, &doc)
+                {
+                    // The original is gone (rclone renames both sides of a
+                    // conflict) and a copy already holds everything this
+                    // site knows: it becomes the original as it is, so sites
+                    // that refuse part of it (rows they purged) and sites
+                    // that keep it write the same bytes instead of clashing
+                    // again.
+                    bytes = copy;
+                }
+                // The file must not have changed since it was read: a newer
+                // delivery is read and joined first.
+                let path = patient_path(&stem);
+                let now =
+                    self.folder.metadata(&path).map_err(|e| self.io(&format!("cannot stat {path}"), e))?;
+                let same = match (existing, &now) {
+                    (None, None) => true,
+                    (Some((old, e)), Some(n)) => {
+                        e.size == n.size && e.mtime_ns == n.mtime_ns && old.len() as u64 == n.size
+                    }
+                    _ => false,
+                };
+                if !same {
+                    self.requeue(&mut queue, &mut requeued, patient, &mut left);
+                    continue;
+                }
+                writes.push((path, bytes, patient));
+            }
+            drop(originals);
+            self.write_files(writes, &mut done)?;
+        }
+        if !self.merged_copies.is_empty() {
+            self.settled.extend(done.iter().map(|p| patient_file_name(p)));
+        }
+        if left > 0 {
+            self.rec.skipped(
+                EventKind::Write,
+                None,
+                format!(
+                    "{left} patient files kept changing while this run read them; the next run finishes them"
+                ),
+            );
+        }
+        Ok(left == 0 && blocked.is_empty())
+    }
+
+    pub(super) fn requeue(
+        &mut self,
+        queue: &mut VecDeque<Work>,
+        requeued: &mut HashMap<String, u32>,
+        patient: String,
+        left: &mut usize,
+    ) {
+        let n = requeued.entry(patient.clone()).or_insert(0);
+        *n += 1;
+        if *n > MAX_REQUEUES {
+            *left += 1;
+        } else {
+            queue.push_back(Work::Patient(patient));
+        }
+    }
+
+    /// Loads and joins one chunk of files in one transaction. Returns what
+    /// it learned of each original file; adds the patients whose files may
+    /// now be behind to `wanted`.
+    pub(super) fn apply_chunk(
+        &mut self,
+        chunk: &[FileRef],
+        wanted: &mut BTreeSet<String>,
+        in_sync: &mut HashSet<String>,
+        changed: &mut HashSet<String>,
+    ) -> Result<HashMap<String, Original>, EngineError> {
+        let mut originals = HashMap::new();
+        let mut loaded = Vec::with_capacity(chunk.len());
+        let mut compared = self.compare_with_ours(chunk)?;
+        for (f, compared) in chunk.iter().zip(compared.iter_mut()) {
+            if let Some(patient) = &f.repair
+                && let Some(state) = compared.take()
+            {
+                if matches!(state, Original::Absent) {
+                    // Not there: a new patient, or rclone renamed both
+                    // sides of a conflict away from the original name.
+                    self.suspect_shards.insert(shard_of(&f.stem));
+                }
+                if matches!(state, Original::Present(..)) {
+                    in_sync.insert(patient.clone());
+                }
+                originals.insert(f.stem.clone(), state);
+                continue;
+            }
+            match self.load(f)? {
+                Loaded::Doc { doc, bytes, entry, sha } => loaded.push((f, doc, bytes, entry, sha)),
+                Loaded::Unchanged { bytes, entry } if f.copy.is_none() => {
+                    originals.insert(f.stem.clone(), Original::Present(bytes, entry, None));
+                }
+                Loaded::Gone if f.copy.is_none() => {
+                    originals.insert(f.stem.clone(), Original::Absent);
+                }
+                // Never overwrite what cannot be read: it may be a newer
+                // version still arriving.
+                Loaded::Skipped if f.copy.is_none() => {
+                    originals.insert(f.stem.clone(), Original::Blocked);
+                }
+                // A copy merged by an earlier run and still there.
+                Loaded::Unchanged { entry, .. } => {
+                    if let Some(client) = f.copy
+                        && self.settings.auto_delete_conflicts
+                    {
+                        self.merged_copies.push(MergedCopy {
+                            path: f.path.clone(),
+                            stem: f.stem.clone(),
+                            client,
+                            size: entry.size,
+                            mtime_ns: entry.mtime_ns,
+                            settled_before: true,
+                        });
+                    }
+                }
+                Loaded::Gone | Loaded::Skipped => {}
+            }
+        }
+        if loaded.is_empty() {
+            return Ok(originals);
+        }
+        let mut w = self.db.begin_write(self.now_ms)?;
+        w.hold_deletes();
+        let mut results = Vec::with_capacity(loaded.len());
+        for (f, doc, _, entry, sha) in &loaded {
+            let result = w.apply_doc(doc, &f.path);
+            if result.is_ok() {
+                w.record_file(&f.path, entry.size, entry.mtime_ns, sha)?;
+            }
+            results.push(result);
+        }
+        let stamped = w.commit()?;
+        self.note_stamped(stamped);
+        for ((f, doc, bytes, entry, _), result) in loaded.into_iter().zip(results) {
+            let (size, mtime_ns) = (entry.size, entry.mtime_ns);
+            match result {
+                Ok(outcome) => {
+                    wanted.insert(doc.patient.0.clone());
+                    wanted.extend(outcome.affected.iter().cloned());
+                    if outcome.rows_changed > 0 {
+                        changed.insert(doc.patient.0.clone());
+                        changed.extend(outcome.affected.iter().cloned());
+                    }
+                    let patient = doc.patient.clone();
+                    if f.copy.is_none() && !outcome.stale_purged.is_empty() {
+                        self.stale_purged.insert(f.stem.clone(), outcome.stale_purged.clone());
+                    }
+                    if f.copy.is_none() {
+                        originals
+                            .insert(f.stem.clone(), Original::Present(bytes, entry, Some(Box::new(doc))));
+                    } else {
+                        self.copy_docs.entry(f.stem.clone()).or_default().push(f.path.clone());
+                    }
+                    for warning in outcome.warnings {
+                        self.rec.warning(EventKind::Schema, Some(&f.path), warning);
+                    }
+                    if outcome.rows_changed > 0 {
+                        self.counts.files_applied += 1;
+                        self.counts.rows_applied += outcome.rows_changed as u64;
+                        self.rec.applied(
+                            &f.path,
+                            format!("applied {} changed rows of patient {}", outcome.rows_changed, patient),
+                        );
+                    }
+                    if outcome.new_conflicts > 0 {
+                        self.counts.new_conflicts += outcome.new_conflicts as u64;
+                        self.rec.warning(
+                            EventKind::Conflict,
+                            Some(&f.path),
+                            format!(
+                                "{} concurrent edits of patient {} kept for review (`clinicsync conflicts`)",
+                                outcome.new_conflicts, patient
+                            ),
+                        );
+                    }
+                    if let Some(client) = f.copy {
+                        self.counts.conflict_copies_merged += 1;
+                        self.merged_copies.push(MergedCopy {
+                            path: f.path.clone(),
+                            stem: f.stem.clone(),
+                            client,
+                            size,
+                            mtime_ns,
+                            settled_before: false,
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.counts.files_skipped += 1;
+                    self.rec.skipped(
+                        EventKind::Skipped,
+                        Some(&f.path),
+                        format!("could not be applied to the database, nothing of it was kept: {e}"),
+                    );
+                    if f.copy.is_none() {
+                        originals.insert(f.stem.clone(), Original::Blocked);
+                    }
+                }
+            }
+        }
+        Ok(originals)
+    }
+
+    /// Read-repair's fast paths. A file whose rows digest equals the one
+    /// this database keeps for the patient holds exactly its rows: up to
+    /// date, with neither the state's rows read nor the file parsed. Else a
+    /// file whose bytes equal this database's encoding of the patient is up
+    /// to date, and the patient's digest is recorded for next time. For
+    /// each file of the chunk to repair: `Some` when that settles it
+    /// (equal, or absent), `None` when it differs or cannot be read (the
+    /// caller loads it in full). The patients' rows are read in one query;
+    /// both cores decode and encode, half each.
+    pub(super) fn compare_with_ours(
+        &mut self,
+        chunk: &[FileRef],
+    ) -> Result<Vec<Option<Original>>, EngineError> {
+        let mut out: Vec<Option<Original>> = chunk.iter().map(|_| None).collect();
+        let mut files = Vec::new();
+        for (i, f) in chunk.iter().enumerate() {
+            let Some(patient) = &f.repair else { continue };
+            let entry = match self.folder.metadata(&f.path) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    out[i] = Some(Original::Absent);
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { continue };
+            self.read_this_run.insert(f.path.clone());
+            self.counts.files_scanned += 1;
+            self.counts.bytes_read += bytes.len() as u64;
+            files.push((i, patient.as_str(), bytes, entry));
+        }
+        if files.is_empty() {
+            return Ok(out);
+        }
+        let names: Vec<&str> = files.iter().map(|(_, p, _, _)| *p).collect();
+        let known = self.db.digests_of(&names)?;
+        // Files of patients with a digest, hashed on both cores.
+        let with_digest = files.iter().filter(|(_, p, _, _)| known.contains_key(*p)).collect();
+        let matched: HashSet<usize> = on_both_cores(with_digest, |part| {
+            part.into_iter()
+                .filter(|(_, patient, bytes, _)| {
+                    RowsDigest::of_file(bytes, patient).as_ref() == known.get(*patient)
+                })
+                .map(|(i, _, _, _)| *i)
+                .collect::<Vec<usize>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut rest = Vec::with_capacity(files.len());
+        for (i, patient, bytes, entry) in files {
+            if matched.contains(&i) {
+                self.counts.files_digest_matched += 1;
+                out[i] = Some(Original::Present(bytes, entry, None));
+            } else {
+                rest.push((i, patient, bytes, entry));
+            }
+        }
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let names: Vec<&str> = rest.iter().map(|(_, p, _, _)| *p).collect();
+        let mut stored: HashMap<String, StoredPatient> =
+            self.db.stored_patients(&names)?.into_iter().map(|s| (s.patient.clone(), s)).collect();
+        let work: Vec<Comparison> = rest
+            .into_iter()
+            .map(|(i, patient, bytes, entry)| (i, bytes, entry, stored.remove(patient), patient.to_owned()))
+            .collect();
+        let compare = |work: Vec<Comparison>| {
+            let mut settled = Vec::new();
+            for (i, bytes, entry, rows, patient) in work {
+                let ours = match rows {
+                    Some(rows) => rows.encode()?,
+                    None => encode_patient(&PatientDoc::new(PatientId(patient.clone()))),
+                };
+                if ours == bytes {
+                    let digest = RowsDigest::of_file(&ours, &patient).map(|d| (patient, d));
+                    settled.push((i, Original::Present(bytes, entry, None), digest));
+                }
+            }
+            Ok::<_, DbError>(settled)
+        };
+        let [settled, other_half] = on_both_cores(work, compare);
+        let mut digests = Vec::new();
+        for (i, original, digest) in settled?.into_iter().chain(other_half?) {
+            out[i] = Some(original);
+            digests.extend(digest);
+        }
+        // Nothing wrote the state since its rows were read above.
+        if !digests.is_empty() {
+            self.db.store_digests(&digests)?;
+        }
+        Ok(out)
+    }
+
+    pub(super) fn write_files(
+        &mut self,
+        mut writes: Vec<(String, Vec<u8>, String)>,
+        done: &mut HashSet<String>,
+    ) -> Result<(), EngineError> {
+        while !writes.is_empty() {
+            let mut size = 0;
+            let mut n = 0;
+            while n < writes.len() && (n == 0 || size + writes[n].1.len() <= WRITE_BATCH_BYTES) {
+                size += writes[n].1.len();
+                n += 1;
+            }
+            let batch: Vec<(String, Vec<u8>, String)> = writes.drain(..n).collect();
+            let files: Vec<(String, Vec<u8>)> =
+                batch.iter().map(|(p, b, _)| (p.clone(), b.clone())).collect();
+            if let Err(e) = self.folder.write_batch(&files) {
+                self.rec.skipped(
+                    EventKind::Write,
+                    None,
+                    format!("could not write {} patient files: {e}; will retry", files.len()),
+                );
+                continue;
+            }
+            let w = self.db.begin_write(self.now_ms)?;
+            for (path, bytes) in &files {
+                if let Ok(Some(entry)) = self.folder.metadata(path) {
+                    w.record_file(path, entry.size, entry.mtime_ns, &sha_hex(bytes))?;
+                }
+                self.counts.files_written += 1;
+                self.counts.bytes_written += bytes.len() as u64;
+            }
+            let stamped = w.commit()?;
+            self.progress.advance(stamped.rows as u64);
+            self.note_stamped(stamped);
+            done.extend(batch.into_iter().map(|(_, _, patient)| patient));
+        }
+        Ok(())
+    }
+
+    /// A patient's file this site does not write: every reader would refuse
+    /// it.
+    pub(super) fn file_too_large(&mut self, stem: &str, patient: &str, why: &str) {
+        self.rec.skipped(
+            EventKind::TooLarge,
+            Some(&patient_path(stem)),
+            format!(
+                "is not written: {why}. Patient {patient} holds more than a patient file may carry. Its changes still travel in this site's change-log, but a site that joins later, or reads the folder again from scratch, does not get this patient from the folder"
+            ),
+        );
+    }
+}
