@@ -558,6 +558,40 @@ fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
 }
 
 #[test]
+fn a_site_file_that_cannot_be_read_holds_back_the_purge_and_tombstones_says_so() {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    let doomed = add_patient(&app(&a), 1, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    app(&a).execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    // A third site's file, damaged on its way (that site has no change-log
+    // here yet): what it has applied is unknown.
+    let damaged = "sites/77777777777777777777777777777777.xml";
+    fs::write(family.folder().join(damaged), b"<?xml version=\"1.0\"?>\n<site format=\"1\"").unwrap();
+    days_pass(8);
+    for _ in 0..2 {
+        let (code, report) = sync_with(&a, &[]);
+        assert_eq!((code, &report["counts"]["tombstones_purged"]), (3, &serde_json::json!(0)), "{report:#}");
+        assert!(
+            events_of(&report, "site-file").iter().any(|e| e["path"] == damaged),
+            "the run names the file: {report:#}"
+        );
+    }
+    let listed = tombstones(&a);
+    let steps: Vec<&serde_json::Value> = listed["tombstones"].as_array().unwrap().iter().collect();
+    assert!(!steps.is_empty() && steps.iter().all(|t| t["step"] == "waiting-sites"), "{listed:#}");
+    assert!(steps[0]["waiting_for"].to_string().contains(damaged), "{listed:#}");
+    // Once the file is readable again (here: gone), the purge goes ahead.
+    fs::remove_file(family.folder().join(damaged)).unwrap();
+    assert!(tombstones(&a)["tombstones"].as_array().unwrap().iter().all(|t| t["step"] == "purgeable"));
+    assert!(sync_ok(&a)["counts"]["tombstones_purged"].as_u64().unwrap() > 0);
+}
+
+#[test]
 fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_the_deletion() {
     let family = Family::new();
     let a = family.init("a");
