@@ -9,6 +9,7 @@ use crate::folder::layout::{PATIENTS_DIR, patient_path};
 use crate::folder::{Entry, Folder};
 use crate::model::PatientDoc;
 use crate::xmlstore::decode_patient;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{COPIES_WAIT_FOR_LEADER_MS, FileRef, Run};
 use crate::engine::report::EventKind;
@@ -23,6 +24,33 @@ pub(super) struct MergedCopy {
     /// Merged and kept by an earlier run once its original was up to
     /// date; its content is in the database since.
     pub(super) settled_before: bool,
+}
+
+/// What the conflict-copy steps learn and owe during a run.
+#[derive(Default)]
+pub(super) struct Copies {
+    /// Top-level folders a cloud client decorated (`patients (Selective
+    /// Sync Conflict)`): their files are merged as copies.
+    pub(super) decorated: Vec<(String, Client)>,
+    /// Copies joined into the database this run, waiting for their
+    /// original to be brought up to date before they are deleted or kept.
+    pub(super) merged: Vec<MergedCopy>,
+    /// Stems whose original file is up to date after this run's writes.
+    pub(super) settled: HashSet<String>,
+    /// Shards holding a patient file that was not what this site expected
+    /// (another writer's version, or gone): a cloud client may have left a
+    /// conflict copy beside it.
+    pub(super) suspect_shards: BTreeSet<String>,
+    /// Decorated folders whose files are copies, deepest first once sorted
+    /// by length: removed when the copies in them are gone.
+    pub(super) dirs: BTreeSet<String>,
+    /// Stems whose original is gone and left for another site to write
+    /// again from their copies (see `rebuilds_original`).
+    pub(super) left_for_leader: HashSet<String>,
+    /// The copies applied this run, by stem: their paths (read again if an
+    /// original must be rebuilt from one, so that memory does not grow with
+    /// the number of copies).
+    pub(super) docs: HashMap<String, Vec<String>>,
 }
 
 impl Run<'_> {
@@ -41,7 +69,7 @@ impl Run<'_> {
         for dir in moved {
             match dir.strip_prefix(PATIENTS_DIR).and_then(|d| d.strip_prefix('/')) {
                 Some(shard) => {
-                    self.suspect_shards.insert(shard.to_owned());
+                    self.copies.suspect_shards.insert(shard.to_owned());
                 }
                 None => {
                     // A shard folder added, removed or renamed: a decorated
@@ -58,11 +86,11 @@ impl Run<'_> {
                 }
             }
         }
-        for (top, _) in self.decorated.clone() {
+        for (top, _) in self.copies.decorated.clone() {
             let shards = self.folder.list(&top).map_err(|e| self.io(&format!("cannot list {top}"), e))?;
             self.collect_patient_files(&top, shards, &mut files)?;
         }
-        for shard in std::mem::take(&mut self.suspect_shards) {
+        for shard in std::mem::take(&mut self.copies.suspect_shards) {
             let dir = format!("{PATIENTS_DIR}/{shard}");
             let entries = self.folder.list(&dir).map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
             for entry in entries {
@@ -84,7 +112,7 @@ impl Run<'_> {
                     // no change-log told of (an old file a client brought
                     // back, a site that wrote rows it should not have).
                     Classified::Original(FileKind::Patient { stem })
-                        if !self.read_this_run.contains(&path)
+                        if !self.scanned.read.contains(&path)
                             && self.db.file_seen(&path)?.is_none_or(|(size, mtime_ns, _)| {
                                 size != entry.size || mtime_ns != entry.mtime_ns
                             }) =>
@@ -106,10 +134,10 @@ impl Run<'_> {
     /// merged this run whose original is now up to date. A copy whose
     /// original could not be written stays for the next run.
     pub(super) fn settle_copies(&mut self) -> Result<(), EngineError> {
-        for c in std::mem::take(&mut self.merged_copies) {
+        for c in std::mem::take(&mut self.copies.merged) {
             let original = patient_path(&c.stem);
             let made_by = c.client.label();
-            if self.left_for_leader.contains(&c.stem) {
+            if self.copies.left_for_leader.contains(&c.stem) {
                 self.rec.info(
                     EventKind::ConflictCopy,
                     Some(&c.path),
@@ -117,7 +145,7 @@ impl Run<'_> {
                 );
                 continue;
             }
-            if !c.settled_before && !self.settled.contains(&c.stem) {
+            if !c.settled_before && !self.copies.settled.contains(&c.stem) {
                 self.rec.skipped(
                     EventKind::ConflictCopy,
                     Some(&c.path),
@@ -176,7 +204,7 @@ impl Run<'_> {
         }
         if self.settings.auto_delete_conflicts {
             // Deepest first: shard copies before a decorated patients folder.
-            let mut dirs: Vec<String> = std::mem::take(&mut self.copy_dirs).into_iter().collect();
+            let mut dirs: Vec<String> = std::mem::take(&mut self.copies.dirs).into_iter().collect();
             dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count()));
             for dir in dirs {
                 if matches!(self.folder.remove_empty_dir(&dir), Ok(true)) {
@@ -213,7 +241,8 @@ impl Run<'_> {
             return true;
         }
         let newest_copy_ms = self
-            .merged_copies
+            .copies
+            .merged
             .iter()
             .filter(|c| c.stem == stem)
             .map(|c| (c.mtime_ns.max(0) / 1_000_000) as u64)
@@ -225,7 +254,7 @@ impl Run<'_> {
     /// The bytes of a copy of `stem` applied this run that already holds
     /// everything `doc` holds, read again from the folder.
     pub(super) fn copy_covering(&self, stem: &str, doc: &PatientDoc) -> Option<Vec<u8>> {
-        self.copy_docs.get(stem)?.iter().find_map(|path| {
+        self.copies.docs.get(stem)?.iter().find_map(|path| {
             let bytes = self.folder.read(path, self.limits.max_file_bytes).ok()?;
             let copy = decode_patient(&bytes, self.limits).ok()?;
             copy.covers(doc).then_some(bytes)

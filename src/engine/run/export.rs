@@ -92,7 +92,7 @@ impl Run<'_> {
         // damaged file must not hold back this site's whole log).
         self.db.segments_written(&in_folder, self.now_ms)?;
         let patients: Vec<String> = self.db.outbox_patients(max_seq)?;
-        if self.new_horizon.is_some() {
+        if self.purges.new_horizon.is_some() {
             // Others purged deletions this site has not applied yet: its
             // files are written after the import has applied them, or
             // they would publish rows the others purged.

@@ -117,7 +117,7 @@ impl Run<'_> {
             std::thread::scope(|scope| self.stamp_steps(scope))?;
         }
         if let Some(FirstExport::Files { after }) = self.db.first_export()? {
-            if self.new_horizon.is_some() {
+            if self.purges.new_horizon.is_some() {
                 // As in `write_outbox`: files wait for the import.
                 return Ok(());
             }

@@ -74,7 +74,7 @@ impl Run<'_> {
         let horizon = sites.purge_horizon();
         let applied = self.db.meta("horizon_applied")?.and_then(|h| Hlc::parse(&h).ok());
         if horizon.is_some() && horizon > applied {
-            self.new_horizon = horizon;
+            self.purges.new_horizon = horizon;
         }
         self.sites = sites;
         Ok(())
@@ -91,7 +91,7 @@ impl Run<'_> {
                 continue;
             }
             if let Some(client) = decorated_copy_of(&entry.name, PATIENTS_DIR) {
-                self.decorated.push((entry.name, client));
+                self.copies.decorated.push((entry.name, client));
                 continue;
             }
             for top in [SITES_DIR, LOG_DIR] {

@@ -69,7 +69,7 @@ impl Run<'_> {
             // Every run reads every file: this site has the tombstones the
             // others purged, and purges them itself.
             let clean = self.full_scan()?;
-            if clean && let Some(horizon) = self.new_horizon.take() {
+            if clean && let Some(horizon) = self.purges.new_horizon.take() {
                 self.db.set_meta("horizon_applied", &horizon.encode())?;
             }
             return Ok(());
@@ -113,18 +113,18 @@ impl Run<'_> {
         // A site that missed compacted changes may also have missed
         // tombstones the others purged since.
         if plans.iter().any(|(_, _, p)| matches!(p, CatchUp::FullScanThen { .. })) {
-            self.peer_horizon = self.new_horizon;
+            self.purges.peer_horizon = self.purges.new_horizon;
         }
         let clean = if scan { self.full_scan()? } else { true };
-        if clean && let Some(horizon) = self.peer_horizon {
+        if clean && let Some(horizon) = self.purges.peer_horizon {
             self.apply_peer_purge(horizon)?;
-        } else if clean && let Some(horizon) = self.new_horizon {
+        } else if clean && let Some(horizon) = self.purges.new_horizon {
             // An active site has the tombstones the others purged: it
             // purges them itself.
             self.db.set_meta("horizon_applied", &horizon.encode())?;
         }
         if clean {
-            self.new_horizon = None;
+            self.purges.new_horizon = None;
         }
         if clean {
             // What was compacted away is now read from the patient files:

@@ -6,7 +6,6 @@
 //! commits come first, files are rewritten from the database, and the
 //! outbox makes an export's file writes idempotent.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -18,11 +17,10 @@ use super::progress::Progress;
 use super::report::{Counts, EventKind, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use super::sites::{Sites, retry_hint};
-use crate::conflicts::Client;
 use crate::db::{Db, SiteConfig};
 use crate::folder::layout::site_path;
 use crate::folder::{DiskFolder, IgnoreRules};
-use crate::model::{Clock, Hlc, RowKey, write_hex_bytes};
+use crate::model::{Clock, write_hex_bytes};
 use crate::xmlstore::Limits;
 
 mod copies;
@@ -36,9 +34,11 @@ mod repair;
 mod scan;
 mod tidy;
 
-use copies::MergedCopy;
+use copies::{Copies, MergedCopy};
 pub(crate) use lock::{take_lock, take_lock_or_wait};
-use scan::{DirSeen, FileRef, Loaded};
+use scan::Scanned;
+use scan::{FileRef, Loaded};
+use tidy::Purges;
 
 /// Files applied per database transaction during a scan, and the bytes
 /// after which a chunk takes no more: a chunk's files and what they decode
@@ -181,21 +181,9 @@ pub fn sync_with_clock(
         confirm_deletes: options.confirm_deletes,
         keep_deleted: options.keep_deleted,
         after_interruption,
-        peer_horizon: None,
-        listed_stems: HashSet::new(),
-        copy_stems: HashSet::new(),
-        new_horizon: None,
-        decorated: Vec::new(),
-        merged_copies: Vec::new(),
-        settled: HashSet::new(),
-        suspect_shards: BTreeSet::new(),
-        copy_dirs: BTreeSet::new(),
-        purged_now: HashSet::new(),
-        dirs_seen: None,
-        stale_purged: HashMap::new(),
-        read_this_run: HashSet::new(),
-        left_for_leader: HashSet::new(),
-        copy_docs: HashMap::new(),
+        copies: Copies::default(),
+        scanned: Scanned::default(),
+        purges: Purges::default(),
     };
     let result = run.execute();
     run.rec.finish();
@@ -270,49 +258,10 @@ struct Run<'c> {
     keep_deleted: bool,
     /// The run before this one never finished: it may have left temp files.
     after_interruption: bool,
-    /// Set when this site returns after peers purged tombstones it never
-    /// read: the latest purge horizon, and (filled by the full scan) the
-    /// patient files the folder has.
-    peer_horizon: Option<Hlc>,
-    listed_stems: HashSet<String>,
-    /// Stems that have a conflict copy in the folder (filled by the full
-    /// scan): their rows are never taken for purged elsewhere.
-    copy_stems: HashSet<String>,
-    /// The latest purge horizon the other sites publish, when this site
-    /// has not applied it yet.
-    new_horizon: Option<Hlc>,
-    /// Top-level folders a cloud client decorated (`patients (Selective
-    /// Sync Conflict)`): their files are merged as copies.
-    decorated: Vec<(String, Client)>,
-    /// Copies joined into the database this run, waiting for their
-    /// original to be brought up to date before they are deleted or kept.
-    merged_copies: Vec<MergedCopy>,
-    /// Stems whose original file is up to date after this run's writes.
-    settled: HashSet<String>,
-    /// Shards holding a patient file that was not what this site expected
-    /// (another writer's version, or gone): a cloud client may have left a
-    /// conflict copy beside it.
-    suspect_shards: BTreeSet<String>,
-    /// Decorated folders whose files are copies, deepest first once sorted
-    /// by length: removed when the copies in them are gone.
-    copy_dirs: BTreeSet<String>,
-    /// Patients whose own row this run purged.
-    purged_now: HashSet<String>,
-    /// The patient folders' times the copy check saw, recorded at the end.
-    /// What the copy check saw of the patient folders (see `DirSeen`).
-    dirs_seen: Option<Vec<DirSeen>>,
-    /// Patient files (by stem) holding rows this site purged whose deletion
-    /// they do not carry: the keys, to write the deletion into them.
-    stale_purged: HashMap<String, Vec<RowKey>>,
-    /// Patient files this run has read.
-    read_this_run: HashSet<String>,
-    /// Stems whose original is gone and left for another site to write
-    /// again from their copies (see `rebuilds_original`).
-    left_for_leader: HashSet<String>,
-    /// The copies applied this run, by stem: their paths (read again if an
-    /// original must be rebuilt from one, so that memory does not grow with
-    /// the number of copies).
-    copy_docs: HashMap<String, Vec<String>>,
+    /// What each step owns, declared beside the step.
+    copies: Copies,
+    scanned: Scanned,
+    purges: Purges,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {

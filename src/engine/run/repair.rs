@@ -121,7 +121,7 @@ impl Run<'_> {
                 };
                 let mut retold = 0;
                 let mut rejoined = false;
-                if let Some(keys) = self.stale_purged.remove(&stem)
+                if let Some(keys) = self.purges.stale.remove(&stem)
                     && let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
                 {
                     rejoined = true;
@@ -159,7 +159,7 @@ impl Run<'_> {
                     // is, unless this run purged the patient (its file goes;
                     // a site still keeping the tombstone may write it again,
                     // and it is left alone after that).
-                    if existing.is_some() && self.purged_now.contains(&patient) {
+                    if existing.is_some() && self.purges.purged_now.contains(&patient) {
                         let path = patient_path(&stem);
                         match self.folder.remove(&path) {
                             Ok(()) => self.counts.files_removed += 1,
@@ -183,10 +183,12 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
-                if existing.is_none() && self.copy_docs.contains_key(&stem) && !self.rebuilds_original(&stem)
+                if existing.is_none()
+                    && self.copies.docs.contains_key(&stem)
+                    && !self.rebuilds_original(&stem)
                 {
                     // Another site rebuilds it; the copies stay until then.
-                    self.left_for_leader.insert(stem);
+                    self.copies.left_for_leader.insert(stem);
                     continue;
                 }
                 if existing.is_none()
@@ -221,8 +223,8 @@ impl Run<'_> {
             drop(originals);
             self.write_files(writes, &mut done)?;
         }
-        if !self.merged_copies.is_empty() {
-            self.settled.extend(done.iter().map(|p| patient_file_name(p)));
+        if !self.copies.merged.is_empty() {
+            self.copies.settled.extend(done.iter().map(|p| patient_file_name(p)));
         }
         if left > 0 {
             self.rec.skipped(
@@ -272,7 +274,7 @@ impl Run<'_> {
                 if matches!(state, Original::Absent) {
                     // Not there: a new patient, or rclone renamed both
                     // sides of a conflict away from the original name.
-                    self.suspect_shards.insert(shard_of(&f.stem));
+                    self.copies.suspect_shards.insert(shard_of(&f.stem));
                 }
                 if matches!(state, Original::Present(..)) {
                     in_sync.insert(patient.clone());
@@ -298,7 +300,7 @@ impl Run<'_> {
                     if let Some(client) = f.copy
                         && self.settings.auto_delete_conflicts
                     {
-                        self.merged_copies.push(MergedCopy {
+                        self.copies.merged.push(MergedCopy {
                             path: f.path.clone(),
                             stem: f.stem.clone(),
                             client,
@@ -338,13 +340,13 @@ impl Run<'_> {
                     }
                     let patient = doc.patient.clone();
                     if f.copy.is_none() && !outcome.stale_purged.is_empty() {
-                        self.stale_purged.insert(f.stem.clone(), outcome.stale_purged.clone());
+                        self.purges.stale.insert(f.stem.clone(), outcome.stale_purged.clone());
                     }
                     if f.copy.is_none() {
                         originals
                             .insert(f.stem.clone(), Original::Present(bytes, entry, Some(Box::new(doc))));
                     } else {
-                        self.copy_docs.entry(f.stem.clone()).or_default().push(f.path.clone());
+                        self.copies.docs.entry(f.stem.clone()).or_default().push(f.path.clone());
                     }
                     for warning in outcome.warnings {
                         self.rec.warning(EventKind::Schema, Some(&f.path), warning);
@@ -370,7 +372,7 @@ impl Run<'_> {
                     }
                     if let Some(client) = f.copy {
                         self.counts.conflict_copies_merged += 1;
-                        self.merged_copies.push(MergedCopy {
+                        self.copies.merged.push(MergedCopy {
                             path: f.path.clone(),
                             stem: f.stem.clone(),
                             client,
@@ -422,7 +424,7 @@ impl Run<'_> {
                 Err(_) => continue,
             };
             let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { continue };
-            self.read_this_run.insert(f.path.clone());
+            self.scanned.read.insert(f.path.clone());
             self.counts.files_scanned += 1;
             self.counts.bytes_read += bytes.len() as u64;
             files.push((i, patient.as_str(), bytes, entry));

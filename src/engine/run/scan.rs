@@ -63,6 +63,20 @@ pub(super) fn follow(
     Some(at)
 }
 
+/// What this run found of the patient files.
+#[derive(Default)]
+pub(super) struct Scanned {
+    pub(super) listed_stems: HashSet<String>,
+    /// Stems that have a conflict copy in the folder (filled by the full
+    /// scan): their rows are never taken for purged elsewhere.
+    pub(super) copy_stems: HashSet<String>,
+    /// The patient folders' times the copy check saw, recorded at the end.
+    /// What the copy check saw of the patient folders (see `DirSeen`).
+    pub(super) dirs_seen: Option<Vec<DirSeen>>,
+    /// Patient files this run has read.
+    pub(super) read: HashSet<String>,
+}
+
 impl Run<'_> {
     /// Every patient file and copy in the folder. Returns true when every
     /// file could be read and applied.
@@ -79,7 +93,7 @@ impl Run<'_> {
         }
         let mut files = Vec::new();
         self.collect_patient_files(PATIENTS_DIR, shards, &mut files)?;
-        for (dir, client) in self.decorated.clone() {
+        for (dir, client) in self.copies.decorated.clone() {
             self.rec.info(
                 EventKind::ConflictCopy,
                 Some(&dir),
@@ -102,10 +116,10 @@ impl Run<'_> {
         // is missing, not only of what is read. Not while returning after a
         // purge: then absence is how the purge is learned.
         let mut missing = Vec::new();
-        if self.peer_horizon.is_none() {
+        if self.purges.peer_horizon.is_none() {
             for patient in self.db.patients()? {
                 let stem = patient_file_name(&patient);
-                if !self.listed_stems.contains(&stem) && !self.copy_stems.contains(&stem) {
+                if !self.scanned.listed_stems.contains(&stem) && !self.scanned.copy_stems.contains(&stem) {
                     missing.push(patient);
                 }
             }
@@ -136,9 +150,9 @@ impl Run<'_> {
                 continue;
             }
             if top != PATIENTS_DIR || shard.name.len() != 2 {
-                self.copy_dirs.insert(shard_path.clone());
+                self.copies.dirs.insert(shard_path.clone());
                 if top != PATIENTS_DIR {
-                    self.copy_dirs.insert(top.to_owned());
+                    self.copies.dirs.insert(top.to_owned());
                 }
             }
             let entries = self
@@ -175,19 +189,19 @@ impl Run<'_> {
                 }
                 // Files in a decorated patients folder are copies whatever
                 // their own names say.
-                let decorated = self.decorated.iter().find(|(d, _)| d == top).map(|(_, c)| *c);
+                let decorated = self.copies.decorated.iter().find(|(d, _)| d == top).map(|(_, c)| *c);
                 let in_real_top = format!("{PATIENTS_DIR}/{}/{}", shard.name, entry.name);
                 match classify_path(&in_real_top) {
                     Classified::Original(FileKind::Patient { stem }) => {
                         if decorated.is_none() {
-                            self.listed_stems.insert(stem.clone());
+                            self.scanned.listed_stems.insert(stem.clone());
                         }
                         files.push(FileRef { path, stem, copy: decorated, repair: None, size: entry.size })
                     }
                     Classified::Copy { of: FileKind::Patient { stem }, client } => {
                         // A copy holds the patient's data too: the patient
                         // is in the folder, whatever became of its original.
-                        self.copy_stems.insert(stem.clone());
+                        self.scanned.copy_stems.insert(stem.clone());
                         files.push(FileRef {
                             path,
                             stem,
@@ -247,7 +261,7 @@ impl Run<'_> {
     /// Reads and verifies one file. Nothing of a file that fails is used.
     pub(super) fn load(&mut self, f: &FileRef) -> Result<Loaded, EngineError> {
         self.counts.files_scanned += 1;
-        self.read_this_run.insert(f.path.clone());
+        self.scanned.read.insert(f.path.clone());
         let entry = match self.folder.metadata(&f.path) {
             Ok(Some(e)) => e,
             Ok(None) => return Ok(Loaded::Gone),
@@ -287,7 +301,8 @@ impl Run<'_> {
         let sha = sha_hex(&bytes);
         // A copy is taken as merged only once it was settled (its
         // original brought up to date) and kept.
-        let cached = self.peer_horizon.is_none() && (f.copy.is_none() || self.db.is_kept_copy(&f.path)?);
+        let cached =
+            self.purges.peer_horizon.is_none() && (f.copy.is_none() || self.db.is_kept_copy(&f.path)?);
         if cached
             && let Some((size, mtime, seen_sha)) = self.db.file_seen(&f.path)?
             && size == bytes.len() as u64
@@ -301,7 +316,7 @@ impl Run<'_> {
             // Behind this database and changed since this site last saw
             // it: another writer's version, maybe a cloud client's pick
             // between two, with the other kept as a copy beside it.
-            self.suspect_shards.insert(shard_of(&f.stem));
+            self.copies.suspect_shards.insert(shard_of(&f.stem));
         }
         let doc = match decode_patient(&bytes, self.limits) {
             Ok(doc) => doc,
@@ -358,7 +373,7 @@ impl Run<'_> {
             }
             seen.push((dir, then, now));
         }
-        self.dirs_seen = Some(seen);
+        self.scanned.dirs_seen = Some(seen);
         Ok(moved)
     }
 
@@ -367,7 +382,7 @@ impl Run<'_> {
     /// change by someone else after the check leaves a time the next run
     /// does not expect, so it lists that folder.
     pub(super) fn record_patient_dirs(&mut self) -> Result<(), EngineError> {
-        let Some(seen) = self.dirs_seen.take() else { return Ok(()) };
+        let Some(seen) = self.scanned.dirs_seen.take() else { return Ok(()) };
         let own = self.folder.take_own_changes();
         // Only what changed is written: a run with nothing to do writes
         // nothing.

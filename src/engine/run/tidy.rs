@@ -1,18 +1,36 @@
 //! The run's last steps: purge tombstones every site has seen, compact this
 //! site's change-log, and publish its site file.
 
-use std::collections::BTreeSet;
+use crate::model::{Hlc, RowKey};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::changelog::{Peer, Retention, compaction_limit, segment_path};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
 use crate::folder::Folder;
 use crate::folder::layout::site_path;
-use crate::model::Hlc;
 use crate::xmlstore::{SiteFile, decode_site, encode_site};
 
 use super::{PURGE_CHECK_MS, PURGED_PUBLISHED, Run, SITE_FILE_REFRESH_MS};
 use crate::engine::report::EventKind;
+
+/// Purges: the ones other sites did that this site has to apply, and the
+/// ones this run does.
+#[derive(Default)]
+pub(super) struct Purges {
+    /// Set when this site returns after peers purged tombstones it never
+    /// read: the latest purge horizon, and (filled by the full scan) the
+    /// patient files the folder has.
+    pub(super) peer_horizon: Option<Hlc>,
+    /// The latest purge horizon the other sites publish, when this site
+    /// has not applied it yet.
+    pub(super) new_horizon: Option<Hlc>,
+    /// Patients whose own row this run purged.
+    pub(super) purged_now: HashSet<String>,
+    /// Patient files (by stem) holding rows this site purged whose deletion
+    /// they do not carry: the keys, to write the deletion into them.
+    pub(super) stale: HashMap<String, Vec<RowKey>>,
+}
 
 impl Run<'_> {
     /// Step 6 (part): purge tombstones every active site has, once they are
@@ -65,7 +83,7 @@ impl Run<'_> {
             ),
         );
         let root = self.db.mapping().root.table.clone();
-        self.purged_now.extend(ready.iter().filter(|t| t.table == root).map(|t| t.pk.clone()));
+        self.purges.purged_now.extend(ready.iter().filter(|t| t.table == root).map(|t| t.pk.clone()));
         let patients: BTreeSet<String> = ready.into_iter().filter_map(|t| t.patient).collect();
         self.reconcile(Vec::new(), patients.into_iter().collect())?;
         Ok(())
