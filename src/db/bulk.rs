@@ -17,13 +17,15 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
 use super::mapping::Mapping;
+use super::patients::{StoredPatient, collect_stored};
+use super::purge::purged_cl;
+use super::rowblob;
 use super::schema::quote;
 use super::state::{
-    Ctx, MadeRow, NewRow, StampBatch, StoredPatient, collect_stored, insert_made_row, key_is_safe, key_text,
-    make_new_row, new_row_bytes, new_row_cl,
+    Ctx, StampBatch, insert_new_row, key_is_safe, key_text, no_patient, not_text_key, patient_in, value_size,
 };
 use super::values::from_ref;
-use crate::model::HlcClock;
+use crate::model::{Base, FieldState, FieldVersion, Hlc, HlcClock, RowKey, RowState, Value};
 
 /// Rows per slice the other core makes states of.
 const SLICE_ROWS: usize = 512;
@@ -140,10 +142,7 @@ impl Cursor {
 }
 
 fn load_cursor(conn: &Connection) -> Result<Option<Cursor>, DbError> {
-    let text: Option<String> = conn
-        .prepare_cached("SELECT value FROM _cs_meta WHERE key = ?1")?
-        .query_row([CURSOR_KEY], |r| r.get(0))
-        .optional()?;
+    let text = super::meta::meta_get(conn, CURSOR_KEY)?;
     match text {
         None => Ok(None),
         Some(t) => Cursor::decode(&t)
@@ -154,12 +153,9 @@ fn load_cursor(conn: &Connection) -> Result<Option<Cursor>, DbError> {
 
 fn save_cursor(conn: &Connection, cursor: Option<&Cursor>) -> Result<(), DbError> {
     match cursor {
-        Some(c) => conn
-            .prepare_cached("INSERT OR REPLACE INTO _cs_meta (key, value) VALUES (?1, ?2)")?
-            .execute(params![CURSOR_KEY, c.encode()])?,
-        None => conn.prepare_cached("DELETE FROM _cs_meta WHERE key = ?1")?.execute([CURSOR_KEY])?,
-    };
-    Ok(())
+        Some(c) => super::meta::meta_set(conn, CURSOR_KEY, &c.encode()),
+        None => super::meta::meta_delete(conn, CURSOR_KEY),
+    }
 }
 
 /// Marks the rows the mapped tables hold now for the first export (called
@@ -263,14 +259,6 @@ pub(crate) fn left(conn: &Connection, mapping: &Mapping) -> Result<u64, DbError>
         left += n as u64;
     }
     Ok(left)
-}
-
-/// The warning for a row whose key the sync cannot carry.
-pub(crate) fn not_text_key(table: &str, key: &[u8]) -> String {
-    format!(
-        "a row of {table} is not synced: its key {:?} is stored as bytes, not text; store it as text in the app",
-        String::from_utf8_lossy(key)
-    )
 }
 
 /// Whether a table is read in rowid order: it has rowids, and no column
@@ -432,6 +420,78 @@ pub(crate) fn stamp_next(
     };
     save_cursor(conn, Some(&next))?;
     Ok(!finished)
+}
+
+/// A row of the first export as read from its table: a row with no
+/// recorded versions, so every column gets a version, all with one stamp.
+pub(super) struct NewRow {
+    pub(super) pk: String,
+    /// 1, or after a purge of the key, on from the purged tombstone's.
+    pub(super) cl: u64,
+    pub(super) stamp: Hlc,
+    /// The row's columns, in the order of the table's column names.
+    pub(super) values: Vec<Value>,
+}
+
+/// A first-export row's state and its blob, made on any thread.
+pub(super) struct MadeRow {
+    pk: String,
+    patient: Option<String>,
+    row: RowState,
+    blob: Vec<u8>,
+}
+
+/// Makes a first-export row's state: needs no database, so the other core
+/// does it while this one reads and inserts.
+pub(super) fn make_new_row(mapping: &Mapping, tbl: &str, names: &[String], new: NewRow) -> MadeRow {
+    let mut row = RowState { cl: new.cl, ..RowState::default() };
+    for (col, value) in names.iter().zip(new.values) {
+        let version =
+            FieldVersion::new(value, new.stamp, Base::default()).expect("a first version has no base");
+        row.fields.insert(col.clone(), FieldState::single(version));
+    }
+    let patient = patient_in(mapping, tbl, &new.pk, &row, None);
+    let blob = rowblob::encode(&row.fields, &row.deleted);
+    MadeRow { pk: new.pk, patient, row, blob }
+}
+
+/// What a first-export row adds to its step's segment, by the estimate the
+/// step's size limit counts.
+pub(super) fn new_row_bytes(tbl: &str, names: &[String], new: &NewRow) -> usize {
+    let fields: usize = names.iter().zip(&new.values).map(|(c, v)| 120 + c.len() + value_size(v)).sum();
+    fields + 100 + tbl.len() + new.pk.len()
+}
+
+/// Inserts a first-export row's state. Should the row have versions after
+/// all, it is queued for the ordinary path instead.
+pub(super) fn insert_made_row(
+    conn: &Connection,
+    tbl: &str,
+    made: MadeRow,
+    batch: &mut StampBatch,
+) -> Result<(), DbError> {
+    let MadeRow { pk, patient, row, blob } = made;
+    if !insert_new_row(conn, tbl, &pk, row.cl, patient.as_deref(), &blob)? {
+        conn.prepare_cached("INSERT INTO _cs_pending (tbl, pk) VALUES (?1, ?2)")?
+            .execute(params![tbl, pk])?;
+        return Ok(());
+    }
+    match patient {
+        Some(p) => batch.range_rows.push(((p, RowKey { table: tbl.to_owned(), pk }), row)),
+        None => batch.warnings.push(no_patient(tbl, &pk)),
+    }
+    Ok(())
+}
+
+/// The cl a new row of this key starts at: 1, or after a purge of the key
+/// (inserted again), on from the purged tombstone's, so every site takes
+/// the insert.
+pub(super) fn new_row_cl(conn: &Connection, ctx: &Ctx<'_>, tbl: &str, pk: &str) -> Result<u64, DbError> {
+    if !ctx.any_purged {
+        return Ok(1);
+    }
+    let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+    Ok(purged_cl(conn, &key)?.unwrap_or(0) + 1)
 }
 
 #[cfg(test)]

@@ -11,10 +11,14 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::digests;
+use super::mapping::TableRole;
+use super::project::project_or_park;
+use super::records::sync_records;
 use super::schema::quote;
-use super::state::{self, Ctx, Restored, StampBatch};
+use super::state::{Ctx, StampBatch, add_to_batch, load_row, patient_of, save_row, stamp_if_pending};
 use super::{Db, DbError};
-use crate::model::{HlcClock, RowKey};
+use crate::model::{Base, Hlc, HlcClock, RowKey, RowState, SiteId, Value};
 
 pub(super) const TABLE: &str = "
 CREATE TABLE IF NOT EXISTS _cs_held (tbl TEXT NOT NULL, pk TEXT NOT NULL, patient TEXT NOT NULL,
@@ -197,7 +201,7 @@ pub(super) fn keep(
     for (key, site) in keys.into_iter().take(max_rows) {
         conn.prepare_cached("DELETE FROM _cs_held WHERE tbl = ?1 AND pk = ?2")?
             .execute(params![key.table, key.pk])?;
-        let Some(Restored { deleted_at }) = state::restore_row(conn, ctx, clock, now_ms, &key, batch)? else {
+        let Some(Restored { deleted_at }) = restore_row(conn, ctx, clock, now_ms, &key, batch)? else {
             continue;
         };
         kept.rows += 1;
@@ -214,4 +218,131 @@ pub(super) fn keep(
         }
     }
     Ok(kept)
+}
+
+/// Holds an incoming deletion while the app still shows the row: the
+/// state takes the tombstone, the app keeps the row until the mass-delete
+/// guard has counted the run's deletions (see held.rs). A child row is
+/// filed under its patient, so that it is applied or refused with the
+/// patient's own deletion. Returns whether it was held.
+pub(super) fn hold_delete(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    key: &RowKey,
+    row: &RowState,
+) -> Result<bool, DbError> {
+    let Some((_, role)) = ctx.mapping.table(&key.table) else { return Ok(false) };
+    let patient = match role {
+        TableRole::Root => key.pk.clone(),
+        TableRole::Child { patient_column } => {
+            row.value(patient_column).and_then(Value::as_text).unwrap_or_default().to_owned()
+        }
+    };
+    if !app_shows(conn, ctx, key)? {
+        return Ok(false);
+    }
+    let site = row.deleted_at().map(|h| h.site().to_string());
+    conn.prepare_cached(
+        "INSERT INTO _cs_held (tbl, pk, patient, site) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (tbl, pk) DO UPDATE SET site = coalesce(excluded.site, site)",
+    )?
+    .execute(params![key.table, key.pk, patient, site])?;
+    Ok(true)
+}
+
+/// Whether the app's table has the row.
+pub(super) fn app_shows(conn: &Connection, ctx: &Ctx<'_>, key: &RowKey) -> Result<bool, DbError> {
+    let Some((key_col, _)) = ctx.mapping.table(&key.table) else { return Ok(false) };
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ?1)",
+            quote(&key.table),
+            quote(key_col)
+        ))?
+        .query_row([&key.pk], |r| r.get(0))?)
+}
+
+/// A held deletion refused: the row lives again.
+pub(crate) struct Restored {
+    /// The stamp of the delete that was refused (its site and time).
+    pub(crate) deleted_at: Option<Hlc>,
+}
+
+/// Refuses a held deletion (`sync --keep-deleted`): the app still shows
+/// the row, so it lives again at every site as a new insert (the next odd
+/// causal length, which every site takes over the tombstone), its fields
+/// travelling whole so a site that already purged the tombstone has them.
+/// An edit the app made to the row while it was held is stamped first.
+/// None when the row has no state or is alive already.
+pub(crate) fn restore_row(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    key: &RowKey,
+    batch: &mut StampBatch,
+) -> Result<Option<Restored>, DbError> {
+    stamp_if_pending(conn, ctx, clock, now_ms, key, batch)?;
+    let Some((mut row, old_patient)) = load_row(conn, &key.table, &key.pk)? else { return Ok(None) };
+    // Alive again already, or deleted in the app here since it was held
+    // (this site agrees with the delete): nothing to keep.
+    if row.is_alive() || !app_shows(conn, ctx, key)? {
+        return Ok(None);
+    }
+    let deleted_at = row.deleted_at();
+    let old = if ctx.digests {
+        digests::before_save(conn, &key.table, &key.pk, &row, old_patient.as_deref())?
+    } else {
+        None
+    };
+    row.cl += 1;
+    row.deleted = Base::default();
+    let stamped = RowState { cl: row.cl, fields: row.fields.clone(), ..RowState::default() };
+    let patient = patient_of(ctx, &key.table, &key.pk, &row, old_patient.as_deref());
+    save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), Some(old_patient.as_deref()), old)?;
+    sync_records(conn, key, &row, patient.as_deref(), "", now_ms)?;
+    // The app shows the row already; this makes it show the state's values
+    // (a row the app's table refuses now is parked and shown later).
+    let _parked = project_or_park(conn, ctx, key, &row)?;
+    batch.bytes += 300 + key.table.len() + key.pk.len() + 200 * stamped.fields.len();
+    batch.versions += 1;
+    add_to_batch(batch, key.clone(), stamped, old_patient, patient);
+    Ok(Some(Restored { deleted_at }))
+}
+
+/// True when the app still shows a row whose deletion is held.
+pub(super) fn is_held(conn: &Connection, tbl: &str, pk: &str) -> Result<bool, DbError> {
+    Ok(conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM _cs_held WHERE tbl = ?1 AND pk = ?2)")?
+        .query_row(params![tbl, pk], |r| r.get(0))?)
+}
+
+/// A row the other sites purged while this site was away, still shown by
+/// the app: its deletion goes through the guard like any other.
+pub(super) fn hold_purged(
+    conn: &Connection,
+    key: &RowKey,
+    patient: &str,
+    site: Option<SiteId>,
+) -> Result<(), DbError> {
+    conn.prepare_cached(
+        "INSERT INTO _cs_held (tbl, pk, patient, site) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tbl, pk) DO NOTHING",
+    )?
+    .execute(params![key.table, key.pk, patient, site.map(|s| s.to_string())])?;
+    Ok(())
+}
+
+/// The app deleted a row whose deletion was held: it agrees, nothing is
+/// held any more.
+pub(super) fn release(conn: &Connection, tbl: &str, pk: &str) -> Result<(), DbError> {
+    conn.prepare_cached("DELETE FROM _cs_held WHERE tbl = ?1 AND pk = ?2")?.execute(params![tbl, pk])?;
+    Ok(())
+}
+
+impl Db {
+    /// True when the app still shows a row whose deletion the mass-delete
+    /// guard holds: its tombstone is not purged while so.
+    pub fn is_held(&self, table: &str, pk: &str) -> Result<bool, DbError> {
+        is_held(&self.conn, table, pk)
+    }
 }

@@ -7,33 +7,46 @@ mod bulk;
 mod copies;
 mod digests;
 mod dirs;
+mod files;
 mod held;
 mod mapping;
+mod meta;
+mod outbox;
+mod patients;
+mod project;
 mod purge;
+mod records;
+mod resolve;
 mod rowblob;
 mod runs;
 mod schema;
 mod state;
 mod values;
+mod watermarks;
+mod write;
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use held::{HeldDeletes, HeldGroup, HeldTable, Kept, Released};
 pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
+pub use patients::StoredPatient;
 pub use purge::{Purged, Tombstone};
-pub use runs::{ConflictRecord, EventRecord, RunRecord};
-pub use state::{ApplyOutcome, Keep, Resolved, StampOutcome, StoredPatient};
+pub use records::ConflictRecord;
+pub use resolve::{Keep, Resolved};
+pub use runs::{EventRecord, RunRecord};
+pub use state::{ApplyOutcome, StampOutcome};
+pub use write::WriteTx;
 
-use crate::model::{FamilyId, HlcClock, PatientDoc, RowKey, SiteId};
+use crate::model::{FamilyId, HlcClock, PatientDoc, SiteId};
 use crate::xmlstore::RowsDigest;
-use state::{Ctx, StampBatch};
+use meta::{has_state, meta_get, meta_set};
+use state::StampBatch;
 
 /// The version of the `_cs_` tables this build understands. 2: row states
 /// may be in blob layouts 3 and 4 (see rowblob.rs), which builds knowing
@@ -138,34 +151,6 @@ fn connect(path: &Path, create: bool) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
-fn has_state(conn: &Connection) -> Result<bool, DbError> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_cs_meta'",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(n > 0)
-}
-
-fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, DbError> {
-    Ok(conn
-        .prepare_cached("SELECT value FROM _cs_meta WHERE key = ?1")?
-        .query_row([key], |r| r.get::<_, rusqlite::types::Value>(0))
-        .optional()?
-        .map(|v| match v {
-            rusqlite::types::Value::Integer(i) => i.to_string(),
-            rusqlite::types::Value::Real(r) => r.to_string(),
-            rusqlite::types::Value::Text(t) => t,
-            rusqlite::types::Value::Blob(_) | rusqlite::types::Value::Null => String::new(),
-        }))
-}
-
-fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), DbError> {
-    conn.prepare_cached("INSERT INTO _cs_meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")?
-        .execute(params![key, value])?;
-    Ok(())
-}
-
 fn load_columns(conn: &Connection, mapping: &Mapping) -> Result<BTreeMap<String, Vec<String>>, DbError> {
     let mut out = BTreeMap::new();
     for table in mapping.tables() {
@@ -193,46 +178,7 @@ impl Db {
         if format < STATE_FORMAT {
             meta_set(&conn, "state_format", &STATE_FORMAT.to_string())?;
         }
-        // Tables and columns added since the state format was frozen.
-        for (table, sql) in [
-            ("_cs_copies", copies::TABLE),
-            ("_cs_held", held::TABLE),
-            ("_cs_purged", purge::TABLES),
-            ("_cs_digests", digests::TABLE),
-            ("_cs_dirs", dirs::TABLE),
-        ] {
-            let present: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
-                [table],
-                |r| r.get(0),
-            )?;
-            if !present {
-                conn.execute_batch(sql)?;
-            }
-        }
-        // Columns added since the state format was frozen.
-        for (table, column, sql) in [
-            (
-                "_cs_conflicts",
-                "kind",
-                "ALTER TABLE _cs_conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit'",
-            ),
-            (
-                "_cs_outbox",
-                "from_row",
-                "ALTER TABLE _cs_outbox ADD COLUMN from_row INTEGER; ALTER TABLE _cs_outbox ADD COLUMN to_row INTEGER",
-            ),
-            ("_cs_purged", "base", "ALTER TABLE _cs_purged ADD COLUMN base TEXT"),
-        ] {
-            let present: bool = conn.query_row(
-                "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
-                [table, column],
-                |r| r.get(0),
-            )?;
-            if !present {
-                conn.execute_batch(sql)?;
-            }
-        }
+        schema::create_missing(&conn)?;
         // The first export's stamping drops the patient index and makes it
         // again in the transaction that ends the stamping; should it be
         // missing at any other time (a hand edit), it is made here.
@@ -285,12 +231,7 @@ impl Db {
             }
         };
         mapping.validate(&tx)?;
-        tx.execute_batch(schema::STATE_TABLES)?;
-        tx.execute_batch(copies::TABLE)?;
-        tx.execute_batch(held::TABLE)?;
-        tx.execute_batch(purge::TABLES)?;
-        tx.execute_batch(digests::TABLE)?;
-        tx.execute_batch(dirs::TABLE)?;
+        schema::create_all(&tx)?;
         schema::install_triggers(&tx, &mapping)?;
         bulk::start(&tx, &mapping)?;
         for (key, value) in [
@@ -342,19 +283,6 @@ impl Db {
     /// The underlying connection, for read-only queries by callers.
     pub fn conn(&self) -> &Connection {
         &self.conn
-    }
-
-    pub fn meta(&self, key: &str) -> Result<Option<String>, DbError> {
-        meta_get(&self.conn, key)
-    }
-
-    pub fn delete_meta(&self, key: &str) -> Result<(), DbError> {
-        self.conn.execute("DELETE FROM _cs_meta WHERE key = ?1", [key])?;
-        Ok(())
-    }
-
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), DbError> {
-        meta_set(&self.conn, key, value)
     }
 
     pub fn site_config(&self) -> Result<SiteConfig, DbError> {
@@ -458,85 +386,22 @@ impl Db {
     /// These patients' rows as stored, to decode on any thread (a patient
     /// with no rows is left out).
     pub fn stored_patients(&self, patients: &[&str]) -> Result<Vec<StoredPatient>, DbError> {
-        state::stored_patients(&self.conn, patients)
+        patients::stored_patients(&self.conn, patients)
     }
 
     /// One patient's document and the bytes of its file, or why that file
-    /// would be beyond `limits` (see `state::patient_for_file`).
+    /// would be beyond `limits` (see `patients::patient_for_file`).
     pub fn patient_for_file(
         &self,
         patient: &str,
         limits: &crate::xmlstore::Limits,
     ) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
-        state::patient_for_file(&self.conn, patient, limits)
+        patients::patient_for_file(&self.conn, patient, limits)
     }
 
     /// The document of one patient as this database knows it.
     pub fn doc_for_patient(&self, patient: &str) -> Result<PatientDoc, DbError> {
-        state::doc_for_patient(&self.conn, patient)
-    }
-
-    /// The patients touched by undone exports up to `max_seq`.
-    pub fn outbox_patients(&self, max_seq: u64) -> Result<Vec<String>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT DISTINCT p.patient FROM _cs_outbox_patients p JOIN _cs_outbox o ON o.seq = p.seq
-             WHERE o.done_ms IS NULL AND o.seq <= ?1 ORDER BY p.patient",
-        )?;
-        let patients = stmt.query_map([max_seq as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        Ok(patients)
-    }
-
-    /// Marks every export up to `seq` as fully written (segment and patient
-    /// files) and drops the copies of their segments.
-    pub fn outbox_done(&self, seq: u64, now_ms: u64) -> Result<(), DbError> {
-        self.conn.execute(
-            "UPDATE _cs_outbox SET done_ms = ?2, segment_ms = coalesce(segment_ms, ?2), segment = NULL
-             WHERE seq <= ?1 AND done_ms IS NULL",
-            params![seq as i64, now_ms as i64],
-        )?;
-        Ok(())
-    }
-
-    /// Records that the segments of these exports are in the folder: readers
-    /// may see them even while a patient file they touched waits.
-    pub fn segments_written(&self, seqs: &[u64], now_ms: u64) -> Result<(), DbError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE _cs_outbox SET segment_ms = ?2 WHERE seq = ?1 AND segment_ms IS NULL")?;
-        for seq in seqs {
-            stmt.execute(params![*seq as i64, now_ms as i64])?;
-        }
-        Ok(())
-    }
-
-    /// When each own export up to `max_seq` from `from_seq` on was created.
-    pub fn export_times(&self, from_seq: u64, max_seq: u64) -> Result<Vec<(u64, u64)>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, created_ms FROM _cs_outbox WHERE seq >= ?1 AND seq <= ?2 AND segment_ms IS NOT NULL ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([from_seq as i64, max_seq as i64], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// The last segment applied from each other site.
-    pub fn watermarks(&self) -> Result<BTreeMap<SiteId, u64>, DbError> {
-        let mut stmt = self.conn.prepare("SELECT site, seq FROM _cs_watermarks")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let (site, seq) = row?;
-            let site = SiteId::parse(&site).map_err(|e| DbError::Corrupt(format!("watermark of {e}")))?;
-            out.insert(site, seq as u64);
-        }
-        Ok(out)
-    }
-
-    /// The highest export sequence number committed.
-    pub fn head_seq(&self) -> Result<u64, DbError> {
-        let max: Option<i64> = self.conn.query_row("SELECT max(seq) FROM _cs_outbox", [], |r| r.get(0))?;
-        Ok(max.unwrap_or(0) as u64)
+        patients::doc_for_patient(&self.conn, patient)
     }
 
     /// Rows the app changed that are not yet exported (the "turns red"
@@ -561,15 +426,6 @@ impl Db {
         )?;
         let first = bulk::left(&self.conn, &self.mapping)?;
         Ok(rows as u64 + outbox as u64 + stamped as u64 + first)
-    }
-
-    /// What the file cache knows of a patient file: (size, mtime, sha256).
-    pub fn file_seen(&self, path: &str) -> Result<Option<(u64, i64, String)>, DbError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT size, mtime_ns, sha256 FROM _cs_files WHERE path = ?1")?
-            .query_row([path], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
-            .optional()?)
     }
 
     /// Whether the app changed anything since the last export (one read; no
@@ -606,25 +462,6 @@ impl Db {
         bulk::left(&self.conn, &self.mapping)
     }
 
-    /// Leaves these patients' files to the ordinary path (read and join
-    /// the file, then write it if it is behind): they join the latest
-    /// export's unwritten patients.
-    pub fn queue_patient_files(&mut self, patients: &[String]) -> Result<(), DbError> {
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let seq: Option<i64> = tx.query_row("SELECT max(seq) FROM _cs_outbox", [], |r| r.get(0))?;
-        let seq = seq.ok_or_else(|| DbError::Corrupt("the first export recorded no export".into()))?;
-        {
-            let mut insert = tx
-                .prepare_cached("INSERT OR IGNORE INTO _cs_outbox_patients (seq, patient) VALUES (?1, ?2)")?;
-            for p in patients {
-                insert.execute(params![seq, p])?;
-            }
-        }
-        tx.execute("UPDATE _cs_outbox SET done_ms = NULL WHERE seq = ?1", [seq])?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// Records that the first export's patient files are written up to
     /// `patient` (`None`: all; the first export is finished).
     pub fn first_export_files_until(&self, patient: Option<&str>) -> Result<(), DbError> {
@@ -634,198 +471,6 @@ impl Db {
     /// Whether some rows wait outside the app's tables.
     pub fn has_parked(&self) -> Result<bool, DbError> {
         Ok(self.conn.query_row("SELECT EXISTS (SELECT 1 FROM _cs_unprojected)", [], |r| r.get(0))?)
-    }
-}
-
-/// A write transaction on the state. Dropping it without `commit` rolls
-/// everything back.
-pub struct WriteTx<'a> {
-    tx: rusqlite::Transaction<'a>,
-    /// Whether the app had pending changes when the transaction began.
-    pending: bool,
-    clock_at_start: HlcClock,
-    mapping: &'a Mapping,
-    columns: &'a BTreeMap<String, Vec<String>>,
-    clock: HlcClock,
-    site: SiteId,
-    now_ms: u64,
-    batch: StampBatch,
-    hold_deletes: bool,
-    any_purged: bool,
-    any_parked: std::cell::Cell<bool>,
-    /// Whether any patient has a rows digest (see digests.rs). Digests are
-    /// made only outside write transactions, so it holds until the end.
-    digests: bool,
-}
-
-/// The transaction's context for the `state` functions. A macro, not a
-/// method, so that it borrows only these fields while the clock and the
-/// batch are borrowed mutably beside it.
-macro_rules! tx_ctx {
-    ($w:expr) => {
-        Ctx {
-            mapping: $w.mapping,
-            columns: $w.columns,
-            hold_deletes: $w.hold_deletes,
-            any_purged: $w.any_purged,
-            any_parked: &$w.any_parked,
-            digests: $w.digests,
-        }
-    };
-}
-
-impl WriteTx<'_> {
-    /// From now on in this transaction, incoming deletions of patients are
-    /// kept out of the app's tables (held) instead of applied; see
-    /// [`Db::held_deletes`].
-    pub fn hold_deletes(&mut self) {
-        self.hold_deletes = true;
-    }
-
-    /// Refuses up to `max_rows` held deletions (`sync --keep-deleted`): the
-    /// rows live again here and travel to every site as new inserts.
-    pub fn keep_held(&mut self, max_rows: usize) -> Result<Kept, DbError> {
-        let ctx = tx_ctx!(self);
-        held::keep(&self.tx, &ctx, &mut self.clock, self.now_ms, &mut self.batch, max_rows)
-    }
-
-    /// Stamps the app's pending changes, oldest first, until about
-    /// `max_rows` rows or `max_bytes` of segment are stamped. Returns false
-    /// when nothing is left pending.
-    pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
-        let ctx = tx_ctx!(self);
-        state::stamp_pending(
-            &self.tx,
-            &ctx,
-            &mut self.clock,
-            self.now_ms,
-            max_rows,
-            max_bytes,
-            &mut self.batch,
-        )
-    }
-
-    /// Stamps the next rows of the first export (the rows the database
-    /// held when it was set up), until about `max_rows` rows or `max_bytes`
-    /// of segment. Returns false when the first export is finished. Until
-    /// it is, nothing else may write the state: the run finishes it before
-    /// stamping later changes and before importing.
-    pub fn stamp_first_export(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
-        let ctx = tx_ctx!(self);
-        bulk::stamp_next(&self.tx, &ctx, &mut self.clock, self.now_ms, max_rows, max_bytes, &mut self.batch)
-    }
-
-    /// Joins one incoming document, all or nothing: on error nothing of it
-    /// stays applied and the transaction remains usable. Rows the app
-    /// changed since the last export are stamped first (outside the
-    /// document's savepoint, so those stamps stand whatever happens).
-    pub fn apply_doc(&mut self, doc: &PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        self.refuse_forged(doc)?;
-        self.stamp_pending_rows(doc.rows.keys())?;
-        let ctx = tx_ctx!(self);
-        let rows = doc.rows.iter().map(|(k, r)| (Cow::Borrowed(k), Cow::Borrowed(r)));
-        let sp = self.tx.savepoint()?;
-        let outcome = state::apply_doc(&sp, &ctx, self.now_ms, &doc.patient.0, rows, source)?;
-        sp.commit()?;
-        for stamp in doc.stamps() {
-            self.clock.observe(stamp);
-        }
-        Ok(outcome)
-    }
-
-    /// Joins one incoming document, taking its rows, without a savepoint of
-    /// its own, for a caller that drops the whole transaction when any
-    /// document fails (a segment is applied all or nothing). On error the
-    /// transaction holds part of the document and must not be committed.
-    /// Cheaper than [`WriteTx::apply_doc`]: a row new here is not copied,
-    /// and a savepoint makes SQLite copy every page the document touches
-    /// into its statement journal first.
-    pub fn apply_doc_unguarded(&mut self, doc: PatientDoc, source: &str) -> Result<ApplyOutcome, DbError> {
-        self.refuse_forged(&doc)?;
-        self.stamp_pending_rows(doc.rows.keys())?;
-        let latest = doc.stamps().max();
-        let ctx = tx_ctx!(self);
-        let PatientDoc { patient, rows } = doc;
-        let rows = rows.into_iter().map(|(k, r)| (Cow::Owned(k), Cow::Owned(r)));
-        let outcome = state::apply_doc(&self.tx, &ctx, self.now_ms, &patient.0, rows, source)?;
-        if let Some(stamp) = latest {
-            self.clock.observe(stamp);
-        }
-        Ok(outcome)
-    }
-
-    /// Refuses a document with a version stamped by this site after every
-    /// stamp this site has issued: no clinicsync made it.
-    fn refuse_forged(&self, doc: &PatientDoc) -> Result<(), DbError> {
-        let (wall, counter) = self.clock.state();
-        match doc.stamps().find(|h| h.site() == self.site && (h.wall_ms(), h.counter()) > (wall, counter)) {
-            Some(h) => Err(DbError::ForgedStamp(h.encode())),
-            None => Ok(()),
-        }
-    }
-
-    /// Stamps these rows now if the app changed them since the last export
-    /// (outside any document's savepoint, so those stamps stand whatever
-    /// happens to the document).
-    fn stamp_pending_rows<'k>(&mut self, keys: impl Iterator<Item = &'k RowKey>) -> Result<(), DbError> {
-        if !self.pending {
-            return Ok(());
-        }
-        let ctx = tx_ctx!(self);
-        for key in keys {
-            state::stamp_if_pending(&self.tx, &ctx, &mut self.clock, self.now_ms, key, &mut self.batch)?;
-        }
-        Ok(())
-    }
-
-    /// Settles an open conflict record with a new edit of its field that
-    /// supersedes every concurrent value (see [`Keep`]).
-    pub fn resolve_conflict(&mut self, id: i64, keep: Keep) -> Result<Resolved, DbError> {
-        let ctx = tx_ctx!(self);
-        state::resolve_conflict(&self.tx, &ctx, &mut self.clock, self.now_ms, id, keep, &mut self.batch)
-    }
-
-    /// Tries again to show every parked row in the app's tables; returns
-    /// those still parked, with the reason.
-    pub fn retry_parked(&mut self) -> Result<Vec<(crate::model::RowKey, String)>, DbError> {
-        let ctx = tx_ctx!(self);
-        state::retry_parked(&self.tx, &ctx)
-    }
-
-    /// Records the last segment applied from `site`.
-    pub fn set_watermark(&self, site: SiteId, seq: u64) -> Result<(), DbError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO _cs_watermarks (site, seq) VALUES (?1, ?2) ON CONFLICT (site) DO UPDATE SET seq = excluded.seq",
-            )?
-            .execute(params![site.to_string(), seq as i64])?;
-        Ok(())
-    }
-
-    /// Records that a patient file's content was applied, for the full scan
-    /// to skip it while it is unchanged.
-    pub fn record_file(&self, path: &str, size: u64, mtime_ns: i64, sha256: &str) -> Result<(), DbError> {
-        self.tx
-            .prepare_cached(
-                "INSERT INTO _cs_files (path, size, mtime_ns, sha256) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256",
-            )?
-            .execute(params![path, size as i64, mtime_ns, sha256])?;
-        Ok(())
-    }
-
-    /// Commits; what was stamped becomes one export with its segment.
-    pub fn commit(mut self) -> Result<StampOutcome, DbError> {
-        let batch = std::mem::take(&mut self.batch);
-        let outcome = state::finish_batch(&self.tx, self.site, self.now_ms, batch)?;
-        if self.clock != self.clock_at_start {
-            let (wall, counter) = self.clock.state();
-            meta_set(&self.tx, "hlc_wall", &wall.to_string())?;
-            meta_set(&self.tx, "hlc_counter", &counter.to_string())?;
-        }
-        self.tx.execute("DELETE FROM _cs_quiet", [])?;
-        self.tx.commit()?;
-        Ok(outcome)
     }
 }
 
@@ -850,35 +495,6 @@ impl Db {
             out.push((table.to_owned(), rows));
         }
         Ok(out)
-    }
-
-    /// Undone exports, oldest first.
-    pub fn undone_seqs(&self) -> Result<Vec<u64>, DbError> {
-        let mut stmt = self.conn.prepare("SELECT seq FROM _cs_outbox WHERE done_ms IS NULL ORDER BY seq")?;
-        let rows = stmt.query_map([], |r| Ok(r.get::<_, i64>(0)? as u64))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// The bytes of an export's segment while it is not yet in the folder
-    /// (once published, only compaction may remove it, and it is never
-    /// written again).
-    pub fn segment_bytes(&self, seq: u64) -> Result<Option<Vec<u8>>, DbError> {
-        type Entry = (Option<Vec<u8>>, i64, Option<i64>, Option<i64>);
-        let entry: Option<Entry> = self
-            .conn
-            .prepare_cached(
-                "SELECT segment, created_ms, from_row, to_row FROM _cs_outbox WHERE seq = ?1 AND segment_ms IS NULL",
-            )?
-            .query_row([seq as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .optional()?;
-        match entry {
-            Some((Some(bytes), ..)) => Ok(Some(bytes)),
-            Some((None, created_ms, Some(from), Some(to))) => {
-                let site = self.site_config()?.site;
-                Ok(Some(state::range_segment(&self.conn, site, seq, created_ms as u64, (from, to))?))
-            }
-            _ => Ok(None),
-        }
     }
 
     /// Whether the app changed rows since the last export (the capture
@@ -906,18 +522,6 @@ impl Db {
             [],
             |r| r.get(0),
         )?)
-    }
-
-    /// The highest sequence number up to which every segment is in the
-    /// folder: what the site file may announce to readers.
-    pub fn written_head(&self) -> Result<u64, DbError> {
-        let first_undone: Option<i64> =
-            self.conn
-                .query_row("SELECT min(seq) FROM _cs_outbox WHERE segment_ms IS NULL", [], |r| r.get(0))?;
-        match first_undone {
-            Some(seq) => Ok(seq as u64 - 1),
-            None => self.head_seq(),
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::rowblob;
 use super::{Db, DbError, WriteTx};
@@ -30,25 +30,7 @@ fn drop_row(
     // whenever it made them) lose to it, as an edit a delete did not see
     // always does, and are kept here for a person to see.
     let deleted_at = deleted.latest().map(|h| h.encode()).unwrap_or_default();
-    let mut record = conn.prepare_cached(
-        "INSERT INTO _cs_conflicts (tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source,
-           detected_ms, kind) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 'purged while this site was away', ?8, 'deleted')
-         ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = 'deleted', status = 'open', resolved_ms = NULL",
-    )?;
-    for (col, state) in &row.fields {
-        for v in state.versions().iter().filter(|v| !deleted.covers(v.hlc())) {
-            record.execute(params![
-                key.table,
-                key.pk,
-                col,
-                super::values::Sql(v.value()),
-                v.hlc().encode(),
-                deleted_at,
-                patient,
-                now_ms as i64
-            ])?;
-        }
-    }
+    super::records::lost_to_purge(conn, key, row, patient, deleted, &deleted_at, now_ms)?;
     // Its causal length as a tombstone: past the live row's.
     let cl = if row.is_alive() { row.cl + 1 } else { row.cl };
     conn.prepare_cached(
@@ -56,10 +38,7 @@ fn drop_row(
          ON CONFLICT (tbl, pk) DO UPDATE SET cl = max(cl, excluded.cl)",
     )?
     .execute(params![key.table, key.pk, cl as i64, patient, deleted_at, now_ms as i64, deleted.encode()])?;
-    conn.prepare_cached(
-        "INSERT INTO _cs_held (tbl, pk, patient, site) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (tbl, pk) DO NOTHING",
-    )?
-    .execute(params![key.table, key.pk, patient, deleted.latest().map(|h| h.site().to_string())])?;
+    super::held::hold_purged(conn, key, patient, deleted.latest().map(|h| h.site()))?;
     Ok(())
 }
 
@@ -184,11 +163,7 @@ impl Db {
                 now_ms as i64,
                 base
             ])?;
-            tx.prepare_cached(
-                "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?3
-                 WHERE tbl = ?1 AND pk = ?2 AND status = 'open'",
-            )?
-            .execute(params![t.table, t.pk, now_ms as i64])?;
+            super::records::close_purged(&tx, &t.table, &t.pk, now_ms)?;
         }
         tx.commit()?;
         Ok(())
@@ -284,26 +259,6 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// True when a tombstone has edits it did not see that nobody has
-    /// reviewed yet (open `deleted` records): it is not purged while so.
-    pub fn has_open_lost_edits(&self, table: &str, pk: &str) -> Result<bool, DbError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM _cs_conflicts WHERE tbl = ?1 AND pk = ?2 AND kind = 'deleted' AND status = 'open')",
-            )?
-            .query_row(params![table, pk], |r| r.get(0))?)
-    }
-
-    /// True when the app still shows a row whose deletion the mass-delete
-    /// guard holds: its tombstone is not purged while so.
-    pub fn is_held(&self, table: &str, pk: &str) -> Result<bool, DbError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM _cs_held WHERE tbl = ?1 AND pk = ?2)")?
-            .query_row(params![table, pk], |r| r.get(0))?)
-    }
-
     /// Every patient the state holds rows of (deleted ones included).
     pub fn patients(&self) -> Result<Vec<String>, DbError> {
         let mut stmt =
@@ -322,4 +277,13 @@ impl Db {
             .optional()?
             .is_some())
     }
+}
+
+/// The causal length of a row purged here.
+pub(super) fn purged_cl(conn: &Connection, key: &RowKey) -> Result<Option<u64>, DbError> {
+    let cl: Option<i64> = conn
+        .prepare_cached("SELECT cl FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![key.table, key.pk], |r| r.get(0))
+        .optional()?;
+    Ok(cl.map(|c| c as u64))
 }

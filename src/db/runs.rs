@@ -3,9 +3,16 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::values::from_ref;
 use super::{Db, DbError};
-use crate::model::Value;
+
+pub(super) const TABLE: &str = "
+-- Latest Logs.
+CREATE TABLE IF NOT EXISTS _cs_runs (id INTEGER PRIMARY KEY, started_ms INTEGER NOT NULL,
+  ended_ms INTEGER, trigger TEXT NOT NULL, outcome TEXT, summary TEXT);
+CREATE TABLE IF NOT EXISTS _cs_run_events (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
+  at_ms INTEGER NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, path TEXT, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS _cs_run_events_run ON _cs_run_events (run_id);
+";
 
 /// One run, as `clinicsync log` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -29,26 +36,6 @@ pub struct EventRecord {
     pub kind: String,
     pub path: Option<String>,
     pub message: String,
-}
-
-/// A value that lost a concurrent edit.
-#[derive(Clone, Debug)]
-pub struct ConflictRecord {
-    pub id: i64,
-    pub table: String,
-    pub pk: String,
-    pub column: String,
-    pub value: Value,
-    pub hlc: String,
-    pub winner_value: Value,
-    pub winner_hlc: String,
-    pub patient: Option<String>,
-    pub source: Option<String>,
-    pub detected_ms: u64,
-    pub status: String,
-    /// `edit` (two edits of one field) or `deleted` (an edit a concurrent
-    /// delete did not see; `winner_value` is null).
-    pub kind: String,
 }
 
 const RUN_COLUMNS: &str = "SELECT id, started_ms, ended_ms, trigger, outcome, summary FROM _cs_runs";
@@ -148,39 +135,6 @@ impl Db {
                 kind: r.get(2)?,
                 path: r.get(3)?,
                 message: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    pub fn open_conflict_count(&self) -> Result<u64, DbError> {
-        let n: i64 =
-            self.conn
-                .query_row("SELECT count(*) FROM _cs_conflicts WHERE status = 'open'", [], |r| r.get(0))?;
-        Ok(n as u64)
-    }
-
-    /// Conflict records, newest first.
-    pub fn conflicts(&self, open_only: bool) -> Result<Vec<ConflictRecord>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source, detected_ms, status, kind
-             FROM _cs_conflicts WHERE (?1 = 0 OR status = 'open') ORDER BY id DESC",
-        )?;
-        let rows = stmt.query_map([open_only as i64], |r| {
-            Ok(ConflictRecord {
-                id: r.get(0)?,
-                table: r.get(1)?,
-                pk: r.get(2)?,
-                column: r.get(3)?,
-                value: from_ref(r.get_ref(4)?),
-                hlc: r.get(5)?,
-                winner_value: from_ref(r.get_ref(6)?),
-                winner_hlc: r.get(7)?,
-                patient: r.get(8)?,
-                source: r.get(9)?,
-                detected_ms: r.get::<_, i64>(10)? as u64,
-                status: r.get(11)?,
-                kind: r.get(12)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -5,9 +5,9 @@ use rusqlite::Connection;
 
 use super::mapping::Mapping;
 
-/// The `_cs_` tables. Idempotent.
-pub(crate) const STATE_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS _cs_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+/// The capture tables: the triggers fill `_cs_pending`, and stay quiet
+/// while `_cs_quiet` holds a row.
+pub(super) const CAPTURE: &str = "
 -- Holds a row only inside clinicsync's own write transactions: the capture
 -- triggers stay quiet while it does, so applied changes never echo back.
 CREATE TABLE IF NOT EXISTS _cs_quiet (x INTEGER);
@@ -15,45 +15,71 @@ CREATE TABLE IF NOT EXISTS _cs_quiet (x INTEGER);
 -- and when (ms since the epoch, by the computer's clock as the app wrote).
 CREATE TABLE IF NOT EXISTS _cs_pending (id INTEGER PRIMARY KEY, tbl TEXT, pk TEXT, at_ms INTEGER);
 CREATE INDEX IF NOT EXISTS _cs_pending_row ON _cs_pending (tbl, pk);
--- Per replicated row: causal length (odd alive, even deleted), the patient it
--- belongs to, and the maximal versions of its fields (see rowblob.rs).
-CREATE TABLE IF NOT EXISTS _cs_rows (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
-  patient TEXT, state BLOB NOT NULL, PRIMARY KEY (tbl, pk));
-CREATE INDEX IF NOT EXISTS _cs_rows_patient ON _cs_rows (patient);
--- Exports: one per change-log segment. The segment's bytes are kept until
--- the segment and every affected patient file are written.
--- segment_ms: when its segment reached the folder (what readers may see);
--- done_ms: when every patient file it touched was written too.
--- from_row, to_row: a first-export step's segment is not stored; it is
--- made from the _cs_rows rows with rowids in (from_row, to_row].
-CREATE TABLE IF NOT EXISTS _cs_outbox (seq INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL,
-  segment BLOB, rows INTEGER NOT NULL DEFAULT 0, segment_ms INTEGER, done_ms INTEGER,
-  from_row INTEGER, to_row INTEGER);
-CREATE TABLE IF NOT EXISTS _cs_outbox_patients (seq INTEGER NOT NULL, patient TEXT NOT NULL,
-  PRIMARY KEY (seq, patient)) WITHOUT ROWID;
--- Rows the state holds but the app's table cannot show yet (a NOT NULL or
--- CHECK constraint refuses the fields known so far); retried every run.
-CREATE TABLE IF NOT EXISTS _cs_unprojected (tbl TEXT NOT NULL, pk TEXT NOT NULL, reason TEXT NOT NULL,
-  PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
--- The last segment applied from each other site.
-CREATE TABLE IF NOT EXISTS _cs_watermarks (site TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
--- Concurrent edits of one field (kind 'edit'), or an edit a concurrent
--- delete did not see (kind 'deleted'): the value that lost, kept for review.
-CREATE TABLE IF NOT EXISTS _cs_conflicts (id INTEGER PRIMARY KEY, tbl TEXT NOT NULL,
-  pk TEXT NOT NULL, col TEXT NOT NULL, value, hlc TEXT NOT NULL, base TEXT, winner_value,
-  winner_hlc TEXT NOT NULL, patient TEXT, source TEXT, detected_ms INTEGER NOT NULL,
-  status TEXT NOT NULL DEFAULT 'open', resolved_ms INTEGER, kind TEXT NOT NULL DEFAULT 'edit',
-  UNIQUE (tbl, pk, col, hlc));
--- Latest Logs.
-CREATE TABLE IF NOT EXISTS _cs_runs (id INTEGER PRIMARY KEY, started_ms INTEGER NOT NULL,
-  ended_ms INTEGER, trigger TEXT NOT NULL, outcome TEXT, summary TEXT);
-CREATE TABLE IF NOT EXISTS _cs_run_events (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
-  at_ms INTEGER NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, path TEXT, message TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS _cs_run_events_run ON _cs_run_events (run_id);
--- What a full scan last applied from each patient file, to skip unchanged files.
-CREATE TABLE IF NOT EXISTS _cs_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,
-  mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL) WITHOUT ROWID;
 ";
+
+/// Every table clinicsync keeps in the app's database, in the order they
+/// are made: a table's name, and the SQL that makes it (with its indexes
+/// and the tables made with it), from the module that owns the table. `init`
+/// makes them all; `open` makes those a database set up by an earlier
+/// version lacks.
+pub(super) const TABLES: &[(&str, &str)] = &[
+    ("_cs_meta", super::meta::TABLE),
+    ("_cs_quiet", CAPTURE),
+    ("_cs_rows", super::state::TABLE),
+    ("_cs_outbox", super::outbox::TABLE),
+    ("_cs_unprojected", super::project::TABLE),
+    ("_cs_watermarks", super::watermarks::TABLE),
+    ("_cs_conflicts", super::records::TABLE),
+    ("_cs_runs", super::runs::TABLE),
+    ("_cs_files", super::files::TABLE),
+    ("_cs_copies", super::copies::TABLE),
+    ("_cs_held", super::held::TABLE),
+    ("_cs_purged", super::purge::TABLES),
+    ("_cs_digests", super::digests::TABLE),
+    ("_cs_dirs", super::dirs::TABLE),
+];
+
+/// Columns added to a table after the state format was frozen: (table,
+/// column, the SQL that adds it). `open` adds those a database lacks.
+const COLUMNS_ADDED: &[(&str, &str, &str)] = &[
+    ("_cs_conflicts", "kind", "ALTER TABLE _cs_conflicts ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit'"),
+    (
+        "_cs_outbox",
+        "from_row",
+        "ALTER TABLE _cs_outbox ADD COLUMN from_row INTEGER; ALTER TABLE _cs_outbox ADD COLUMN to_row INTEGER",
+    ),
+    ("_cs_purged", "base", "ALTER TABLE _cs_purged ADD COLUMN base TEXT"),
+];
+
+/// Makes every table (a new database).
+pub(super) fn create_all(conn: &Connection) -> rusqlite::Result<()> {
+    TABLES.iter().try_for_each(|(_, sql)| conn.execute_batch(sql))
+}
+
+/// Makes the tables and columns a database set up by an earlier version
+/// lacks.
+pub(super) fn create_missing(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, sql) in TABLES {
+        let present: bool =
+            conn.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)", [table], |r| {
+                r.get(0)
+            })?;
+        if !present {
+            conn.execute_batch(sql)?;
+        }
+    }
+    for (table, column, sql) in COLUMNS_ADDED {
+        let present: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+            [table, column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(sql)?;
+        }
+    }
+    Ok(())
+}
 
 pub(crate) fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
