@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::model::shown;
 use crate::db::{Db, Keep};
 use crate::engine::{self, InitOptions, Outcome, Progress, RunReport, StatusReport, SyncOptions};
 use crate::model::Hlc;
@@ -449,26 +450,6 @@ fn print_run(report: &RunReport) {
         let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
         say!("  {path}{}", shown(&e.message));
     }
-}
-
-/// Text for a terminal: every string that may have come from the folder
-/// (a site's name, a file's name, a key, a sentence quoting them) has its
-/// control characters (escape sequences, carriage returns, new lines that
-/// would forge a line) and text-direction overrides shown as `\u{..}`.
-pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-    if !text.chars().any(hidden) {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if hidden(c) {
-            out.push_str(&format!("\\u{{{:x}}}", c as u32));
-        } else {
-            out.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(out)
 }
 
 fn print_status(s: &StatusReport) {

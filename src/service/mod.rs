@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use crate::db::Db;
 use crate::engine::{self, Progress, SyncOptions};
 use crate::model::Clock as _;
+use crate::web::{AlertView, ServiceView, Stopping};
 use alert::AlertTarget;
 use scheduler::{Alert, Control, Hint, Hooks, RunDone, Schedule, SchedulerState, Trigger};
 
@@ -31,16 +32,6 @@ pub struct ServiceOptions {
     pub web_port: Option<u16>,
 }
 
-/// An alert as the page lists it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AlertRecord {
-    pub at_ms: u64,
-    pub kind: &'static str,
-    pub reason: String,
-    /// What sending it did.
-    pub results: Vec<String>,
-}
-
 /// Alerts kept for the page.
 const ALERTS_KEPT: usize = 20;
 
@@ -48,25 +39,68 @@ const ALERTS_KEPT: usize = 20;
 /// and the watcher.
 type Watched = (PathBuf, (u64, u64), notify::RecommendedWatcher);
 
-/// What the web page shares with the service.
-pub struct Shared {
-    pub db: PathBuf,
-    pub progress: Progress,
-    pub control: mpsc::Sender<Control>,
-    pub state: watch::Receiver<SchedulerState>,
-    pub alerts: Mutex<VecDeque<AlertRecord>>,
-    /// Sync Now runs the page asked for that have finished, and how the
-    /// latest ended (its run id and outcome): the page follows its own run.
-    pub manual_done: std::sync::atomic::AtomicU64,
-    pub last_manual: Mutex<Option<(Option<i64>, &'static str)>>,
+/// The running service as the web page and the hooks see it.
+pub(crate) struct Shared {
+    db: PathBuf,
+    progress: Progress,
+    control: mpsc::Sender<Control>,
+    state: watch::Receiver<SchedulerState>,
+    alerts: Mutex<VecDeque<AlertView>>,
+    /// Alerts being sent: waited for (briefly) when the service stops.
+    sending: Mutex<tokio::task::JoinSet<()>>,
     watcher: Mutex<Option<Watched>>,
     hints: mpsc::UnboundedSender<Hint>,
+}
+
+impl crate::web::Service for Shared {
+    fn db(&self) -> &Path {
+        &self.db
+    }
+
+    fn view(&self) -> ServiceView {
+        let state = self.state.borrow().clone();
+        ServiceView {
+            running: state.running,
+            queued: state.queued,
+            last_run: state.last_run,
+            runs_finished: state.runs_finished,
+            sync_requests: state.sync_requests,
+            page_runs_done: state.page_runs_done,
+            last_page_run: state.last_page_run,
+            progress: self.progress.view(),
+            alerts: self.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
+        }
+    }
+
+    fn sync_now(&self, from_page: bool) -> Result<(), Stopping> {
+        self.control.try_send(Control::SyncNow { reply: None, from_page }).map_err(|_| Stopping)
+    }
+
+    fn sync_now_and_wait(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let control = self.control.clone();
+        let mut sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
+        while sending.try_join_next().is_some() {}
+        sending.spawn(async move {
+            if control.send(Control::SyncNow { reply: Some(reply), from_page: false }).await.is_ok()
+                && replied.await.is_ok()
+            {
+                let _ = done_tx.send(());
+            }
+        });
+        done_rx
+    }
+
+    fn settings_changed(&self) -> Result<(), engine::EngineError> {
+        Shared::settings_changed(self)
+    }
 }
 
 impl Shared {
     /// Tells the scheduler about changed settings, and watches the new
     /// folder if it moved.
-    pub fn settings_changed(&self) -> Result<(), engine::EngineError> {
+    fn settings_changed(&self) -> Result<(), engine::EngineError> {
         let settings = engine::settings_load(&self.db)?;
         let folder = Db::open(&self.db)?.site_config()?.folder;
         let _ = self.control.try_send(Control::Settings(schedule_of(&settings)));
@@ -138,16 +172,19 @@ impl Hooks for RealHooks {
         match result {
             Ok(Ok(report)) => RunDone {
                 run_id: report.run_id,
-                outcome: report.outcome.as_str(),
+                outcome: report.outcome,
                 error: report.error,
                 touched: report.touched,
             },
-            Ok(Err(e)) => {
-                RunDone { run_id: None, outcome: "failed", error: Some(e.to_string()), touched: None }
-            }
+            Ok(Err(e)) => RunDone {
+                run_id: None,
+                outcome: engine::Outcome::Failed,
+                error: Some(e.to_string()),
+                touched: None,
+            },
             Err(e) => RunDone {
                 run_id: None,
-                outcome: "failed",
+                outcome: engine::Outcome::Failed,
                 error: Some(format!("the sync stopped unexpectedly: {e}")),
                 touched: None,
             },
@@ -179,14 +216,16 @@ impl Hooks for RealHooks {
         let db = self.db.clone();
         let shared = self.shared.clone();
         // Sending may take a while; the scheduler does not wait for it.
-        tokio::spawn(async move {
+        let mut sending = self.shared.sending.lock().unwrap_or_else(|e| e.into_inner());
+        while sending.try_join_next().is_some() {}
+        sending.spawn(async move {
             let target = match tokio::task::spawn_blocking(move || alert_target(&db)).await {
                 Ok(Ok(t)) => t,
                 _ => AlertTarget::default(),
             };
             let results = alert::send(&target, &alert).await;
             let mut alerts = shared.alerts.lock().unwrap_or_else(|e| e.into_inner());
-            alerts.push_front(AlertRecord {
+            alerts.push_front(AlertView {
                 at_ms: engine::SystemClock.now_ms(),
                 kind: alert.kind.as_str(),
                 reason: alert.reason,
@@ -228,7 +267,7 @@ fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
         // may be known, so it is replaced by a new one only this user reads.
         eprintln!(
             "clinicsync: {} could be read by other users; the page gets a new token, readable by this user only",
-            crate::cli::shown(&path.display().to_string())
+            crate::model::shown(&path.display().to_string())
         );
         std::fs::remove_file(&path).with_context(|| format!("cannot replace {}", path.display()))?;
     }
@@ -309,8 +348,7 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
         control: control_tx.clone(),
         state: state_rx,
         alerts: Mutex::new(VecDeque::new()),
-        manual_done: std::sync::atomic::AtomicU64::new(0),
-        last_manual: Mutex::new(None),
+        sending: Mutex::new(tokio::task::JoinSet::new()),
         watcher: Mutex::new(None),
         hints: hint_tx,
     });
@@ -353,6 +391,11 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     // Open page connections (live status) get a moment, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
+    // Alerts still being sent get the same moment.
+    let mut sending = std::mem::take(&mut *shared.sending.lock().unwrap_or_else(|e| e.into_inner()));
+    let _ =
+        tokio::time::timeout(Duration::from_secs(3), async { while sending.join_next().await.is_some() {} })
+            .await;
     shared.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     eprintln!("clinicsync: stopped");
     Ok(())

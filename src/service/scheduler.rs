@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::Outcome;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 
@@ -69,8 +71,7 @@ impl Trigger {
 #[derive(Clone, Debug)]
 pub struct RunDone {
     pub run_id: Option<i64>,
-    /// `ok`, `partial` or `failed`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub error: Option<String>,
     /// Folder paths the run wrote or removed; `None` when unknown (then
     /// every file event seen during the run counts as news).
@@ -117,6 +118,9 @@ pub enum Control {
     /// comes when it has finished.
     SyncNow {
         reply: Option<oneshot::Sender<RunDone>>,
+        /// Asked by the web page, which follows its runs through
+        /// [`SchedulerState::page_runs_done`].
+        from_page: bool,
     },
     Settings(Schedule),
     /// Finish the run in progress, then stop.
@@ -135,16 +139,23 @@ pub struct SchedulerState {
     pub running: Option<&'static str>,
     pub queued: bool,
     /// The id and outcome of the latest finished run.
-    pub last_run: Option<(Option<i64>, &'static str)>,
+    pub last_run: Option<(Option<i64>, Outcome)>,
     pub runs_finished: u64,
     /// Sync Now requests received (the page's, the command line's
     /// through the page): a refused request never adds one.
     pub sync_requests: u64,
+    /// The web page's Sync Now requests whose run has finished, and the id
+    /// and outcome of the latest such run: the page's script follows its
+    /// own run by these.
+    pub page_runs_done: u64,
+    pub last_page_run: Option<(Option<i64>, Outcome)>,
 }
 
 struct Pending {
     trigger: Trigger,
     replies: Vec<oneshot::Sender<RunDone>>,
+    /// Requests from the web page among them.
+    from_page: u64,
 }
 
 /// Runs the schedule until [`Control::Shutdown`] (or every sender is gone).
@@ -165,8 +176,9 @@ pub async fn run<H: Hooks>(
     let mut stale_alerted = false;
     let mut failed_alerted = false;
     let mut last_start = start;
-    let mut pending: Option<Pending> = Some(Pending { trigger: Trigger::Startup, replies: Vec::new() });
-    let mut running: Option<(JoinHandle<RunDone>, Vec<oneshot::Sender<RunDone>>)> = None;
+    let mut pending: Option<Pending> =
+        Some(Pending { trigger: Trigger::Startup, replies: Vec::new(), from_page: 0 });
+    let mut running: Option<(JoinHandle<RunDone>, Vec<oneshot::Sender<RunDone>>, u64)> = None;
     let mut debounce: Option<(Instant, Instant)> = None;
     let mut during_run: Vec<String> = Vec::new();
     let mut during_run_overflow = false;
@@ -179,10 +191,14 @@ pub async fn run<H: Hooks>(
     let mut poll = tokio::time::interval(LOCAL_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
-    let queue = |pending: &mut Option<Pending>, trigger: Trigger, reply: Option<oneshot::Sender<RunDone>>| {
-        let p = pending.get_or_insert(Pending { trigger, replies: Vec::new() });
+    let queue = |pending: &mut Option<Pending>,
+                 trigger: Trigger,
+                 reply: Option<oneshot::Sender<RunDone>>,
+                 from_page: bool| {
+        let p = pending.get_or_insert(Pending { trigger, replies: Vec::new(), from_page: 0 });
         p.trigger = p.trigger.min(trigger);
         p.replies.extend(reply);
+        p.from_page += u64::from(from_page);
     };
 
     loop {
@@ -194,7 +210,7 @@ pub async fn run<H: Hooks>(
             last_start = Instant::now();
             let h = hooks.clone();
             let trigger = p.trigger;
-            running = Some((tokio::spawn(async move { h.run(trigger).await }), p.replies));
+            running = Some((tokio::spawn(async move { h.run(trigger).await }), p.replies, p.from_page));
             state.send_modify(|s| {
                 s.running = Some(trigger.as_str());
                 s.queued = false;
@@ -209,30 +225,30 @@ pub async fn run<H: Hooks>(
 
         tokio::select! {
             done = async { (&mut running.as_mut().expect("guarded").0).await }, if running.is_some() => {
-                let (_, replies) = running.take().expect("guarded");
+                let (_, replies, from_page) = running.take().expect("guarded");
                 let done = done.unwrap_or_else(|e| RunDone {
                     run_id: None,
-                    outcome: "failed",
+                    outcome: Outcome::Failed,
                     error: Some(format!("the sync stopped unexpectedly: {e}")),
                     touched: None,
                 });
                 let now = Instant::now();
-                local_paused = done.outcome == "failed";
+                local_paused = done.outcome == Outcome::Failed;
                 match done.outcome {
-                    "ok" => {
+                    Outcome::Ok => {
                         last_success = Some(now);
                         stale_since = now;
                         stale_alerted = false;
                         failed_alerted = false;
                     }
-                    "failed" => {
+                    Outcome::Failed => {
                         if !failed_alerted {
                             failed_alerted = true;
                             let reason = done.error.clone().unwrap_or_else(|| "a sync failed".into());
                             hooks.alert(Alert { kind: AlertKind::Failed, reason }).await;
                         }
                     }
-                    _ => failed_alerted = false,
+                    Outcome::Partial => failed_alerted = false,
                 }
                 // File events the run caused are not news; the rest are.
                 echo = (echo_set(done.touched.as_deref().unwrap_or_default()), now + ECHO_GRACE);
@@ -246,14 +262,18 @@ pub async fn run<H: Hooks>(
                     s.running = None;
                     s.last_run = Some((done.run_id, done.outcome));
                     s.runs_finished += 1;
+                    if from_page > 0 {
+                        s.page_runs_done += from_page;
+                        s.last_page_run = Some((done.run_id, done.outcome));
+                    }
                 });
                 for reply in replies {
                     let _ = reply.send(done.clone());
                 }
             }
             msg = control.recv(), if !shutting_down => match msg {
-                Some(Control::SyncNow { reply }) => {
-                    queue(&mut pending, Trigger::Manual, reply);
+                Some(Control::SyncNow { reply, from_page }) => {
+                    queue(&mut pending, Trigger::Manual, reply, from_page);
                     state.send_modify(|s| {
                         s.queued = running.is_some();
                         s.sync_requests += 1;
@@ -295,10 +315,10 @@ pub async fn run<H: Hooks>(
             }
             _ = sleep_until(debounce.map_or(start, |d| d.1)), if debounce.is_some() && !shutting_down => {
                 debounce = None;
-                queue(&mut pending, Trigger::Watcher, None);
+                queue(&mut pending, Trigger::Watcher, None, false);
             }
             _ = sleep_until(next_interval.unwrap_or(start)), if next_interval.is_some() && running.is_none() && pending.is_none() => {
-                queue(&mut pending, Trigger::Interval, None);
+                queue(&mut pending, Trigger::Interval, None, false);
             }
             _ = sleep_until(stale_at.unwrap_or(start)), if stale_at.is_some() => {
                 stale_alerted = true;
@@ -317,7 +337,7 @@ pub async fn run<H: Hooks>(
             }
             _ = poll.tick(), if schedule.watch && running.is_none() && pending.is_none() && !shutting_down && !local_paused => {
                 if hooks.local_changes().await {
-                    queue(&mut pending, Trigger::LocalChange, None);
+                    queue(&mut pending, Trigger::LocalChange, None, false);
                 }
             }
         }
@@ -362,7 +382,7 @@ mod tests {
         runs: Mutex<Vec<(Duration, Trigger)>>,
         alerts: Mutex<Vec<(Duration, Alert)>>,
         /// Outcomes to return, in order; then `ok`.
-        outcomes: Mutex<VecDeque<&'static str>>,
+        outcomes: Mutex<VecDeque<Outcome>>,
         touched: Mutex<Vec<String>>,
         run_takes: Mutex<Duration>,
         local: AtomicBool,
@@ -390,11 +410,11 @@ mod tests {
             let takes = *self.run_takes.lock().unwrap();
             tokio::time::sleep(takes).await;
             self.concurrent.fetch_sub(1, Ordering::SeqCst);
-            let outcome = self.outcomes.lock().unwrap().pop_front().unwrap_or("ok");
+            let outcome = self.outcomes.lock().unwrap().pop_front().unwrap_or(Outcome::Ok);
             RunDone {
                 run_id: None,
                 outcome,
-                error: (outcome == "failed").then(|| "the folder is not reachable".to_owned()),
+                error: (outcome == Outcome::Failed).then(|| "the folder is not reachable".to_owned()),
                 touched: Some(self.touched.lock().unwrap().clone()),
             }
         }
@@ -463,9 +483,9 @@ mod tests {
         sleep(30 * 60 * 1000).await;
         assert_eq!(h.fake.runs().len(), 1, "only the startup run");
         let (tx, rx) = oneshot::channel();
-        h.control.send(Control::SyncNow { reply: Some(tx) }).await.unwrap();
+        h.control.send(Control::SyncNow { reply: Some(tx), from_page: false }).await.unwrap();
         let done = rx.await.expect("Sync Now answers when its run is done");
-        assert_eq!(done.outcome, "ok");
+        assert_eq!(done.outcome, Outcome::Ok);
         assert_eq!(h.fake.runs().last().unwrap().1, Trigger::Manual);
     }
 
@@ -521,7 +541,7 @@ mod tests {
         sleep(10_000).await;
         assert_eq!(h.fake.runs().len(), 1, "{:?}", h.fake.runs());
         // Another site's file during a run starts one more run after it.
-        h.control.send(Control::SyncNow { reply: None }).await.unwrap();
+        h.control.send(Control::SyncNow { reply: None, from_page: false }).await.unwrap();
         sleep(500).await;
         h.hints.send(hint("patients/cd/y.xml")).unwrap();
         sleep(10_000).await;
@@ -537,8 +557,8 @@ mod tests {
         sleep(1_000).await;
         let (a, ra) = oneshot::channel();
         let (b, rb) = oneshot::channel();
-        h.control.send(Control::SyncNow { reply: Some(a) }).await.unwrap();
-        h.control.send(Control::SyncNow { reply: Some(b) }).await.unwrap();
+        h.control.send(Control::SyncNow { reply: Some(a), from_page: false }).await.unwrap();
+        h.control.send(Control::SyncNow { reply: Some(b), from_page: false }).await.unwrap();
         let (da, db) = tokio::join!(ra, rb);
         assert!(da.is_ok() && db.is_ok());
         let runs = h.fake.runs();
@@ -580,8 +600,8 @@ mod tests {
     async fn a_failing_run_alerts_once_per_incident() {
         let fake = Fake::default();
         // Three failures, one success, two failures.
-        *fake.outcomes.lock().unwrap() =
-            VecDeque::from(["failed", "failed", "failed", "ok", "failed", "failed"]);
+        const F: Outcome = Outcome::Failed;
+        *fake.outcomes.lock().unwrap() = VecDeque::from([F, F, F, Outcome::Ok, F, F]);
         let h = start(fake, schedule(1), Some(Duration::ZERO));
         sleep(6 * 60 * 1000 + 30_000).await;
         let alerts = h.fake.alerts.lock().unwrap().clone();
@@ -596,7 +616,7 @@ mod tests {
     async fn no_success_for_longer_than_alert_after_alerts_once_until_a_success() {
         let fake = Fake::default();
         // Every run is partial: never a complete success.
-        *fake.outcomes.lock().unwrap() = std::iter::repeat_n("partial", 200).collect();
+        *fake.outcomes.lock().unwrap() = std::iter::repeat_n(Outcome::Partial, 200).collect();
         // The last success was 50 minutes ago; alert_after is 1 hour.
         let h = start(fake, schedule(5), Some(Duration::from_secs(50 * 60)));
         sleep(9 * 60 * 1000).await;
@@ -626,7 +646,7 @@ mod tests {
         *fake.run_takes.lock().unwrap() = Duration::from_secs(4);
         let h = start(fake, schedule(5), Some(Duration::ZERO));
         sleep(1_000).await;
-        h.control.send(Control::SyncNow { reply: None }).await.unwrap();
+        h.control.send(Control::SyncNow { reply: None, from_page: false }).await.unwrap();
         h.control.send(Control::Shutdown).await.unwrap();
         let stopped_at = {
             h.task.await.unwrap();

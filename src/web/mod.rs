@@ -8,7 +8,6 @@ mod pages;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
@@ -19,21 +18,67 @@ use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 
 use crate::db::{Db, Keep};
-use crate::engine;
-use crate::service::Shared;
-use crate::service::scheduler::Control;
+use crate::engine::{self, Outcome, ProgressView};
+
+/// What the page needs of the service that serves it, and all it knows of
+/// it: the database, a view of the scheduler, and the requests it makes.
+pub trait Service: Send + Sync + 'static {
+    /// The database the service syncs.
+    fn db(&self) -> &std::path::Path;
+    /// What the page shows of the service now.
+    fn view(&self) -> ServiceView;
+    /// Queues a Sync Now; `from_page`: the page follows its run through
+    /// [`ServiceView::page_runs_done`]. `Err` when the service is stopping
+    /// or its queue is full.
+    fn sync_now(&self, from_page: bool) -> Result<(), Stopping>;
+    /// Queues a Sync Now: the receiver fires when its run has finished, and
+    /// fails when the service stopped first.
+    fn sync_now_and_wait(&self) -> tokio::sync::oneshot::Receiver<()>;
+    /// Settings were saved: the service takes them up.
+    fn settings_changed(&self) -> Result<(), engine::EngineError>;
+}
+
+/// A request the service cannot take now (stopping, or its queue full).
+#[derive(Debug)]
+pub struct Stopping;
+
+/// The service as the page shows it.
+#[derive(Clone, Debug)]
+pub struct ServiceView {
+    /// The trigger of the run in progress.
+    pub running: Option<&'static str>,
+    pub queued: bool,
+    pub last_run: Option<(Option<i64>, Outcome)>,
+    pub runs_finished: u64,
+    pub sync_requests: u64,
+    /// The page's Sync Now runs that have finished, and the latest one.
+    pub page_runs_done: u64,
+    pub last_page_run: Option<(Option<i64>, Outcome)>,
+    pub progress: ProgressView,
+    /// The latest alerts, newest first.
+    pub alerts: Vec<AlertView>,
+}
+
+/// An alert the service raised, and what sending it did.
+#[derive(Clone, Debug)]
+pub struct AlertView {
+    pub at_ms: u64,
+    pub kind: &'static str,
+    pub reason: String,
+    pub results: Vec<String>,
+}
 
 /// What every handler sees.
 #[derive(Clone)]
 pub struct WebState {
-    shared: Arc<Shared>,
+    shared: Arc<dyn Service>,
     token: Arc<str>,
     csrf: Arc<str>,
     port: u16,
 }
 
 /// The page's routes, behind the token and host checks.
-pub fn router(shared: Arc<Shared>, token: String, port: u16) -> Router {
+pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
     let csrf = {
         let digest = Sha256::digest(format!("clinicsync-csrf:{token}").as_bytes());
         let mut hex = String::new();
@@ -225,20 +270,15 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn page_context(st: &WebState) -> pages::Context {
-    let state = st.shared.state.borrow().clone();
-    pages::Context {
-        csrf: st.csrf.to_string(),
-        running: state.running.is_some(),
-        progress: st.shared.progress.view(),
-    }
+    let view = st.shared.view();
+    pages::Context { csrf: st.csrf.to_string(), running: view.running.is_some(), progress: view.progress }
 }
 
 async fn status_page(State(st): State<WebState>) -> Response {
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     match blocking(move || engine::status(&db)).await {
         Ok(report) => {
-            let alerts: Vec<_> =
-                st.shared.alerts.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+            let alerts = st.shared.view().alerts;
             Html(pages::status(&page_context(&st), &report, &alerts)).into_response()
         }
         Err(r) => r,
@@ -252,7 +292,7 @@ struct LogsQuery {
 }
 
 async fn logs_page(State(st): State<WebState>, Query(q): Query<LogsQuery>) -> Response {
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     let last = q.last.unwrap_or(30).clamp(1, 500);
     let runs = blocking(move || {
         let store = Db::open(&db)?;
@@ -279,7 +319,7 @@ struct Flash {
 }
 
 async fn conflicts_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     match blocking(move || Ok(Db::open(&db)?.conflicts(true)?)).await {
         Ok(records) => {
             let views: Vec<_> = records.iter().map(engine::conflict_json).collect();
@@ -299,12 +339,12 @@ async fn resolve(
         Some("loser") => Keep::Loser,
         _ => return refuse(StatusCode::BAD_REQUEST, "Choose which value to keep."),
     };
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     // Resolving takes the sync lock; it waits for a run in progress.
     match blocking(move || engine::resolve_conflict_waiting(&db, id, keep)).await {
         Ok(_) => {
             // Carry the choice to the other sites now.
-            let _ = st.shared.control.try_send(Control::SyncNow { reply: None });
+            let _ = st.shared.sync_now(false);
             Redirect::to(&format!("/conflicts?done={id}")).into_response()
         }
         Err(r) => r,
@@ -312,7 +352,7 @@ async fn resolve(
 }
 
 async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     match blocking(move || engine::settings_list(&db)).await {
         Ok(list) => {
             Html(pages::settings(&page_context(&st), &list, None, flash.saved.is_some())).into_response()
@@ -322,7 +362,7 @@ async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -
 }
 
 async fn save_settings(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     let current = match blocking(move || engine::settings_list(&db)).await {
         Ok(list) => list,
         Err(r) => return r,
@@ -339,7 +379,7 @@ async fn save_settings(State(st): State<WebState>, CheckedForm(form): CheckedFor
         // settings at all): nothing to save, and the page does not say so.
         return Redirect::to("/settings").into_response();
     }
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     let result = tokio::task::spawn_blocking(move || engine::settings_set(&db, &assignments)).await;
     match result {
         Ok(Ok(())) => {
@@ -371,55 +411,46 @@ async fn sync_now(State(st): State<WebState>, headers: HeaderMap, _form: Checked
     if wants_json {
         // The page's script follows its run through /api/status: the count
         // of finished Sync Now runs passes `manual_before` when it is done.
-        let before = st.shared.manual_done.load(Ordering::Acquire);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        return match st.shared.control.try_send(Control::SyncNow { reply: Some(tx) }) {
-            Ok(()) => {
-                let shared = st.shared.clone();
-                tokio::spawn(async move {
-                    if let Ok(done) = rx.await {
-                        *shared.last_manual.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some((done.run_id, done.outcome));
-                        shared.manual_done.fetch_add(1, Ordering::AcqRel);
-                    }
-                });
-                (
-                    StatusCode::ACCEPTED,
-                    axum::Json(serde_json::json!({ "queued": true, "manual_before": before })),
-                )
-                    .into_response()
+        let before = st.shared.view().page_runs_done;
+        return match st.shared.sync_now(true) {
+            Ok(()) => (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({ "queued": true, "manual_before": before })),
+            )
+                .into_response(),
+            Err(Stopping) => {
+                refuse(StatusCode::SERVICE_UNAVAILABLE, "The service is stopping or busy; try again.")
             }
-            Err(_) => refuse(StatusCode::SERVICE_UNAVAILABLE, "The service is stopping or busy; try again."),
         };
     }
     // Without script: wait for the run, then show Latest Logs.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if st.shared.control.send(Control::SyncNow { reply: Some(tx) }).await.is_err() {
+    if st.shared.sync_now_and_wait().await.is_err() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "The service is stopping; try again after it restarts.",
         );
     }
-    let _ = rx.await;
     Redirect::to("/logs").into_response()
 }
 
 async fn api_status(State(st): State<WebState>) -> Response {
-    let db = st.shared.db.clone();
+    let db = st.shared.db().to_path_buf();
     match blocking(move || engine::status(&db)).await {
         Ok(report) => {
-            let state = st.shared.state.borrow().clone();
+            let view = st.shared.view();
+            let run = |r: Option<(Option<i64>, Outcome)>| {
+                r.map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome.as_str() }))
+            };
             let doc = serde_json::json!({
                 "status": report,
-                "running": state.running,
-                "queued": state.queued,
-                "runs_finished": state.runs_finished,
-                "sync_requests": state.sync_requests,
-                "last_run": state.last_run.map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome })),
-                "manual_done": st.shared.manual_done.load(Ordering::Acquire),
-                "last_manual": st.shared.last_manual.lock().unwrap_or_else(|e| e.into_inner())
-                    .map(|(id, outcome)| serde_json::json!({ "id": id, "outcome": outcome })),
-                "progress": st.shared.progress.view(),
+                "running": view.running,
+                "queued": view.queued,
+                "runs_finished": view.runs_finished,
+                "sync_requests": view.sync_requests,
+                "last_run": run(view.last_run),
+                "manual_done": view.page_runs_done,
+                "last_manual": run(view.last_page_run),
+                "progress": view.progress,
             });
             axum::Json(doc).into_response()
         }

@@ -5,9 +5,9 @@
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use super::AlertView;
 use crate::db::{EventRecord, RunRecord};
 use crate::engine::{ProgressView, SettingView, StatusReport, summary_text};
-use crate::service::AlertRecord;
 use crate::xmlstore::format_time;
 
 /// What every page needs.
@@ -223,7 +223,7 @@ setInterval(() => { if (!watching) poll(); }, 3000);
 "#;
 
 /// The Status page.
-pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertRecord]) -> String {
+pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> String {
     let stale = s.warnings.iter().any(|w| w.starts_with("not synced"));
     let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !stale;
     let class = |good: bool| if good { "good" } else { "bad" };
