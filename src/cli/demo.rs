@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::db::{Db, REFERENCE_SCHEMA};
 use crate::engine::{self, InitOptions, Outcome, SyncOptions};
+use crate::model::short_id;
 
 const PATIENTS: &str = include_str!("../../fixtures/demo/patients.csv");
 const MARKER: &str = ".clinicsync-demo";
@@ -124,7 +125,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     })?;
     say(format!(
         "Front desk: created sync family {} and exported {} rows to the shared folder.",
-        &a.family[..8],
+        short_id(&a.family),
         a.first_run.counts.exported_rows
     ));
     let b = engine::init(&InitOptions {

@@ -20,10 +20,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::model::shown;
 use crate::db::{Db, Keep};
 use crate::engine::{self, InitOptions, Outcome, Progress, RunReport, StatusReport, SyncOptions};
 use crate::model::Hlc;
+use crate::model::short_id;
+use crate::model::shown;
 use crate::xmlstore::format_time;
 
 /// Exit code of a run that finished `partial`.
@@ -223,10 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let verb = if report.joined { "Joined" } else { "Created" };
                 say!(
                     "{verb} family {} in {}; this site is {:?} ({}).",
-                    &report.family[..8],
+                    short_id(&report.family),
                     shown(&report.folder),
                     report.site_name,
-                    &report.site[..8]
+                    short_id(&report.site)
                 );
                 print_run(&report.first_run);
             }
@@ -434,8 +435,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 say!(
                     "This database now syncs as site {} (was {}). Run `clinicsync sync` to continue.",
-                    &report.new_site[..8],
-                    &report.old_site[..8]
+                    short_id(&report.new_site),
+                    short_id(&report.old_site)
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -453,8 +454,8 @@ fn print_run(report: &RunReport) {
 }
 
 fn print_status(s: &StatusReport) {
-    say!("Site:      {} ({})", shown(&s.site_name), &s.site[..8]);
-    say!("Family:    {}", &s.family[..8]);
+    say!("Site:      {} ({})", shown(&s.site_name), short_id(&s.site));
+    say!("Family:    {}", short_id(&s.family));
     say!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });
     let last = s.last_sync.as_deref().unwrap_or("never");
     say!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
@@ -480,7 +481,7 @@ fn print_status(s: &StatusReport) {
             };
             say!(
                 "  {} {}{me}: last sync {}, clinicsync {}{behind}{}",
-                shown(site.site.get(..8).unwrap_or(&site.site)),
+                shown(short_id(&site.site)),
                 shown(&site.name),
                 shown(last),
                 shown(&site.app_version),

@@ -58,8 +58,36 @@ pub struct Settings {
 /// the site's configuration.
 pub(super) const FOLDER: &str = "folder";
 
+/// What kind of value a setting holds: how it is checked when set and
+/// read when loaded. Every setting has one; there is no default arm.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// The sync folder (checked against the family's manifest).
+    Folder,
+    /// `on` or `off`.
+    Switch,
+    /// A duration, with the shortest value that keeps the rules safe and why.
+    Duration(Option<(Duration, &'static str)>),
+    /// The service's interval: a bare number is minutes; 10s to 24h.
+    Interval,
+    /// A whole percentage from 0 to 100.
+    Percent,
+    /// A whole number.
+    Count,
+    /// A TCP port from 1 to 65535.
+    Port,
+    /// A shell command, or empty.
+    Command,
+    /// An http(s) URL, or empty.
+    Url,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
 struct Spec {
     key: &'static str,
+    kind: Kind,
     default: &'static str,
     help: &'static str,
 }
@@ -67,73 +95,117 @@ struct Spec {
 const SPECS: &[Spec] = &[
     Spec {
         key: FOLDER,
+        kind: Kind::Folder,
         default: "",
         help: "the folder the cloud client carries (must hold this family's clinicsync.xml)",
     },
-    Spec { key: "auto_sync", default: "on", help: "`clinicsync run` syncs every sync_interval (on/off)" },
+    Spec {
+        key: "auto_sync",
+        kind: Kind::Switch,
+        default: "on",
+        help: "`clinicsync run` syncs every sync_interval (on/off)",
+    },
     Spec {
         key: "sync_interval",
+        kind: Kind::Interval,
         default: "5m",
         help: "how often `clinicsync run` syncs (a bare number is minutes)",
     },
     Spec {
         key: "watch",
+        kind: Kind::Switch,
         default: "on",
         help: "`clinicsync run` syncs within seconds of files arriving or the app changing rows (on/off; off for folders where file events do not work)",
     },
     Spec {
         key: "use_logs",
+        kind: Kind::Switch,
         default: "on",
         help: "read other sites' change-logs instead of scanning every patient file (on/off)",
     },
     Spec {
         key: "log_retention",
+        kind: Kind::Duration(Some((
+            DAY,
+            "a deletion waits at least this long before it is purged, and the change-log is kept for sites whose cloud client delivers late",
+        ))),
         default: "7days",
         help: "keep own change-log segments, and deletions before they are purged, at least this long (1day at least)",
     },
     Spec {
         key: "dormancy",
+        kind: Kind::Duration(Some((
+            Duration::from_secs(7 * 24 * 3600),
+            "a site away for less (a week's holiday, a laptop on home visits) would count as gone, and the others would purge deletions it has not seen yet",
+        ))),
         default: "30days",
         help: "sites not seen for this long stop holding back log compaction and purging (7days at least)",
     },
     Spec {
         key: "max_clock_skew",
+        kind: Kind::Duration(Some((
+            MINUTE,
+            "computers' clocks differ by seconds even when they are set right, and less would hold back their changes",
+        ))),
         default: "1h",
         help: "hold back changes stamped further ahead of this computer's clock (1min at least)",
     },
     Spec {
         key: "full_scan_interval",
+        kind: Kind::Duration(Some((
+            MINUTE,
+            "a full scan reads every patient file; to read them on every run, set use_logs=off",
+        ))),
         default: "1h",
         help: "with logs on, scan every patient file at least this often (1min at least)",
     },
     Spec {
         key: "auto_delete_conflicts",
+        kind: Kind::Switch,
         default: "on",
         help: "delete a cloud client's conflict copy once it is merged (on/off)",
     },
     Spec {
         key: "mass_delete_percent",
+        kind: Kind::Percent,
         default: "10",
         help: "incoming deletions of more than this % of the patients (or of one table's rows) wait for `sync --confirm-deletes` or `--keep-deleted`",
     },
     Spec {
         key: "mass_delete_min_patients",
+        kind: Kind::Count,
         default: "20",
         help: "...but never fewer than this many patients (or rows)",
     },
-    Spec { key: "web_port", default: "8750", help: "port of the local web page (127.0.0.1 only)" },
-    Spec { key: "alert_after", default: "1h", help: "alert when no sync has succeeded for this long" },
+    Spec {
+        key: "web_port",
+        kind: Kind::Port,
+        default: "8750",
+        help: "port of the local web page (127.0.0.1 only)",
+    },
+    Spec {
+        key: "alert_after",
+        kind: Kind::Duration(None),
+        default: "1h",
+        help: "alert when no sync has succeeded for this long",
+    },
     Spec {
         key: "alert_command",
+        kind: Kind::Command,
         default: "",
         help: "shell command run on an alert; the reason is in $CLINICSYNC_ALERT (empty: none)",
     },
     Spec {
         key: "alert_url",
+        kind: Kind::Url,
         default: "",
         help: "http(s) URL that receives each alert as a JSON POST (empty: none)",
     },
 ];
+
+fn spec(key: &str) -> Option<&'static Spec> {
+    SPECS.iter().find(|s| s.key == key)
+}
 
 /// One setting as `clinicsync settings` shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -167,48 +239,51 @@ fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-fn validate(key: &str, value: &str) -> Result<String, SettingError> {
+/// A value as it is stored, or why `spec` refuses it.
+fn validate(spec: &Spec, value: &str) -> Result<String, SettingError> {
+    let key = spec.key;
     let invalid = |expected| SettingError::Invalid { key: key.to_owned(), value: value.to_owned(), expected };
-    match key {
-        "mass_delete_percent" => value
+    match spec.kind {
+        Kind::Folder => Ok(value.to_owned()),
+        Kind::Percent => value
             .trim_end_matches('%')
             .parse::<u8>()
             .ok()
             .filter(|p| *p <= 100)
             .map(|p| p.to_string())
             .ok_or_else(|| invalid("a whole percentage from 0 to 100")),
-        "mass_delete_min_patients" => {
+        Kind::Count => {
             value.parse::<u64>().map(|n| n.to_string()).map_err(|_| invalid("a whole number of patients"))
         }
-        "web_port" => value
+        Kind::Port => value
             .parse::<u16>()
             .ok()
             .filter(|p| *p >= 1)
             .map(|p| p.to_string())
             .ok_or_else(|| invalid("a port number from 1 to 65535")),
-        "sync_interval" => {
+        Kind::Interval => {
             let d = match value.parse::<u64>() {
                 Ok(minutes) => Some(Duration::from_secs(minutes.saturating_mul(60))),
                 Err(_) => humantime::parse_duration(value).ok(),
             };
-            d.filter(|d| *d >= Duration::from_secs(10) && *d <= Duration::from_secs(24 * 3600))
+            d.filter(|d| *d >= Duration::from_secs(10) && *d <= DAY)
                 .map(|d| humantime::format_duration(d).to_string())
                 .ok_or_else(|| invalid("a number of minutes, or a duration from 10s to 24h such as 5m"))
         }
-        "alert_command" => Ok(value.to_owned()),
-        "alert_url" => {
+        Kind::Command => Ok(value.to_owned()),
+        Kind::Url => {
             let ok = value.is_empty()
                 || ((value.starts_with("http://") || value.starts_with("https://"))
                     && !value.contains(char::is_whitespace));
             if ok { Ok(value.to_owned()) } else { Err(invalid("empty, or an http:// or https:// URL")) }
         }
-        "use_logs" | "auto_delete_conflicts" | "auto_sync" | "watch" => parse_bool(value)
+        Kind::Switch => parse_bool(value)
             .map(|b| if b { "on" } else { "off" }.to_owned())
             .ok_or_else(|| invalid("on or off")),
-        _ => {
+        Kind::Duration(minimum) => {
             let d = humantime::parse_duration(value)
                 .map_err(|_| invalid("a duration such as 30s, 15min, 12h or 7days"))?;
-            if let Some((least, why)) = minimum(key)
+            if let Some((least, why)) = minimum
                 && d < least
             {
                 return Err(SettingError::TooShort {
@@ -221,32 +296,6 @@ fn validate(key: &str, value: &str) -> Result<String, SettingError> {
             Ok(humantime::format_duration(d).to_string())
         }
     }
-}
-
-/// The shortest value of a duration setting that keeps the rules safe, and
-/// why.
-fn minimum(key: &str) -> Option<(Duration, &'static str)> {
-    const MINUTE: u64 = 60;
-    const DAY: u64 = 24 * 3600;
-    let (secs, why) = match key {
-        "log_retention" => (
-            DAY,
-            "a deletion waits at least this long before it is purged, and the change-log is kept for sites whose cloud client delivers late",
-        ),
-        "dormancy" => (
-            7 * DAY,
-            "a site away for less (a week's holiday, a laptop on home visits) would count as gone, and the others would purge deletions it has not seen yet",
-        ),
-        "full_scan_interval" => {
-            (MINUTE, "a full scan reads every patient file; to read them on every run, set use_logs=off")
-        }
-        "max_clock_skew" => (
-            MINUTE,
-            "computers' clocks differ by seconds even when they are set right, and less would hold back their changes",
-        ),
-        _ => return None,
-    };
-    Some((Duration::from_secs(secs), why))
 }
 
 fn stored(db: &Db, spec: &Spec) -> Result<String, EngineError> {
@@ -316,35 +365,50 @@ pub(crate) fn check_folder(
 }
 
 pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
-    let get = |key: &str| -> Result<String, EngineError> {
-        let spec = SPECS.iter().find(|s| s.key == key).expect("a known setting");
-        stored(db, spec)
+    // Each value is read as its kind; a stored value that does not parse
+    // (a hand edit) counts as the default, and a duration stored before its
+    // minimum existed counts as the minimum.
+    let get = |key: &str| -> Result<(String, &'static Spec), EngineError> {
+        let spec = spec(key).expect("a known setting");
+        Ok((stored(db, spec)?, spec))
     };
-    // A value stored before its minimum existed counts as the minimum.
+    let switch = |key: &str| -> Result<bool, EngineError> {
+        let (text, spec) = get(key)?;
+        debug_assert!(matches!(spec.kind, Kind::Switch), "{key} is not a switch");
+        Ok(parse_bool(&text).or_else(|| parse_bool(spec.default)).expect("defaults parse"))
+    };
     let duration = |key: &str| -> Result<Duration, EngineError> {
-        let text = get(key)?;
-        let d = humantime::parse_duration(&text).unwrap_or_else(|_| {
-            let spec = SPECS.iter().find(|s| s.key == key).expect("a known setting");
-            humantime::parse_duration(spec.default).expect("defaults parse")
-        });
-        Ok(minimum(key).map_or(d, |(least, _)| d.max(least)))
+        let (text, spec) = get(key)?;
+        let d = humantime::parse_duration(&text)
+            .unwrap_or_else(|_| humantime::parse_duration(spec.default).expect("defaults parse"));
+        Ok(match spec.kind {
+            Kind::Duration(Some((least, _))) => d.max(least),
+            Kind::Duration(None) | Kind::Interval => d,
+            _ => unreachable!("{key} is not a duration"),
+        })
     };
+    fn number<T: std::str::FromStr>(text: &str, spec: &Spec) -> T {
+        text.parse().unwrap_or_else(|_| spec.default.parse().ok().expect("defaults parse"))
+    }
+    let (percent, percent_spec) = get("mass_delete_percent")?;
+    let (min_patients, min_spec) = get("mass_delete_min_patients")?;
+    let (port, port_spec) = get("web_port")?;
     Ok(Settings {
-        use_logs: parse_bool(&get("use_logs")?).unwrap_or(true),
+        use_logs: switch("use_logs")?,
         log_retention: duration("log_retention")?,
         dormancy: duration("dormancy")?,
         max_clock_skew: duration("max_clock_skew")?,
         full_scan_interval: duration("full_scan_interval")?,
-        auto_delete_conflicts: parse_bool(&get("auto_delete_conflicts")?).unwrap_or(true),
-        mass_delete_percent: get("mass_delete_percent")?.parse().unwrap_or(10),
-        mass_delete_min_patients: get("mass_delete_min_patients")?.parse().unwrap_or(20),
-        auto_sync: parse_bool(&get("auto_sync")?).unwrap_or(true),
+        auto_delete_conflicts: switch("auto_delete_conflicts")?,
+        mass_delete_percent: number(percent.trim_end_matches('%'), percent_spec),
+        mass_delete_min_patients: number(&min_patients, min_spec),
+        auto_sync: switch("auto_sync")?,
         sync_interval: duration("sync_interval")?,
-        watch: parse_bool(&get("watch")?).unwrap_or(true),
-        web_port: get("web_port")?.parse().unwrap_or(8750),
+        watch: switch("watch")?,
+        web_port: number(&port, port_spec),
         alert_after: duration("alert_after")?,
-        alert_command: get("alert_command")?,
-        alert_url: get("alert_url")?,
+        alert_command: get("alert_command")?.0,
+        alert_url: get("alert_url")?.0,
     })
 }
 
@@ -369,16 +433,16 @@ pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
     for a in assignments {
         let (key, value) = a.split_once('=').ok_or_else(|| SettingError::Syntax(a.clone()))?;
         let (key, value) = (key.trim(), value.trim());
-        if !SPECS.iter().any(|s| s.key == key) {
+        let Some(spec) = spec(key) else {
             let known = SPECS.iter().map(|s| s.key).collect::<Vec<_>>().join(", ");
             return Err(SettingError::Unknown { key: key.to_owned(), known }.into());
-        }
-        if key == FOLDER {
+        };
+        if let Kind::Folder = spec.kind {
             let family = db.site_config()?.family;
             new_folder = Some(check_folder(db.path(), Path::new(value), Some(family))?);
             continue;
         }
-        parsed.push((key.to_owned(), validate(key, value)?));
+        parsed.push((key.to_owned(), validate(spec, value)?));
     }
     for (key, value) in parsed {
         db.set_meta(&format!("setting.{key}"), &value)?;
@@ -392,6 +456,20 @@ pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_default_is_a_valid_value_of_its_kind_and_loads() {
+        for spec in SPECS.iter().filter(|s| !matches!(s.kind, Kind::Folder)) {
+            let stored = validate(spec, spec.default).unwrap_or_else(|e| panic!("{}: {e}", spec.key));
+            assert_eq!(validate(spec, &stored).unwrap(), stored, "{} stores a value it accepts", spec.key);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let settings = load(&Db::init_for_test(dir.path(), None)).unwrap();
+        assert_eq!(
+            (settings.sync_interval, settings.web_port, settings.mass_delete_percent),
+            (5 * MINUTE, 8750, 10)
+        );
+    }
 
     #[test]
     fn a_value_stored_below_its_minimum_counts_as_the_minimum() {

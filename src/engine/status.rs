@@ -13,6 +13,7 @@ use crate::db::{Db, HeldDeletes, KeptCopy};
 use crate::folder::layout::{MANIFEST, SITES_DIR};
 use crate::folder::{DiskFolder, Folder, IgnoreRules};
 use crate::model::Clock;
+use crate::model::short_id;
 use crate::xmlstore::{decode_manifest, format_time};
 
 /// A sync older than this earns a warning.
@@ -32,6 +33,8 @@ pub struct StatusReport {
     pub online: bool,
     pub last_sync_ms: Option<u64>,
     pub last_sync: Option<String>,
+    /// The last complete sync is over an hour old (or there was none).
+    pub stale: bool,
     /// Outcome of the newest finished run: ok, partial or failed.
     pub last_outcome: Option<String>,
     /// Local changes not yet written to the folder; non-zero turns the
@@ -82,6 +85,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         ));
     }
     let last_sync_ms = db.last_ok_ms()?;
+    let stale = last_sync_ms.is_none_or(|ms| now.saturating_sub(ms) > STALE_AFTER_MS);
     match last_sync_ms {
         None => warnings.push("this site has not completed a sync yet".into()),
         Some(ms) if now.saturating_sub(ms) > STALE_AFTER_MS => {
@@ -92,7 +96,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
     let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
     let held_deletes = db.held_deletes()?;
     if held_deletes.rows > 0 {
-        let sites: Vec<&str> = held_deletes.sites.iter().map(|s| s.get(..8).unwrap_or(s)).collect();
+        let sites: Vec<&str> = held_deletes.sites.iter().map(|s| short_id(s)).collect();
         let mut what = Vec::new();
         if held_deletes.patients > 0 {
             let own: u64 = held_deletes.tables.iter().map(|t| t.rows).sum();
@@ -170,6 +174,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         online,
         last_sync_ms,
         last_sync: last_sync_ms.map(format_time),
+        stale,
         last_outcome,
         pending_changes: db.pending_changes()?,
         open_conflicts: db.open_conflict_count()?,

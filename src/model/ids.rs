@@ -77,7 +77,7 @@ macro_rules! hex_id {
             }
             /// The first 8 hex digits, the short form shown to people.
             pub fn short(&self) -> String {
-                self.to_string()[..8].to_owned()
+                short_id(&self.to_string()).to_owned()
             }
         }
         impl fmt::Display for $ty {
@@ -141,6 +141,12 @@ pub fn write_hex_bytes(out: &mut String, bytes: &[u8]) {
 pub fn shard_of(stem: &str) -> String {
     let hash = Sha256::digest(stem.as_bytes());
     format!("{:02x}", hash[0])
+}
+
+/// How a site or family id is shown to people: its first 8 hex digits
+/// (the whole text when shorter, as an id read from elsewhere may be).
+pub fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ mod value;
 
 pub use doc::{Base, FieldState, FieldVersion, InvalidVersion, PatientDoc, RowKey, RowState, push_stamps};
 pub use hlc::{Clock, Hlc, HlcClock, HlcParseError};
-pub use ids::{FamilyId, IdParseError, PatientId, SiteId, patient_file_name, shard_of, write_hex_bytes};
+pub use ids::{
+    FamilyId, IdParseError, PatientId, SiteId, patient_file_name, shard_of, short_id, write_hex_bytes,
+};
 pub use text::shown;
 pub use value::Value;

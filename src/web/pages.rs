@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::AlertView;
 use crate::db::{EventRecord, RunRecord};
 use crate::engine::{ProgressView, SettingView, StatusReport, summary_text};
+use crate::model::short_id;
 use crate::xmlstore::format_time;
 
 /// What every page needs.
@@ -145,7 +146,7 @@ function setCard(id, text, good) {
 function render(d) {
   const s = d.status;
   setCard('card-online', s.online ? 'Online' : 'Offline', s.online);
-  const lastOk = s.last_outcome === 'ok' && s.pending_changes === 0 && !s.warnings.some(w => w.startsWith('not synced'));
+  const lastOk = s.last_outcome === 'ok' && s.pending_changes === 0 && !s.stale;
   setCard('card-last', (s.last_sync ? localTime(s.last_sync) : 'never') + (s.last_outcome ? ' (' + s.last_outcome + ')' : ''), lastOk);
   renderSites(s.sites);
   setCard('card-pending', String(s.pending_changes), s.pending_changes === 0);
@@ -224,8 +225,7 @@ setInterval(() => { if (!watching) poll(); }, 3000);
 
 /// The Status page.
 pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> String {
-    let stale = s.warnings.iter().any(|w| w.starts_with("not synced"));
-    let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !stale;
+    let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !s.stale;
     let class = |good: bool| if good { "good" } else { "bad" };
     // `value_html` is already escaped.
     let card = |id: &str, label: &str, value_html: &str, good: bool| {
@@ -244,7 +244,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
 <p class="muted">Folder: <span class="path">{folder}</span></p>
 <section class="cards" aria-label="Sync status">{online}{last}{pending}{conflicts}</section>"#,
         name = esc(&s.site_name),
-        site = esc(s.site.get(..8).unwrap_or(&s.site)),
+        site = esc(short_id(&s.site)),
         folder = esc(&s.folder),
         online = card("card-online", "Folder", if s.online { "Online" } else { "Offline" }, s.online),
         last = card("card-last", "Last sync", &last, last_good),
@@ -280,7 +280,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
         body.push_str(&format!(
             r#"<tr><td>{name}{me} <span class="muted path">{id}</span></td><td>{last}</td><td>{version}</td><td>{applied}</td><td class="{wclass}">{warning}</td></tr>"#,
             name = esc(&site.name),
-            id = esc(site.site.get(..8).unwrap_or(&site.site)),
+            id = esc(short_id(&site.site)),
             last = time_html(site.last_sync.as_deref()),
             version = esc(&site.app_version),
             wclass = if site.warning.is_some() { "bad" } else { "" },

@@ -92,7 +92,8 @@ fn modules_named(module_path: &[String], text: &str) -> Vec<(usize, String)> {
             if let Some(group) = after.strip_prefix('{') {
                 let inner = &group[..group.find('}').unwrap_or(group.len())];
                 for part in inner.split(',') {
-                    let name: String = part.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    let name: String =
+                        part.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
                     out.push((n + 1, name));
                 }
             } else {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::db::HeldGroup;
 use crate::engine::EngineError;
 use crate::model::Hlc;
+use crate::model::short_id;
 
 use super::{PARKED_NAMED, Run, SEGMENT_ROWS};
 use crate::engine::report::EventKind;
@@ -180,7 +181,7 @@ impl Run<'_> {
 
     /// A site as people know it: its short id and name.
     pub(super) fn site_label(&self, site: &str) -> String {
-        let short = site.get(..8).unwrap_or(site);
+        let short = short_id(site);
         match self.sites.peers.iter().find(|p| p.file.site.to_string() == site) {
             Some(p) => format!("{short} ({})", p.file.name),
             None if site == self.cfg.site.to_string() => format!("{short} (this site)"),
