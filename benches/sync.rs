@@ -10,6 +10,9 @@
 //! directory and all are deleted at the end, never between figures (a
 //! create right after a big delete is slow on this file system).
 
+// A benchmark measures the real time things take.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::{Path, PathBuf};
 
 /// The allocator the `clinicsync` executable uses, so (f) measures what it does.

@@ -41,7 +41,7 @@ pub(super) fn with_bar<T>(progress: &Progress, work: impl FnOnce() -> T) -> T {
 }
 
 fn draw(progress: &Progress, stop: &AtomicBool) {
-    let started = std::time::Instant::now();
+    let started = crate::engine::monotonic_now();
     let show_after = show_after();
     let mut bar: Option<ProgressBar> = None;
     let counted = ProgressStyle::with_template("{spinner} {msg:<34} [{bar:30}] {pos}/{len} ({eta} left)")

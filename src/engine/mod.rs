@@ -13,6 +13,7 @@ mod tombstones;
 
 use std::path::{Path, PathBuf};
 
+pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
 pub use progress::{Progress, ProgressView};
 pub use report::{Counts, Outcome, RunReport, conflict_json, summary_text};
@@ -23,7 +24,7 @@ pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
 
 use crate::db::{Db, DbError, InitParams, Mapping};
 use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR};
-use crate::folder::{DiskFolder, Folder, IgnoreRules, ReadError};
+use crate::folder::{DiskFolder, IgnoreRules, ReadError};
 use crate::model::{Clock, FamilyId, SiteId};
 use crate::xmlstore::{Manifest, decode_manifest, encode_manifest};
 

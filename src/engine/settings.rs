@@ -9,7 +9,6 @@ use serde::Serialize;
 
 use super::EngineError;
 use crate::db::Db;
-use crate::folder::Folder;
 use crate::folder::layout::MANIFEST;
 use crate::model::FamilyId;
 use crate::xmlstore::decode_manifest;

@@ -5,7 +5,7 @@
 
 use crate::conflicts::{Classified, Client, FileKind, classify_path};
 use crate::folder::layout::{LOG_DIR, SITES_DIR};
-use crate::folder::{DiskFolder, Folder, IgnoreRules, ReadError};
+use crate::folder::{DiskFolder, IgnoreRules, ReadError};
 use crate::model::{FamilyId, Hlc, SiteId};
 use crate::xmlstore::{DecodeError, SiteFile, decode_site};
 

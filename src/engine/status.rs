@@ -11,7 +11,7 @@ use super::run::staging_dir;
 use super::sites::{self, PeerFile, Sites};
 use crate::db::{Db, HeldDeletes, KeptCopy};
 use crate::folder::layout::{MANIFEST, SITES_DIR};
-use crate::folder::{DiskFolder, Folder, IgnoreRules};
+use crate::folder::{DiskFolder, IgnoreRules};
 use crate::model::Clock;
 use crate::model::short_id;
 use crate::xmlstore::{decode_manifest, format_time};

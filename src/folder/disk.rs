@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Entry, Folder, ReadError};
+use super::{Entry, ReadError};
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -305,23 +305,23 @@ fn left_behind(name: &str, mtime_ns: i64, now_ns: i64) -> bool {
 }
 
 /// Whether a folder entry is a temp file a killed clinicsync left (see
-/// [`DiskFolder::remove_left_temps`]).
-pub fn is_left_temp(entry: &Entry) -> bool {
-    !entry.is_dir && entry.name.starts_with("~$") && left_behind(&entry.name, entry.mtime_ns, now_ns())
+/// [`DiskFolder::remove_left_temps`]), judged at `now_ms`.
+pub fn is_left_temp(entry: &Entry, now_ms: u64) -> bool {
+    !entry.is_dir && entry.name.starts_with("~$") && left_behind(&entry.name, entry.mtime_ns, ns(now_ms))
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+fn ns(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000)
 }
 
 impl DiskFolder {
     /// Removes the temp files a killed clinicsync left in `dir` of the
     /// folder (they are named `~$<name>.<pid>-<n>.tmp`, which clients skip,
     /// but nothing else would ever remove them). Returns their paths.
-    pub fn remove_left_temps(&self, dir: &str) -> io::Result<Vec<String>> {
+    pub fn remove_left_temps(&self, dir: &str, now_ms: u64) -> io::Result<Vec<String>> {
         let mut removed = Vec::new();
         for entry in self.list(dir)? {
-            if is_left_temp(&entry) {
+            if is_left_temp(&entry, now_ms) {
                 let path = if dir.is_empty() { entry.name } else { format!("{dir}/{}", entry.name) };
                 self.remove(&path)?;
                 removed.push(path);
@@ -332,9 +332,9 @@ impl DiskFolder {
 
     /// Removes the temp files a killed clinicsync left in the staging
     /// directory. Returns how many.
-    pub fn remove_left_staged(&self) -> io::Result<u64> {
+    pub fn remove_left_staged(&self, now_ms: u64) -> io::Result<u64> {
         let Some(dir) = &self.staging else { return Ok(0) };
-        let now = now_ns();
+        let now = ns(now_ms);
         let mut n = 0;
         for item in fs::read_dir(dir)? {
             let item = item?;
@@ -438,8 +438,11 @@ fn entry_of(name: String, meta: &fs::Metadata) -> Entry {
     }
 }
 
-impl Folder for DiskFolder {
-    fn list(&self, dir: &str) -> io::Result<Vec<Entry>> {
+/// The folder's operations: every access to its files goes through these.
+impl DiskFolder {
+    /// Lists a directory; a missing directory, or one that is a link, is an
+    /// empty list (no access follows a link inside the folder).
+    pub fn list(&self, dir: &str) -> io::Result<Vec<Entry>> {
         let patients = dir.starts_with(super::layout::PATIENTS_DIR);
         self.count(|s| {
             s.lists += 1;
@@ -482,7 +485,8 @@ impl Folder for DiskFolder {
         Ok(out)
     }
 
-    fn metadata(&self, path: &str) -> io::Result<Option<Entry>> {
+    /// Stats one file; `None` when it does not exist.
+    pub fn metadata(&self, path: &str) -> io::Result<Option<Entry>> {
         let full = self.full(path)?;
         self.no_links_within(path)?;
         match fs::symlink_metadata(&full) {
@@ -495,7 +499,8 @@ impl Folder for DiskFolder {
         }
     }
 
-    fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
+    /// Reads a whole file, refusing one larger than `limit` bytes.
+    pub fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
         self.count(|s| s.reads += 1);
         let full = self.full(path)?;
         self.no_links_within(path)?;
@@ -513,7 +518,9 @@ impl Folder for DiskFolder {
         Ok(bytes)
     }
 
-    fn write_batch(&self, files: &[(String, Vec<u8>)]) -> io::Result<()> {
+    /// Writes each file atomically (readers see the old or the new bytes,
+    /// never a mix), and the whole batch durably, creating directories.
+    pub fn write_batch(&self, files: &[(String, Vec<u8>)]) -> io::Result<()> {
         if files.is_empty() {
             return Ok(());
         }
@@ -581,7 +588,8 @@ impl Folder for DiskFolder {
         result
     }
 
-    fn remove(&self, path: &str) -> io::Result<()> {
+    /// Removes a file; a missing file is not an error.
+    pub fn remove(&self, path: &str) -> io::Result<()> {
         self.count(|s| s.removes += 1);
         self.note_touched([path]);
         let full = self.full(path)?;
@@ -593,7 +601,8 @@ impl Folder for DiskFolder {
         })
     }
 
-    fn remove_empty_dir(&self, dir: &str) -> io::Result<bool> {
+    /// Removes a directory if it is empty; returns whether it did.
+    pub fn remove_empty_dir(&self, dir: &str) -> io::Result<bool> {
         let full = self.full(dir)?;
         self.no_links_within(&format!("{dir}/."))?;
         self.noting_changes(&[dir], || match fs::remove_dir(&full) {
@@ -618,7 +627,9 @@ mod tests {
         assert_eq!(temp_pid("4242-7-3.tmp"), Some(4242));
         assert_eq!(temp_pid("~$notes.docx"), None, "an office lock file is not ours");
         assert_eq!(temp_pid("~$0123.xml.tmp"), None);
-        let now = now_ns();
+        #[allow(clippy::disallowed_methods)] // a test of the rule itself, at the real time
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
         let mine = format!("~$0123.xml.{}-1.tmp", std::process::id());
         assert!(!left_behind(&mine, 0, now), "this process's own temp file");
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();

@@ -5,8 +5,8 @@
 use crate::conflicts::{Classified, Client, FileKind, classify_path};
 use crate::db::KeptCopy;
 use crate::engine::EngineError;
+use crate::folder::Entry;
 use crate::folder::layout::{PATIENTS_DIR, patient_path};
-use crate::folder::{Entry, Folder};
 use crate::model::PatientDoc;
 use crate::xmlstore::decode_patient;
 use std::collections::{BTreeSet, HashMap, HashSet};

@@ -5,7 +5,6 @@ use crate::changelog::segment_path;
 use crate::db::StampOutcome;
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
-use crate::folder::Folder;
 
 use super::{Run, SEGMENT_BYTES, SEGMENT_ROWS, WRITE_BATCH_BYTES};
 use crate::engine::report::EventKind;

@@ -14,8 +14,8 @@ use crate::db::{DbError, FirstExport, StoredPatient};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
 use crate::engine::report::EventKind;
+use crate::folder::DiskFolder;
 use crate::folder::layout::patient_path;
-use crate::folder::{DiskFolder, Folder};
 use crate::model::patient_file_name;
 use crate::xmlstore::{Limits, Segment, encode_segment};
 

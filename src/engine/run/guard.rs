@@ -4,9 +4,9 @@
 
 use crate::conflicts::decorated_copy_of;
 use crate::engine::EngineError;
-use crate::engine::host::machine_fingerprint;
+use crate::engine::host::{file_time_now_ms, machine_fingerprint};
+use crate::folder::ReadError;
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR, SITES_DIR};
-use crate::folder::{Folder, ReadError};
 use crate::model::Hlc;
 use crate::xmlstore::decode_manifest;
 
@@ -115,7 +115,7 @@ impl Run<'_> {
     /// none, beside their targets in the folder, after a run that did not
     /// finish (the full scan also removes any it meets).
     pub(super) fn remove_leftovers(&mut self) -> Result<(), EngineError> {
-        match self.folder.remove_left_staged() {
+        match self.folder.remove_left_staged(file_time_now_ms()) {
             Ok(0) => {}
             Ok(n) => self.rec.info(
                 EventKind::Leftovers,
@@ -136,7 +136,7 @@ impl Run<'_> {
         dirs.extend(shards.into_iter().filter(|e| e.is_dir).map(|e| format!("{PATIENTS_DIR}/{}", e.name)));
         let mut removed = 0;
         for dir in dirs {
-            match self.folder.remove_left_temps(&dir) {
+            match self.folder.remove_left_temps(&dir, file_time_now_ms()) {
                 Ok(paths) => removed += paths.len(),
                 Err(e) => self.rec.warning(
                     EventKind::Leftovers,

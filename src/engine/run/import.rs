@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::changelog::{CatchUp, catch_up, segment_path};
 use crate::engine::EngineError;
+use crate::folder::ReadError;
 use crate::folder::layout::LOG_DIR;
-use crate::folder::{Folder, ReadError};
 use crate::model::{Hlc, PatientDoc, PatientId, SiteId};
 use crate::xmlstore::{DecodeError, Segment, decode_segment};
 

@@ -36,7 +36,7 @@ pub(crate) fn take_lock_or_wait(db_path: &Path, on_wait: Option<fn()>) -> Result
         EngineError::Io { what: format!("cannot create the lock file {}", path.display()), source }
     })?;
     let lock_error = |source| EngineError::Io { what: format!("cannot lock {}", path.display()), source };
-    let started = std::time::Instant::now();
+    let started = crate::engine::host::monotonic_now();
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(InstanceLock { _file: file }),
@@ -97,7 +97,7 @@ mod tests {
         });
         // A lock another holder keeps is still refused, after the grace.
         let held = take_lock(&db).unwrap();
-        let started = std::time::Instant::now();
+        let started = crate::engine::host::monotonic_now();
         assert!(matches!(take_lock(&db), Err(EngineError::Busy { .. })));
         assert!(started.elapsed() >= LOCK_GRACE);
         drop(held);

@@ -5,8 +5,8 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use crate::db::{DbError, StoredPatient};
 use crate::engine::EngineError;
+use crate::folder::Entry;
 use crate::folder::layout::patient_path;
-use crate::folder::{Entry, Folder};
 use crate::model::{PatientDoc, PatientId, patient_file_name, shard_of};
 use crate::xmlstore::{RowsDigest, encode_patient};
 

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use crate::conflicts::{Classified, Client, FileKind, classify_path};
 use crate::engine::EngineError;
 use crate::folder::layout::{LOG_DIR, PATIENTS_DIR};
-use crate::folder::{Entry, Folder, ReadError};
+use crate::folder::{Entry, ReadError};
 use crate::model::{PatientDoc, patient_file_name, shard_of};
 use crate::xmlstore::decode_patient;
 
@@ -161,7 +161,7 @@ impl Run<'_> {
                 .map_err(|e| self.io(&format!("cannot list {shard_path}"), e))?;
             for entry in entries {
                 if self.ignore.is_ignored(&entry.name) {
-                    if crate::folder::is_left_temp(&entry) {
+                    if crate::folder::is_left_temp(&entry, crate::engine::host::file_time_now_ms()) {
                         let path = format!("{shard_path}/{}", entry.name);
                         match self.folder.remove(&path) {
                             Ok(()) => self.rec.info(

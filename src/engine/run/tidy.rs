@@ -7,7 +7,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use crate::changelog::{Peer, Retention, compaction_limit, segment_path};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
-use crate::folder::Folder;
 use crate::folder::layout::site_path;
 use crate::xmlstore::{SiteFile, decode_site, encode_site};
 
