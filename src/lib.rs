@@ -2,8 +2,8 @@
 //! through a folder that a cloud-sync client already carries.
 //!
 //! See `ARCHITECTURE.md` for the map of modules; dependencies point down:
-//! `cli` → `engine` → (`xmlstore`, `changelog`, `conflicts`) → `db`, `folder`
-//! → `model`.
+//! `cli` → `service` → `web` → `engine` → (`db`, `folder`) → (`xmlstore`,
+//! `conflicts`, `changelog`) → `model` (the `tidy` test keeps it so).
 
 pub mod changelog;
 pub mod cli;

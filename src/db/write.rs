@@ -53,7 +53,7 @@ macro_rules! tx_ctx {
 impl WriteTx<'_> {
     /// From now on in this transaction, incoming deletions of patients are
     /// kept out of the app's tables (held) instead of applied; see
-    /// [`Db::held_deletes`].
+    /// [`Db::held_deletes`](super::Db::held_deletes).
     pub fn hold_deletes(&mut self) {
         self.hold_deletes = true;
     }

@@ -29,7 +29,7 @@ pub struct Limits {
 /// a run: a file at these limits decodes to at most about 100 MiB (about
 /// 250 bytes per element for its model and the state it is joined with,
 /// plus its bytes twice), and a run reads one such file at a time
-/// (ARCHITECTURE.md, "Memory"). The heaviest real patient (thousands of
+/// (ARCHITECTURE.md, the invariant on a run's memory). The heaviest real patient (thousands of
 /// rows over decades) stays several times below them; a writer never
 /// writes a file beyond them (it says so instead), because every reader
 /// would refuse it.

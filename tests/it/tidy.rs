@@ -69,7 +69,7 @@ fn every_source_file_opens_with_a_doc_comment() {
 }
 
 /// The top-level modules from the bottom up: a module uses only modules of
-/// the layers below its own (ARCHITECTURE.md, "Dependencies point down").
+/// the layers below its own (ARCHITECTURE.md, "Codemap").
 const LAYERS: &[&[&str]] = &[
     &["model"],
     &["xmlstore", "conflicts", "changelog"],

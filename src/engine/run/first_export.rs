@@ -20,7 +20,7 @@ use crate::model::patient_file_name;
 use crate::xmlstore::{Limits, Segment, encode_segment};
 
 /// Patients per chunk of the file stage: one batch of writes (one syncfs
-/// for its files, one for its renames), about 6 MB; see ARCHITECTURE.md.
+/// for its files, one for its renames), about 6 MB; see docs/performance.md.
 const FILE_CHUNK: usize = 512;
 
 /// Chunks being encoded and written while this thread reads the next.
