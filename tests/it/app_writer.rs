@@ -11,9 +11,7 @@ use crate::support::*;
 
 #[test]
 fn an_app_writing_in_a_loop_during_syncs_loses_nothing_and_is_never_locked_out() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let seed = add_patient(&app(&a), 0, 5);
     sync_ok(&a);
 

@@ -41,11 +41,7 @@ fn clinic_staff_use_the_page_in_chromium() {
     let patient = add_patient(&app(&a), 1, 2);
     sync_ok(&a);
     sync_ok(&b);
-    app(&a).execute("UPDATE patients SET phone = '+1 555 0101' WHERE id = ?1", [&patient]).unwrap();
-    app(&b).execute("UPDATE patients SET phone = '+1 555 0202' WHERE id = ?1", [&patient]).unwrap();
-    sync_ok(&a);
-    sync_ok(&b);
-    sync_ok(&a);
+    edit_at_both(&a, &b, &patient, "phone", "+1 555 0101", "+1 555 0202");
     let open = json_of(&a, &["conflicts"]);
     assert_eq!(open.as_array().unwrap().len(), 1, "{open:#}");
     let lost = open[0]["lost_value"].as_str().unwrap().to_owned();

@@ -78,9 +78,7 @@ fn segments_late_twice_or_torn_wait_at_the_gap_and_apply_once() {
 
 #[test]
 fn a_segment_that_cannot_be_applied_keeps_nothing_of_it_and_waits() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let first = add_patient(&conn, 1, 0);
     let second = add_patient(&conn, 2, 0);
@@ -120,9 +118,7 @@ fn a_segment_that_cannot_be_applied_keeps_nothing_of_it_and_waits() {
 
 #[test]
 fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrecting() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn_a = app(&a);
     let keep = add_patient(&conn_a, 1, 2);
@@ -168,9 +164,7 @@ fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrect
 
 #[test]
 fn a_run_with_nothing_to_do_lists_no_patient_directory() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     for n in 0..20 {
         add_patient(&conn, n, 1);
@@ -207,9 +201,7 @@ fn a_run_with_nothing_to_do_lists_no_patient_directory() {
 
 #[test]
 fn a_provider_that_kept_an_older_file_is_repaired_by_the_next_site_that_applies_the_change() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let id = add_patient(&conn, 1, 1);
     sync_ok(&a);
@@ -228,9 +220,7 @@ fn a_provider_that_kept_an_older_file_is_repaired_by_the_next_site_that_applies_
 
 #[test]
 fn read_repair_settles_an_up_to_date_file_by_its_digest_and_still_repairs_one_behind() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let id = add_patient(&conn, 1, 2);
     sync_ok(&a);
@@ -277,9 +267,7 @@ fn read_repair_settles_an_up_to_date_file_by_its_digest_and_still_repairs_one_be
 
 #[test]
 fn a_damaged_patient_file_does_not_hold_back_the_change_log() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let first = add_patient(&conn, 1, 1);
     let second = add_patient(&conn, 2, 1);

@@ -21,9 +21,7 @@ struct Scene {
 }
 
 fn scene(b_settings: &[&str]) -> Scene {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     if !b_settings.is_empty() {
         set(&b, b_settings);
     }
@@ -321,12 +319,7 @@ fn an_original_a_client_renamed_away_is_written_again_by_a_plain_sync() {
 
 #[test]
 fn an_original_renamed_away_into_copies_is_written_again_by_one_site_only() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 2);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (family, a, b, id) = two_sites_sharing_a_patient(2);
     let site = |db: &Path| json_of(db, &["status"])["site"].as_str().unwrap().to_owned();
     let (leader, other) = if site(&a) < site(&b) { (&a, &b) } else { (&b, &a) };
     let original = patient_file(&family.folder(), &id);

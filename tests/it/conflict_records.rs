@@ -14,12 +14,7 @@ fn conflicts(db: &Path, all: bool) -> Vec<serde_json::Value> {
 
 /// Two sites with one open conflict on a patient's phone: B's value won.
 fn conflicted() -> (Family, std::path::PathBuf, std::path::PathBuf, String) {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 0);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (family, a, b, id) = two_sites_sharing_a_patient(0);
     app(&a).execute("UPDATE patients SET phone = 'typed at A' WHERE id = ?1", [&id]).unwrap();
     sync_ok(&a);
     app(&b).execute("UPDATE patients SET phone = 'typed at B' WHERE id = ?1", [&id]).unwrap();

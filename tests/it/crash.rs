@@ -24,9 +24,7 @@ fn init_failing(family: &Family, db: &std::path::Path, fault: &str) -> std::proc
 
 #[test]
 fn a_crash_after_the_export_commit_is_finished_by_the_next_run() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let first = add_patient(&conn, 1, 2);
     sync_ok(&a);
@@ -56,9 +54,7 @@ fn a_crash_after_the_export_commit_is_finished_by_the_next_run() {
 
 #[test]
 fn a_crash_before_the_site_file_is_written_is_harmless() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     add_patient(&app(&a), 1, 1);
     crash_at(&a, "before-site-file");
     // The folder's site file is behind the database: that is allowed (the

@@ -10,9 +10,7 @@ use crate::support::*;
 
 #[test]
 fn damaged_files_are_skipped_whole_and_applied_once_repaired() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     // B reads patient files only (no change-logs), the way a site does when
     // logs are off or after a long absence.
     set(&b, &["use_logs=off"]);
@@ -112,9 +110,7 @@ fn hostile_xml_is_refused_without_expanding_anything() {
 
 #[test]
 fn a_file_whose_name_does_not_match_its_patient_is_not_applied() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let id = add_patient(&app(&a), 1, 0);
     sync_ok(&a);
     // Copy the file to the name of another (unknown) patient.
@@ -131,12 +127,7 @@ fn a_file_whose_name_does_not_match_its_patient_is_not_applied() {
 
 #[test]
 fn provider_temp_files_and_strangers_are_not_data_and_a_missing_patients_folder_deletes_nothing() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 1);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (family, a, b, id) = two_sites_sharing_a_patient(1);
     let file = patient_file(&family.folder(), &id);
     let shard = file.parent().unwrap();
     fs::write(shard.join(".syncthing.x.xml.tmp"), b"partial").unwrap();

@@ -24,9 +24,7 @@ fn status(db: &Path) -> serde_json::Value {
 
 #[test]
 fn a_deleted_patient_with_thirty_rows_is_gone_everywhere_and_stays_gone() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let id = add_patient(&app(&a), 1, 10);
     add_patient(&app(&a), 2, 1);
     sync_ok(&a);
@@ -61,12 +59,7 @@ fn a_deleted_patient_with_thirty_rows_is_gone_everywhere_and_stays_gone() {
 
 #[test]
 fn a_row_deleted_then_inserted_again_exists_everywhere() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 1);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (_family, a, b, id) = two_sites_sharing_a_patient(1);
     let appt: String =
         app(&a).query_row("SELECT id FROM appointments WHERE patient_id = ?1", [&id], |r| r.get(0)).unwrap();
     app(&b).execute("DELETE FROM appointments WHERE id = ?1", [&appt]).unwrap();
@@ -94,12 +87,7 @@ fn a_row_deleted_then_inserted_again_exists_everywhere() {
 #[test]
 fn a_delete_concurrent_with_an_edit_wins_everywhere_and_the_edit_is_kept_for_review() {
     for delete_first in [true, false] {
-        let family = Family::new();
-        let a = family.init("a");
-        let b = family.init("b");
-        let id = add_patient(&app(&a), 1, 2);
-        sync_ok(&a);
-        sync_ok(&b);
+        let (_family, a, b, id) = two_sites_sharing_a_patient(2);
         app(&a).execute("DELETE FROM patients WHERE id = ?1", [&id]).unwrap();
         app(&b).execute("UPDATE patients SET phone = 'new number typed at B' WHERE id = ?1", [&id]).unwrap();
         let (first, second) = if delete_first { (&a, &b) } else { (&b, &a) };
@@ -135,9 +123,7 @@ fn a_delete_concurrent_with_an_edit_wins_everywhere_and_the_edit_is_kept_for_rev
 #[test]
 fn an_emptied_or_removed_patients_folder_deletes_nothing() {
     for logs in ["on", "off"] {
-        let family = Family::new();
-        let a = family.init("a");
-        let b = family.init("b");
+        let (family, a, b) = two_sites();
         for db in [&a, &b] {
             set(db, &[&format!("use_logs={logs}")]);
         }
@@ -161,9 +147,7 @@ fn an_emptied_or_removed_patients_folder_deletes_nothing() {
 
 #[test]
 fn a_hundred_zero_byte_placeholders_delete_nothing_and_are_named() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let ids: Vec<String> = (0..100).map(|n| add_patient(&conn, n, 0)).collect();
     sync_ok(&a);
@@ -184,9 +168,7 @@ fn a_hundred_zero_byte_placeholders_delete_nothing_and_are_named() {
 
 #[test]
 fn deleting_thirty_percent_of_two_hundred_patients_waits_for_confirmation() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     let ids: Vec<String> = (0..200).map(|n| add_patient(&conn, n, 1)).collect();
     sync_ok(&a);
@@ -245,9 +227,7 @@ fn table_rows(db: &Path, table: &str) -> i64 {
 
 #[test]
 fn a_held_mass_deletion_holds_the_patients_child_rows_too() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     let ids: Vec<String> = (0..100).map(|n| add_patient(&conn, n, 2)).collect();
     sync_ok(&a);
@@ -286,9 +266,7 @@ fn a_held_mass_deletion_holds_the_patients_child_rows_too() {
 
 #[test]
 fn deleting_most_of_one_table_is_held_even_when_the_patients_stay() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     for n in 0..50 {
         add_patient(&conn, n, 2);
@@ -329,9 +307,7 @@ fn deleting_most_of_one_table_is_held_even_when_the_patients_stay() {
 
 #[test]
 fn a_refused_mass_deletion_brings_the_rows_back_at_every_site() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn = app(&a);
     let ids: Vec<String> = (0..40).map(|n| add_patient(&conn, n, 1)).collect();
@@ -373,9 +349,7 @@ fn a_refused_mass_deletion_brings_the_rows_back_at_every_site() {
 
 #[test]
 fn a_few_deletions_pass_the_guard_at_once() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     let ids: Vec<String> = (0..30).map(|n| add_patient(&conn, n, 1)).collect();
     sync_ok(&a);
@@ -403,9 +377,7 @@ fn tombstones(db: &Path) -> serde_json::Value {
 
 #[test]
 fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 10);
@@ -475,9 +447,7 @@ fn a_site_away_during_a_purge_deletes_what_was_purged_and_its_own_edit_travels()
 
 #[test]
 fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_kept_for_review() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 2);
@@ -530,9 +500,7 @@ fn an_edit_made_while_away_to_a_row_purged_meanwhile_loses_to_the_delete_and_is_
 
 #[test]
 fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let doomed = add_patient(&app(&a), 1, 1);
     // C has written to the family: it has a change-log.
@@ -559,12 +527,7 @@ fn nothing_is_purged_while_a_site_with_a_change_log_has_no_site_file_here() {
 
 #[test]
 fn a_site_file_that_cannot_be_read_holds_back_the_purge_and_tombstones_says_so() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let doomed = add_patient(&app(&a), 1, 1);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (family, a, b, doomed) = two_sites_sharing_a_patient(1);
     app(&a).execute("DELETE FROM patients WHERE id = ?1", [&doomed]).unwrap();
     sync_ok(&a);
     sync_ok(&b);
@@ -593,9 +556,7 @@ fn a_site_file_that_cannot_be_read_holds_back_the_purge_and_tombstones_says_so()
 
 #[test]
 fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_the_deletion() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 2);
@@ -671,9 +632,7 @@ fn a_file_brought_back_by_a_site_that_edited_a_purged_patient_offline_is_told_th
 
 #[test]
 fn a_returning_site_whose_client_has_not_downloaded_every_file_drops_only_what_was_purged() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 2);
@@ -717,9 +676,7 @@ fn a_returning_site_whose_client_has_not_downloaded_every_file_drops_only_what_w
 
 #[test]
 fn an_edit_made_away_before_the_delete_it_never_reached_is_kept_for_review_after_the_purge() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let conn = app(&a);
     let doomed = add_patient(&conn, 1, 1);
@@ -756,9 +713,7 @@ fn an_edit_made_away_before_the_delete_it_never_reached_is_kept_for_review_after
 
 #[test]
 fn keeping_held_deletions_does_not_bring_back_a_row_this_site_deleted_meanwhile() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     let ids: Vec<String> = (0..40).map(|n| add_patient(&conn, n, 0)).collect();
     sync_ok(&a);

@@ -28,12 +28,7 @@ fn finishes(db: &Path, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn fifos_named_like_clinicsync_files_are_skipped_and_never_hang_a_run() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 1);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (family, a, b, id) = two_sites_sharing_a_patient(1);
     let folder = family.folder();
     // Another site's next segment, a patient file, a site file of a site
     // that does not exist yet.
@@ -172,9 +167,7 @@ fn names_and_keys_from_the_folder_reach_the_terminal_with_their_control_characte
 
 #[test]
 fn a_change_log_whose_site_file_has_not_arrived_is_named_not_passed_over() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     add_patient(&app(&b), 1, 1);
     sync_ok(&b);
     let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
@@ -188,9 +181,7 @@ fn a_change_log_whose_site_file_has_not_arrived_is_named_not_passed_over() {
 
 #[test]
 fn a_file_with_a_version_this_site_never_stamped_is_refused_whole() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     sync_ok(&a);
     let site_b = json_of(&b, &["status"])["site"].as_str().unwrap().to_owned();
     // B's own id on a version ten minutes ahead of B's clock (within the

@@ -47,9 +47,7 @@ pub(crate) struct Template {
 pub(crate) fn template() -> &'static Template {
     static T: OnceLock<Template> = OnceLock::new();
     T.get_or_init(|| {
-        let family = Family::new();
-        let a = family.init("a");
-        let b = family.init("b");
+        let (family, a, b) = two_sites();
         let patient = add_patient(&app(&b), 1, 2);
         sync_ok(&b);
         sync_ok(&a);

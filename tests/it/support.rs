@@ -34,6 +34,39 @@ impl Family {
     }
 }
 
+/// A family of two sites, A and B (`a.db`, `b.db`), both set up. Keep
+/// the family: its directory goes when it is dropped.
+pub(crate) fn two_sites() -> (Family, PathBuf, PathBuf) {
+    let family = Family::new();
+    let a = family.init("a");
+    let b = family.init("b");
+    (family, a, b)
+}
+
+/// Two sites that both have one patient: added at A with `children` rows
+/// of each child table, and synced to B.
+pub(crate) fn two_sites_sharing_a_patient(children: u32) -> (Family, PathBuf, PathBuf, String) {
+    let (family, a, b) = two_sites();
+    let patient = add_patient(&app(&a), 1, children);
+    sync_ok(&a);
+    sync_ok(&b);
+    (family, a, b, patient)
+}
+
+/// A concurrent edit: each site sets `column` of `patient` to its own value
+/// before either syncs; then A, B and A again sync, so both sites know both
+/// values (B's, stamped later, wins).
+pub(crate) fn edit_at_both(a: &Path, b: &Path, patient: &str, column: &str, at_a: &str, at_b: &str) {
+    for (db, value) in [(a, at_a), (b, at_b)] {
+        app(db)
+            .execute(&format!("UPDATE patients SET {column} = ?2 WHERE id = ?1"), params![patient, value])
+            .unwrap();
+    }
+    for db in [a, b, a] {
+        sync_ok(db);
+    }
+}
+
 thread_local! {
     /// How far this test has let time pass for clinicsync (seconds).
     static LATER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };

@@ -7,9 +7,7 @@ use crate::support::*;
 
 #[test]
 fn fifty_patients_reach_the_other_site_and_edits_on_both_sides_converge() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn_a = app(&a);
     let ids: Vec<String> = (0..50).map(|n| add_patient(&conn_a, n, 3)).collect();
     let report = sync_ok(&a);
@@ -42,12 +40,7 @@ fn fifty_patients_reach_the_other_site_and_edits_on_both_sides_converge() {
 #[test]
 fn concurrent_edits_of_different_fields_both_survive_in_either_order() {
     for a_first in [true, false] {
-        let family = Family::new();
-        let a = family.init("a");
-        let b = family.init("b");
-        let id = add_patient(&app(&a), 1, 1);
-        sync_ok(&a);
-        sync_ok(&b);
+        let (_family, a, b, id) = two_sites_sharing_a_patient(1);
         app(&a).execute("UPDATE patients SET phone = 'phone from A' WHERE id = ?1", [&id]).unwrap();
         app(&b).execute("UPDATE patients SET email = 'email from B' WHERE id = ?1", [&id]).unwrap();
         let (first, second) = if a_first { (&a, &b) } else { (&b, &a) };
@@ -66,12 +59,7 @@ fn concurrent_edits_of_different_fields_both_survive_in_either_order() {
 
 #[test]
 fn concurrent_edits_of_one_field_converge_to_the_later_stamp_and_both_sites_keep_the_other() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 0);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (_family, a, b, id) = two_sites_sharing_a_patient(0);
     app(&a).execute("UPDATE patients SET phone = 'typed at A' WHERE id = ?1", [&id]).unwrap();
     // B's edit is stamped later (B exports after A), so it wins.
     sync_ok(&a);
@@ -97,12 +85,7 @@ fn last_edit_ms(db: &std::path::Path) -> i64 {
 
 #[test]
 fn the_later_edit_wins_even_when_the_earlier_one_syncs_last() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
-    let id = add_patient(&app(&a), 1, 0);
-    sync_ok(&a);
-    sync_ok(&b);
+    let (_family, a, b, id) = two_sites_sharing_a_patient(0);
     // A's receptionist types first; B's a moment later. B syncs first, and
     // A (a laptop, say) hours later: the time of the typing decides.
     app(&a).execute("UPDATE patients SET phone = 'typed first at A' WHERE id = ?1", [&id]).unwrap();
@@ -133,9 +116,7 @@ fn the_later_edit_wins_even_when_the_earlier_one_syncs_last() {
 
 #[test]
 fn a_third_site_learns_of_a_conflict_it_never_took_part_in() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let c = family.init("c");
     let id = add_patient(&app(&a), 1, 0);
     sync_ok(&a);
@@ -151,9 +132,7 @@ fn a_third_site_learns_of_a_conflict_it_never_took_part_in() {
 
 #[test]
 fn a_patient_with_hundreds_of_child_rows_replicates_whole() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     add_patient(&app(&a), 7, 200);
     sync_ok(&a);
     sync_ok(&b);
@@ -165,9 +144,7 @@ fn a_patient_with_hundreds_of_child_rows_replicates_whole() {
 
 #[test]
 fn rows_that_move_between_patients_leave_the_old_file_and_join_the_new() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     let p1 = add_patient(&conn, 1, 1);
     let p2 = add_patient(&conn, 2, 0);
@@ -220,9 +197,7 @@ fn a_database_with_data_joins_a_family_and_both_sides_merge() {
 
 #[test]
 fn deleting_a_row_deletes_it_at_the_other_site() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     let id = add_patient(&conn, 1, 2);
     sync_ok(&a);
@@ -282,9 +257,7 @@ fn a_first_export_joins_a_patient_file_already_in_the_folder() {
 /// rest of the export goes on.
 #[test]
 fn a_row_whose_key_is_stored_as_bytes_is_left_out_with_a_warning() {
-    let family = Family::new();
-    let a = family.init("a");
-    let b = family.init("b");
+    let (_family, a, b) = two_sites();
     let conn = app(&a);
     conn.execute("INSERT INTO patients (id, family_name) VALUES (x'6869', 'Bytes')", []).unwrap();
     let fine = add_patient(&conn, 1, 1);
