@@ -1,7 +1,8 @@
-//! The patient files a full scan applied (`_cs_files`): their size, time
-//! and hash, so that a file unchanged since is not read again.
+//! The patient files this site has applied or found up to date
+//! (`_cs_files`): their size, time and hash, so that a file unchanged since
+//! is not read again (or, known by size and time only, not parsed again).
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{Db, DbError, WriteTx};
 
@@ -12,6 +13,20 @@ CREATE TABLE IF NOT EXISTS _cs_files (path TEXT PRIMARY KEY, size INTEGER NOT NU
 ";
 
 impl Db {
+    /// The size and time of every file recorded in folder `dir`, by path:
+    /// one query for a folder's worth of files.
+    pub fn files_seen_in(&self, dir: &str) -> Result<std::collections::HashMap<String, (u64, i64)>, DbError> {
+        // The paths in `dir/` sort between `dir/` and `dir0` ('0' follows '/').
+        let rows = self
+            .conn
+            .prepare_cached("SELECT path, size, mtime_ns FROM _cs_files WHERE path > ?1 AND path < ?2")?
+            .query_map(params![format!("{dir}/"), format!("{dir}0")], |r| {
+                Ok((r.get::<_, String>(0)?, (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?)))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// What the file cache knows of a patient file: (size, mtime, sha256).
     pub fn file_seen(&self, path: &str) -> Result<Option<(u64, i64, String)>, DbError> {
         Ok(self
@@ -19,6 +34,33 @@ impl Db {
             .prepare_cached("SELECT size, mtime_ns, sha256 FROM _cs_files WHERE path = ?1")?
             .query_row([path], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
             .optional()?)
+    }
+}
+
+impl Db {
+    /// Records patient files read-repair found equal to this database's
+    /// encoding, by (path, size, mtime): a later run that meets them
+    /// unchanged (a shard listed for another file's sake) need not read
+    /// them. A recorded hash stays while size and time are the same (the
+    /// bytes are); otherwise it is cleared, so a full scan still parses the
+    /// file once.
+    pub(crate) fn record_files_verified(&mut self, files: &[(String, u64, i64)]) -> Result<(), DbError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO _cs_files (path, size, mtime_ns, sha256) VALUES (?1, ?2, ?3, '')
+                 ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                   sha256 = CASE WHEN size = excluded.size AND mtime_ns = excluded.mtime_ns THEN sha256 ELSE '' END",
+            )?;
+            for (path, size, mtime_ns) in files {
+                upsert.execute(params![path, *size as i64, mtime_ns])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 

@@ -93,6 +93,7 @@ impl Run<'_> {
         for shard in std::mem::take(&mut self.copies.suspect_shards) {
             let dir = format!("{PATIENTS_DIR}/{shard}");
             let entries = self.folder.list(&dir).map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
+            let seen = self.db.files_seen_in(&dir)?;
             for entry in entries {
                 if entry.is_dir || self.ignore.is_ignored(&entry.name) {
                     continue;
@@ -113,9 +114,7 @@ impl Run<'_> {
                     // back, a site that wrote rows it should not have).
                     Classified::Original(FileKind::Patient { stem })
                         if !self.scanned.read.contains(&path)
-                            && self.db.file_seen(&path)?.is_none_or(|(size, mtime_ns, _)| {
-                                size != entry.size || mtime_ns != entry.mtime_ns
-                            }) =>
+                            && seen.get(&path) != Some(&(entry.size, entry.mtime_ns)) =>
                     {
                         files.push(FileRef { path, stem, copy: None, repair: None, size: entry.size });
                     }

@@ -448,15 +448,18 @@ impl Run<'_> {
         .flatten()
         .collect();
         let mut rest = Vec::with_capacity(files.len());
+        let mut verified = Vec::new();
         for (i, patient, bytes, entry) in files {
             if matched.contains(&i) {
                 self.counts.files_digest_matched += 1;
+                verified.push((chunk[i].path.clone(), entry.size, entry.mtime_ns));
                 out[i] = Some(Original::Present(bytes, entry, None));
             } else {
                 rest.push((i, patient, bytes, entry));
             }
         }
         if rest.is_empty() {
+            self.db.record_files_verified(&verified)?;
             return Ok(out);
         }
         let names: Vec<&str> = rest.iter().map(|(_, p, _, _)| *p).collect();
@@ -483,9 +486,15 @@ impl Run<'_> {
         let [settled, other_half] = on_both_cores(work, compare);
         let mut digests = Vec::new();
         for (i, original, digest) in settled?.into_iter().chain(other_half?) {
+            if let Original::Present(_, entry, _) = &original {
+                verified.push((chunk[i].path.clone(), entry.size, entry.mtime_ns));
+            }
             out[i] = Some(original);
             digests.extend(digest);
         }
+        // Files found up to date are known by size and time from now on: a
+        // shard listed later for another file's sake does not read them.
+        self.db.record_files_verified(&verified)?;
         // Nothing wrote the state since its rows were read above.
         if !digests.is_empty() {
             self.db.store_digests(&digests)?;
