@@ -28,6 +28,13 @@ use crate::folder::{DiskFolder, IgnoreRules, ReadError};
 use crate::model::{Clock, FamilyId, SiteId};
 use crate::xmlstore::{Manifest, decode_manifest, encode_manifest};
 
+/// The staging directory for atomic writes: beside the database, outside
+/// the synced folder.
+pub(crate) fn staging_dir(db_path: &Path) -> PathBuf {
+    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    dir.join(".clinicsync-staging")
+}
+
 /// Why a command could not do its work. Every message is one sentence that
 /// says what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +187,7 @@ pub fn init_with(
     std::fs::create_dir_all(&folder_path)
         .map_err(io_err(format!("cannot create the folder {}", folder_path.display())))?;
     settings::check_folder(&options.db, &folder_path, None)?;
-    let folder = DiskFolder::new(folder_path.clone(), Some(run::staging_dir(&options.db)));
+    let folder = DiskFolder::new(folder_path.clone(), Some(staging_dir(&options.db)));
     let folder_display = folder_path.display().to_string();
     let existing = match folder.read(MANIFEST, 1 << 20) {
         Ok(bytes) => Some(decode_manifest(&bytes).map_err(|e| EngineError::BadManifest {

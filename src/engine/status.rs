@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::EngineError;
 use super::host::SystemClock;
-use super::run::staging_dir;
 use super::sites::{self, PeerFile, Sites};
+use super::staging_dir;
 use crate::db::{Db, HeldDeletes, KeptCopy};
 use crate::folder::layout::{MANIFEST, SITES_DIR};
 use crate::folder::{DiskFolder, IgnoreRules};

@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use super::EngineError;
 use super::host::SystemClock;
-use super::run::staging_dir;
 use super::settings::{self, Settings};
 use super::sites::{self, PeerFile, Problem, Sites};
+use super::staging_dir;
 use crate::db::{Db, Purged, Tombstone};
 use crate::folder::layout::SITES_DIR;
 use crate::folder::{DiskFolder, IgnoreRules};

@@ -6,17 +6,17 @@
 //! commits come first, files are rewritten from the database, and the
 //! outbox makes an export's file writes idempotent.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use tracing::instrument;
 
-use super::EngineError;
 use super::host::{SystemClock, peak_rss_kib};
 use super::progress::Progress;
 use super::report::{Counts, EventKind, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use super::sites::{Sites, retry_hint};
+use super::{EngineError, staging_dir};
 use crate::db::{Db, SiteConfig};
 use crate::folder::layout::site_path;
 use crate::folder::{DiskFolder, IgnoreRules};
@@ -123,13 +123,6 @@ fn on_both_cores<T: Send, R: Send>(mut items: Vec<T>, f: impl Fn(Vec<T>) -> R + 
         let mine = f(items);
         [mine, other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))]
     })
-}
-
-/// The staging directory for atomic writes: beside the database, outside
-/// the synced folder.
-pub(crate) fn staging_dir(db_path: &Path) -> PathBuf {
-    let dir = db_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    dir.join(".clinicsync-staging")
 }
 
 /// Runs one complete sync of the database at `db_path`.
