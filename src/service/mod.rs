@@ -46,8 +46,9 @@ pub(crate) struct Shared {
     control: mpsc::Sender<Control>,
     state: watch::Receiver<SchedulerState>,
     alerts: Mutex<VecDeque<AlertView>>,
-    /// Alerts being sent: waited for (briefly) when the service stops.
-    sending: Mutex<tokio::task::JoinSet<()>>,
+    /// Tasks the service started beside the scheduler (alerts being sent,
+    /// the page's wait for a Sync Now): waited for briefly when it stops.
+    tasks: Mutex<tokio::task::JoinSet<()>>,
     watcher: Mutex<Option<Watched>>,
     hints: mpsc::UnboundedSender<Hint>,
 }
@@ -80,9 +81,9 @@ impl crate::web::Service for Shared {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (reply, replied) = tokio::sync::oneshot::channel();
         let control = self.control.clone();
-        let mut sending = self.sending.lock().unwrap_or_else(|e| e.into_inner());
-        while sending.try_join_next().is_some() {}
-        sending.spawn(async move {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             if control.send(Control::SyncNow { reply: Some(reply), from_page: false }).await.is_ok()
                 && replied.await.is_ok()
             {
@@ -216,9 +217,9 @@ impl Hooks for RealHooks {
         let db = self.db.clone();
         let shared = self.shared.clone();
         // Sending may take a while; the scheduler does not wait for it.
-        let mut sending = self.shared.sending.lock().unwrap_or_else(|e| e.into_inner());
-        while sending.try_join_next().is_some() {}
-        sending.spawn(async move {
+        let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
             let target = match tokio::task::spawn_blocking(move || alert_target(&db)).await {
                 Ok(Ok(t)) => t,
                 _ => AlertTarget::default(),
@@ -348,7 +349,7 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
         control: control_tx.clone(),
         state: state_rx,
         alerts: Mutex::new(VecDeque::new()),
-        sending: Mutex::new(tokio::task::JoinSet::new()),
+        tasks: Mutex::new(tokio::task::JoinSet::new()),
         watcher: Mutex::new(None),
         hints: hint_tx,
     });
@@ -391,10 +392,10 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     // Open page connections (live status) get a moment, not forever.
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;
-    // Alerts still being sent get the same moment.
-    let mut sending = std::mem::take(&mut *shared.sending.lock().unwrap_or_else(|e| e.into_inner()));
+    // Alerts still being sent (and the page's waits) get the same moment.
+    let mut tasks = std::mem::take(&mut *shared.tasks.lock().unwrap_or_else(|e| e.into_inner()));
     let _ =
-        tokio::time::timeout(Duration::from_secs(3), async { while sending.join_next().await.is_some() {} })
+        tokio::time::timeout(Duration::from_secs(3), async { while tasks.join_next().await.is_some() {} })
             .await;
     shared.watcher.lock().unwrap_or_else(|e| e.into_inner()).take();
     eprintln!("clinicsync: stopped");
