@@ -12,6 +12,7 @@ pub mod db;
 pub mod engine;
 pub mod folder;
 pub mod model;
+pub mod platform;
 pub mod service;
 pub mod web;
 pub mod xmlstore;

@@ -209,14 +209,16 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
                 home_conflicts
             );
         }
-        let d = dir.display();
+        // Paths as this system writes them (a backslash on Windows).
+        let at = |name: &str| dir.join(name).display().to_string();
+        let (shared, front, home) = (at("shared-folder"), at("front-desk.db"), at("home-visits.db"));
         say!("Look at:");
-        say!("  {d}/shared-folder                the folder a cloud client would carry");
-        say!("  clinicsync status --db {d}/front-desk.db");
-        say!("  clinicsync log --db {d}/home-visits.db");
-        say!("  clinicsync conflicts --db {d}/front-desk.db");
+        say!("  {shared}                the folder a cloud client would carry");
+        say!("  clinicsync status --db {front}");
+        say!("  clinicsync log --db {home}");
+        say!("  clinicsync conflicts --db {front}");
         say!(
-            "  clinicsync run --db {d}/front-desk.db     the service and its web page (Status, Sync Now, Latest Logs, Conflicts, Settings)"
+            "  clinicsync run --db {front}     the service and its web page (Status, Sync Now, Latest Logs, Conflicts, Settings)"
         );
     } else {
         say!("NOT converged: the two sites differ. This is a bug; please report it with {}.", dir.display());

@@ -50,7 +50,7 @@ pub(crate) fn random_id_bytes() -> std::io::Result<[u8; 16]> {
 }
 
 /// A one-way fingerprint of this computer: a hash of `/etc/machine-id`
-/// (systemd), else of the host name. `CLINICSYNC_MACHINE_ID` replaces the
+/// (systemd), else of the host name (on Windows, `COMPUTERNAME`). `CLINICSYNC_MACHINE_ID` replaces the
 /// source, so tests can play two computers on one machine.
 pub fn machine_fingerprint() -> String {
     let source = std::env::var("CLINICSYNC_MACHINE_ID")
@@ -58,6 +58,8 @@ pub fn machine_fingerprint() -> String {
         .or_else(|| std::fs::read_to_string("/etc/machine-id").ok())
         .or_else(|| std::fs::read_to_string("/var/lib/dbus/machine-id").ok())
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        // Windows names the computer in the environment.
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
         .unwrap_or_default();
     let digest = Sha256::digest(format!("clinicsync-machine:{}", source.trim()).as_bytes());
     let mut hex = String::new();

@@ -332,7 +332,7 @@ pub(crate) fn check_folder(
     if !meta.is_dir() {
         return Err(refuse("is a file, not a folder".into()));
     }
-    if rustix::fs::access(&folder, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_err() {
+    if !crate::platform::dir_writable(&folder) {
         return Err(refuse("is not writable by this user".into()));
     }
     let real_folder = folder.canonicalize().map_err(|e| refuse(format!("cannot be resolved: {e}")))?;

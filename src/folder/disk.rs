@@ -9,11 +9,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Entry, ReadError};
+use crate::platform;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -361,41 +361,7 @@ fn write_fault() -> Option<String> {
 }
 
 fn same_volume(root: &Path, staging: &Path) -> bool {
-    if fs::create_dir_all(staging).is_err() {
-        return false;
-    }
-    match (fs::metadata(root), fs::metadata(staging)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev(),
-        _ => false,
-    }
-}
-
-/// What a file that is not a regular file is, for the sentence that skips it.
-fn not_regular(kind: fs::FileType) -> Option<&'static str> {
-    #[cfg(unix)]
-    use std::os::unix::fs::FileTypeExt;
-    if kind.is_file() {
-        return None;
-    }
-    if kind.is_symlink() {
-        return Some("a link");
-    }
-    if kind.is_dir() {
-        return Some("a folder");
-    }
-    #[cfg(unix)]
-    {
-        if kind.is_fifo() {
-            return Some("a FIFO (a named pipe)");
-        }
-        if kind.is_socket() {
-            return Some("a socket");
-        }
-        if kind.is_block_device() || kind.is_char_device() {
-            return Some("a device");
-        }
-    }
-    Some("a special file")
+    fs::create_dir_all(staging).is_ok() && platform::same_volume(root, staging)
 }
 
 /// Opens a regular file for reading without following a link and without
@@ -406,36 +372,23 @@ fn open_regular(path: &Path) -> Result<File, ReadError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
         Err(e) => return Err(e.into()),
     };
-    if let Some(what) = not_regular(kind) {
+    if let Some(what) = platform::not_regular(kind) {
         return Err(ReadError::NotRegular(what));
     }
-    let mut options = fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-        options.custom_flags(flags.bits() as i32);
-    }
-    let file = match options.open(path) {
+    let file = match platform::read_no_follow().open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
         Err(e) => return Err(e.into()),
     };
     // Swapped for something else between the look and the open.
-    if let Some(what) = not_regular(file.metadata()?.file_type()) {
+    if let Some(what) = platform::not_regular(file.metadata()?.file_type()) {
         return Err(ReadError::NotRegular(what));
     }
     Ok(file)
 }
 
 fn entry_of(name: String, meta: &fs::Metadata) -> Entry {
-    Entry {
-        name,
-        is_dir: meta.is_dir(),
-        size: meta.len(),
-        mtime_ns: meta.mtime().saturating_mul(1_000_000_000).saturating_add(meta.mtime_nsec()),
-    }
+    Entry { name, is_dir: meta.is_dir(), size: meta.len(), mtime_ns: platform::mtime_ns(meta) }
 }
 
 /// The folder's operations: every access to its files goes through these.
@@ -533,6 +486,9 @@ impl DiskFolder {
         self.note_touched(files.iter().map(|(rel, _)| rel.as_str()));
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
         let rels: Vec<&str> = files.iter().map(|(rel, _)| rel.as_str()).collect();
+        // A small batch, or a system without syncfs: each file synced as
+        // it is written.
+        let one_by_one = files.len() <= SYNC_FILES_ONE_BY_ONE || !platform::SYNCS_A_VOLUME;
         let result = self.noting_changes(&rels, || {
             // Each folder of the batch is looked at once (a first export
             // writes thousands of files into 256 shards).
@@ -550,15 +506,15 @@ impl DiskFolder {
                 staged.push((temp.clone(), target));
                 let mut f = File::create(&temp)?;
                 f.write_all(bytes)?;
-                if files.len() <= SYNC_FILES_ONE_BY_ONE {
+                if one_by_one {
                     f.sync_data()?;
                 }
             }
             // For a large batch one syncfs makes every temp file durable:
             // far cheaper than an fsync per file (measured in docs/performance.md).
             let anchor = self.staging.as_deref().unwrap_or(&self.root);
-            if files.len() > SYNC_FILES_ONE_BY_ONE {
-                rustix::fs::syncfs(File::open(anchor)?)?;
+            if !one_by_one {
+                platform::sync_volume(anchor)?;
             }
             let mut dirs = BTreeSet::new();
             for (temp, target) in &staged {
@@ -571,11 +527,11 @@ impl DiskFolder {
             // batch spread over many directories (the first export's chunks
             // touch all 256 shards) one more syncfs, which commits every
             // directory change at once.
-            if dirs.len() > SYNC_DIRS_ONE_BY_ONE {
-                rustix::fs::syncfs(File::open(anchor)?)?;
+            if dirs.len() > SYNC_DIRS_ONE_BY_ONE && platform::SYNCS_A_VOLUME {
+                platform::sync_volume(anchor)?;
             } else {
                 for dir in dirs {
-                    File::open(&dir)?.sync_all()?;
+                    platform::sync_dir(&dir)?;
                 }
             }
             Ok(())

@@ -113,8 +113,7 @@ impl Shared {
     /// same directory (a folder deleted and created again, or a drive
     /// mounted again, needs a new watch).
     fn rewatch(&self, folder: &Path) {
-        use std::os::unix::fs::MetadataExt as _;
-        let identity = std::fs::metadata(folder).map(|m| (m.dev(), m.ino())).ok();
+        let identity = crate::platform::dir_identity(folder);
         let mut current = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
         if current.as_ref().is_some_and(|(f, id, _)| f == folder && Some(*id) == identity) {
             return;
@@ -258,11 +257,9 @@ pub fn token_path(db_path: &Path) -> PathBuf {
 /// Reads the page's token, or makes one (readable by this user only).
 fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    use std::os::unix::fs::PermissionsExt as _;
     let path = token_path(db_path);
     if let Ok(meta) = std::fs::symlink_metadata(&path)
-        && (!meta.is_file() || meta.permissions().mode() & 0o077 != 0)
+        && (!meta.is_file() || crate::platform::readable_by_others(&meta))
     {
         // Other users could read it (or it is not a plain file): the token
         // may be known, so it is replaced by a new one only this user reads.
@@ -281,12 +278,7 @@ fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("cannot draw a random token: {e}"))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
+    let mut file = crate::platform::create_private(&path)
         .with_context(|| format!("cannot write the token file {}", path.display()))?;
     file.write_all(token.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(token)
@@ -385,7 +377,7 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_page(listener, app, stop_rx));
-    shutdown_signal().await;
+    crate::platform::stop_requested().await;
     eprintln!("clinicsync: stopping after the sync in progress (if any)");
     let _ = control_tx.send(Control::Shutdown).await;
     let _ = scheduler.await;
@@ -441,20 +433,5 @@ async fn serve_page(
             let _ = connection.await;
             drop(slot);
         });
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
