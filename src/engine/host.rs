@@ -50,8 +50,9 @@ pub(crate) fn random_id_bytes() -> std::io::Result<[u8; 16]> {
 }
 
 /// A one-way fingerprint of this computer: a hash of `/etc/machine-id`
-/// (systemd), else of the host name (on Windows, `COMPUTERNAME`). `CLINICSYNC_MACHINE_ID` replaces the
-/// source, so tests can play two computers on one machine.
+/// (systemd), else of the host name (on Windows, `COMPUTERNAME`).
+/// `CLINICSYNC_MACHINE_ID` replaces the source, so tests can play two
+/// computers on one machine.
 pub fn machine_fingerprint() -> String {
     let source = std::env::var("CLINICSYNC_MACHINE_ID")
         .ok()
