@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use super::{Db, DbError, WriteTx};
 
 pub(super) const TABLE: &str = "
--- What a full scan last applied from each patient file, to skip unchanged files.
+-- Each patient file as last applied, written or found up to date, to skip it while unchanged.
 CREATE TABLE IF NOT EXISTS _cs_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,
   mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL) WITHOUT ROWID;
 ";

@@ -81,9 +81,7 @@ impl crate::web::Service for Shared {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (reply, replied) = tokio::sync::oneshot::channel();
         let control = self.control.clone();
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
+        self.spawn(async move {
             if control.send(Control::SyncNow { reply: Some(reply), from_page: false }).await.is_ok()
                 && replied.await.is_ok()
             {
@@ -99,6 +97,14 @@ impl crate::web::Service for Shared {
 }
 
 impl Shared {
+    /// Starts a task the service waits for when it stops (finished ones
+    /// are reaped first, so the set does not grow).
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
     /// Tells the scheduler about changed settings, and watches the new
     /// folder if it moved.
     fn settings_changed(&self) -> Result<(), engine::EngineError> {
@@ -216,9 +222,7 @@ impl Hooks for RealHooks {
         let db = self.db.clone();
         let shared = self.shared.clone();
         // Sending may take a while; the scheduler does not wait for it.
-        let mut tasks = self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        while tasks.try_join_next().is_some() {}
-        tasks.spawn(async move {
+        self.shared.spawn(async move {
             let target = match tokio::task::spawn_blocking(move || alert_target(&db)).await {
                 Ok(Ok(t)) => t,
                 _ => AlertTarget::default(),
