@@ -86,6 +86,13 @@ enum Command {
         #[arg(long, value_name = "PORT")]
         web_port: Option<u16>,
     },
+    /// Start `clinicsync run` for this database when you log in (a systemd
+    /// user unit on Linux, a launchd agent on macOS, a Task Scheduler task
+    /// on Windows), stop doing so, or see whether it is set up and running.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
     /// Online/offline, last sync, pending changes, the other sites.
     Status,
     /// Latest Logs: the newest runs with what they did.
@@ -133,6 +140,21 @@ enum ConflictAction {
         #[arg(long, value_enum)]
         keep: KeepArg,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ServiceAction {
+    /// Register the service to start at login, and start it now.
+    Install {
+        /// Print the definition and the commands without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop the service and no longer start it at login.
+    Uninstall,
+    /// Whether the service is registered and whether it runs now (exits 0
+    /// either way).
+    Status,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -258,6 +280,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { web_port } => {
             crate::service::run(&crate::service::ServiceOptions { db, web_port })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service { action } => {
+            run_service_action(&db, action, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
@@ -492,4 +518,90 @@ fn print_status(s: &StatusReport) {
     for w in &s.warnings {
         say!("Warning:   {}", shown(w));
     }
+}
+
+fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -> anyhow::Result<()> {
+    use crate::service::login;
+    let file_line =
+        |file: &Option<PathBuf>| file.as_ref().map(|f| format!(" ({})", shown(&f.display().to_string())));
+    match action {
+        ServiceAction::Install { dry_run } => {
+            let report = login::install(db, dry_run)?;
+            if json {
+                return print_json(&report);
+            }
+            if dry_run {
+                say!(
+                    "Would install {} named {}{}:",
+                    report.kind,
+                    shown(&report.name),
+                    file_line(&report.file).unwrap_or_default()
+                );
+                say!("");
+                say!("{}", shown_block(&report.definition));
+                say!("");
+                say!("Then run:");
+                for c in &report.commands {
+                    say!("    {}", shown(c));
+                }
+            } else {
+                let verb = if report.was_installed { "Replaced" } else { "Installed" };
+                say!(
+                    "{verb} {} named {}{}: clinicsync run starts for {} when you log in, and runs now.",
+                    report.kind,
+                    shown(&report.name),
+                    file_line(&report.file).unwrap_or_default(),
+                    shown(&db.display().to_string())
+                );
+            }
+        }
+        ServiceAction::Uninstall => {
+            let report = login::uninstall(db)?;
+            if json {
+                return print_json(&report);
+            }
+            if report.was_installed {
+                say!(
+                    "Removed {} named {}{}: clinicsync no longer starts at login for {}.",
+                    report.kind,
+                    shown(&report.name),
+                    file_line(&report.file).unwrap_or_default(),
+                    shown(&db.display().to_string())
+                );
+            } else {
+                say!(
+                    "Nothing to remove: no {} named {} is installed.",
+                    report.kind.trim_start_matches("a "),
+                    shown(&report.name)
+                );
+            }
+        }
+        ServiceAction::Status => {
+            let status = login::status(db)?;
+            if json {
+                return print_json(&status);
+            }
+            if status.installed {
+                say!(
+                    "Starts at login: yes, as {} named {}{}.",
+                    status.kind,
+                    shown(&status.name),
+                    file_line(&status.file).unwrap_or_default()
+                );
+            } else {
+                say!("Starts at login: no (`clinicsync service install` sets it up).");
+            }
+            if status.running {
+                say!("Running now: yes.");
+            } else {
+                say!("Running now: no.");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A multi-line text with each line made safe to print.
+fn shown_block(text: &str) -> String {
+    text.lines().map(shown).collect::<Vec<_>>().join("\n")
 }

@@ -10,6 +10,8 @@ use std::io;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+pub mod login;
+
 /// A file's modification time in nanoseconds since the epoch (0 when the
 /// system does not tell, or it is before 1970).
 pub fn mtime_ns(meta: &Metadata) -> i64 {

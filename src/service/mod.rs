@@ -4,6 +4,7 @@
 //! on SIGTERM or Ctrl-C after the run in progress.
 
 pub mod alert;
+pub mod login;
 pub mod scheduler;
 mod watcher;
 
@@ -301,9 +302,7 @@ pub fn run(options: &ServiceOptions) -> anyhow::Result<()> {
 /// service per database (runs are serialised anyway; two services would
 /// only fight over the page and the alerts).
 fn take_service_lock(db_path: &Path) -> anyhow::Result<std::fs::File> {
-    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push("-clinicsync.service.lock");
-    let path = db_path.with_file_name(name);
+    let path = service_lock_path(db_path);
     let file = std::fs::File::options()
         .create(true)
         .truncate(false)
@@ -316,6 +315,28 @@ fn take_service_lock(db_path: &Path) -> anyhow::Result<std::fs::File> {
             "clinicsync run is already running for {}; use its web page, or stop it first",
             db_path.display()
         )),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+fn service_lock_path(db_path: &Path) -> PathBuf {
+    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push("-clinicsync.service.lock");
+    db_path.with_file_name(name)
+}
+
+/// Whether a `clinicsync run` for this database runs now (it holds the
+/// service lock; the lock is tried and let go at once).
+pub fn is_running(db_path: &Path) -> anyhow::Result<bool> {
+    let path = service_lock_path(db_path);
+    let file = match std::fs::File::options().write(true).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(anyhow::anyhow!("cannot open the lock file {}: {e}", path.display())),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
         Err(std::fs::TryLockError::Error(e)) => Err(anyhow::anyhow!("cannot lock {}: {e}", path.display())),
     }
 }

@@ -20,6 +20,7 @@ mod guard;
 mod hostile;
 mod hostile_mutations;
 mod hostile_set;
+mod login;
 mod mapping;
 mod model_laws;
 mod realsync;

@@ -1,0 +1,190 @@
+//! `clinicsync service install | uninstall | status`: registers `clinicsync
+//! run` for one database with the system's service manager so it starts
+//! when the user logs in, removes it, and says whether it is registered and
+//! running. The definitions are in `platform::login`; this puts them in
+//! place, runs the manager's commands, and undoes a half-done install.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::db::Db;
+use crate::platform::login::{self, Account, Entry, Manager, Step};
+
+/// What `install` and `uninstall` did, or `--dry-run` would do.
+#[derive(Debug, Serialize)]
+pub struct LoginReport {
+    /// "a systemd user unit", ...
+    pub kind: &'static str,
+    pub name: String,
+    /// Where the definition is kept (none for Task Scheduler, which keeps
+    /// it itself).
+    pub file: Option<PathBuf>,
+    /// The definition.
+    pub definition: String,
+    /// The commands run (or that would run), as typed in a terminal.
+    pub commands: Vec<String>,
+    /// `install`: it was registered before and was replaced; `uninstall`:
+    /// it was registered.
+    pub was_installed: bool,
+}
+
+/// What `status` found.
+#[derive(Debug, Serialize)]
+pub struct LoginStatus {
+    pub kind: &'static str,
+    pub name: String,
+    pub file: Option<PathBuf>,
+    pub installed: bool,
+    /// A `clinicsync run` holds this database's service lock now (started
+    /// at login or by hand).
+    pub running: bool,
+}
+
+/// The entry for `db` on this system.
+fn entry_for(db: &Path) -> anyhow::Result<Entry> {
+    let manager =
+        Manager::here().ok_or_else(|| anyhow!("this system has no service manager clinicsync knows"))?;
+    let db =
+        std::path::absolute(db).with_context(|| format!("cannot find the full path of {}", db.display()))?;
+    let exe = std::env::current_exe().context("cannot find where the clinicsync program is")?;
+    // The same database reached by another path (a link) is the same entry.
+    let key_path = std::fs::canonicalize(&db).unwrap_or_else(|_| db.clone());
+    let key: String = Sha256::digest(key_path.to_string_lossy().as_bytes())[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let description = format!("clinicsync for {}", db.display());
+    login::entry(manager, &Account::current(), &exe, &db, &key, &description, &std::env::temp_dir())
+        .map_err(|e| anyhow!("cannot make the service definition: {e}"))
+}
+
+/// How a step is typed in a terminal (for the report).
+fn typed(step: &Step) -> String {
+    step.args
+        .iter()
+        .map(|a| {
+            let a = a.to_string_lossy();
+            if a.contains(' ') { format!("\"{a}\"") } else { a.into_owned() }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn run_step(step: &Step) -> anyhow::Result<()> {
+    let (program, args) = step.args.split_first().ok_or_else(|| anyhow!("an empty command"))?;
+    let output = match Command::new(program).args(args).output() {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "{} was not found: this system's service manager cannot be reached",
+                program.to_string_lossy()
+            )
+        }
+        Err(e) => bail!("cannot run `{}`: {e}", typed(step)),
+    };
+    if output.status.success() || step.may_fail {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&output.stderr);
+    let said = said.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
+    bail!("`{}` failed ({}): {}", typed(step), output.status, crate::model::shown(said))
+}
+
+fn installed(entry: &Entry) -> anyhow::Result<bool> {
+    if let Some(file) = &entry.file {
+        return Ok(file.exists());
+    }
+    let Some(query) = &entry.query else { return Ok(false) };
+    let (program, args) = query.args.split_first().ok_or_else(|| anyhow!("an empty command"))?;
+    match Command::new(program).args(args).output() {
+        Ok(output) => Ok(output.status.success()),
+        Err(e) => Err(anyhow!("cannot run `{}`: {e}", typed(query))),
+    }
+}
+
+fn report(entry: &Entry, steps: &[Step], was_installed: bool) -> LoginReport {
+    LoginReport {
+        kind: entry.manager.entry_kind(),
+        name: entry.name.clone(),
+        file: entry.file.clone(),
+        definition: entry.text.clone(),
+        commands: steps.iter().map(typed).collect(),
+        was_installed,
+    }
+}
+
+/// Registers `clinicsync run` for `db` to start at login, and starts it
+/// now. An entry already there is replaced. If the manager refuses, the
+/// definition written is removed again and the error says what it said.
+pub fn install(db: &Path, dry_run: bool) -> anyhow::Result<LoginReport> {
+    // A database the service cannot open would fail at every login.
+    Db::open(db)?.site_config().with_context(|| format!("{} is not set up for clinicsync", db.display()))?;
+    let entry = entry_for(db)?;
+    let was_installed = installed(&entry)?;
+    let mut steps = Vec::new();
+    if was_installed {
+        steps.extend(entry.unregister.iter().cloned());
+    }
+    steps.extend(entry.register.iter().cloned());
+    let out = report(&entry, &steps, was_installed);
+    if dry_run {
+        return Ok(out);
+    }
+    if was_installed {
+        for step in &entry.unregister {
+            run_step(step)?;
+        }
+    }
+    let written =
+        entry.file.as_ref().or(entry.handover.as_ref()).ok_or_else(|| anyhow!("nowhere to write"))?;
+    if let Some(dir) = written.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(written, entry.bytes()).with_context(|| format!("cannot write {}", written.display()))?;
+    let registered = entry.register.iter().try_for_each(run_step);
+    if let Some(handover) = &entry.handover {
+        let _ = std::fs::remove_file(handover);
+    }
+    if let Err(e) = registered {
+        // Nothing half-installed: undo what may have been registered.
+        for step in &entry.unregister {
+            let _ = run_step(&Step { may_fail: true, ..step.clone() });
+        }
+        if let Some(file) = &entry.file {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e.context(format!("{} was not installed", entry.manager.entry_kind())));
+    }
+    Ok(out)
+}
+
+/// Stops and removes the entry for `db`; says so when there is none.
+pub fn uninstall(db: &Path) -> anyhow::Result<LoginReport> {
+    let entry = entry_for(db)?;
+    let was_installed = installed(&entry)?;
+    let steps = if was_installed { entry.unregister.clone() } else { Vec::new() };
+    for step in &steps {
+        run_step(step)?;
+    }
+    if let Some(file) = entry.file.as_ref().filter(|f| f.exists()) {
+        std::fs::remove_file(file).with_context(|| format!("cannot remove {}", file.display()))?;
+    }
+    Ok(report(&entry, &steps, was_installed))
+}
+
+/// Whether an entry for `db` is registered, and whether a service for it
+/// runs now.
+pub fn status(db: &Path) -> anyhow::Result<LoginStatus> {
+    let entry = entry_for(db)?;
+    Ok(LoginStatus {
+        kind: entry.manager.entry_kind(),
+        installed: installed(&entry)?,
+        running: super::is_running(db)?,
+        name: entry.name,
+        file: entry.file,
+    })
+}
