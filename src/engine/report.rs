@@ -135,6 +135,15 @@ impl RunReport {
                 if c.new_conflicts > 0 {
                     line.push_str(&format!(", {} new conflicts to review", c.new_conflicts));
                 }
+                if c.folder.not_local > 0 {
+                    line.push_str(&format!(
+                        ", {} files online-only (not yet on this computer)",
+                        c.folder.not_local
+                    ));
+                }
+                if c.folder.held > 0 {
+                    line.push_str(&format!(", {} files held open by another program", c.folder.held));
+                }
                 if c.files_skipped + c.files_held_back > 0 {
                     line.push_str(&format!(
                         ", {} files skipped and {} held back (see `clinicsync log`)",
@@ -222,6 +231,13 @@ impl Recorder {
     }
 
     fn push(&mut self, level: &str, kind: EventKind, path: Option<&str>, message: String) {
+        // The same sentence about the same file twice in a row (a file two
+        // steps tried to read) is said once.
+        if self.events.last().is_some_and(|e| {
+            e.level == level && e.kind == kind.as_str() && e.path.as_deref() == path && e.message == message
+        }) {
+            return;
+        }
         self.events.push(EventRecord {
             at_ms: self.now_ms,
             level: level.to_owned(),

@@ -48,6 +48,11 @@ pub struct DiskFolder {
     /// Folders inside the root already seen not to be links this run (each
     /// is looked at once, not once per file in it).
     not_links: RefCell<std::collections::HashSet<PathBuf>>,
+    /// Files another program held open through every retry, with what was
+    /// said (tried again this run without waiting), and online-only files
+    /// seen.
+    held: RefCell<std::collections::BTreeMap<String, String>>,
+    not_local: RefCell<BTreeSet<String>>,
 }
 
 /// Per directory, the (before, after) modification times of each change
@@ -71,6 +76,12 @@ pub struct FolderStats {
     pub reads: u64,
     pub files_written: u64,
     pub removes: u64,
+    /// Tries repeated because another program held a file open, and the
+    /// files given up for it this run (each named by an event).
+    pub held_retries: u64,
+    pub held: u64,
+    /// Files not read because they are online-only placeholders.
+    pub not_local: u64,
 }
 
 impl DiskFolder {
@@ -87,6 +98,8 @@ impl DiskFolder {
             own_changes: RefCell::new(DirChanges::new()),
             raw_names: RefCell::new(std::collections::HashMap::new()),
             not_links: RefCell::new(std::collections::HashSet::new()),
+            held: RefCell::default(),
+            not_local: RefCell::default(),
         }
     }
 
@@ -153,6 +166,8 @@ impl DiskFolder {
             own_changes: RefCell::new(DirChanges::new()),
             raw_names: RefCell::new(std::collections::HashMap::new()),
             not_links: RefCell::new(std::collections::HashSet::new()),
+            held: RefCell::default(),
+            not_local: RefCell::default(),
         }
     }
 
@@ -169,7 +184,10 @@ impl DiskFolder {
             s.reads += o.reads;
             s.files_written += o.files_written;
             s.removes += o.removes;
+            s.held_retries += o.held_retries;
         });
+        self.held.borrow_mut().extend(sibling.held.take());
+        self.not_local.borrow_mut().extend(sibling.not_local.take());
         if let Some(theirs) = sibling.touched.into_inner() {
             if theirs.overflowed {
                 if let Some(ours) = self.touched.borrow_mut().as_mut() {
@@ -199,7 +217,11 @@ impl DiskFolder {
 
     /// What this folder was asked to do so far.
     pub fn stats(&self) -> FolderStats {
-        self.stats.get()
+        FolderStats {
+            held: self.held.borrow().len() as u64,
+            not_local: self.not_local.borrow().len() as u64,
+            ..self.stats.get()
+        }
     }
 
     fn count(&self, f: impl FnOnce(&mut FolderStats)) {
@@ -360,22 +382,88 @@ fn write_fault() -> Option<String> {
     std::env::var("CLINICSYNC_FAULT").ok()?.strip_prefix("fail-write:").map(str::to_owned)
 }
 
+/// The test hooks for conditions Linux cannot make: `CLINICSYNC_FAULT=
+/// held:PREFIX` (every open, rename and removal of a path starting with
+/// PREFIX fails as a file another program holds open, as Windows says while
+/// a cloud client transfers it), `held:PREFIX:N` (only the first N tries of
+/// each such path, per process), `held-writes:PREFIX` (renames and
+/// removals only: a client that lets others read the file but not replace
+/// it), and `online-only:PREFIX` (such files are online-only placeholders).
+enum Fault {
+    Held { prefix: String, tries: Option<u32>, writes_only: bool },
+    OnlineOnly(String),
+}
+
+fn fault() -> Option<&'static Fault> {
+    static FAULT: std::sync::OnceLock<Option<Fault>> = std::sync::OnceLock::new();
+    FAULT
+        .get_or_init(|| {
+            let spec = std::env::var("CLINICSYNC_FAULT").ok()?;
+            let held = spec.strip_prefix("held:").map(|r| (r, false));
+            if let Some((rest, writes_only)) =
+                held.or_else(|| spec.strip_prefix("held-writes:").map(|r| (r, true)))
+            {
+                let (prefix, tries) = match rest.rsplit_once(':') {
+                    Some((prefix, n)) if n.parse::<u32>().is_ok() => (prefix, n.parse().ok()),
+                    _ => (rest, None),
+                };
+                return Some(Fault::Held { prefix: prefix.to_owned(), tries, writes_only });
+            }
+            spec.strip_prefix("online-only:").map(|p| Fault::OnlineOnly(p.to_owned()))
+        })
+        .as_ref()
+}
+
+/// The held-file fault for one try of `rel`, if it applies.
+fn held_fault(rel: &str, writing: bool) -> Option<io::Error> {
+    let Some(Fault::Held { prefix, tries, writes_only }) = fault() else { return None };
+    if !rel.starts_with(prefix.as_str()) || (*writes_only && !writing) {
+        return None;
+    }
+    if let Some(limit) = tries {
+        static SEEN: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> =
+            std::sync::Mutex::new(None);
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        let n = seen.get_or_insert_default().entry(rel.to_owned()).or_default();
+        if *n >= *limit {
+            return None;
+        }
+        *n += 1;
+    }
+    Some(io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        "the process cannot access the file because it is being used by another process (a test fault)",
+    ))
+}
+
+fn online_only_fault(rel: &str) -> bool {
+    matches!(fault(), Some(Fault::OnlineOnly(prefix)) if rel.starts_with(prefix.as_str()))
+}
+
+/// The waits between tries of a file another program holds open: a cloud
+/// client holds a file for the moment it hashes or transfers it.
+const HELD_WAITS_MS: [u64; 4] = [50, 150, 300, 500];
+
 fn same_volume(root: &Path, staging: &Path) -> bool {
     fs::create_dir_all(staging).is_ok() && platform::same_volume(root, staging)
 }
 
-/// Opens a regular file for reading without following a link and without
-/// blocking (a FIFO opened for reading waits for a writer forever).
-fn open_regular(path: &Path) -> Result<File, ReadError> {
+/// Opens a regular file for reading (with `open`) without following a link
+/// and without blocking (a FIFO opened for reading waits for a writer
+/// forever); an online-only placeholder is not opened.
+fn open_regular(path: &Path, open: impl FnOnce() -> io::Result<File>) -> Result<File, ReadError> {
     let kind = match fs::symlink_metadata(path) {
-        Ok(meta) => meta.file_type(),
+        Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
         Err(e) => return Err(e.into()),
     };
-    if let Some(what) = platform::not_regular(kind) {
+    if let Some(what) = platform::not_regular(kind.file_type()) {
         return Err(ReadError::NotRegular(what));
     }
-    let file = match platform::read_no_follow().open(path) {
+    if platform::online_only(&kind) {
+        return Err(ReadError::NotLocal);
+    }
+    let file = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::NotFound),
         Err(e) => return Err(e.into()),
@@ -457,7 +545,18 @@ impl DiskFolder {
         self.count(|s| s.reads += 1);
         let full = self.full(path)?;
         self.no_links_within(path)?;
-        let file = open_regular(&full)?;
+        let opened = if online_only_fault(path) {
+            Err(ReadError::NotLocal)
+        } else {
+            open_regular(&full, || self.patiently(path, false, || platform::read_no_follow().open(&full)))
+        };
+        let file = match opened {
+            Err(ReadError::NotLocal) => {
+                self.not_local.borrow_mut().insert(path.to_owned());
+                return Err(ReadError::NotLocal);
+            }
+            other => other?,
+        };
         let size = file.metadata()?.len();
         if size > limit {
             return Err(ReadError::TooLarge { size, limit });
@@ -474,8 +573,27 @@ impl DiskFolder {
     /// Writes each file atomically (readers see the old or the new bytes,
     /// never a mix), and the whole batch durably, creating directories.
     pub fn write_batch(&self, files: &[(String, Vec<u8>)]) -> io::Result<()> {
+        self.write_files(files, false).map(|_| ())
+    }
+
+    /// As [`DiskFolder::write_batch`], but a file another program holds
+    /// open past the retries is left as it was and returned with the error,
+    /// and the rest of the batch is written.
+    pub fn write_batch_except_held(
+        &self,
+        files: &[(String, Vec<u8>)],
+    ) -> io::Result<Vec<(String, io::Error)>> {
+        self.write_files(files, true)
+    }
+
+    fn write_files(
+        &self,
+        files: &[(String, Vec<u8>)],
+        skip_held: bool,
+    ) -> io::Result<Vec<(String, io::Error)>> {
+        let mut held = Vec::new();
         if files.is_empty() {
-            return Ok(());
+            return Ok(held);
         }
         if let Some(prefix) = write_fault()
             && files.iter().any(|(rel, _)| rel.starts_with(&prefix))
@@ -517,8 +635,16 @@ impl DiskFolder {
                 platform::sync_volume(anchor)?;
             }
             let mut dirs = BTreeSet::new();
-            for (temp, target) in &staged {
-                fs::rename(temp, target)?;
+            for ((temp, target), (rel, _)) in staged.iter().zip(files) {
+                match self.patiently(rel, true, || fs::rename(temp, target)) {
+                    Ok(()) => {}
+                    Err(e) if skip_held && platform::is_held(&e) => {
+                        let _ = fs::remove_file(temp);
+                        held.push((rel.clone(), e));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 if let Some(parent) = target.parent() {
                     dirs.insert(parent.to_path_buf());
                 }
@@ -541,7 +667,41 @@ impl DiskFolder {
                 let _ = fs::remove_file(temp);
             }
         }
-        result
+        result.map(|()| held)
+    }
+
+    /// Runs `op` on the file `rel`, trying again after a short wait while
+    /// another program holds it open ([`HELD_WAITS_MS`]); past the last
+    /// try the error says so.
+    fn patiently<T>(&self, rel: &str, writing: bool, mut op: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+        let waited_before = self.held.borrow().contains_key(rel);
+        let mut waits = HELD_WAITS_MS[..if waited_before { 0 } else { HELD_WAITS_MS.len() }].iter();
+        loop {
+            let result = match held_fault(rel, writing) {
+                Some(e) => Err(e),
+                None => op(),
+            };
+            match result {
+                Err(e) if platform::is_held(&e) => match waits.next() {
+                    Some(&ms) => {
+                        self.count(|s| s.held_retries += 1);
+                        std::thread::sleep(std::time::Duration::from_millis(ms));
+                    }
+                    None => {
+                        // Said the same way each time this run gives up on it.
+                        let said = self.held.borrow_mut().entry(rel.to_owned()).or_insert_with(|| {
+                            let tries = HELD_WAITS_MS.len() + 1;
+                            let waited: u64 = HELD_WAITS_MS.iter().sum();
+                            format!(
+                                "another program (the cloud client, while it transfers the file?) held it open through {tries} tries over {waited} ms ({e})"
+                            )
+                        }).clone();
+                        return Err(io::Error::new(e.kind(), said));
+                    }
+                },
+                other => return other,
+            }
+        }
     }
 
     /// Removes a file; a missing file is not an error.
@@ -550,7 +710,7 @@ impl DiskFolder {
         self.note_touched([path]);
         let full = self.full(path)?;
         self.no_links_within(path)?;
-        self.noting_changes(&[path], || match fs::remove_file(&full) {
+        self.noting_changes(&[path], || match self.patiently(path, true, || fs::remove_file(&full)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),

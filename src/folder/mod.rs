@@ -33,6 +33,12 @@ pub enum ReadError {
     /// hang the run or reach outside the folder.
     #[error("it is {0}, not a regular file; clinicsync does not open it")]
     NotRegular(&'static str),
+    /// A cloud client's online-only placeholder: reading it would download
+    /// it, so it is not read (and it is not absent either).
+    #[error(
+        "it is online-only: the cloud client has not downloaded it to this computer, and clinicsync does not open it (opening would download it)"
+    )]
+    NotLocal,
     #[error("it cannot be read: {0}")]
     Io(#[from] io::Error),
 }

@@ -113,6 +113,55 @@ pub fn read_no_follow() -> OpenOptions {
     options
 }
 
+/// Whether an error means another program holds the file open (on
+/// Windows a sharing or lock violation, which a cloud client causes while
+/// it uploads or downloads the file; a busy file elsewhere): worth a short
+/// wait and another try.
+pub fn is_held(e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::ResourceBusy {
+        return true;
+    }
+    #[cfg(windows)]
+    {
+        const ERROR_SHARING_VIOLATION: i32 = 32;
+        const ERROR_LOCK_VIOLATION: i32 = 33;
+        matches!(e.raw_os_error(), Some(ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION))
+    }
+    #[cfg(not(windows))]
+    {
+        false
+    }
+}
+
+/// Whether a file is a cloud client's online-only placeholder whose bytes
+/// are not on this computer, so that reading it would download it (OneDrive
+/// Files On-Demand, Dropbox online-only): on Windows the offline,
+/// recall-on-open or recall-on-data-access attribute; on macOS a dataless
+/// file (File Provider). Its listing, size and time are real.
+pub fn online_only(meta: &Metadata) -> bool {
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::MetadataExt as _;
+        const FILE_ATTRIBUTE_OFFLINE: u32 = 0x1000;
+        const FILE_ATTRIBUTE_RECALL_ON_OPEN: u32 = 0x4_0000;
+        const FILE_ATTRIBUTE_RECALL_ON_DATA_ACCESS: u32 = 0x40_0000;
+        meta.file_attributes()
+            & (FILE_ATTRIBUTE_OFFLINE | FILE_ATTRIBUTE_RECALL_ON_OPEN | FILE_ATTRIBUTE_RECALL_ON_DATA_ACCESS)
+            != 0
+    }
+    #[cfg(target_os = "macos")]
+    {
+        use std::os::macos::fs::MetadataExt as _;
+        const SF_DATALESS: u32 = 0x4000_0000;
+        meta.st_flags() & SF_DATALESS != 0
+    }
+    #[cfg(not(any(windows, target_os = "macos")))]
+    {
+        let _ = meta;
+        false
+    }
+}
+
 /// Whether [`sync_volume`] makes every written file on a volume durable at
 /// once (Linux's `syncfs`). Elsewhere each file is synced on its own.
 pub const SYNCS_A_VOLUME: bool = cfg!(target_os = "linux");

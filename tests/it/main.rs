@@ -17,6 +17,7 @@ mod damaged_files;
 mod deletions;
 mod format;
 mod guard;
+mod held_files;
 mod hostile;
 mod hostile_mutations;
 mod hostile_set;

@@ -180,6 +180,17 @@ pub fn sync_with_clock(
     };
     let result = run.execute();
     run.rec.finish();
+    let not_local = run.folder.stats().not_local;
+    if not_local > 0 {
+        // Each file has its own event; this one says what to do.
+        run.rec.skipped(
+            EventKind::Skipped,
+            None,
+            format!(
+                "{not_local} files in the folder are online-only on this computer: the cloud client has not downloaded them, so they are not read (reading one would download it) and nothing in them is applied or deleted until it has; set the sync folder to stay on this device (OneDrive: Always keep on this device; Dropbox: Make available offline)"
+            ),
+        );
+    }
     let (outcome, error) = match result {
         Ok(()) if run.rec.partial => (Outcome::Partial, None),
         Ok(()) => (Outcome::Ok, None),

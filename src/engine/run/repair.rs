@@ -517,16 +517,24 @@ impl Run<'_> {
             let batch: Vec<(String, Vec<u8>, String)> = writes.drain(..n).collect();
             let files: Vec<(String, Vec<u8>)> =
                 batch.iter().map(|(p, b, _)| (p.clone(), b.clone())).collect();
-            if let Err(e) = self.folder.write_batch(&files) {
-                self.rec.skipped(
-                    EventKind::Write,
-                    None,
-                    format!("could not write {} patient files: {e}; will retry", files.len()),
-                );
-                continue;
+            let held = match self.folder.write_batch_except_held(&files) {
+                Ok(held) => held,
+                Err(e) => {
+                    self.rec.skipped(
+                        EventKind::Write,
+                        None,
+                        format!("could not write {} patient files: {e}; will retry", files.len()),
+                    );
+                    continue;
+                }
+            };
+            let mut not_written = HashSet::new();
+            for (path, e) in held {
+                self.rec.skipped(EventKind::Write, Some(&path), format!("was not written: {e}; will retry"));
+                not_written.insert(path);
             }
             let w = self.db.begin_write(self.now_ms)?;
-            for (path, bytes) in &files {
+            for (path, bytes) in files.iter().filter(|(path, _)| !not_written.contains(path)) {
                 if let Ok(Some(entry)) = self.folder.metadata(path) {
                     w.record_file(path, entry.size, entry.mtime_ns, &sha_hex(bytes))?;
                 }
@@ -536,7 +544,12 @@ impl Run<'_> {
             let stamped = w.commit()?;
             self.progress.advance(stamped.rows as u64);
             self.note_stamped(stamped);
-            done.extend(batch.into_iter().map(|(_, _, patient)| patient));
+            done.extend(
+                batch
+                    .into_iter()
+                    .filter(|(path, _, _)| !not_written.contains(path))
+                    .map(|(_, _, patient)| patient),
+            );
         }
         Ok(())
     }
