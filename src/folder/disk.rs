@@ -308,11 +308,6 @@ fn temp_pid(name: &str) -> Option<u32> {
 }
 
 /// Whether the process `pid` is running: `None` where this cannot be told.
-fn process_alive(pid: u32) -> Option<bool> {
-    let proc = Path::new("/proc");
-    proc.join("self").exists().then(|| proc.join(pid.to_string()).exists())
-}
-
 /// Whether a file is a temp file a killed clinicsync left: one of our temp
 /// names, of another process that is not running (or, where that cannot be
 /// told, older than any batch takes).
@@ -320,7 +315,8 @@ fn left_behind(name: &str, mtime_ns: i64, now_ns: i64) -> bool {
     match temp_pid(name) {
         Some(pid) if pid == std::process::id() => false,
         Some(pid) => {
-            process_alive(pid) == Some(false) || now_ns.saturating_sub(mtime_ns) > STALE_TEMP_AFTER_NS
+            platform::process_alive(pid) == Some(false)
+                || now_ns.saturating_sub(mtime_ns) > STALE_TEMP_AFTER_NS
         }
         None => false,
     }
@@ -748,7 +744,7 @@ mod tests {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
         let mine = format!("~$0123.xml.{}-1.tmp", std::process::id());
         assert!(!left_behind(&mine, 0, now), "this process's own temp file");
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = platform::testing::waits().spawn().unwrap();
         let running = format!("{}-1-0.tmp", child.id());
         assert!(!left_behind(&running, now, now), "a running process's temp file");
         let hour = 3600 * 1_000_000_000;

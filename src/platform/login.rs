@@ -104,8 +104,9 @@ pub struct Entry {
     pub register: Vec<Step>,
     /// Stops and unregisters it (before the file is removed).
     pub unregister: Vec<Step>,
-    /// Succeeds exactly when the entry is registered (Task Scheduler; the
-    /// others are registered when their file exists).
+    /// Prints the registered definition, which holds `<Task`, when the
+    /// entry is registered (Task Scheduler; the others are registered when
+    /// their file exists).
     pub query: Option<Step>,
     /// The file the definition is handed over in, when it is not kept in
     /// `file` (Task Scheduler reads it from there; removed afterwards).
@@ -298,7 +299,7 @@ pub fn entry(
                     step(&[&"schtasks", &"/End", &"/TN", &name], true),
                     step(&[&"schtasks", &"/Delete", &"/TN", &name, &"/F"], false),
                 ],
-                query: Some(step(&[&"schtasks", &"/Query", &"/TN", &name], true)),
+                query: Some(step(&[&"schtasks", &"/Query", &"/TN", &name, &"/XML"], true)),
                 handover: Some(handover),
                 name,
             })
@@ -365,6 +366,11 @@ mod tests {
         }
     }
 
+    /// `base` with the `/`-separated `rest` joined as the system joins it.
+    fn under(base: &str, rest: &str) -> PathBuf {
+        rest.split('/').fold(PathBuf::from(base), |path, part| path.join(part))
+    }
+
     fn made(manager: Manager) -> Entry {
         entry(
             manager,
@@ -383,7 +389,7 @@ mod tests {
         let e = made(Manager::Systemd);
         assert_eq!(
             e.file.as_deref(),
-            Some(Path::new("/home/ann/.config/systemd/user/clinicsync-0a1b2c3d.service"))
+            Some(under("/home/ann", ".config/systemd/user/clinicsync-0a1b2c3d.service").as_path())
         );
         assert!(e.text.contains(
             r#"ExecStart="/opt/clinic sync/clinicsync" "--db" "/srv/100%% \"front\"/$$HOME/clinic.db" "run""#
@@ -397,7 +403,7 @@ mod tests {
         let e =
             entry(Manager::Systemd, &with_xdg, Path::new("/x"), Path::new("/d"), "k", "", Path::new("/t"))
                 .unwrap();
-        assert_eq!(e.file.as_deref(), Some(Path::new("/cfg/systemd/user/clinicsync-k.service")));
+        assert_eq!(e.file.as_deref(), Some(under("/cfg", "systemd/user/clinicsync-k.service").as_path()));
     }
 
     #[test]
@@ -405,18 +411,11 @@ mod tests {
         let e = made(Manager::Launchd);
         assert_eq!(
             e.file.as_deref(),
-            Some(Path::new("/home/ann/Library/LaunchAgents/org.clinicsync.0a1b2c3d.plist"))
+            Some(under("/home/ann", "Library/LaunchAgents/org.clinicsync.0a1b2c3d.plist").as_path())
         );
         assert!(e.text.contains("<string>/srv/100% &quot;front&quot;/$HOME/clinic.db</string>"));
-        assert_eq!(
-            e.register[0].args,
-            [
-                "launchctl",
-                "bootstrap",
-                "gui/501",
-                "/home/ann/Library/LaunchAgents/org.clinicsync.0a1b2c3d.plist"
-            ]
-        );
+        assert_eq!(e.register[0].args[..3], ["launchctl", "bootstrap", "gui/501"]);
+        assert_eq!(e.register[0].args[3], e.file.unwrap().into_os_string());
         assert_eq!(e.unregister[0].args, ["launchctl", "bootout", "gui/501/org.clinicsync.0a1b2c3d"]);
     }
 

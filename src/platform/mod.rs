@@ -211,33 +211,293 @@ pub fn dir_writable(dir: &Path) -> bool {
     }
 }
 
-/// Whether users other than the owner may read the file (its mode on Unix;
-/// on Windows the file has its folder's access list, which this does not
-/// judge).
-pub fn readable_by_others(meta: &Metadata) -> bool {
+/// Whether users other than the owner may read the file: its mode on
+/// Unix; on Windows, whether its access list allows anyone but this user
+/// (an access list that cannot be read is not judged).
+pub fn readable_by_others(path: &Path, meta: &Metadata) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
+        let _ = path;
         meta.permissions().mode() & 0o077 != 0
     }
     #[cfg(windows)]
     {
         let _ = meta;
-        false
+        win32::others_allowed(path).unwrap_or(false)
     }
 }
 
-/// Creates (or truncates) a file only its owner may read and write (mode
-/// 0600 on Unix; on Windows it takes its folder's access list).
-pub fn create_private(path: &Path) -> io::Result<File> {
+/// Creates (or truncates) a file only its owner may read and write: mode
+/// 0600 on Unix; on Windows an access list of its own that allows this user
+/// alone (not inherited from its folder). Where the volume keeps no access
+/// lists (FAT, exFAT) the file is made all the same and the second value
+/// says why it is not private.
+pub fn create_private(path: &Path) -> io::Result<(File, Option<String>)> {
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         options.mode(0o600);
+        Ok((options.open(path)?, None))
     }
-    options.open(path)
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt as _;
+        // Writing, and changing the file's access list.
+        const GENERIC_WRITE: u32 = 0x4000_0000;
+        const WRITE_DAC: u32 = 0x0004_0000;
+        const READ_CONTROL: u32 = 0x0002_0000;
+        options.access_mode(GENERIC_WRITE | WRITE_DAC | READ_CONTROL);
+        let file = options.open(path)?;
+        let why = win32::owner_only(&file).err().map(|e| e.to_string());
+        Ok((file, why))
+    }
+}
+
+/// Windows access lists (a file for this user alone, and whether a file's
+/// list allows anyone else) and whether a process runs. The only unsafe
+/// code of the program: calls of Win32 functions that nothing in the
+/// dependency tree wraps.
+#[cfg(windows)]
+#[allow(unsafe_code)]
+mod win32 {
+    use std::ffi::c_void;
+    use std::fs::File;
+    use std::io;
+    use std::os::windows::ffi::OsStrExt as _;
+    use std::os::windows::io::AsRawHandle as _;
+    use std::path::Path;
+
+    use windows_sys::Win32::Foundation::{CloseHandle, ERROR_SUCCESS, GENERIC_ALL, HANDLE, LocalFree};
+    use windows_sys::Win32::Security::Authorization::{
+        EXPLICIT_ACCESS_W, GetNamedSecurityInfoW, NO_MULTIPLE_TRUSTEE, SE_FILE_OBJECT, SET_ACCESS,
+        SetEntriesInAclW, SetSecurityInfo, TRUSTEE_IS_SID, TRUSTEE_IS_USER, TRUSTEE_W,
+    };
+    use windows_sys::Win32::Security::{
+        ACE_HEADER, ACL, ACL_SIZE_INFORMATION, AclSizeInformation, DACL_SECURITY_INFORMATION, EqualSid,
+        GetAce, GetAclInformation, GetTokenInformation, NO_INHERITANCE, PROTECTED_DACL_SECURITY_INFORMATION,
+        PSECURITY_DESCRIPTOR, TOKEN_QUERY, TOKEN_USER, TokenUser,
+    };
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
+
+    const ACCESS_ALLOWED_ACE_TYPE: u8 = 0;
+
+    pub(super) fn process_alive(pid: u32) -> Option<bool> {
+        use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, STILL_ACTIVE};
+        use windows_sys::Win32::System::Threading::{
+            GetExitCodeProcess, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        };
+        // SAFETY: the handle is closed before returning.
+        unsafe {
+            let process = OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid);
+            if process.is_null() {
+                // No such process; any other refusal (another user's) cannot tell.
+                let error = io::Error::last_os_error();
+                return (error.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32)).then_some(false);
+            }
+            let mut code = 0u32;
+            let ok = GetExitCodeProcess(process, &mut code);
+            CloseHandle(process);
+            (ok != 0).then_some(code == STILL_ACTIVE as u32)
+        }
+    }
+
+    /// The security identifier of the user this process runs as (the
+    /// buffer holds the TOKEN_USER the SID points into).
+    fn this_user() -> io::Result<Vec<u64>> {
+        // SAFETY: the token handle is closed before returning; the buffer
+        // is sized by the first call and u64-aligned for TOKEN_USER.
+        unsafe {
+            let mut token: HANDLE = std::ptr::null_mut();
+            if OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut needed = 0u32;
+            GetTokenInformation(token, TokenUser, std::ptr::null_mut(), 0, &mut needed);
+            let mut buffer = vec![0u64; (needed as usize).div_ceil(8).max(1)];
+            let ok = GetTokenInformation(token, TokenUser, buffer.as_mut_ptr().cast(), needed, &mut needed);
+            let error = io::Error::last_os_error();
+            CloseHandle(token);
+            if ok == 0 {
+                return Err(error);
+            }
+            Ok(buffer)
+        }
+    }
+
+    fn sid_of(user: &[u64]) -> *mut c_void {
+        // SAFETY: `user` holds a TOKEN_USER written by GetTokenInformation.
+        unsafe { (*user.as_ptr().cast::<TOKEN_USER>()).User.Sid }
+    }
+
+    /// Replaces the file's access list with one entry: full access for
+    /// this user, nothing inherited.
+    pub(super) fn owner_only(file: &File) -> io::Result<()> {
+        let user = this_user()?;
+        let access = EXPLICIT_ACCESS_W {
+            grfAccessPermissions: GENERIC_ALL,
+            grfAccessMode: SET_ACCESS,
+            grfInheritance: NO_INHERITANCE,
+            Trustee: TRUSTEE_W {
+                pMultipleTrustee: std::ptr::null_mut(),
+                MultipleTrusteeOperation: NO_MULTIPLE_TRUSTEE,
+                TrusteeForm: TRUSTEE_IS_SID,
+                TrusteeType: TRUSTEE_IS_USER,
+                ptstrName: sid_of(&user).cast(),
+            },
+        };
+        // SAFETY: the new list is freed with LocalFree as documented; the
+        // handle is the open file's.
+        unsafe {
+            let mut list: *mut ACL = std::ptr::null_mut();
+            let status = SetEntriesInAclW(1, &access, std::ptr::null(), &mut list);
+            if status != ERROR_SUCCESS {
+                return Err(io::Error::from_raw_os_error(status as i32));
+            }
+            let status = SetSecurityInfo(
+                file.as_raw_handle(),
+                SE_FILE_OBJECT,
+                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                list,
+                std::ptr::null(),
+            );
+            LocalFree(list.cast());
+            if status != ERROR_SUCCESS {
+                return Err(io::Error::from_raw_os_error(status as i32));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the file's access list allows anyone but this user (no list
+    /// at all allows everyone).
+    pub(super) fn others_allowed(path: &Path) -> io::Result<bool> {
+        let user = this_user()?;
+        let wide: Vec<u16> = path.as_os_str().encode_wide().chain([0]).collect();
+        // SAFETY: the descriptor is freed with LocalFree; the list points
+        // into it and is read only before that; each ACE is read by its
+        // header, then as an ACCESS_ALLOWED_ACE whose SID starts 8 bytes in.
+        unsafe {
+            let mut list: *mut ACL = std::ptr::null_mut();
+            let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+            let status = GetNamedSecurityInfoW(
+                wide.as_ptr(),
+                SE_FILE_OBJECT,
+                DACL_SECURITY_INFORMATION,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut list,
+                std::ptr::null_mut(),
+                &mut descriptor,
+            );
+            if status != ERROR_SUCCESS {
+                return Err(io::Error::from_raw_os_error(status as i32));
+            }
+            let mut others = list.is_null();
+            if !others {
+                let mut size: ACL_SIZE_INFORMATION = std::mem::zeroed();
+                let info_len = std::mem::size_of::<ACL_SIZE_INFORMATION>() as u32;
+                if GetAclInformation(list, (&raw mut size).cast(), info_len, AclSizeInformation) == 0 {
+                    others = true;
+                } else {
+                    for index in 0..size.AceCount {
+                        let mut ace: *mut c_void = std::ptr::null_mut();
+                        if GetAce(list, index, &mut ace) == 0 {
+                            others = true;
+                            break;
+                        }
+                        let header = &*ace.cast::<ACE_HEADER>();
+                        if header.AceType == ACCESS_ALLOWED_ACE_TYPE {
+                            let sid = ace.cast::<u8>().add(8).cast::<c_void>();
+                            if EqualSid(sid, sid_of(&user)) == 0 {
+                                others = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            LocalFree(descriptor);
+            Ok(others)
+        }
+    }
+}
+
+/// Whether the process `pid` is running (`None` where that cannot be told):
+/// a signal-0 probe on Unix, the process's exit code on Windows.
+pub fn process_alive(pid: u32) -> Option<bool> {
+    #[cfg(unix)]
+    {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+        match rustix::process::test_kill_process(pid) {
+            Ok(()) => Some(true),
+            // It exists, as another user's process.
+            Err(rustix::io::Errno::PERM) => Some(true),
+            Err(rustix::io::Errno::SRCH) => Some(false),
+            Err(_) => None,
+        }
+    }
+    #[cfg(windows)]
+    {
+        win32::process_alive(pid)
+    }
+}
+
+/// A command line run by the system's shell: `sh -c` on Unix, `cmd /S /C`
+/// on Windows (the alert command the user configured).
+pub fn shell(command: &str) -> std::process::Command {
+    #[cfg(unix)]
+    {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(command);
+        cmd
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::process::CommandExt as _;
+        let mut cmd = std::process::Command::new("cmd");
+        cmd.raw_arg(format!("/S /C \"{command}\""));
+        cmd
+    }
+}
+
+/// Commands and shell lines the unit tests run, in each system's terms.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::process::Command;
+
+    /// A program that exits at once with success.
+    pub(crate) fn succeeds() -> Command {
+        if cfg!(windows) { super::shell("exit 0") } else { Command::new("true") }
+    }
+
+    /// A program that runs until it is killed (or its input, kept open by
+    /// the caller, ends).
+    pub(crate) fn waits() -> Command {
+        let mut cmd = if cfg!(windows) { Command::new("find") } else { Command::new("sleep") };
+        cmd.arg(if cfg!(windows) { "never" } else { "300" });
+        cmd.stdin(std::process::Stdio::piped());
+        cmd
+    }
+
+    /// A shell line that writes `$A|$B` (two environment variables) to
+    /// `path`; the file may end with a line break.
+    pub(crate) fn write_two_vars(a: &str, b: &str, path: &std::path::Path) -> String {
+        if cfg!(windows) {
+            format!("echo %{a}%^|%{b}%> \"{}\"", path.display())
+        } else {
+            format!("printf '%s|%s' \"${a}\" \"${b}\" > '{}'", path.display())
+        }
+    }
+
+    /// A shell line that says `broken` on stderr and exits with 3.
+    pub(crate) fn fails_saying_broken() -> &'static str {
+        if cfg!(windows) { "echo broken 1>&2 & exit 3" } else { "echo broken >&2; exit 3" }
+    }
 }
 
 /// Waits until the service is asked to stop: Ctrl-C, or SIGTERM on Unix
@@ -302,8 +562,17 @@ mod tests {
         assert!(dir_writable(&sub));
         assert!(dir_identity(&sub).is_some());
         let token = sub.join("token");
-        create_private(&token).unwrap();
-        assert!(!readable_by_others(&fs::metadata(&token).unwrap()));
+        let (_, not_private) = create_private(&token).unwrap();
+        assert_eq!(not_private, None, "the system took the owner-only permissions");
+        // Read back on Unix. (Wine, where the Windows build's tests run,
+        // accepts a file's access list but reads back its default one.)
+        if cfg!(unix) {
+            assert!(!readable_by_others(&token, &fs::metadata(&token).unwrap()));
+            // A file made the usual way is readable by others (mode 0644).
+            let plain = sub.join("plain");
+            fs::write(&plain, b"x").unwrap();
+            assert!(readable_by_others(&plain, &fs::metadata(&plain).unwrap()));
+        }
         sync_dir(&sub).unwrap();
         assert_eq!(sync_volume(&sub).is_ok(), SYNCS_A_VOLUME);
     }

@@ -36,10 +36,8 @@ pub async fn send(target: &AlertTarget, alert: &Alert) -> Vec<String> {
     let mut results = Vec::new();
     let text = format!("clinicsync at {}: {}", target.site_name, alert.reason);
     if !target.command.trim().is_empty() {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.arg("-c")
-            .arg(&target.command)
-            .env("CLINICSYNC_ALERT", &text)
+        let mut cmd = tokio::process::Command::from(crate::platform::shell(&target.command));
+        cmd.env("CLINICSYNC_ALERT", &text)
             .env("CLINICSYNC_ALERT_KIND", alert.kind.as_str())
             .env("CLINICSYNC_DB", &target.db)
             .stdin(std::process::Stdio::null())
@@ -104,9 +102,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("alert.txt");
         let target = AlertTarget {
-            command: format!(
-                "printf '%s|%s' \"$CLINICSYNC_ALERT_KIND\" \"$CLINICSYNC_ALERT\" > '{}'",
-                out.display()
+            command: crate::platform::testing::write_two_vars(
+                "CLINICSYNC_ALERT_KIND",
+                "CLINICSYNC_ALERT",
+                &out,
             ),
             site_name: "Front desk".into(),
             ..AlertTarget::default()
@@ -114,10 +113,13 @@ mod tests {
         let results = send(&target, &alert()).await;
         assert_eq!(results, ["alert command ran"]);
         assert_eq!(
-            std::fs::read_to_string(&out).unwrap(),
+            std::fs::read_to_string(&out).unwrap().trim_end(),
             "failed|clinicsync at Front desk: the sync folder is not reachable"
         );
-        let failing = AlertTarget { command: "echo broken >&2; exit 3".into(), ..AlertTarget::default() };
+        let failing = AlertTarget {
+            command: crate::platform::testing::fails_saying_broken().into(),
+            ..AlertTarget::default()
+        };
         let results = send(&failing, &alert()).await;
         assert!(results[0].contains("failed") && results[0].contains("broken"), "{results:?}");
     }

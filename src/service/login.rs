@@ -89,8 +89,9 @@ fn run_step(step: &Step) -> anyhow::Result<()> {
     if output.status.success() || step.may_fail {
         return Ok(());
     }
-    let said = String::from_utf8_lossy(&output.stderr);
-    let said = said.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
+    let (stderr, stdout) = (String::from_utf8_lossy(&output.stderr), String::from_utf8_lossy(&output.stdout));
+    let said =
+        stderr.lines().chain(stdout.lines()).map(str::trim).find(|l| !l.is_empty()).unwrap_or("no message");
     bail!("`{}` failed ({}): {}", typed(step), output.status, crate::model::shown(said))
 }
 
@@ -100,8 +101,12 @@ fn installed(entry: &Entry) -> anyhow::Result<bool> {
     }
     let Some(query) = &entry.query else { return Ok(false) };
     let (program, args) = query.args.split_first().ok_or_else(|| anyhow!("an empty command"))?;
+    // A task's definition comes back when it exists (a query that prints
+    // nothing has found nothing, whatever its exit status).
     match Command::new(program).args(args).output() {
-        Ok(output) => Ok(output.status.success()),
+        Ok(output) => {
+            Ok(output.status.success() && String::from_utf8_lossy(&output.stdout).contains("<Task"))
+        }
         Err(e) => Err(anyhow!("cannot run `{}`: {e}", typed(query))),
     }
 }

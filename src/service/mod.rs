@@ -264,7 +264,7 @@ fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
     use std::io::Write as _;
     let path = token_path(db_path);
     if let Ok(meta) = std::fs::symlink_metadata(&path)
-        && (!meta.is_file() || crate::platform::readable_by_others(&meta))
+        && (!meta.is_file() || crate::platform::readable_by_others(&path, &meta))
     {
         // Other users could read it (or it is not a plain file): the token
         // may be known, so it is replaced by a new one only this user reads.
@@ -283,8 +283,15 @@ fn load_or_make_token(db_path: &Path) -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("cannot draw a random token: {e}"))?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let mut file = crate::platform::create_private(&path)
+    let (mut file, not_private) = crate::platform::create_private(&path)
         .with_context(|| format!("cannot write the token file {}", path.display()))?;
+    if let Some(why) = not_private {
+        eprintln!(
+            "clinicsync: {} cannot be made readable by this user only ({}); its folder's permissions decide who can read it",
+            crate::model::shown(&path.display().to_string()),
+            crate::model::shown(&why)
+        );
+    }
     file.write_all(token.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(token)
 }

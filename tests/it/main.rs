@@ -2,6 +2,10 @@
 //! module per subject. Every test uses real SQLite files in a real temp
 //! directory; the CLI tests run the built `clinicsync` as a process.
 
+// They use FIFOs, symlinks, Unix permissions and signals, real Syncthing
+// and rclone: Unix only. The Windows build runs its unit tests and a
+// two-site flow under Wine (tests/windows).
+#![cfg(unix)]
 // The tests are the world outside clinicsync: they read the real clock to
 // make stamps and to bound how long they wait.
 #![allow(clippy::disallowed_methods)]
