@@ -89,12 +89,10 @@ pub enum EngineError {
     MappingFile { path: String, reason: String },
     #[error(transparent)]
     Setting(#[from] SettingError),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is in the message (not a `source` too, or `{:#}` would
+    /// say it twice).
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
 }
 
 /// Recorded by `Db::init` with the setup, removed once the folder is set
@@ -127,7 +125,7 @@ pub struct InitReport {
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> EngineError {
-    move |source| EngineError::Io { what, source }
+    move |cause| EngineError::Io { what, cause }
 }
 
 /// Sets up a database and a folder: creates a family in an empty folder or
@@ -144,6 +142,17 @@ pub fn init_with(
     clock: &dyn Clock,
     draw_id: &mut dyn FnMut() -> std::io::Result<[u8; 16]>,
 ) -> Result<InitReport, EngineError> {
+    // A path this system cannot use (a device name on Windows) is refused
+    // before anything is made.
+    for (what, path) in [("the database", &options.db), ("the folder", &options.folder)] {
+        let full = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        if let Some(why) = crate::platform::unusable_path(&full) {
+            return Err(EngineError::Io {
+                what: format!("{what} {} cannot be used", full.display()),
+                cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+            });
+        }
+    }
     // Refuse before touching the folder; Db::init checks again, atomically.
     // A setup that was interrupted (killed, or the folder refused a write)
     // after the database was set up is finished with what it recorded.

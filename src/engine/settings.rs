@@ -319,6 +319,9 @@ pub(crate) fn check_folder(
         return Err(refuse("no folder was given".into()));
     }
     let folder = std::path::absolute(folder).map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
+    if let Some(why) = crate::platform::unusable_path(&folder) {
+        return Err(refuse(format!("cannot be used: {why}")));
+    }
     let meta = match std::fs::metadata(&folder) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -335,7 +338,9 @@ pub(crate) fn check_folder(
     if !crate::platform::dir_writable(&folder) {
         return Err(refuse("is not writable by this user".into()));
     }
-    let real_folder = folder.canonicalize().map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
+    // Compared without links where the system can resolve them (Wine
+    // cannot for a path beyond 260 characters), else as given.
+    let real_folder = folder.canonicalize().unwrap_or_else(|_| folder.clone());
     let db_abs = std::path::absolute(db_path).unwrap_or_else(|_| db_path.to_path_buf());
     let db_dir = db_abs.parent().map(Path::to_path_buf).unwrap_or_default();
     let real_db_dir = db_dir.canonicalize().unwrap_or(db_dir);

@@ -447,6 +447,48 @@ pub fn process_alive(pid: u32) -> Option<bool> {
     }
 }
 
+/// Why `path` cannot name a folder on this system, if it cannot: on
+/// Windows, a part of it that is a reserved device name or ends with a dot
+/// or a space (see [`windows_name_problem`]). Elsewhere every such name is
+/// an ordinary one.
+pub fn unusable_path(path: &Path) -> Option<String> {
+    if !cfg!(windows) {
+        return None;
+    }
+    path.components().find_map(|part| match part {
+        std::path::Component::Normal(name) => windows_name_problem(&name.to_string_lossy()),
+        _ => None,
+    })
+}
+
+/// Why Windows programs cannot use `name` as a file or folder name, if they
+/// cannot: a reserved device name (CON, PRN, AUX, NUL, COM1 to COM9, LPT1
+/// to LPT9, in any case and with any extension: `nul.txt` is the null
+/// device too), or a name that ends with a dot or a space (Windows drops
+/// them, so the name opens another file).
+pub fn windows_name_problem(name: &str) -> Option<String> {
+    let stem = name.split('.').next().unwrap_or("").trim_end_matches(' ').to_ascii_uppercase();
+    let numbered = |prefix: &str| {
+        stem.strip_prefix(prefix).is_some_and(|n| {
+            matches!(n, "1" | "2" | "3" | "4" | "5" | "6" | "7" | "8" | "9" | "¹" | "²" | "³")
+        })
+    };
+    if matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL" | "CONIN$" | "CONOUT$")
+        || numbered("COM")
+        || numbered("LPT")
+    {
+        return Some(format!(
+            "\"{name}\" is a device name on Windows ({stem}), which no folder may be called there; rename that folder"
+        ));
+    }
+    if name.ends_with('.') || name.ends_with(' ') {
+        return Some(format!(
+            "\"{name}\" ends with a dot or a space, which Windows drops, so the name would open another folder; rename that folder"
+        ));
+    }
+    None
+}
+
 /// A command line run by the system's shell: `sh -c` on Unix, `cmd /S /C`
 /// on Windows (the alert command the user configured).
 pub fn shell(command: &str) -> std::process::Command {
@@ -541,6 +583,20 @@ pub async fn stop_requested() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_and_trailing_dots_are_refused_as_windows_names() {
+        for bad in
+            ["CON", "con", "Nul.txt", "aux.tar.gz", "COM1", "lpt9", "COM¹", "prn ", "notes.", "trailing "]
+        {
+            assert!(windows_name_problem(bad).is_some(), "{bad}");
+        }
+        for good in ["CONTACTS", "console", "COM10", "LPT0", "ClinicSync", "a.b", "nul_backup", ".hidden"] {
+            assert_eq!(windows_name_problem(good), None, "{good}");
+        }
+        let deep = Path::new("clinic").join("CON").join("shared");
+        assert_eq!(unusable_path(&deep).is_some(), cfg!(windows));
+    }
 
     #[test]
     fn a_file_s_time_is_what_the_system_says_in_nanoseconds() {

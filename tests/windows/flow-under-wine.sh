@@ -95,6 +95,28 @@ name=$(basename "$newest")
 cs --db 'C:\clinic\branch.db' log --last 1 | tee "$work/log.txt"
 grep -q "$name" "$work/log.txt" || fail "Latest Logs do not name $name"
 
+say "a device name in a path is refused; a folder deeper than 260 characters works"
+set +e
+out=$(cs --db 'C:\clinic\x.db' init --folder 'C:\clinic\CON\shared' 2>&1)
+code=$?
+set -e
+echo "$out"
+[ "$code" = 1 ] || fail "init with a device name in the folder's path exited $code"
+grep -q '"CON" is a device name on Windows' <<<"$out" || fail "the refusal does not name CON"
+[ ! -e "$drive_c/clinic/x.db" ] || fail "a refused init made the database"
+deep='C:\clinic'
+for i in $(seq 1 8); do deep="$deep\\level $i of the practice's shared documents"; done
+deep="$deep\\ClinicSync"
+echo "folder path: ${#deep} characters"
+[ "${#deep}" -gt 300 ] || fail "the deep folder is only ${#deep} characters"
+cs --db 'C:\clinic\deep-a.db' init --folder "$deep" --site-name 'Deep A'
+cs --db 'C:\clinic\deep-b.db' init --folder "$deep" --site-name 'Deep B'
+app deep-a.db "INSERT INTO patients (id, family_name, phone) VALUES ('$p1', 'Okafor', '+1 555 0101');"
+cs --db 'C:\clinic\deep-a.db' sync
+cs --db 'C:\clinic\deep-b.db' sync
+[ "$(query deep-b.db "SELECT family_name FROM patients")" = Okafor ] || fail "nothing travelled through the deep folder"
+find "$drive_c/clinic" -path '*ClinicSync/patients/*' -name '*.xml' | grep -q . || fail "no patient file in the deep folder"
+
 say "run answers on 127.0.0.1"
 wine "$exe" --db 'C:\clinic\front.db' run --web-port 0 >"$work/run.out" 2>"$work/run.err" &
 link=""

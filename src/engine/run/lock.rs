@@ -33,9 +33,9 @@ const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 pub(crate) fn take_lock_or_wait(db_path: &Path, on_wait: Option<fn()>) -> Result<InstanceLock, EngineError> {
     let path = lock_path(db_path);
     let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(|source| {
-        EngineError::Io { what: format!("cannot create the lock file {}", path.display()), source }
+        EngineError::Io { what: format!("cannot create the lock file {}", path.display()), cause: source }
     })?;
-    let lock_error = |source| EngineError::Io { what: format!("cannot lock {}", path.display()), source };
+    let lock_error = |cause| EngineError::Io { what: format!("cannot lock {}", path.display()), cause };
     let started = crate::engine::host::monotonic_now();
     loop {
         match file.try_lock() {

@@ -298,6 +298,6 @@ impl Run<'_> {
     }
 
     fn io(&self, what: &str, source: std::io::Error) -> EngineError {
-        EngineError::Io { what: what.to_owned(), source }
+        EngineError::Io { what: what.to_owned(), cause: source }
     }
 }
