@@ -1,6 +1,6 @@
 //! House rules that the compiler does not check: the pure core stays pure,
-//! dependencies between top-level modules point down, and every source
-//! file says what it is for.
+//! dependencies between top-level modules point down, only the platform
+//! module names a platform, and every source file says what it is for.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,31 @@ fn the_pure_core_touches_no_file_system_clock_randomness_or_database() {
         }
     }
     assert!(offences.is_empty(), "the pure core must stay pure:\n{}", offences.join("\n"));
+}
+
+#[test]
+fn only_the_platform_module_names_a_platform() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let platform = root.join("platform");
+    let named = ["cfg!(", "#[cfg(", "target_os", "std::os::", "rustix", "windows_sys"];
+    let mut offences = Vec::new();
+    for file in rust_files(&root).into_iter().filter(|f| !f.starts_with(&platform)) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            if code.starts_with("//") || code.starts_with("#[cfg(test)]") {
+                continue;
+            }
+            if let Some(word) = named.iter().find(|w| code.contains(**w)) {
+                offences.push(format!("{}:{}: {word}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        offences.is_empty(),
+        "what differs between systems belongs in src/platform:\n{}",
+        offences.join("\n")
+    );
 }
 
 #[test]
