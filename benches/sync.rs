@@ -466,9 +466,11 @@ fn run_size(base: &Path, n: u64, runs: usize) {
     }
     report(&Figure { name: "a_noop_run", n, runs: times, rss_kib: rss, extra: serde_json::json!({}) });
 
-    // (b) importing 100 patients changed by another site, and (e) the same
-    // with use_logs off.
+    // (b) importing 100 patients changed by another site, (g) that site's
+    // own sync sending them, and (e) the import with use_logs off.
     let app = Connection::open(&a).unwrap();
+    let mut g_times = Vec::new();
+    let mut g_rss = 0;
     app.busy_timeout(Duration::from_secs(30)).unwrap();
     let mut round = 0u64;
     let mut change_100 = || {
@@ -488,17 +490,28 @@ fn run_size(base: &Path, n: u64, runs: usize) {
             .unwrap();
         }
         tx.commit().unwrap();
-        sync_cli(&a);
+        let (report, t, r) = sync_cli(&a);
+        assert!(report["counts"]["exported_rows"].as_u64().unwrap() >= 100, "{report:#}");
+        (t, r)
     };
     let mut b_times = Vec::new();
     let mut b_rss = 0;
     for _ in 0..runs {
-        change_100();
+        let (sent, sent_rss) = change_100();
+        g_times.push(sent);
+        g_rss = g_rss.max(sent_rss);
         let (report, t, r) = sync_cli(&b);
         assert!(report["counts"]["rows_applied"].as_u64().unwrap() >= 100, "{report:#}");
         b_times.push(t);
         b_rss = b_rss.max(r);
     }
+    report(&Figure {
+        name: "g_send_100_changed",
+        n,
+        runs: g_times,
+        rss_kib: g_rss,
+        extra: serde_json::json!({}),
+    });
     report(&Figure {
         name: "b_import_100_changed",
         n,
