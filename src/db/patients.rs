@@ -70,25 +70,66 @@ pub(crate) fn collect_stored(mut rows: rusqlite::Rows<'_>) -> Result<Vec<StoredP
         if patients.last().is_none_or(|p| p.patient != patient) {
             patients.push(StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) });
         }
-        let key = RowKey { table: r.get(1)?, pk: r.get(2)? };
-        let cl: i64 = r.get(3)?;
-        let rusqlite::types::ValueRef::Blob(blob) = r.get_ref(4)? else {
-            return Err(corrupt(&key.table, &key.pk));
-        };
-        let blob = blob.to_vec();
-        patients.last_mut().expect("pushed above").rows.push((key, cl, blob));
+        patients.last_mut().expect("pushed above").rows.push(stored_row(r)?);
     }
     Ok(patients)
 }
 
+/// One stored row from `patient, tbl, pk, cl, state`.
+fn stored_row(r: &rusqlite::Row<'_>) -> Result<(RowKey, i64, Vec<u8>), DbError> {
+    let key = RowKey { table: r.get(1)?, pk: r.get(2)? };
+    let cl: i64 = r.get(3)?;
+    let rusqlite::types::ValueRef::Blob(blob) = r.get_ref(4)? else {
+        return Err(corrupt(&key.table, &key.pk));
+    };
+    let blob = blob.to_vec();
+    Ok((key, cl, blob))
+}
+
 /// A patient's document and its file's bytes, or why the file would be
 /// beyond `limits` (every reader would refuse it). Memory stays bounded
-/// whatever the state holds: the rows are counted first, then the file is
-/// written from the stored rows in place, and the document is decoded only
-/// from a patient within the limits. (A state blob is never larger than
-/// the same row in a file, so more blob bytes than a file may hold means
-/// the file would be over.)
+/// whatever the state holds: the rows are read until they pass the limits
+/// (then counted in SQL for the sentence), the file is written from the
+/// stored rows in place, and the document is decoded only from a patient
+/// within the limits. (A state blob is never larger than the same row in a
+/// file, so more blob bytes than a file may hold means the file would be
+/// over.)
 pub(crate) fn patient_for_file(
+    conn: &Connection,
+    patient: &str,
+    limits: &crate::xmlstore::Limits,
+) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
+    let mut rows = stmt.query([patient])?;
+    let mut stored = StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) };
+    let mut blob_bytes = 0u64;
+    while let Some(r) = rows.next()? {
+        let row = stored_row(r)?;
+        blob_bytes += row.2.len() as u64;
+        stored.rows.push(row);
+        if stored.rows.len() > limits.max_rows || blob_bytes > limits.max_file_bytes {
+            drop(stored);
+            return beyond_limits(conn, patient, limits);
+        }
+    }
+    if stored.rows.is_empty() {
+        let doc = PatientDoc::new(PatientId(patient.to_owned()));
+        let bytes = encode_patient(&doc);
+        return Ok(Ok((doc, bytes)));
+    }
+    let bytes = match stored.encode_in_place() {
+        Some(bytes) => bytes,
+        None => encode_patient(&stored.clone().decode()?),
+    };
+    if let Some(why) = limits.refusal(&bytes) {
+        return Ok(Err(why));
+    }
+    Ok(Ok((stored.decode()?, bytes)))
+}
+
+/// Why a patient's file would be beyond `limits`, counted in SQL.
+fn beyond_limits(
     conn: &Connection,
     patient: &str,
     limits: &crate::xmlstore::Limits,
@@ -102,27 +143,10 @@ pub(crate) fn patient_for_file(
             limits.max_rows
         )));
     }
-    if blob_bytes as u64 > limits.max_file_bytes {
-        return Ok(Err(format!(
-            "it would be more than {blob_bytes} bytes, over the {}-byte limit every clinicsync reads",
-            limits.max_file_bytes
-        )));
-    }
-    let mut stmt =
-        conn.prepare_cached("SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
-    let Some(stored) = collect_stored(stmt.query([patient])?)?.pop() else {
-        let doc = PatientDoc::new(PatientId(patient.to_owned()));
-        let bytes = encode_patient(&doc);
-        return Ok(Ok((doc, bytes)));
-    };
-    let bytes = match stored.encode_in_place() {
-        Some(bytes) => bytes,
-        None => encode_patient(&stored.clone().decode()?),
-    };
-    if let Some(why) = limits.refusal(&bytes) {
-        return Ok(Err(why));
-    }
-    Ok(Ok((stored.decode()?, bytes)))
+    Ok(Err(format!(
+        "it would be more than {blob_bytes} bytes, over the {}-byte limit every clinicsync reads",
+        limits.max_file_bytes
+    )))
 }
 
 /// These patients' rows as stored (a patient the state has no row of is

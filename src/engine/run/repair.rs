@@ -24,6 +24,10 @@ pub(super) type Comparison = (usize, Vec<u8>, Entry, Option<StoredPatient>, Stri
 pub(super) enum Original {
     /// Its bytes, and what it holds when this run decoded it.
     Present(Vec<u8>, Entry, Option<Box<PatientDoc>>),
+    /// Its bytes, byte for byte the file this site last wrote or joined
+    /// (its size, time and hash as recorded): it holds nothing this
+    /// database lacks, but may be behind it. Not decoded.
+    AsRecorded(Vec<u8>, Entry),
     Absent,
     /// Unreadable: never overwritten.
     Blocked,
@@ -102,7 +106,9 @@ impl Run<'_> {
                         blocked.insert(stem);
                         continue;
                     }
-                    Some(Original::Present(bytes, entry, _)) => Some((bytes, entry)),
+                    Some(Original::Present(bytes, entry, _) | Original::AsRecorded(bytes, entry)) => {
+                        Some((bytes, entry))
+                    }
                     Some(Original::Absent) => None,
                     None => {
                         // A patient a row moved to or from: its file is read
@@ -457,6 +463,27 @@ impl Run<'_> {
             } else {
                 rest.push((i, patient, bytes, entry));
             }
+        }
+        // A file as this site recorded it needs no comparison here: the
+        // patient's file is written again if it differs from this
+        // database's encoding (what a changed patient's file always does).
+        // Not while rows purged here may be in it (those files are decoded).
+        if self.purges.peer_horizon.is_none() {
+            let mut unknown = Vec::with_capacity(rest.len());
+            for (i, patient, bytes, entry) in rest {
+                let f = &chunk[i];
+                let recorded = !self.purges.stale.contains_key(&f.stem)
+                    && self.db.file_seen(&f.path)?.is_some_and(|(size, mtime, sha)| {
+                        size == bytes.len() as u64 && mtime == entry.mtime_ns && sha == sha_hex(&bytes)
+                    });
+                if recorded {
+                    self.counts.files_unchanged += 1;
+                    out[i] = Some(Original::AsRecorded(bytes, entry));
+                } else {
+                    unknown.push((i, patient, bytes, entry));
+                }
+            }
+            rest = unknown;
         }
         if rest.is_empty() {
             self.db.record_files_verified(&verified)?;
