@@ -546,8 +546,13 @@ fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -
                 }
             } else {
                 let verb = if report.was_installed { "Replaced" } else { "Installed" };
+                let now = if report.already_running {
+                    " A clinicsync run started by hand holds this database now: the one started at login waits, tries again every minute, and takes over once that one stops."
+                } else {
+                    " It runs now."
+                };
                 say!(
-                    "{verb} {} named {}{}: clinicsync run starts for {} when you log in, and runs now.",
+                    "{verb} {} named {}{}: clinicsync run starts for {} when you log in.{now}",
                     report.kind,
                     shown(&report.name),
                     file_line(&report.file).unwrap_or_default(),

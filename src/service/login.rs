@@ -30,6 +30,10 @@ pub struct LoginReport {
     /// `install`: it was registered before and was replaced; `uninstall`:
     /// it was registered.
     pub was_installed: bool,
+    /// `install`: a `clinicsync run` for this database was already running
+    /// (started by hand): the one the manager starts retries every minute
+    /// and takes over once that one stops.
+    pub already_running: bool,
 }
 
 /// What `status` found.
@@ -113,6 +117,7 @@ fn installed(entry: &Entry) -> anyhow::Result<bool> {
 
 fn report(entry: &Entry, steps: &[Step], was_installed: bool) -> LoginReport {
     LoginReport {
+        already_running: false,
         kind: entry.manager.entry_kind(),
         name: entry.name.clone(),
         file: entry.file.clone(),
@@ -135,7 +140,8 @@ pub fn install(db: &Path, dry_run: bool) -> anyhow::Result<LoginReport> {
         steps.extend(entry.unregister.iter().cloned());
     }
     steps.extend(entry.register.iter().cloned());
-    let out = report(&entry, &steps, was_installed);
+    let mut out = report(&entry, &steps, was_installed);
+    out.already_running = super::is_running(db)?;
     if dry_run {
         return Ok(out);
     }

@@ -87,6 +87,7 @@ fn install_writes_a_unit_systemd_accepts_enables_it_and_uninstall_removes_it() {
     let (code, out, err) = login.run(&db, &["install"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("Installed a systemd user unit named clinicsync-"), "{out}");
+    assert!(out.trim_end().ends_with("It runs now."), "{out}");
     let units = login.units();
     assert_eq!(units.len(), 1, "{units:?}");
     let unit = std::fs::read_to_string(&units[0]).unwrap();
@@ -118,12 +119,14 @@ fn install_writes_a_unit_systemd_accepts_enables_it_and_uninstall_removes_it() {
     let (code, out, _) = login.run(&db, &["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("Running now: yes."), "{out}");
-    let (status, _) = service.stop();
-    assert!(status.success());
-
+    // Installed again while one runs by hand: replaced, and it says the
+    // one at login takes over later.
     let (code, out, _) = login.run(&db, &["install"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("Replaced a systemd user unit"), "{out}");
+    assert!(out.contains("A clinicsync run started by hand holds this database now"), "{out}");
+    let (status, _) = service.stop();
+    assert!(status.success());
     assert_eq!(
         login.asked()[2..4],
         [format!("--user disable --now {name}"), "--user daemon-reload".to_owned()]
