@@ -12,8 +12,12 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::fault::{held_fault, online_only_fault, write_fault};
 use super::{Entry, ReadError};
+
+mod leftovers;
 use crate::platform;
+pub use leftovers::is_left_temp;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -290,150 +294,6 @@ impl DiskFolder {
             }
         }
     }
-}
-
-/// How old a temp file of a process that may still run must be before it
-/// counts as left behind: no batch takes this long.
-const STALE_TEMP_AFTER_NS: i64 = 3600 * 1_000_000_000;
-
-/// The process id in one of this module's temp file names: `~$<name>.<pid>-<n>.tmp`
-/// beside a target, `<pid>-<n>-<index>.tmp` in the staging directory.
-fn temp_pid(name: &str) -> Option<u32> {
-    let stem = name.strip_suffix(".tmp")?;
-    let tail = match stem.strip_prefix("~$") {
-        Some(beside) => beside.rsplit_once('.')?.1,
-        None => stem,
-    };
-    tail.split('-').next()?.parse().ok()
-}
-
-/// Whether the process `pid` is running: `None` where this cannot be told.
-/// Whether a file is a temp file a killed clinicsync left: one of our temp
-/// names, of another process that is not running (or, where that cannot be
-/// told, older than any batch takes).
-fn left_behind(name: &str, mtime_ns: i64, now_ns: i64) -> bool {
-    match temp_pid(name) {
-        Some(pid) if pid == std::process::id() => false,
-        Some(pid) => {
-            platform::process_alive(pid) == Some(false)
-                || now_ns.saturating_sub(mtime_ns) > STALE_TEMP_AFTER_NS
-        }
-        None => false,
-    }
-}
-
-/// Whether a folder entry is a temp file a killed clinicsync left (see
-/// [`DiskFolder::remove_left_temps`]), judged at `now_ms`.
-pub fn is_left_temp(entry: &Entry, now_ms: u64) -> bool {
-    !entry.is_dir && entry.name.starts_with("~$") && left_behind(&entry.name, entry.mtime_ns, ns(now_ms))
-}
-
-fn ns(ms: u64) -> i64 {
-    i64::try_from(ms).unwrap_or(i64::MAX).saturating_mul(1_000_000)
-}
-
-impl DiskFolder {
-    /// Removes the temp files a killed clinicsync left in `dir` of the
-    /// folder (they are named `~$<name>.<pid>-<n>.tmp`, which clients skip,
-    /// but nothing else would ever remove them). Returns their paths.
-    pub fn remove_left_temps(&self, dir: &str, now_ms: u64) -> io::Result<Vec<String>> {
-        let mut removed = Vec::new();
-        for entry in self.list(dir)? {
-            if is_left_temp(&entry, now_ms) {
-                let path = if dir.is_empty() { entry.name } else { format!("{dir}/{}", entry.name) };
-                self.remove(&path)?;
-                removed.push(path);
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Removes the temp files a killed clinicsync left in the staging
-    /// directory. Returns how many.
-    pub fn remove_left_staged(&self, now_ms: u64) -> io::Result<u64> {
-        let Some(dir) = &self.staging else { return Ok(0) };
-        let now = ns(now_ms);
-        let mut n = 0;
-        for item in fs::read_dir(dir)? {
-            let item = item?;
-            let name = item.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = item.metadata() else { continue };
-            let mtime = entry_of(name.clone(), &meta).mtime_ns;
-            if meta.is_file() && left_behind(&name, mtime, now) {
-                match fs::remove_file(item.path()) {
-                    Ok(()) => n += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// `CLINICSYNC_FAULT=fail-write:PREFIX` makes every batch that writes a
-/// path starting with PREFIX fail (the tests of a folder that refuses
-/// writes; root ignores permissions).
-fn write_fault() -> Option<String> {
-    std::env::var("CLINICSYNC_FAULT").ok()?.strip_prefix("fail-write:").map(str::to_owned)
-}
-
-/// The test hooks for conditions Linux cannot make: `CLINICSYNC_FAULT=
-/// held:PREFIX` (every open, rename and removal of a path starting with
-/// PREFIX fails as a file another program holds open, as Windows says while
-/// a cloud client transfers it), `held:PREFIX:N` (only the first N tries of
-/// each such path, per process), `held-writes:PREFIX` (renames and
-/// removals only: a client that lets others read the file but not replace
-/// it), and `online-only:PREFIX` (such files are online-only placeholders).
-enum Fault {
-    Held { prefix: String, tries: Option<u32>, writes_only: bool },
-    OnlineOnly(String),
-}
-
-fn fault() -> Option<&'static Fault> {
-    static FAULT: std::sync::OnceLock<Option<Fault>> = std::sync::OnceLock::new();
-    FAULT
-        .get_or_init(|| {
-            let spec = std::env::var("CLINICSYNC_FAULT").ok()?;
-            let held = spec.strip_prefix("held:").map(|r| (r, false));
-            if let Some((rest, writes_only)) =
-                held.or_else(|| spec.strip_prefix("held-writes:").map(|r| (r, true)))
-            {
-                let (prefix, tries) = match rest.rsplit_once(':') {
-                    Some((prefix, n)) if n.parse::<u32>().is_ok() => (prefix, n.parse().ok()),
-                    _ => (rest, None),
-                };
-                return Some(Fault::Held { prefix: prefix.to_owned(), tries, writes_only });
-            }
-            spec.strip_prefix("online-only:").map(|p| Fault::OnlineOnly(p.to_owned()))
-        })
-        .as_ref()
-}
-
-/// The held-file fault for one try of `rel`, if it applies.
-fn held_fault(rel: &str, writing: bool) -> Option<io::Error> {
-    let Some(Fault::Held { prefix, tries, writes_only }) = fault() else { return None };
-    if !rel.starts_with(prefix.as_str()) || (*writes_only && !writing) {
-        return None;
-    }
-    if let Some(limit) = tries {
-        static SEEN: std::sync::Mutex<Option<std::collections::HashMap<String, u32>>> =
-            std::sync::Mutex::new(None);
-        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
-        let n = seen.get_or_insert_default().entry(rel.to_owned()).or_default();
-        if *n >= *limit {
-            return None;
-        }
-        *n += 1;
-    }
-    Some(io::Error::new(
-        io::ErrorKind::ResourceBusy,
-        "the process cannot access the file because it is being used by another process (a test fault)",
-    ))
-}
-
-fn online_only_fault(rel: &str) -> bool {
-    matches!(fault(), Some(Fault::OnlineOnly(prefix)) if rel.starts_with(prefix.as_str()))
 }
 
 /// The waits between tries of a file another program holds open: a cloud
@@ -732,27 +592,6 @@ impl DiskFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_dead_process_s_temp_files_count_as_left_behind() {
-        assert_eq!(temp_pid("~$0123.xml.4242-7.tmp"), Some(4242));
-        assert_eq!(temp_pid("4242-7-3.tmp"), Some(4242));
-        assert_eq!(temp_pid("~$notes.docx"), None, "an office lock file is not ours");
-        assert_eq!(temp_pid("~$0123.xml.tmp"), None);
-        #[allow(clippy::disallowed_methods)] // a test of the rule itself, at the real time
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
-        let mine = format!("~$0123.xml.{}-1.tmp", std::process::id());
-        assert!(!left_behind(&mine, 0, now), "this process's own temp file");
-        let mut child = platform::testing::waits().spawn().unwrap();
-        let running = format!("{}-1-0.tmp", child.id());
-        assert!(!left_behind(&running, now, now), "a running process's temp file");
-        let hour = 3600 * 1_000_000_000;
-        assert!(left_behind(&running, now - hour - 1, now), "older than any batch: the id was reused");
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(left_behind(&running, now, now), "once it has gone, even a fresh file");
-    }
 
     #[test]
     fn a_sibling_writes_on_another_thread_and_its_writes_count_here() {

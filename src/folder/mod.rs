@@ -5,6 +5,7 @@
 //! simulation models the folder's behaviour in memory on its own.
 
 mod disk;
+mod fault;
 pub mod layout;
 
 pub use crate::conflicts::IgnoreRules;
