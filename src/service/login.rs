@@ -99,6 +99,12 @@ fn run_step(step: &Step) -> anyhow::Result<()> {
     bail!("`{}` failed ({}): {}", typed(step), output.status, crate::model::shown(said))
 }
 
+/// Runs a step and says whether it succeeded (a missing program is a no).
+fn succeeds(step: &Step) -> bool {
+    let Some((program, args)) = step.args.split_first() else { return false };
+    Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
+}
+
 fn installed(entry: &Entry) -> anyhow::Result<bool> {
     if let Some(file) = &entry.file {
         return Ok(file.exists());
@@ -176,10 +182,26 @@ pub fn install(db: &Path, dry_run: bool) -> anyhow::Result<LoginReport> {
 /// Stops and removes the entry for `db`; says so when there is none.
 pub fn uninstall(db: &Path) -> anyhow::Result<LoginReport> {
     let entry = entry_for(db)?;
-    let was_installed = installed(&entry)?;
-    let steps = if was_installed { entry.unregister.clone() } else { Vec::new() };
+    let mut was_installed = installed(&entry)?;
+    let mut steps = if was_installed { entry.unregister.clone() } else { Vec::new() };
     for step in &steps {
         run_step(step)?;
+    }
+    if !was_installed && entry.file.is_none() {
+        // A manager that keeps the entry itself may hold one its query
+        // cannot show (Wine's Task Scheduler has no query): unregistering
+        // is tried anyway, and a success means there was one.
+        let tried: Vec<Step> =
+            entry.unregister.iter().map(|s| Step { may_fail: true, ..s.clone() }).collect();
+        if let Some(last) = tried.last() {
+            for step in &tried[..tried.len() - 1] {
+                run_step(step)?;
+            }
+            if succeeds(last) {
+                was_installed = true;
+                steps = entry.unregister.clone();
+            }
+        }
     }
     if let Some(file) = entry.file.as_ref().filter(|f| f.exists()) {
         std::fs::remove_file(file).with_context(|| format!("cannot remove {}", file.display()))?;

@@ -150,7 +150,10 @@ task=$(find "$drive_c/windows/system32/tasks/clinicsync" -type f | head -1)
 [ -n "$task" ] || fail "Task Scheduler registered no task"
 grep -q 'clinicsync for C:\\clinic\\front.db' "$task" || { cat "$task"; fail "the registered task is not ours"; }
 # (Wine's schtasks has no /Query, so `service status` cannot see the task
-# under Wine; on Windows it reads it back.)
+# under Wine; on Windows it reads it back.) Uninstall removes it.
+cs --db 'C:\clinic\front.db' service uninstall | tee "$work/uninstall.txt"
+grep -q '^Removed a Task Scheduler task' "$work/uninstall.txt" || fail "uninstall did not say it removed the task"
+[ ! -e "$task" ] || fail "the task is still registered after uninstall"
 
 say "the unit tests, built for Windows, under Wine"
 cd "$root"
