@@ -158,6 +158,23 @@ fn a_manager_that_refuses_leaves_nothing_installed_and_the_error_says_what_it_sa
     );
     assert!(login.units().is_empty(), "the unit written is removed again");
 
+    // Without the manager at all (no systemctl on PATH), an installed
+    // unit is still removed: nothing can be running under it.
+    let good = Login::new(0);
+    let (code, _, _) = good.run(&db, &["install"]);
+    assert_eq!(code, 0);
+    let installed = good.units();
+    assert_eq!(installed.len(), 1);
+    let out = cli(&db)
+        .args(["service", "uninstall"])
+        .env("HOME", good.home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(good.units().is_empty(), "the unit file is removed");
+
     // A file that is not a clinicsync database is refused before anything.
     let stray = login.home.path().join("not-a-clinic.db");
     let (code, _, err) = login.run(&stray, &["install"]);
