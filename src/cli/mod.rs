@@ -522,8 +522,13 @@ fn print_status(s: &StatusReport) {
 
 fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -> anyhow::Result<()> {
     use crate::service::login;
-    let file_line =
-        |file: &Option<PathBuf>| file.as_ref().map(|f| format!(" ({})", shown(&f.display().to_string())));
+    // "a systemd user unit named X (its file)"
+    let entry = |kind: &str, name: &str, file: &Option<PathBuf>| {
+        let file =
+            file.as_ref().map(|f| format!(" ({})", shown(&f.display().to_string()))).unwrap_or_default();
+        format!("{kind} named {}{file}", shown(name))
+    };
+    let database = shown(&db.display().to_string()).into_owned();
     match action {
         ServiceAction::Install { dry_run } => {
             let report = login::install(db, dry_run)?;
@@ -531,12 +536,7 @@ fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -
                 return print_json(&report);
             }
             if dry_run {
-                say!(
-                    "Would install {} named {}{}:",
-                    report.kind,
-                    shown(&report.name),
-                    file_line(&report.file).unwrap_or_default()
-                );
+                say!("Would install {}:", entry(report.kind, &report.name, &report.file));
                 say!("");
                 say!("{}", shown_block(&report.definition));
                 say!("");
@@ -552,11 +552,9 @@ fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -
                     " It runs now."
                 };
                 say!(
-                    "{verb} {} named {}{}: clinicsync run starts for {} when you log in.{now}",
-                    report.kind,
-                    shown(&report.name),
-                    file_line(&report.file).unwrap_or_default(),
-                    shown(&db.display().to_string())
+                    "{verb} {}: clinicsync run starts for {} when you log in.{now}",
+                    entry(report.kind, &report.name, &report.file),
+                    database
                 );
             }
         }
@@ -567,11 +565,9 @@ fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -
             }
             if report.was_installed {
                 say!(
-                    "Removed {} named {}{}: clinicsync no longer starts at login for {}.",
-                    report.kind,
-                    shown(&report.name),
-                    file_line(&report.file).unwrap_or_default(),
-                    shown(&db.display().to_string())
+                    "Removed {}: clinicsync no longer starts at login for {}.",
+                    entry(report.kind, &report.name, &report.file),
+                    database
                 );
             } else {
                 say!(
@@ -587,20 +583,11 @@ fn run_service_action(db: &std::path::Path, action: ServiceAction, json: bool) -
                 return print_json(&status);
             }
             if status.installed {
-                say!(
-                    "Starts at login: yes, as {} named {}{}.",
-                    status.kind,
-                    shown(&status.name),
-                    file_line(&status.file).unwrap_or_default()
-                );
+                say!("Starts at login: yes, as {}.", entry(status.kind, &status.name, &status.file));
             } else {
                 say!("Starts at login: no (`clinicsync service install` sets it up).");
             }
-            if status.running {
-                say!("Running now: yes.");
-            } else {
-                say!("Running now: no.");
-            }
+            say!("Running now: {}.", if status.running { "yes" } else { "no" });
         }
     }
     Ok(())

@@ -351,9 +351,9 @@ pub(crate) mod testing {
     /// A program that runs until it is killed (or its input, kept open by
     /// the caller, ends).
     pub(crate) fn waits() -> Command {
-        let mut cmd = if cfg!(windows) { Command::new("find") } else { Command::new("sleep") };
-        cmd.arg(if cfg!(windows) { "never" } else { "300" });
-        cmd.stdin(std::process::Stdio::piped());
+        let (program, arg) = if cfg!(windows) { ("find", "never") } else { ("sleep", "300") };
+        let mut cmd = Command::new(program);
+        cmd.arg(arg).stdin(std::process::Stdio::piped());
         cmd
     }
 

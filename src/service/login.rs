@@ -78,16 +78,23 @@ fn typed(step: &Step) -> String {
         .join(" ")
 }
 
+/// Runs a step's command and collects what it printed.
+fn output(step: &Step) -> std::io::Result<std::process::Output> {
+    let Some((program, args)) = step.args.split_first() else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "an empty command"));
+    };
+    Command::new(program).args(args).output()
+}
+
 fn run_step(step: &Step) -> anyhow::Result<()> {
-    let (program, args) = step.args.split_first().ok_or_else(|| anyhow!("an empty command"))?;
-    let output = match Command::new(program).args(args).output() {
+    let output = match output(step) {
         Ok(output) => output,
         // Stopping what cannot be reached: there is nothing to stop.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && step.may_fail => return Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             bail!(
                 "{} was not found: this system's service manager cannot be reached",
-                program.to_string_lossy()
+                step.args[0].to_string_lossy()
             )
         }
         Err(e) => bail!("cannot run `{}`: {e}", typed(step)),
@@ -101,26 +108,15 @@ fn run_step(step: &Step) -> anyhow::Result<()> {
     bail!("`{}` failed ({}): {}", typed(step), output.status, crate::model::shown(said))
 }
 
-/// Runs a step and says whether it succeeded (a missing program is a no).
-fn succeeds(step: &Step) -> bool {
-    let Some((program, args)) = step.args.split_first() else { return false };
-    Command::new(program).args(args).output().is_ok_and(|o| o.status.success())
-}
-
 fn installed(entry: &Entry) -> anyhow::Result<bool> {
     if let Some(file) = &entry.file {
         return Ok(file.exists());
     }
     let Some(query) = &entry.query else { return Ok(false) };
-    let (program, args) = query.args.split_first().ok_or_else(|| anyhow!("an empty command"))?;
     // A task's definition comes back when it exists (a query that prints
     // nothing has found nothing, whatever its exit status).
-    match Command::new(program).args(args).output() {
-        Ok(output) => {
-            Ok(output.status.success() && String::from_utf8_lossy(&output.stdout).contains("<Task"))
-        }
-        Err(e) => Err(anyhow!("cannot run `{}`: {e}", typed(query))),
-    }
+    let found = output(query).map_err(|e| anyhow!("cannot run `{}`: {e}", typed(query)))?;
+    Ok(found.status.success() && String::from_utf8_lossy(&found.stdout).contains("<Task"))
 }
 
 fn report(entry: &Entry, steps: &[Step], was_installed: bool) -> LoginReport {
@@ -189,20 +185,19 @@ pub fn uninstall(db: &Path) -> anyhow::Result<LoginReport> {
     for step in &steps {
         run_step(step)?;
     }
-    if !was_installed && entry.file.is_none() {
+    if !was_installed
+        && entry.file.is_none()
+        && let Some((remove, before)) = entry.unregister.split_last()
+    {
         // A manager that keeps the entry itself may hold one its query
         // cannot show (Wine's Task Scheduler has no query): unregistering
         // is tried anyway, and a success means there was one.
-        let tried: Vec<Step> =
-            entry.unregister.iter().map(|s| Step { may_fail: true, ..s.clone() }).collect();
-        if let Some(last) = tried.last() {
-            for step in &tried[..tried.len() - 1] {
-                run_step(step)?;
-            }
-            if succeeds(last) {
-                was_installed = true;
-                steps = entry.unregister.clone();
-            }
+        for step in before {
+            run_step(&Step { may_fail: true, ..step.clone() })?;
+        }
+        if output(remove).is_ok_and(|o| o.status.success()) {
+            was_installed = true;
+            steps = entry.unregister.clone();
         }
     }
     if let Some(file) = entry.file.as_ref().filter(|f| f.exists()) {
