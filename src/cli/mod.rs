@@ -61,6 +61,10 @@ enum Command {
         /// reference clinic schema).
         #[arg(long, value_name = "FILE.toml")]
         mapping: Option<PathBuf>,
+        /// The folder the app keeps its documents in (referral letters,
+        /// scans): their files travel with the documents table's rows.
+        #[arg(long, value_name = "PATH")]
+        documents_folder: Option<PathBuf>,
     },
     /// Sync Now: one complete run.
     Sync {
@@ -231,14 +235,20 @@ fn exit_for(outcome: Outcome) -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = cli.db;
     match cli.command {
-        Command::Init { folder, site_name, mapping } => {
+        Command::Init { folder, site_name, mapping, documents_folder } => {
             if site_name.as_deref().is_some_and(|n| n.chars().any(char::is_control)) {
                 anyhow::bail!(
                     "--site-name holds a control character (a line break, tab or escape); a site's name is one line of plain text"
                 );
             }
-            let options =
-                InitOptions { db: db.clone(), folder, site_name, mapping, progress: Progress::new() };
+            let options = InitOptions {
+                db: db.clone(),
+                folder,
+                site_name,
+                mapping,
+                documents_folder,
+                progress: Progress::new(),
+            };
             let report = progress::with_bar(&options.progress.clone(), || engine::init(&options))?;
             if cli.json {
                 print_json(&report)?;

@@ -31,6 +31,18 @@ pub struct Mapping {
     pub root: RootTable,
     #[serde(default)]
     pub children: Vec<ChildTable>,
+    /// The table whose rows describe document files, if any.
+    #[serde(default)]
+    pub documents: Option<DocumentsTable>,
+}
+
+/// A mapped table whose rows each describe one file in the site's local
+/// documents folder: `path` holds the file's path relative to that folder.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentsTable {
+    pub table: String,
+    pub path: String,
 }
 
 /// The table with one row per patient.
@@ -82,6 +94,10 @@ pub enum MappingError {
         "the key column {column} of table {table} is declared {declared}; replicated keys must be TEXT (UUIDs)"
     )]
     KeyNotText { table: String, column: String, declared: String },
+    #[error(
+        "the documents table {table} is not one of the mapped tables; map it as the root or a child table first"
+    )]
+    DocumentsNotMapped { table: String },
     #[error("cannot read the database schema: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -97,7 +113,23 @@ impl Mapping {
                 .into_iter()
                 .map(child)
                 .collect(),
+            documents: Some(DocumentsTable { table: "documents".into(), path: "file_name".into() }),
         }
+    }
+
+    /// The reference schema's mapping as databases set up before documents
+    /// travelled recorded it (no `[documents]`): it is read as today's.
+    pub(crate) fn upgraded(self) -> Mapping {
+        let builtin = Mapping::builtin();
+        if self.documents.is_none() && self.root == builtin.root && self.children == builtin.children {
+            return builtin;
+        }
+        self
+    }
+
+    /// The documents table and its path column, if the mapping has one.
+    pub fn documents(&self) -> Option<&DocumentsTable> {
+        self.documents.as_ref()
     }
 
     pub fn from_toml(text: &str) -> Result<Mapping, MappingError> {
@@ -114,6 +146,9 @@ impl Mapping {
                 "\n[[children]]\ntable = {:?}\nkey = {:?}\npatient = {:?}\n",
                 c.table, c.key, c.patient
             ));
+        }
+        if let Some(d) = &self.documents {
+            out.push_str(&format!("\n[documents]\ntable = {:?}\npath = {:?}\n", d.table, d.path));
         }
         out
     }
@@ -151,11 +186,17 @@ impl Mapping {
         }
         let names = std::iter::once(&self.root.table)
             .chain(std::iter::once(&self.root.key))
-            .chain(self.children.iter().flat_map(|c| [&c.table, &c.key, &c.patient]));
+            .chain(self.children.iter().flat_map(|c| [&c.table, &c.key, &c.patient]))
+            .chain(self.documents.iter().flat_map(|d| [&d.table, &d.path]));
         for name in names {
             if !is_plain_name(name) {
                 return Err(MappingError::BadName { name: name.clone() });
             }
+        }
+        if let Some(d) = &self.documents
+            && self.table(&d.table).is_none()
+        {
+            return Err(MappingError::DocumentsNotMapped { table: d.table.clone() });
         }
         Ok(())
     }
@@ -193,6 +234,12 @@ impl Mapping {
                     table: table.into(),
                     column: patient_column.into(),
                 })?;
+            }
+        }
+        if let Some(d) = &self.documents {
+            let columns = table_columns(conn, &d.table)?;
+            if !columns.iter().any(|c| c.name.eq_ignore_ascii_case(&d.path)) {
+                return Err(MappingError::NoColumn { table: d.table.clone(), column: d.path.clone() });
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ mod bulk;
 mod copies;
 mod digests;
 mod dirs;
+mod documents;
 mod files;
 mod held;
 mod mapping;
@@ -33,8 +34,11 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
+pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument};
 pub use held::{HeldDeletes, HeldGroup, HeldTable, Kept, Released};
-pub use mapping::{ChildTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole};
+pub use mapping::{
+    ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
+};
 pub use patients::StoredPatient;
 pub use purge::{Purged, Tombstone};
 pub use records::ConflictRecord;
@@ -187,7 +191,10 @@ impl Db {
         }
         let mapping_text =
             meta_get(&conn, "mapping")?.ok_or_else(|| DbError::Corrupt("no mapping recorded".into()))?;
-        let mapping = Mapping::from_toml(&mapping_text)?;
+        let mapping = Mapping::from_toml(&mapping_text)?.upgraded();
+        if mapping.to_toml() != mapping_text {
+            meta_set(&conn, "mapping", &mapping.to_toml())?;
+        }
         let edit_times: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info('_cs_pending') WHERE name = 'at_ms')",
             [],

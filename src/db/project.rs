@@ -31,6 +31,7 @@ pub(crate) fn project_or_park(
     key: &RowKey,
     row: &RowState,
 ) -> Result<Result<Vec<String>, String>, DbError> {
+    super::documents::mark_due(conn, ctx, key)?;
     // No savepoint needed: a statement that fails a constraint is rolled
     // back on its own (SQLite's default ABORT), the transaction stays.
     match project(conn, ctx, key, row) {
@@ -106,7 +107,8 @@ pub(super) fn project(
     }
     let mut warnings = Vec::new();
     if row.fields.len() > values.len().saturating_sub(1) {
-        for c in row.fields.keys().filter(|c| !columns.contains(c)) {
+        // clinicsync's own fields (a document's body) have no column.
+        for c in row.fields.keys().filter(|c| !columns.contains(c) && !c.starts_with("_cs_")) {
             warnings.push(format!(
                 "column {c} of table {} comes from another site but this database has no such column; clinicsync keeps its value and passes it on",
                 key.table

@@ -37,6 +37,7 @@ pub(super) const TABLES: &[(&str, &str)] = &[
     ("_cs_purged", super::purge::TABLES),
     ("_cs_digests", super::digests::TABLE),
     ("_cs_dirs", super::dirs::TABLE),
+    ("_cs_doc_files", super::documents::TABLE),
 ];
 
 /// Columns added to a table after the state format was frozen: (table,

@@ -378,6 +378,56 @@ pub(crate) fn stamp_row(
     Ok(())
 }
 
+/// Stamps one field of a live row with a value clinicsync itself observed
+/// (a document's body), as an edit that saw `base`: the field keeps every
+/// version `base` does not cover, so an edit made without seeing a value
+/// becomes a conflict with it. Returns false when the row has no live
+/// state (nothing to stamp).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stamp_field(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    edit_ms: u64,
+    key: &RowKey,
+    column: &str,
+    value: Value,
+    base: Base,
+    batch: &mut StampBatch,
+) -> Result<bool, DbError> {
+    let Some((old_row, patient)) = load_row(conn, &key.table, &key.pk)? else { return Ok(false) };
+    if !old_row.is_alive() {
+        return Ok(false);
+    }
+    if let Some(b) = base.latest() {
+        clock.observe(b);
+    }
+    let version = FieldVersion::new(value, clock.stamp(edit_ms), base)
+        .expect("a fresh stamp is after every stamp the clock observed");
+    let mut row = old_row.clone();
+    let joined = match row.fields.get(column) {
+        Some(state) => state.join(&FieldState::single(version.clone())),
+        None => FieldState::single(version.clone()),
+    };
+    row.fields.insert(column.to_owned(), joined);
+    let old = if ctx.digests {
+        digests::before_save(conn, &key.table, &key.pk, &old_row, patient.as_deref())?
+    } else {
+        None
+    };
+    save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), Some(patient.as_deref()), old)?;
+    if has_records(Some(&old_row)) || has_records(Some(&row)) {
+        sync_records(conn, key, &row, patient.as_deref(), "", now_ms)?;
+    }
+    let mut stamped = RowState { cl: row.cl, ..RowState::default() };
+    stamped.fields.insert(column.to_owned(), FieldState::single(version));
+    batch.versions += 1;
+    batch.bytes += 220 + key.table.len() + key.pk.len() + column.len();
+    add_to_batch(batch, key.clone(), stamped, patient.clone(), patient);
+    Ok(true)
+}
+
 pub(crate) fn key_is_safe(tbl: &str, pk: &str, batch: &mut StampBatch) -> bool {
     let safe = is_xml_safe(pk);
     if !safe {

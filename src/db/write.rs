@@ -5,13 +5,14 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use super::documents::{self, DocFile};
 use super::held::Kept;
 use super::mapping::Mapping;
 use super::meta::meta_set;
 use super::resolve::{Keep, Resolved};
 use super::state::{ApplyOutcome, Ctx, StampBatch, StampOutcome};
 use super::{DbError, bulk, held, outbox, project, resolve, state};
-use crate::model::{HlcClock, PatientDoc, RowKey, SiteId};
+use crate::model::{BODY_FIELD, Body, HlcClock, PatientDoc, RowKey, SiteId, Value};
 
 /// A write transaction on the state. Dropping it without `commit` rolls
 /// everything back.
@@ -166,6 +167,37 @@ impl WriteTx<'_> {
     pub fn retry_parked(&mut self) -> Result<Vec<(crate::model::RowKey, String)>, DbError> {
         let ctx = tx_ctx!(self);
         project::retry_parked(&self.tx, &ctx)
+    }
+
+    /// Stamps a new body of a document, read from its local file, and
+    /// records the file as in step, in one transaction (see
+    /// [`documents::body_base`] for what the edit saw). Returns false when
+    /// the row has no live state.
+    pub fn stamp_body(
+        &mut self,
+        key: &RowKey,
+        file: &DocFile,
+        file_was: Option<&Body>,
+        edit_ms: u64,
+    ) -> Result<bool, DbError> {
+        let base = documents::body_base(&self.tx, key, file_was)?;
+        let ctx = tx_ctx!(self);
+        let stamped = state::stamp_field(
+            &self.tx,
+            &ctx,
+            &mut self.clock,
+            self.now_ms,
+            edit_ms,
+            key,
+            BODY_FIELD,
+            Value::Text(file.body.encode()),
+            base,
+            &mut self.batch,
+        )?;
+        if stamped {
+            documents::set_doc_file(&self.tx, key, file)?;
+        }
+        Ok(stamped)
     }
 
     /// Commits; what was stamped becomes one export with its segment.

@@ -17,7 +17,7 @@ pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
 pub use progress::{Progress, ProgressView};
 pub use report::{Counts, Outcome, RunReport, conflict_json, summary_text};
-pub use run::{SyncOptions, sync, sync_with_clock};
+pub use run::{DocumentCounts, SyncOptions, sync, sync_with_clock};
 pub use settings::{SettingError, SettingView, Settings};
 pub use status::{SiteStatus, StatusReport, status};
 pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
@@ -107,6 +107,8 @@ pub struct InitOptions {
     pub folder: PathBuf,
     pub site_name: Option<String>,
     pub mapping: Option<PathBuf>,
+    /// The app's local documents folder (its files travel with the rows).
+    pub documents_folder: Option<PathBuf>,
     /// Where the first run reports its progress.
     pub progress: Progress,
 }
@@ -196,6 +198,10 @@ pub fn init_with(
     std::fs::create_dir_all(&folder_path)
         .map_err(io_err(format!("cannot create the folder {}", folder_path.display())))?;
     settings::check_folder(&options.db, &folder_path, None)?;
+    let documents_folder = match &options.documents_folder {
+        Some(docs) => settings::check_documents_folder(docs, &folder_path)?,
+        None => None,
+    };
     let folder = DiskFolder::new(folder_path.clone(), Some(staging_dir(&options.db)));
     let folder_display = folder_path.display().to_string();
     let existing = match folder.read(MANIFEST, 1 << 20) {
@@ -270,6 +276,9 @@ pub fn init_with(
     // is due only after the interval.
     let db = Db::open(&options.db)?;
     db.set_meta("last_full_scan_ms", &clock.now_ms().to_string())?;
+    if let Some(docs) = &documents_folder {
+        db.set_meta(&format!("setting.{}", settings::DOCUMENTS_FOLDER), &docs.display().to_string())?;
+    }
     db.delete_meta(INIT_UNFINISHED)?;
     drop(db);
     let first_run = sync_with_clock(

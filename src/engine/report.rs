@@ -88,6 +88,8 @@ pub struct Counts {
     pub purged_elsewhere: u64,
     /// Whether this run scanned every patient file.
     pub full_scan: bool,
+    /// What happened to document files.
+    pub documents: super::run::DocumentCounts,
     /// What the run asked of the folder.
     pub folder: crate::folder::FolderStats,
 }
@@ -181,6 +183,7 @@ pub(crate) enum EventKind {
     Export,
     Scan,
     Leftovers,
+    Document,
     Failed,
 }
 
@@ -208,6 +211,7 @@ impl EventKind {
             EventKind::Export => "export",
             EventKind::Scan => "scan",
             EventKind::Leftovers => "leftovers",
+            EventKind::Document => "document",
             EventKind::Failed => "failed",
         }
     }

@@ -51,11 +51,16 @@ pub struct Settings {
     pub alert_command: String,
     /// POST the alert as JSON to this URL (empty: none).
     pub alert_url: String,
+    /// The app's local documents folder, whose files travel with the rows
+    /// of the documents table (`None`: documents' files do not travel).
+    pub documents_folder: Option<PathBuf>,
 }
 
 /// The setting that is not stored as `setting.<key>`: the folder is part of
 /// the site's configuration.
 pub(super) const FOLDER: &str = "folder";
+/// The setting naming the local documents folder.
+pub(crate) const DOCUMENTS_FOLDER: &str = "documents_folder";
 
 /// What kind of value a setting holds: how it is checked when set and
 /// read when loaded. Every setting has one; there is no default arm.
@@ -63,6 +68,9 @@ pub(super) const FOLDER: &str = "folder";
 enum Kind {
     /// The sync folder (checked against the family's manifest).
     Folder,
+    /// The local documents folder: empty, or an existing folder outside
+    /// the sync folder.
+    Documents,
     /// `on` or `off`.
     Switch,
     /// A duration, with the shortest value that keeps the rules safe and why.
@@ -97,6 +105,12 @@ const SPECS: &[Spec] = &[
         kind: Kind::Folder,
         default: "",
         help: "the folder the cloud client carries (must hold this family's clinicsync.xml)",
+    },
+    Spec {
+        key: DOCUMENTS_FOLDER,
+        kind: Kind::Documents,
+        default: "",
+        help: "the app's documents folder: files of the documents table travel with their rows (empty: they do not)",
     },
     Spec {
         key: "auto_sync",
@@ -228,6 +242,8 @@ pub enum SettingError {
     Syntax(String),
     #[error("folder {path}: {reason}")]
     Folder { path: String, reason: String },
+    #[error("documents folder {path}: {reason}")]
+    Documents { path: String, reason: String },
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -243,7 +259,7 @@ fn validate(spec: &Spec, value: &str) -> Result<String, SettingError> {
     let key = spec.key;
     let invalid = |expected| SettingError::Invalid { key: key.to_owned(), value: value.to_owned(), expected };
     match spec.kind {
-        Kind::Folder => Ok(value.to_owned()),
+        Kind::Folder | Kind::Documents => Ok(value.to_owned()),
         Kind::Percent => value
             .trim_end_matches('%')
             .parse::<u8>()
@@ -368,6 +384,46 @@ pub(crate) fn check_folder(
     Ok(folder)
 }
 
+/// The documents folder as stored (`None` for empty), or why `folder`
+/// cannot be it: it must be an existing, writable folder, and neither
+/// inside the sync folder nor holding it (the cloud client would carry
+/// every document under its own name, and the trash with it).
+pub(crate) fn check_documents_folder(
+    folder: &Path,
+    sync_folder: &Path,
+) -> Result<Option<PathBuf>, SettingError> {
+    if folder.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let shown = folder.display().to_string();
+    let refuse = |reason: String| SettingError::Documents { path: shown.clone(), reason };
+    let folder = std::path::absolute(folder).map_err(|e| refuse(format!("cannot be resolved: {e}")))?;
+    if let Some(why) = crate::platform::unusable_path(&folder) {
+        return Err(refuse(format!("cannot be used: {why}")));
+    }
+    match std::fs::metadata(&folder) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(refuse("is a file, not a folder".into())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(refuse(
+                "does not exist (create it, or give the folder the app keeps its documents in)".into(),
+            ));
+        }
+        Err(e) => return Err(refuse(format!("cannot be reached: {e}"))),
+    }
+    if !crate::platform::dir_writable(&folder) {
+        return Err(refuse("is not writable by this user".into()));
+    }
+    let real = folder.canonicalize().unwrap_or_else(|_| folder.clone());
+    let real_sync = sync_folder.canonicalize().unwrap_or_else(|_| sync_folder.to_path_buf());
+    if real.starts_with(&real_sync) || real_sync.starts_with(&real) {
+        return Err(refuse(
+            "overlaps the sync folder: documents travel through the sync folder's docs/ by their checksums, so the documents folder must lie outside it (and not hold it)".into(),
+        ));
+    }
+    Ok(Some(folder))
+}
+
 pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
     // Each value is read as its kind; a stored value that does not parse
     // (a hand edit) counts as the default, and a duration stored before its
@@ -413,6 +469,7 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
         alert_after: duration("alert_after")?,
         alert_command: get("alert_command")?.0,
         alert_url: get("alert_url")?.0,
+        documents_folder: Some(get(DOCUMENTS_FOLDER)?.0).filter(|f| !f.is_empty()).map(PathBuf::from),
     })
 }
 
@@ -446,6 +503,12 @@ pub(super) fn set(db: &Db, assignments: &[String]) -> Result<(), EngineError> {
             new_folder = Some(check_folder(db.path(), Path::new(value), Some(family))?);
             continue;
         }
+        if let Kind::Documents = spec.kind {
+            let sync_folder = db.site_config()?.folder;
+            let checked = check_documents_folder(Path::new(value), &sync_folder)?;
+            parsed.push((key.to_owned(), checked.map(|p| p.display().to_string()).unwrap_or_default()));
+            continue;
+        }
         parsed.push((key.to_owned(), validate(spec, value)?));
     }
     for (key, value) in parsed {
@@ -463,7 +526,7 @@ mod tests {
 
     #[test]
     fn every_default_is_a_valid_value_of_its_kind_and_loads() {
-        for spec in SPECS.iter().filter(|s| !matches!(s.kind, Kind::Folder)) {
+        for spec in SPECS.iter().filter(|s| !matches!(s.kind, Kind::Folder | Kind::Documents)) {
             let stored = validate(spec, spec.default).unwrap_or_else(|e| panic!("{}: {e}", spec.key));
             assert_eq!(validate(spec, &stored).unwrap(), stored, "{} stores a value it accepts", spec.key);
         }

@@ -15,8 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::fault::{held_fault, online_only_fault, write_fault};
 use super::{Entry, ReadError};
 
+mod bodies;
 mod leftovers;
 use crate::platform;
+pub use bodies::StagedBody;
 pub use leftovers::is_left_temp;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -4,12 +4,14 @@
 //! There is one folder, the real directory ([`DiskFolder`]); the
 //! simulation models the folder's behaviour in memory on its own.
 
+pub mod body_io;
 mod disk;
+pub mod documents;
 mod fault;
 pub mod layout;
 
 pub use crate::conflicts::IgnoreRules;
-pub use disk::{DirChanges, DiskFolder, FolderStats, is_left_temp};
+pub use disk::{DirChanges, DiskFolder, FolderStats, StagedBody, is_left_temp};
 
 use std::io;
 

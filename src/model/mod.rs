@@ -2,12 +2,14 @@
 //! their join. Nothing here touches the file system, a database, the wall
 //! clock or a random number generator; time and randomness come in as values.
 
+mod body;
 mod doc;
 mod hlc;
 mod ids;
 mod text;
 mod value;
 
+pub use body::{BODY_FIELD, Body};
 pub use doc::{Base, FieldState, FieldVersion, InvalidVersion, PatientDoc, RowKey, RowState, push_stamps};
 pub use hlc::{Clock, Hlc, HlcClock, HlcParseError};
 pub use ids::{

@@ -25,6 +25,7 @@ impl Run<'_> {
                 break;
             }
         }
+        self.export_documents()?;
         fault_point("after-export-commit");
         self.write_outbox()
     }

@@ -25,6 +25,7 @@ use crate::xmlstore::Limits;
 
 mod copies;
 mod deletes;
+mod documents;
 mod export;
 mod first_export;
 mod guard;
@@ -35,6 +36,7 @@ mod scan;
 mod tidy;
 
 use copies::{Copies, MergedCopy};
+pub use documents::DocumentCounts;
 pub(crate) use lock::{take_lock, take_lock_or_wait};
 use scan::Scanned;
 use scan::{FileRef, Loaded};
@@ -288,6 +290,7 @@ impl Run<'_> {
         // Changes the app made while the import ran were stamped by the
         // import's transactions; write them now rather than next run.
         self.write_outbox()?;
+        self.place_documents()?;
         self.progress.step("tidying the folder", 0);
         self.merge_nearby_copies()?;
         self.settle_copies()?;
