@@ -80,7 +80,15 @@ enum Command {
         /// rows stay here and go back to every site as new rows.
         #[arg(long, conflicts_with = "confirm_deletes")]
         keep_deleted: bool,
+        /// Only the documents: copy new and changed document files into
+        /// the folder and place the ones that arrived (other sites' row
+        /// changes wait for the next full sync).
+        #[arg(long, conflicts_with_all = ["full_scan", "confirm_deletes", "keep_deleted"])]
+        docs_only: bool,
     },
+    /// Documents waiting for their file, documents whose copy failed its
+    /// check, and the files in the documents folder's trash.
+    Documents,
     /// The service while the app runs: syncs every few minutes, within
     /// seconds of files arriving or the app changing rows, and serves the
     /// local web page (Status, Sync Now, Latest Logs, Conflicts, Settings).
@@ -265,11 +273,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(report.first_run.outcome))
         }
-        Command::Sync { full_scan, confirm_deletes, keep_deleted } => {
+        Command::Sync { full_scan, confirm_deletes, keep_deleted, docs_only } => {
             let options = SyncOptions {
+                trigger: if docs_only { "documents".into() } else { "manual".into() },
                 full_scan,
                 confirm_deletes,
                 keep_deleted,
+                docs_only,
                 wait_for_lock: Some(|| {
                     eprintln!(
                         "clinicsync: another sync of this database is running; waiting for it to finish"
@@ -294,6 +304,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Service { action } => {
             run_service_action(&db, action, cli.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Documents => {
+            let report = engine::documents(&db)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                print_documents(&report);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
@@ -489,6 +508,47 @@ fn print_run(report: &RunReport) {
     }
 }
 
+fn print_documents(r: &engine::DocumentsReport) {
+    let Some(table) = &r.table else {
+        say!("The mapping has no documents table: no files travel with the rows.");
+        return;
+    };
+    match &r.folder {
+        Some(folder) => say!("Documents folder: {} (rows of {})", shown(folder), shown(table)),
+        None => say!(
+            "Documents folder: not set, so files do not travel (`clinicsync settings documents_folder=PATH`)"
+        ),
+    }
+    let line = |d: &engine::DocumentLine| {
+        let path = d.path.as_deref().unwrap_or("(no path)");
+        let patient = d.patient.as_deref().map(|p| format!(", patient {}", shown(p))).unwrap_or_default();
+        let since = d.since_ms.map(|t| format!(" since {}", format_time(t))).unwrap_or_default();
+        let said = d.said.as_deref().map(|s| format!(": {}", shown(s))).unwrap_or_default();
+        format!("  {} ({} {}{patient}){since}{said}", shown(path), shown(table), shown(&d.pk))
+    };
+    for (title, list) in [
+        ("Failed their integrity check (tried again every run)", &r.failed),
+        ("Waiting for their file to arrive in the folder", &r.waiting),
+        ("Changed elsewhere, placed by the next run", &r.due),
+    ] {
+        if !list.is_empty() {
+            say!("{title}: {}", list.len());
+            for d in list.iter() {
+                say!("{}", line(d));
+            }
+        }
+    }
+    if !r.trash.is_empty() {
+        say!("In the trash (deleted or replaced at another site; kept for log_retention): {}", r.trash.len());
+        for t in &r.trash {
+            say!("  {} (was {}, {})", shown(&t.trashed), shown(&t.original), format_time(t.at_ms));
+        }
+    }
+    if r.failed.is_empty() && r.waiting.is_empty() && r.due.is_empty() {
+        say!("Every document's file is in step.");
+    }
+}
+
 fn print_status(s: &StatusReport) {
     say!("Site:      {} ({})", shown(&s.site_name), short_id(&s.site));
     say!("Family:    {}", short_id(&s.family));
@@ -497,6 +557,22 @@ fn print_status(s: &StatusReport) {
     say!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
     say!("Pending:   {} local changes not yet in the folder", s.pending_changes);
     say!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
+    if s.documents.mapped {
+        match &s.documents.folder {
+            None => say!("Documents: files do not travel (documents_folder is not set)"),
+            Some(_) if s.documents.failed > 0 => say!(
+                "Documents: {} failed their integrity check, {} waiting (see `clinicsync documents`)",
+                s.documents.failed,
+                s.documents.waiting
+            ),
+            Some(folder) if s.documents.waiting > 0 => say!(
+                "Documents: waiting for {} documents whose files have not arrived yet ({})",
+                s.documents.waiting,
+                shown(folder)
+            ),
+            Some(folder) => say!("Documents: in step ({})", shown(folder)),
+        }
+    }
     if !s.kept_copies.is_empty() {
         say!("Conflict copies merged and kept (auto_delete_conflicts is off):");
         for c in &s.kept_copies {

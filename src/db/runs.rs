@@ -118,9 +118,11 @@ impl Db {
 
     /// The end time of the last run that ended `ok`.
     pub fn last_ok_ms(&self) -> Result<Option<u64>, DbError> {
-        let v: Option<i64> =
-            self.conn
-                .query_row("SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok'", [], |r| r.get(0))?;
+        let v: Option<i64> = self.conn.query_row(
+            "SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok' AND trigger IS NOT 'documents'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(v.map(|v| v as u64))
     }
 

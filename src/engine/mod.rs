@@ -2,6 +2,7 @@
 //! family), `sync` (Sync Now), `status`, `reassign`. This is the edge where
 //! the database, the folder, the clock and the codecs meet.
 
+mod documents;
 mod host;
 mod progress;
 mod report;
@@ -13,6 +14,7 @@ mod tombstones;
 
 use std::path::{Path, PathBuf};
 
+pub use documents::{DocumentLine, DocumentsReport, documents};
 pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
 pub use progress::{Progress, ProgressView};

@@ -48,7 +48,22 @@ pub struct StatusReport {
     /// holds back here.
     pub held_deletes: HeldDeletes,
     pub sites: Vec<SiteStatus>,
+    /// Document files: where they are kept and how many are not in step.
+    pub documents: DocumentsStatus,
     pub warnings: Vec<String>,
+}
+
+/// Document files at this site.
+#[derive(Clone, Debug, Serialize)]
+pub struct DocumentsStatus {
+    /// Whether the mapping has a documents table.
+    pub mapped: bool,
+    /// The local documents folder (null: not set, files do not travel).
+    pub folder: Option<String>,
+    /// Documents whose body has not arrived in the folder yet.
+    pub waiting: u64,
+    /// Documents whose copy failed its integrity check.
+    pub failed: u64,
 }
 
 /// One site of the family.
@@ -112,6 +127,21 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
             what.join(" and "),
             sites.join(", ")
         ));
+    }
+    let (waiting, failed) = super::documents::short(&db)?;
+    let documents = DocumentsStatus {
+        mapped: db.mapping().documents().is_some(),
+        folder: super::settings::load(&db)?.documents_folder.map(|f| f.display().to_string()),
+        waiting,
+        failed,
+    };
+    if failed > 0 {
+        warnings.push(format!(
+            "{failed} documents were not placed: their copy in the folder failed its integrity check (CRC file integrity check failed; see `clinicsync documents`); they are tried again every run"
+        ));
+    }
+    if documents.mapped && documents.folder.is_none() && waiting + failed > 0 {
+        warnings.push("documents_folder is not set: the files of documents changed elsewhere are not placed here; set it with `clinicsync settings documents_folder=PATH`".into());
     }
     let watermarks = db.watermarks()?;
     let mut sites = Vec::new();
@@ -181,6 +211,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         kept_copies: db.kept_copies()?,
         held_deletes,
         sites,
+        documents,
         warnings,
     })
 }

@@ -153,7 +153,7 @@ impl Run<'_> {
                 continue;
             }
             let exists = self.folder.metadata(&body.folder_path()).ok().flatten().is_some();
-            match self.folder.publish_body(staged) {
+            match self.folder.publish_body(staged, false) {
                 Ok(_) => self.counts.documents.published += u64::from(!exists),
                 Err(e) => {
                     self.rec.skipped(
@@ -216,6 +216,9 @@ impl Run<'_> {
     /// After the import: places the bodies of rows changed elsewhere, and
     /// moves the files of rows deleted elsewhere to the trash.
     pub(super) fn place_documents(&mut self) -> Result<(), EngineError> {
+        if self.counts.full_scan {
+            self.check_published_bodies()?;
+        }
         let due = self.db.due_documents()?;
         if due.is_empty() {
             return self.tidy_trash();
@@ -406,6 +409,78 @@ impl Run<'_> {
                 Ok(Some(DueState::Failed))
             }
         }
+    }
+
+    /// On a full scan: every body this site holds in step is checked in
+    /// `docs/` (present, its size, its checksums), and one missing or
+    /// damaged there is published again from the local file.
+    fn check_published_bodies(&mut self) -> Result<(), EngineError> {
+        let Some((table, docs)) = self.documents_folder() else { return Ok(()) };
+        let mut checked = std::collections::HashSet::new();
+        for (pk, file) in self.db.doc_files(&table)? {
+            if !checked.insert(file.body.clone()) {
+                continue;
+            }
+            let body_path = file.body.folder_path();
+            let problem =
+                match self.folder.metadata(&body_path) {
+                    Ok(None) => Some("is missing".to_owned()),
+                    Ok(Some(e)) if e.size != file.body.size => {
+                        Some(format!("has {} bytes instead of {}", e.size, file.body.size))
+                    }
+                    Ok(Some(_)) => {
+                        self.counts.documents.files_read += 1;
+                        match self.folder.open_body(&body_path).map_err(|e| e.to_string()).and_then(
+                            |mut f| crate::folder::body_io::digest(&mut f).map_err(|e| e.to_string()),
+                        ) {
+                            Ok(found) => crate::folder::body_io::mismatch(&file.body, &found)
+                                .map(|said| format!("is damaged ({said})")),
+                            // Online-only or held: not judged this time.
+                            Err(_) => None,
+                        }
+                    }
+                    Err(_) => None,
+                };
+            let Some(problem) = problem else { continue };
+            let key = RowKey { table: table.clone(), pk };
+            let Ok(full) = docs.resolve(&file.path) else { continue };
+            if docs.stat(&full).ok().flatten() != Some(LocalFile { size: file.size, mtime_ns: file.mtime_ns })
+            {
+                // Changed here since: the export publishes the new body.
+                continue;
+            }
+            self.counts.documents.files_read += 1;
+            let staged = match docs.open(&full).and_then(|mut f| self.folder.stage_body(&mut f)) {
+                Ok(staged) if staged.body == file.body => staged,
+                Ok(staged) => {
+                    self.folder.discard_body(staged);
+                    continue;
+                }
+                Err(e) => {
+                    self.refuse_document(&key, &file.path, &format!("it cannot be read: {e}"));
+                    continue;
+                }
+            };
+            match self.folder.publish_body(staged, true) {
+                Ok(_) => {
+                    self.counts.documents.published += 1;
+                    self.rec.warning(
+                        EventKind::Document,
+                        Some(&body_path),
+                        format!("the folder's copy of document {} {problem}; published it again from this site's file", shown(&file.path)),
+                    );
+                }
+                Err(e) => self.rec.skipped(
+                    EventKind::Document,
+                    Some(&body_path),
+                    format!(
+                        "the folder's copy of document {} {problem}, and publishing it again failed: {e}",
+                        shown(&file.path)
+                    ),
+                ),
+            }
+        }
+        Ok(())
     }
 
     /// Moves a document's local file to the trash, if it is there.

@@ -88,6 +88,10 @@ pub struct SyncOptions {
     /// Remember the folder paths the run wrote or removed
     /// ([`RunReport::touched`]), so a file watcher can ignore its own echo.
     pub track_touched: bool,
+    /// Only the documents: export new and changed document files and place
+    /// those whose rows are already here (`sync --docs-only`); other
+    /// sites' changes are not read.
+    pub docs_only: bool,
     /// When another sync of this database is running: `None` fails with
     /// [`EngineError::Busy`]; `Some(f)` calls `f` once and waits for it.
     pub wait_for_lock: Option<fn()>,
@@ -102,6 +106,7 @@ impl Default for SyncOptions {
             keep_deleted: false,
             progress: Progress::new(),
             track_touched: false,
+            docs_only: false,
             wait_for_lock: None,
         }
     }
@@ -180,7 +185,7 @@ pub fn sync_with_clock(
         scanned: Scanned::default(),
         purges: Purges::default(),
     };
-    let result = run.execute();
+    let result = if options.docs_only { run.execute_documents() } else { run.execute() };
     run.rec.finish();
     let not_local = run.folder.stats().not_local;
     if not_local > 0 {
@@ -203,7 +208,7 @@ pub fn sync_with_clock(
         }
     };
     if outcome != Outcome::Failed
-        && let Err(e) = run.publish_site_file(outcome == Outcome::Ok)
+        && let Err(e) = run.publish_site_file(outcome == Outcome::Ok && !options.docs_only)
     {
         // The site file says when this site last synced completely; failing
         // to publish it is itself worth a retry.
@@ -298,6 +303,17 @@ impl Run<'_> {
         self.purge_tombstones()?;
         self.record_patient_dirs()?;
         Ok(())
+    }
+
+    /// `sync --docs-only`: the guard, the export (a document's body is
+    /// stamped on its row, so the rows' changes go too), and placing the
+    /// documents whose rows are already here.
+    fn execute_documents(&mut self) -> Result<(), EngineError> {
+        self.progress.step("checking the folder", 0);
+        self.guard()?;
+        self.remove_leftovers()?;
+        self.export()?;
+        self.place_documents()
     }
 
     fn io(&self, what: &str, source: std::io::Error) -> EngineError {

@@ -69,11 +69,12 @@ impl DiskFolder {
     /// Makes a staged body durable, reads it back and checks it against
     /// what was copied, and renames it to its place (`docs/<xx>/<sha256>`).
     /// A body already there with the right size is left as it is (the same
-    /// file published before, here or at another site).
-    pub fn publish_body(&self, mut staged: StagedBody) -> io::Result<String> {
+    /// file published before, here or at another site) unless `replace`
+    /// (the one there was found damaged).
+    pub fn publish_body(&self, mut staged: StagedBody, replace: bool) -> io::Result<String> {
         let path = staged.body.folder_path();
         let result = (|| {
-            if self.metadata(&path)?.is_some_and(|e| !e.is_dir && e.size == staged.body.size) {
+            if !replace && self.metadata(&path)?.is_some_and(|e| !e.is_dir && e.size == staged.body.size) {
                 return Ok(());
             }
             staged.file.sync_data()?;
