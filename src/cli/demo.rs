@@ -81,6 +81,9 @@ fn seed_front_desk(path: &Path) -> anyhow::Result<usize> {
     Ok(count)
 }
 
+/// The demo's document: a short referral letter.
+const REFERRAL_LETTER: &str = "Referral to Dermatology\n\nDear colleague,\n\nPlease see Adaeze, who has had a changing mole on the left forearm for three months.\n\nKind regards,\nDr. Okafor, Front desk practice\n";
+
 fn sync_quiet(db: &Path) -> anyhow::Result<engine::RunReport> {
     let report = engine::sync(db, &SyncOptions { trigger: "demo".into(), ..SyncOptions::default() })?;
     if report.outcome == Outcome::Failed {
@@ -107,6 +110,11 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let folder = dir.join("shared-folder");
     let front = dir.join("front-desk.db");
     let home = dir.join("home-visits.db");
+    let front_docs = dir.join("front-desk-documents");
+    let home_docs = dir.join("home-visits-documents");
+    for docs in [&front_docs, &home_docs] {
+        std::fs::create_dir_all(docs).with_context(|| format!("cannot create {}", docs.display()))?;
+    }
     let say = |line: String| {
         if !json_out {
             say!("{line}");
@@ -121,6 +129,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         db: front.clone(),
         folder: folder.clone(),
         site_name: Some("Front desk".into()),
+        documents_folder: Some(front_docs.clone()),
         ..InitOptions::default()
     })?;
     say(format!(
@@ -132,6 +141,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         db: home.clone(),
         folder: folder.clone(),
         site_name: Some("Home visits".into()),
+        documents_folder: Some(home_docs.clone()),
         ..InitOptions::default()
     })?;
     let seeded = &b.first_run.counts;
@@ -153,6 +163,14 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         "INSERT INTO patients (id, family_name, given_name, birth_date) VALUES ('0b7e4c1a-2f3d-4e5a-8b6c-1d2e3f4a5b21', 'Novak', 'Petra', '1993-05-17')",
         [],
     )?;
+    // A referral letter: the row, and its file in the documents folder.
+    let letter = "referrals/referral-dermatology.txt";
+    std::fs::create_dir_all(front_docs.join("referrals"))?;
+    std::fs::write(front_docs.join(letter), REFERRAL_LETTER)?;
+    fc.execute(
+        "INSERT INTO documents (id, patient_id, file_name, mime_type, byte_size, added_at) VALUES ('0b7e4c1a-2f3d-4e5a-8b6c-1d2e3f4a5d01', ?1, ?2, 'text/plain', ?3, '2026-11-20T09:30:00Z')",
+        params![first, letter, REFERRAL_LETTER.len() as i64],
+    )?;
     let hc = Connection::open(&home)?;
     hc.execute("UPDATE patients SET email = 'adaeze@example.net' WHERE id = ?1", [first])?;
     hc.execute(
@@ -164,7 +182,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
         params![child_id(third, 2, 1), third],
     )?;
     drop((fc, hc));
-    say("Front desk changed a phone number and an address and added a patient; Home visits, offline, changed the same patient's email, the same address, and wrote a note.".into());
+    say("Front desk changed a phone number and an address, added a patient and filed a referral letter; Home visits, offline, changed the same patient's email, the same address, and wrote a note.".into());
 
     let r1 = sync_quiet(&front)?;
     let r2 = sync_quiet(&home)?;
@@ -180,7 +198,8 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let home_db = Db::open(&home)?;
     let left = front_db.dump_mapped_tables()?;
     let right = home_db.dump_mapped_tables()?;
-    let converged = left == right;
+    let letter_arrived = std::fs::read(home_docs.join(letter)).ok().as_deref() == Some(REFERRAL_LETTER.as_bytes());
+    let converged = left == right && letter_arrived;
     let rows: usize = left.iter().map(|(_, rows)| rows.len()).sum();
     let conflicts = front_db.conflicts(true)?;
     let home_conflicts = home_db.open_conflict_count()?;
@@ -192,6 +211,7 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
                 "rows": rows,
                 "tables": left.iter().map(|(t, r)| json!({"table": t, "rows": r.len()})).collect::<Vec<_>>(),
                 "open_conflicts": { "front_desk": conflicts.len(), "home_visits": home_conflicts },
+                "document_arrived": letter_arrived,
                 "folder": folder.display().to_string(),
                 "databases": [front.display().to_string(), home.display().to_string()],
             }))?
@@ -199,6 +219,10 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     } else if converged {
         let per_table: Vec<String> = left.iter().map(|(t, r)| format!("{} {t}", r.len())).collect();
         say!("Converged: both sites hold the same {rows} rows ({}).", per_table.join(", "));
+        say!(
+            "The referral letter filed at the front desk is in {} byte for byte (checked by its sha256 and CRC32 on every copy).",
+            home_docs.join(letter).display()
+        );
         for c in &conflicts {
             say!(
                 "Both sites edited {}.{} of the same patient at once: both now show {:?}; the other value {:?} is kept for review ({} open conflict at each site).",

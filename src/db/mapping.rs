@@ -285,6 +285,24 @@ mod tests {
     }
 
     #[test]
+    fn a_documents_table_must_be_mapped_and_have_its_path_column() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        let base = "[root]\ntable = \"patients\"\nkey = \"id\"\n\n[[children]]\ntable = \"documents\"\nkey = \"id\"\npatient = \"patient_id\"\n";
+        let good = Mapping::from_toml(&format!("{base}\n[documents]\ntable = \"documents\"\npath = \"file_name\"\n")).unwrap();
+        good.validate(&conn).unwrap();
+        assert_eq!(Mapping::from_toml(&good.to_toml()).unwrap(), good);
+        let unmapped = format!("{base}\n[documents]\ntable = \"invoices\"\npath = \"status\"\n");
+        assert!(matches!(Mapping::from_toml(&unmapped), Err(MappingError::DocumentsNotMapped { .. })));
+        let no_column = Mapping::from_toml(&format!("{base}\n[documents]\ntable = \"documents\"\npath = \"where\"\n")).unwrap();
+        assert!(matches!(no_column.validate(&conn), Err(MappingError::NoColumn { .. })));
+        // The reference mapping as older databases stored it reads as today's.
+        let older = Mapping { documents: None, ..Mapping::builtin() };
+        assert_eq!(older.upgraded(), Mapping::builtin());
+        assert_eq!(good.clone().upgraded(), good, "a custom mapping is left as it is");
+    }
+
+    #[test]
     fn integer_keys_are_refused_with_a_reason() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE people (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT);").unwrap();

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     /// the page's wait for a Sync Now): waited for briefly when it stops.
     tasks: Mutex<tokio::task::JoinSet<()>>,
     watcher: Mutex<Option<Watched>>,
+    /// The watch on the local documents folder, when one is set.
+    docs_watcher: Mutex<Option<Watched>>,
     hints: mpsc::UnboundedSender<Hint>,
 }
 
@@ -113,6 +115,7 @@ impl Shared {
         let folder = Db::open(&self.db)?.site_config()?.folder;
         let _ = self.control.try_send(Control::Settings(schedule_of(&settings)));
         self.rewatch(&folder);
+        self.rewatch_documents();
         Ok(())
     }
 
@@ -120,8 +123,23 @@ impl Shared {
     /// same directory (a folder deleted and created again, or a drive
     /// mounted again, needs a new watch).
     fn rewatch(&self, folder: &Path) {
+        self.rewatch_in(&self.watcher, folder, "");
+    }
+
+    /// Watches the documents folder as [`Shared::rewatch`] watches the
+    /// sync folder: a new or changed document is exported within seconds.
+    /// Its paths reach the scheduler under `/documents/`, which no path of
+    /// the sync folder can be.
+    fn rewatch_documents(&self) {
+        match engine::settings_load(&self.db).ok().and_then(|s| s.documents_folder) {
+            Some(folder) => self.rewatch_in(&self.docs_watcher, &folder, "/documents/"),
+            None => *self.docs_watcher.lock().unwrap_or_else(|e| e.into_inner()) = None,
+        }
+    }
+
+    fn rewatch_in(&self, slot: &Mutex<Option<Watched>>, folder: &Path, prefix: &'static str) {
         let identity = crate::platform::dir_identity(folder);
-        let mut current = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let mut current = slot.lock().unwrap_or_else(|e| e.into_inner());
         if current.as_ref().is_some_and(|(f, id, _)| f == folder && Some(*id) == identity) {
             return;
         }
@@ -130,7 +148,7 @@ impl Shared {
             *current = None;
             return;
         };
-        *current = match watcher::watch(folder, self.hints.clone()) {
+        *current = match watcher::watch(folder, prefix, self.hints.clone()) {
             Ok(w) => Some((folder.to_path_buf(), identity, w)),
             Err(e) => {
                 tracing::warn!(
@@ -173,6 +191,7 @@ impl Hooks for RealHooks {
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(cfg) = Db::open(&db).and_then(|d| d.site_config()) {
                 shared.rewatch(&cfg.folder);
+                shared.rewatch_documents();
             }
         })
         .await;
@@ -375,9 +394,11 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
         alerts: Mutex::new(VecDeque::new()),
         tasks: Mutex::new(tokio::task::JoinSet::new()),
         watcher: Mutex::new(None),
+        docs_watcher: Mutex::new(None),
         hints: hint_tx,
     });
     shared.rewatch(&cfg.folder);
+    shared.rewatch_documents();
     let hooks = Arc::new(RealHooks {
         db: db_path.clone(),
         progress,

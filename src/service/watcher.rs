@@ -10,8 +10,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::scheduler::Hint;
 
 /// Watches `root` recursively; each event becomes a [`Hint`] with the
-/// paths relative to `root`. Dropping the returned watcher stops it.
-pub(super) fn watch(root: &Path, hints: UnboundedSender<Hint>) -> notify::Result<RecommendedWatcher> {
+/// paths relative to `root`, after `prefix`. Dropping the returned watcher
+/// stops it.
+pub(super) fn watch(
+    root: &Path,
+    prefix: &'static str,
+    hints: UnboundedSender<Hint>,
+) -> notify::Result<RecommendedWatcher> {
     let base: PathBuf = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
     let plain = root.to_path_buf();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -20,7 +25,8 @@ pub(super) fn watch(root: &Path, hints: UnboundedSender<Hint>) -> notify::Result
                 if !matters(&event.kind) {
                     return;
                 }
-                let paths = event.paths.iter().filter_map(|p| relative(p, &base, &plain)).collect();
+                let paths =
+                    event.paths.iter().filter_map(|p| relative(p, &base, &plain)).map(|p| format!("{prefix}{p}")).collect();
                 Hint { paths }
             }
             // The watcher lost track (queue overflow): everything may have changed.

@@ -315,3 +315,25 @@ fn sync_docs_only_carries_document_files_and_leaves_other_sites_changes_for_the_
     sync_ok(&t.b);
     assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"a letter");
 }
+
+#[test]
+fn while_the_service_runs_a_document_changed_in_place_is_exported_within_seconds() {
+    let t = Docs::new();
+    t.add(&t.a, "a", "doc-1", "letter.pdf", b"first version");
+    sync_ok(&t.a);
+    set(&t.a, &["sync_interval=1h"]);
+    let service = crate::service::Service::start(&t.a);
+    service.wait_idle();
+    assert_eq!(t.bodies().len(), 1);
+    // The app overwrites the file and changes no row: only the watch on
+    // the documents folder sees it (the interval is an hour).
+    fs::write(t.docs("a").join("letter.pdf"), b"second version, signed").unwrap();
+    let took = service.wait_for("the new body in the folder", std::time::Duration::from_secs(10), || {
+        t.bodies().len() == 2
+    });
+    eprintln!("exported {took:?} after the file changed");
+    service.wait_idle();
+    drop(service);
+    sync_ok(&t.b);
+    assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"second version, signed");
+}
