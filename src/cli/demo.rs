@@ -198,7 +198,8 @@ pub(super) fn run(dir: &Path, json_out: bool) -> anyhow::Result<ExitCode> {
     let home_db = Db::open(&home)?;
     let left = front_db.dump_mapped_tables()?;
     let right = home_db.dump_mapped_tables()?;
-    let letter_arrived = std::fs::read(home_docs.join(letter)).ok().as_deref() == Some(REFERRAL_LETTER.as_bytes());
+    let letter_arrived =
+        std::fs::read(home_docs.join(letter)).ok().as_deref() == Some(REFERRAL_LETTER.as_bytes());
     let converged = left == right && letter_arrived;
     let rows: usize = left.iter().map(|(_, rows)| rows.len()).sum();
     let conflicts = front_db.conflicts(true)?;

@@ -289,12 +289,17 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(REFERENCE_SCHEMA).unwrap();
         let base = "[root]\ntable = \"patients\"\nkey = \"id\"\n\n[[children]]\ntable = \"documents\"\nkey = \"id\"\npatient = \"patient_id\"\n";
-        let good = Mapping::from_toml(&format!("{base}\n[documents]\ntable = \"documents\"\npath = \"file_name\"\n")).unwrap();
+        let good = Mapping::from_toml(&format!(
+            "{base}\n[documents]\ntable = \"documents\"\npath = \"file_name\"\n"
+        ))
+        .unwrap();
         good.validate(&conn).unwrap();
         assert_eq!(Mapping::from_toml(&good.to_toml()).unwrap(), good);
         let unmapped = format!("{base}\n[documents]\ntable = \"invoices\"\npath = \"status\"\n");
         assert!(matches!(Mapping::from_toml(&unmapped), Err(MappingError::DocumentsNotMapped { .. })));
-        let no_column = Mapping::from_toml(&format!("{base}\n[documents]\ntable = \"documents\"\npath = \"where\"\n")).unwrap();
+        let no_column =
+            Mapping::from_toml(&format!("{base}\n[documents]\ntable = \"documents\"\npath = \"where\"\n"))
+                .unwrap();
         assert!(matches!(no_column.validate(&conn), Err(MappingError::NoColumn { .. })));
         // The reference mapping as older databases stored it reads as today's.
         let older = Mapping { documents: None, ..Mapping::builtin() };

@@ -25,8 +25,12 @@ pub(super) fn watch(
                 if !matters(&event.kind) {
                     return;
                 }
-                let paths =
-                    event.paths.iter().filter_map(|p| relative(p, &base, &plain)).map(|p| format!("{prefix}{p}")).collect();
+                let paths = event
+                    .paths
+                    .iter()
+                    .filter_map(|p| relative(p, &base, &plain))
+                    .map(|p| format!("{prefix}{p}"))
+                    .collect();
                 Hint { paths }
             }
             // The watcher lost track (queue overflow): everything may have changed.

@@ -328,9 +328,8 @@ fn while_the_service_runs_a_document_changed_in_place_is_exported_within_seconds
     // The app overwrites the file and changes no row: only the watch on
     // the documents folder sees it (the interval is an hour).
     fs::write(t.docs("a").join("letter.pdf"), b"second version, signed").unwrap();
-    let took = service.wait_for("the new body in the folder", std::time::Duration::from_secs(10), || {
-        t.bodies().len() == 2
-    });
+    let took = service
+        .wait_for("the new body in the folder", std::time::Duration::from_secs(10), || t.bodies().len() == 2);
     eprintln!("exported {took:?} after the file changed");
     service.wait_idle();
     drop(service);
