@@ -94,6 +94,20 @@ impl crate::web::Service for Shared {
         done_rx
     }
 
+    fn sync_documents_and_wait(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let control = self.control.clone();
+        self.spawn(async move {
+            if control.send(Control::SyncDocuments { reply: Some(reply) }).await.is_ok()
+                && replied.await.is_ok()
+            {
+                let _ = done_tx.send(());
+            }
+        });
+        done_rx
+    }
+
     fn settings_changed(&self) -> Result<(), engine::EngineError> {
         Shared::settings_changed(self)
     }
@@ -181,6 +195,7 @@ impl Hooks for RealHooks {
             trigger: trigger.as_str().to_owned(),
             progress: self.progress.clone(),
             track_touched: true,
+            docs_only: trigger == Trigger::Documents,
             // A `clinicsync sync` from the command line may hold the lock:
             // wait for it rather than fail.
             wait_for_lock: Some(|| {}),

@@ -53,6 +53,9 @@ pub enum Trigger {
     Interval,
     /// The first run when the service starts.
     Startup,
+    /// Sync documents now (the web page): only document files. Last, so a
+    /// full run asked for at the same time is the one that runs.
+    Documents,
 }
 
 impl Trigger {
@@ -63,6 +66,7 @@ impl Trigger {
             Trigger::LocalChange => "local-change",
             Trigger::Interval => "interval",
             Trigger::Startup => "startup",
+            Trigger::Documents => "documents",
         }
     }
 }
@@ -122,6 +126,11 @@ pub enum Control {
         /// [`SchedulerState::page_runs_done`].
         from_page: bool,
     },
+    /// Sync documents now: a documents-only run (unless a full one is
+    /// waiting too); the reply comes when it has finished.
+    SyncDocuments {
+        reply: Option<oneshot::Sender<RunDone>>,
+    },
     Settings(Schedule),
     /// Finish the run in progress, then stop.
     Shutdown,
@@ -178,7 +187,7 @@ pub async fn run<H: Hooks>(
     let mut last_start = start;
     let mut pending: Option<Pending> =
         Some(Pending { trigger: Trigger::Startup, replies: Vec::new(), from_page: 0 });
-    let mut running: Option<(JoinHandle<RunDone>, Vec<oneshot::Sender<RunDone>>, u64)> = None;
+    let mut running: Option<(JoinHandle<RunDone>, Vec<oneshot::Sender<RunDone>>, u64, Trigger)> = None;
     let mut debounce: Option<(Instant, Instant)> = None;
     let mut during_run: Vec<String> = Vec::new();
     let mut during_run_overflow = false;
@@ -210,7 +219,8 @@ pub async fn run<H: Hooks>(
             last_start = Instant::now();
             let h = hooks.clone();
             let trigger = p.trigger;
-            running = Some((tokio::spawn(async move { h.run(trigger).await }), p.replies, p.from_page));
+            running =
+                Some((tokio::spawn(async move { h.run(trigger).await }), p.replies, p.from_page, trigger));
             state.send_modify(|s| {
                 s.running = Some(trigger.as_str());
                 s.queued = false;
@@ -225,7 +235,7 @@ pub async fn run<H: Hooks>(
 
         tokio::select! {
             done = async { (&mut running.as_mut().expect("guarded").0).await }, if running.is_some() => {
-                let (_, replies, from_page) = running.take().expect("guarded");
+                let (_, replies, from_page, trigger) = running.take().expect("guarded");
                 let done = done.unwrap_or_else(|e| RunDone {
                     run_id: None,
                     outcome: Outcome::Failed,
@@ -235,6 +245,8 @@ pub async fn run<H: Hooks>(
                 let now = Instant::now();
                 local_paused = done.outcome == Outcome::Failed;
                 match done.outcome {
+                    // Only document files: not a sync of the rows.
+                    Outcome::Ok if trigger == Trigger::Documents => {}
                     Outcome::Ok => {
                         last_success = Some(now);
                         stale_since = now;
@@ -278,6 +290,10 @@ pub async fn run<H: Hooks>(
                         s.queued = running.is_some();
                         s.sync_requests += 1;
                     });
+                }
+                Some(Control::SyncDocuments { reply }) => {
+                    queue(&mut pending, Trigger::Documents, reply, false);
+                    state.send_modify(|s| s.queued = running.is_some());
                 }
                 Some(Control::Settings(new)) => schedule = new,
                 Some(Control::Shutdown) | None => {

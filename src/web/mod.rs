@@ -34,6 +34,9 @@ pub trait Service: Send + Sync + 'static {
     /// Queues a Sync Now: the receiver fires when its run has finished, and
     /// fails when the service stopped first.
     fn sync_now_and_wait(&self) -> tokio::sync::oneshot::Receiver<()>;
+    /// Queues a documents-only run (Sync documents now), as
+    /// [`Service::sync_now_and_wait`].
+    fn sync_documents_and_wait(&self) -> tokio::sync::oneshot::Receiver<()>;
     /// Settings were saved: the service takes them up.
     fn settings_changed(&self) -> Result<(), engine::EngineError>;
 }
@@ -93,6 +96,7 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
         .route("/conflicts/{id}/resolve", post(resolve))
         .route("/settings", get(settings_page).post(save_settings))
         .route("/sync", post(sync_now))
+        .route("/sync-documents", post(sync_documents))
         .route("/api/status", get(api_status))
         .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
         .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
@@ -425,6 +429,18 @@ async fn sync_now(State(st): State<WebState>, headers: HeaderMap, _form: Checked
     }
     // Without script: wait for the run, then show Latest Logs.
     if st.shared.sync_now_and_wait().await.is_err() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is stopping; try again after it restarts.",
+        );
+    }
+    Redirect::to("/logs").into_response()
+}
+
+/// Sync documents now: waits for the documents-only run, then shows
+/// Latest Logs.
+async fn sync_documents(State(st): State<WebState>, _form: CheckedForm) -> Response {
+    if st.shared.sync_documents_and_wait().await.is_err() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "The service is stopping; try again after it restarts.",

@@ -260,6 +260,32 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
     for w in &s.warnings {
         body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
     }
+    if s.documents.mapped {
+        let d = &s.documents;
+        let line = match &d.folder {
+            None => "Document files do not travel: no documents folder is set (Settings, documents_folder)."
+                .to_owned(),
+            Some(folder) => {
+                let mut line = format!("Documents folder {}: ", esc(folder));
+                match (d.waiting, d.failed) {
+                    (0, 0) => line.push_str("every document's file is in step."),
+                    (w, 0) => line.push_str(&format!("waiting for {w} documents whose files have not arrived yet.")),
+                    (w, f) => line.push_str(&format!(
+                        "{f} failed their integrity check and are tried again every run; {w} waiting for their files."
+                    )),
+                }
+                line
+            }
+        };
+        let good = d.folder.is_some() && d.failed == 0;
+        body.push_str(&format!(
+            r#"<h2>Documents</h2><p id="documents-line" class="{}">{line}</p>
+<form method="post" action="/sync-documents"><input type="hidden" name="csrf" value="{csrf}">
+<button id="sync-documents-button" type="submit" class="secondary">Sync documents now</button></form>"#,
+            class(good),
+            csrf = esc(&ctx.csrf)
+        ));
+    }
     let progress = if ctx.running { format!("Syncing: {}", esc(ctx.progress.step)) } else { String::new() };
     body.push_str(&format!(
         r#"<h2>Sync Now</h2>
@@ -361,6 +387,7 @@ fn trigger_words(trigger: &str) -> String {
         "local-change" => "local changes".to_owned(),
         "interval" => "automatic".to_owned(),
         "startup" => "service started".to_owned(),
+        "documents" => "Sync documents now".to_owned(),
         other => other.to_owned(),
     }
 }

@@ -336,3 +336,57 @@ fn while_the_service_runs_a_document_changed_in_place_is_exported_within_seconds
     sync_ok(&t.b);
     assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"second version, signed");
 }
+
+#[test]
+fn the_page_shows_documents_waiting_and_its_button_runs_a_documents_only_sync() {
+    let t = Docs::new();
+    t.add(&t.a, "a", "doc-1", "letter.pdf", b"for the page");
+    sync_ok(&t.a);
+    let body = t.bodies().pop().unwrap();
+    let aside = t.family.dir.path().join("in-transit");
+    fs::rename(&body, &aside).unwrap();
+    sync_ok(&t.b);
+    set(&t.b, &["sync_interval=1h", "watch=off"]);
+    let service = crate::service::Service::start(&t.b);
+    service.wait_idle();
+    let agent = crate::service::Service::agent();
+    let bearer = format!("Bearer {}", service.token);
+    let page = |agent: &ureq::Agent| {
+        agent
+            .get(format!("{}/", service.base))
+            .header("Authorization", &bearer)
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    let html = page(&agent);
+    assert!(html.contains("waiting for 1 documents whose files have not arrived yet"), "{html}");
+    assert!(html.contains("Sync documents now"));
+
+    // The body arrives; the button places it (a documents-only run).
+    fs::rename(&aside, &body).unwrap();
+    let csrf = service.csrf();
+    let response = agent
+        .post(format!("{}/sync-documents", service.base))
+        .header("Authorization", &bearer)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(format!("csrf={csrf}"))
+        .unwrap();
+    assert_eq!(response.status(), 303, "redirected to Latest Logs once the run is done");
+    assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"for the page");
+    let latest = json_of(&t.b, &["log", "--last", "1"]);
+    assert_eq!(latest[0]["run"]["trigger"], "documents", "{latest:#}");
+    assert!(
+        page(&agent).contains("every document&#39;s file is in step")
+            || page(&agent).contains("every document's file is in step")
+    );
+    let refused = agent
+        .post(format!("{}/sync-documents", service.base))
+        .header("Authorization", &bearer)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .send(String::new())
+        .unwrap();
+    assert_eq!(refused.status(), 403, "the CSRF token is required");
+}
