@@ -187,7 +187,10 @@ pub async fn run<H: Hooks>(
     let mut last_start = start;
     let mut pending: Option<Pending> =
         Some(Pending { trigger: Trigger::Startup, replies: Vec::new(), from_page: 0 });
-    let mut running: Option<(JoinHandle<RunDone>, Vec<oneshot::Sender<RunDone>>, u64, Trigger)> = None;
+    // The run in progress: its task, who waits for it, how many of its
+    // requests came from the page, and what started it.
+    type Running = (JoinHandle<RunDone>, Vec<oneshot::Sender<RunDone>>, u64, Trigger);
+    let mut running: Option<Running> = None;
     let mut debounce: Option<(Instant, Instant)> = None;
     let mut during_run: Vec<String> = Vec::new();
     let mut during_run_overflow = false;
