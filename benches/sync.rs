@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
+mod common;
+
 use clinicsync::db::{Db, InitParams, REFERENCE_SCHEMA};
 use clinicsync::model::{FamilyId, SiteId};
 use clinicsync::xmlstore::{Limits, decode_patient};
+use common::{Figure, cli, measure, median, peak_rss_kib, report, reset_peak_rss};
 use rusqlite::{Connection, params};
 
 /// A small deterministic generator (xorshift), so every run builds the
@@ -191,78 +194,6 @@ fn generate_app_db(path: &Path, n: u64) -> rusqlite::Result<u64> {
 }
 
 /// Peak RSS since the last reset, in KiB (Linux).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-struct Figure {
-    name: &'static str,
-    n: u64,
-    runs: Vec<Duration>,
-    rss_kib: u64,
-    extra: serde_json::Value,
-}
-
-fn report(f: &Figure) {
-    let median_ms = median(f.runs.clone()).as_secs_f64() * 1000.0;
-    let mut line = serde_json::json!({
-        "figure": f.name,
-        "n": f.n,
-        "median_ms": (median_ms * 100.0).round() / 100.0,
-        "runs": f.runs.len(),
-        "min_ms": (f.runs.iter().min().unwrap().as_secs_f64() * 100_000.0).round() / 100.0,
-        "peak_rss_mib": (f.rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
-    });
-    if let (Some(obj), Some(extra)) = (line.as_object_mut(), f.extra.as_object()) {
-        obj.extend(extra.clone());
-    }
-    println!("{line}");
-}
-
-/// Times `f` once, with the peak RSS it reached.
-fn measure<T>(f: impl FnOnce() -> T) -> (T, Duration, u64) {
-    reset_peak_rss();
-    let start = Instant::now();
-    let out = f();
-    (out, start.elapsed(), peak_rss_kib())
-}
-
-/// Runs the real `clinicsync` binary with `--json`; returns its report,
-/// the wall time, and the peak RSS the run reported (KiB).
-fn cli(args: &[&std::ffi::OsStr]) -> (serde_json::Value, Duration, u64) {
-    let start = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clinicsync"))
-        .args(args)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let elapsed = start.elapsed();
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("no JSON from {args:?} ({e}): {}", String::from_utf8_lossy(&out.stderr)));
-    let run = if json.get("first_run").is_some() { &json["first_run"] } else { &json };
-    if let Some(outcome) = run.get("outcome") {
-        assert_eq!(outcome, "ok", "benchmark run was not ok: {json:#}");
-    }
-    let rss = run["peak_rss_kib"].as_u64().unwrap_or(0);
-    (json, elapsed, rss)
-}
-
 fn sync_cli(db: &Path) -> (serde_json::Value, Duration, u64) {
     cli(&["--db".as_ref(), db.as_os_str(), "sync".as_ref()])
 }

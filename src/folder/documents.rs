@@ -6,11 +6,11 @@
 //! signal from another site: it is moved to `.clinicsync-trash/`.
 
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::body_io::{copy_digesting, mismatch};
+use super::body_io::{copy_and_digest, mismatch};
 use crate::model::Body;
 use crate::platform;
 
@@ -25,6 +25,13 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct LocalFile {
     pub size: u64,
     pub mtime_ns: i64,
+}
+
+/// A body copied and checked beside its target, not yet in place.
+#[derive(Debug)]
+pub struct Arriving {
+    temp: PathBuf,
+    target: PathBuf,
 }
 
 /// Why a body was not placed.
@@ -130,31 +137,61 @@ impl DocumentsFolder {
         Ok(file)
     }
 
-    /// Places a body at `full`: copies `from` to a temp file beside it,
-    /// checks the copy against `expected`, makes it durable and renames it
-    /// into place (whatever was there is replaced; move it away first).
-    pub fn place(&self, full: &Path, from: &mut impl Read, expected: &Body) -> Result<LocalFile, PlaceError> {
+    /// Copies a body to a temp file beside `full` and checks the copy
+    /// against `expected` (size, CRC32, sha256, computed from the copy
+    /// itself). Nothing is made durable or in place yet (see
+    /// [`DocumentsFolder::make_durable`] and [`DocumentsFolder::put_in_place`]).
+    /// Shareable between threads.
+    pub fn copy_in(&self, full: &Path, from: &mut File, expected: &Body) -> Result<Arriving, PlaceError> {
         let parent = full.parent().expect("a resolved path is inside the folder");
         fs::create_dir_all(parent)?;
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp = parent.join(format!(".~clinicsync-{}-{n}.tmp", std::process::id()));
         let result = (|| {
-            let mut file = File::create(&temp)?;
-            let found = copy_digesting(from, &mut file)?;
+            let mut file = File::options().read(true).write(true).create_new(true).open(&temp)?;
+            let found = copy_and_digest(from, &mut file)?;
             if let Some(said) = mismatch(expected, &found) {
                 return Err(PlaceError::Mismatch(said));
             }
-            file.sync_data()?;
-            drop(file);
-            fs::rename(&temp, full)?;
-            platform::sync_dir(parent)?;
-            let placed = self.stat(full)?.ok_or_else(|| io::Error::other("the placed file vanished"))?;
-            Ok(placed)
+            Ok(())
         })();
+        match result {
+            Ok(()) => Ok(Arriving { temp, target: full.to_path_buf() }),
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes copied bodies durable: an fsync each, or for many one syncfs
+    /// of the documents folder's volume.
+    pub fn make_durable(&self, arriving: &[&Arriving]) -> io::Result<()> {
+        if arriving.len() > 16 && platform::SYNCS_A_VOLUME {
+            return platform::sync_volume(&self.root);
+        }
+        for a in arriving {
+            File::options().write(true).open(&a.temp)?.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Renames a durable copy into place (replacing what is there: move
+    /// anything worth keeping away first) and makes the rename durable.
+    pub fn put_in_place(&self, arriving: Arriving) -> io::Result<LocalFile> {
+        let result = fs::rename(&arriving.temp, &arriving.target).and_then(|()| {
+            platform::sync_dir(arriving.target.parent().expect("inside the folder"))?;
+            self.stat(&arriving.target)?.ok_or_else(|| io::Error::other("the placed file vanished"))
+        });
         if result.is_err() {
-            let _ = fs::remove_file(&temp);
+            let _ = fs::remove_file(&arriving.temp);
         }
         result
+    }
+
+    /// Drops a copy that will not be placed.
+    pub fn discard(&self, arriving: Arriving) {
+        let _ = fs::remove_file(&arriving.temp);
     }
 
     /// Moves a file into the trash, under `.clinicsync-trash/<when>/` with

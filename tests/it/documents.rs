@@ -390,3 +390,37 @@ fn the_page_shows_documents_waiting_and_its_button_runs_a_documents_only_sync() 
         .unwrap();
     assert_eq!(refused.status(), 403, "the CSRF token is required");
 }
+
+#[test]
+fn a_large_document_travels_in_pieces_not_whole_in_memory() {
+    let t = Docs::new();
+    let size = 96 << 20;
+    let path = t.docs("a").join("imaging/series.bin");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        use std::io::Write;
+        let mut file = std::io::BufWriter::new(fs::File::create(&path).unwrap());
+        let piece: Vec<u8> = (0..1 << 20).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for k in 0..96u8 {
+            let mut p = piece.clone();
+            p[0] = k;
+            file.write_all(&p).unwrap();
+        }
+    }
+    app(&t.a)
+        .execute(
+            "INSERT INTO documents (id, patient_id, file_name) VALUES ('big', ?1, 'imaging/series.bin')",
+            [&t.patient],
+        )
+        .unwrap();
+    let sent = sync_ok(&t.a);
+    let got = sync_ok(&t.b);
+    assert_eq!(got["counts"]["documents"]["placed"], 1);
+    for report in [&sent, &got] {
+        let rss_mib = report["peak_rss_kib"].as_u64().unwrap() / 1024;
+        assert!(rss_mib < 48, "a 96 MiB document took {rss_mib} MiB of memory: {report:#}");
+    }
+    let placed = t.docs("b").join("imaging/series.bin");
+    assert_eq!(fs::metadata(&placed).unwrap().len(), size);
+    assert!(fs::read(&placed).unwrap() == fs::read(&path).unwrap(), "byte for byte");
+}

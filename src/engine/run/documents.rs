@@ -7,15 +7,27 @@
 //! sha256) and renamed into place, or waits for a body that has not
 //! arrived; a row deleted elsewhere has its file moved to the trash.
 
-use crate::db::{DocFile, DueState, TrashedDocument};
+use crate::db::DocFile;
 use crate::engine::EngineError;
 use crate::engine::report::EventKind;
-use crate::folder::ReadError;
-use crate::folder::documents::{DocumentsFolder, LocalFile, PlaceError};
+use crate::folder::StagedBody;
+use crate::folder::documents::{DocumentsFolder, LocalFile};
 use crate::model::{Body, RowKey, shown};
-use crate::xmlstore::format_time;
 
-use super::Run;
+use super::{Run, on_both_cores};
+
+/// Documents copied per batch: their temp files are made durable at once.
+pub(super) const DOCS_PER_BATCH: usize = 64;
+
+/// A document whose local file is new or changed since it was last in
+/// step with its row.
+struct Changed {
+    key: RowKey,
+    path: String,
+    full: std::path::PathBuf,
+    local: LocalFile,
+    was: Option<Body>,
+}
 
 /// What the documents steps did (part of the run's counts).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -41,7 +53,7 @@ pub struct DocumentCounts {
 impl Run<'_> {
     /// The documents folder, when the mapping has a documents table and
     /// the setting names a folder that is there.
-    fn documents_folder(&mut self) -> Option<(String, DocumentsFolder)> {
+    pub(super) fn documents_folder(&mut self) -> Option<(String, DocumentsFolder)> {
         let table = self.db.mapping().documents()?.table.clone();
         let root = self.settings.documents_folder.clone()?;
         if !root.is_dir() {
@@ -58,7 +70,7 @@ impl Run<'_> {
         Some((table, DocumentsFolder::new(root)))
     }
 
-    fn refuse_document(&mut self, key: &RowKey, path: &str, why: &str) {
+    pub(super) fn refuse_document(&mut self, key: &RowKey, path: &str, why: &str) {
         self.counts.documents.refused += 1;
         self.rec.skipped(
             EventKind::Document,
@@ -101,74 +113,73 @@ impl Run<'_> {
             if was.is_some_and(|w| w.path == path && w.size == local.size && w.mtime_ns == local.mtime_ns) {
                 continue;
             }
-            changed.push((key, path, full, local, was.map(|w| w.body.clone())));
+            changed.push(Changed { key, path, full, local, was: was.map(|w| w.body.clone()) });
         }
         if changed.is_empty() {
             return Ok(());
         }
         self.progress.step("copying documents", changed.len() as u64);
-        let mut stamps = Vec::new();
-        for (key, path, full, local, was) in changed {
-            self.progress.advance(1);
-            self.counts.documents.files_read += 1;
-            let staged = match docs.open(&full).and_then(|mut f| self.folder.stage_body(&mut f)) {
-                Ok(staged) => staged,
-                Err(e) => {
-                    self.refuse_document(&key, &path, &format!("it cannot be read: {e}"));
-                    continue;
-                }
-            };
-            let body = staged.body.clone();
-            if docs.stat(&full).ok().flatten() != Some(local) || body.size != local.size {
-                self.folder.discard_body(staged);
+        let stager = match self.folder.body_stager() {
+            Ok(stager) => stager,
+            Err(e) => {
                 self.rec.skipped(
                     EventKind::Document,
-                    None,
-                    format!(
-                        "document {} changed while it was copied; it is copied again next run",
-                        shown(&path)
-                    ),
+                    Some("docs"),
+                    format!("no document could be copied into the folder: {e}; tried again next run"),
                 );
-                continue;
+                return Ok(());
             }
-            let file = DocFile {
-                path: path.clone(),
-                size: local.size,
-                mtime_ns: local.mtime_ns,
-                body: body.clone(),
-            };
-            if let Some(why) = self.app_checksums_disagree(&key, &body)? {
-                self.folder.discard_body(staged);
-                self.refuse_document(&key, &path, &why);
-                continue;
-            }
-            let shows = self.db.document_bodies(&key)?.and_then(|(_, bodies)| bodies.last().cloned());
-            if was.as_ref() == Some(&body) || shows.as_ref() == Some(&body) {
-                // Touched, or the file already holds the body the row shows.
-                self.folder.discard_body(staged);
-                self.db.set_doc_file(&key, &file)?;
-                if shows.as_ref() == Some(&body) {
-                    self.db.clear_due(&key)?;
+        };
+        let mut stamps = Vec::new();
+        let mut rest = changed;
+        while !rest.is_empty() {
+            let chunk: Vec<Changed> = rest.drain(..rest.len().min(DOCS_PER_BATCH)).collect();
+            // Copied and checksummed on both cores; nothing durable yet.
+            let [mine, theirs] = on_both_cores(chunk, |part| {
+                part.into_iter()
+                    .map(|c| {
+                        let staged = docs.open(&c.full).and_then(|mut f| stager.stage(&mut f));
+                        (c, staged)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let mut to_publish = Vec::new();
+            let mut publishing = Vec::new();
+            for (c, staged) in mine.into_iter().chain(theirs) {
+                self.progress.advance(1);
+                self.counts.documents.files_read += 1;
+                if let Some(ready) = self.judge_copy(&docs, c, staged)? {
+                    to_publish.push(ready.0);
+                    publishing.push(ready.1);
                 }
-                continue;
             }
-            let exists = self.folder.metadata(&body.folder_path()).ok().flatten().is_some();
-            match self.folder.publish_body(staged, false) {
-                Ok(_) => self.counts.documents.published += u64::from(!exists),
-                Err(e) => {
+            let mut outcome: std::collections::HashMap<Body, Result<bool, String>> =
+                std::collections::HashMap::new();
+            for (body, result) in self.folder.publish_bodies(to_publish, false) {
+                let result = result.map_err(|e| e.to_string());
+                // The same bytes twice in one batch: published once is enough.
+                if outcome.get(&body).is_none_or(|r| r.is_err()) {
+                    outcome.insert(body, result);
+                }
+            }
+            for (body, result) in &outcome {
+                if matches!(result, Ok(true)) {
+                    self.counts.documents.published += 1;
+                } else if let Err(e) = result {
                     self.rec.skipped(
                         EventKind::Document,
                         Some(&body.folder_path()),
                         format!(
-                            "document {} could not be copied into the folder: {e}; tried again next run",
-                            shown(&path)
+                            "a document body could not be copied into the folder: {e}; tried again next run"
                         ),
                     );
-                    continue;
                 }
             }
-            let edit_ms = u64::try_from(local.mtime_ns / 1_000_000).unwrap_or(0).min(self.now_ms);
-            stamps.push((key, file, was, edit_ms));
+            stamps.extend(
+                publishing
+                    .into_iter()
+                    .filter(|(_, file, _, _)| matches!(outcome.get(&file.body), Some(Ok(_)))),
+            );
         }
         if stamps.is_empty() {
             return Ok(());
@@ -187,6 +198,56 @@ impl Run<'_> {
             self.rec.info(EventKind::Document, None, format!("exported document {} ({body})", shown(&path)));
         }
         Ok(())
+    }
+
+    /// What to do with a staged copy of a changed local file: `Some` (the
+    /// copy to publish and the stamp to make) when it is a new body of its
+    /// row; `None` when it was refused, touched only, or already the body
+    /// the row shows (each said or recorded).
+    #[allow(clippy::type_complexity)]
+    fn judge_copy(
+        &mut self,
+        docs: &DocumentsFolder,
+        c: Changed,
+        staged: std::io::Result<StagedBody>,
+    ) -> Result<Option<(StagedBody, (RowKey, DocFile, Option<Body>, u64))>, EngineError> {
+        let Changed { key, path, full, local, was } = c;
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                self.refuse_document(&key, &path, &format!("it cannot be read: {e}"));
+                return Ok(None);
+            }
+        };
+        let body = staged.body.clone();
+        if docs.stat(&full).ok().flatten() != Some(local) || body.size != local.size {
+            self.folder.discard_body(staged);
+            self.rec.skipped(
+                EventKind::Document,
+                None,
+                format!("document {} changed while it was copied; it is copied again next run", shown(&path)),
+            );
+            return Ok(None);
+        }
+        let file =
+            DocFile { path: path.clone(), size: local.size, mtime_ns: local.mtime_ns, body: body.clone() };
+        if let Some(why) = self.app_checksums_disagree(&key, &body)? {
+            self.folder.discard_body(staged);
+            self.refuse_document(&key, &path, &why);
+            return Ok(None);
+        }
+        let shows = self.db.document_bodies(&key)?.and_then(|(_, bodies)| bodies.last().cloned());
+        if was.as_ref() == Some(&body) || shows.as_ref() == Some(&body) {
+            // Touched, or the file already holds the body the row shows.
+            self.folder.discard_body(staged);
+            self.db.set_doc_file(&key, &file)?;
+            if shows.as_ref() == Some(&body) {
+                self.db.clear_due(&key)?;
+            }
+            return Ok(None);
+        }
+        let edit_ms = u64::try_from(local.mtime_ns / 1_000_000).unwrap_or(0).min(self.now_ms);
+        Ok(Some((staged, (key, file, was, edit_ms))))
     }
 
     /// Why the app's own checksum columns (when it fills them) disagree
@@ -213,208 +274,10 @@ impl Run<'_> {
         Ok(None)
     }
 
-    /// After the import: places the bodies of rows changed elsewhere, and
-    /// moves the files of rows deleted elsewhere to the trash.
-    pub(super) fn place_documents(&mut self) -> Result<(), EngineError> {
-        if self.counts.full_scan {
-            self.check_published_bodies()?;
-        }
-        let due = self.db.due_documents()?;
-        if due.is_empty() {
-            return self.tidy_trash();
-        }
-        let Some((_, docs)) = self.documents_folder() else { return Ok(()) };
-        self.progress.step("placing documents", due.len() as u64);
-        let mut waiting = 0;
-        for d in due {
-            self.progress.advance(1);
-            let key = RowKey { table: d.table, pk: d.pk };
-            match self.place_one(&docs, &key)? {
-                Some(DueState::Waiting) => waiting += 1,
-                Some(DueState::Failed) => self.counts.documents.failed += 1,
-                _ => {}
-            }
-        }
-        self.counts.documents.waiting = waiting;
-        if waiting > 0 {
-            self.rec.warning(
-                EventKind::Document,
-                None,
-                format!(
-                    "waiting for {waiting} documents: their bodies have not arrived in the folder yet (the cloud client is still bringing them); each is placed when it has"
-                ),
-            );
-        }
-        self.tidy_trash()
-    }
-
-    /// One due document; returns the state it is left in (`None`: done).
-    fn place_one(&mut self, docs: &DocumentsFolder, key: &RowKey) -> Result<Option<DueState>, EngineError> {
-        let was = self.db.doc_file(key)?;
-        let state = self.db.document_bodies(key)?;
-        let row = self.db.document_row(&key.pk)?;
-        let (alive, bodies) = match (state, row) {
-            (Some((true, bodies)), Some(row)) => (row, bodies),
-            // Alive in the state, not yet in the app's table (parked), or
-            // deleted with the deletion held: it stays due.
-            (Some((true, _)), None) | (Some((false, _)), Some(_)) => return Ok(Some(DueState::Due)),
-            // Deleted elsewhere and gone from the app's table.
-            (Some((false, _)) | None, None) => {
-                if let Some(was) = was {
-                    self.trash(docs, key, &was.path)?;
-                    self.db.forget_doc_file(key)?;
-                }
-                self.db.clear_due(key)?;
-                return Ok(None);
-            }
-            (None, Some(_)) => {
-                self.db.clear_due(key)?;
-                return Ok(None);
-            }
-        };
-        let (Some(path), Some(wanted)) = (alive.path, bodies.last().cloned()) else {
-            self.db.clear_due(key)?;
-            return Ok(None);
-        };
-        let full = match docs.resolve(&path) {
-            Ok(full) => full,
-            Err(why) => {
-                self.refuse_document(key, &path, &why);
-                self.db.set_due(key, DueState::Failed, &why, self.now_ms)?;
-                return Ok(Some(DueState::Failed));
-            }
-        };
-        let local = match docs.stat(&full) {
-            Ok(local) => local,
-            Err(e) => {
-                let why = e.to_string();
-                self.refuse_document(key, &path, &why);
-                self.db.set_due(key, DueState::Failed, &why, self.now_ms)?;
-                return Ok(Some(DueState::Failed));
-            }
-        };
-        let in_step = was
-            .as_ref()
-            .filter(|w| w.path == path && local == Some(LocalFile { size: w.size, mtime_ns: w.mtime_ns }));
-        if let Some(w) = in_step
-            && w.body == wanted
-        {
-            self.db.clear_due(key)?;
-            return Ok(None);
-        }
-        if local.is_some() && in_step.is_none() && was.as_ref().is_some_and(|w| w.path == path) {
-            // Changed here since it was last in step and not exported yet:
-            // never overwritten; the next run exports it and the conflict
-            // rule decides.
-            return Ok(Some(DueState::Due));
-        }
-        // Fetch the body.
-        let body_path = wanted.folder_path();
-        let waiting = |run: &mut Self, why: String| -> Result<Option<DueState>, EngineError> {
-            run.db.set_due(key, DueState::Waiting, &why, run.now_ms)?;
-            Ok(Some(DueState::Waiting))
-        };
-        let entry = match self.folder.metadata(&body_path) {
-            Ok(entry) => entry,
-            Err(e) => return waiting(self, format!("its body {body_path} cannot be looked at: {e}")),
-        };
-        match entry {
-            None => return waiting(self, format!("its body {body_path} has not arrived in the folder")),
-            Some(e) if e.size < wanted.size => {
-                return waiting(
-                    self,
-                    format!(
-                        "its body {body_path} has {} of {} bytes so far (still arriving, or a placeholder)",
-                        e.size, wanted.size
-                    ),
-                );
-            }
-            Some(_) => {}
-        }
-        self.counts.documents.files_read += 1;
-        let mut from = match self.folder.open_body(&body_path) {
-            Ok(f) => f,
-            Err(ReadError::NotLocal) => {
-                return waiting(self, format!("its body {body_path} is online-only here"));
-            }
-            Err(ReadError::NotFound) => {
-                return waiting(self, format!("its body {body_path} has not arrived in the folder"));
-            }
-            Err(e) => {
-                let why = format!("its body {body_path}: {e}");
-                self.rec.skipped(
-                    EventKind::Document,
-                    Some(&body_path),
-                    format!("document {} not placed: {why}; tried again next run", shown(&path)),
-                );
-                self.db.set_due(key, DueState::Failed, &why, self.now_ms)?;
-                return Ok(Some(DueState::Failed));
-            }
-        };
-        // Whatever is at the target and not in step (a file the row did not
-        // know) is kept in the trash, never overwritten.
-        if local.is_some() && in_step.is_none() {
-            self.trash(docs, key, &path)?;
-        }
-        match docs.place(&full, &mut from, &wanted) {
-            Ok(placed) => {
-                let file = DocFile {
-                    path: path.clone(),
-                    size: placed.size,
-                    mtime_ns: placed.mtime_ns,
-                    body: wanted.clone(),
-                };
-                self.db.set_doc_file(key, &file)?;
-                self.db.clear_due(key)?;
-                if let Some(w) = was.filter(|w| w.path != path) {
-                    // Renamed elsewhere: the file under its old name goes.
-                    let old = docs.resolve(&w.path).ok();
-                    if old.is_some_and(|old| {
-                        docs.stat(&old).ok().flatten()
-                            == Some(LocalFile { size: w.size, mtime_ns: w.mtime_ns })
-                    }) {
-                        self.trash(docs, key, &w.path)?;
-                    }
-                }
-                self.counts.documents.placed += 1;
-                self.rec.info(
-                    EventKind::Document,
-                    None,
-                    format!("placed document {} ({wanted})", shown(&path)),
-                );
-                Ok(None)
-            }
-            Err(PlaceError::Mismatch(said)) => {
-                let patient = self.db.patient_of_row(key)?.unwrap_or_default();
-                self.rec.skipped(
-                    EventKind::Document,
-                    Some(&body_path),
-                    format!(
-                        "document {} of patient {} not placed: {said}. The copy in the folder is damaged; it is left for the site that wrote it to replace, and tried again next run",
-                        shown(&path),
-                        shown(&patient)
-                    ),
-                );
-                self.db.set_due(key, DueState::Failed, &said, self.now_ms)?;
-                Ok(Some(DueState::Failed))
-            }
-            Err(PlaceError::Io(e)) => {
-                let why = format!("it could not be written: {e}");
-                self.rec.skipped(
-                    EventKind::Document,
-                    None,
-                    format!("document {} not placed: {why}; tried again next run", shown(&path)),
-                );
-                self.db.set_due(key, DueState::Failed, &why, self.now_ms)?;
-                Ok(Some(DueState::Failed))
-            }
-        }
-    }
-
     /// On a full scan: every body this site holds in step is checked in
     /// `docs/` (present, its size, its checksums), and one missing or
     /// damaged there is published again from the local file.
-    fn check_published_bodies(&mut self) -> Result<(), EngineError> {
+    pub(super) fn check_published_bodies(&mut self) -> Result<(), EngineError> {
         let Some((table, docs)) = self.documents_folder() else { return Ok(()) };
         let mut checked = std::collections::HashSet::new();
         for (pk, file) in self.db.doc_files(&table)? {
@@ -450,7 +313,11 @@ impl Run<'_> {
                 continue;
             }
             self.counts.documents.files_read += 1;
-            let staged = match docs.open(&full).and_then(|mut f| self.folder.stage_body(&mut f)) {
+            let staged = match self
+                .folder
+                .body_stager()
+                .and_then(|st| docs.open(&full).and_then(|mut f| st.stage(&mut f)))
+            {
                 Ok(staged) if staged.body == file.body => staged,
                 Ok(staged) => {
                     self.folder.discard_body(staged);
@@ -461,7 +328,8 @@ impl Run<'_> {
                     continue;
                 }
             };
-            match self.folder.publish_body(staged, true) {
+            let published = self.folder.publish_bodies(vec![staged], true).pop().map(|(_, r)| r);
+            match published.unwrap_or(Ok(false)) {
                 Ok(_) => {
                     self.counts.documents.published += 1;
                     self.rec.warning(
@@ -478,63 +346,6 @@ impl Run<'_> {
                         shown(&file.path)
                     ),
                 ),
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves a document's local file to the trash, if it is there.
-    fn trash(&mut self, docs: &DocumentsFolder, key: &RowKey, path: &str) -> Result<(), EngineError> {
-        let Ok(full) = docs.resolve(path) else { return Ok(()) };
-        if !matches!(docs.stat(&full), Ok(Some(_))) {
-            return Ok(());
-        }
-        let when = format_time(self.now_ms).replace(':', "-");
-        match docs.to_trash(path, &full, &when) {
-            Ok(trashed) => {
-                self.db.add_trash(&TrashedDocument {
-                    trashed: trashed.clone(),
-                    original: path.to_owned(),
-                    table: key.table.clone(),
-                    pk: key.pk.clone(),
-                    at_ms: self.now_ms,
-                })?;
-                self.counts.documents.trashed += 1;
-                self.rec.info(
-                    EventKind::Document,
-                    None,
-                    format!(
-                        "moved document {} to {} (deleted or replaced at another site)",
-                        shown(path),
-                        shown(&trashed)
-                    ),
-                );
-            }
-            Err(e) => self.rec.skipped(
-                EventKind::Document,
-                None,
-                format!(
-                    "document {} could not be moved to the trash: {e}; tried again next run",
-                    shown(path)
-                ),
-            ),
-        }
-        Ok(())
-    }
-
-    /// Removes trashed files kept longer than the retention.
-    fn tidy_trash(&mut self) -> Result<(), EngineError> {
-        let keep_ms = self.settings.log_retention.as_millis() as u64;
-        let old: Vec<_> =
-            self.db.trash()?.into_iter().filter(|t| t.at_ms.saturating_add(keep_ms) < self.now_ms).collect();
-        if old.is_empty() {
-            return Ok(());
-        }
-        let Some(root) = self.settings.documents_folder.clone() else { return Ok(()) };
-        let docs = DocumentsFolder::new(root);
-        for t in old {
-            if docs.remove_from_trash(&t.trashed).is_ok() {
-                self.db.forget_trash(&t.trashed)?;
             }
         }
         Ok(())

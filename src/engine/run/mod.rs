@@ -31,6 +31,7 @@ mod first_export;
 mod guard;
 mod import;
 mod lock;
+mod placing;
 mod repair;
 mod scan;
 mod tidy;
