@@ -424,3 +424,41 @@ fn a_large_document_travels_in_pieces_not_whole_in_memory() {
     assert_eq!(fs::metadata(&placed).unwrap().len(), size);
     assert!(fs::read(&placed).unwrap() == fs::read(&path).unwrap(), "byte for byte");
 }
+
+#[test]
+fn a_hostile_body_in_the_folder_is_never_followed_read_whole_or_placed() {
+    let t = Docs::new();
+    let bytes = pdf_bytes(9, 50_000);
+    t.add(&t.a, "a", "doc-1", "x.pdf", &bytes);
+    sync_ok(&t.a);
+    let body = t.bodies().pop().unwrap();
+    let good = fs::read(&body).unwrap();
+
+    // Larger than the row says: refused without being copied.
+    let mut larger = good.clone();
+    larger.extend_from_slice(&[0; 4096]);
+    fs::write(&body, &larger).unwrap();
+    let (code, report) = sync(&t.b);
+    assert_eq!(code, 3, "{report:#}");
+    assert_eq!(report["counts"]["documents"]["files_read"], 0, "{report:#}");
+    assert!(format!("{report}").contains("the copy in the folder has 54105 bytes"), "{report:#}");
+
+    // A link to a file elsewhere with the right bytes, and a FIFO: neither
+    // is followed or opened (the run does not hang), nothing is placed.
+    let elsewhere = t.family.dir.path().join("elsewhere.pdf");
+    fs::write(&elsewhere, &good).unwrap();
+    fs::remove_file(&body).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &body).unwrap();
+    let (_, report) = sync(&t.b);
+    assert_eq!(report["counts"]["documents"]["placed"], 0, "{report:#}");
+    fs::remove_file(&body).unwrap();
+    assert!(std::process::Command::new("mkfifo").arg(&body).status().unwrap().success());
+    let (_, report) = sync(&t.b);
+    assert_eq!(report["counts"]["documents"]["placed"], 0, "{report:#}");
+    assert!(!t.docs("b").join("x.pdf").exists());
+
+    fs::remove_file(&body).unwrap();
+    fs::write(&body, &good).unwrap();
+    sync_ok(&t.b);
+    assert_eq!(fs::read(t.docs("b").join("x.pdf")).unwrap(), bytes);
+}

@@ -165,6 +165,29 @@ impl Run<'_> {
                     ),
                 );
             }
+            Some(e) if e.size > wanted.size => {
+                // Not copied at all: it cannot be the body, and it could be
+                // any size.
+                let said = format!(
+                    "CRC file integrity check failed: expected {} bytes, CRC32 {:08x}, sha256 {}; the copy in the folder has {} bytes",
+                    wanted.size,
+                    wanted.crc32,
+                    wanted.sha256(),
+                    e.size
+                );
+                let patient = self.db.patient_of_row(key)?.unwrap_or_default();
+                self.rec.skipped(
+                    EventKind::Document,
+                    Some(&body_path),
+                    format!(
+                        "document {} of patient {} not placed: {said}. The copy in the folder is damaged; it is left for the site that wrote it to replace, and tried again next run",
+                        shown(&path),
+                        shown(&patient)
+                    ),
+                );
+                self.db.set_due(key, DueState::Failed, &said, self.now_ms)?;
+                return Ok(Planned::Left(DueState::Failed));
+            }
             Some(_) => {}
         }
         self.counts.documents.files_read += 1;
