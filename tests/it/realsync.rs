@@ -2,7 +2,7 @@
 //! daemons (loopback only, `tests/realsync/syncthing-pair.sh`), partitioned
 //! while both edit the same field, then healed: both converge, the conflict
 //! is recorded at both, and the conflict copy Syncthing made is merged and
-//! deleted. And two sites over rclone bisync (`tests/realsync/rclone-bisync.sh`),
+//! deleted; a document travels with its row. And two sites over rclone bisync (`tests/realsync/rclone-bisync.sh`),
 //! which renames both sides of a clash away: the folders come to rest with
 //! every patient's file and no copy. `.ci/run` installs both clients;
 //! without them these tests fail unless `CLINICSYNC_SKIP_REALSYNC=1` says
@@ -91,15 +91,30 @@ fn two_sites_on_real_syncthing_converge_after_a_partition_and_the_conflict_copy_
     let (fa, fb) = (pair.folder(1), pair.folder(2));
     let dbs = tempfile::tempdir().unwrap();
     let (a, b) = (dbs.path().join("a.db"), dbs.path().join("b.db"));
+    let (docs_a, docs_b) = (dbs.path().join("docs-a"), dbs.path().join("docs-b"));
 
     init_at(&a, &fa, "clinic");
     pair.wait_idle();
     init_at(&b, &fb, "laptop");
+    for (db, docs) in [(&a, &docs_a), (&b, &docs_b)] {
+        std::fs::create_dir_all(docs).unwrap();
+        set(db, &[&format!("documents_folder={}", docs.display())]);
+    }
     let id = add_patient(&app(&a), 1, 3);
+    // A referral letter travels with its row.
+    let letter: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(docs_a.join("referral.pdf"), &letter).unwrap();
+    app(&a)
+        .execute(
+            "INSERT INTO documents (id, patient_id, file_name) VALUES ('letter-1', ?1, 'referral.pdf')",
+            [&id],
+        )
+        .unwrap();
     sync_ok(&a);
     pair.wait_idle();
     sync_ok(&b);
     assert_eq!(dump(&a), dump(&b), "the patient reached the laptop through Syncthing");
+    assert_eq!(std::fs::read(docs_b.join("referral.pdf")).unwrap(), letter, "and the letter, byte for byte");
     pair.wait_idle();
 
     // The laptop goes offline; both change the same phone number.
