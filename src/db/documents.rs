@@ -19,6 +19,10 @@ CREATE TABLE IF NOT EXISTS _cs_doc_files (tbl TEXT NOT NULL, pk TEXT NOT NULL, p
 -- copy failed its check), with what was said and since when.
 CREATE TABLE IF NOT EXISTS _cs_doc_due (tbl TEXT NOT NULL, pk TEXT NOT NULL, state TEXT NOT NULL,
   said TEXT, since_ms INTEGER, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+-- Bodies this site wrote into the folder's docs/, and since when (and up to
+-- which of its own exports) no version of any row has named them.
+CREATE TABLE IF NOT EXISTS _cs_doc_bodies (sha TEXT PRIMARY KEY, unreferenced_ms INTEGER,
+  unreferenced_head INTEGER) WITHOUT ROWID;
 -- Files moved to the documents folder's trash: where to, from where, when.
 CREATE TABLE IF NOT EXISTS _cs_doc_trash (trashed TEXT PRIMARY KEY, original TEXT NOT NULL,
   tbl TEXT NOT NULL, pk TEXT NOT NULL, at_ms INTEGER NOT NULL) WITHOUT ROWID;
@@ -320,6 +324,68 @@ impl Db {
             .query_row(params![key.table, key.pk], |r| r.get(0))
             .optional()?
             .flatten())
+    }
+
+    /// Records a body this site wrote into `docs/` (it may remove it once
+    /// nothing names it).
+    pub fn note_published(&self, body: &Body) -> Result<(), DbError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO _cs_doc_bodies (sha) VALUES (?1)
+                 ON CONFLICT (sha) DO UPDATE SET unreferenced_ms = NULL, unreferenced_head = NULL",
+            )?
+            .execute([body.sha256()])?;
+        Ok(())
+    }
+
+    /// The bodies this site wrote: sha256, and since when (and this site's
+    /// export head then) nothing has named it.
+    pub fn published_bodies(&self) -> Result<Vec<(String, Option<(u64, u64)>)>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT sha, unreferenced_ms, unreferenced_head FROM _cs_doc_bodies ORDER BY sha",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let ms: Option<i64> = r.get(1)?;
+            let head: Option<i64> = r.get(2)?;
+            Ok((r.get(0)?, ms.zip(head).map(|(m, h)| (m.max(0) as u64, h.max(0) as u64))))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks a published body as named by nothing since `now_ms`, when
+    /// this site's exports reached `head` (`None`: named again).
+    pub fn mark_unreferenced(&self, sha: &str, since: Option<(u64, u64)>) -> Result<(), DbError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE _cs_doc_bodies SET unreferenced_ms = ?2, unreferenced_head = ?3 WHERE sha = ?1",
+            )?
+            .execute(params![sha, since.map(|s| s.0 as i64), since.map(|s| s.1 as i64)])?;
+        Ok(())
+    }
+
+    pub fn forget_published(&self, sha: &str) -> Result<(), DbError> {
+        self.conn.prepare_cached("DELETE FROM _cs_doc_bodies WHERE sha = ?1")?.execute([sha])?;
+        Ok(())
+    }
+
+    /// Every body any version of any row of `table` names (losers of a
+    /// conflict and the history of deleted rows included).
+    pub fn referenced_bodies(&self, table: &str) -> Result<std::collections::HashSet<String>, DbError> {
+        let mut stmt = self.conn.prepare_cached("SELECT pk, cl, state FROM _cs_rows WHERE tbl = ?1")?;
+        let mut rows = stmt.query([table])?;
+        let mut out = std::collections::HashSet::new();
+        while let Some(r) = rows.next()? {
+            let (pk, cl, blob): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let row = super::patients::decode_row(table, &pk, cl, &blob)?;
+            if let Some(field) = row.fields.get(BODY_FIELD) {
+                for v in field.versions() {
+                    if let Some(body) = v.value().as_text().and_then(Body::parse) {
+                        out.insert(body.sha256().to_owned());
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn add_trash(&self, item: &TrashedDocument) -> Result<(), DbError> {

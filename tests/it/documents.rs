@@ -237,6 +237,45 @@ fn one_file_at_two_sites_is_stored_once_and_concurrent_edits_keep_both_bodies() 
         assert_eq!(open.len(), 1, "{open:#?}");
         assert_eq!((open[0]["table"].as_str(), open[0]["pk"].as_str()), (Some("documents"), Some("doc-a")));
     }
+    // Long after, nothing named goes: both sides of the open conflict, and
+    // the first body, which doc-b at B still names.
+    days_pass(8);
+    for db in [&t.a, &t.b, &t.a, &t.b] {
+        sync_ok(db);
+    }
+    let left = t.bodies();
+    assert_eq!(left.len(), 3, "{left:?}");
+    let shas: Vec<String> =
+        left.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let sha_of = |bytes: &[u8]| {
+        use sha2::Digest;
+        let mut hex = String::new();
+        for b in sha2::Sha256::digest(bytes) {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex
+    };
+    for bytes in [&at_a, &at_b, &same] {
+        assert!(shas.contains(&sha_of(bytes)), "{shas:?}");
+    }
+    // Once doc-b is deleted and its deletion purged, its body goes too.
+    app(&t.b).execute("DELETE FROM documents WHERE id = 'doc-b'", []).unwrap();
+    for db in [&t.b, &t.a] {
+        sync_ok(db);
+    }
+    days_pass(8);
+    for db in [&t.a, &t.b, &t.a, &t.b] {
+        sync_ok(db);
+    }
+    // Purged now; the body it named goes a retention later.
+    days_pass(8);
+    for db in [&t.a, &t.b, &t.a, &t.b] {
+        sync_ok(db);
+    }
+    let left: Vec<String> =
+        t.bodies().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(!left.contains(&sha_of(&same)), "{left:?}");
+    assert_eq!(left.len(), 2, "{left:?}");
 }
 
 #[test]
@@ -461,4 +500,30 @@ fn a_hostile_body_in_the_folder_is_never_followed_read_whole_or_placed() {
     fs::write(&body, &good).unwrap();
     sync_ok(&t.b);
     assert_eq!(fs::read(t.docs("b").join("x.pdf")).unwrap(), bytes);
+}
+
+#[test]
+fn a_body_nothing_names_is_removed_after_every_site_has_the_change_and_the_retention_passed() {
+    let t = Docs::new();
+    t.add(&t.a, "a", "doc-1", "letter.pdf", b"first draft");
+    sync_ok(&t.a);
+    sync_ok(&t.b);
+    let first = t.bodies();
+    fs::write(t.docs("a").join("letter.pdf"), b"signed copy").unwrap();
+    sync_ok(&t.a);
+    sync_ok(&t.b);
+    assert_eq!(t.bodies().len(), 2);
+    // Within the retention nothing goes, however often the sites sync.
+    days_pass(1);
+    sync_ok(&t.a);
+    sync_ok(&t.b);
+    assert_eq!(t.bodies().len(), 2);
+    days_pass(7);
+    let report = sync_ok(&t.a);
+    assert_eq!(report["counts"]["documents"]["bodies_removed"], 1, "{report:#}");
+    let left = t.bodies();
+    assert_eq!(left.len(), 1);
+    assert!(!left.contains(&first[0]), "the superseded body went, the current one stays");
+    sync_ok(&t.b);
+    assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"signed copy");
 }

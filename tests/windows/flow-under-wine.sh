@@ -2,7 +2,8 @@
 # The Windows build of clinicsync under Wine, as a front-desk PC would run
 # it: the README's demo; two sites set up on C:\ paths; the app (Python's
 # sqlite3 here) adds and edits patients at both; syncs converge; a
-# concurrent edit becomes a conflict record; a damaged file is skipped with
+# concurrent edit becomes a conflict record; a document travels with its
+# row; a damaged file is skipped with
 # a sentence naming it and the run is partial; `run` answers on 127.0.0.1;
 # `service install` hands Task Scheduler a task it registers. Then the unit
 # tests, built for Windows, run under Wine.
@@ -80,6 +81,18 @@ for db in front branch front; do cs --db "C:\\clinic\\$db.db" sync; done
 conflicts=$(cs --db 'C:\clinic\front.db' conflicts --json)
 grep -q '"column": "phone"' <<<"$conflicts" || { echo "$conflicts"; fail "no conflict record"; }
 echo "conflict recorded; both sites show $(query front.db "SELECT phone FROM patients WHERE id = '$p1'")"
+
+say "a document travels with its row (a Windows path with backslashes)"
+mkdir -p "$drive_c/clinic/front-docs/Letters" "$drive_c/clinic/branch-docs"
+cs --db 'C:\clinic\front.db' settings 'documents_folder=C:\clinic\front-docs'
+cs --db 'C:\clinic\branch.db' settings 'documents_folder=C:\clinic\branch-docs'
+head -c 200000 /dev/urandom >"$drive_c/clinic/front-docs/Letters/referral.pdf"
+app front.db "INSERT INTO documents (id, patient_id, file_name) VALUES ('d-1', '$p1', 'Letters\\referral.pdf');"
+cs --db 'C:\clinic\front.db' sync
+cs --db 'C:\clinic\branch.db' sync
+cmp "$drive_c/clinic/front-docs/Letters/referral.pdf" "$drive_c/clinic/branch-docs/Letters/referral.pdf" ||
+  fail "the document did not arrive byte for byte"
+echo "the referral letter arrived at the branch byte for byte"
 
 say "a damaged file is skipped with a sentence and the run is partial"
 app front.db "UPDATE patients SET email = 'ada@example.org' WHERE id = '$p1'"

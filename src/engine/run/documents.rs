@@ -44,6 +44,9 @@ pub struct DocumentCounts {
     pub failed: u64,
     /// Local files moved to the trash (deleted or replaced elsewhere).
     pub trashed: u64,
+    /// Bodies this site wrote that nothing names any more, removed from
+    /// `docs/`.
+    pub bodies_removed: u64,
     /// Documents whose path or file was refused (each has an event).
     pub refused: u64,
     /// Document files opened: local files and bodies in `docs/`.
@@ -165,6 +168,7 @@ impl Run<'_> {
             for (body, result) in &outcome {
                 if matches!(result, Ok(true)) {
                     self.counts.documents.published += 1;
+                    self.db.note_published(body)?;
                 } else if let Err(e) = result {
                     self.rec.skipped(
                         EventKind::Document,
@@ -281,7 +285,14 @@ impl Run<'_> {
         let Some((table, docs)) = self.documents_folder() else { return Ok(()) };
         let mut checked = std::collections::HashSet::new();
         for (pk, file) in self.db.doc_files(&table)? {
-            if !checked.insert(file.body.clone()) {
+            // Only a body a live row still names: one nothing names may
+            // have been removed on purpose.
+            let key = RowKey { table: table.clone(), pk: pk.clone() };
+            let named = self
+                .db
+                .document_bodies(&key)?
+                .is_some_and(|(alive, bodies)| alive && bodies.contains(&file.body));
+            if !named || !checked.insert(file.body.clone()) {
                 continue;
             }
             let body_path = file.body.folder_path();
@@ -305,7 +316,6 @@ impl Run<'_> {
                     Err(_) => None,
                 };
             let Some(problem) = problem else { continue };
-            let key = RowKey { table: table.clone(), pk };
             let Ok(full) = docs.resolve(&file.path) else { continue };
             if docs.stat(&full).ok().flatten() != Some(LocalFile { size: file.size, mtime_ns: file.mtime_ns })
             {
@@ -331,6 +341,7 @@ impl Run<'_> {
             let published = self.folder.publish_bodies(vec![staged], true).pop().map(|(_, r)| r);
             match published.unwrap_or(Ok(false)) {
                 Ok(_) => {
+                    self.db.note_published(&file.body)?;
                     self.counts.documents.published += 1;
                     self.rec.warning(
                         EventKind::Document,

@@ -23,6 +23,7 @@ use crate::folder::{DiskFolder, IgnoreRules};
 use crate::model::{Clock, write_hex_bytes};
 use crate::xmlstore::Limits;
 
+mod bodies;
 mod copies;
 mod deletes;
 mod documents;
@@ -302,6 +303,7 @@ impl Run<'_> {
         self.settle_copies()?;
         self.compact()?;
         self.purge_tombstones()?;
+        self.remove_unreferenced_bodies()?;
         self.record_patient_dirs()?;
         Ok(())
     }
