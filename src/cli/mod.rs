@@ -475,6 +475,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 for s in &list {
                     let default = if s.value == s.default {
                         String::new()
+                    } else if s.default.is_empty() {
+                        " (default: empty)".to_owned()
                     } else {
                         format!(" (default {})", s.default)
                     };

@@ -74,6 +74,10 @@ pub struct DueDocument {
     pub since_ms: Option<u64>,
 }
 
+/// Since when (ms) and up to which own export nothing has named a body this
+/// site wrote (`None`: something does).
+pub type Unreferenced = Option<(u64, u64)>;
+
 /// What the app's row of a document says of its file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocumentRow {
@@ -340,7 +344,7 @@ impl Db {
 
     /// The bodies this site wrote: sha256, and since when (and this site's
     /// export head then) nothing has named it.
-    pub fn published_bodies(&self) -> Result<Vec<(String, Option<(u64, u64)>)>, DbError> {
+    pub fn published_bodies(&self) -> Result<Vec<(String, Unreferenced)>, DbError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT sha, unreferenced_ms, unreferenced_head FROM _cs_doc_bodies ORDER BY sha",
         )?;

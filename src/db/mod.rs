@@ -34,7 +34,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
-pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument};
+pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};
 pub use held::{HeldDeletes, HeldGroup, HeldTable, Kept, Released};
 pub use mapping::{
     ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
