@@ -285,6 +285,15 @@ impl Recorder {
     }
 }
 
+/// A field's value as a person reads it: a document's body as the file it
+/// names, anything else cut short.
+fn value_words(column: &str, value: &crate::model::Value) -> String {
+    match value.as_text().filter(|_| column == crate::model::BODY_FIELD).and_then(crate::model::Body::parse) {
+        Some(body) => format!("the document's file of {body}"),
+        None => value.display_short(),
+    }
+}
+
 /// A conflict record as `conflicts --json` and the web page show it.
 pub fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
     json!({
@@ -293,12 +302,12 @@ pub fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
         "pk": c.pk,
         "column": c.column,
         "patient": c.patient,
-        "lost_value": c.value.display_short(),
+        "lost_value": value_words(&c.column, &c.value),
         "lost_hlc": c.hlc,
         "lost_site": Hlc::parse(&c.hlc).ok().map(|h| h.site().short()),
         "lost_at": Hlc::parse(&c.hlc).ok().map(|h| format_time(h.wall_ms())),
         "kind": c.kind,
-        "kept_value": (c.kind != "deleted").then(|| c.winner_value.display_short()),
+        "kept_value": (c.kind != "deleted").then(|| value_words(&c.column, &c.winner_value)),
         "deleted_by": (c.kind == "deleted").then(|| Hlc::parse(&c.winner_hlc).ok().map(|h| h.site().short())).flatten(),
         "kept_hlc": c.winner_hlc,
         "source": c.source,

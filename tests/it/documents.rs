@@ -236,6 +236,8 @@ fn one_file_at_two_sites_is_stored_once_and_concurrent_edits_keep_both_bodies() 
         let open = open.as_array().unwrap();
         assert_eq!(open.len(), 1, "{open:#?}");
         assert_eq!((open[0]["table"].as_str(), open[0]["pk"].as_str()), (Some("documents"), Some("doc-a")));
+        let lost = open[0]["lost_value"].as_str().unwrap();
+        assert!(lost.starts_with("the document's file of 20009 bytes, sha256 "), "{lost}");
     }
     // Long after, nothing named goes: both sides of the open conflict, and
     // the first body, which doc-b at B still names.
