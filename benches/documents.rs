@@ -1,5 +1,5 @@
 //! `cargo bench --bench documents`: document files travelling with their
-//! rows. Two sites, 1,000 documents of 1 MB: (h) the sending site's sync
+//! rows. Two sites, 1,000 documents of 1 MB (ten per patient): (h) the sending site's sync
 //! that copies them into the folder, (i) the receiving site's sync that
 //! places them, each against the floor measured in the same run (a plain
 //! `std::fs::copy` of the same files); (j) a sync with no document change
@@ -116,11 +116,16 @@ fn main() {
     for name in &names {
         std::fs::create_dir_all(s.a_docs.join(name).parent().unwrap()).unwrap();
     }
+    // Ten documents per patient, as a clinic has them.
     let tx = app.unchecked_transaction().unwrap();
+    let patient = |i: usize| format!("0b7e4c1a-0000-4000-8000-{:012x}", 1000 + i / 10);
     for (i, name) in names.iter().enumerate() {
+        if i % 10 == 0 {
+            tx.execute("INSERT INTO patients (id, family_name) VALUES (?1, 'Bench')", [patient(i)]).unwrap();
+        }
         tx.execute(
             "INSERT INTO documents (id, patient_id, file_name) VALUES (?1, ?2, ?3)",
-            params![format!("doc-{i:05}"), s.patient, name],
+            params![format!("doc-{i:05}"), patient(i), name],
         )
         .unwrap();
     }

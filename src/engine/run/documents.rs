@@ -18,6 +18,12 @@ use super::{Run, on_both_cores};
 
 /// Documents copied per batch: their temp files are made durable at once.
 pub(super) const DOCS_PER_BATCH: usize = 64;
+/// New bodies stamped per export: a segment of about 2,000 versions stays
+/// far below a segment's limits (each is about 250 bytes).
+const STAMPS_PER_EXPORT: usize = 2_000;
+/// Documents exported or placed that a run names one by one; the rest are
+/// counted.
+pub(super) const NAMED_PER_RUN: u64 = 50;
 
 /// A document whose local file is new or changed since it was last in
 /// step with its row.
@@ -184,7 +190,21 @@ impl Run<'_> {
                     .into_iter()
                     .filter(|(_, file, _, _)| matches!(outcome.get(&file.body), Some(Ok(_)))),
             );
+            if stamps.len() >= STAMPS_PER_EXPORT {
+                self.stamp_bodies(std::mem::take(&mut stamps))?;
+            }
         }
+        self.stamp_bodies(stamps)?;
+        if self.counts.documents.exported > NAMED_PER_RUN {
+            let n = self.counts.documents.exported;
+            self.rec.info(EventKind::Document, None, format!("exported {n} documents in all"));
+        }
+        Ok(())
+    }
+
+    /// Stamps the new bodies of documents on their rows: one export (and
+    /// change-log segment) per call.
+    fn stamp_bodies(&mut self, stamps: Vec<(RowKey, DocFile, Option<Body>, u64)>) -> Result<(), EngineError> {
         if stamps.is_empty() {
             return Ok(());
         }
@@ -199,7 +219,13 @@ impl Run<'_> {
         self.note_stamped(stamped);
         for (path, body) in exported {
             self.counts.documents.exported += 1;
-            self.rec.info(EventKind::Document, None, format!("exported document {} ({body})", shown(&path)));
+            if self.counts.documents.exported <= NAMED_PER_RUN {
+                self.rec.info(
+                    EventKind::Document,
+                    None,
+                    format!("exported document {} ({body})", shown(&path)),
+                );
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use crate::folder::documents::{DocumentsFolder, LocalFile, PlaceError};
 use crate::model::{Body, RowKey, shown};
 use crate::xmlstore::format_time;
 
-use super::documents::DOCS_PER_BATCH;
+use super::documents::{DOCS_PER_BATCH, NAMED_PER_RUN};
 use super::{Run, on_both_cores};
 
 /// What looking at a due document decided.
@@ -71,6 +71,10 @@ impl Run<'_> {
             self.fetch(&docs, fetches)?;
         }
         self.counts.documents.waiting = waiting;
+        if self.counts.documents.placed > NAMED_PER_RUN {
+            let n = self.counts.documents.placed;
+            self.rec.info(EventKind::Document, None, format!("placed {n} documents in all"));
+        }
         if waiting > 0 {
             self.rec.warning(
                 EventKind::Document,
