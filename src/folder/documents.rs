@@ -5,9 +5,11 @@
 //! checking it, and renaming it into place; nothing is ever unlinked on a
 //! signal from another site: it is moved to `.clinicsync-trash/`.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::body_io::{copy_and_digest, mismatch};
@@ -51,11 +53,14 @@ impl From<io::Error> for PlaceError {
 /// The local documents folder.
 pub struct DocumentsFolder {
     root: PathBuf,
+    /// Folders inside it already seen to be folders, not links (each is
+    /// looked at once, not once per document in it).
+    known_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 impl DocumentsFolder {
     pub fn new(root: PathBuf) -> DocumentsFolder {
-        DocumentsFolder { root }
+        DocumentsFolder { root, known_dirs: Mutex::new(HashSet::new()) }
     }
 
     pub fn root(&self) -> &Path {
@@ -89,7 +94,8 @@ impl DocumentsFolder {
                 return Err(format!("its path {rel:?} has a name no computer of the family can use"));
             }
             full.push(part);
-            if i + 1 < parts.len() {
+            let known = || self.known_dirs.lock().unwrap_or_else(|e| e.into_inner()).contains(&full);
+            if i + 1 < parts.len() && !known() {
                 match fs::symlink_metadata(&full) {
                     Ok(meta) if meta.file_type().is_symlink() => {
                         return Err(format!(
@@ -99,7 +105,10 @@ impl DocumentsFolder {
                     Ok(meta) if !meta.is_dir() => {
                         return Err(format!("its path {rel:?} passes through {part}, which is not a folder"));
                     }
-                    _ => {}
+                    Ok(_) => {
+                        self.known_dirs.lock().unwrap_or_else(|e| e.into_inner()).insert(full.clone());
+                    }
+                    Err(_) => {}
                 }
             }
         }
@@ -177,16 +186,26 @@ impl DocumentsFolder {
     }
 
     /// Renames a durable copy into place (replacing what is there: move
-    /// anything worth keeping away first) and makes the rename durable.
-    pub fn put_in_place(&self, arriving: Arriving) -> io::Result<LocalFile> {
+    /// anything worth keeping away first); returns the file and its folder,
+    /// whose rename [`DocumentsFolder::sync_dirs`] makes durable.
+    pub fn put_in_place(&self, arriving: Arriving) -> io::Result<(LocalFile, PathBuf)> {
+        let parent = arriving.target.parent().expect("inside the folder").to_path_buf();
         let result = fs::rename(&arriving.temp, &arriving.target).and_then(|()| {
-            platform::sync_dir(arriving.target.parent().expect("inside the folder"))?;
             self.stat(&arriving.target)?.ok_or_else(|| io::Error::other("the placed file vanished"))
         });
         if result.is_err() {
             let _ = fs::remove_file(&arriving.temp);
         }
-        result
+        result.map(|local| (local, parent))
+    }
+
+    /// Makes renames in these folders durable: an fsync of each, or for
+    /// many one syncfs of the volume.
+    pub fn sync_dirs(&self, dirs: std::collections::BTreeSet<PathBuf>) -> io::Result<()> {
+        if dirs.len() > 8 && platform::SYNCS_A_VOLUME {
+            return platform::sync_volume(&self.root);
+        }
+        dirs.iter().try_for_each(|d| platform::sync_dir(d))
     }
 
     /// Drops a copy that will not be placed.

@@ -97,18 +97,31 @@ impl Run<'_> {
             return Ok(());
         }
         let known = self.db.doc_files(&table)?;
+        // A stat per document, on both cores: most of a run with nothing
+        // to do when a site has many documents.
+        let [mine, theirs] = on_both_cores(rows, |part| {
+            part.into_iter()
+                .filter_map(|(pk, path)| {
+                    let path = path?;
+                    let found = docs.resolve(&path).map(|full| {
+                        let local = docs.stat(&full);
+                        (full, local)
+                    });
+                    Some((pk, path, found))
+                })
+                .collect::<Vec<_>>()
+        });
         let mut changed = Vec::new();
-        for (pk, path) in rows {
-            let Some(path) = path else { continue };
+        for (pk, path, found) in mine.into_iter().chain(theirs) {
             let key = RowKey { table: table.clone(), pk };
-            let full = match docs.resolve(&path) {
-                Ok(full) => full,
+            let (full, local) = match found {
+                Ok(found) => found,
                 Err(why) => {
                     self.refuse_document(&key, &path, &why);
                     continue;
                 }
             };
-            let local = match docs.stat(&full) {
+            let local = match local {
                 Ok(Some(local)) => local,
                 // No file here: nothing to export (a body the row names is
                 // placed after the import).

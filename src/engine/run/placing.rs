@@ -264,6 +264,11 @@ impl Run<'_> {
             }
         }
         let durable = docs.make_durable(&arrived.iter().map(|(_, a)| a).collect::<Vec<_>>());
+        // Renamed into place, then the renames made durable, and only then
+        // recorded as in step: a rename lost to a crash leaves the record
+        // as it was, and the body is fetched again.
+        let mut placed = Vec::new();
+        let mut dirs = std::collections::BTreeSet::new();
         for (f, a) in arrived {
             if let Err(e) = &durable {
                 docs.discard(a);
@@ -273,17 +278,25 @@ impl Run<'_> {
             if f.displace {
                 self.trash(docs, &f.key, &f.path)?;
             }
-            let placed = match docs.put_in_place(a) {
-                Ok(placed) => placed,
-                Err(e) => {
-                    self.not_placed(&f, &e.to_string())?;
-                    continue;
+            match docs.put_in_place(a) {
+                Ok((local, dir)) => {
+                    dirs.insert(dir);
+                    placed.push((f, local));
                 }
-            };
+                Err(e) => self.not_placed(&f, &e.to_string())?,
+            }
+        }
+        if let Err(e) = docs.sync_dirs(dirs) {
+            for (f, _) in placed {
+                self.not_placed(&f, &e.to_string())?;
+            }
+            return Ok(());
+        }
+        for (f, local) in placed {
             let file = DocFile {
                 path: f.path.clone(),
-                size: placed.size,
-                mtime_ns: placed.mtime_ns,
+                size: local.size,
+                mtime_ns: local.mtime_ns,
                 body: f.wanted.clone(),
             };
             self.db.set_doc_file(&f.key, &file)?;
@@ -298,11 +311,13 @@ impl Run<'_> {
                 }
             }
             self.counts.documents.placed += 1;
-            self.rec.info(
-                EventKind::Document,
-                None,
-                format!("placed document {} ({})", shown(&f.path), f.wanted),
-            );
+            if self.counts.documents.placed <= NAMED_PER_RUN {
+                self.rec.info(
+                    EventKind::Document,
+                    None,
+                    format!("placed document {} ({})", shown(&f.path), f.wanted),
+                );
+            }
         }
         Ok(())
     }
