@@ -170,9 +170,12 @@ impl WriteTx<'_> {
     }
 
     /// Stamps a new body of a document, read from its local file, and
-    /// records the file as in step, in one transaction (see
-    /// [`documents::body_base`] for what the edit saw). Returns false when
-    /// the row has no live state.
+    /// records the file as in step, in one transaction. The edit saw what
+    /// the file was last in step with (`file_was`): every version of the
+    /// field when that is the body the row shows, else only the versions of
+    /// that body, so a body that arrived and was not placed yet becomes a
+    /// conflict, not overwritten unseen. Returns false when the row has no
+    /// live state.
     pub fn stamp_body(
         &mut self,
         key: &RowKey,
