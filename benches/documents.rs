@@ -20,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Figure, cli, median, report};
+use common::{Figure, cli, init_cli, median, report};
 use rusqlite::{Connection, params};
 
 fn env_or(key: &str, default: u64) -> u64 {
@@ -70,17 +70,7 @@ fn two_sites(base: &Path, name: &str) -> Sites {
         let docs = dir.join(format!("{site}-docs"));
         std::fs::create_dir_all(&docs).unwrap();
         let db = dir.join(format!("{site}.db"));
-        cli(&[
-            "--db".as_ref(),
-            db.as_os_str(),
-            "init".as_ref(),
-            "--folder".as_ref(),
-            folder.as_os_str(),
-            "--site-name".as_ref(),
-            site.as_ref(),
-            "--documents-folder".as_ref(),
-            docs.as_os_str(),
-        ]);
+        init_cli(&db, &folder, site, &["--documents-folder".as_ref(), docs.as_os_str()]);
         out.push((db, docs));
     }
     let (b, _) = out.pop().unwrap();

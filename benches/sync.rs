@@ -26,6 +26,10 @@ use clinicsync::db::{Db, InitParams, REFERENCE_SCHEMA};
 use clinicsync::model::{FamilyId, SiteId};
 use clinicsync::xmlstore::{Limits, decode_patient};
 use common::{Figure, cli, measure, median, peak_rss_kib, report, reset_peak_rss};
+
+fn init_cli(db: &Path, folder: &Path, name: &str) -> (serde_json::Value, Duration, u64) {
+    common::init_cli(db, folder, name, &[])
+}
 use rusqlite::{Connection, params};
 
 /// A small deterministic generator (xorshift), so every run builds the
@@ -196,18 +200,6 @@ fn generate_app_db(path: &Path, n: u64) -> rusqlite::Result<u64> {
 /// Peak RSS since the last reset, in KiB (Linux).
 fn sync_cli(db: &Path) -> (serde_json::Value, Duration, u64) {
     cli(&["--db".as_ref(), db.as_os_str(), "sync".as_ref()])
-}
-
-fn init_cli(db: &Path, folder: &Path, name: &str) -> (serde_json::Value, Duration, u64) {
-    cli(&[
-        "--db".as_ref(),
-        db.as_os_str(),
-        "init".as_ref(),
-        "--folder".as_ref(),
-        folder.as_os_str(),
-        "--site-name".as_ref(),
-        name.as_ref(),
-    ])
 }
 
 fn patient_files(folder: &Path) -> Vec<PathBuf> {

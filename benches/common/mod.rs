@@ -77,3 +77,23 @@ pub(crate) fn cli(args: &[&std::ffi::OsStr]) -> (serde_json::Value, Duration, u6
     let rss = run["peak_rss_kib"].as_u64().unwrap_or(0);
     (json, elapsed, rss)
 }
+
+/// Runs `clinicsync init` for a site, with `extra` arguments.
+pub(crate) fn init_cli(
+    db: &std::path::Path,
+    folder: &std::path::Path,
+    name: &str,
+    extra: &[&std::ffi::OsStr],
+) -> (serde_json::Value, Duration, u64) {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "--db".as_ref(),
+        db.as_os_str(),
+        "init".as_ref(),
+        "--folder".as_ref(),
+        folder.as_os_str(),
+        "--site-name".as_ref(),
+        name.as_ref(),
+    ];
+    args.extend_from_slice(extra);
+    cli(&args)
+}

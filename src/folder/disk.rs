@@ -398,8 +398,10 @@ impl DiskFolder {
         }
     }
 
-    /// Reads a whole file, refusing one larger than `limit` bytes.
-    pub fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
+    /// Opens a file of the folder for reading (counted as a read): not a
+    /// link, a FIFO or anything but a regular file, and not an online-only
+    /// placeholder (remembered as such).
+    fn open_for_reading(&self, path: &str) -> Result<File, ReadError> {
         self.count(|s| s.reads += 1);
         let full = self.full(path)?;
         self.no_links_within(path)?;
@@ -408,13 +410,15 @@ impl DiskFolder {
         } else {
             open_regular(&full, || self.patiently(path, false, || platform::read_no_follow().open(&full)))
         };
-        let file = match opened {
-            Err(ReadError::NotLocal) => {
-                self.not_local.borrow_mut().insert(path.to_owned());
-                return Err(ReadError::NotLocal);
-            }
-            other => other?,
-        };
+        if let Err(ReadError::NotLocal) = opened {
+            self.not_local.borrow_mut().insert(path.to_owned());
+        }
+        opened
+    }
+
+    /// Reads a whole file, refusing one larger than `limit` bytes.
+    pub fn read(&self, path: &str, limit: u64) -> Result<Vec<u8>, ReadError> {
+        let file = self.open_for_reading(path)?;
         let size = file.metadata()?.len();
         if size > limit {
             return Err(ReadError::TooLarge { size, limit });

@@ -5,7 +5,7 @@
 //! this site's change-log up to when it was first seen so: the rule by
 //! which segments are compacted.
 
-use crate::changelog::{Peer, Retention, compaction_limit};
+use crate::changelog::compaction_limit;
 use crate::engine::EngineError;
 use crate::engine::report::EventKind;
 
@@ -30,19 +30,7 @@ impl Run<'_> {
         self.db.set_meta("last_body_check_ms", &self.now_ms.to_string())?;
         let named = self.db.referenced_bodies(&table)?;
         let head = self.db.written_head()?;
-        let peers: Vec<Peer> = self
-            .sites
-            .peers
-            .iter()
-            .map(|p| Peer {
-                acked: p.file.acks.get(&self.cfg.site).copied().unwrap_or(0),
-                last_seen_ms: p.file.last_sync_ms.unwrap_or(0).max(p.mtime_ms),
-            })
-            .collect();
-        let policy = Retention {
-            keep_ms: self.settings.log_retention.as_millis() as u64,
-            dormant_after_ms: self.settings.dormancy.as_millis() as u64,
-        };
+        let (peers, policy) = self.log_peers();
         let mut removed = 0;
         for (sha, since) in published {
             match since {

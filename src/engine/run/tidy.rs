@@ -88,18 +88,10 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Step 6: delete own segments every active site has applied and that
-    /// are older than the retention.
-    pub(super) fn compact(&mut self) -> Result<(), EngineError> {
-        if !self.sites.complete() {
-            return Ok(());
-        }
-        let oldest = self.oldest_seq()?;
-        let head = self.db.written_head()?;
-        if oldest > head {
-            return Ok(());
-        }
-        let peers: Vec<Peer> = self
+    /// How far the other sites have applied this site's change-log, and
+    /// the retention and dormancy that decide what may go.
+    pub(super) fn log_peers(&self) -> (Vec<Peer>, Retention) {
+        let peers = self
             .sites
             .peers
             .iter()
@@ -112,6 +104,21 @@ impl Run<'_> {
             keep_ms: self.settings.log_retention.as_millis() as u64,
             dormant_after_ms: self.settings.dormancy.as_millis() as u64,
         };
+        (peers, policy)
+    }
+
+    /// Step 6: delete own segments every active site has applied and that
+    /// are older than the retention.
+    pub(super) fn compact(&mut self) -> Result<(), EngineError> {
+        if !self.sites.complete() {
+            return Ok(());
+        }
+        let oldest = self.oldest_seq()?;
+        let head = self.db.written_head()?;
+        if oldest > head {
+            return Ok(());
+        }
+        let (peers, policy) = self.log_peers();
         let exports = self.db.export_times(oldest, head)?;
         let Some(limit) = compaction_limit(&exports, &peers, self.now_ms, policy) else { return Ok(()) };
         let mut removed = oldest;

@@ -11,10 +11,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use super::{DiskFolder, SYNC_DIRS_ONE_BY_ONE, SYNC_FILES_ONE_BY_ONE, TEMP_COUNTER, open_regular};
+use super::{DiskFolder, SYNC_DIRS_ONE_BY_ONE, SYNC_FILES_ONE_BY_ONE, TEMP_COUNTER};
 use crate::folder::ReadError;
 use crate::folder::body_io::copy_and_digest;
-use crate::folder::fault::online_only_fault;
 use crate::model::Body;
 use crate::platform;
 
@@ -59,18 +58,7 @@ impl DiskFolder {
     /// Opens a body for a streaming read; fails as [`DiskFolder::read`]
     /// does (a link, a FIFO, an online-only placeholder are not opened).
     pub fn open_body(&self, path: &str) -> Result<File, ReadError> {
-        self.count(|s| s.reads += 1);
-        let full = self.full(path)?;
-        self.no_links_within(path)?;
-        let opened = if online_only_fault(path) {
-            Err(ReadError::NotLocal)
-        } else {
-            open_regular(&full, || self.patiently(path, false, || platform::read_no_follow().open(&full)))
-        };
-        if let Err(ReadError::NotLocal) = opened {
-            self.not_local.borrow_mut().insert(path.to_owned());
-        }
-        opened
+        self.open_for_reading(path)
     }
 
     /// Where bodies are staged: the staging directory, or `docs/` itself
