@@ -7,13 +7,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::state::{Ctx, load_row};
 use super::{Db, DbError};
-use crate::model::{BODY_FIELD, Base, Body, RowKey};
+use crate::model::{BODY_FIELD, Base, Body, RowKey, same_file_key};
 
 pub(super) const TABLE: &str = "
 -- Each document's local file as it was when last in step with the state:
 -- its path under the documents folder, size, time and the body it holds.
+-- `file` is the path as one file (model::same_file_key), to find two rows
+-- that would share one.
 CREATE TABLE IF NOT EXISTS _cs_doc_files (tbl TEXT NOT NULL, pk TEXT NOT NULL, path TEXT NOT NULL,
-  size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, body TEXT NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+  file TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, body TEXT NOT NULL,
+  PRIMARY KEY (tbl, pk)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _cs_doc_files_file ON _cs_doc_files (tbl, file);
 -- Documents whose row came from elsewhere and whose file is not in step
 -- yet: due (to look at), waiting (the body has not arrived), failed (a
 -- copy failed its check), with what was said and since when.
@@ -123,14 +127,15 @@ fn doc_file(conn: &Connection, key: &RowKey) -> Result<Option<DocFile>, DbError>
 
 pub(super) fn set_doc_file(conn: &Connection, key: &RowKey, file: &DocFile) -> Result<(), DbError> {
     conn.prepare_cached(
-        "INSERT INTO _cs_doc_files (tbl, pk, path, size, mtime_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (tbl, pk) DO UPDATE SET path = excluded.path, size = excluded.size,
+        "INSERT INTO _cs_doc_files (tbl, pk, path, file, size, mtime_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (tbl, pk) DO UPDATE SET path = excluded.path, file = excluded.file, size = excluded.size,
            mtime_ns = excluded.mtime_ns, body = excluded.body",
     )?
     .execute(params![
         key.table,
         key.pk,
         file.path,
+        same_file_key(&file.path),
         file.size as i64,
         file.mtime_ns,
         file.body.encode()
@@ -191,6 +196,16 @@ impl Db {
     /// placed, or a file found to hold the body the row shows).
     pub fn set_doc_file(&self, key: &RowKey, file: &DocFile) -> Result<(), DbError> {
         set_doc_file(&self.conn, key, file)
+    }
+
+    /// Another document whose file is at `path` here (however its path is
+    /// written), if there is one.
+    pub fn doc_file_at(&self, key: &RowKey, path: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT pk FROM _cs_doc_files WHERE tbl = ?1 AND file = ?2 AND pk != ?3 LIMIT 1")?
+            .query_row(params![key.table, same_file_key(path), key.pk], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn forget_doc_file(&self, key: &RowKey) -> Result<(), DbError> {

@@ -54,6 +54,17 @@ impl Body {
     }
 }
 
+/// A document's path as one file: names between `/` or `\`, without
+/// empty and `.` names, in lower case (Windows and macOS do not tell `A.pdf`
+/// from `a.pdf`). Two rows whose paths are the same here name one file.
+pub fn same_file_key(path: &str) -> String {
+    path.split(['/', '\\'])
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect::<Vec<_>>()
+        .join("/")
+        .to_lowercase()
+}
+
 impl fmt::Display for Body {
     /// How a body is named to people: its size and the start of its sha256.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -64,6 +75,14 @@ impl fmt::Display for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_that_name_one_file_have_one_key() {
+        assert_eq!(same_file_key("Letters/a.pdf"), "letters/a.pdf");
+        assert_eq!(same_file_key("./letters//A.PDF"), "letters/a.pdf");
+        assert_eq!(same_file_key("letters\\a.pdf"), "letters/a.pdf");
+        assert_ne!(same_file_key("letters/b.pdf"), "letters/a.pdf");
+    }
 
     #[test]
     fn a_body_reads_back_what_it_writes_and_nothing_else() {

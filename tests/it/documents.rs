@@ -529,3 +529,32 @@ fn a_body_nothing_names_is_removed_after_every_site_has_the_change_and_the_reten
     sync_ok(&t.b);
     assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"signed copy");
 }
+
+#[test]
+fn two_rows_naming_one_file_never_overwrite_each_other() {
+    let t = Docs::new();
+    t.add(&t.a, "a", "doc-1", "letters/a.pdf", b"the first letter");
+    sync_ok(&t.a);
+    sync_ok(&t.b);
+    // Here: a second row names the same file, written another way.
+    app(&t.a)
+        .execute(
+            "INSERT INTO documents (id, patient_id, file_name) VALUES ('doc-2', ?1, './letters//a.pdf')",
+            [&t.patient],
+        )
+        .unwrap();
+    let (code, report) = sync(&t.a);
+    assert_eq!(code, 3, "{report:#}");
+    assert!(format!("{report}").contains("another row of the table names the same file"), "{report:#}");
+    // From elsewhere: a row with its own body moved onto doc-1's file.
+    t.add(&t.a, "a", "doc-3", "other.pdf", b"something else");
+    app(&t.a).execute("DELETE FROM documents WHERE id = 'doc-2'", []).unwrap();
+    sync(&t.a);
+    app(&t.a).execute("UPDATE documents SET file_name = 'LETTERS/a.pdf' WHERE id = 'doc-3'", []).unwrap();
+    sync(&t.a);
+    let (code, report) = sync(&t.b);
+    assert_eq!(code, 3, "{report:#}");
+    assert!(format!("{report}").contains("is the file of another document here"), "{report:#}");
+    assert_eq!(fs::read(t.docs("b").join("letters/a.pdf")).unwrap(), b"the first letter");
+    assert_eq!(fs::read(t.docs("a").join("letters/a.pdf")).unwrap(), b"the first letter");
+}

@@ -12,7 +12,7 @@ use crate::engine::EngineError;
 use crate::engine::report::EventKind;
 use crate::folder::StagedBody;
 use crate::folder::documents::{DocumentsFolder, LocalFile};
-use crate::model::{Body, RowKey, shown};
+use crate::model::{Body, RowKey, same_file_key, shown};
 
 use super::{Run, on_both_cores};
 
@@ -111,8 +111,15 @@ impl Run<'_> {
                 })
                 .collect::<Vec<_>>()
         });
+        let found: Vec<_> = mine.into_iter().chain(theirs).collect();
+        // Rows whose paths name one file: only the row whose file it was
+        // may export it (a second would take the first one's file as its own).
+        let mut rows_of_file: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for (_, path, _) in &found {
+            *rows_of_file.entry(same_file_key(path)).or_default() += 1;
+        }
         let mut changed = Vec::new();
-        for (pk, path, found) in mine.into_iter().chain(theirs) {
+        for (pk, path, found) in found {
             let key = RowKey { table: table.clone(), pk };
             let (full, local) = match found {
                 Ok(found) => found,
@@ -133,6 +140,17 @@ impl Run<'_> {
             };
             let was = known.get(&key.pk);
             if was.is_some_and(|w| w.path == path && w.size == local.size && w.mtime_ns == local.mtime_ns) {
+                continue;
+            }
+            let file = same_file_key(&path);
+            if rows_of_file.get(&file).is_some_and(|n| *n > 1)
+                && !was.is_some_and(|w| same_file_key(&w.path) == file)
+            {
+                self.refuse_document(
+                    &key,
+                    &path,
+                    "another row of the table names the same file; two rows cannot share one file (give each its own)",
+                );
                 continue;
             }
             changed.push(Changed { key, path, full, local, was: was.map(|w| w.body.clone()) });

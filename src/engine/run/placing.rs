@@ -116,7 +116,15 @@ impl Run<'_> {
             self.db.clear_due(key)?;
             return Ok(Planned::Done);
         };
-        let full = match docs.resolve(&path) {
+        let resolved = match self.db.doc_file_at(key, &path)? {
+            // Placing it would replace another document's file.
+            Some(other) => Err(format!(
+                "its path {path:?} is the file of another document here ({} {other}); two rows cannot share one file",
+                key.table
+            )),
+            None => docs.resolve(&path),
+        };
+        let full = match resolved {
             Ok(full) => full,
             Err(why) => {
                 self.refuse_document(key, &path, &why);
