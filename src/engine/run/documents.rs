@@ -144,7 +144,7 @@ impl Run<'_> {
             }
             let file = same_file_key(&path);
             if rows_of_file.get(&file).is_some_and(|n| *n > 1)
-                && !was.is_some_and(|w| same_file_key(&w.path) == file)
+                && was.is_none_or(|w| same_file_key(&w.path) != file)
             {
                 self.refuse_document(
                     &key,
