@@ -89,6 +89,10 @@ enum Command {
     /// Documents waiting for their file, documents whose copy failed its
     /// check, and the files in the documents folder's trash.
     Documents,
+    /// Read every file of the folder and check it: the manifest, site
+    /// files, each site's change-log, patient files against this database,
+    /// document bodies. Changes nothing; exits 1 when it finds a problem.
+    Verify,
     /// The service while the app runs: syncs every few minutes, within
     /// seconds of files arriving or the app changing rows, and serves the
     /// local web page (Status, Sync Now, Latest Logs, Conflicts, Settings).
@@ -305,6 +309,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Service { action } => {
             run_service_action(&db, action, cli.json)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify => {
+            let report = engine::verify(&db)?;
+            if cli.json {
+                print_json(&report)?;
+            } else {
+                let c = &report.checked;
+                say!(
+                    "Checked {} site files, {} change-log segments, {} patient files and {} document bodies.",
+                    c.site_files,
+                    c.segments,
+                    c.patient_files,
+                    c.document_bodies
+                );
+                for p in &report.problems {
+                    say!("{}: {}. {}", shown(&p.path), shown(&p.problem), shown(&p.advice));
+                }
+                if report.problems.is_empty() {
+                    say!("No problems found.");
+                }
+            }
+            if report.problems.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !cli.json {
+                eprintln!("clinicsync: the folder has {} problems (listed above)", report.problems.len());
+            }
+            Ok(ExitCode::from(1))
         }
         Command::Documents => {
             let report = engine::documents(&db)?;

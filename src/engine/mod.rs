@@ -11,6 +11,7 @@ mod settings;
 mod sites;
 mod status;
 mod tombstones;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,7 @@ pub use run::{DocumentCounts, SyncOptions, sync, sync_with_clock};
 pub use settings::{SettingError, SettingView, Settings};
 pub use status::{SiteStatus, StatusReport, status};
 pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
+pub use verify::{Checked, VerifyProblem, VerifyReport, verify};
 
 use crate::db::{Db, DbError, InitParams, Mapping};
 use crate::folder::layout::{MANIFEST, PATIENTS_DIR, SITES_DIR};

@@ -50,7 +50,16 @@ pub struct StatusReport {
     pub sites: Vec<SiteStatus>,
     /// Document files: where they are kept and how many are not in step.
     pub documents: DocumentsStatus,
+    /// The last `clinicsync verify`: when, and how many problems it found.
+    pub last_verify: Option<LastVerify>,
     pub warnings: Vec<String>,
+}
+
+/// When the folder was last verified, and what was found.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct LastVerify {
+    pub at_ms: u64,
+    pub problems: u64,
 }
 
 /// Document files at this site.
@@ -212,6 +221,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         held_deletes,
         sites,
         documents,
+        last_verify: db.meta(super::verify::LAST_VERIFY)?.and_then(|v| serde_json::from_str(&v).ok()),
         warnings,
     })
 }

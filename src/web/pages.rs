@@ -286,6 +286,18 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
             csrf = esc(&ctx.csrf)
         ));
     }
+    if let Some(v) = &s.last_verify {
+        let found = match v.problems {
+            0 => "no problems".to_owned(),
+            n => format!("{n} problems (`clinicsync verify` lists them)"),
+        };
+        body.push_str(&format!(
+            r#"<p id="last-verify" class="{}">Folder last verified {}: {}.</p>"#,
+            class(v.problems == 0),
+            time_html(Some(&crate::xmlstore::format_time(v.at_ms))),
+            esc(&found)
+        ));
+    }
     let progress = if ctx.running { format!("Syncing: {}", esc(ctx.progress.step)) } else { String::new() };
     body.push_str(&format!(
         r#"<h2>Sync Now</h2>

@@ -36,4 +36,5 @@ mod sim;
 mod support;
 mod tidy;
 mod two_sites;
+mod verify;
 mod webdriver;
