@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod demo;
+mod operations;
 mod progress;
 
 use std::path::PathBuf;
@@ -89,6 +90,15 @@ enum Command {
     /// Documents waiting for their file, documents whose copy failed its
     /// check, and the files in the documents folder's trash.
     Documents,
+    /// This site leaves the family: what the app changed is exported
+    /// first, a last site file says it left (the others stop waiting for
+    /// it), then clinicsync's triggers and tables are removed. The app's
+    /// data is untouched; `init` can join again later.
+    Detach {
+        /// Say what would happen; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Read every file of the folder and check it: the manifest, site
     /// files, each site's change-log, patient files against this database,
     /// document bodies. Changes nothing; exits 1 when it finds a problem.
@@ -310,43 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_service_action(&db, action, cli.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify => {
-            let report = engine::verify(&db)?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
-                let c = &report.checked;
-                say!(
-                    "Checked {} site files, {} change-log segments, {} patient files and {} document bodies.",
-                    c.site_files,
-                    c.segments,
-                    c.patient_files,
-                    c.document_bodies
-                );
-                for p in &report.problems {
-                    say!("{}: {}. {}", shown(&p.path), shown(&p.problem), shown(&p.advice));
-                }
-                if report.problems.is_empty() {
-                    say!("No problems found.");
-                }
-            }
-            if report.problems.is_empty() {
-                return Ok(ExitCode::SUCCESS);
-            }
-            if !cli.json {
-                eprintln!("clinicsync: the folder has {} problems (listed above)", report.problems.len());
-            }
-            Ok(ExitCode::from(1))
-        }
-        Command::Documents => {
-            let report = engine::documents(&db)?;
-            if cli.json {
-                print_json(&report)?;
-            } else {
-                print_documents(&report);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Detach { dry_run } => operations::detach(&db, dry_run, cli.json),
+        Command::Verify => operations::verify(&db, cli.json),
+        Command::Documents => operations::documents(&db, cli.json),
         Command::Status => {
             let report = engine::status(&db)?;
             if cli.json {
@@ -539,47 +515,6 @@ fn print_run(report: &RunReport) {
     for e in report.events.iter().filter(|e| e.level != "info") {
         let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
         say!("  {path}{}", shown(&e.message));
-    }
-}
-
-fn print_documents(r: &engine::DocumentsReport) {
-    let Some(table) = &r.table else {
-        say!("The mapping has no documents table: no files travel with the rows.");
-        return;
-    };
-    match &r.folder {
-        Some(folder) => say!("Documents folder: {} (rows of {})", shown(folder), shown(table)),
-        None => say!(
-            "Documents folder: not set, so files do not travel (`clinicsync settings documents_folder=PATH`)"
-        ),
-    }
-    let line = |d: &engine::DocumentLine| {
-        let path = d.path.as_deref().unwrap_or("(no path)");
-        let patient = d.patient.as_deref().map(|p| format!(", patient {}", shown(p))).unwrap_or_default();
-        let since = d.since_ms.map(|t| format!(" since {}", format_time(t))).unwrap_or_default();
-        let said = d.said.as_deref().map(|s| format!(": {}", shown(s))).unwrap_or_default();
-        format!("  {} ({} {}{patient}){since}{said}", shown(path), shown(table), shown(&d.pk))
-    };
-    for (title, list) in [
-        ("Failed their integrity check (tried again every run)", &r.failed),
-        ("Waiting for their file to arrive in the folder", &r.waiting),
-        ("Changed elsewhere, placed by the next run", &r.due),
-    ] {
-        if !list.is_empty() {
-            say!("{title}: {}", list.len());
-            for d in list.iter() {
-                say!("{}", line(d));
-            }
-        }
-    }
-    if !r.trash.is_empty() {
-        say!("In the trash (deleted or replaced at another site; kept for log_retention): {}", r.trash.len());
-        for t in &r.trash {
-            say!("  {} (was {}, {})", shown(&t.trashed), shown(&t.original), format_time(t.at_ms));
-        }
-    }
-    if r.failed.is_empty() && r.waiting.is_empty() && r.due.is_empty() {
-        say!("Every document's file is in step.");
     }
 }
 

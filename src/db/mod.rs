@@ -165,6 +165,18 @@ fn load_columns(conn: &Connection, mapping: &Mapping) -> Result<BTreeMap<String,
 }
 
 impl Db {
+    /// clinicsync's triggers and tables here: (triggers, tables).
+    pub fn clinicsync_objects(&self) -> Result<(Vec<String>, Vec<String>), DbError> {
+        Ok(schema::own_objects(&self.conn)?)
+    }
+
+    /// Removes clinicsync's triggers and tables from the database (the
+    /// site leaves its family); the app's tables stay as they are.
+    pub fn detach(self) -> Result<(), DbError> {
+        schema::remove_own(&self.conn)?;
+        Ok(())
+    }
+
     /// Opens a database that `init` has set up.
     pub fn open(path: &Path) -> Result<Db, DbError> {
         let display = path.display().to_string();

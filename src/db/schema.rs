@@ -52,6 +52,30 @@ const COLUMNS_ADDED: &[(&str, &str, &str)] = &[
     ("_cs_purged", "base", "ALTER TABLE _cs_purged ADD COLUMN base TEXT"),
 ];
 
+/// clinicsync's triggers and tables in the database: (triggers, tables).
+pub(super) fn own_objects(conn: &Connection) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let list = |kind: &str| -> rusqlite::Result<Vec<String>> {
+        conn.prepare(r"SELECT name FROM sqlite_master WHERE type = ?1 AND name LIKE '\_cs\_%' ESCAPE '\' ORDER BY name")?
+            .query_map([kind], |r| r.get(0))?
+            .collect()
+    };
+    Ok((list("trigger")?, list("table")?))
+}
+
+/// Removes clinicsync's triggers and tables (their indexes go with them),
+/// all or nothing; the app's tables are not touched.
+pub(super) fn remove_own(conn: &Connection) -> rusqlite::Result<()> {
+    let (triggers, tables) = own_objects(conn)?;
+    let tx = conn.unchecked_transaction()?;
+    for t in &triggers {
+        tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {}", quote(t)))?;
+    }
+    for t in &tables {
+        tx.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(t)))?;
+    }
+    tx.commit()
+}
+
 /// Makes every table (a new database).
 pub(super) fn create_all(conn: &Connection) -> rusqlite::Result<()> {
     TABLES.iter().try_for_each(|(_, sql)| conn.execute_batch(sql))

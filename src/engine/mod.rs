@@ -2,6 +2,7 @@
 //! family), `sync` (Sync Now), `status`, `reassign`. This is the edge where
 //! the database, the folder, the clock and the codecs meet.
 
+mod detach;
 mod documents;
 mod host;
 mod progress;
@@ -15,6 +16,7 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
+pub use detach::{DetachReport, detach};
 pub use documents::{DocumentLine, DocumentsReport, documents};
 pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
@@ -89,6 +91,10 @@ pub enum EngineError {
         "the first export of this database could not write its change-log into {folder}; it goes on from where it stopped on the next run, and nothing is imported until then"
     )]
     FirstExportWaits { folder: String },
+    /// An operation that would lose something if it went ahead; the
+    /// sentence says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("cannot read the mapping file {path}: {reason}")]
     MappingFile { path: String, reason: String },
     #[error(transparent)]

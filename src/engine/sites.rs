@@ -20,6 +20,17 @@ pub(crate) struct PeerFile {
     pub(crate) mtime_ms: u64,
 }
 
+impl PeerFile {
+    /// When the site was last seen syncing, for whether it still holds
+    /// compaction and purging back: never, once it left the family.
+    pub(crate) fn last_seen_ms(&self) -> u64 {
+        match self.file.left_ms {
+            Some(_) => 0,
+            None => self.file.last_sync_ms.unwrap_or(0).max(self.mtime_ms),
+        }
+    }
+}
+
 /// Something wrong with one file in `sites/`.
 pub(crate) enum Problem {
     /// Another site's file cannot be read now (damaged, being written, not

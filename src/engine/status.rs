@@ -173,7 +173,12 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
             let this_site = file.site == cfg.site;
             let mut warning = None;
             let ahead_ms = file.last_sync_ms.map_or(0, |ms| ms.saturating_sub(now));
-            if this_site && file.machine != super::host::machine_fingerprint() {
+            if let Some(left) = file.left_ms {
+                warning = Some(format!(
+                    "left the family {} (`clinicsync detach`); the others no longer wait for it",
+                    format_time(left)
+                ));
+            } else if this_site && file.machine != super::host::machine_fingerprint() {
                 warning = Some(
                     "this site id is in use on another computer too: run `clinicsync reassign` on one of them"
                         .to_owned(),

@@ -59,14 +59,8 @@ pub(crate) fn plan(
 ) -> Result<Vec<(Tombstone, Step)>, EngineError> {
     let retention = settings.log_retention.as_millis() as u64;
     let dormancy = settings.dormancy.as_millis() as u64;
-    let active: Vec<&PeerFile> = sites
-        .peers
-        .iter()
-        .filter(|p| {
-            let seen = p.file.last_sync_ms.unwrap_or(0).max(p.mtime_ms);
-            now_ms.saturating_sub(seen) <= dormancy
-        })
-        .collect();
+    let active: Vec<&PeerFile> =
+        sites.peers.iter().filter(|p| now_ms.saturating_sub(p.last_seen_ms()) <= dormancy).collect();
     let mut out = Vec::new();
     for t in db.tombstones()? {
         let step = match t.deleted_at {

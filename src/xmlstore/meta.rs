@@ -39,6 +39,9 @@ pub struct SiteFile {
     pub purge_horizon: Option<Hlc>,
     /// Last run that ended `ok`, milliseconds since the Unix epoch.
     pub last_sync_ms: Option<u64>,
+    /// When the site left the family (`clinicsync detach`): the others no
+    /// longer wait for it.
+    pub left_ms: Option<u64>,
     /// A one-way fingerprint of the machine the site runs on.
     pub machine: String,
     /// A fingerprint of the table mapping the site replicates.
@@ -105,6 +108,9 @@ pub fn encode_site(s: &SiteFile) -> Vec<u8> {
     if let Some(ms) = s.last_sync_ms {
         out.push_str(&format!(" last-sync=\"{}\"", format_time(ms)));
     }
+    if let Some(ms) = s.left_ms {
+        out.push_str(&format!(" left=\"{}\"", format_time(ms)));
+    }
     out.push_str(" machine=\"");
     push_attr(&mut out, &s.machine);
     out.push_str("\" mapping=\"");
@@ -158,6 +164,10 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
     let last_sync_ms = match optional(&attrs, "last-sync") {
         None => None,
         Some(t) => Some(parse_time(t).ok_or_else(|| bad(&r, "last-sync", t, "not an RFC 3339 time".into()))?),
+    };
+    let left_ms = match optional(&attrs, "left") {
+        None => None,
+        Some(t) => Some(parse_time(t).ok_or_else(|| bad(&r, "left", t, "not an RFC 3339 time".into()))?),
     };
     let mut acks = std::collections::BTreeMap::new();
     let mut ack_stamps = std::collections::BTreeMap::new();
@@ -224,6 +234,7 @@ pub fn decode_site(file: &[u8]) -> Result<SiteFile, DecodeError> {
         ack_stamps,
         purge_horizon,
         last_sync_ms,
+        left_ms,
         machine: optional(&attrs, "machine").unwrap_or_default().to_owned(),
         mapping: optional(&attrs, "mapping").unwrap_or_default().to_owned(),
         purged,
@@ -290,6 +301,7 @@ mod tests {
             .collect(),
             purge_horizon: Some(Hlc::new(1_699_000_000_000, 0, SiteId::from_bytes([8; 16]))),
             last_sync_ms: Some(1_700_000_000_123),
+            left_ms: Some(1_700_000_000_456),
             machine: "abc".into(),
             mapping: "def".into(),
             purged: vec![

@@ -96,6 +96,7 @@ fn the_site_file_and_manifest_formats_are_frozen() {
             SiteId::parse("0123456789abcdef0123456789abcdef").unwrap(),
         )),
         last_sync_ms: Some(1_763_700_000_000),
+        left_ms: None,
         machine: "5e1f0c2a9b3d4e6f".into(),
         mapping: "a1b2c3d4e5f60718".into(),
         purged: vec![clinicsync::xmlstore::PurgedKey {

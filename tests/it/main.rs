@@ -19,6 +19,7 @@ mod conflict_records;
 mod crash;
 mod damaged_files;
 mod deletions;
+mod detach;
 mod documents;
 mod format;
 mod guard;

@@ -232,7 +232,7 @@ impl Run<'_> {
             .sites
             .peers
             .iter()
-            .filter(|p| active(p.file.last_sync_ms.unwrap_or(p.mtime_ms)))
+            .filter(|p| p.file.left_ms.is_none() && active(p.file.last_sync_ms.unwrap_or(p.mtime_ms)))
             .map(|p| p.file.site)
             .chain(std::iter::once(self.cfg.site))
             .min();

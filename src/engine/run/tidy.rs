@@ -97,7 +97,7 @@ impl Run<'_> {
             .iter()
             .map(|p| Peer {
                 acked: p.file.acks.get(&self.cfg.site).copied().unwrap_or(0),
-                last_seen_ms: p.file.last_sync_ms.unwrap_or(0).max(p.mtime_ms),
+                last_seen_ms: p.last_seen_ms(),
             })
             .collect();
         let policy = Retention {
@@ -165,6 +165,7 @@ impl Run<'_> {
             ack_stamps: self.db.ack_stamps()?,
             purge_horizon: self.db.meta("purge_horizon")?.and_then(|h| Hlc::parse(&h).ok()),
             last_sync_ms,
+            left_ms: None,
             machine: self.cfg.machine.clone(),
             mapping: self.db.mapping().fingerprint(),
             // What this site purged within the dormancy: a site away for

@@ -1,0 +1,120 @@
+//! The commands for operating a site's sync: `detach`, `verify` and
+//! `documents`, with their human output.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::print_json;
+use crate::engine;
+use crate::model::{short_id, shown};
+use crate::xmlstore::format_time;
+
+/// `clinicsync detach [--dry-run]`.
+pub(super) fn detach(db: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let report = engine::detach(db, dry_run)?;
+    if json {
+        return print_json(&report).map(|()| ExitCode::SUCCESS);
+    }
+    let site = format!("{} ({})", shown(&report.site_name), short_id(&report.site));
+    if dry_run {
+        say!(
+            "Would export the {} local changes not yet in the folder, publish a last site file saying site {site} left family {}, and remove clinicsync's {} triggers and {} tables from {}. The app's tables stay as they are.",
+            report.pending_changes,
+            short_id(&report.family),
+            report.triggers,
+            report.tables,
+            shown(&db.display().to_string())
+        );
+    } else {
+        say!(
+            "Site {site} left family {}: its changes are in the folder, the other sites no longer wait for it, and clinicsync's {} triggers and {} tables are gone from {}. The app's tables are as they were; `clinicsync init` joins again.",
+            short_id(&report.family),
+            report.triggers,
+            report.tables,
+            shown(&db.display().to_string())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clinicsync verify`: exits 1 when it finds a problem.
+pub(super) fn verify(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let report = engine::verify(db)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        let c = &report.checked;
+        say!(
+            "Checked {} site files, {} change-log segments, {} patient files and {} document bodies.",
+            c.site_files,
+            c.segments,
+            c.patient_files,
+            c.document_bodies
+        );
+        for p in &report.problems {
+            say!("{}: {}. {}", shown(&p.path), shown(&p.problem), shown(&p.advice));
+        }
+        if report.problems.is_empty() {
+            say!("No problems found.");
+        }
+    }
+    if report.problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !json {
+        eprintln!("clinicsync: the folder has {} problems (listed above)", report.problems.len());
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// `clinicsync documents`.
+pub(super) fn documents(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let report = engine::documents(db)?;
+    if json {
+        print_json(&report)?;
+    } else {
+        print_documents(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_documents(r: &engine::DocumentsReport) {
+    let Some(table) = &r.table else {
+        say!("The mapping has no documents table: no files travel with the rows.");
+        return;
+    };
+    match &r.folder {
+        Some(folder) => say!("Documents folder: {} (rows of {})", shown(folder), shown(table)),
+        None => say!(
+            "Documents folder: not set, so files do not travel (`clinicsync settings documents_folder=PATH`)"
+        ),
+    }
+    let line = |d: &engine::DocumentLine| {
+        let path = d.path.as_deref().unwrap_or("(no path)");
+        let patient = d.patient.as_deref().map(|p| format!(", patient {}", shown(p))).unwrap_or_default();
+        let since = d.since_ms.map(|t| format!(" since {}", format_time(t))).unwrap_or_default();
+        let said = d.said.as_deref().map(|s| format!(": {}", shown(s))).unwrap_or_default();
+        format!("  {} ({} {}{patient}){since}{said}", shown(path), shown(table), shown(&d.pk))
+    };
+    for (title, list) in [
+        ("Failed their integrity check (tried again every run)", &r.failed),
+        ("Waiting for their file to arrive in the folder", &r.waiting),
+        ("Changed elsewhere, placed by the next run", &r.due),
+    ] {
+        if !list.is_empty() {
+            say!("{title}: {}", list.len());
+            for d in list.iter() {
+                say!("{}", line(d));
+            }
+        }
+    }
+    if !r.trash.is_empty() {
+        say!("In the trash (deleted or replaced at another site; kept for log_retention): {}", r.trash.len());
+        for t in &r.trash {
+            say!("  {} (was {}, {})", shown(&t.trashed), shown(&t.original), format_time(t.at_ms));
+        }
+    }
+    if r.failed.is_empty() && r.waiting.is_empty() && r.due.is_empty() {
+        say!("Every document's file is in step.");
+    }
+}
