@@ -99,6 +99,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// The family's data in the folder.
+    Family {
+        #[command(subcommand)]
+        action: FamilyAction,
+    },
     /// Read every file of the folder and check it: the manifest, site
     /// files, each site's change-log, patient files against this database,
     /// document bodies. Changes nothing; exits 1 when it finds a problem.
@@ -181,6 +186,23 @@ enum ServiceAction {
     /// Whether the service is registered and whether it runs now (exits 0
     /// either way).
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum FamilyAction {
+    /// This site leaves the family (as `detach`), then every file of the
+    /// family is removed from the folder; `clinicsync.xml` stays as a note
+    /// of who deleted it and when. The other sites stop syncing, keep all
+    /// their data and delete nothing.
+    Delete {
+        /// The family id as `clinicsync status` shows it (asked for on a
+        /// terminal when not given).
+        #[arg(long, value_name = "FAMILY")]
+        confirm: Option<String>,
+        /// Say what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -322,6 +344,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { dry_run } => operations::detach(&db, dry_run, cli.json),
         Command::Verify => operations::verify(&db, cli.json),
+        Command::Family { action: FamilyAction::Delete { confirm, dry_run } } => {
+            operations::family_delete(&db, confirm, dry_run, cli.json)
+        }
         Command::Documents => operations::documents(&db, cli.json),
         Command::Status => {
             let report = engine::status(&db)?;

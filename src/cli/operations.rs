@@ -37,6 +37,60 @@ pub(super) fn detach(db: &Path, dry_run: bool, json: bool) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
+/// `clinicsync family delete [--confirm FAMILY] [--dry-run]`: without
+/// `--confirm`, the family id is asked for on a terminal.
+pub(super) fn family_delete(
+    db: &Path,
+    confirm: Option<String>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let confirm = match confirm {
+        Some(c) => c,
+        None if dry_run => String::new(),
+        None if std::io::stdin().is_terminal() => {
+            let status = engine::status(db)?;
+            eprint!(
+                "This deletes every file of family {} from {} for every site (each keeps its own data). Type the family id to go ahead: ",
+                short_id(&status.family),
+                shown(&status.folder)
+            );
+            std::io::stderr().flush()?;
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim().to_owned()
+        }
+        None => anyhow::bail!(
+            "family delete needs the family id as `clinicsync status` shows it: pass it with --confirm FAMILY"
+        ),
+    };
+    let report = engine::family_delete(db, &confirm, dry_run)?;
+    if json {
+        return print_json(&report).map(|()| ExitCode::SUCCESS);
+    }
+    let family = short_id(&report.family);
+    if dry_run {
+        say!(
+            "Would detach this site, then delete {} files of family {family} from the folder and leave clinicsync.xml as a note of who deleted it. {} other files there are not the family's and would stay.",
+            report.files,
+            report.left_alone.len()
+        );
+    } else {
+        say!(
+            "Deleted {} files of family {family} from the folder; clinicsync.xml now says this site deleted it. This database keeps its data and no longer syncs.",
+            report.files
+        );
+        for n in &report.not_removed {
+            say!("Not removed: {}", shown(n));
+        }
+    }
+    for f in &report.left_alone {
+        say!("Left alone (not the family's): {}", shown(f));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `clinicsync verify`: exits 1 when it finds a problem.
 pub(super) fn verify(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let report = engine::verify(db)?;

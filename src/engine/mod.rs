@@ -4,6 +4,7 @@
 
 mod detach;
 mod documents;
+mod family;
 mod host;
 mod progress;
 mod report;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use detach::{DetachReport, detach};
 pub use documents::{DocumentLine, DocumentsReport, documents};
+pub use family::{FamilyDeleteReport, family_delete};
 pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
 pub use progress::{Progress, ProgressView};
@@ -91,6 +93,10 @@ pub enum EngineError {
         "the first export of this database could not write its change-log into {folder}; it goes on from where it stopped on the next run, and nothing is imported until then"
     )]
     FirstExportWaits { folder: String },
+    #[error(
+        "the family's data was deleted from {folder} by site {site} at {at} (`clinicsync family delete`); this database keeps all its data and nothing was deleted here; to sync again, run `clinicsync detach`, then `clinicsync init` with a new folder"
+    )]
+    FamilyDeleted { folder: String, site: String, at: String },
     /// An operation that would lose something if it went ahead; the
     /// sentence says why and what to do.
     #[error("{0}")]
@@ -222,6 +228,13 @@ pub fn init_with(
         Err(ReadError::NotFound) => None,
         Err(e) => return Err(EngineError::BadManifest { folder: folder_display, reason: e.to_string() }),
     };
+    if let Some((site, at)) = existing.as_ref().and_then(|m| m.deleted) {
+        return Err(EngineError::FamilyDeleted {
+            folder: folder_display,
+            site: site.short(),
+            at: crate::xmlstore::format_time(at),
+        });
+    }
     if existing.is_none() {
         let ignore = IgnoreRules::new();
         let entries = folder.list("").map_err(io_err(format!("cannot list {folder_display}")))?;
@@ -273,7 +286,7 @@ pub fn init_with(
     };
     host::fault_point("init-before-manifest");
     if existing.is_none() {
-        let manifest = Manifest { family, created_ms: clock.now_ms() };
+        let manifest = Manifest { family, created_ms: clock.now_ms(), deleted: None };
         for dir in [SITES_DIR, PATIENTS_DIR] {
             std::fs::create_dir_all(folder_path.join(dir))
                 .map_err(io_err(format!("cannot create {dir}/ in {folder_display}")))?;

@@ -96,12 +96,19 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
     let now = SystemClock.now_ms();
     let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
     let mut warnings = Vec::new();
-    let online = cfg.folder.is_dir()
-        && folder
-            .read(MANIFEST, 1 << 20)
-            .ok()
-            .and_then(|b| decode_manifest(&b).ok())
-            .is_some_and(|m| m.family == cfg.family);
+    let manifest = if cfg.folder.is_dir() {
+        folder.read(MANIFEST, 1 << 20).ok().and_then(|b| decode_manifest(&b).ok())
+    } else {
+        None
+    };
+    let online = manifest.as_ref().is_some_and(|m| m.family == cfg.family);
+    if let Some((site, at)) = manifest.and_then(|m| m.deleted) {
+        warnings.push(format!(
+            "the family's data was deleted from the folder by site {} at {} (`clinicsync family delete`): syncing has stopped; this database keeps all its data",
+            site.short(),
+            format_time(at)
+        ));
+    }
     if !online {
         warnings.push(format!(
             "the sync folder {} is not reachable or is not this family's folder",

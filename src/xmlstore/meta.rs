@@ -16,6 +16,9 @@ pub struct Manifest {
     pub family: FamilyId,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// The family's data was deleted from the folder (`clinicsync family
+    /// delete`): by which site, and when. The manifest stays as the note.
+    pub deleted: Option<(SiteId, u64)>,
 }
 
 /// `sites/<site>.xml`: what a site publishes about itself.
@@ -76,8 +79,12 @@ pub(crate) fn parse_time(text: &str) -> Option<u64> {
 }
 
 pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    let deleted = match m.deleted {
+        Some((site, ms)) => format!(" deleted-by=\"{site}\" deleted=\"{}\"", format_time(ms)),
+        None => String::new(),
+    };
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clinicsync-family format=\"{FOLDER_FORMAT}\" family=\"{}\" created=\"{}\"/>\n",
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<clinicsync-family format=\"{FOLDER_FORMAT}\" family=\"{}\" created=\"{}\"{deleted}/>\n",
         m.family,
         format_time(m.created_ms)
     );
@@ -91,7 +98,14 @@ pub fn decode_manifest(file: &[u8]) -> Result<Manifest, DecodeError> {
     let created = required(&r, &attrs, "clinicsync-family", "created")?;
     let created_ms =
         parse_time(created).ok_or_else(|| bad(&r, "created", created, "not an RFC 3339 time".into()))?;
-    Ok(Manifest { family, created_ms })
+    let deleted = match (optional(&attrs, "deleted-by"), optional(&attrs, "deleted")) {
+        (Some(site), Some(at)) => Some((
+            SiteId::parse(site).map_err(|e| bad(&r, "deleted-by", site, e.to_string()))?,
+            parse_time(at).ok_or_else(|| bad(&r, "deleted", at, "not an RFC 3339 time".into()))?,
+        )),
+        _ => None,
+    };
+    Ok(Manifest { family, created_ms, deleted })
 }
 
 pub fn encode_site(s: &SiteFile) -> Vec<u8> {
@@ -324,7 +338,10 @@ mod tests {
         let odd = trailer::seal(body.replace("cl=\"4\"", "cl=\"3\"").into_bytes());
         let refused = decode_site(&odd).unwrap_err().to_string();
         assert!(refused.contains("causal length"), "{refused}");
-        let m = Manifest { family: FamilyId::from_bytes([3; 16]), created_ms: 1_700_000_000_000 };
+        let m =
+            Manifest { family: FamilyId::from_bytes([3; 16]), created_ms: 1_700_000_000_000, deleted: None };
         assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
+        let gone = Manifest { deleted: Some((SiteId::from_bytes([4; 16]), 1_700_000_100_000)), ..m };
+        assert_eq!(decode_manifest(&encode_manifest(&gone)).unwrap(), gone);
     }
 }

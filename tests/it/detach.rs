@@ -83,3 +83,62 @@ fn a_site_leaves_with_its_changes_sent_the_others_stop_waiting_and_it_can_join_a
     assert_eq!(patient_field(&a, &ids[1], "email").unwrap(), "after@example.org");
     assert_eq!(dump(&a), dump(&b));
 }
+
+#[test]
+fn family_delete_removes_the_familys_files_and_the_other_sites_stop_keeping_everything() {
+    let (family, a, b) = two_sites();
+    let ids: Vec<String> = (0..4).map(|n| add_patient(&app(&a), n, 2)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    let folder = family.folder();
+    // Not the family's: a person's note and a file inside one of its folders.
+    std::fs::write(folder.join("README from the IT person.txt"), b"do not touch").unwrap();
+    std::fs::write(folder.join("patients").join("notes.txt"), b"mine").unwrap();
+    let status = json_of(&a, &["status"]);
+    let short = &status["family"].as_str().unwrap()[..8];
+
+    // A wrong id deletes nothing.
+    let wrong = cli(&a).args(["family", "delete", "--confirm", "deadbeef"]).output().unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("nothing was deleted"));
+    assert!(own_objects(&a) > 0);
+    let dry = cli(&a).args(["family", "delete", "--dry-run", "--json"]).output().unwrap();
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert!(dry["files"].as_u64().unwrap() >= 6, "{dry:#}");
+    assert!(folder.join("patients").read_dir().unwrap().count() > 1, "a dry run deletes nothing");
+
+    let done = cli(&a).args(["family", "delete", "--confirm", short, "--json"]).output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&done.stdout).unwrap();
+    assert_eq!(done["files"], dry["files"]);
+    let left: Vec<String> = walkdir::WalkDir::new(&folder)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(&folder).unwrap().to_string_lossy().into_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(left, ["README from the IT person.txt", "clinicsync.xml", "patients/notes.txt"], "{left:?}");
+    let note = std::fs::read_to_string(folder.join("clinicsync.xml")).unwrap();
+    assert!(note.contains("deleted-by=") && !note.contains("<row"), "{note}");
+    assert_eq!(own_objects(&a), 0);
+    assert_eq!(app_rows(&a).len(), 4, "A keeps its data");
+
+    // B stops with a clear status, keeps every row, deletes nothing.
+    let rows_before = dump(&b);
+    let (code, report) = sync(&b);
+    assert_eq!(code, 1, "{report:#}");
+    assert!(report["error"].as_str().unwrap().contains("deleted from"), "{report:#}");
+    assert_eq!(dump(&b), rows_before);
+    assert!(has_patient(&b, &ids[3]));
+    let status = json_of(&b, &["status"]);
+    assert!(
+        status["warnings"].as_array().unwrap().iter().any(|w| w.as_str().unwrap().contains("family delete")),
+        "{status:#}"
+    );
+    // Nobody joins a deleted family by mistake.
+    let c = family.db("c");
+    let joined = cli(&c).args(["init", "--folder"]).arg(&folder).output().unwrap();
+    assert_eq!(joined.status.code(), Some(1));
+}

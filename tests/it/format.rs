@@ -112,7 +112,7 @@ fn the_site_file_and_manifest_formats_are_frozen() {
     };
     expect_file!["../../fixtures/format/site-v1.xml"]
         .assert_eq(std::str::from_utf8(&encode_site(&site)).unwrap());
-    let manifest = Manifest { family: site.family, created_ms: 1_763_700_000_000 };
+    let manifest = Manifest { family: site.family, created_ms: 1_763_700_000_000, deleted: None };
     expect_file!["../../fixtures/format/manifest-v1.xml"]
         .assert_eq(std::str::from_utf8(&encode_manifest(&manifest)).unwrap());
 }

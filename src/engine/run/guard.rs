@@ -37,6 +37,13 @@ impl Run<'_> {
             Err(ReadError::NotFound) => return Err(EngineError::NotAFamily { folder: folder_display }),
             Err(e) => return Err(EngineError::BadManifest { folder: folder_display, reason: e.to_string() }),
         };
+        if let Some((site, at)) = manifest.deleted {
+            return Err(EngineError::FamilyDeleted {
+                folder: folder_display,
+                site: site.short(),
+                at: crate::xmlstore::format_time(at),
+            });
+        }
         if manifest.family != self.cfg.family {
             return Err(EngineError::OtherFamily {
                 folder: folder_display,
