@@ -99,6 +99,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Make the folder whole again from this database.
+    Baseline {
+        #[command(subcommand)]
+        action: BaselineAction,
+    },
     /// The family's data in the folder.
     Family {
         #[command(subcommand)]
@@ -186,6 +191,19 @@ enum ServiceAction {
     /// Whether the service is registered and whether it runs now (exits 0
     /// either way).
     Status,
+}
+
+#[derive(Subcommand, Debug)]
+enum BaselineAction {
+    /// Publish every row this site holds again and write every patient file
+    /// again from it (joined with what the folder holds: newer values of
+    /// other sites stay). Replaces patient files nothing can read, after
+    /// copying each to `<db>.replaced-<time>/`.
+    Upload {
+        /// Say which files would be replaced; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -344,6 +362,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { dry_run } => operations::detach(&db, dry_run, cli.json),
         Command::Verify => operations::verify(&db, cli.json),
+        Command::Baseline { action: BaselineAction::Upload { dry_run } } => {
+            operations::baseline_upload(&db, dry_run, cli.json)
+        }
         Command::Family { action: FamilyAction::Delete { confirm, dry_run } } => {
             operations::family_delete(&db, confirm, dry_run, cli.json)
         }

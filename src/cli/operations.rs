@@ -91,6 +91,36 @@ pub(super) fn family_delete(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `clinicsync baseline upload [--dry-run]`.
+pub(super) fn baseline_upload(db: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let report = engine::baseline_upload(db, dry_run)?;
+    if json {
+        return print_json(&report).map(|()| ExitCode::SUCCESS);
+    }
+    if dry_run {
+        say!(
+            "Would publish every row this site holds again and write every patient file again; {} patient files nothing can read would be replaced (each copied first):",
+            report.replaced.len()
+        );
+    } else {
+        say!(
+            "Published {} rows again in {} exports and wrote the patient files again; {} patient files nothing could read were replaced{}.",
+            report.rows,
+            report.exports,
+            report.replaced.len(),
+            report
+                .replaced_copies
+                .as_deref()
+                .map(|d| format!(" (copies in {})", shown(d)))
+                .unwrap_or_default()
+        );
+    }
+    for path in &report.replaced {
+        say!("  {}", shown(path));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `clinicsync verify`: exits 1 when it finds a problem.
 pub(super) fn verify(db: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let report = engine::verify(db)?;

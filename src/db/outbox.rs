@@ -211,3 +211,41 @@ impl Db {
         }
     }
 }
+
+impl super::WriteTx<'_> {
+    /// Puts the state's rows after `after` (by table and key) into this
+    /// transaction's export whole, every version, until `max_rows` rows or
+    /// about `max_bytes`: a segment of what this site holds, to make a
+    /// damaged folder whole again (`baseline upload`). Returns where to go
+    /// on from, or `None` when every row is in.
+    pub fn republish_state(
+        &mut self,
+        after: Option<&(String, String)>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(String, String)>, DbError> {
+        let (t, p) = after.cloned().unwrap_or_default();
+        let mut stmt = self.tx.prepare_cached(
+            "SELECT tbl, pk, cl, patient, state FROM _cs_rows WHERE (tbl, pk) > (?1, ?2) ORDER BY tbl, pk LIMIT ?3",
+        )?;
+        let mut rows = stmt.query(params![t, p, max_rows as i64])?;
+        let (mut last, mut fetched, mut bytes) = (None, 0, 0);
+        while let Some(r) = rows.next()? {
+            let (tbl, pk, cl, patient, blob): (String, String, i64, Option<String>, Vec<u8>) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+            fetched += 1;
+            bytes += 2 * blob.len() + 200;
+            let state = super::patients::decode_row(&tbl, &pk, cl, &blob)?;
+            if let Some(patient) = patient {
+                self.batch.versions += state.fields.values().map(|f| f.versions().len()).sum::<usize>();
+                self.batch.patients.insert(patient.clone());
+                self.batch.rows.insert((patient, RowKey { table: tbl.clone(), pk: pk.clone() }), state);
+            }
+            last = Some((tbl, pk));
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(if fetched == max_rows || bytes >= max_bytes { last } else { None })
+    }
+}

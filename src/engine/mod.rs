@@ -2,6 +2,7 @@
 //! family), `sync` (Sync Now), `status`, `reassign`. This is the edge where
 //! the database, the folder, the clock and the codecs meet.
 
+mod baseline;
 mod detach;
 mod documents;
 mod family;
@@ -17,6 +18,7 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
+pub use baseline::{UploadReport, baseline_upload};
 pub use detach::{DetachReport, detach};
 pub use documents::{DocumentLine, DocumentsReport, documents};
 pub use family::{FamilyDeleteReport, family_delete};

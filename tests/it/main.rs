@@ -11,6 +11,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod app_writer;
+mod baseline;
 mod browser;
 mod changelog;
 mod conflict_copies;

@@ -1,0 +1,157 @@
+//! `clinicsync baseline upload`: makes a damaged folder whole again from
+//! this database. Every row this site holds is published again, whole, in
+//! segments of its change-log, and every patient file is written again from
+//! the state (joined with what the folder holds, as every write is: newer
+//! values of other sites stay, and nothing this site lacks is deleted
+//! anywhere). It is the one operation that replaces a patient file
+//! clinicsync cannot read, and it first copies each one it replaces to
+//! `<db>.replaced-<time>/`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::host::SystemClock;
+use super::run::{SyncOptions, sync, take_lock};
+use super::{EngineError, Outcome, RunReport, staging_dir};
+use crate::conflicts::{Classified, FileKind, classify_path};
+use crate::db::Db;
+use crate::folder::layout::PATIENTS_DIR;
+use crate::folder::{DiskFolder, IgnoreRules};
+use crate::model::Clock;
+use crate::xmlstore::{Limits, decode_patient, format_time};
+
+/// Rows and approximate bytes of state per republished segment.
+const ROWS_PER_SEGMENT: usize = 5_000;
+const BYTES_PER_SEGMENT: usize = 4 << 20;
+
+/// What `baseline upload` did, or would do. Field names are part of `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct UploadReport {
+    pub dry_run: bool,
+    /// Patient files in the folder that cannot be read, replaced (or to be).
+    pub replaced: Vec<String>,
+    /// Where the replaced files were copied first.
+    pub replaced_copies: Option<String>,
+    /// Exports made of the whole state, and the rows in them.
+    pub exports: u64,
+    pub rows: u64,
+    /// The sync that wrote them and every patient file.
+    pub run: Option<RunReport>,
+}
+
+fn sync_for(db_path: &Path, what: &str) -> Result<RunReport, EngineError> {
+    let report = sync(
+        db_path,
+        &SyncOptions {
+            trigger: "baseline-upload".into(),
+            wait_for_lock: Some(|| {}),
+            ..SyncOptions::default()
+        },
+    )?;
+    if report.outcome == Outcome::Failed {
+        return Err(EngineError::Refused(format!(
+            "baseline upload stopped {what}: the sync failed ({}); nothing was replaced",
+            report.error.clone().unwrap_or_default()
+        )));
+    }
+    Ok(report)
+}
+
+pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, EngineError> {
+    if !dry_run {
+        // What the app changed goes first, and what the others wrote is in.
+        sync_for(db_path, "before it began")?;
+    }
+    let db = Db::open(db_path)?;
+    let cfg = db.site_config()?;
+    let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
+    let ignore = IgnoreRules::new();
+    let limits = Limits::default();
+    let io = |what: String| move |cause| EngineError::Io { what, cause };
+    // Patient files nothing can read: (path, their bytes).
+    let mut damaged = Vec::new();
+    let mut todo = vec![PATIENTS_DIR.to_owned()];
+    while let Some(dir) = todo.pop() {
+        for entry in folder.list(&dir).map_err(io(format!("cannot list {dir}/")))? {
+            let path = format!("{dir}/{}", entry.name);
+            if entry.is_dir {
+                todo.push(path);
+                continue;
+            }
+            if ignore.is_ignored(&entry.name)
+                || !matches!(classify_path(&path), Classified::Original(FileKind::Patient { .. }))
+            {
+                continue;
+            }
+            // Read as every file is (not a link, not a FIFO); a file that
+            // cannot be opened at all is left for the next run to name.
+            if let Ok(bytes) = folder.read(&path, limits.max_file_bytes)
+                && decode_patient(&bytes, limits).is_err()
+            {
+                damaged.push((path, bytes));
+            }
+        }
+    }
+    damaged.sort();
+    let replaced: Vec<String> = damaged.iter().map(|(p, _)| p.clone()).collect();
+    if dry_run {
+        return Ok(UploadReport { dry_run, replaced, replaced_copies: None, exports: 0, rows: 0, run: None });
+    }
+    let mut copies = None;
+    if !damaged.is_empty() {
+        let mut dir = db_path.as_os_str().to_owned();
+        dir.push(format!(".replaced-{}", format_time(SystemClock.now_ms()).replace(':', "-")));
+        let dir = PathBuf::from(dir);
+        for (path, bytes) in &damaged {
+            let to = dir.join(path);
+            std::fs::create_dir_all(to.parent().expect("a patient path has folders"))
+                .map_err(io(format!("cannot create {}", dir.display())))?;
+            std::fs::write(&to, bytes)
+                .map_err(io(format!("cannot keep a copy of {path} in {}", dir.display())))?;
+        }
+        copies = Some(dir.display().to_string());
+    }
+    drop(db);
+    let (mut exports, mut rows) = (0, 0);
+    {
+        let _lock = take_lock(db_path)?;
+        let mut db = Db::open(db_path)?;
+        for (path, _) in &damaged {
+            folder.remove(path).map_err(io(format!("cannot replace {path}")))?;
+        }
+        let mut after = None;
+        let mut first_seq = None;
+        loop {
+            let mut w = db.begin_write(SystemClock.now_ms())?;
+            let next = w.republish_state(after.as_ref(), ROWS_PER_SEGMENT, BYTES_PER_SEGMENT)?;
+            let done = w.commit()?;
+            if let Some(seq) = done.seq {
+                first_seq = first_seq.or(Some(seq));
+                exports += 1;
+                rows += done.rows as u64;
+            }
+            match next {
+                Some(key) => after = Some(key),
+                None => break,
+            }
+        }
+        // Own segments lost from the folder before these: the log starts
+        // at the state published again (a site behind it reads the patient
+        // files, whole again, then goes on from there).
+        if let Some(first) = first_seq {
+            let oldest: u64 = db.meta("oldest_seq")?.and_then(|v| v.parse().ok()).unwrap_or(1);
+            let mut lost = false;
+            for seq in oldest..first {
+                lost |=
+                    folder.metadata(&crate::changelog::segment_path(cfg.site, seq)).ok().flatten().is_none();
+            }
+            if lost {
+                db.set_meta("oldest_seq", &first.to_string())?;
+            }
+        }
+    }
+    // The sync writes the segments and every patient file they name.
+    let run = sync_for(db_path, "after the state was recorded (the next sync writes it)")?;
+    Ok(UploadReport { dry_run, replaced, replaced_copies: copies, exports, rows, run: Some(run) })
+}
