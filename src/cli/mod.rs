@@ -195,6 +195,18 @@ enum ServiceAction {
 
 #[derive(Subcommand, Debug)]
 enum BaselineAction {
+    /// Make this database's tables (or one) equal to what the family holds:
+    /// what the app changed is sent first, the database is copied to
+    /// `<db>.before-baseline-<time>`, then rows are put back, corrected or
+    /// removed. Says how many per table.
+    Download {
+        /// Only this table (say `appointments`).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Publish every row this site holds again and write every patient file
     /// again from it (joined with what the folder holds: newer values of
     /// other sites stay). Replaces patient files nothing can read, after
@@ -362,6 +374,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Detach { dry_run } => operations::detach(&db, dry_run, cli.json),
         Command::Verify => operations::verify(&db, cli.json),
+        Command::Baseline { action: BaselineAction::Download { table, dry_run } } => {
+            operations::baseline_download(&db, table.as_deref(), dry_run, cli.json)
+        }
         Command::Baseline { action: BaselineAction::Upload { dry_run } } => {
             operations::baseline_upload(&db, dry_run, cli.json)
         }

@@ -91,6 +91,27 @@ pub(super) fn family_delete(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `clinicsync baseline download [--table T] [--dry-run]`.
+pub(super) fn baseline_download(
+    db: &Path,
+    table: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = engine::baseline_download(db, table, dry_run)?;
+    if json {
+        return print_json(&report).map(|()| ExitCode::SUCCESS);
+    }
+    let verb = if dry_run { "Would put back" } else { "Put back" };
+    for t in &report.tables {
+        say!("{}: {verb} {} rows, correct {} and remove {}.", shown(&t.table), t.added, t.changed, t.removed);
+    }
+    if let Some(copy) = &report.backup {
+        say!("The database as it was is copied to {}.", shown(copy));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `clinicsync baseline upload [--dry-run]`.
 pub(super) fn baseline_upload(db: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
     let report = engine::baseline_upload(db, dry_run)?;

@@ -3,6 +3,7 @@
 //! the app keeps writing while a sync runs; clinicsync's write transactions
 //! are short and take the write lock up front.
 
+mod baseline;
 mod bulk;
 mod copies;
 mod digests;
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
+pub use baseline::TableBaseline;
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};

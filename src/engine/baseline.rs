@@ -155,3 +155,75 @@ pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, En
     let run = sync_for(db_path, "after the state was recorded (the next sync writes it)")?;
     Ok(UploadReport { dry_run, replaced, replaced_copies: copies, exports, rows, run: Some(run) })
 }
+
+/// What `baseline download` did, or would do. Field names are part of
+/// `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DownloadReport {
+    pub dry_run: bool,
+    pub tables: Vec<crate::db::TableBaseline>,
+    /// The copy of the database taken before anything was replaced.
+    pub backup: Option<String>,
+}
+
+/// `clinicsync baseline download [--table T]`: makes this database's
+/// mapped tables (or one) equal to what the family holds. What the app
+/// changed is exported first (a complete sync); the database is copied to
+/// `<db>.before-baseline-<time>` before anything is replaced.
+pub fn baseline_download(
+    db_path: &Path,
+    table: Option<&str>,
+    dry_run: bool,
+) -> Result<DownloadReport, EngineError> {
+    let db = Db::open(db_path)?;
+    let tables: Vec<String> = match table {
+        Some(t) if db.mapping().table(t).is_some() => vec![t.to_owned()],
+        Some(t) => {
+            let known: Vec<&str> = db.mapping().tables().collect();
+            return Err(EngineError::Refused(format!(
+                "{t:?} is not a table this database syncs; the tables are: {}",
+                known.join(", ")
+            )));
+        }
+        None => db.mapping().tables().map(str::to_owned).collect(),
+    };
+    drop(db);
+    if !dry_run {
+        let report = sync(
+            db_path,
+            &SyncOptions {
+                trigger: "baseline-download".into(),
+                wait_for_lock: Some(|| {}),
+                ..SyncOptions::default()
+            },
+        )?;
+        if report.outcome == Outcome::Failed {
+            return Err(EngineError::Refused(format!(
+                "baseline download stopped before it began: the sync failed ({}), so what this site changed might not be in the folder; nothing was replaced",
+                report.error.unwrap_or_default()
+            )));
+        }
+    }
+    let _lock = take_lock(db_path)?;
+    let mut db = Db::open(db_path)?;
+    let backup = if dry_run {
+        None
+    } else {
+        let mut path = db_path.as_os_str().to_owned();
+        path.push(format!(".before-baseline-{}", format_time(SystemClock.now_ms()).replace(':', "-")));
+        let path = PathBuf::from(path);
+        db.backup_to(&path)?;
+        Some(path.display().to_string())
+    };
+    let mut w = db.begin_write(SystemClock.now_ms())?;
+    // Changes the app made since the sync are kept: stamped first.
+    w.stamp_pending(usize::MAX, usize::MAX)?;
+    let mut done = Vec::new();
+    for t in &tables {
+        done.push(w.rebaseline(t)?);
+    }
+    if !dry_run {
+        w.commit()?;
+    }
+    Ok(DownloadReport { dry_run, tables: done, backup })
+}

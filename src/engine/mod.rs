@@ -18,7 +18,7 @@ mod verify;
 
 use std::path::{Path, PathBuf};
 
-pub use baseline::{UploadReport, baseline_upload};
+pub use baseline::{DownloadReport, UploadReport, baseline_download, baseline_upload};
 pub use detach::{DetachReport, detach};
 pub use documents::{DocumentLine, DocumentsReport, documents};
 pub use family::{FamilyDeleteReport, family_delete};

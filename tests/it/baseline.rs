@@ -60,3 +60,73 @@ fn a_damaged_folder_is_made_whole_again_and_a_new_site_seeds_from_it() {
     assert_eq!(dump(&c), dump(&a));
     assert_eq!(dump(&b), dump(&a));
 }
+
+/// Runs `f` on the app's database with clinicsync's capture quiet: writes
+/// that go past clinicsync, as a restore or a hand edit with the triggers
+/// off would.
+fn past_clinicsync(db: &std::path::Path, sql: &str) {
+    let conn = app(db);
+    conn.execute_batch(&format!("INSERT INTO _cs_quiet (x) VALUES (1); {sql}; DELETE FROM _cs_quiet;"))
+        .unwrap();
+}
+
+fn count(db: &std::path::Path, sql: &str) -> i64 {
+    app(db).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn baseline_download_puts_a_damaged_table_back_and_keeps_what_was_not_sent() {
+    let (_family, a, b) = two_sites();
+    let ids: Vec<String> = (0..5).map(|n| add_patient(&app(&a), n, 2)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    let healthy = dump(&a);
+    // Damage at B past clinicsync: appointments and notes deleted, a phone
+    // changed, a row clinicsync never saw.
+    past_clinicsync(&b, "DELETE FROM appointments WHERE patient_id IN (SELECT id FROM patients LIMIT 2)");
+    past_clinicsync(&b, "DELETE FROM clinical_notes");
+    past_clinicsync(&b, &format!("UPDATE patients SET phone = 'garbled' WHERE id = '{}'", ids[3]));
+    past_clinicsync(
+        &b,
+        &format!(
+            "INSERT INTO appointments (id, patient_id, starts_at) VALUES ('stray', '{}', '2026-12-09T10:00:00Z')",
+            ids[0]
+        ),
+    );
+    // And an ordinary edit at B not synced yet: it must survive.
+    app(&b).execute("UPDATE patients SET email = 'kept@example.org' WHERE id = ?1", [&ids[4]]).unwrap();
+
+    // One table only: appointments back, notes still missing.
+    let out = cli(&b).args(["baseline", "download", "--table", "appointments", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tables"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["tables"][0]["added"], 4, "{report:#}");
+    assert_eq!(report["tables"][0]["removed"], 1, "the stray row: {report:#}");
+    assert_eq!(count(&b, "SELECT count(*) FROM appointments"), 10);
+    assert_eq!(count(&b, "SELECT count(*) FROM appointments WHERE id = 'stray'"), 0);
+    assert_eq!(count(&b, "SELECT count(*) FROM clinical_notes"), 0, "other tables untouched");
+    let backup = report["backup"].as_str().unwrap();
+    let copy = rusqlite::Connection::open(backup).unwrap();
+    let stray: i64 =
+        copy.query_row("SELECT count(*) FROM appointments WHERE id = 'stray'", [], |r| r.get(0)).unwrap();
+    assert_eq!(stray, 1, "the copy opens and holds what was replaced");
+
+    // Every table: notes and the phone back.
+    let out = cli(&b).args(["baseline", "download", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let notes =
+        report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "clinical_notes").unwrap().clone();
+    assert_eq!(notes["added"], 10, "{report:#}");
+    let patients =
+        report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "patients").unwrap().clone();
+    assert_eq!(patients["changed"], 1, "{report:#}");
+    assert_eq!(patient_field(&b, &ids[3], "phone").unwrap(), "+1 555 0003");
+    // The edit made with clinicsync watching survived and reaches A.
+    assert_eq!(patient_field(&b, &ids[4], "email").unwrap(), "kept@example.org");
+    sync_ok(&b);
+    sync_ok(&a);
+    assert_eq!(patient_field(&a, &ids[4], "email").unwrap(), "kept@example.org");
+    assert_eq!(dump(&a), dump(&b));
+    assert_ne!(dump(&a), healthy, "only by the kept edit");
+}
