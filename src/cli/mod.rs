@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod demo;
 mod operations;
+use operations::{BaselineAction, FamilyAction};
 mod progress;
 
 use std::path::PathBuf;
@@ -191,48 +192,6 @@ enum ServiceAction {
     /// Whether the service is registered and whether it runs now (exits 0
     /// either way).
     Status,
-}
-
-#[derive(Subcommand, Debug)]
-enum BaselineAction {
-    /// Make this database's tables (or one) equal to what the family holds:
-    /// what the app changed is sent first, the database is copied to
-    /// `<db>.before-baseline-<time>`, then rows are put back, corrected or
-    /// removed. Says how many per table.
-    Download {
-        /// Only this table (say `appointments`).
-        #[arg(long, value_name = "TABLE")]
-        table: Option<String>,
-        /// Say what would change; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Publish every row this site holds again and write every patient file
-    /// again from it (joined with what the folder holds: newer values of
-    /// other sites stay). Replaces patient files nothing can read, after
-    /// copying each to `<db>.replaced-<time>/`.
-    Upload {
-        /// Say which files would be replaced; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum FamilyAction {
-    /// This site leaves the family (as `detach`), then every file of the
-    /// family is removed from the folder; `clinicsync.xml` stays as a note
-    /// of who deleted it and when. The other sites stop syncing, keep all
-    /// their data and delete nothing.
-    Delete {
-        /// The family id as `clinicsync status` shows it (asked for on a
-        /// terminal when not given).
-        #[arg(long, value_name = "FAMILY")]
-        confirm: Option<String>,
-        /// Say what would be deleted; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

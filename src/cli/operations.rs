@@ -4,10 +4,54 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use clap::Subcommand;
+
 use super::print_json;
 use crate::engine;
 use crate::model::{short_id, shown};
 use crate::xmlstore::format_time;
+
+#[derive(Subcommand, Debug)]
+pub(super) enum BaselineAction {
+    /// Make this database's tables (or one) equal to what the family holds:
+    /// what the app changed is sent first, the database is copied to
+    /// `<db>.before-baseline-<time>`, then rows are put back, corrected or
+    /// removed. Says how many per table.
+    Download {
+        /// Only this table (say `appointments`).
+        #[arg(long, value_name = "TABLE")]
+        table: Option<String>,
+        /// Say what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Publish every row this site holds again and write every patient file
+    /// again from it (joined with what the folder holds: newer values of
+    /// other sites stay). Replaces patient files nothing can read, after
+    /// copying each to `<db>.replaced-<time>/`.
+    Upload {
+        /// Say which files would be replaced; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(super) enum FamilyAction {
+    /// This site leaves the family (as `detach`), then every file of the
+    /// family is removed from the folder; `clinicsync.xml` stays as a note
+    /// of who deleted it and when. The other sites stop syncing, keep all
+    /// their data and delete nothing.
+    Delete {
+        /// The family id as `clinicsync status` shows it (asked for on a
+        /// terminal when not given).
+        #[arg(long, value_name = "FAMILY")]
+        confirm: Option<String>,
+        /// Say what would be deleted; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
 
 /// `clinicsync detach [--dry-run]`.
 pub(super) fn detach(db: &Path, dry_run: bool, json: bool) -> anyhow::Result<ExitCode> {
