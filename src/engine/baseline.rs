@@ -40,22 +40,27 @@ pub struct UploadReport {
     pub run: Option<RunReport>,
 }
 
-fn sync_for(db_path: &Path, what: &str) -> Result<RunReport, EngineError> {
-    let report = sync(
-        db_path,
-        &SyncOptions {
-            trigger: "baseline-upload".into(),
-            wait_for_lock: Some(|| {}),
-            ..SyncOptions::default()
-        },
-    )?;
+/// A complete sync before an operation that replaces or removes
+/// something: what the app changed must be in the folder first. When it
+/// fails, the operation is refused with `refused(the error)`.
+pub(super) fn sync_first(
+    db_path: &Path,
+    trigger: &str,
+    refused: impl FnOnce(&str) -> String,
+) -> Result<RunReport, EngineError> {
+    let options =
+        SyncOptions { trigger: trigger.into(), wait_for_lock: Some(|| {}), ..SyncOptions::default() };
+    let report = sync(db_path, &options)?;
     if report.outcome == Outcome::Failed {
-        return Err(EngineError::Refused(format!(
-            "baseline upload stopped {what}: the sync failed ({}); nothing was replaced",
-            report.error.clone().unwrap_or_default()
-        )));
+        return Err(EngineError::Refused(refused(report.error.as_deref().unwrap_or_default())));
     }
     Ok(report)
+}
+
+fn sync_for(db_path: &Path, what: &str) -> Result<RunReport, EngineError> {
+    sync_first(db_path, "baseline-upload", |e| {
+        format!("baseline upload stopped {what}: the sync failed ({e}); nothing was replaced")
+    })
 }
 
 pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, EngineError> {
@@ -189,20 +194,11 @@ pub fn baseline_download(
     };
     drop(db);
     if !dry_run {
-        let report = sync(
-            db_path,
-            &SyncOptions {
-                trigger: "baseline-download".into(),
-                wait_for_lock: Some(|| {}),
-                ..SyncOptions::default()
-            },
-        )?;
-        if report.outcome == Outcome::Failed {
-            return Err(EngineError::Refused(format!(
-                "baseline download stopped before it began: the sync failed ({}), so what this site changed might not be in the folder; nothing was replaced",
-                report.error.unwrap_or_default()
-            )));
-        }
+        sync_first(db_path, "baseline-download", |e| {
+            format!(
+                "baseline download stopped before it began: the sync failed ({e}), so what this site changed might not be in the folder; nothing was replaced"
+            )
+        })?;
     }
     let _lock = take_lock(db_path)?;
     let mut db = Db::open(db_path)?;

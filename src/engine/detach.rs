@@ -10,8 +10,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::host::SystemClock;
-use super::run::{SyncOptions, sync, take_lock};
-use super::{EngineError, Outcome, staging_dir};
+use super::run::take_lock;
+use super::{EngineError, staging_dir};
 use crate::db::Db;
 use crate::folder::DiskFolder;
 use crate::folder::layout::site_path;
@@ -50,16 +50,11 @@ pub fn detach(db_path: &Path, dry_run: bool) -> Result<DetachReport, EngineError
         return Ok(report);
     }
     // Everything the app changed goes to the folder first.
-    let last = sync(
-        db_path,
-        &SyncOptions { trigger: "detach".into(), wait_for_lock: Some(|| {}), ..SyncOptions::default() },
-    )?;
-    if last.outcome == Outcome::Failed {
-        return Err(EngineError::Refused(format!(
-            "this site did not leave the family: its last sync failed ({}), and what it has not exported would not reach the others; run `clinicsync detach` again once `clinicsync sync` succeeds",
-            last.error.unwrap_or_default()
-        )));
-    }
+    super::baseline::sync_first(db_path, "detach", |e| {
+        format!(
+            "this site did not leave the family: its last sync failed ({e}), and what it has not exported would not reach the others; run `clinicsync detach` again once `clinicsync sync` succeeds"
+        )
+    })?;
     let _lock = take_lock(db_path)?;
     let db = Db::open(db_path)?;
     let pending = db.pending_changes()?;
