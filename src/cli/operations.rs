@@ -183,6 +183,12 @@ pub(super) fn baseline_upload(db: &Path, dry_run: bool, json: bool) -> anyhow::R
     for path in &report.replaced {
         say!("  {}", shown(path));
     }
+    for path in &report.not_held {
+        say!(
+            "Left as it is (this site does not hold that patient; the site that does writes it again): {}",
+            shown(path)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

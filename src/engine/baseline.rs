@@ -33,6 +33,9 @@ pub struct UploadReport {
     pub replaced: Vec<String>,
     /// Where the replaced files were copied first.
     pub replaced_copies: Option<String>,
+    /// Damaged patient files of patients this site does not hold: left as
+    /// they are (the site that holds the patient writes them again).
+    pub not_held: Vec<String>,
     /// Exports made of the whole state, and the rows in them.
     pub exports: u64,
     pub rows: u64,
@@ -74,8 +77,14 @@ pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, En
     let ignore = IgnoreRules::new();
     let limits = Limits::default();
     let io = |what: String| move |cause| EngineError::Io { what, cause };
+    // The patients this site holds, by file name: a damaged file of a
+    // patient this site does not hold is not replaced (nothing here could
+    // write it again).
+    let held: std::collections::HashSet<String> =
+        db.patients()?.iter().map(|p| crate::model::patient_file_name(p)).collect();
     // Patient files nothing can read: (path, their bytes).
     let mut damaged = Vec::new();
+    let mut not_held = Vec::new();
     let mut todo = vec![PATIENTS_DIR.to_owned()];
     while let Some(dir) = todo.pop() {
         for entry in folder.list(&dir).map_err(io(format!("cannot list {dir}/")))? {
@@ -84,24 +93,35 @@ pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, En
                 todo.push(path);
                 continue;
             }
-            if ignore.is_ignored(&entry.name)
-                || !matches!(classify_path(&path), Classified::Original(FileKind::Patient { .. }))
-            {
-                continue;
-            }
+            let stem = match classify_path(&path) {
+                Classified::Original(FileKind::Patient { stem }) if !ignore.is_ignored(&entry.name) => stem,
+                _ => continue,
+            };
             // Read as every file is (not a link, not a FIFO); a file that
             // cannot be opened at all is left for the next run to name.
             if let Ok(bytes) = folder.read(&path, limits.max_file_bytes)
                 && decode_patient(&bytes, limits).is_err()
             {
-                damaged.push((path, bytes));
+                if held.contains(&stem) {
+                    damaged.push((path, bytes));
+                } else {
+                    not_held.push(path);
+                }
             }
         }
     }
     damaged.sort();
     let replaced: Vec<String> = damaged.iter().map(|(p, _)| p.clone()).collect();
     if dry_run {
-        return Ok(UploadReport { dry_run, replaced, replaced_copies: None, exports: 0, rows: 0, run: None });
+        return Ok(UploadReport {
+            dry_run,
+            replaced,
+            replaced_copies: None,
+            not_held,
+            exports: 0,
+            rows: 0,
+            run: None,
+        });
     }
     let mut copies = None;
     if !damaged.is_empty() {
@@ -158,7 +178,7 @@ pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, En
     }
     // The sync writes the segments and every patient file they name.
     let run = sync_for(db_path, "after the state was recorded (the next sync writes it)")?;
-    Ok(UploadReport { dry_run, replaced, replaced_copies: copies, exports, rows, run: Some(run) })
+    Ok(UploadReport { dry_run, replaced, replaced_copies: copies, not_held, exports, rows, run: Some(run) })
 }
 
 /// What `baseline download` did, or would do. Field names are part of

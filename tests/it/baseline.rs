@@ -26,10 +26,19 @@ fn a_damaged_folder_is_made_whole_again_and_a_new_site_seeds_from_it() {
     let a_site = json_of(&a, &["status"])["site"].as_str().unwrap().to_owned();
     fs::remove_dir_all(folder.join("log").join(&a_site)).unwrap();
 
+    // A damaged file of a patient A does not hold: not A's to replace.
+    let stranger = folder.join(clinicsync::folder::layout::patient_path(
+        &clinicsync::model::patient_file_name("0f0f0f0f-0000-4000-8000-000000000099"),
+    ));
+    fs::create_dir_all(stranger.parent().unwrap()).unwrap();
+    fs::write(&stranger, b"<patient-file cut short").unwrap();
+    let stranger_rel = stranger.strip_prefix(&folder).unwrap().to_string_lossy().into_owned();
+
     let dry = cli(&a).args(["baseline", "upload", "--dry-run", "--json"]).output().unwrap();
     let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
     let cut_rel = cut.strip_prefix(&folder).unwrap().to_string_lossy().into_owned();
     assert_eq!(dry["replaced"], serde_json::json!([cut_rel]), "{dry:#}");
+    assert_eq!(dry["not_held"], serde_json::json!([stranger_rel]), "{dry:#}");
     assert_eq!(fs::read(&cut).unwrap().len(), bytes.len() / 3, "a dry run changes nothing");
 
     let out = cli(&a).args(["baseline", "upload", "--json"]).output().unwrap();
@@ -45,6 +54,8 @@ fn a_damaged_folder_is_made_whole_again_and_a_new_site_seeds_from_it() {
     for id in &ids {
         assert!(patient_file(&folder, id).exists(), "{id}");
     }
+    assert_eq!(fs::read(&stranger).unwrap(), b"<patient-file cut short", "left as it was");
+    fs::remove_file(&stranger).unwrap();
     let (code, verified) = {
         let out = cli(&a).args(["verify", "--json"]).output().unwrap();
         (out.status.code(), serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap())
