@@ -85,28 +85,21 @@ pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, En
     // Patient files nothing can read: (path, their bytes).
     let mut damaged = Vec::new();
     let mut not_held = Vec::new();
-    let mut todo = vec![PATIENTS_DIR.to_owned()];
-    while let Some(dir) = todo.pop() {
-        for entry in folder.list(&dir).map_err(io(format!("cannot list {dir}/")))? {
-            let path = format!("{dir}/{}", entry.name);
-            if entry.is_dir {
-                todo.push(path);
-                continue;
-            }
-            let stem = match classify_path(&path) {
-                Classified::Original(FileKind::Patient { stem }) if !ignore.is_ignored(&entry.name) => stem,
-                _ => continue,
-            };
-            // Read as every file is (not a link, not a FIFO); a file that
-            // cannot be opened at all is left for the next run to name.
-            if let Ok(bytes) = folder.read(&path, limits.max_file_bytes)
-                && decode_patient(&bytes, limits).is_err()
-            {
-                if held.contains(&stem) {
-                    damaged.push((path, bytes));
-                } else {
-                    not_held.push(path);
-                }
+    let walked = folder.walk(PATIENTS_DIR).map_err(io(format!("cannot list {PATIENTS_DIR}/")))?;
+    for (path, entry) in walked.files {
+        let stem = match classify_path(&path) {
+            Classified::Original(FileKind::Patient { stem }) if !ignore.is_ignored(&entry.name) => stem,
+            _ => continue,
+        };
+        // Read as every file is (not a link, not a FIFO); a file that
+        // cannot be opened at all is left for the next run to name.
+        if let Ok(bytes) = folder.read(&path, limits.max_file_bytes)
+            && decode_patient(&bytes, limits).is_err()
+        {
+            if held.contains(&stem) {
+                damaged.push((path, bytes));
+            } else {
+                not_held.push(path);
             }
         }
     }

@@ -44,11 +44,7 @@ fn is_familys(path: &str, entry: &crate::folder::Entry) -> bool {
         return true;
     }
     let name = &entry.name;
-    let body = path.starts_with("docs/")
-        && name.len() == 64
-        && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && path == format!("docs/{}/{name}", &name[..2]);
-    body || (name.starts_with("~$") && name.ends_with(".tmp"))
+    crate::model::body_at(path).is_some() || (name.starts_with("~$") && name.ends_with(".tmp"))
 }
 
 /// Deletes the family's data from the folder after `confirm` names the
@@ -76,20 +72,15 @@ pub fn family_delete(
     let mut left_alone = Vec::new();
     let mut dirs = Vec::new();
     for top in FAMILY_DIRS {
-        let mut todo = vec![top.to_owned()];
-        while let Some(dir) = todo.pop() {
-            dirs.push(dir.clone());
-            for entry in folder.list(&dir).map_err(io(format!("cannot list {dir}/")))? {
-                let path = format!("{dir}/{}", entry.name);
-                if entry.is_dir {
-                    todo.push(path);
-                } else if !ignore.is_ignored(&entry.name) && is_familys(&path, &entry) {
-                    files.push(path);
-                } else {
-                    left_alone.push(path);
-                }
+        let walked = folder.walk(top).map_err(io(format!("cannot list {top}/")))?;
+        for (path, entry) in walked.files {
+            if !ignore.is_ignored(&entry.name) && is_familys(&path, &entry) {
+                files.push(path);
+            } else {
+                left_alone.push(path);
             }
         }
+        dirs.extend(walked.dirs);
     }
     if dry_run {
         let detach = detach(db_path, true)?;

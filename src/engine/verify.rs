@@ -17,7 +17,7 @@ use crate::conflicts::{Classified, FileKind, classify_path};
 use crate::db::Db;
 use crate::folder::layout::{LOG_DIR, MANIFEST, PATIENTS_DIR};
 use crate::folder::{DiskFolder, IgnoreRules, ReadError, body_io};
-use crate::model::{Clock, RowKey, SiteId, patient_file_name, shown};
+use crate::model::{Clock, RowKey, SiteId, body_at, patient_file_name, shown};
 use crate::xmlstore::{Limits, decode_manifest, decode_patient, decode_segment, format_time};
 
 /// What `verify` found. Field names are part of the `--json` output.
@@ -66,6 +66,17 @@ impl Verifier {
         });
     }
 
+    /// Every file under `dir` that is not a cloud client's litter.
+    fn files_under(&self, dir: &str) -> std::io::Result<Vec<String>> {
+        let walked = self.folder.walk(dir)?;
+        Ok(walked
+            .files
+            .into_iter()
+            .filter(|(_, e)| !self.ignore.is_ignored(&e.name))
+            .map(|(p, _)| p)
+            .collect())
+    }
+
     /// Reads a file whole, or says why it cannot be.
     fn read(&mut self, path: &str) -> Option<Vec<u8>> {
         match self.folder.read(path, self.limits.max_file_bytes) {
@@ -87,27 +98,6 @@ impl Verifier {
                 None
             }
         }
-    }
-
-    /// Every entry under `dir`, recursively, as folder paths of files.
-    fn files_under(&self, dir: &str) -> std::io::Result<Vec<String>> {
-        let mut out = Vec::new();
-        let mut todo = vec![dir.to_owned()];
-        while let Some(at) = todo.pop() {
-            for entry in self.folder.list(&at)? {
-                if self.ignore.is_ignored(&entry.name) {
-                    continue;
-                }
-                let path = format!("{at}/{}", entry.name);
-                if entry.is_dir {
-                    todo.push(path);
-                } else {
-                    out.push(path);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
     }
 }
 
@@ -243,19 +233,17 @@ pub fn verify(db_path: &Path) -> Result<VerifyReport, EngineError> {
     // site's live rows name is there.
     let mut bodies = BTreeSet::new();
     for path in v.files_under("docs").map_err(io("cannot list docs/"))? {
-        let name = path.rsplit('/').next().unwrap_or_default().to_owned();
-        if name.starts_with("~$") {
+        if path.rsplit('/').next().is_some_and(|name| name.starts_with("~$")) {
             continue;
         }
-        let named = name.len() == 64 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if !named || path != format!("docs/{}/{name}", &name[..2.min(name.len())]) {
+        let Some(name) = body_at(&path).map(str::to_owned) else {
             v.problem(
                 &path,
                 "is not a document body clinicsync wrote",
                 "clinicsync does not read it; remove it if nobody needs it",
             );
             continue;
-        }
+        };
         v.checked.document_bodies += 1;
         let found = v
             .folder

@@ -17,9 +17,11 @@ use super::{Entry, ReadError};
 
 mod bodies;
 mod leftovers;
+mod walk;
 use crate::platform;
 pub use bodies::StagedBody;
 pub use leftovers::is_left_temp;
+pub use walk::Walked;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 

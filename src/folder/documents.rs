@@ -63,10 +63,6 @@ impl DocumentsFolder {
         DocumentsFolder { root, known_dirs: Mutex::new(HashSet::new()) }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The full path of a document's file, or why its path is refused. A
     /// path is relative, with `/` or `\` between names; it may not go up
     /// (`..`), start at a root or drive, name the trash, or pass through a

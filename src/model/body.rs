@@ -22,8 +22,7 @@ impl Body {
     /// A body from its checksums; `None` when `sha256` is not 64 lowercase
     /// hex digits.
     pub fn new(sha256: &str, size: u64, crc32: u32) -> Option<Body> {
-        let hex = sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        hex.then(|| Body { sha256: sha256.to_owned(), size, crc32 })
+        is_sha_hex(sha256).then(|| Body { sha256: sha256.to_owned(), size, crc32 })
     }
 
     pub fn sha256(&self) -> &str {
@@ -50,8 +49,24 @@ impl Body {
 
     /// Where the body lies in the folder: `docs/<first two digits>/<sha256>`.
     pub fn folder_path(&self) -> String {
-        format!("docs/{}/{}", &self.sha256[..2], self.sha256)
+        body_path(&self.sha256)
     }
+}
+
+fn is_sha_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Where the body with this sha256 (64 lowercase hex digits) lies.
+pub fn body_path(sha256: &str) -> String {
+    format!("docs/{}/{sha256}", &sha256[..2])
+}
+
+/// The sha256 a folder path names as a body, when it is exactly where a
+/// body with that name lies.
+pub fn body_at(path: &str) -> Option<&str> {
+    let sha = path.rsplit('/').next()?;
+    (is_sha_hex(sha) && path == body_path(sha)).then_some(sha)
 }
 
 /// A document's path as one file: names between `/` or `\`, without
@@ -91,6 +106,12 @@ mod tests {
         assert_eq!(body.encode(), format!("sha256={sha} size=1234 crc32=deadbeef"));
         assert_eq!(Body::parse(&body.encode()), Some(body.clone()));
         assert_eq!(body.folder_path(), format!("docs/ab/{sha}"));
+        assert_eq!(body_at(&body.folder_path()), Some(sha.as_str()));
+        for not_a_body in
+            [format!("docs/cd/{sha}"), format!("docs/ab/{sha}.x"), "docs/ab/cafe".into(), sha.clone()]
+        {
+            assert_eq!(body_at(&not_a_body), None, "{not_a_body}");
+        }
         for bad in [
             "",
             "sha256=ab size=1 crc32=00000000",

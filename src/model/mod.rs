@@ -9,7 +9,7 @@ mod ids;
 mod text;
 mod value;
 
-pub use body::{BODY_FIELD, Body, same_file_key};
+pub use body::{BODY_FIELD, Body, body_at, body_path, same_file_key};
 pub use doc::{Base, FieldState, FieldVersion, InvalidVersion, PatientDoc, RowKey, RowState, push_stamps};
 pub use hlc::{Clock, Hlc, HlcClock, HlcParseError};
 pub use ids::{

@@ -45,7 +45,7 @@ impl Run<'_> {
                     if due != Some(since_head) {
                         continue;
                     }
-                    let path = format!("docs/{}/{sha}", &sha[..2]);
+                    let path = crate::model::body_path(&sha);
                     match self.folder.remove(&path) {
                         Ok(()) => {
                             self.db.forget_published(&sha)?;

@@ -25,6 +25,16 @@ const STAMPS_PER_EXPORT: usize = 2_000;
 /// counted.
 pub(super) const NAMED_PER_RUN: u64 = 50;
 
+/// A new body to stamp on its row once it is in the folder: the file it
+/// was read from, the body the file was last in step with, and when the
+/// file was written (the edit's time).
+struct BodyStamp {
+    key: RowKey,
+    file: DocFile,
+    was: Option<Body>,
+    edit_ms: u64,
+}
+
 /// A document whose local file is new or changed since it was last in
 /// step with its row.
 struct Changed {
@@ -217,9 +227,7 @@ impl Run<'_> {
                 }
             }
             stamps.extend(
-                publishing
-                    .into_iter()
-                    .filter(|(_, file, _, _)| matches!(outcome.get(&file.body), Some(Ok(_)))),
+                publishing.into_iter().filter(|stamp| matches!(outcome.get(&stamp.file.body), Some(Ok(_)))),
             );
             if stamps.len() >= STAMPS_PER_EXPORT {
                 self.stamp_bodies(std::mem::take(&mut stamps))?;
@@ -235,13 +243,13 @@ impl Run<'_> {
 
     /// Stamps the new bodies of documents on their rows: one export (and
     /// change-log segment) per call.
-    fn stamp_bodies(&mut self, stamps: Vec<(RowKey, DocFile, Option<Body>, u64)>) -> Result<(), EngineError> {
+    fn stamp_bodies(&mut self, stamps: Vec<BodyStamp>) -> Result<(), EngineError> {
         if stamps.is_empty() {
             return Ok(());
         }
         let mut w = self.db.begin_write(self.now_ms)?;
         let mut exported = Vec::new();
-        for (key, file, was, edit_ms) in &stamps {
+        for BodyStamp { key, file, was, edit_ms } in &stamps {
             if w.stamp_body(key, file, was.as_ref(), *edit_ms)? {
                 exported.push((file.path.clone(), file.body.clone()));
             }
@@ -265,13 +273,12 @@ impl Run<'_> {
     /// copy to publish and the stamp to make) when it is a new body of its
     /// row; `None` when it was refused, touched only, or already the body
     /// the row shows (each said or recorded).
-    #[allow(clippy::type_complexity)]
     fn judge_copy(
         &mut self,
         docs: &DocumentsFolder,
         c: Changed,
         staged: std::io::Result<StagedBody>,
-    ) -> Result<Option<(StagedBody, (RowKey, DocFile, Option<Body>, u64))>, EngineError> {
+    ) -> Result<Option<(StagedBody, BodyStamp)>, EngineError> {
         let Changed { key, path, full, local, was } = c;
         let staged = match staged {
             Ok(staged) => staged,
@@ -308,7 +315,7 @@ impl Run<'_> {
             return Ok(None);
         }
         let edit_ms = u64::try_from(local.mtime_ns / 1_000_000).unwrap_or(0).min(self.now_ms);
-        Ok(Some((staged, (key, file, was, edit_ms))))
+        Ok(Some((staged, BodyStamp { key, file, was, edit_ms })))
     }
 
     /// Why the app's own checksum columns (when it fills them) disagree

@@ -44,6 +44,11 @@ impl Run<'_> {
     /// After the import: places the bodies of rows changed elsewhere, and
     /// moves the files of rows deleted elsewhere to the trash.
     pub(super) fn place_documents(&mut self) -> Result<(), EngineError> {
+        // Without a documents folder, rows stay marked until one is set:
+        // nothing to read on every run.
+        if self.settings.documents_folder.is_none() {
+            return Ok(());
+        }
         if self.counts.full_scan {
             self.check_published_bodies()?;
         }
