@@ -14,6 +14,8 @@ mod demo;
 mod operations;
 use operations::{BaselineAction, FamilyAction};
 mod progress;
+mod status;
+use status::print_status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +25,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::db::{Db, Keep};
-use crate::engine::{self, InitOptions, Outcome, Progress, RunReport, StatusReport, SyncOptions};
+use crate::engine::{self, InitOptions, Outcome, Progress, RunReport, SyncOptions};
 use crate::model::Hlc;
 use crate::model::short_id;
 use crate::model::shown;
@@ -87,6 +89,11 @@ enum Command {
         /// changes wait for the next full sync).
         #[arg(long, conflicts_with_all = ["full_scan", "confirm_deletes", "keep_deleted"])]
         docs_only: bool,
+        /// Only this table's changes, both ways (say, `appointments`): the
+        /// other tables' changes wait, here and from the other sites, for
+        /// the next full sync, which carries them.
+        #[arg(long, value_name = "TABLE", conflicts_with_all = ["full_scan", "confirm_deletes", "keep_deleted", "docs_only"])]
+        only: Option<String>,
     },
     /// Documents waiting for their file, documents whose copy failed its
     /// check, and the files in the documents folder's trash.
@@ -298,13 +305,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(exit_for(report.first_run.outcome))
         }
-        Command::Sync { full_scan, confirm_deletes, keep_deleted, docs_only } => {
+        Command::Sync { full_scan, confirm_deletes, keep_deleted, docs_only, only } => {
+            let trigger = match &only {
+                Some(table) => engine::table_trigger(table),
+                None if docs_only => "documents".into(),
+                None => "manual".into(),
+            };
             let options = SyncOptions {
-                trigger: if docs_only { "documents".into() } else { "manual".into() },
+                trigger,
                 full_scan,
                 confirm_deletes,
                 keep_deleted,
                 docs_only,
+                only,
                 wait_for_lock: Some(|| {
                     eprintln!(
                         "clinicsync: another sync of this database is running; waiting for it to finish"
@@ -535,63 +548,6 @@ fn print_run(report: &RunReport) {
     for e in report.events.iter().filter(|e| e.level != "info") {
         let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();
         say!("  {path}{}", shown(&e.message));
-    }
-}
-
-fn print_status(s: &StatusReport) {
-    say!("Site:      {} ({})", shown(&s.site_name), short_id(&s.site));
-    say!("Family:    {}", short_id(&s.family));
-    say!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });
-    let last = s.last_sync.as_deref().unwrap_or("never");
-    say!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
-    say!("Pending:   {} local changes not yet in the folder", s.pending_changes);
-    say!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
-    if s.documents.mapped {
-        match &s.documents.folder {
-            None => say!("Documents: files do not travel (documents_folder is not set)"),
-            Some(_) if s.documents.failed > 0 => say!(
-                "Documents: {} failed their integrity check, {} waiting (see `clinicsync documents`)",
-                s.documents.failed,
-                s.documents.waiting
-            ),
-            Some(folder) if s.documents.waiting > 0 => say!(
-                "Documents: waiting for {} documents whose files have not arrived yet ({})",
-                s.documents.waiting,
-                shown(folder)
-            ),
-            Some(folder) => say!("Documents: in step ({})", shown(folder)),
-        }
-    }
-    if !s.kept_copies.is_empty() {
-        say!("Conflict copies merged and kept (auto_delete_conflicts is off):");
-        for c in &s.kept_copies {
-            say!("  {} (made by {}), merged into {}", shown(&c.path), shown(&c.client), shown(&c.original));
-        }
-    }
-    if !s.sites.is_empty() {
-        say!("Sites:");
-        for site in &s.sites {
-            let me = if site.this_site { " (this site)" } else { "" };
-            let last = site.last_sync.as_deref().unwrap_or("never");
-            let warning = site.warning.as_deref().map(|w| format!(" — {w}")).unwrap_or_default();
-            let behind = match site.applied_seq {
-                Some(applied) if applied < site.head_seq => {
-                    format!(", {} of its exports not yet applied here", site.head_seq - applied)
-                }
-                _ => String::new(),
-            };
-            say!(
-                "  {} {}{me}: last sync {}, clinicsync {}{behind}{}",
-                shown(short_id(&site.site)),
-                shown(&site.name),
-                shown(last),
-                shown(&site.app_version),
-                shown(&warning)
-            );
-        }
-    }
-    for w in &s.warnings {
-        say!("Warning:   {}", shown(w));
     }
 }
 

@@ -449,6 +449,16 @@ impl Db {
         Ok(rows as u64 + outbox as u64 + stamped as u64 + first)
     }
 
+    /// Rows the app changed and no export has stamped yet, per table (only
+    /// the tables with some).
+    pub fn pending_by_table(&self) -> Result<BTreeMap<String, u64>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT tbl, count(*) FROM (SELECT DISTINCT tbl, pk FROM _cs_pending) WHERE tbl IS NOT NULL GROUP BY tbl",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?.max(0) as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Whether the app changed anything since the last export (one read; no
     /// write transaction needed to find out).
     pub fn has_pending(&self) -> Result<bool, DbError> {

@@ -473,6 +473,8 @@ pub(crate) fn key_text(text: rusqlite::types::ValueRef<'_>, kind: rusqlite::type
 /// Stamps pending rows in capture order until `max_rows` rows or about
 /// `max_bytes` of segment are done. Returns true when it stopped at a limit
 /// (more may be pending), false when it consumed everything there was.
+/// `only`: the rows of that table alone; the others stay pending.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn stamp_pending(
     conn: &Connection,
     ctx: &Ctx<'_>,
@@ -480,6 +482,7 @@ pub(crate) fn stamp_pending(
     now_ms: u64,
     max_rows: usize,
     max_bytes: usize,
+    only: Option<&str>,
     batch: &mut StampBatch,
 ) -> Result<bool, DbError> {
     // A key an app stored as a BLOB cannot be found again by its text, so
@@ -490,9 +493,10 @@ pub(crate) fn stamp_pending(
     let entries: Vec<Entry> = {
         let mut stmt = conn.prepare_cached(
             "SELECT max(id), tbl, pk, CAST(pk AS TEXT), typeof(pk), min(coalesce(max(at_ms), ?2), ?2) AS at
-             FROM _cs_pending GROUP BY tbl, pk ORDER BY at, max(id) LIMIT ?1",
+             FROM _cs_pending WHERE ?3 IS NULL OR tbl = ?3
+             GROUP BY tbl, pk ORDER BY at, max(id) LIMIT ?1",
         )?;
-        stmt.query_map(params![max_rows as i64, now_ms as i64], |r| {
+        stmt.query_map(params![max_rows as i64, now_ms as i64, only], |r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,

@@ -70,6 +70,17 @@ impl WriteTx<'_> {
     /// `max_rows` rows or `max_bytes` of segment are stamped. Returns false
     /// when nothing is left pending.
     pub fn stamp_pending(&mut self, max_rows: usize, max_bytes: usize) -> Result<bool, DbError> {
+        self.stamp_pending_of(None, max_rows, max_bytes)
+    }
+
+    /// [`WriteTx::stamp_pending`] for the rows of one table only (`None`:
+    /// every table); the other tables' changes stay pending.
+    pub fn stamp_pending_of(
+        &mut self,
+        table: Option<&str>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<bool, DbError> {
         let ctx = tx_ctx!(self);
         state::stamp_pending(
             &self.tx,
@@ -78,6 +89,7 @@ impl WriteTx<'_> {
             self.now_ms,
             max_rows,
             max_bytes,
+            table,
             &mut self.batch,
         )
     }

@@ -26,9 +26,9 @@ pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
 pub use progress::{Progress, ProgressView};
 pub use report::{Counts, Outcome, RunReport, conflict_json, summary_text};
-pub use run::{DocumentCounts, SyncOptions, sync, sync_with_clock};
+pub use run::{DocumentCounts, SyncOptions, sync, sync_with_clock, table_trigger, trigger_table};
 pub use settings::{SettingError, SettingView, Settings};
-pub use status::{SiteStatus, StatusReport, status};
+pub use status::{SiteStatus, StatusReport, TableStatus, status};
 pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
 pub use verify::{Checked, VerifyProblem, VerifyReport, verify};
 

@@ -184,6 +184,8 @@ pub(crate) enum EventKind {
     Scan,
     Leftovers,
     Document,
+    /// What a `sync --only` run left for a full sync.
+    Tables,
     Failed,
 }
 
@@ -212,6 +214,7 @@ impl EventKind {
             EventKind::Scan => "scan",
             EventKind::Leftovers => "leftovers",
             EventKind::Document => "document",
+            EventKind::Tables => "tables",
             EventKind::Failed => "failed",
         }
     }

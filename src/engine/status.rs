@@ -52,7 +52,44 @@ pub struct StatusReport {
     pub documents: DocumentsStatus,
     /// The last `clinicsync verify`: when, and how many problems it found.
     pub last_verify: Option<LastVerify>,
+    /// Each replicated table, and whether changes to it wait.
+    pub tables: Vec<TableStatus>,
     pub warnings: Vec<String>,
+}
+
+/// One replicated table: changes waiting to go out or to come in.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableStatus {
+    pub table: String,
+    /// Rows the app changed here that are not exported yet.
+    pub to_send: u64,
+    /// Rows from other sites that the last `sync --only` of another table
+    /// read and left for a full sync (null: no table run since the last
+    /// full sync, so none were left).
+    pub from_others: Option<u64>,
+    /// Either is non-zero: `sync --only TABLE` (or a full sync) carries them.
+    pub waiting: bool,
+}
+
+/// Every mapped table with what waits for it.
+fn tables(db: &Db) -> Result<Vec<TableStatus>, EngineError> {
+    let to_send = db.pending_by_table()?;
+    let left: Option<std::collections::BTreeMap<String, u64>> =
+        db.meta(super::run::TABLES_WAITING)?.and_then(|v| serde_json::from_str(&v).ok());
+    Ok(db
+        .mapping()
+        .tables()
+        .map(|table| {
+            let to_send = to_send.get(table).copied().unwrap_or(0);
+            let from_others = left.as_ref().map(|l| l.get(table).copied().unwrap_or(0));
+            TableStatus {
+                table: table.to_owned(),
+                to_send,
+                from_others,
+                waiting: to_send > 0 || from_others.unwrap_or(0) > 0,
+            }
+        })
+        .collect())
 }
 
 /// When the folder was last verified, and what was found.
@@ -234,6 +271,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         sites,
         documents,
         last_verify: db.meta(super::verify::LAST_VERIFY)?.and_then(|v| serde_json::from_str(&v).ok()),
+        tables: tables(&db)?,
         warnings,
     })
 }

@@ -400,7 +400,10 @@ fn trigger_words(trigger: &str) -> String {
         "interval" => "automatic".to_owned(),
         "startup" => "service started".to_owned(),
         "documents" => "Sync documents now".to_owned(),
-        other => other.to_owned(),
+        other => match crate::engine::trigger_table(other) {
+            Some(table) => format!("Sync {table} only"),
+            None => other.to_owned(),
+        },
     }
 }
 

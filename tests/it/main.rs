@@ -31,6 +31,7 @@ mod hostile_set;
 mod login;
 mod mapping;
 mod model_laws;
+mod only;
 mod realsync;
 mod service;
 mod settings;

@@ -91,6 +91,11 @@ impl Run<'_> {
         // The segments are published even if a patient file below waits (a
         // damaged file must not hold back this site's whole log).
         self.db.segments_written(&in_folder, self.now_ms)?;
+        if self.only.is_some() {
+            // A table run leaves patient files to the next full sync:
+            // writing one joins the file's every table first.
+            return Ok(());
+        }
         let patients: Vec<String> = self.db.outbox_patients(max_seq)?;
         if self.purges.new_horizon.is_some() {
             // Others purged deletions this site has not applied yet: its

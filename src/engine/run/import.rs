@@ -294,7 +294,10 @@ impl Run<'_> {
             self.hold_back(&path, ahead);
             return Ok(false);
         }
-        let Prepared { docs, own_latest, .. } = segment;
+        let Prepared { mut docs, own_latest, .. } = segment;
+        if let Some(only) = &mut self.only {
+            only.keep_own(&mut docs);
+        }
         let mut w = self.db.begin_write(self.now_ms)?;
         w.hold_deletes();
         let mut rows = 0;
@@ -336,9 +339,13 @@ impl Run<'_> {
             );
             return Ok(false);
         }
-        w.set_watermark(site, seq)?;
-        if let Some(h) = own_latest {
-            w.set_ack_stamp(site, h)?;
+        // A table run applied part of the segment: the next full sync
+        // reads it again.
+        if self.only.is_none() {
+            w.set_watermark(site, seq)?;
+            if let Some(h) = own_latest {
+                w.set_ack_stamp(site, h)?;
+            }
         }
         let stamped = w.commit()?;
         self.progress.advance(stamped.rows as u64);

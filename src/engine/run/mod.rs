@@ -32,6 +32,7 @@ mod first_export;
 mod guard;
 mod import;
 mod lock;
+mod only;
 mod placing;
 mod repair;
 mod scan;
@@ -40,6 +41,9 @@ mod tidy;
 use copies::{Copies, MergedCopy};
 pub use documents::DocumentCounts;
 pub(crate) use lock::{take_lock, take_lock_or_wait};
+use only::OnlyTable;
+pub(crate) use only::TABLES_WAITING;
+pub use only::{table_trigger, trigger_table};
 use scan::Scanned;
 use scan::{FileRef, Loaded};
 use tidy::Purges;
@@ -94,6 +98,10 @@ pub struct SyncOptions {
     /// those whose rows are already here (`sync --docs-only`); other
     /// sites' changes are not read.
     pub docs_only: bool,
+    /// Only this table's changes, both ways (`sync --only TABLE`): the
+    /// other tables' changes stay pending here and unapplied from the
+    /// others' logs until a full sync.
+    pub only: Option<String>,
     /// When another sync of this database is running: `None` fails with
     /// [`EngineError::Busy`]; `Some(f)` calls `f` once and waits for it.
     pub wait_for_lock: Option<fn()>,
@@ -109,6 +117,7 @@ impl Default for SyncOptions {
             progress: Progress::new(),
             track_touched: false,
             docs_only: false,
+            only: None,
             wait_for_lock: None,
         }
     }
@@ -155,6 +164,15 @@ pub fn sync_with_clock(
             folder: cfg.folder.display().to_string(),
         });
     }
+    if let Some(table) = &options.only
+        && db.mapping().table(table).is_none()
+    {
+        return Err(EngineError::Refused(format!(
+            "{} is not a table this site replicates; the tables are: {}",
+            crate::model::shown(table),
+            db.mapping().tables().collect::<Vec<_>>().join(", ")
+        )));
+    }
     let settings = settings::load(&db)?;
     let progress = options.progress.clone();
     progress.set_running(true);
@@ -186,8 +204,15 @@ pub fn sync_with_clock(
         copies: Copies::default(),
         scanned: Scanned::default(),
         purges: Purges::default(),
+        only: options.only.clone().map(OnlyTable::new),
     };
-    let result = if options.docs_only { run.execute_documents() } else { run.execute() };
+    let result = if options.docs_only {
+        run.execute_documents()
+    } else if run.only.is_some() {
+        run.execute_table()
+    } else {
+        run.execute()
+    };
     run.rec.finish();
     let not_local = run.folder.stats().not_local;
     if not_local > 0 {
@@ -210,7 +235,7 @@ pub fn sync_with_clock(
         }
     };
     if outcome != Outcome::Failed
-        && let Err(e) = run.publish_site_file(outcome == Outcome::Ok && !options.docs_only)
+        && let Err(e) = run.publish_site_file(outcome == Outcome::Ok && run.full_sync(options))
     {
         // The site file says when this site last synced completely; failing
         // to publish it is itself worth a retry.
@@ -221,6 +246,10 @@ pub fn sync_with_clock(
         );
     }
     let outcome = if outcome == Outcome::Ok && run.rec.partial { Outcome::Partial } else { outcome };
+    if outcome != Outcome::Failed && run.full_sync(options) {
+        // What a table run left, this one read.
+        run.db.delete_meta(TABLES_WAITING)?;
+    }
     let ended_ms = clock.now_ms();
     run.counts.folder = run.folder.stats();
     let report = RunReport {
@@ -275,6 +304,8 @@ struct Run<'c> {
     copies: Copies,
     scanned: Scanned,
     purges: Purges,
+    /// Set for a `sync --only TABLE` run.
+    only: Option<OnlyTable>,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {
@@ -317,6 +348,11 @@ impl Run<'_> {
         self.remove_leftovers()?;
         self.export()?;
         self.place_documents()
+    }
+
+    /// Whether this run syncs everything (not documents or one table only).
+    fn full_sync(&self, options: &SyncOptions) -> bool {
+        !options.docs_only && self.only.is_none()
     }
 
     fn io(&self, what: &str, source: std::io::Error) -> EngineError {

@@ -1,0 +1,77 @@
+//! `clinicsync status` for people: one line per fact, then what waits.
+
+use crate::engine::StatusReport;
+use crate::model::{short_id, shown};
+
+pub(super) fn print_status(s: &StatusReport) {
+    say!("Site:      {} ({})", shown(&s.site_name), short_id(&s.site));
+    say!("Family:    {}", short_id(&s.family));
+    say!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });
+    let last = s.last_sync.as_deref().unwrap_or("never");
+    say!("Last sync: {} ({})", shown(last), shown(s.last_outcome.as_deref().unwrap_or("no run yet")));
+    say!("Pending:   {} local changes not yet in the folder", s.pending_changes);
+    say!("Conflicts: {} open (see `clinicsync conflicts`)", s.open_conflicts);
+    if s.documents.mapped {
+        match &s.documents.folder {
+            None => say!("Documents: files do not travel (documents_folder is not set)"),
+            Some(_) if s.documents.failed > 0 => say!(
+                "Documents: {} failed their integrity check, {} waiting (see `clinicsync documents`)",
+                s.documents.failed,
+                s.documents.waiting
+            ),
+            Some(folder) if s.documents.waiting > 0 => say!(
+                "Documents: waiting for {} documents whose files have not arrived yet ({})",
+                s.documents.waiting,
+                shown(folder)
+            ),
+            Some(folder) => say!("Documents: in step ({})", shown(folder)),
+        }
+    }
+    if !s.kept_copies.is_empty() {
+        say!("Conflict copies merged and kept (auto_delete_conflicts is off):");
+        for c in &s.kept_copies {
+            say!("  {} (made by {}), merged into {}", shown(&c.path), shown(&c.client), shown(&c.original));
+        }
+    }
+    if !s.sites.is_empty() {
+        say!("Sites:");
+        for site in &s.sites {
+            let me = if site.this_site { " (this site)" } else { "" };
+            let last = site.last_sync.as_deref().unwrap_or("never");
+            let warning = site.warning.as_deref().map(|w| format!(" — {w}")).unwrap_or_default();
+            let behind = match site.applied_seq {
+                Some(applied) if applied < site.head_seq => {
+                    format!(", {} of its exports not yet applied here", site.head_seq - applied)
+                }
+                _ => String::new(),
+            };
+            say!(
+                "  {} {}{me}: last sync {}, clinicsync {}{behind}{}",
+                shown(short_id(&site.site)),
+                shown(&site.name),
+                shown(last),
+                shown(&site.app_version),
+                shown(&warning)
+            );
+        }
+    }
+    let waiting: Vec<_> = s.tables.iter().filter(|t| t.waiting).collect();
+    if waiting.is_empty() {
+        say!("Tables:    no changes waiting");
+    } else {
+        say!("Tables:    changes wait (`clinicsync sync --only TABLE` carries one table, a full sync all):");
+        for t in waiting {
+            let mut what = Vec::new();
+            if t.to_send > 0 {
+                what.push(format!("{} changed rows here to send", t.to_send));
+            }
+            if let Some(n) = t.from_others.filter(|n| *n > 0) {
+                what.push(format!("{n} rows from other sites to apply"));
+            }
+            say!("  {}: {}", shown(&t.table), what.join(", "));
+        }
+    }
+    for w in &s.warnings {
+        say!("Warning:   {}", shown(w));
+    }
+}
