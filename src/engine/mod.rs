@@ -341,6 +341,19 @@ pub fn reassign(db_path: &Path) -> Result<ReassignReport, EngineError> {
     Ok(ReassignReport { old_site: old.to_string(), new_site: new.to_string() })
 }
 
+/// The mapped tables of a database, in the mapping's order.
+pub fn mapped_tables(db_path: &Path) -> Result<Vec<String>, EngineError> {
+    Ok(Db::open(db_path)?.mapping().tables().map(str::to_owned).collect())
+}
+
+/// The mapped table at `index` of [`mapped_tables`].
+pub fn mapped_table(db_path: &Path, index: usize) -> Result<String, EngineError> {
+    mapped_tables(db_path)?
+        .into_iter()
+        .nth(index)
+        .ok_or_else(|| EngineError::Refused(format!("the mapping has no table number {index} (it changed?)")))
+}
+
 /// The settings a run and the service use, with their defaults.
 pub fn settings_load(db_path: &Path) -> Result<Settings, EngineError> {
     settings::load(&Db::open(db_path)?)

@@ -108,6 +108,20 @@ impl crate::web::Service for Shared {
         done_rx
     }
 
+    fn sync_table_and_wait(&self, table: u16) -> tokio::sync::oneshot::Receiver<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let control = self.control.clone();
+        self.spawn(async move {
+            if control.send(Control::SyncTable { table, reply: Some(reply) }).await.is_ok()
+                && replied.await.is_ok()
+            {
+                let _ = done_tx.send(());
+            }
+        });
+        done_rx
+    }
+
     fn settings_changed(&self) -> Result<(), engine::EngineError> {
         Shared::settings_changed(self)
     }
@@ -191,7 +205,7 @@ struct RealHooks {
 impl Hooks for RealHooks {
     async fn run(&self, trigger: Trigger) -> RunDone {
         let db = self.db.clone();
-        let options = SyncOptions {
+        let mut options = SyncOptions {
             trigger: trigger.as_str().to_owned(),
             progress: self.progress.clone(),
             track_touched: true,
@@ -201,7 +215,15 @@ impl Hooks for RealHooks {
             wait_for_lock: Some(|| {}),
             ..SyncOptions::default()
         };
-        let result = tokio::task::spawn_blocking(move || engine::sync(&db, &options)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            if let Trigger::Table(index) = trigger {
+                let table = engine::mapped_table(&db, usize::from(index))?;
+                options.trigger = engine::table_trigger(&table);
+                options.only = Some(table);
+            }
+            engine::sync(&db, &options)
+        })
+        .await;
         let (shared, db) = (self.shared.clone(), self.db.clone());
         let _ = tokio::task::spawn_blocking(move || {
             if let Ok(cfg) = Db::open(&db).and_then(|d| d.site_config()) {

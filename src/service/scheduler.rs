@@ -53,9 +53,13 @@ pub enum Trigger {
     Interval,
     /// The first run when the service starts.
     Startup,
-    /// Sync documents now (the web page): only document files. Last, so a
-    /// full run asked for at the same time is the one that runs.
+    /// Sync documents now (the web page): only document files. After the
+    /// full runs, so a full run asked for at the same time is the one that
+    /// runs.
     Documents,
+    /// Sync one table now (the web page): the mapping's table at this
+    /// index, and nothing else.
+    Table(u16),
 }
 
 impl Trigger {
@@ -67,6 +71,25 @@ impl Trigger {
             Trigger::Interval => "interval",
             Trigger::Startup => "startup",
             Trigger::Documents => "documents",
+            Trigger::Table(_) => "table",
+        }
+    }
+
+    /// A run that carries part of the changes only.
+    pub fn partial(self) -> bool {
+        matches!(self, Trigger::Documents | Trigger::Table(_))
+    }
+
+    /// The run that carries what two waiting requests ask for: the same
+    /// one, a full run over a partial one, and a full run for two
+    /// different partial ones (so neither is dropped).
+    fn merged(self, other: Trigger) -> Trigger {
+        if self == other {
+            self
+        } else if self.partial() && other.partial() {
+            Trigger::Manual
+        } else {
+            self.min(other)
         }
     }
 }
@@ -129,6 +152,12 @@ pub enum Control {
     /// Sync documents now: a documents-only run (unless a full one is
     /// waiting too); the reply comes when it has finished.
     SyncDocuments {
+        reply: Option<oneshot::Sender<RunDone>>,
+    },
+    /// Sync one table now (the mapping's table at this index), as
+    /// [`Control::SyncDocuments`].
+    SyncTable {
+        table: u16,
         reply: Option<oneshot::Sender<RunDone>>,
     },
     Settings(Schedule),
@@ -208,7 +237,7 @@ pub async fn run<H: Hooks>(
                  reply: Option<oneshot::Sender<RunDone>>,
                  from_page: bool| {
         let p = pending.get_or_insert(Pending { trigger, replies: Vec::new(), from_page: 0 });
-        p.trigger = p.trigger.min(trigger);
+        p.trigger = p.trigger.merged(trigger);
         p.replies.extend(reply);
         p.from_page += u64::from(from_page);
     };
@@ -248,8 +277,9 @@ pub async fn run<H: Hooks>(
                 let now = Instant::now();
                 local_paused = done.outcome == Outcome::Failed;
                 match done.outcome {
-                    // Only document files: not a sync of the rows.
-                    Outcome::Ok if trigger == Trigger::Documents => {}
+                    // Only document files, or one table: not a sync of
+                    // everything.
+                    Outcome::Ok if trigger.partial() => {}
                     Outcome::Ok => {
                         last_success = Some(now);
                         stale_since = now;
@@ -296,6 +326,10 @@ pub async fn run<H: Hooks>(
                 }
                 Some(Control::SyncDocuments { reply }) => {
                     queue(&mut pending, Trigger::Documents, reply, false);
+                    state.send_modify(|s| s.queued = running.is_some());
+                }
+                Some(Control::SyncTable { table, reply }) => {
+                    queue(&mut pending, Trigger::Table(table), reply, false);
                     state.send_modify(|s| s.queued = running.is_some());
                 }
                 Some(Control::Settings(new)) => schedule = new,
@@ -585,6 +619,34 @@ mod tests {
         assert_eq!(runs.iter().map(|r| r.1).collect::<Vec<_>>(), [Trigger::Startup, Trigger::Manual]);
         assert_eq!(runs[1].0, Duration::from_secs(5));
         assert_eq!(h.fake.max_concurrent.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_partial_requests_waiting_together_become_one_full_run() {
+        let fake = Fake::default();
+        *fake.run_takes.lock().unwrap() = Duration::from_secs(5);
+        let h = start(fake, schedule(60), Some(Duration::ZERO));
+        sleep(1_000).await;
+        let (a, ra) = oneshot::channel();
+        let (b, rb) = oneshot::channel();
+        h.control.send(Control::SyncTable { table: 1, reply: Some(a) }).await.unwrap();
+        h.control.send(Control::SyncTable { table: 1, reply: Some(b) }).await.unwrap();
+        let (da, db) = tokio::join!(ra, rb);
+        assert!(da.is_ok() && db.is_ok());
+        let (c, rc) = oneshot::channel();
+        let (d, rd) = oneshot::channel();
+        h.control.send(Control::SyncTable { table: 2, reply: Some(c) }).await.unwrap();
+        sleep(1_000).await;
+        // While the table run goes, another table and the documents: both
+        // wait, and one full run carries them.
+        h.control.send(Control::SyncTable { table: 3, reply: Some(d) }).await.unwrap();
+        h.control.send(Control::SyncDocuments { reply: None }).await.unwrap();
+        let (dc, dd) = tokio::join!(rc, rd);
+        assert!(dc.is_ok() && dd.is_ok());
+        let runs: Vec<Trigger> = h.fake.runs().into_iter().map(|r| r.1).collect();
+        assert_eq!(runs, [Trigger::Startup, Trigger::Table(1), Trigger::Table(2), Trigger::Manual]);
+        // A full request beside a partial one is the full one.
+        assert_eq!(Trigger::Table(0).merged(Trigger::Interval), Trigger::Interval);
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,6 +37,9 @@ pub trait Service: Send + Sync + 'static {
     /// Queues a documents-only run (Sync documents now), as
     /// [`Service::sync_now_and_wait`].
     fn sync_documents_and_wait(&self) -> tokio::sync::oneshot::Receiver<()>;
+    /// Queues a run of one table only (the mapping's table at this index),
+    /// as [`Service::sync_now_and_wait`].
+    fn sync_table_and_wait(&self, table: u16) -> tokio::sync::oneshot::Receiver<()>;
     /// Settings were saved: the service takes them up.
     fn settings_changed(&self) -> Result<(), engine::EngineError>;
 }
@@ -97,6 +100,7 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
         .route("/settings", get(settings_page).post(save_settings))
         .route("/sync", post(sync_now))
         .route("/sync-documents", post(sync_documents))
+        .route("/sync-table", post(sync_table))
         .route("/api/status", get(api_status))
         .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
         .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
@@ -441,6 +445,30 @@ async fn sync_now(State(st): State<WebState>, headers: HeaderMap, _form: Checked
 /// Latest Logs.
 async fn sync_documents(State(st): State<WebState>, _form: CheckedForm) -> Response {
     if st.shared.sync_documents_and_wait().await.is_err() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The service is stopping; try again after it restarts.",
+        );
+    }
+    Redirect::to("/logs").into_response()
+}
+
+/// Sync one table now (`sync --only TABLE`): waits for its run, then
+/// shows Latest Logs.
+async fn sync_table(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
+    let db = st.shared.db().to_path_buf();
+    let tables = match blocking(move || engine::mapped_tables(&db)).await {
+        Ok(tables) => tables,
+        Err(r) => return r,
+    };
+    let asked = form.get("table").map(String::as_str).unwrap_or("");
+    let Some(index) = tables.iter().position(|t| t == asked).and_then(|i| u16::try_from(i).ok()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "That is not a table this site replicates; nothing was synced.",
+        );
+    };
+    if st.shared.sync_table_and_wait(index).await.is_err() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "The service is stopping; try again after it restarts.",

@@ -77,6 +77,7 @@ th, td { text-align: left; padding: 8px 10px; border-bottom: 1px solid var(--lin
 th { background: #eef1f5; font-size: 14px; }
 button, input[type=submit] { font: inherit; padding: 8px 16px; border-radius: 6px; border: 1px solid var(--accent); background: var(--accent); color: #fff; cursor: pointer; }
 button.secondary { background: #fff; color: var(--accent); }
+button.waiting { background: var(--bad); border-color: var(--bad); }
 button:disabled { opacity: .6; cursor: wait; }
 :focus-visible { outline: 3px solid #f0a500; outline-offset: 2px; }
 details { background: #fff; border: 1px solid var(--line); border-radius: 8px; margin: 8px 0; padding: 8px 12px; }
@@ -223,6 +224,34 @@ $('sync-form').addEventListener('submit', async (e) => {
 setInterval(() => { if (!watching) poll(); }, 3000);
 "#;
 
+/// Each replicated table, whether changes to it wait, and a button that
+/// syncs it alone (strong while changes wait).
+fn tables(ctx: &Context, s: &StatusReport) -> String {
+    let mut out = String::from(
+        r#"<h2>Tables</h2><table><thead><tr><th scope="col">Table</th><th scope="col">Changes waiting</th><th scope="col"><span class="muted">This table only</span></th></tr></thead><tbody id="tables-body">"#,
+    );
+    for t in &s.tables {
+        let mut what = Vec::new();
+        if t.to_send > 0 {
+            what.push(format!("{} changed here, not sent yet", t.to_send));
+        }
+        if let Some(n) = t.from_others.filter(|n| *n > 0) {
+            what.push(format!("{n} from other sites, not applied yet"));
+        }
+        let what = if what.is_empty() { "none".to_owned() } else { what.join("; ") };
+        out.push_str(&format!(
+            r#"<tr class="{row}"><td>{name}</td><td>{what}</td><td><form method="post" action="/sync-table"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="table" value="{name}"><button type="submit" class="{button}" data-table="{name}">Sync {name}</button></form></td></tr>"#,
+            row = if t.waiting { "bad" } else { "" },
+            name = esc(&t.table),
+            what = esc(&what),
+            csrf = esc(&ctx.csrf),
+            button = if t.waiting { "waiting" } else { "secondary" },
+        ));
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
 /// The Status page.
 pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> String {
     let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !s.stale;
@@ -286,6 +315,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
             csrf = esc(&ctx.csrf)
         ));
     }
+    body.push_str(&tables(ctx, s));
     if let Some(v) = &s.last_verify {
         let found = match v.problems {
             0 => "no problems".to_owned(),

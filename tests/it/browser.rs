@@ -106,6 +106,25 @@ fn clinic_staff_use_the_page_in_chromium() {
     assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
     browser.screenshot(&shots.join("conflicts-resolved.png"));
 
+    // One table: an appointment changed here; its button is marked, and
+    // syncs that table alone.
+    app(&a)
+        .execute(
+            "UPDATE appointments SET status = 'arrived' WHERE patient_id = ?1 AND id = (SELECT min(id) FROM appointments WHERE patient_id = ?1)",
+            [&patient],
+        )
+        .unwrap();
+    browser.click("nav a[href='/']");
+    let row = browser.text("#tables-body");
+    assert!(row.contains("1 changed here, not sent yet"), "{row}");
+    browser.screenshot(&shots.join("tables-waiting.png"));
+    browser.click("button.waiting[data-table='appointments']");
+    let top = browser.wait_text("#runs details.run:first-child summary", Duration::from_secs(30), |t| {
+        t.contains("Sync appointments only")
+    });
+    assert!(top.contains("ok"), "{top}");
+    assert!(json_of(&a, &["status"])["tables"].as_array().unwrap().iter().all(|t| t["waiting"] == false));
+
     // Refusals, from the page itself: without the token (no cookie), and a
     // POST without the CSRF token.
     let no_token = browser.run_async(
