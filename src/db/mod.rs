@@ -45,7 +45,7 @@ pub use patients::StoredPatient;
 pub use purge::{Purged, Tombstone};
 pub use records::ConflictRecord;
 pub use resolve::{Keep, Resolved};
-pub use runs::{EventRecord, RunRecord};
+pub use runs::{EventRecord, OPERATION_PREFIX, RunRecord, TABLE_RUN_PREFIX};
 pub use state::{ApplyOutcome, StampOutcome};
 pub use write::WriteTx;
 

@@ -38,6 +38,19 @@ pub struct EventRecord {
     pub message: String,
 }
 
+/// The trigger of a run of one table starts with this (`only appointments`).
+pub const TABLE_RUN_PREFIX: &str = "only ";
+/// The record of an operation (`verify`, `baseline ...`) in Latest Logs has
+/// a trigger starting with this; it is not a sync.
+pub const OPERATION_PREFIX: &str = "operation ";
+
+/// The records that are syncs (not operations).
+const A_SYNC: &str = "trigger NOT LIKE 'operation %'";
+/// The runs that sync everything: not documents only, not one table, not
+/// an operation.
+const A_COMPLETE_SYNC: &str =
+    "trigger NOT LIKE 'operation %' AND trigger NOT LIKE 'only %' AND trigger IS NOT 'documents'";
+
 const RUN_COLUMNS: &str = "SELECT id, started_ms, ended_ms, trigger, outcome, summary FROM _cs_runs";
 
 fn run_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
@@ -95,7 +108,6 @@ impl Db {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The last run that finished, whatever its outcome.
     /// Whether the run before `run_id` never finished (the process was
     /// killed, or the computer stopped).
     pub fn run_before_interrupted(&self, run_id: i64) -> Result<bool, DbError> {
@@ -110,16 +122,18 @@ impl Db {
             .unwrap_or(false))
     }
 
+    /// The last sync that finished, whatever its outcome.
     pub fn last_finished_run(&self) -> Result<Option<RunRecord>, DbError> {
-        let sql =
-            format!("{RUN_COLUMNS} WHERE id = (SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL)");
+        let sql = format!(
+            "{RUN_COLUMNS} WHERE id = (SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL AND {A_SYNC})"
+        );
         Ok(self.conn.query_row(&sql, [], run_record).optional()?)
     }
 
-    /// The end time of the last run that ended `ok`.
+    /// The end time of the last complete sync that ended `ok`.
     pub fn last_ok_ms(&self) -> Result<Option<u64>, DbError> {
         let v: Option<i64> = self.conn.query_row(
-            "SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok' AND trigger IS NOT 'documents'",
+            &format!("SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok' AND {A_COMPLETE_SYNC}"),
             [],
             |r| r.get(0),
         )?;

@@ -67,6 +67,44 @@ fn sync_for(db_path: &Path, what: &str) -> Result<RunReport, EngineError> {
 }
 
 pub fn baseline_upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, EngineError> {
+    if dry_run {
+        return upload(db_path, true);
+    }
+    super::operation::recorded(
+        db_path,
+        "baseline upload",
+        || upload(db_path, false),
+        |r| {
+            let mut events: Vec<_> = r
+            .replaced
+            .iter()
+            .map(|p| {
+                let copy = r.replaced_copies.as_deref().unwrap_or_default();
+                ("warning", Some(p.clone()), format!("could not be read; written again from this site's state (the damaged file was copied to {copy} first)"))
+            })
+            .collect();
+            events.extend(r.not_held.iter().map(|p| {
+                (
+                    "warning",
+                    Some(p.clone()),
+                    "could not be read, and this site does not hold its patient: left as it is".to_owned(),
+                )
+            }));
+            super::operation::Done {
+                outcome: r.run.as_ref().map_or(Outcome::Ok, |run| run.outcome),
+                sentence: format!(
+                    "published again every row this site holds ({} rows in {} exports) and wrote every patient file again; {} damaged files replaced",
+                    r.rows,
+                    r.exports,
+                    r.replaced.len()
+                ),
+                events,
+            }
+        },
+    )
+}
+
+fn upload(db_path: &Path, dry_run: bool) -> Result<UploadReport, EngineError> {
     if !dry_run {
         // What the app changed goes first, and what the others wrote is in.
         sync_for(db_path, "before it began")?;
@@ -193,6 +231,38 @@ pub fn baseline_download(
     table: Option<&str>,
     dry_run: bool,
 ) -> Result<DownloadReport, EngineError> {
+    if dry_run {
+        return download(db_path, table, true);
+    }
+    super::operation::recorded(
+        db_path,
+        "baseline download",
+        || download(db_path, table, false),
+        |r| {
+            let tables: Vec<String> = r
+                .tables
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} ({} put back, {} corrected, {} removed)",
+                        t.table, t.added, t.changed, t.removed
+                    )
+                })
+                .collect();
+            super::operation::Done {
+                outcome: Outcome::Ok,
+                sentence: format!(
+                    "made {} equal to what the family holds; the database was copied first to {}",
+                    tables.join(", "),
+                    r.backup.as_deref().unwrap_or_default()
+                ),
+                events: Vec::new(),
+            }
+        },
+    )
+}
+
+fn download(db_path: &Path, table: Option<&str>, dry_run: bool) -> Result<DownloadReport, EngineError> {
     let db = Db::open(db_path)?;
     let tables: Vec<String> = match table {
         Some(t) if db.mapping().table(t).is_some() => vec![t.to_owned()],

@@ -321,6 +321,10 @@ pub fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
 
 /// A run's counts in one line of words (Latest Logs).
 pub fn summary_text(summary: &serde_json::Value) -> String {
+    // An operation's record says what it did in a sentence.
+    if let Some(said) = summary.get("said").and_then(serde_json::Value::as_str) {
+        return said.to_owned();
+    }
     let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let scan = if summary.get("full_scan").and_then(serde_json::Value::as_bool) == Some(true) {
         "; scanned every patient file"

@@ -104,6 +104,37 @@ impl Verifier {
 /// Verifies the folder of the database at `db_path`; records the result
 /// for the page.
 pub fn verify(db_path: &Path) -> Result<VerifyReport, EngineError> {
+    super::operation::recorded(
+        db_path,
+        "verify",
+        || verify_folder(db_path),
+        |r| {
+            let c = &r.checked;
+            let n = r.problems.len();
+            super::operation::Done {
+                outcome: if n == 0 { super::Outcome::Ok } else { super::Outcome::Partial },
+                sentence: format!(
+                    "verified the folder: {} site files, {} segments, {} patient files and {} document bodies read; {}",
+                    c.site_files,
+                    c.segments,
+                    c.patient_files,
+                    c.document_bodies,
+                    match n {
+                        0 => "no problem found".to_owned(),
+                        n => format!("{n} problems found"),
+                    }
+                ),
+                events: r
+                    .problems
+                    .iter()
+                    .map(|p| ("error", Some(p.path.clone()), format!("{}; {}", p.problem, p.advice)))
+                    .collect(),
+            }
+        },
+    )
+}
+
+fn verify_folder(db_path: &Path) -> Result<VerifyReport, EngineError> {
     let db = Db::open(db_path)?;
     let cfg = db.site_config()?;
     let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));

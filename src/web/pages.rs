@@ -430,9 +430,12 @@ fn trigger_words(trigger: &str) -> String {
         "interval" => "automatic".to_owned(),
         "startup" => "service started".to_owned(),
         "documents" => "Sync documents now".to_owned(),
-        other => match crate::engine::trigger_table(other) {
-            Some(table) => format!("Sync {table} only"),
-            None => other.to_owned(),
+        other => match (crate::engine::trigger_table(other), crate::engine::trigger_operation(other)) {
+            (Some(table), _) => format!("Sync {table} only"),
+            (_, Some("verify")) => "Verify the folder".to_owned(),
+            (_, Some("baseline download")) => "Make this computer's tables equal to the family's".to_owned(),
+            (_, Some("baseline upload")) => "Repair the folder from this computer".to_owned(),
+            _ => other.to_owned(),
         },
     }
 }

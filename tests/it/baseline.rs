@@ -54,6 +54,10 @@ fn a_damaged_folder_is_made_whole_again_and_a_new_site_seeds_from_it() {
     for id in &ids {
         assert!(patient_file(&folder, id).exists(), "{id}");
     }
+    let log = json_of(&a, &["log", "--last", "2"]);
+    assert_eq!(log[0]["run"]["trigger"], "operation baseline upload", "{log:#}");
+    assert_eq!(log[0]["events"][0]["path"], cut_rel.as_str(), "{log:#}");
+    assert_eq!(log[1]["run"]["trigger"], "baseline-upload", "the sync it ended with: {log:#}");
     assert_eq!(fs::read(&stranger).unwrap(), b"<patient-file cut short", "left as it was");
     fs::remove_file(&stranger).unwrap();
     let (code, verified) = {
@@ -133,6 +137,11 @@ fn baseline_download_puts_a_damaged_table_back_and_keeps_what_was_not_sent() {
         report["tables"].as_array().unwrap().iter().find(|t| t["table"] == "patients").unwrap().clone();
     assert_eq!(patients["changed"], 1, "{report:#}");
     assert_eq!(patient_field(&b, &ids[3], "phone").unwrap(), "+1 555 0003");
+    let log = json_of(&b, &["log", "--last", "1"]);
+    assert_eq!(log[0]["run"]["trigger"], "operation baseline download", "{log:#}");
+    let said = log[0]["run"]["summary"]["said"].as_str().unwrap();
+    assert!(said.contains("clinical_notes (10 put back, 0 corrected, 0 removed)"), "{said}");
+    assert!(said.contains("the database was copied first to "), "{said}");
     // The edit made with clinicsync watching survived and reaches A.
     assert_eq!(patient_field(&b, &ids[4], "email").unwrap(), "kept@example.org");
     sync_ok(&b);

@@ -111,6 +111,16 @@ fn each_kind_of_damage_is_found_and_named() {
         walkdir::WalkDir::new(&folder).into_iter().map(|e| e.unwrap().path().to_owned()).collect();
     assert_eq!(before, after, "verify changes nothing");
     assert_eq!(json_of(&a, &["status"])["last_verify"]["problems"], 4);
+    // In Latest Logs: the operation and each problem, and not a sync.
+    let log = json_of(&a, &["log", "--last", "1"]);
+    assert_eq!(log[0]["run"]["trigger"], "operation verify", "{log:#}");
+    assert_eq!(log[0]["run"]["outcome"], "partial", "{log:#}");
+    assert_eq!(log[0]["events"].as_array().unwrap().len(), 4, "{log:#}");
+    assert!(log[0]["run"]["summary"]["said"].as_str().unwrap().ends_with("; 4 problems found"), "{log:#}");
+    let status = json_of(&a, &["status"]);
+    assert_eq!(status["last_outcome"], "ok", "the last sync's outcome, not the verification's: {status:#}");
+    let human = cli(&a).args(["log", "--last", "1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("verified the folder: "));
     let text = cli(&b).arg("verify").output().unwrap();
     assert_eq!(text.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&text.stderr).contains("problems (listed above)"));

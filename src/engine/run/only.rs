@@ -23,12 +23,12 @@ pub(crate) const TABLES_WAITING: &str = "tables_waiting";
 /// The trigger a table run is recorded with (Latest Logs reads it back
 /// with [`trigger_table`]).
 pub fn table_trigger(table: &str) -> String {
-    format!("only {table}")
+    format!("{}{table}", crate::db::TABLE_RUN_PREFIX)
 }
 
 /// The table of a table run's trigger.
 pub fn trigger_table(trigger: &str) -> Option<&str> {
-    trigger.strip_prefix("only ")
+    trigger.strip_prefix(crate::db::TABLE_RUN_PREFIX)
 }
 
 /// The table a `sync --only` run carries, and what it left.
