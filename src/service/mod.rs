@@ -54,6 +54,9 @@ pub(crate) struct Shared {
     /// The watch on the local documents folder, when one is set.
     docs_watcher: Mutex<Option<Watched>>,
     hints: mpsc::UnboundedSender<Hint>,
+    /// Stops the service (as Ctrl-C does), for the page's operations that
+    /// end syncing here.
+    stop: tokio::sync::Notify,
 }
 
 impl crate::web::Service for Shared {
@@ -120,6 +123,23 @@ impl crate::web::Service for Shared {
             }
         });
         done_rx
+    }
+
+    fn stop_syncing(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let control = self.control.clone();
+        let mut state = self.state.clone();
+        self.spawn(async move {
+            let _ = control.send(Control::Shutdown).await;
+            if state.wait_for(|s| s.stopped).await.is_ok() {
+                let _ = done_tx.send(());
+            }
+        });
+        done_rx
+    }
+
+    fn stop(&self) {
+        self.stop.notify_one();
     }
 
     fn settings_changed(&self) -> Result<(), engine::EngineError> {
@@ -433,6 +453,7 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
         watcher: Mutex::new(None),
         docs_watcher: Mutex::new(None),
         hints: hint_tx,
+        stop: tokio::sync::Notify::new(),
     });
     shared.rewatch(&cfg.folder);
     shared.rewatch_documents();
@@ -467,7 +488,10 @@ async fn serve(options: &ServiceOptions) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve_page(listener, app, stop_rx));
-    crate::platform::stop_requested().await;
+    tokio::select! {
+        _ = crate::platform::stop_requested() => {}
+        _ = shared.stop.notified() => {}
+    }
     eprintln!("clinicsync: stopping after the sync in progress (if any)");
     let _ = control_tx.send(Control::Shutdown).await;
     let _ = scheduler.await;
@@ -492,17 +516,24 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves the page until `stop`: HTTP/1 with a header timeout, so a
 /// connection that never finishes its headers is closed, and at most
 /// [`PAGE_CONNECTIONS`] connections at once, so many of them cannot grow
-/// the service's memory.
+/// the service's memory. At `stop`, idle connections are closed and the
+/// requests being answered are finished (the page's answer to the
+/// operation that stopped the service among them) before it returns.
 async fn serve_page(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PAGE_CONNECTIONS));
+    let (stopping_tx, stopping) = watch::channel(false);
     let mut stop = std::pin::pin!(stop);
     loop {
         let accepted = tokio::select! {
-            _ = &mut stop => return,
+            _ = &mut stop => {
+                let _ = stopping_tx.send(true);
+                let _ = slots.acquire_many(PAGE_CONNECTIONS as u32).await;
+                return;
+            }
             accepted = listener.accept() => accepted,
         };
         let Ok((stream, _)) = accepted else {
@@ -515,12 +546,20 @@ async fn serve_page(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stopping = stopping.clone();
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            let _ = connection.await;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { stopping.wait_for(|s| *s).await.is_ok() } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
             drop(slot);
         });
     }

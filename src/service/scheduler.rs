@@ -187,6 +187,8 @@ pub struct SchedulerState {
     /// own run by these.
     pub page_runs_done: u64,
     pub last_page_run: Option<(Option<i64>, Outcome)>,
+    /// The scheduler has stopped: no run is in progress and none starts.
+    pub stopped: bool,
 }
 
 struct Pending {
@@ -259,6 +261,7 @@ pub async fn run<H: Hooks>(
             });
         }
         if shutting_down && running.is_none() {
+            state.send_modify(|s| s.stopped = true);
             return;
         }
         let next_interval = (schedule.auto_sync && !shutting_down).then(|| last_start + schedule.interval);

@@ -4,6 +4,7 @@
 //! then kept in a same-site cookie); every POST also needs the page's CSRF
 //! token and, when the browser names one, this page's own origin.
 
+mod operations;
 mod pages;
 
 use std::collections::HashMap;
@@ -40,6 +41,12 @@ pub trait Service: Send + Sync + 'static {
     /// Queues a run of one table only (the mapping's table at this index),
     /// as [`Service::sync_now_and_wait`].
     fn sync_table_and_wait(&self, table: u16) -> tokio::sync::oneshot::Receiver<()>;
+    /// Stops starting runs (the run in progress finishes; requests waiting
+    /// are dropped): the receiver fires once no run is in progress and
+    /// none will start.
+    fn stop_syncing(&self) -> tokio::sync::oneshot::Receiver<()>;
+    /// Stops the service, as Ctrl-C does, once the page has answered.
+    fn stop(&self);
     /// Settings were saved: the service takes them up.
     fn settings_changed(&self) -> Result<(), engine::EngineError>;
 }
@@ -102,6 +109,7 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
         .route("/sync-documents", post(sync_documents))
         .route("/sync-table", post(sync_table))
         .route("/api/status", get(api_status))
+        .merge(operations::routes())
         .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
         .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
@@ -361,9 +369,11 @@ async fn resolve(
 
 async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {
     let db = st.shared.db().to_path_buf();
-    match blocking(move || engine::settings_list(&db)).await {
-        Ok(list) => {
-            Html(pages::settings(&page_context(&st), &list, None, flash.saved.is_some())).into_response()
+    match blocking(move || Ok((engine::settings_list(&db)?, engine::mapped_tables(&db)?))).await {
+        Ok((list, tables)) => {
+            let ctx = page_context(&st);
+            let after = operations::section(&ctx, &tables);
+            Html(pages::settings(&ctx, &list, None, flash.saved.is_some(), &after)).into_response()
         }
         Err(r) => r,
     }
@@ -404,7 +414,7 @@ async fn save_settings(State(st): State<WebState>, CheckedForm(form): CheckedFor
                     s.value = v.trim().to_owned();
                 }
             }
-            let body = pages::settings(&page_context(&st), &shown, Some(&e.to_string()), false);
+            let body = pages::settings(&page_context(&st), &shown, Some(&e.to_string()), false, "");
             (StatusCode::BAD_REQUEST, Html(body)).into_response()
         }
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, &format!("internal error: {e}")),

@@ -99,7 +99,7 @@ progress { width: 260px; vertical-align: middle; }
 /// A page: `script` is the page's own `<script src>` after the shared one
 /// (scripts are served as files: the page's policy allows no inline
 /// script).
-fn layout(title: &str, current: &str, ctx: &Context, body: &str, script: &str) -> String {
+pub(super) fn layout(title: &str, current: &str, ctx: &Context, body: &str, script: &str) -> String {
     let link = |href: &str, label: &str| {
         let aria = if href == current { r#" aria-current="page""# } else { "" };
         format!(r#"<a href="{href}"{aria}>{label}</a>"#)
@@ -490,7 +490,14 @@ pub(super) fn conflicts(ctx: &Context, records: &[Value], done: Option<&str>) ->
 }
 
 /// The Settings form.
-pub(super) fn settings(ctx: &Context, list: &[SettingView], error: Option<&str>, saved: bool) -> String {
+/// The Settings page; `after` (HTML) follows the form.
+pub(super) fn settings(
+    ctx: &Context,
+    list: &[SettingView],
+    error: Option<&str>,
+    saved: bool,
+    after: &str,
+) -> String {
     let mut body = String::from("<h1>Settings</h1>");
     if saved {
         body.push_str(r#"<p class="notice done" role="status">Settings saved. A new web port applies when clinicsync run restarts.</p>"#);
@@ -531,6 +538,7 @@ pub(super) fn settings(ctx: &Context, list: &[SettingView], error: Option<&str>,
         ));
     }
     body.push_str(r#"<button type="submit" id="save-settings">Save settings</button></form>"#);
+    body.push_str(after);
     layout("Settings", "/settings", ctx, &body, "")
 }
 

@@ -125,6 +125,16 @@ fn clinic_staff_use_the_page_in_chromium() {
     assert!(top.contains("ok"), "{top}");
     assert!(json_of(&a, &["status"])["tables"].as_array().unwrap().iter().all(|t| t["waiting"] == false));
 
+    // Maintenance: an operation opens on what it would change, and Cancel
+    // goes back to Settings.
+    browser.click("nav a[href='/settings']");
+    browser.click("#op-upload");
+    let said = browser.text("main");
+    assert!(said.contains("No patient file in the folder is damaged."), "{said}");
+    browser.screenshot(&shots.join("repair-confirm.png"));
+    browser.click("main form a[href='/settings#maintenance']");
+    assert!(browser.text("main").contains("Maintenance"));
+
     // Refusals, from the page itself: without the token (no cookie), and a
     // POST without the CSRF token.
     let no_token = browser.run_async(

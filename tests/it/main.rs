@@ -29,6 +29,7 @@ mod hostile;
 mod hostile_mutations;
 mod hostile_set;
 mod login;
+mod maintenance;
 mod mapping;
 mod model_laws;
 mod only;

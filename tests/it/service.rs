@@ -113,6 +113,24 @@ impl Service {
         start.elapsed()
     }
 
+    /// Waits for the process to end on its own (within 30 s); returns its
+    /// exit status and what it wrote on stderr.
+    pub(crate) fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the service did not stop: {}",
+                std::fs::read_to_string(&self.stderr).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status, std::fs::read_to_string(&self.stderr).unwrap_or_default())
+    }
+
     /// Sends SIGTERM and waits for the process; returns its exit status and
     /// what it wrote on stderr.
     pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {

@@ -1,0 +1,194 @@
+//! The page's maintenance operations, through HTTP against `clinicsync run`:
+//! each that changes something first shows what it will change (from its
+//! dry run) and changes nothing until confirmed; leaving the family and
+//! deleting its data stop the service after answering.
+
+use std::fs;
+use std::path::Path;
+
+use crate::service::Service;
+use crate::support::*;
+
+struct Page {
+    service: Service,
+    agent: ureq::Agent,
+    bearer: String,
+    csrf: String,
+}
+
+impl Page {
+    fn open(db: &Path) -> Page {
+        cli(db).args(["settings", "sync_interval=1h", "watch=off"]).assert().success();
+        let service = Service::start(db);
+        service.wait_idle();
+        let csrf = service.csrf();
+        let bearer = format!("Bearer {}", service.token);
+        Page { service, agent: Service::agent(), bearer, csrf }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.service.base))
+            .header("Authorization", &self.bearer)
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    /// POSTs a form (the CSRF token added); status, Location and body.
+    fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
+        let mut body = format!("csrf={}", self.csrf);
+        for (k, v) in fields {
+            body.push_str(&format!("&{k}={}", v.replace(' ', "+")));
+        }
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.service.base))
+            .header("Authorization", &self.bearer)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body)
+            .unwrap();
+        let location = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        (r.status().as_u16(), location, r.body_mut().read_to_string().unwrap())
+    }
+}
+
+fn past_clinicsync(db: &Path, sql: &str) {
+    app(db)
+        .execute_batch(&format!("INSERT INTO _cs_quiet (x) VALUES (1); {sql}; DELETE FROM _cs_quiet;"))
+        .unwrap();
+}
+
+fn count(db: &Path, sql: &str) -> i64 {
+    app(db).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn verify_repair_and_baseline_from_the_settings_page_change_nothing_until_confirmed() {
+    let (family, a, _b) = two_sites();
+    let ids: Vec<String> = (0..3).map(|n| add_patient(&app(&a), n, 2)).collect();
+    sync_ok(&a);
+    let page = Page::open(&a);
+    let (code, html) = page.get("/settings");
+    assert_eq!(code, 200);
+    for id in ["op-verify", "op-upload", "op-download", "op-detach", "op-family-delete"] {
+        assert!(html.contains(&format!(r#"id="{id}""#)), "{id}: {html}");
+    }
+    assert!(html.contains(r#"<option value="appointments">appointments only</option>"#));
+
+    // Verify: runs and goes to Latest Logs, where it is recorded.
+    let (code, location, _) = page.post("/maintenance/verify", &[]);
+    assert_eq!((code, location.as_str()), (303, "/logs"));
+    assert_eq!(json_of(&a, &["log", "--last", "1"])[0]["run"]["trigger"], "operation verify");
+
+    // Repair: a patient file cut short is named on the confirmation.
+    let cut = patient_file(&family.folder(), &ids[1]);
+    let bytes = fs::read(&cut).unwrap();
+    fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let rel = cut.strip_prefix(family.folder()).unwrap().to_string_lossy().into_owned();
+    let (code, html) = page.get("/maintenance/baseline-upload");
+    assert_eq!(code, 200);
+    assert!(html.contains("1 damaged patient files will be replaced"), "{html}");
+    assert!(html.contains(&rel), "{html}");
+    let (code, location, _) = page.post("/maintenance/baseline-upload", &[]);
+    assert_eq!((code, location.as_str()), (303, "/maintenance/baseline-upload"), "not confirmed");
+    assert_eq!(fs::read(&cut).unwrap().len(), bytes.len() / 2, "nothing replaced unconfirmed");
+    let (code, _, html) = page.post("/maintenance/baseline-upload", &[("confirm", "yes")]);
+    assert_eq!(code, 200);
+    assert!(html.contains("The folder was repaired."), "{html}");
+    assert!(fs::read(&cut).unwrap().len() > bytes.len() / 2);
+    let verified = cli(&a).args(["verify", "--json"]).output().unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stdout));
+
+    // Baseline download of one table: the counts first, then the rows back.
+    past_clinicsync(&a, "DELETE FROM appointments");
+    past_clinicsync(&a, "DELETE FROM clinical_notes");
+    let (code, html) = page.get("/maintenance/baseline-download?table=appointments");
+    assert_eq!(code, 200);
+    assert!(html.contains("appointments: 6 rows put back, 0 corrected, 0 removed"), "{html}");
+    assert!(!html.contains("clinical_notes:"), "one table only: {html}");
+    assert_eq!(count(&a, "SELECT count(*) FROM appointments"), 0, "a look changes nothing");
+    let (code, _, html) =
+        page.post("/maintenance/baseline-download", &[("confirm", "yes"), ("table", "appointments")]);
+    assert_eq!(code, 200, "{html}");
+    assert!(html.contains("The tables are equal to the family&#39;s."), "{html}");
+    assert_eq!(count(&a, "SELECT count(*) FROM appointments"), 6);
+    assert_eq!(count(&a, "SELECT count(*) FROM clinical_notes"), 0, "the other table untouched");
+    let (_, html) = page.get("/logs");
+    assert!(html.contains("Make this computer&#39;s tables equal to the family&#39;s"), "{html}");
+    assert!(html.contains("Repair the folder from this computer"), "{html}");
+}
+
+#[test]
+fn leaving_the_family_from_the_page_stops_the_service_and_keeps_the_apps_rows() {
+    let (_family, a, b) = two_sites();
+    add_patient(&app(&a), 0, 2);
+    sync_ok(&a);
+    let page = Page::open(&a);
+    app(&a).execute("UPDATE patients SET phone = 'sent before leaving'", []).unwrap();
+    let (code, html) = page.get("/maintenance/detach");
+    assert_eq!(code, 200);
+    assert!(html.contains("leaves the family"), "{html}");
+    assert!(html.contains("sends its 1 changes not yet in the folder"), "{html}");
+    let (code, _, html) = page.post("/maintenance/detach", &[("confirm", "yes")]);
+    assert_eq!(code, 200);
+    assert!(html.contains("This computer has left the family, and clinicsync has stopped here."), "{html}");
+    let (status, log) = page.service.wait_exit();
+    assert!(status.success(), "{log}");
+    let (triggers, tables) = {
+        let conn = app(&a);
+        let n = |kind: &str| -> i64 {
+            conn.query_row(
+                &format!("SELECT count(*) FROM sqlite_master WHERE type = '{kind}' AND name LIKE '\\_cs\\_%' ESCAPE '\\'"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        (n("trigger"), n("table"))
+    };
+    assert_eq!((triggers, tables), (0, 0));
+    assert_eq!(count(&a, "SELECT count(*) FROM appointments"), 2);
+    assert_eq!(count(&a, "SELECT count(*) FROM patients WHERE phone = 'sent before leaving'"), 1);
+    sync_ok(&b);
+    assert_eq!(
+        app(&b).query_row("SELECT phone FROM patients", [], |r| r.get::<_, String>(0)).unwrap(),
+        "sent before leaving",
+        "its last change reached the others"
+    );
+}
+
+#[test]
+fn deleting_the_familys_data_needs_its_id_typed_and_then_stops_the_service() {
+    let (family, a, b) = two_sites();
+    add_patient(&app(&a), 0, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    let page = Page::open(&a);
+    let family_id = json_of(&a, &["status"])["family"].as_str().unwrap().to_owned();
+    let short = &family_id[..8];
+    let (code, html) = page.get("/maintenance/family-delete");
+    assert_eq!(code, 200);
+    assert!(html.contains(&format!("Type the family's id, {short}, to confirm")), "{html}");
+    let (code, _, html) =
+        page.post("/maintenance/family-delete", &[("confirm", "yes"), ("family", "deadbeef")]);
+    assert_eq!(code, 200);
+    assert!(html.contains("Nothing was deleted: the id typed was not this family&#39;s"), "{html}");
+    assert_eq!(page.service.api_status()["status"]["online"], true, "still running, nothing deleted");
+    assert!(family.folder().join("patients").exists());
+
+    let (code, _, html) = page.post("/maintenance/family-delete", &[("confirm", "yes"), ("family", short)]);
+    assert_eq!(code, 200);
+    assert!(html.contains("The family&#39;s data was deleted from the folder"), "{html}");
+    let (status, log) = page.service.wait_exit();
+    assert!(status.success(), "{log}");
+    assert!(
+        !family.folder().join("patients").exists()
+            || fs::read_dir(family.folder().join("patients")).unwrap().next().is_none()
+    );
+    let (code, report) = sync(&b);
+    assert_ne!(code, 0);
+    assert!(report["error"].as_str().unwrap().contains("deleted"), "{report:#}");
+    assert_eq!(count(&b, "SELECT count(*) FROM patients"), 1, "B keeps its data");
+}
