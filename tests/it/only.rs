@@ -175,3 +175,25 @@ fn the_page_lists_the_tables_waiting_and_syncs_one_with_its_button() {
     assert_eq!(post(format!("csrf={csrf}&table=nosuch")).status(), 400);
     assert_eq!(post("table=appointments".into()).status(), 403, "the CSRF token is required");
 }
+
+#[test]
+fn a_conflict_a_table_run_found_is_not_found_again_by_the_full_sync() {
+    let (_family, a, b) = two_sites();
+    add_patient(&app(&a), 0, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    let appt = uuid(2, 0);
+    set(&a, APPT, &appt, "arrived");
+    set(&a, NOTE, &uuid(3, 0), "typed at A");
+    sync_ok(&a);
+    set(&b, APPT, &appt, "cancelled");
+    let (code, report) = sync_with(&b, &["--only", "appointments"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["counts"]["new_conflicts"], 1, "{report:#}");
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["new_conflicts"], 0, "{report:#}");
+    assert_eq!(report["counts"]["rows_applied"], 1, "the note only: {report:#}");
+    assert_eq!(json_of(&b, &["conflicts"]).as_array().unwrap().len(), 1);
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+}
