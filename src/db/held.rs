@@ -16,7 +16,9 @@ use super::mapping::TableRole;
 use super::project::project_or_park;
 use super::records::sync_records;
 use super::schema::quote;
-use super::state::{Ctx, StampBatch, add_to_batch, load_row, patient_of, save_row, stamp_if_pending};
+use super::state::{
+    Ctx, StampBatch, add_to_batch, load_row, patient_of, save_row, stamp_if_pending, stamp_row,
+};
 use super::{Db, DbError};
 use crate::model::{Base, Hlc, HlcClock, RowKey, RowState, SiteId, Value};
 
@@ -201,9 +203,14 @@ pub(super) fn keep(
     for (key, site) in keys.into_iter().take(max_rows) {
         conn.prepare_cached("DELETE FROM _cs_held WHERE tbl = ?1 AND pk = ?2")?
             .execute(params![key.table, key.pk])?;
-        let Some(Restored { deleted_at }) = restore_row(conn, ctx, clock, now_ms, &key, batch)? else {
-            continue;
+        let restored = match restore_row(conn, ctx, clock, now_ms, &key, batch)? {
+            Some(restored) => restored,
+            None => match restore_purged(conn, ctx, clock, now_ms, &key, batch)? {
+                Some(restored) => restored,
+                None => continue,
+            },
         };
+        let Restored { deleted_at } = restored;
         kept.rows += 1;
         kept.patients += u64::from(key.table == root);
         let site = deleted_at.map(|h| h.site().to_string()).or(site).unwrap_or_default();
@@ -308,6 +315,33 @@ pub(crate) fn restore_row(
     batch.versions += 1;
     add_to_batch(batch, key.clone(), stamped, old_patient, patient);
     Ok(Some(Restored { deleted_at }))
+}
+
+/// A held deletion of a row the other sites deleted and purged while this
+/// site was away (its state went with the purge, see `drop_listed_purged`),
+/// refused: the row goes back to every site as a new insert of what the
+/// app shows, its causal length past the purged tombstone's, as any kept
+/// row does. `None` when it is not such a row.
+fn restore_purged(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    clock: &mut HlcClock,
+    now_ms: u64,
+    key: &RowKey,
+    batch: &mut StampBatch,
+) -> Result<Option<Restored>, DbError> {
+    if load_row(conn, &key.table, &key.pk)?.is_some() || !app_shows(conn, ctx, key)? {
+        return Ok(None);
+    }
+    let Some(deleted_at) = conn
+        .prepare_cached("SELECT deleted_at FROM _cs_purged WHERE tbl = ?1 AND pk = ?2")?
+        .query_row(params![key.table, key.pk], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    stamp_row(conn, ctx, clock, now_ms, now_ms, &key.table, &key.pk, batch)?;
+    Ok(Some(Restored { deleted_at: deleted_at.and_then(|h| Hlc::parse(&h).ok()) }))
 }
 
 /// True when the app still shows a row whose deletion is held.

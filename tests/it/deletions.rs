@@ -733,3 +733,42 @@ fn keeping_held_deletions_does_not_bring_back_a_row_this_site_deleted_meanwhile(
     sync_ok(&a);
     assert!(!has_patient(&a, &ids[0]) && has_patient(&a, &ids[1]));
 }
+
+#[test]
+fn a_returning_site_that_keeps_what_was_purged_while_it_was_away_sends_it_back_to_everyone() {
+    let (_family, a, b) = two_sites();
+    let c = _family.init("c");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..4).map(|n| add_patient(&conn, n, 1)).collect();
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    cli(&c).args(["settings", "mass_delete_min_patients=2"]).assert().success();
+    // C is away while A deletes three patients and A and B purge them.
+    for id in &ids[..3] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    for db in [&a, &b, &a] {
+        sync_ok(db);
+    }
+    assert!(month_passes_and_a_and_b_purge(&a, &b) >= 9);
+
+    // C returns: the guard holds the three; the person keeps them.
+    let (code, report) = sync(&c);
+    assert_eq!((code, report["outcome"].as_str()), (3, Some("partial")), "{report:#}");
+    assert_eq!(json_of(&c, &["status"])["held_deletes"]["patients"], 3);
+    let (code, report) = sync_with(&c, &["--keep-deleted"]);
+    assert_eq!(code, 0, "{report:#}");
+    let kept: Vec<_> = events_of(&report, "keep-deleted");
+    assert!(kept.iter().any(|e| e["message"].as_str().unwrap().contains("kept 12 rows")), "{report:#}");
+    for db in [&a, &b, &c, &a, &b] {
+        sync_ok(db);
+    }
+    for db in [&a, &b, &c] {
+        for id in &ids {
+            assert_eq!(rows_of_patient(db, id), 4, "{id} at {}", db.display());
+        }
+    }
+    assert_eq!(dump(&a), dump(&c), "nothing shown at C alone");
+    assert_eq!(dump(&a), dump(&b));
+}
