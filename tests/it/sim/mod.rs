@@ -61,7 +61,7 @@ impl Rng {
 }
 
 /// The simulation's time: moves only when the scheduler says so.
-struct SimClock(AtomicU64);
+struct SimClock(std::sync::Arc<AtomicU64>);
 
 /// One site's view of the time: the simulation's, off by a fixed skew of up
 /// to a minute either way (computers' clocks disagree).
@@ -114,6 +114,8 @@ struct Sim {
     away: Option<usize>,
     /// Sites that came back after the others purged while they were away.
     returns: u64,
+    /// `sync --only TABLE` runs that ran (not refused).
+    table_runs: u64,
 }
 
 const PATIENT_COLUMNS: [&str; 4] = ["given_name", "phone", "email", "notes"];
@@ -141,9 +143,10 @@ impl Sim {
         // In 2020: the simulated time stays behind the real clock, so an
         // app write's recorded time (real) is always later than the run's
         // and the run's time is what stamps it (replays stay exact).
-        let clock = SimClock(AtomicU64::new(1_600_000_000_000 + rng.below(1_000_000) as u64));
+        let clock =
+            SimClock(std::sync::Arc::new(AtomicU64::new(1_600_000_000_000 + rng.below(1_000_000) as u64)));
         let roots: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("site{i}/folder"))).collect();
-        let cloud = FakeCloud::new(flavor, roots.clone());
+        let cloud = FakeCloud::new(flavor, roots.clone(), clock.0.clone());
         let mut sim = Sim {
             seed,
             rng,
@@ -160,6 +163,7 @@ impl Sim {
             digest_matches: 0,
             away: None,
             returns: 0,
+            table_runs: 0,
             log: vec![format!("seed {seed}: {n} sites, {flavor:?}, use_logs={use_logs}")],
         };
         for (i, root) in roots.iter().enumerate() {
@@ -392,6 +396,25 @@ impl Sim {
         )
     }
 
+    /// `sync --only TABLE`: refused only for the reasons it gives (a full
+    /// sync is needed first); otherwise as any run.
+    fn sync_table(&mut self, site: usize, table: &str) {
+        let clock = SiteClock { time: &self.clock, skew_ms: self.sites[site].skew_ms };
+        let options =
+            SyncOptions { trigger: "sim".into(), only: Some(table.into()), ..SyncOptions::default() };
+        let report = engine::sync_with_clock(&self.sites[site].db, &options, &clock)
+            .unwrap_or_else(|e| panic!("sync --only {table} of site {site} failed: {e}\n{}", self.trail()));
+        self.log.push(format!("site {site}: sync --only {table} -> {}", report.outcome.as_str()));
+        if report.outcome == engine::Outcome::Failed {
+            let error = report.error.as_deref().unwrap_or_default();
+            assert!(error.contains("was not synced on its own"), "{error}\n{}", self.trail());
+            return;
+        }
+        self.table_runs += 1;
+        let stale = Db::open(&self.sites[site].db).unwrap().stale_digests().unwrap();
+        assert!(stale.is_empty(), "site {site}: stale rows digests of {stale:?}\n{}", self.trail());
+    }
+
     fn sync_with(&mut self, site: usize, options: SyncOptions) -> engine::RunReport {
         let full_scan = options.full_scan;
         let clock = SiteClock { time: &self.clock, skew_ms: self.sites[site].skew_ms };
@@ -426,7 +449,12 @@ impl Sim {
             0..30 => self.app_step(site),
             30..50 => {
                 let full = self.rng.chance(15);
-                self.sync(site, full);
+                if !full && self.rng.chance(20) {
+                    let table = *self.rng.pick(&["patients", "appointments"]).expect("two tables");
+                    self.sync_table(site, table);
+                } else {
+                    self.sync(site, full);
+                }
             }
             // An away site's cloud client neither sends nor receives.
             50.. if self.away == Some(site) => {}
@@ -764,7 +792,7 @@ impl Sim {
 /// One seeded run: random steps, then quiescence, then the checks. Returns
 /// the flavor, the conflict copies made, the tombstones purged and the
 /// files read-repair settled by their digest.
-fn run(seed: u64) -> (Flavor, u64, u64, u64, u64, u64) {
+fn run(seed: u64) -> (Flavor, u64, u64, u64, u64, u64, u64) {
     let mut sim = Sim::new(seed);
     let steps = 60 + sim.rng.below(80);
     // Some families have a site away while the others purge.
@@ -784,7 +812,15 @@ fn run(seed: u64) -> (Flavor, u64, u64, u64, u64, u64) {
         eprintln!("{}", sim.trail());
     }
     sim.check();
-    (sim.flavor, sim.cloud.copies_made, sim.purged, sim.digest_matches, sim.holds, sim.returns)
+    (
+        sim.flavor,
+        sim.cloud.copies_made,
+        sim.purged,
+        sim.digest_matches,
+        sim.holds,
+        sim.returns,
+        sim.table_runs,
+    )
 }
 
 fn seeds(default: u64) -> std::ops::Range<u64> {
@@ -807,9 +843,11 @@ fn run_share(first: u64, stride: u64) {
     let mut digest_matches = 0;
     let mut holds = 0;
     let mut returns = 0;
+    let mut table_runs = 0;
     for seed in seeds(200).filter(|s| s % stride == first) {
-        let (flavor, made, p, d, h, r) = run(seed);
+        let (flavor, made, p, d, h, r, t) = run(seed);
         returns += r;
+        table_runs += t;
         *copies.entry(format!("{flavor:?}")).or_default() += made;
         purged += p;
         digest_matches += d;
@@ -817,7 +855,7 @@ fn run_share(first: u64, stride: u64) {
         runs += 1;
     }
     eprintln!(
-        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}; mass deletions held, then kept or confirmed: {holds}; sites back after the others purged: {returns}"
+        "simulation share {first}/{stride}: {runs} seeds; conflict copies made by flavor: {copies:?}; tombstones purged: {purged}; files settled by digest: {digest_matches}; mass deletions held, then kept or confirmed: {holds}; sites back after the others purged: {returns}; table runs: {table_runs}"
     );
     if std::env::var_os("SIM_SEED").is_none() && runs >= 20 {
         // The runs must have exercised the conflict paths, or they prove little.
@@ -827,6 +865,7 @@ fn run_share(first: u64, stride: u64) {
         assert!(purged > 0, "no tombstone was purged in {runs} seeds: the retention never passed");
         assert!(holds > 0, "the mass-delete guard never held a deletion in {runs} seeds");
         assert!(returns > 0, "no site came back after the others purged in {runs} seeds");
+        assert!(table_runs > 0, "no `sync --only` ran in {runs} seeds");
     }
 }
 

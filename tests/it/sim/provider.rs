@@ -35,6 +35,10 @@ pub(crate) const FLAVORS: [Flavor; 5] =
 pub(crate) struct FakeCloud {
     flavor: Flavor,
     roots: Vec<PathBuf>,
+    /// The simulation's time: a file the client writes is stamped with it,
+    /// as a real client stamps it with the time it wrote it (so a site file
+    /// delivered long ago looks old, and a dormant site is dormant).
+    clock: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The provider's copy of every file.
     server: BTreeMap<String, Vec<u8>>,
     /// Per site: each file as it was when the site and the server last
@@ -51,11 +55,16 @@ pub(crate) struct FakeCloud {
 }
 
 impl FakeCloud {
-    pub(crate) fn new(flavor: Flavor, roots: Vec<PathBuf>) -> FakeCloud {
+    pub(crate) fn new(
+        flavor: Flavor,
+        roots: Vec<PathBuf>,
+        clock: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> FakeCloud {
         let n = roots.len();
         FakeCloud {
             flavor,
             roots,
+            clock,
             server: BTreeMap::new(),
             base: vec![BTreeMap::new(); n],
             partial: vec![BTreeMap::new(); n],
@@ -81,7 +90,10 @@ impl FakeCloud {
     fn write(&self, site: usize, path: &str, bytes: &[u8]) {
         let full = self.roots[site].join(path);
         fs::create_dir_all(full.parent().unwrap()).unwrap();
-        fs::write(full, bytes).unwrap();
+        fs::write(&full, bytes).unwrap();
+        let now = self.clock.load(std::sync::atomic::Ordering::Relaxed);
+        let file = fs::File::options().write(true).open(&full).unwrap();
+        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now)).unwrap();
     }
 
     fn remove(&self, site: usize, path: &str) {
