@@ -71,6 +71,29 @@ pub(super) fn print_status(s: &StatusReport) {
             say!("  {}: {}", shown(&t.table), what.join(", "));
         }
     }
+    if !s.held_patients.is_empty() {
+        say!(
+            "Deletions waiting (`sync --confirm-deletes` deletes them here too, `sync --keep-deleted` keeps them):"
+        );
+        for p in &s.held_patients {
+            let name = p
+                .name
+                .as_deref()
+                .map(|n| shown(n).into_owned())
+                .unwrap_or_else(|| format!("patient {}", shown(&p.id)));
+            let by = p.site_name.as_deref().or(p.site.as_deref().map(short_id)).unwrap_or("another site");
+            say!(
+                "  {name}, with {} other rows, deleted at {} {}",
+                p.rows,
+                shown(by),
+                shown(p.deleted.as_deref().unwrap_or(""))
+            );
+        }
+        let more = s.held_deletes.patients.saturating_sub(s.held_patients.len() as u64);
+        if more > 0 {
+            say!("  and {more} more patients");
+        }
+    }
     for w in &s.warnings {
         say!("Warning:   {}", shown(w));
     }

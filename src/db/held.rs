@@ -41,6 +41,21 @@ pub struct HeldDeletes {
     pub tables: Vec<HeldTable>,
 }
 
+/// A patient whose deletion the guard holds, as the page and `status` list
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct HeldPatient {
+    pub id: String,
+    /// As the mapping names patients (null: it names none, or they are
+    /// empty).
+    pub name: Option<String>,
+    /// Its rows of other tables whose deletion waits with it.
+    pub rows: u64,
+    /// The site that deleted it (full id), and when.
+    pub site: Option<String>,
+    pub deleted_ms: Option<u64>,
+}
+
 /// Rows of one child table whose deletion waits while their patient stays.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct HeldTable {
@@ -115,6 +130,62 @@ impl Db {
             .query_map([root], |r| Ok(HeldTable { table: r.get(0)?, rows: r.get::<_, i64>(1)? as u64 }))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(HeldDeletes { patients: patients as u64, rows: rows as u64, sites, tables })
+    }
+
+    /// The first `limit` patients whose deletion is held, by name.
+    pub fn held_patients(&self, limit: usize) -> Result<Vec<HeldPatient>, DbError> {
+        let root = &self.mapping.root.table;
+        let mut stmt = self.conn.prepare(
+            "SELECT h.pk, h.site, (SELECT count(*) FROM _cs_held c WHERE c.patient = h.pk AND c.tbl <> ?1)
+             FROM _cs_held h WHERE h.tbl = ?1",
+        )?;
+        let rows: Vec<(String, Option<String>, i64)> = stmt
+            .query_map([root], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, site, children) in rows {
+            let deleted_at = load_row(&self.conn, root, &id)?.and_then(|(row, _)| row.deleted_at());
+            out.push(HeldPatient {
+                name: self.patient_name(&id)?,
+                site: deleted_at.map(|h| h.site().to_string()).or(site),
+                deleted_ms: deleted_at.map(|h| h.wall_ms()),
+                rows: children.max(0) as u64,
+                id,
+            });
+        }
+        // By name, then id: the list a person reads.
+        out.sort_by(|a, b| (a.name.is_none(), &a.name, &a.id).cmp(&(b.name.is_none(), &b.name, &b.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// A patient's name as the app shows it, from the columns the mapping
+    /// names (`None`: none, or all empty).
+    pub fn patient_name(&self, id: &str) -> Result<Option<String>, DbError> {
+        let columns = self.mapping.patient_name();
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let select: Vec<String> = columns.iter().map(|c| format!("CAST({} AS TEXT)", quote(c))).collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} = ?1",
+            select.join(", "),
+            quote(&self.mapping.root.table),
+            quote(&self.mapping.root.key)
+        );
+        let parts: Option<Vec<Option<String>>> = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], |r| (0..columns.len()).map(|i| r.get(i)).collect())
+            .optional()?;
+        let name: Vec<String> = parts
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        Ok((!name.is_empty()).then(|| name.join(" ")))
     }
 
     /// Forgets held deletions of rows that live again (re-inserted at
@@ -341,6 +412,9 @@ fn restore_purged(
         return Ok(None);
     };
     stamp_row(conn, ctx, clock, now_ms, now_ms, &key.table, &key.pk, batch)?;
+    // The edits the purge took from it (its `deleted` records) are in what
+    // the app shows, and so in the row that goes back: settled.
+    super::records::close_purged(conn, &key.table, &key.pk, now_ms)?;
     Ok(Some(Restored { deleted_at: deleted_at.and_then(|h| Hlc::parse(&h).ok()) }))
 }
 

@@ -51,6 +51,11 @@ pub struct DocumentsTable {
 pub struct RootTable {
     pub table: String,
     pub key: String,
+    /// The columns that name a patient for people, in the order shown
+    /// ("given_name family_name"); not part of what is replicated, so not
+    /// of the fingerprint either.
+    #[serde(default)]
+    pub name: Vec<String>,
 }
 
 /// A table whose rows belong to a patient through `patient`.
@@ -108,7 +113,11 @@ impl Mapping {
         let child =
             |table: &str| ChildTable { table: table.into(), key: "id".into(), patient: "patient_id".into() };
         Mapping {
-            root: RootTable { table: "patients".into(), key: "id".into() },
+            root: RootTable {
+                table: "patients".into(),
+                key: "id".into(),
+                name: vec!["given_name".into(), "family_name".into()],
+            },
             children: ["appointments", "clinical_notes", "invoices", "documents"]
                 .into_iter()
                 .map(child)
@@ -121,8 +130,13 @@ impl Mapping {
     /// travelled recorded it (no `[documents]`): it is read as today's.
     pub(crate) fn upgraded(self) -> Mapping {
         let builtin = Mapping::builtin();
-        if self.documents.is_none() && self.root == builtin.root && self.children == builtin.children {
-            return builtin;
+        let same_root = self.root.table == builtin.root.table && self.root.key == builtin.root.key;
+        if self.root.name.is_empty() && same_root && self.children == builtin.children {
+            // The reference schema's mapping as recorded before documents
+            // travelled, or before it named patients.
+            if self.documents.is_none() || self.documents == builtin.documents {
+                return builtin;
+            }
         }
         self
     }
@@ -141,6 +155,9 @@ impl Mapping {
     /// The mapping as TOML, for storing in the database.
     pub fn to_toml(&self) -> String {
         let mut out = format!("[root]\ntable = {:?}\nkey = {:?}\n", self.root.table, self.root.key);
+        if !self.root.name.is_empty() {
+            out.push_str(&format!("name = {:?}\n", self.root.name));
+        }
         for c in &self.children {
             out.push_str(&format!(
                 "\n[[children]]\ntable = {:?}\nkey = {:?}\npatient = {:?}\n",
@@ -156,9 +173,17 @@ impl Mapping {
     /// A short fingerprint, published in the site file so sites can see
     /// whether they replicate the same tables.
     pub fn fingerprint(&self) -> String {
+        // What is replicated: the names shown to people are not.
+        let replicated =
+            Mapping { root: RootTable { name: Vec::new(), ..self.root.clone() }, ..self.clone() };
         let mut hex = String::new();
-        crate::model::write_hex_bytes(&mut hex, &Sha256::digest(self.to_toml().as_bytes())[..8]);
+        crate::model::write_hex_bytes(&mut hex, &Sha256::digest(replicated.to_toml().as_bytes())[..8]);
         hex
+    }
+
+    /// The columns that name a patient (empty: patients are shown by id).
+    pub fn patient_name(&self) -> &[String] {
+        &self.root.name
     }
 
     /// Every mapped table name, root first.
@@ -186,6 +211,7 @@ impl Mapping {
         }
         let names = std::iter::once(&self.root.table)
             .chain(std::iter::once(&self.root.key))
+            .chain(self.root.name.iter())
             .chain(self.children.iter().flat_map(|c| [&c.table, &c.key, &c.patient]))
             .chain(self.documents.iter().flat_map(|d| [&d.table, &d.path]));
         for name in names {
@@ -234,6 +260,15 @@ impl Mapping {
                     table: table.into(),
                     column: patient_column.into(),
                 })?;
+            }
+        }
+        let root_columns = table_columns(conn, &self.root.table)?;
+        for column in &self.root.name {
+            if !root_columns.iter().any(|c| c.name.eq_ignore_ascii_case(column)) {
+                return Err(MappingError::NoColumn {
+                    table: self.root.table.clone(),
+                    column: column.clone(),
+                });
             }
         }
         if let Some(d) = &self.documents {
@@ -302,9 +337,37 @@ mod tests {
                 .unwrap();
         assert!(matches!(no_column.validate(&conn), Err(MappingError::NoColumn { .. })));
         // The reference mapping as older databases stored it reads as today's.
-        let older = Mapping { documents: None, ..Mapping::builtin() };
+        let builtin = Mapping::builtin();
+        let older = Mapping {
+            documents: None,
+            root: RootTable { name: Vec::new(), ..builtin.root.clone() },
+            ..builtin.clone()
+        };
         assert_eq!(older.upgraded(), Mapping::builtin());
         assert_eq!(good.clone().upgraded(), good, "a custom mapping is left as it is");
+    }
+
+    #[test]
+    fn the_columns_naming_a_patient_are_kept_but_not_replicated() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(REFERENCE_SCHEMA).unwrap();
+        let builtin = Mapping::builtin();
+        let unnamed =
+            Mapping { root: RootTable { name: Vec::new(), ..builtin.root.clone() }, ..builtin.clone() };
+        assert_eq!(
+            builtin.fingerprint(),
+            unnamed.fingerprint(),
+            "sites that name patients differently agree"
+        );
+        assert_eq!(Mapping::from_toml(&builtin.to_toml()).unwrap(), builtin);
+        assert_eq!(unnamed.upgraded(), builtin, "a reference mapping recorded before names is today's");
+        let wrong = Mapping {
+            root: RootTable { name: vec!["nickname".into()], ..builtin.root.clone() },
+            ..builtin.clone()
+        };
+        assert!(
+            matches!(wrong.validate(&conn), Err(MappingError::NoColumn { column, .. }) if column == "nickname")
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub use baseline::TableBaseline;
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};
-pub use held::{HeldDeletes, HeldGroup, HeldTable, Kept, Released};
+pub use held::{HeldDeletes, HeldGroup, HeldPatient, HeldTable, Kept, Released};
 pub use mapping::{
     ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
 };

@@ -30,7 +30,7 @@ pub use progress::{Progress, ProgressView};
 pub use report::{Counts, Outcome, RunReport, conflict_json, summary_text};
 pub use run::{DocumentCounts, SyncOptions, sync, sync_with_clock, table_trigger, trigger_table};
 pub use settings::{SettingError, SettingView, Settings};
-pub use status::{SiteStatus, StatusReport, TableStatus, status};
+pub use status::{HeldPatientView, SiteStatus, StatusReport, TableStatus, status};
 pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
 pub use verify::{Checked, VerifyProblem, VerifyReport, verify};
 

@@ -47,6 +47,11 @@ pub struct StatusReport {
     /// Patients other sites deleted whose deletion the mass-delete guard
     /// holds back here.
     pub held_deletes: HeldDeletes,
+    /// The first of those patients by name (at most 50).
+    pub held_patients: Vec<HeldPatientView>,
+    /// The warning about them (the page shows them with its buttons instead).
+    #[serde(skip)]
+    pub held_warning: Option<String>,
     pub sites: Vec<SiteStatus>,
     /// Document files: where they are kept and how many are not in step.
     pub documents: DocumentsStatus,
@@ -90,6 +95,23 @@ fn tables(db: &Db) -> Result<Vec<TableStatus>, EngineError> {
             }
         })
         .collect())
+}
+
+/// Held patients `status` lists.
+const HELD_LISTED: usize = 50;
+
+/// A patient whose deletion is held, for people.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldPatientView {
+    pub id: String,
+    pub name: Option<String>,
+    /// Its other rows whose deletion waits with it.
+    pub rows: u64,
+    pub site: Option<String>,
+    /// The deleting site's name, from its site file ("this site" for this
+    /// one; null when its file is not read).
+    pub site_name: Option<String>,
+    pub deleted: Option<String>,
 }
 
 /// When the folder was last verified, and what was found.
@@ -163,6 +185,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
     }
     let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
     let held_deletes = db.held_deletes()?;
+    let mut held_warning = None;
     if held_deletes.rows > 0 {
         let sites: Vec<&str> = held_deletes.sites.iter().map(|s| short_id(s)).collect();
         let mut what = Vec::new();
@@ -175,11 +198,13 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
             ));
         }
         what.extend(held_deletes.tables.iter().map(|t| format!("{} rows of {}", t.rows, t.table)));
-        warnings.push(format!(
+        let sentence = format!(
             "{} deleted at site {} are still shown here: more than the mass-delete guard lets through on its own; if that deletion is right, run `clinicsync sync --confirm-deletes`; to keep them and send them back to every site, run `clinicsync sync --keep-deleted`",
             what.join(" and "),
             sites.join(", ")
-        ));
+        );
+        held_warning = Some(sentence.clone());
+        warnings.push(sentence);
     }
     let (waiting, failed) = super::documents::short(&db)?;
     let documents = DocumentsStatus {
@@ -254,7 +279,25 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
             });
         }
     }
+    let site_names: std::collections::HashMap<&str, &str> = sites
+        .iter()
+        .map(|s| (s.site.as_str(), if s.this_site { "this site" } else { s.name.as_str() }))
+        .collect();
+    let held_patients = db
+        .held_patients(HELD_LISTED)?
+        .into_iter()
+        .map(|p| HeldPatientView {
+            site_name: p.site.as_deref().and_then(|id| site_names.get(id)).map(|n| (*n).to_owned()),
+            deleted: p.deleted_ms.map(format_time),
+            id: p.id,
+            name: p.name,
+            rows: p.rows,
+            site: p.site,
+        })
+        .collect();
     Ok(StatusReport {
+        held_patients,
+        held_warning,
         site: cfg.site.to_string(),
         site_name: cfg.name,
         family: cfg.family.to_string(),

@@ -4,6 +4,7 @@
 //! then kept in a same-site cookie); every POST also needs the page's CSRF
 //! token and, when the browser names one, this page's own origin.
 
+mod held;
 mod operations;
 mod pages;
 
@@ -110,6 +111,7 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
         .route("/sync-table", post(sync_table))
         .route("/api/status", get(api_status))
         .merge(operations::routes())
+        .merge(held::routes())
         .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
         .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))

@@ -51,7 +51,13 @@ pub(super) fn section(ctx: &pages::Context, tables: &[String]) -> String {
 
 /// A page of the operations: its title, sentences (escaped here) and an
 /// optional form (already HTML).
-fn page(st: &WebState, title: &str, notice: Option<(&str, &str)>, lines: &[String], form: &str) -> Response {
+pub(super) fn page(
+    st: &WebState,
+    title: &str,
+    notice: Option<(&str, &str)>,
+    lines: &[String],
+    form: &str,
+) -> Response {
     let mut body = format!("<h1>{}</h1>", esc(title));
     if let Some((class, text)) = notice {
         let role = if class.contains("error") { "alert" } else { "status" };
@@ -66,7 +72,13 @@ fn page(st: &WebState, title: &str, notice: Option<(&str, &str)>, lines: &[Strin
 
 /// A confirmation form: hidden fields, then `inner` (already HTML), then
 /// the button, and a way back.
-fn confirm_form(st: &WebState, action: &str, hidden: &[(&str, &str)], inner: &str, button: &str) -> String {
+pub(super) fn confirm_form(
+    st: &WebState,
+    action: &str,
+    hidden: &[(&str, &str)],
+    inner: &str,
+    button: &str,
+) -> String {
     let hidden: String = hidden
         .iter()
         .map(|(k, v)| format!(r#"<input type="hidden" name="{}" value="{}">"#, esc(k), esc(v)))
@@ -89,7 +101,7 @@ fn list(items: &[String], max: usize) -> String {
 }
 
 /// Runs an operation off the async threads; its error as a sentence.
-async fn run<T: Send + 'static>(
+pub(super) async fn run<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, String> {
     match tokio::task::spawn_blocking(f).await {
@@ -106,7 +118,7 @@ async fn verify(State(st): State<WebState>, _form: CheckedForm) -> Response {
     }
 }
 
-fn confirmed(form: &std::collections::HashMap<String, String>) -> bool {
+pub(super) fn confirmed(form: &std::collections::HashMap<String, String>) -> bool {
     form.get("confirm").is_some_and(|v| v == "yes")
 }
 
@@ -163,7 +175,7 @@ async fn upload(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> R
     }
 }
 
-const LOGS_LINK: &str = r#"<p><a href="/logs">See Latest Logs</a></p>"#;
+pub(super) const LOGS_LINK: &str = r#"<p><a href="/logs">See Latest Logs</a></p>"#;
 
 #[derive(serde::Deserialize)]
 struct TableQuery {

@@ -286,9 +286,10 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
         conflicts =
             card("card-conflicts", "Open conflicts", &s.open_conflicts.to_string(), s.open_conflicts == 0),
     );
-    for w in &s.warnings {
+    for w in s.warnings.iter().filter(|w| Some(*w) != s.held_warning.as_ref()) {
         body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
     }
+    body.push_str(&super::held::section(s));
     if s.documents.mapped {
         let d = &s.documents;
         let line = match &d.folder {
@@ -430,6 +431,8 @@ fn trigger_words(trigger: &str) -> String {
         "interval" => "automatic".to_owned(),
         "startup" => "service started".to_owned(),
         "documents" => "Sync documents now".to_owned(),
+        "confirm-deletes" => "Delete them here too".to_owned(),
+        "keep-deleted" => "Keep them".to_owned(),
         other => match (crate::engine::trigger_table(other), crate::engine::trigger_operation(other)) {
             (Some(table), _) => format!("Sync {table} only"),
             (_, Some("verify")) => "Verify the folder".to_owned(),

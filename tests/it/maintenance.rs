@@ -192,3 +192,60 @@ fn deleting_the_familys_data_needs_its_id_typed_and_then_stops_the_service() {
     assert!(report["error"].as_str().unwrap().contains("deleted"), "{report:#}");
     assert_eq!(count(&b, "SELECT count(*) FROM patients"), 1, "B keeps its data");
 }
+
+/// A mass deletion at A held at B, shown on B's page by name.
+fn held_at_b(a: &Path, b: &Path, ids: &[String]) {
+    for id in ids {
+        app(a).execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(a);
+    assert_eq!(sync(b).0, 3, "held at B");
+}
+
+#[test]
+fn a_held_mass_deletion_is_kept_and_another_deleted_from_the_page_by_name() {
+    let (_family, a, b) = two_sites();
+    let ids: Vec<String> = (0..30).map(|n| add_patient(&app(&a), n, 1)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    held_at_b(&a, &b, &ids[..25]);
+    let human = String::from_utf8(cli(&b).arg("status").output().unwrap().stdout).unwrap();
+    assert!(human.contains("  Given0 Family0, with 3 other rows, deleted at a "), "{human}");
+    let page = Page::open(&b);
+    let (_, html) = page.get("/");
+    assert!(html.contains("Deletions waiting for you"), "{html}");
+    assert!(html.contains("a deleted 25 patients."), "{html}");
+    assert!(
+        html.contains("<li>Given0 Family0, with 3 appointments, notes and other rows, deleted at a on <time"),
+        "{html}"
+    );
+    assert!(!html.contains("clinicsync sync --confirm-deletes"), "buttons, not commands: {html}");
+
+    // Keep them: the confirmation says what happens; a stale count is refused.
+    let (code, html) = page.get("/held/keep");
+    assert_eq!(code, 200);
+    assert!(html.contains("These 25 patients stay here"), "{html}");
+    let (_, _, html) = page.post("/held/keep", &[("confirm", "yes"), ("patients", "24")]);
+    assert!(html.contains("Nothing was done: 25 patients wait now, not the 24 you were shown."), "{html}");
+    assert_eq!(json_of(&b, &["status"])["held_deletes"]["patients"], 25);
+    let (_, _, html) = page.post("/held/keep", &[("confirm", "yes"), ("patients", "25")]);
+    assert!(html.contains("Kept 25 patients"), "{html}");
+    assert_eq!(json_of(&b, &["status"])["held_deletes"]["patients"], 0);
+    assert_eq!(json_of(&b, &["log", "--last", "1"])[0]["run"]["trigger"], "keep-deleted");
+    sync_ok(&a);
+    assert_eq!(count(&a, "SELECT count(*) FROM patients"), 30, "back at the site that deleted them");
+
+    // Another deletion, this time deleted here too.
+    held_at_b(&a, &b, &ids[..22]);
+    let (code, html) = page.get("/held/delete");
+    assert_eq!(code, 200);
+    assert!(
+        html.contains("These 22 patients, and the 66 rows that go with them, are deleted here too"),
+        "{html}"
+    );
+    let (_, _, html) = page.post("/held/delete", &[("confirm", "yes"), ("patients", "22")]);
+    assert!(html.contains("Deleted 22 patients here too."), "{html}");
+    assert_eq!(count(&b, "SELECT count(*) FROM patients"), 8);
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+}
