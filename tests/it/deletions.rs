@@ -780,3 +780,27 @@ fn a_returning_site_that_keeps_what_was_purged_while_it_was_away_sends_it_back_t
     assert_eq!(patient_field(&a, &ids[0], "email").as_deref(), Some("edited while away"));
     assert!(json_of(&c, &["conflicts"]).as_array().unwrap().is_empty(), "kept with the row: settled");
 }
+
+#[test]
+fn a_missing_file_of_a_patient_known_here_only_as_deleted_is_not_written_again() {
+    let (family, a, b) = two_sites();
+    let conn = app(&a);
+    let gone = add_patient(&conn, 1, 1);
+    let kept = add_patient(&conn, 2, 1);
+    sync_ok(&a);
+    sync_ok(&b);
+    conn.execute("DELETE FROM patients WHERE id = ?1", [&gone]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    // Its file goes (a site that purged it removes it; here, by hand), and
+    // so does the file of a patient still shown.
+    fs::remove_file(patient_file(&family.folder(), &gone)).unwrap();
+    fs::remove_file(patient_file(&family.folder(), &kept)).unwrap();
+    for db in [&a, &b] {
+        let (code, report) = sync_with(db, &["--full-scan"]);
+        assert_eq!(code, 0, "{report:#}");
+    }
+    assert!(!patient_file(&family.folder(), &gone).exists(), "only deletions: nothing to bring back");
+    assert!(patient_file(&family.folder(), &kept).exists(), "a patient still shown is written again");
+    assert_eq!(dump(&a), dump(&b));
+}

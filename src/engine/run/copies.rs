@@ -250,6 +250,15 @@ impl Run<'_> {
         self.now_ms.saturating_sub(newest_copy_ms) > COPIES_WAIT_FOR_LEADER_MS
     }
 
+    /// A copy of `stem` applied this run, read again and decoded (the
+    /// first that still reads).
+    pub(super) fn copy_doc(&self, stem: &str) -> Option<PatientDoc> {
+        self.copies.docs.get(stem)?.iter().find_map(|path| {
+            let bytes = self.folder.read(path, self.limits.max_file_bytes).ok()?;
+            decode_patient(&bytes, self.limits).ok()
+        })
+    }
+
     /// The bytes of a copy of `stem` applied this run that already holds
     /// everything `doc` holds, read again from the folder.
     pub(super) fn copy_covering(&self, stem: &str, doc: &PatientDoc) -> Option<Vec<u8>> {

@@ -127,8 +127,15 @@ impl Run<'_> {
                 };
                 let mut retold = 0;
                 let mut rejoined = false;
+                // What brought the purged rows back: the original, or when
+                // a client renamed it away, a copy of it merged this run.
+                let bringer = match originals.get(&stem) {
+                    Some(Original::Present(_, _, Some(file))) => Some(file.as_ref().clone()),
+                    Some(Original::Absent) if self.purges.stale.contains_key(&stem) => self.copy_doc(&stem),
+                    _ => None,
+                };
                 if let Some(keys) = self.purges.stale.remove(&stem)
-                    && let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
+                    && let Some(file) = bringer
                 {
                     rejoined = true;
                     // The file brings back rows this site purged (a site that
@@ -186,6 +193,19 @@ impl Run<'_> {
                 }
                 if let Some(why) = self.limits.refusal(&bytes) {
                     self.file_too_large(&stem, &patient, &why);
+                    done.insert(patient);
+                    continue;
+                }
+                if existing.is_none()
+                    && !self.copies.docs.contains_key(&stem)
+                    && doc.rows.values().all(|row| !row.is_alive())
+                {
+                    // Only deletions, and no file: the sites that purged
+                    // them removed it (writing it again would bring back a
+                    // file they remove again, and two sites doing so at
+                    // once clash), or it never existed. A site that still
+                    // shows a row writes its own file, and is told the
+                    // deletion in it.
                     done.insert(patient);
                     continue;
                 }
@@ -345,8 +365,13 @@ impl Run<'_> {
                         changed.extend(outcome.affected.iter().cloned());
                     }
                     let patient = doc.patient.clone();
-                    if f.copy.is_none() && !outcome.stale_purged.is_empty() {
-                        self.purges.stale.insert(f.stem.clone(), outcome.stale_purged.clone());
+                    if !outcome.stale_purged.is_empty() {
+                        // An original or a copy: either way its writer has
+                        // not applied the deletion, and is told it.
+                        let keys = self.purges.stale.entry(f.stem.clone()).or_default();
+                        keys.extend(outcome.stale_purged.iter().cloned());
+                        keys.sort();
+                        keys.dedup();
                     }
                     if f.copy.is_none() {
                         originals
