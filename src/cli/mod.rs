@@ -368,6 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log { last } => {
             let store = Db::open(&db)?;
             let runs = store.recent_runs(last)?;
+            let running = engine::sync_running(&db);
             let mut out = Vec::new();
             for run in runs {
                 let events = store.run_events(run.id)?;
@@ -380,8 +381,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else if out.is_empty() {
                 say!("No runs yet.");
             } else {
-                for (run, events) in &out {
-                    let outcome = run.outcome.as_deref().unwrap_or("interrupted");
+                for (i, (run, events)) in out.iter().enumerate() {
+                    let outcome = engine::outcome_words(run.outcome.as_deref(), i == 0 && running);
                     say!(
                         "#{} {} {} {}",
                         run.id,

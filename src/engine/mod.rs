@@ -27,8 +27,10 @@ pub(crate) use host::monotonic_now;
 pub use host::{SystemClock, machine_fingerprint};
 pub use operation::{operation_trigger, trigger_operation};
 pub use progress::{Progress, ProgressView};
-pub use report::{Counts, Outcome, RunReport, conflict_json, summary_text};
-pub use run::{DocumentCounts, SyncOptions, sync, sync_with_clock, table_trigger, trigger_table};
+pub use report::{Counts, Outcome, RunReport, conflict_json, outcome_words, summary_text};
+pub use run::{
+    DocumentCounts, SyncOptions, sync, sync_running, sync_with_clock, table_trigger, trigger_table,
+};
 pub use settings::{SettingError, SettingView, Settings};
 pub use status::{HeldPatientView, SiteStatus, StatusReport, TableStatus, status};
 pub use tombstones::{TombstoneReport, TombstoneView, tombstones};

@@ -319,6 +319,17 @@ pub fn conflict_json(c: &ConflictRecord) -> serde_json::Value {
     })
 }
 
+/// A recorded run's outcome in a word: its own, or for one that has none
+/// "in progress" when it is the newest and a sync holds the database now,
+/// else "interrupted" (the process stopped before it finished).
+pub fn outcome_words(outcome: Option<&str>, newest_while_running: bool) -> &str {
+    match outcome {
+        Some(o) => o,
+        None if newest_while_running => "in progress",
+        None => "interrupted",
+    }
+}
+
 /// A run's counts in one line of words (Latest Logs).
 pub fn summary_text(summary: &serde_json::Value) -> String {
     // An operation's record says what it did in a sentence.

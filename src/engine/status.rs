@@ -37,6 +37,9 @@ pub struct StatusReport {
     pub stale: bool,
     /// Outcome of the newest finished run: ok, partial or failed.
     pub last_outcome: Option<String>,
+    /// When that run ended (its own time, not the last complete sync's).
+    pub last_run_ms: Option<u64>,
+    pub last_run: Option<String>,
     /// Local changes not yet written to the folder; non-zero turns the
     /// status red.
     pub pending_changes: u64,
@@ -183,7 +186,9 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         }
         Some(_) => {}
     }
-    let last_outcome = db.last_finished_run()?.and_then(|r| r.outcome);
+    let last_finished = db.last_finished_run()?;
+    let last_run_ms = last_finished.as_ref().and_then(|r| r.ended_ms);
+    let last_outcome = last_finished.and_then(|r| r.outcome);
     let held_deletes = db.held_deletes()?;
     let mut held_warning = None;
     if held_deletes.rows > 0 {
@@ -307,6 +312,8 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         last_sync: last_sync_ms.map(format_time),
         stale,
         last_outcome,
+        last_run_ms,
+        last_run: last_run_ms.map(format_time),
         pending_changes: db.pending_changes()?,
         open_conflicts: db.open_conflict_count()?,
         kept_copies: db.kept_copies()?,

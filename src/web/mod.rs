@@ -319,11 +319,11 @@ async fn logs_page(State(st): State<WebState>, Query(q): Query<LogsQuery>) -> Re
             let events = store.run_events(run.id)?;
             out.push((run, events));
         }
-        Ok(out)
+        Ok((out, engine::sync_running(&db)))
     })
     .await;
     match runs {
-        Ok(runs) => Html(pages::logs(&page_context(&st), &runs)).into_response(),
+        Ok((runs, running)) => Html(pages::logs(&page_context(&st), &runs, running)).into_response(),
         Err(r) => r,
     }
 }

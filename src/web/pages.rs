@@ -147,8 +147,10 @@ function setCard(id, text, good) {
 function render(d) {
   const s = d.status;
   setCard('card-online', s.online ? 'Online' : 'Offline', s.online);
-  const lastOk = s.last_outcome === 'ok' && s.pending_changes === 0 && !s.stale;
-  setCard('card-last', (s.last_sync ? localTime(s.last_sync) : 'never') + (s.last_outcome ? ' (' + s.last_outcome + ')' : ''), lastOk);
+  const lastOk = s.last_outcome === 'ok' && !s.stale;
+  let last = (s.last_run ? localTime(s.last_run) : 'never') + (s.last_outcome ? ' (' + s.last_outcome + ')' : '');
+  if (s.last_outcome !== 'ok' && s.last_run) last += '; last complete sync ' + (s.last_sync ? localTime(s.last_sync) : 'never');
+  setCard('card-last', last, lastOk);
   renderSites(s.sites);
   setCard('card-pending', String(s.pending_changes), s.pending_changes === 0);
   setCard('card-conflicts', String(s.open_conflicts), s.open_conflicts === 0);
@@ -254,7 +256,7 @@ fn tables(ctx: &Context, s: &StatusReport) -> String {
 
 /// The Status page.
 pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> String {
-    let last_good = s.last_outcome.as_deref() == Some("ok") && s.pending_changes == 0 && !s.stale;
+    let last_good = s.last_outcome.as_deref() == Some("ok") && !s.stale;
     let class = |good: bool| if good { "good" } else { "bad" };
     // `value_html` is already escaped.
     let card = |id: &str, label: &str, value_html: &str, good: bool| {
@@ -263,11 +265,16 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
             class(good),
         )
     };
-    let last = format!(
+    // The last run's own time and outcome; when it was not ok, when the
+    // last complete sync was.
+    let mut last = format!(
         "{}{}",
-        time_html(s.last_sync.as_deref()),
+        time_html(s.last_run.as_deref()),
         s.last_outcome.as_deref().map(|o| format!(" ({})", esc(o))).unwrap_or_default()
     );
+    if s.last_outcome.as_deref() != Some("ok") && s.last_run.is_some() {
+        last.push_str(&format!("; last complete sync {}", time_html(s.last_sync.as_deref())));
+    }
     let mut body = format!(
         r#"<h1>{name} <span class="muted">· site {site}</span></h1>
 <p class="muted">Folder: <span class="path">{folder}</span></p>
@@ -379,16 +386,19 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
 }
 
 /// Latest Logs: newest run first, each expanding to its events.
-pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)]) -> String {
+/// Latest Logs; `running`: a sync holds the database now, so the newest
+/// run without an outcome is in progress, not interrupted.
+pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)], running: bool) -> String {
     let mut body = String::from("<h1>Latest Logs</h1>");
     if runs.is_empty() {
         body.push_str(r#"<p class="muted">No runs yet.</p>"#);
     }
     body.push_str(r#"<div id="runs">"#);
     for (i, (run, events)) in runs.iter().enumerate() {
-        let outcome = run.outcome.as_deref().unwrap_or("interrupted");
+        let outcome = crate::engine::outcome_words(run.outcome.as_deref(), i == 0 && running);
         let class = match outcome {
             "ok" => "good",
+            "in progress" => "",
             _ => "bad",
         };
         let summary = run.summary.as_ref().map(summary_text).unwrap_or_default();

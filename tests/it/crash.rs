@@ -303,3 +303,23 @@ fn temp_files_a_killed_run_left_in_the_folder_are_removed_by_the_next_run() {
     let report = sync_with(&a, &["--full-scan"]).1;
     assert!(!left[0].exists(), "{report:#}");
 }
+
+#[test]
+fn a_run_that_never_finished_is_interrupted_unless_a_sync_holds_the_database_now() {
+    let (_family, a, _b) = two_sites();
+    add_patient(&app(&a), 1, 1);
+    crash_at(&a, "after-export-commit");
+    let said = |db: &std::path::Path| {
+        let out = cli(db).args(["log", "--last", "1"]).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().lines().next().unwrap_or_default().to_owned()
+    };
+    assert!(said(&a).ends_with(" manual interrupted"), "{}", said(&a));
+    // Another sync holds the database (as a run in progress does).
+    let mut lock = a.as_os_str().to_owned();
+    lock.push("-clinicsync.lock");
+    let held = std::fs::File::options().write(true).open(&lock).unwrap();
+    held.lock().unwrap();
+    assert!(said(&a).ends_with(" manual in progress"), "{}", said(&a));
+    drop(held);
+    assert!(said(&a).ends_with(" manual interrupted"));
+}

@@ -1,4 +1,4 @@
-//! The page's maintenance operations, through HTTP against `clinicsync run`:
+//! The page's operations and decisions, through HTTP against `clinicsync run`:
 //! each that changes something first shows what it will change (from its
 //! dry run) and changes nothing until confirmed; leaving the family and
 //! deleting its data stop the service after answering.
@@ -248,4 +248,30 @@ fn a_held_mass_deletion_is_kept_and_another_deleted_from_the_page_by_name() {
     assert_eq!(count(&b, "SELECT count(*) FROM patients"), 8);
     sync_ok(&a);
     assert_eq!(dump(&a), dump(&b));
+}
+
+#[test]
+fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync() {
+    let (family, a, _b) = two_sites();
+    let page = Page::open(&a);
+    let (_, html) = page.get("/");
+    let card = |html: &str| {
+        let at = html.find(r#"id="card-last""#).expect("the card");
+        html[at..at + html[at..].find("</div></div>").unwrap()].to_owned()
+    };
+    assert!(card(&html).contains("(ok)") && !card(&html).contains("last complete sync"), "{}", card(&html));
+    // The folder goes away: the next run fails.
+    let aside = family.dir.path().join("folder-away");
+    fs::rename(family.folder(), &aside).unwrap();
+    let before = page.service.runs_finished();
+    let (code, _, _) = page.post("/sync", &[]);
+    assert!(code == 303 || code == 200, "{code}");
+    page.service.wait_for("the failed run", std::time::Duration::from_secs(30), || {
+        page.service.runs_finished() > before
+    });
+    let (_, html) = page.get("/");
+    let last = card(&html);
+    assert!(last.contains("(failed); last complete sync <time"), "{last}");
+    assert!(html.contains(r#"<div class="card bad" id="card-last">"#), "red: {last}");
+    fs::rename(&aside, family.folder()).unwrap();
 }

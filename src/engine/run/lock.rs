@@ -17,6 +17,13 @@ pub(crate) fn lock_path(db_path: &Path) -> PathBuf {
     db_path.with_file_name(name)
 }
 
+/// Whether a sync of this database runs now (its lock is held; tried once
+/// and let go, so a display never waits for it).
+pub fn sync_running(db_path: &Path) -> bool {
+    let Ok(file) = File::options().write(true).open(lock_path(db_path)) else { return false };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 pub(crate) fn take_lock(db_path: &Path) -> Result<InstanceLock, EngineError> {
     take_lock_or_wait(db_path, None)
 }

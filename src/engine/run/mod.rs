@@ -40,6 +40,7 @@ mod tidy;
 
 use copies::{Copies, MergedCopy};
 pub use documents::DocumentCounts;
+pub use lock::sync_running;
 pub(crate) use lock::{take_lock, take_lock_or_wait};
 use only::OnlyTable;
 pub(crate) use only::TABLES_WAITING;
