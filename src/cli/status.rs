@@ -4,6 +4,10 @@ use crate::engine::StatusReport;
 use crate::model::{short_id, shown};
 
 pub(super) fn print_status(s: &StatusReport) {
+    say!("{}", shown(&s.verdict.sentence));
+    for n in &s.verdict.needs {
+        say!("  - {} (`{}`)", shown(&n.what), n.command);
+    }
     say!("Site:      {} ({})", shown(&s.site_name), short_id(&s.site));
     say!("Family:    {}", short_id(&s.family));
     say!("Folder:    {} ({})", shown(&s.folder), if s.online { "online" } else { "OFFLINE" });

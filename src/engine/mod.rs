@@ -15,6 +15,7 @@ mod settings;
 mod sites;
 mod status;
 mod tombstones;
+mod verdict;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use run::{
 pub use settings::{SettingError, SettingView, Settings};
 pub use status::{HeldPatientView, SiteStatus, StatusReport, TableStatus, status};
 pub use tombstones::{TombstoneReport, TombstoneView, tombstones};
+pub use verdict::{Need, Verdict};
 pub use verify::{Checked, VerifyProblem, VerifyReport, verify};
 
 use crate::db::{Db, DbError, InitParams, Mapping};

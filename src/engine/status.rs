@@ -25,6 +25,8 @@ const CLOCK_AHEAD_WARN_MS: u64 = 2 * 60 * 1000;
 /// The status of this site. Field names are part of the `--json` output.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
+    /// The status in one line, and what needs a person.
+    pub verdict: super::verdict::Verdict,
     pub site: String,
     pub site_name: String,
     pub family: String,
@@ -212,9 +214,10 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         warnings.push(sentence);
     }
     let (waiting, failed) = super::documents::short(&db)?;
+    let settings = super::settings::load(&db)?;
     let documents = DocumentsStatus {
         mapped: db.mapping().documents().is_some(),
-        folder: super::settings::load(&db)?.documents_folder.map(|f| f.display().to_string()),
+        folder: settings.documents_folder.as_ref().map(|f| f.display().to_string()),
         waiting,
         failed,
     };
@@ -300,7 +303,8 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
             site: p.site,
         })
         .collect();
-    Ok(StatusReport {
+    let mut report = StatusReport {
+        verdict: super::verdict::Verdict::default(),
         held_patients,
         held_warning,
         site: cfg.site.to_string(),
@@ -323,5 +327,7 @@ pub fn status(db_path: &Path) -> Result<StatusReport, EngineError> {
         last_verify: db.meta(super::verify::LAST_VERIFY)?.and_then(|v| serde_json::from_str(&v).ok()),
         tables: tables(&db)?,
         warnings,
-    })
+    };
+    report.verdict = super::verdict::judge(&report, settings.auto_sync);
+    Ok(report)
 }

@@ -93,6 +93,9 @@ label { font-weight: 600; display: block; }
 .field input, .field select { font: inherit; padding: 6px 8px; width: 100%; max-width: 520px; border: 1px solid #9aa4b1; border-radius: 4px; }
 .field .help { color: var(--muted); font-size: 14px; }
 #progress { min-height: 1.5em; }
+.verdict { font-size: 18px; border-radius: 8px; padding: 10px 14px; margin: 0 0 14px; border: 1px solid var(--line); }
+.verdict.good { background: var(--ok-bg); border-color: #9fd3b1; } .verdict.bad { background: var(--bad-bg); border-color: #eba8a8; }
+.verdict ul { margin: 4px 0 0; padding-left: 20px; }
 progress { width: 260px; vertical-align: middle; }
 "#;
 
@@ -144,6 +147,19 @@ function setCard(id, text, good) {
   card.querySelector('.value').textContent = text;
   card.classList.toggle('good', good); card.classList.toggle('bad', !good);
 }
+function renderVerdict(v) {
+  const box = $('verdict'); if (!box || !v) return;
+  box.className = 'verdict ' + (v.ok ? 'good' : 'bad');
+  box.textContent = '';
+  if (v.ok) { box.textContent = v.sentence; return; }
+  const strong = document.createElement('strong'); strong.textContent = 'Needs you:'; box.appendChild(strong);
+  const ul = document.createElement('ul');
+  for (const n of v.needs) {
+    const li = document.createElement('li'); const a = document.createElement('a');
+    a.href = n.page; a.textContent = n.what; li.appendChild(a); ul.appendChild(li);
+  }
+  box.appendChild(ul);
+}
 function render(d) {
   const s = d.status;
   setCard('card-online', s.online ? 'Online' : 'Offline', s.online);
@@ -152,6 +168,7 @@ function render(d) {
   if (s.last_outcome !== 'ok' && s.last_run) last += '; last complete sync ' + (s.last_sync ? localTime(s.last_sync) : 'never');
   setCard('card-last', last, lastOk);
   renderSites(s.sites);
+  renderVerdict(s.verdict);
   setCard('card-pending', String(s.pending_changes), s.pending_changes === 0);
   setCard('card-conflicts', String(s.open_conflicts), s.open_conflicts === 0);
   const p = d.progress;
@@ -226,6 +243,22 @@ $('sync-form').addEventListener('submit', async (e) => {
 setInterval(() => { if (!watching) poll(); }, 3000);
 "#;
 
+/// The verdict line under the navigation: what is fine, or each thing
+/// that needs a person with a link to where it is seen to.
+fn verdict_html(v: &crate::engine::Verdict) -> String {
+    if v.ok {
+        return format!(r#"<div id="verdict" class="verdict good" role="status">{}</div>"#, esc(&v.sentence));
+    }
+    let items: String = v
+        .needs
+        .iter()
+        .map(|n| format!(r#"<li><a href="{}">{}</a></li>"#, esc(n.page), esc(&n.what)))
+        .collect();
+    format!(
+        r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul>{items}</ul></div>"#
+    )
+}
+
 /// Each replicated table, whether changes to it wait, and a button that
 /// syncs it alone (strong while changes wait).
 fn tables(ctx: &Context, s: &StatusReport) -> String {
@@ -275,7 +308,8 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
     if s.last_outcome.as_deref() != Some("ok") && s.last_run.is_some() {
         last.push_str(&format!("; last complete sync {}", time_html(s.last_sync.as_deref())));
     }
-    let mut body = format!(
+    let mut body = verdict_html(&s.verdict);
+    body.push_str(&format!(
         r#"<h1>{name} <span class="muted">· site {site}</span></h1>
 <p class="muted">Folder: <span class="path">{folder}</span></p>
 <section class="cards" aria-label="Sync status">{online}{last}{pending}{conflicts}</section>"#,
@@ -292,7 +326,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
         ),
         conflicts =
             card("card-conflicts", "Open conflicts", &s.open_conflicts.to_string(), s.open_conflicts == 0),
-    );
+    ));
     for w in s.warnings.iter().filter(|w| Some(*w) != s.held_warning.as_ref()) {
         body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
     }

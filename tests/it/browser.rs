@@ -57,6 +57,8 @@ fn clinic_staff_use_the_page_in_chromium() {
     assert_eq!(browser.url(), format!("{}/", service.base), "the token leaves the address bar");
     assert_eq!(browser.text("#card-online .value"), "Online");
     assert!(browser.text("main").contains("Sites of this family"));
+    let verdict = browser.text("#verdict");
+    assert!(verdict.starts_with("Needs you:") && verdict.contains("1 conflict to review"), "{verdict}");
     browser.screenshot(&shots.join("status.png"));
 
     // Settings: change the interval.

@@ -220,6 +220,10 @@ fn a_held_mass_deletion_is_kept_and_another_deleted_from_the_page_by_name() {
         "{html}"
     );
     assert!(!html.contains("clinicsync sync --confirm-deletes"), "buttons, not commands: {html}");
+    assert!(
+        html.contains(r#"<li><a href="/#held">the deletion of 25 patients waits for you</a></li>"#),
+        "{html}"
+    );
 
     // Keep them: the confirmation says what happens; a stale count is refused.
     let (code, html) = page.get("/held/keep");
@@ -260,6 +264,10 @@ fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync
         html[at..at + html[at..].find("</div></div>").unwrap()].to_owned()
     };
     assert!(card(&html).contains("(ok)") && !card(&html).contains("last complete sync"), "{}", card(&html));
+    assert!(
+        html.contains(r#"<div id="verdict" class="verdict good" role="status">Up to date with b</div>"#),
+        "{html}"
+    );
     // The folder goes away: the next run fails.
     let aside = family.dir.path().join("folder-away");
     fs::rename(family.folder(), &aside).unwrap();
@@ -273,5 +281,10 @@ fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync
     let last = card(&html);
     assert!(last.contains("(failed); last complete sync <time"), "{last}");
     assert!(html.contains(r#"<div class="card bad" id="card-last">"#), "red: {last}");
+    assert!(html.contains(r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul><li><a href="/settings">the sync folder "#), "{html}");
+    assert!(html.contains(r#"<li><a href="/logs">the last sync failed</a></li>"#), "{html}");
+    let human = String::from_utf8(cli(&a).arg("status").output().unwrap().stdout).unwrap();
+    assert!(human.starts_with("Needs you: the sync folder "), "{human}");
+    assert!(human.contains("  - the last sync failed (`clinicsync log`)"), "{human}");
     fs::rename(&aside, family.folder()).unwrap();
 }

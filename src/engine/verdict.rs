@@ -1,0 +1,120 @@
+//! The status in one line for people: "Up to date with Home visits and
+//! Branch", or "Needs you:" and each thing that does, with where to see to
+//! it. Built from the status report, so the page and `clinicsync status`
+//! say the same.
+
+use serde::Serialize;
+
+use super::status::StatusReport;
+
+/// One thing that needs a person. Field names are part of `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Need {
+    /// In words: "3 conflicts to review".
+    pub what: String,
+    /// Where the page sees to it (a path of the page).
+    pub page: &'static str,
+    /// The command that does, in a terminal.
+    pub command: &'static str,
+}
+
+/// The verdict. Field names are part of `--json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Verdict {
+    /// Nothing needs anyone.
+    pub ok: bool,
+    /// The line: "Up to date with ..." or "Needs you: ...".
+    pub sentence: String,
+    pub needs: Vec<Need>,
+}
+
+/// Judges a status report; `auto_sync`: whether the service syncs on its
+/// own.
+pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
+    let mut needs = Vec::new();
+    let mut need = |what: String, page: &'static str, command: &'static str| {
+        needs.push(Need { what, page, command });
+    };
+    if !s.online {
+        need(
+            format!(
+                "the sync folder {} cannot be reached (is the drive there and the cloud client running?)",
+                s.folder
+            ),
+            "/settings",
+            "clinicsync settings",
+        );
+    }
+    match s.last_outcome.as_deref() {
+        Some("failed") => need("the last sync failed".into(), "/logs", "clinicsync log"),
+        Some("partial") => need("the last sync left something undone".into(), "/logs", "clinicsync log"),
+        None => need("this site has not synced yet".into(), "/", "clinicsync sync"),
+        _ => {}
+    }
+    if s.open_conflicts > 0 {
+        need(
+            format!("{} to review", count(s.open_conflicts, "conflict", "conflicts")),
+            "/conflicts",
+            "clinicsync conflicts",
+        );
+    }
+    if s.held_deletes.patients > 0 {
+        need(
+            format!(
+                "the deletion of {} waits for you",
+                count(s.held_deletes.patients, "patient", "patients")
+            ),
+            "/#held",
+            "clinicsync status",
+        );
+    } else if s.held_deletes.rows > 0 {
+        need(
+            format!("the deletion of {} waits for you", count(s.held_deletes.rows, "row", "rows")),
+            "/#held",
+            "clinicsync status",
+        );
+    }
+    if s.documents.failed > 0 {
+        need(
+            format!("{} failed their integrity check", count(s.documents.failed, "document", "documents")),
+            "/",
+            "clinicsync documents",
+        );
+    }
+    if let Some(v) = s.last_verify.as_ref().filter(|v| v.problems > 0) {
+        need(
+            format!("the last verification found {} in the folder", count(v.problems, "problem", "problems")),
+            "/logs",
+            "clinicsync verify",
+        );
+    }
+    if s.stale && s.last_sync_ms.is_some() {
+        need("no complete sync for over an hour".into(), "/", "clinicsync sync");
+    }
+    if !auto_sync {
+        need("automatic sync is off".into(), "/settings", "clinicsync settings auto_sync=on");
+    }
+    let ok = needs.is_empty();
+    let sentence = if ok {
+        let others: Vec<&str> = s.sites.iter().filter(|x| !x.this_site).map(|x| x.name.as_str()).collect();
+        let with = match others.as_slice() {
+            [] => "the sync folder".to_owned(),
+            [one] => (*one).to_owned(),
+            [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        };
+        let waiting = if s.pending_changes > 0 {
+            format!("; {} here go with the next sync", count(s.pending_changes, "change", "changes"))
+        } else {
+            String::new()
+        };
+        format!("Up to date with {with}{waiting}")
+    } else {
+        format!("Needs you: {}", needs.iter().map(|n| n.what.as_str()).collect::<Vec<_>>().join("; "))
+    };
+    Verdict { ok, sentence, needs }
+}
+
+/// "1 conflict", "3 conflicts".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
