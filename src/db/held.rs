@@ -178,13 +178,20 @@ impl Db {
             .prepare_cached(&sql)?
             .query_row([id], |r| (0..columns.len()).map(|i| r.get(i)).collect())
             .optional()?;
-        let name: Vec<String> = parts
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .map(|p| p.trim().to_owned())
-            .filter(|p| !p.is_empty())
-            .collect();
+        // A patient the app no longer shows (deleted) is named from the
+        // state, whose tombstone keeps the values until it is purged.
+        let parts = match parts {
+            Some(parts) => parts,
+            None => match load_row(&self.conn, &self.mapping.root.table, id)? {
+                Some((row, _)) => columns
+                    .iter()
+                    .map(|c| row.value(c).and_then(|v| v.as_text()).map(str::to_owned))
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        let name: Vec<String> =
+            parts.into_iter().flatten().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
         Ok((!name.is_empty()).then(|| name.join(" ")))
     }
 

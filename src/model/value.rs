@@ -44,6 +44,14 @@ impl Value {
         }
     }
 
+    /// The whole value for people (a conflict's two values, side by side).
+    pub fn display_full(&self) -> String {
+        match self {
+            Value::Text(t) => t.clone(),
+            other => other.display_short(),
+        }
+    }
+
     /// A short rendering for people (logs, conflict listings).
     pub fn display_short(&self) -> String {
         const MAX: usize = 80;

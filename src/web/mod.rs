@@ -4,6 +4,7 @@
 //! then kept in a same-site cookie); every POST also needs the page's CSRF
 //! token and, when the browser names one, this page's own origin.
 
+mod conflicts;
 mod held;
 mod operations;
 mod pages;
@@ -12,14 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
 
-use crate::db::{Db, Keep};
+use crate::db::Db;
 use crate::engine::{self, Outcome, ProgressView};
 
 /// What the page needs of the service that serves it, and all it knows of
@@ -103,8 +104,6 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
     Router::new()
         .route("/", get(status_page))
         .route("/logs", get(logs_page))
-        .route("/conflicts", get(conflicts_page))
-        .route("/conflicts/{id}/resolve", post(resolve))
         .route("/settings", get(settings_page).post(save_settings))
         .route("/sync", post(sync_now))
         .route("/sync-documents", post(sync_documents))
@@ -112,6 +111,7 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
         .route("/api/status", get(api_status))
         .merge(operations::routes())
         .merge(held::routes())
+        .merge(conflicts::routes())
         .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
         .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))
@@ -331,42 +331,7 @@ async fn logs_page(State(st): State<WebState>, Query(q): Query<LogsQuery>) -> Re
 #[derive(serde::Deserialize)]
 struct Flash {
     #[serde(default)]
-    done: Option<String>,
-    #[serde(default)]
     saved: Option<String>,
-}
-
-async fn conflicts_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {
-    let db = st.shared.db().to_path_buf();
-    match blocking(move || Ok(Db::open(&db)?.conflicts(true)?)).await {
-        Ok(records) => {
-            let views: Vec<_> = records.iter().map(engine::conflict_json).collect();
-            Html(pages::conflicts(&page_context(&st), &views, flash.done.as_deref())).into_response()
-        }
-        Err(r) => r,
-    }
-}
-
-async fn resolve(
-    State(st): State<WebState>,
-    Path(id): Path<i64>,
-    CheckedForm(form): CheckedForm,
-) -> Response {
-    let keep = match form.get("keep").map(String::as_str) {
-        Some("winner") => Keep::Winner,
-        Some("loser") => Keep::Loser,
-        _ => return refuse(StatusCode::BAD_REQUEST, "Choose which value to keep."),
-    };
-    let db = st.shared.db().to_path_buf();
-    // Resolving takes the sync lock; it waits for a run in progress.
-    match blocking(move || engine::resolve_conflict_waiting(&db, id, keep)).await {
-        Ok(_) => {
-            // Carry the choice to the other sites now.
-            let _ = st.shared.sync_now(false);
-            Redirect::to(&format!("/conflicts?done={id}")).into_response()
-        }
-        Err(r) => r,
-    }
 }
 
 async fn settings_page(State(st): State<WebState>, Query(flash): Query<Flash>) -> Response {

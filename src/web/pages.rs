@@ -3,7 +3,6 @@
 //! the database or the folder is escaped.
 
 use axum::http::StatusCode;
-use serde_json::Value;
 
 use super::AlertView;
 use crate::db::{EventRecord, RunRecord};
@@ -93,6 +92,10 @@ label { font-weight: 600; display: block; }
 .field input, .field select { font: inherit; padding: 6px 8px; width: 100%; max-width: 520px; border: 1px solid #9aa4b1; border-radius: 4px; }
 .field .help { color: var(--muted); font-size: 14px; }
 #progress { min-height: 1.5em; }
+.conflict { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
+.conflict h3 { margin: 0 0 8px; font-size: 17px; }
+.sides { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
+blockquote.value { margin: 4px 0; padding: 6px 10px; background: #f6f7f9; border-left: 3px solid var(--line); white-space: pre-wrap; }
 .verdict { font-size: 18px; border-radius: 8px; padding: 10px 14px; margin: 0 0 14px; border: 1px solid var(--line); }
 .verdict.good { background: var(--ok-bg); border-color: #9fd3b1; } .verdict.bad { background: var(--bad-bg); border-color: #eba8a8; }
 .verdict ul { margin: 4px 0 0; padding-left: 20px; }
@@ -487,56 +490,6 @@ fn trigger_words(trigger: &str) -> String {
     }
 }
 
-/// The open conflict records, with a button to keep either value.
-pub(super) fn conflicts(ctx: &Context, records: &[Value], done: Option<&str>) -> String {
-    let mut body = String::from("<h1>Conflicts</h1>");
-    if let Some(id) = done {
-        body.push_str(&format!(
-            r#"<p class="notice done" role="status">Conflict #{} settled. The next sync carries the choice to every site.</p>"#,
-            esc(id)
-        ));
-    }
-    if records.is_empty() {
-        body.push_str(r#"<p>No open conflicts.</p>"#);
-        return layout("Conflicts", "/conflicts", ctx, &body, "");
-    }
-    body.push_str(
-        r#"<p class="muted">Two sites changed the same value before syncing. The later edit is shown everywhere; the other is kept here until someone chooses.</p>
-<table><thead><tr><th scope="col">#</th><th scope="col">Record</th><th scope="col">Shown now</th><th scope="col">The other value</th><th scope="col">Keep</th></tr></thead><tbody>"#,
-    );
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-    for c in records {
-        let id = c.get("id").and_then(Value::as_i64).unwrap_or(0);
-        let deleted = text(c, "kind") == "deleted";
-        let shown = if deleted {
-            format!("the row was deleted (at site {})", text(c, "deleted_by"))
-        } else {
-            format!("“{}”", text(c, "kept_value"))
-        };
-        let (keep_winner, keep_loser) = if deleted {
-            ("Keep the deletion", "Restore the row with this value")
-        } else {
-            ("Keep the value shown", "Use the other value")
-        };
-        body.push_str(&format!(
-            r#"<tr id="conflict-{id}"><td>{id}</td><td>{table} <span class="path">{pk}</span><br>field <strong>{column}</strong></td><td>{shown}</td><td>“{lost}”<br><span class="muted">typed at site {site}, {at}</span></td>
-<td><form class="inline" method="post" action="/conflicts/{id}/resolve"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="keep" value="winner"><button type="submit" class="secondary" name="choice" value="winner">{keep_winner}</button></form>
-<form class="inline" method="post" action="/conflicts/{id}/resolve"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="keep" value="loser"><button type="submit" name="choice" value="loser">{keep_loser}</button></form></td></tr>"#,
-            table = esc(&text(c, "table")),
-            pk = esc(&text(c, "pk")),
-            column = esc(&text(c, "column")),
-            shown = esc(&shown),
-            lost = esc(&text(c, "lost_value")),
-            site = esc(&text(c, "lost_site")),
-            at = time_html(c.get("lost_at").and_then(Value::as_str)),
-            csrf = esc(&ctx.csrf),
-        ));
-    }
-    body.push_str("</tbody></table>");
-    layout("Conflicts", "/conflicts", ctx, &body, "")
-}
-
-/// The Settings form.
 /// The Settings page; `after` (HTML) follows the form.
 pub(super) fn settings(
     ctx: &Context,

@@ -101,9 +101,16 @@ fn clinic_staff_use_the_page_in_chromium() {
     browser.click("nav a[href='/conflicts']");
     let row = browser.text(&format!("#conflict-{conflict_id}"));
     assert!(row.contains(&lost), "{row}");
+    assert!(row.contains("typed at this site") && row.contains("typed at b"), "sites by name: {row}");
+    let group = browser.text("section.patient h2");
+    assert_eq!(group, "Given1 Family1", "grouped by the patient's name");
     browser.screenshot(&shots.join("conflicts.png"));
     browser.click(&format!("#conflict-{conflict_id} button[value='loser']"));
-    browser.wait_text(".notice", Duration::from_secs(10), |t| t.contains("settled"));
+    let said = browser.wait_text(".notice", Duration::from_secs(10), |t| t.contains("Kept"));
+    assert_eq!(
+        said,
+        "Kept the phone typed at this site for Given1 Family1; every site will show it after its next sync."
+    );
     assert_eq!(patient_field(&a, &patient, "phone").as_deref(), Some(lost.as_str()));
     assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
     browser.screenshot(&shots.join("conflicts-resolved.png"));

@@ -288,3 +288,70 @@ fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync
     assert!(human.contains("  - the last sync failed (`clinicsync log`)"), "{human}");
     fs::rename(&aside, family.folder()).unwrap();
 }
+
+#[test]
+fn conflicts_are_grouped_by_patient_shown_in_full_and_settled_together() {
+    let (_family, a, b, patient) = two_sites_sharing_a_patient(1);
+    let long_a = format!("urgent referral: {}", "see the attached letter; ".repeat(10));
+    let long_b = format!("routine referral: {}", "see the attached letter; ".repeat(10));
+    edit_at_both(&a, &b, &patient, "phone", "+1 555 0101", "+1 555 0202");
+    edit_at_both(&a, &b, &patient, "notes", &long_a, &long_b);
+    let page = Page::open(&a);
+    let (code, html) = page.get("/conflicts");
+    assert_eq!(code, 200);
+    assert!(html.contains("<h2>Given1 Family1</h2>"), "{html}");
+    assert!(html.contains("(show all)"), "a long value is folded, not cut: {html}");
+    assert!(
+        html.contains(&long_a.replace('\'', "&#39;")) && html.contains(&long_b.replace('\'', "&#39;")),
+        "both in full"
+    );
+    assert!(html.contains("Keep every value shown for Given1 Family1"), "{html}");
+    assert!(!visible_outside_details(&html).contains(&patient), "the patient's id only behind Details");
+
+    let (code, html) = page.get(&format!("/conflicts/keep-shown?patient={patient}"));
+    assert_eq!(code, 200);
+    assert!(html.contains("phone: keep “+1 555 0202” (typed at b), not “+1 555 0101”"), "{html}");
+    let (_, _, html) =
+        page.post("/conflicts/keep-shown", &[("confirm", "yes"), ("patient", &patient), ("count", "3")]);
+    assert!(
+        html.contains(
+            "Nothing was kept: 2 conflicts of this patient are open now, not the 3 you were shown."
+        ),
+        "{html}"
+    );
+    let (code, location, _) =
+        page.post("/conflicts/keep-shown", &[("confirm", "yes"), ("patient", &patient), ("count", "2")]);
+    assert_eq!((code, location.as_str()), (303, "/conflicts?kept=2"));
+    assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
+    let (_, html) = page.get(&location);
+    assert!(
+        html.contains("Kept the 2 values shown; every site will show them after its next sync."),
+        "{html}"
+    );
+    assert_eq!(patient_field(&a, &patient, "phone").as_deref(), Some("+1 555 0202"));
+}
+
+/// The text a page shows (tags and their attributes left out), without
+/// what is folded behind a "Details" toggle.
+fn visible_outside_details(html: &str) -> String {
+    let unfolded: String = html
+        .split(r#"<details class="ids">"#)
+        .enumerate()
+        .map(
+            |(i, part)| {
+                if i == 0 { part } else { part.split_once("</details>").map_or("", |(_, rest)| rest) }
+            },
+        )
+        .collect();
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in unfolded.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text
+}

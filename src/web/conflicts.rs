@@ -1,0 +1,365 @@
+//! The Conflicts page as decisions: grouped by patient (by name), both
+//! values in full (a long one folded), who typed each and when, "Keep
+//! this" on either side, "Keep every value shown" for one patient behind a
+//! confirmation, and the outcome said in words. Ids only in a details
+//! toggle.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+
+use super::operations::{confirm_form, confirmed, page};
+use super::pages::{self, esc};
+use super::{CheckedForm, WebState, blocking, page_context, refuse};
+use crate::db::{ConflictRecord, Db, Keep};
+use crate::engine;
+use crate::model::Hlc;
+use crate::xmlstore::format_time;
+
+pub(super) fn routes() -> Router<WebState> {
+    Router::new()
+        .route("/conflicts", get(conflicts_page))
+        .route("/conflicts/{id}/resolve", post(resolve))
+        .route("/conflicts/keep-shown", get(keep_shown_confirm).post(keep_shown))
+}
+
+/// Values longer than this are folded (the start shown, the rest behind a
+/// toggle).
+const FOLD_CHARS: usize = 160;
+
+/// A record as people read it.
+struct Shown {
+    record: ConflictRecord,
+    patient: String,
+    /// Who typed the value that lost, and the one shown ("this site" for
+    /// this one), and when.
+    lost_by: String,
+    lost_at: Option<String>,
+    kept_by: String,
+    kept_at: Option<String>,
+}
+
+/// Everything the page says of the open records (or, with `all`, every
+/// record), by patient name.
+fn gather(db_path: &std::path::Path, all: bool) -> Result<Vec<Shown>, engine::EngineError> {
+    let status = engine::status(db_path)?;
+    let sites: HashMap<String, String> = status
+        .sites
+        .iter()
+        .map(|s| (s.site.clone(), if s.this_site { "this site".to_owned() } else { s.name.clone() }))
+        .collect();
+    let who = |hlc: &str| -> (String, Option<String>) {
+        match Hlc::parse(hlc) {
+            Ok(h) => {
+                let site = h.site().to_string();
+                let name = sites.get(&site).cloned().unwrap_or_else(|| {
+                    if site == status.site {
+                        "this site".to_owned()
+                    } else {
+                        format!("site {}", h.site().short())
+                    }
+                });
+                (name, Some(format_time(h.wall_ms())))
+            }
+            Err(_) => ("another site".to_owned(), None),
+        }
+    };
+    let db = Db::open(db_path)?;
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for record in db.conflicts(!all)? {
+        let patient_id = record.patient.clone().unwrap_or_default();
+        let patient = match names.get(&patient_id) {
+            Some(n) => n.clone(),
+            None => {
+                let n =
+                    db.patient_name(&patient_id)?.unwrap_or_else(|| "a patient without a name".to_owned());
+                names.insert(patient_id.clone(), n.clone());
+                n
+            }
+        };
+        let (lost_by, lost_at) = who(&record.hlc);
+        let (kept_by, kept_at) = who(&record.winner_hlc);
+        out.push(Shown { record, patient, lost_by, lost_at, kept_by, kept_at });
+    }
+    Ok(out)
+}
+
+/// A value in full, escaped; a long one folded behind a toggle.
+fn value_html(value: &crate::model::Value) -> String {
+    let text = value.display_full();
+    if text.chars().count() <= FOLD_CHARS {
+        return format!(r#"<blockquote class="value">{}</blockquote>"#, esc(&text));
+    }
+    let start: String = text.chars().take(FOLD_CHARS).collect();
+    format!(
+        r#"<blockquote class="value"><details><summary>{}… (show all)</summary>{}</details></blockquote>"#,
+        esc(&start),
+        esc(&text)
+    )
+}
+
+fn time(t: &Option<String>) -> String {
+    t.as_deref().map(|t| format!(r#" on <time datetime="{0}">{0}</time>"#, esc(t))).unwrap_or_default()
+}
+
+/// One record with its two sides and their buttons.
+fn record_html(csrf: &str, s: &Shown) -> String {
+    let r = &s.record;
+    let id = r.id;
+    let form = |keep: &str, label: &str, class: &str| {
+        format!(
+            r#"<form class="inline" method="post" action="/conflicts/{id}/resolve"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="keep" value="{keep}"><button type="submit" class="{class}" name="choice" value="{keep}">{label}</button></form>"#,
+            csrf = esc(csrf),
+        )
+    };
+    let column = esc(&r.column.replace('_', " "));
+    let (shown, other, keep_shown, keep_other) = if r.kind == "deleted" {
+        (
+            format!(
+                "<p>This {table} row was deleted at {by}{at}, and the deletion did not see this edit.</p>",
+                table = esc(&r.table),
+                by = esc(&s.kept_by),
+                at = time(&s.kept_at)
+            ),
+            format!(
+                r#"<p>The edit: {column}</p>{value}<p class="muted">typed at {by}{at}. Restoring brings the row back with this value.</p>"#,
+                value = value_html(&r.value),
+                by = esc(&s.lost_by),
+                at = time(&s.lost_at)
+            ),
+            form("winner", "Keep the deletion", "secondary"),
+            form("loser", "Restore the row with this value", "secondary"),
+        )
+    } else {
+        (
+            format!(
+                r#"<p>Shown now</p>{value}<p class="muted">typed at {by}{at}</p>"#,
+                value = value_html(&r.winner_value),
+                by = esc(&s.kept_by),
+                at = time(&s.kept_at)
+            ),
+            format!(
+                r#"<p>The other value</p>{value}<p class="muted">typed at {by}{at}</p>"#,
+                value = value_html(&r.value),
+                by = esc(&s.lost_by),
+                at = time(&s.lost_at)
+            ),
+            form("winner", "Keep this", "secondary"),
+            form("loser", "Keep this", "secondary"),
+        )
+    };
+    format!(
+        r#"<article class="conflict" id="conflict-{id}"><h3>{column} <span class="muted">({table})</span></h3>
+<div class="sides"><div class="side">{shown}{keep_shown}</div><div class="side">{other}{keep_other}</div></div>
+<details class="ids"><summary>Details</summary><span class="path">record #{id} · {table} {pk} · {hlc}</span></details></article>"#,
+        table = esc(&r.table),
+        pk = esc(&r.pk),
+        hlc = esc(&r.hlc),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Done {
+    /// A record just settled, and the side kept (`winner` or `loser`).
+    #[serde(default)]
+    done: Option<i64>,
+    #[serde(default)]
+    side: Option<String>,
+    /// How many records "Keep every value shown" settled.
+    #[serde(default)]
+    kept: Option<u64>,
+}
+
+async fn conflicts_page(State(st): State<WebState>, Query(q): Query<Done>) -> Response {
+    let db = st.shared.db().to_path_buf();
+    let all = q.done.is_some();
+    let shown = match blocking(move || gather(&db, all)).await {
+        Ok(shown) => shown,
+        Err(r) => return r,
+    };
+    let mut body = String::from("<h1>Conflicts</h1>");
+    if let Some(id) = q.done
+        && let Some(s) = shown.iter().find(|s| s.record.id == id)
+    {
+        let loser = q.side.as_deref() == Some("loser");
+        body.push_str(&format!(
+            r#"<p class="notice done" role="status">{}</p>"#,
+            esc(&outcome_words(s, loser))
+        ));
+    }
+    if let Some(n) = q.kept {
+        body.push_str(&format!(
+            r#"<p class="notice done" role="status">Kept the {n} values shown; every site will show them after its next sync.</p>"#
+        ));
+    }
+    let open: Vec<&Shown> = shown.iter().filter(|s| s.record.status == "open").collect();
+    if open.is_empty() {
+        body.push_str("<p>No open conflicts.</p>");
+        return Html(pages::layout("Conflicts", "/conflicts", &page_context(&st), &body, "")).into_response();
+    }
+    body.push_str(
+        r#"<p class="muted">Two sites changed the same value before either saw the other's change. Every site shows the same one of them; the other is kept here until someone chooses.</p>"#,
+    );
+    let mut by_patient: BTreeMap<(String, String), Vec<&Shown>> = BTreeMap::new();
+    for s in open {
+        by_patient
+            .entry((s.patient.clone(), s.record.patient.clone().unwrap_or_default()))
+            .or_default()
+            .push(s);
+    }
+    for ((name, id), records) in &by_patient {
+        body.push_str(&format!(r#"<section class="patient"><h2>{}</h2>"#, esc(name)));
+        for s in records {
+            body.push_str(&record_html(&st.csrf, s));
+        }
+        if records.len() > 1 {
+            body.push_str(&format!(
+                r#"<form method="get" action="/conflicts/keep-shown"><input type="hidden" name="patient" value="{}"><button type="submit" class="secondary">Keep every value shown for {}…</button></form>"#,
+                esc(id),
+                esc(name)
+            ));
+        }
+        body.push_str("</section>");
+    }
+    Html(pages::layout("Conflicts", "/conflicts", &page_context(&st), &body, "")).into_response()
+}
+
+/// What a settled record now means, in words; `loser`: the other value
+/// was kept.
+fn outcome_words(s: &Shown, loser: bool) -> String {
+    let r = &s.record;
+    let column = r.column.replace('_', " ");
+    match (r.kind.as_str(), loser) {
+        ("deleted", true) => format!(
+            "Restored {}'s {} row with the {column} typed at {}; every site will show it after its next sync.",
+            s.patient, r.table, s.lost_by
+        ),
+        ("deleted", false) => {
+            format!("Kept the deletion of {}'s {} row; every site already agrees.", s.patient, r.table)
+        }
+        (_, true) => format!(
+            "Kept the {column} typed at {} for {}; every site will show it after its next sync.",
+            s.lost_by, s.patient
+        ),
+        (_, false) => format!(
+            "Kept the {column} typed at {} for {}; every site will show it after its next sync.",
+            s.kept_by, s.patient
+        ),
+    }
+}
+
+async fn resolve(
+    State(st): State<WebState>,
+    Path(id): Path<i64>,
+    CheckedForm(form): CheckedForm,
+) -> Response {
+    let (keep, side) = match form.get("keep").map(String::as_str) {
+        Some("winner") => (Keep::Winner, "winner"),
+        Some("loser") => (Keep::Loser, "loser"),
+        _ => return refuse(StatusCode::BAD_REQUEST, "Choose which value to keep."),
+    };
+    let db = st.shared.db().to_path_buf();
+    // Resolving takes the sync lock; it waits for a run in progress.
+    match blocking(move || engine::resolve_conflict_waiting(&db, id, keep)).await {
+        Ok(_) => {
+            // Carry the choice to the other sites now.
+            let _ = st.shared.sync_now(false);
+            Redirect::to(&format!("/conflicts?done={id}&side={side}")).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PatientQuery {
+    patient: String,
+}
+
+async fn keep_shown_confirm(State(st): State<WebState>, Query(q): Query<PatientQuery>) -> Response {
+    let db = st.shared.db().to_path_buf();
+    let shown = match blocking(move || gather(&db, false)).await {
+        Ok(shown) => shown,
+        Err(r) => return r,
+    };
+    let mine: Vec<&Shown> =
+        shown.iter().filter(|s| s.record.patient.as_deref() == Some(&q.patient)).collect();
+    let Some(first) = mine.first() else {
+        return page(
+            &st,
+            "Keep every value shown",
+            Some(("done", "No conflict of this patient is open.")),
+            &[],
+            "",
+        );
+    };
+    let lines: Vec<String> = mine
+        .iter()
+        .map(|s| {
+            format!(
+                "{}: keep “{}” (typed at {}), not “{}”",
+                s.record.column.replace('_', " "),
+                s.record.winner_value.display_short(),
+                s.kept_by,
+                s.record.value.display_short()
+            )
+        })
+        .collect();
+    let n = mine.len().to_string();
+    let form = confirm_form(
+        &st,
+        "/conflicts/keep-shown",
+        &[("confirm", "yes"), ("patient", &q.patient), ("count", &n)],
+        "",
+        "Keep them",
+    );
+    page(&st, &format!("Keep every value shown for {}", first.patient), None, &lines, &form)
+}
+
+async fn keep_shown(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
+    let patient = form.get("patient").cloned().unwrap_or_default();
+    if !confirmed(&form) {
+        return Redirect::to("/conflicts").into_response();
+    }
+    let count: usize = form.get("count").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let db = st.shared.db().to_path_buf();
+    let result = blocking(move || {
+        let ids: Vec<i64> = Db::open(&db)?
+            .conflicts(true)?
+            .into_iter()
+            .filter(|r| r.patient.as_deref() == Some(patient.as_str()))
+            .map(|r| r.id)
+            .collect();
+        if ids.len() != count {
+            return Ok(Err(ids.len()));
+        }
+        for id in &ids {
+            engine::resolve_conflict_waiting(&db, *id, Keep::Winner)?;
+        }
+        Ok(Ok(ids.len()))
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => {
+            let _ = st.shared.sync_now(false);
+            Redirect::to(&format!("/conflicts?kept={n}")).into_response()
+        }
+        Ok(Err(now)) => {
+            let msg = format!(
+                "Nothing was kept: {now} conflicts of this patient are open now, not the {count} you were shown."
+            );
+            page(
+                &st,
+                "Keep every value shown",
+                Some(("error", &msg)),
+                &[],
+                r#"<p><a href="/conflicts">Back to Conflicts</a></p>"#,
+            )
+        }
+        Err(r) => r,
+    }
+}
