@@ -391,7 +391,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         shown(outcome)
                     );
                     if let Some(summary) = &run.summary {
-                        say!("    {}", engine::summary_text(summary));
+                        say!("    {}", shown(&engine::summary_sentence(summary)));
+                        say!("    ({})", engine::summary_text(summary));
                     }
                     for e in events {
                         let path = e.path.as_deref().map(|p| format!("{}: ", shown(p))).unwrap_or_default();

@@ -330,6 +330,73 @@ pub fn outcome_words(outcome: Option<&str>, newest_while_running: bool) -> &str 
     }
 }
 
+/// What a run did, in a sentence for people (Latest Logs, `clinicsync
+/// log`): only what happened, "Nothing to do" when nothing did. An
+/// operation's record says its own sentence. The counters stay in
+/// [`summary_text`].
+pub fn summary_sentence(summary: &serde_json::Value) -> String {
+    if let Some(said) = summary.get("said").and_then(serde_json::Value::as_str) {
+        return said.to_owned();
+    }
+    let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let docs = |k: &str| {
+        summary.get("documents").and_then(|d| d.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0)
+    };
+    let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
+    let mut parts = Vec::new();
+    if get("exported_rows") > 0 {
+        parts.push(format!("sent {}", n(get("exported_rows"), "change", "changes")));
+    }
+    if get("rows_applied") > 0 {
+        parts.push(format!("brought in {} from other sites", n(get("rows_applied"), "change", "changes")));
+    }
+    if get("patients_deleted") > 0 {
+        parts.push(format!(
+            "deleted {} that other sites deleted",
+            n(get("patients_deleted"), "patient", "patients")
+        ));
+    }
+    if get("deletes_held") > 0 {
+        parts.push(format!(
+            "held back the deletion of {} for you to decide",
+            n(get("deletes_held"), "patient", "patients")
+        ));
+    }
+    if get("new_conflicts") > 0 {
+        parts.push(format!("found {} to review", n(get("new_conflicts"), "conflict", "conflicts")));
+    }
+    if get("conflict_copies_merged") > 0 {
+        parts.push(format!(
+            "merged {} a cloud client made",
+            n(get("conflict_copies_merged"), "conflict copy", "conflict copies")
+        ));
+    }
+    if docs("exported") + docs("placed") > 0 {
+        parts.push(format!(
+            "sent {} and placed {}",
+            n(docs("exported"), "document file", "document files"),
+            docs("placed")
+        ));
+    }
+    if get("files_skipped") > 0 {
+        parts.push(format!("skipped {} (see why below)", n(get("files_skipped"), "file", "files")));
+    }
+    if get("files_held_back") > 0 {
+        parts.push(format!(
+            "held back {} from a clock running ahead",
+            n(get("files_held_back"), "file", "files")
+        ));
+    }
+    if parts.is_empty() {
+        return "Nothing to do: already up to date".to_owned();
+    }
+    let mut sentence = parts.join("; ");
+    if let Some(first) = sentence.get(..1) {
+        sentence = first.to_uppercase() + &sentence[1..];
+    }
+    sentence
+}
+
 /// A run's counts in one line of words (Latest Logs).
 pub fn summary_text(summary: &serde_json::Value) -> String {
     // An operation's record says what it did in a sentence.

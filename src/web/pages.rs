@@ -438,18 +438,26 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)], runnin
             "in progress" => "",
             _ => "bad",
         };
-        let summary = run.summary.as_ref().map(summary_text).unwrap_or_default();
+        let sentence = run.summary.as_ref().map(crate::engine::summary_sentence).unwrap_or_default();
+        let counters = run.summary.as_ref().map(summary_text).unwrap_or_default();
         let open = if i == 0 { " open" } else { "" };
         body.push_str(&format!(
-            r#"<details class="run" id="run-{id}"{open}><summary><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span> · {n} events<br><span class="muted">{summary}</span></summary><ul class="events">"#,
+            r#"<details class="run" id="run-{id}"{open}><summary><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span><br><span class="said">{sentence}</span></summary><ul class="events">"#,
             id = run.id,
             outcome = esc(outcome),
             time = time_html(Some(&format_time(run.started_ms))),
             trigger = esc(&trigger_words(&run.trigger)),
-            n = events.len(),
-            summary = esc(&summary),
+            sentence = esc(&sentence),
         ));
-        for e in events {
+        // What went wrong first, then what to look at, then the rest.
+        let rank = |level: &str| match level {
+            "error" => 0,
+            "warning" => 1,
+            _ => 2,
+        };
+        let mut events: Vec<&EventRecord> = events.iter().collect();
+        events.sort_by_key(|e| rank(&e.level));
+        for e in &events {
             let path = e
                 .path
                 .as_deref()
@@ -464,7 +472,10 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)], runnin
         if events.is_empty() {
             body.push_str(r#"<li class="muted">nothing to do</li>"#);
         }
-        body.push_str("</ul></details>");
+        body.push_str(&format!(
+            r#"</ul><details class="ids"><summary>Details</summary><span class="muted">{}</span></details></details>"#,
+            esc(&counters)
+        ));
     }
     body.push_str("</div>");
     layout("Latest Logs", "/logs", ctx, &body, "")

@@ -92,6 +92,8 @@ fn clinic_staff_use_the_page_in_chromium() {
     browser.click("#progress a[href='/logs']");
     let top = browser.text("#runs details.run:first-child summary");
     assert!(top.contains("Sync Now") && top.contains("ok"), "{top}");
+    // The patient B added, with one row of each of its three child tables.
+    assert!(top.contains("Brought in 4 changes from other sites"), "in a sentence: {top}");
     let events = browser.text("#runs details.run:first-child .events");
     assert!(events.contains("applied"), "the top run lists its events: {events}");
     assert!(has_patient(&a, &other));
