@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use super::AlertView;
 use crate::db::{EventRecord, RunRecord};
 use crate::engine::{ProgressView, SettingView, StatusReport, summary_text};
-use crate::model::short_id;
 use crate::xmlstore::format_time;
 
 /// What every page needs.
@@ -92,6 +91,8 @@ label { font-weight: 600; display: block; }
 .field input, .field select { font: inherit; padding: 6px 8px; width: 100%; max-width: 520px; border: 1px solid #9aa4b1; border-radius: 4px; }
 .field .help { color: var(--muted); font-size: 14px; }
 #progress { min-height: 1.5em; }
+a.card-link { text-decoration: none; color: inherit; display: block; }
+details.ids { background: none; border: none; padding: 0; margin: 2px 0; font-size: 13px; color: var(--muted); }
 .conflict { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
 .conflict h3 { margin: 0 0 8px; font-size: 17px; }
 .sides { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
@@ -190,7 +191,7 @@ function renderSites(sites) {
   body.replaceChildren(...sites.map(site => {
     const tr = document.createElement('tr');
     const cells = [
-      site.name + (site.this_site ? ' (this site)' : '') + ' ' + site.site.slice(0, 8),
+      site.name + (site.this_site ? ' (this site)' : ''),
       site.last_sync ? localTime(site.last_sync) : 'never',
       site.app_version,
       site.applied_seq === null ? '—' : site.applied_seq + ' of ' + site.head_seq,
@@ -311,13 +312,19 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
     if s.last_outcome.as_deref() != Some("ok") && s.last_run.is_some() {
         last.push_str(&format!("; last complete sync {}", time_html(s.last_sync.as_deref())));
     }
+    let conflicts_card = format!(
+        r#"<a class="card-link" href="/conflicts">{}</a>"#,
+        card("card-conflicts", "Open conflicts", &s.open_conflicts.to_string(), s.open_conflicts == 0)
+    );
     let mut body = verdict_html(&s.verdict);
     body.push_str(&format!(
-        r#"<h1>{name} <span class="muted">· site {site}</span></h1>
+        r#"<h1>{name}</h1>
 <p class="muted">Folder: <span class="path">{folder}</span></p>
+<details class="ids"><summary>Details</summary><span class="path">site {site} · family {family}</span></details>
 <section class="cards" aria-label="Sync status">{online}{last}{pending}{conflicts}</section>"#,
         name = esc(&s.site_name),
-        site = esc(short_id(&s.site)),
+        site = esc(&s.site),
+        family = esc(&s.family),
         folder = esc(&s.folder),
         online = card("card-online", "Folder", if s.online { "Online" } else { "Offline" }, s.online),
         last = card("card-last", "Last sync", &last, last_good),
@@ -327,8 +334,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
             &s.pending_changes.to_string(),
             s.pending_changes == 0
         ),
-        conflicts =
-            card("card-conflicts", "Open conflicts", &s.open_conflicts.to_string(), s.open_conflicts == 0),
+        conflicts = conflicts_card,
     ));
     for w in s.warnings.iter().filter(|w| Some(*w) != s.held_warning.as_ref()) {
         body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
@@ -391,9 +397,9 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
             Some(a) => format!("{a} of {}", site.head_seq),
         };
         body.push_str(&format!(
-            r#"<tr><td>{name}{me} <span class="muted path">{id}</span></td><td>{last}</td><td>{version}</td><td>{applied}</td><td class="{wclass}">{warning}</td></tr>"#,
+            r#"<tr><td>{name}{me}<details class="ids"><summary>Details</summary><span class="path">{id}</span></details></td><td>{last}</td><td>{version}</td><td>{applied}</td><td class="{wclass}">{warning}</td></tr>"#,
             name = esc(&site.name),
-            id = esc(short_id(&site.site)),
+            id = esc(&site.site),
             last = time_html(site.last_sync.as_deref()),
             version = esc(&site.app_version),
             wclass = if site.warning.is_some() { "bad" } else { "" },
@@ -461,10 +467,10 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)], runnin
             let path = e
                 .path
                 .as_deref()
-                .map(|p| format!(r#"<span class="path">{}</span>: "#, esc(p)))
+                .map(|p| format!(r#"<details class="ids"><summary>File</summary><span class="path">{}</span></details>"#, esc(p)))
                 .unwrap_or_default();
             body.push_str(&format!(
-                r#"<li class="event"><span class="lvl-{lvl}">[{lvl}]</span> {path}{msg}</li>"#,
+                r#"<li class="event"><span class="lvl-{lvl}">[{lvl}]</span> {msg}{path}</li>"#,
                 lvl = esc(&e.level),
                 msg = esc(&e.message)
             ));

@@ -355,3 +355,22 @@ fn visible_outside_details(html: &str) -> String {
     }
     text
 }
+
+#[test]
+fn no_page_shows_an_id_outside_its_details() {
+    let (_family, a, b, patient) = two_sites_sharing_a_patient(1);
+    edit_at_both(&a, &b, &patient, "phone", "+1 555 0101", "+1 555 0202");
+    let ids: Vec<String> =
+        ["site", "family"].iter().map(|k| json_of(&a, &["status"])[k].as_str().unwrap().to_owned()).collect();
+    let page = Page::open(&a);
+    for path in ["/", "/conflicts", "/settings"] {
+        let (code, html) = page.get(path);
+        assert_eq!(code, 200);
+        let text = visible_outside_details(&html);
+        for id in ids.iter().chain(std::iter::once(&patient)) {
+            assert!(!text.contains(id.as_str()), "{path} shows {id} outside Details: {text}");
+        }
+        let hex32 = text.split(|c: char| !c.is_ascii_hexdigit()).any(|w| w.len() >= 32);
+        assert!(!hex32, "{path} shows a 32-hex id: {text}");
+    }
+}
