@@ -97,6 +97,12 @@ struct Spec {
     kind: Kind,
     default: &'static str,
     help: &'static str,
+    /// The setting's name on the page, in plain words.
+    label: &'static str,
+    /// One plain sentence for the page.
+    words: &'static str,
+    /// Shown first on the page; the rest are under Advanced.
+    basic: bool,
 }
 
 const SPECS: &[Spec] = &[
@@ -105,36 +111,54 @@ const SPECS: &[Spec] = &[
         kind: Kind::Folder,
         default: "",
         help: "the folder the cloud client carries (must hold this family's clinicsync.xml)",
+        label: "Sync folder",
+        words: "The folder your cloud service (Dropbox, OneDrive, Google Drive, Syncthing, Nextcloud) keeps in step between your computers.",
+        basic: true,
     },
     Spec {
         key: DOCUMENTS_FOLDER,
         kind: Kind::Documents,
         default: "",
         help: "the app's documents folder: files of the documents table travel with their rows (empty: they do not)",
+        label: "Documents folder",
+        words: "Where your practice software keeps patients' documents; leave empty if document files should not travel.",
+        basic: false,
     },
     Spec {
         key: "auto_sync",
         kind: Kind::Switch,
         default: "on",
         help: "`clinicsync run` syncs every sync_interval (on/off)",
+        label: "Automatically sync while clinicsync runs",
+        words: "Syncs on its own at the interval below (changes are also synced as they happen while \"Sync as soon as something changes\" is on).",
+        basic: true,
     },
     Spec {
         key: "sync_interval",
         kind: Kind::Interval,
         default: "5m",
         help: "how often `clinicsync run` syncs (a bare number is minutes)",
+        label: "Automatically sync every",
+        words: "How often, in minutes (or with a unit: 30s, 1h).",
+        basic: true,
     },
     Spec {
         key: "watch",
         kind: Kind::Switch,
         default: "on",
         help: "`clinicsync run` syncs within seconds of files arriving or the app changing rows (on/off; off for folders where file events do not work)",
+        label: "Sync as soon as something changes",
+        words: "Syncs within seconds of changes arriving or being made here; turn off only if your folder does not report changes.",
+        basic: false,
     },
     Spec {
         key: "use_logs",
         kind: Kind::Switch,
         default: "on",
         help: "read other sites' change-logs instead of scanning every patient file (on/off)",
+        label: "Use logs for faster sync",
+        words: "Reads what each computer changed instead of every patient file; leave on unless support asks.",
+        basic: true,
     },
     Spec {
         key: "log_retention",
@@ -144,6 +168,9 @@ const SPECS: &[Spec] = &[
         ))),
         default: "7days",
         help: "keep own change-log segments, and deletions before they are purged, at least this long (1day at least)",
+        label: "Keep change history for",
+        words: "How long deletions and each computer's change history are kept before they are cleaned up.",
+        basic: false,
     },
     Spec {
         key: "dormancy",
@@ -153,6 +180,9 @@ const SPECS: &[Spec] = &[
         ))),
         default: "30days",
         help: "sites not seen for this long stop holding back log compaction and purging (7days at least)",
+        label: "Treat a computer as away after",
+        words: "A computer not seen for this long no longer holds back clean-up at the others.",
+        basic: false,
     },
     Spec {
         key: "max_clock_skew",
@@ -162,6 +192,9 @@ const SPECS: &[Spec] = &[
         ))),
         default: "1h",
         help: "hold back changes stamped further ahead of this computer's clock (1min at least)",
+        label: "Hold back changes from a clock ahead by more than",
+        words: "Changes stamped further ahead of this computer's clock wait until the clocks agree.",
+        basic: false,
     },
     Spec {
         key: "full_scan_interval",
@@ -171,48 +204,72 @@ const SPECS: &[Spec] = &[
         ))),
         default: "1h",
         help: "with logs on, scan every patient file at least this often (1min at least)",
+        label: "Read every patient file at least every",
+        words: "A slower, thorough check that catches anything the change history missed.",
+        basic: false,
     },
     Spec {
         key: "auto_delete_conflicts",
         kind: Kind::Switch,
         default: "on",
         help: "delete a cloud client's conflict copy once it is merged (on/off)",
+        label: "Automatically delete conflicts",
+        words: "Deletes the conflicted copies your cloud service makes once their changes are merged.",
+        basic: true,
     },
     Spec {
         key: "mass_delete_percent",
         kind: Kind::Percent,
         default: "10",
         help: "incoming deletions of more than this % of the patients (or of one table's rows) wait for `sync --confirm-deletes` or `--keep-deleted`",
+        label: "Ask before deleting more than (%)",
+        words: "When another computer deletes more than this share of the patients at once, you decide first.",
+        basic: false,
     },
     Spec {
         key: "mass_delete_min_patients",
         kind: Kind::Count,
         default: "20",
         help: "...but never fewer than this many patients (or rows)",
+        label: "...and more than (patients)",
+        words: "A few deletions at once never need asking.",
+        basic: false,
     },
     Spec {
         key: "web_port",
         kind: Kind::Port,
         default: "8750",
         help: "port of the local web page (127.0.0.1 only)",
+        label: "Web page port",
+        words: "The port of this page on this computer; changes when clinicsync restarts.",
+        basic: false,
     },
     Spec {
         key: "alert_after",
         kind: Kind::Duration(None),
         default: "1h",
         help: "alert when no sync has succeeded for this long",
+        label: "Alert when not synced for",
+        words: "Raises an alert when no sync has succeeded for this long.",
+        basic: false,
     },
     Spec {
         key: "alert_command",
         kind: Kind::Command,
         default: "",
         help: "shell command run on an alert; the reason is in $CLINICSYNC_ALERT (empty: none)",
+        label: "Alert command",
+        words: "A command run on each alert (for IT staff); empty for none.",
+        basic: false,
     },
     Spec {
         key: "alert_url",
         kind: Kind::Url,
         default: "",
         help: "http(s) URL that receives each alert as a JSON POST (empty: none)",
+        label: "Alert web address",
+        words: "An address that receives each alert (for IT staff); empty for none.",
+        basic: false,
     },
 ];
 
@@ -227,6 +284,11 @@ pub struct SettingView {
     pub value: String,
     pub default: &'static str,
     pub help: &'static str,
+    /// For the page: its name and one sentence in plain words, and
+    /// whether it is among the first shown (the rest under Advanced).
+    pub label: &'static str,
+    pub words: &'static str,
+    pub basic: bool,
 }
 
 /// Why a setting was refused.
@@ -482,6 +544,9 @@ pub(super) fn list(db: &Db) -> Result<Vec<SettingView>, EngineError> {
                 value: stored(db, spec)?,
                 default: spec.default,
                 help: spec.help,
+                label: spec.label,
+                words: spec.words,
+                basic: spec.basic,
             })
         })
         .collect()

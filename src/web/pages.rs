@@ -91,6 +91,7 @@ label { font-weight: 600; display: block; }
 .field input, .field select { font: inherit; padding: 6px 8px; width: 100%; max-width: 520px; border: 1px solid #9aa4b1; border-radius: 4px; }
 .field .help { color: var(--muted); font-size: 14px; }
 #progress { min-height: 1.5em; }
+details.advanced { margin: 14px 0; } details.advanced > summary { font-weight: 600; }
 a.card-link { text-decoration: none; color: inherit; display: block; }
 details.ids { background: none; border: none; padding: 0; margin: 2px 0; font-size: 13px; color: var(--muted); }
 .conflict { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
@@ -507,6 +508,46 @@ fn trigger_words(trigger: &str) -> String {
     }
 }
 
+/// One setting's field: its name and one sentence in plain words, and a
+/// refusal of it next to it (a refusal names the setting first).
+fn setting_field(s: &SettingView, error: Option<&str>) -> String {
+    let id = format!("setting-{}", s.key);
+    let input = if s.default == "on" || s.default == "off" {
+        let opt = |v: &str, words: &str| {
+            let sel = if s.value == v { " selected" } else { "" };
+            format!(r#"<option value="{v}"{sel}>{words}</option>"#)
+        };
+        format!(
+            r#"<select id="{id}" name="{key}" aria-describedby="{id}-help">{}{}</select>"#,
+            opt("on", "On"),
+            opt("off", "Off"),
+            key = s.key
+        )
+    } else {
+        format!(
+            r#"<input id="{id}" name="{key}" value="{value}" aria-describedby="{id}-help">"#,
+            key = s.key,
+            value = esc(&s.value)
+        )
+    };
+    let refused = error
+        .filter(|e| e.starts_with(&format!("{} ", s.key)))
+        .map(|e| format!(r#"<div class="bad" role="alert">Not saved: {}</div>"#, esc(e)))
+        .unwrap_or_default();
+    let default = match s.default {
+        "" => "empty".to_owned(),
+        "on" => "on".to_owned(),
+        other => other.to_owned(),
+    };
+    format!(
+        r#"<div class="field"><label for="{id}">{label}</label>{input}{refused}<div class="help" id="{id}-help">{words} <span class="muted">(default: {default}; <code>{key}</code>)</span></div></div>"#,
+        label = esc(s.label),
+        words = esc(s.words),
+        default = esc(&default),
+        key = s.key,
+    )
+}
+
 /// The Settings page; `after` (HTML) follows the form.
 pub(super) fn settings(
     ctx: &Context,
@@ -526,34 +567,19 @@ pub(super) fn settings(
         r#"<form method="post" action="/settings" id="settings-form"><input type="hidden" name="csrf" value="{}">"#,
         esc(&ctx.csrf)
     ));
-    for s in list {
-        let id = format!("setting-{}", s.key);
-        let input = if s.default == "on" || s.default == "off" {
-            let opt = |v: &str| {
-                let sel = if s.value == v { " selected" } else { "" };
-                format!(r#"<option value="{v}"{sel}>{v}</option>"#)
-            };
-            format!(
-                r#"<select id="{id}" name="{key}" aria-describedby="{id}-help">{}{}</select>"#,
-                opt("on"),
-                opt("off"),
-                key = s.key
-            )
-        } else {
-            format!(
-                r#"<input id="{id}" name="{key}" value="{value}" aria-describedby="{id}-help">"#,
-                key = s.key,
-                value = esc(&s.value)
-            )
-        };
-        let default = if s.default.is_empty() { "empty".to_owned() } else { s.default.to_owned() };
-        body.push_str(&format!(
-            r#"<div class="field"><label for="{id}">{label}</label>{input}<div class="help" id="{id}-help">{help} (default: {default})</div></div>"#,
-            label = esc(&s.key.replace('_', " ")),
-            help = esc(s.help),
-            default = esc(&default),
-        ));
+    // The few most people need first, in this order; the rest under
+    // Advanced.
+    const FIRST: [&str; 5] = ["folder", "use_logs", "auto_delete_conflicts", "auto_sync", "sync_interval"];
+    let mut basic: Vec<&SettingView> = list.iter().filter(|s| s.basic).collect();
+    basic.sort_by_key(|s| FIRST.iter().position(|k| *k == s.key).unwrap_or(FIRST.len()));
+    for s in basic {
+        body.push_str(&setting_field(s, error));
     }
+    body.push_str(r#"<details class="advanced"><summary>Advanced</summary>"#);
+    for s in list.iter().filter(|s| !s.basic) {
+        body.push_str(&setting_field(s, error));
+    }
+    body.push_str("</details>");
     body.push_str(r#"<button type="submit" id="save-settings">Save settings</button></form>"#);
     body.push_str(after);
     layout("Settings", "/settings", ctx, &body, "")

@@ -70,9 +70,20 @@ fn clinic_staff_use_the_page_in_chromium() {
     let shown = browser.run_async("arguments[0](document.getElementById('setting-sync_interval').value)");
     assert_eq!(shown, "15m", "the form shows the saved value");
     browser.screenshot(&shots.join("settings.png"));
+    // A refusal is said next to its field, in words.
+    browser.type_into("#setting-sync_interval", "soon");
+    browser.click("#save-settings");
+    let refused =
+        browser.wait_text("#settings-form .bad", Duration::from_secs(10), |t| t.contains("Not saved"));
+    assert!(refused.starts_with("Not saved: sync_interval must be"), "{refused}");
+    assert_eq!(setting(&a, "sync_interval"), "15m", "nothing saved");
+    browser.click("nav a[href='/settings']");
+    let first = browser.text("#settings-form .field label");
+    assert_eq!(first, "Sync folder", "the settings most people need first, in words");
 
     // Sync Now, with live progress, until it says it finished. Site b
     // changed a patient; with `watch` off only Sync Now picks it up.
+    browser.click("details.advanced summary");
     browser.click("#setting-watch option[value='off']");
     browser.click("#save-settings");
     browser.wait_text(".notice", Duration::from_secs(10), |t| t.contains("Settings saved"));
