@@ -3,9 +3,11 @@
 //! the interval, press Sync Now and watch it finish, find the run at the
 //! top of Latest Logs with its events, resolve a conflict; a request
 //! without the token, a POST without the CSRF token and a form posted from
-//! another origin are refused. Screenshots of each page are saved under
-//! `target/screenshots/`. Without Chromium this test fails unless
-//! `CLINICSYNC_SKIP_BROWSER=1` says to skip it.
+//! another origin are refused; and every page passes axe-core (fetched from
+//! the npm registry) without a serious accessibility violation.
+//! Screenshots of each page are saved under `target/screenshots/`. Without
+//! Chromium these tests fail unless `CLINICSYNC_SKIP_BROWSER=1` says to
+//! skip them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -187,4 +189,81 @@ fn clinic_staff_use_the_page_in_chromium() {
     assert_eq!(setting(&a, "sync_interval"), "15m", "a cross-origin form changed a setting");
     assert_eq!(service.runs_finished(), runs_before, "a cross-origin request started a sync");
     assert!(refused.contains("refused") || refused.contains("link"), "{refused}");
+}
+
+/// axe-core, the accessibility checker, from the npm registry: fetched
+/// once into `target/` and checked against the registry's sha512.
+fn axe_core() -> String {
+    const VERSION: &str = "4.14.1";
+    const SHA512: &str =
+        "FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==";
+    let target = screenshots().parent().expect("target/").to_owned();
+    let dir = target.join(format!("axe-core-{VERSION}"));
+    let script = dir.join("package/axe.min.js");
+    if !script.exists() {
+        let tgz = target.join(format!("axe-core-{VERSION}.tgz"));
+        let url = format!("https://registry.npmjs.org/axe-core/-/axe-core-{VERSION}.tgz");
+        let got = std::process::Command::new("curl").args(["-sSfL", "-o"]).arg(&tgz).arg(&url).status();
+        assert!(got.is_ok_and(|s| s.success()), "could not fetch {url} (curl)");
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha512::digest(std::fs::read(&tgz).unwrap());
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD.encode(digest),
+            SHA512,
+            "{url} is not the published package"
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let untar =
+            std::process::Command::new("tar").arg("xzf").arg(&tgz).arg("-C").arg(&dir).status().unwrap();
+        assert!(untar.success(), "could not unpack {}", tgz.display());
+    }
+    std::fs::read_to_string(&script).unwrap()
+}
+
+#[test]
+fn every_page_has_no_serious_accessibility_violation_by_axe_core() {
+    if std::env::var("CLINICSYNC_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: CLINICSYNC_SKIP_BROWSER=1");
+        return;
+    }
+    if let Err(e) = available() {
+        panic!("{e} (or set CLINICSYNC_SKIP_BROWSER=1 to skip this test)");
+    }
+    let axe = axe_core();
+    // A family with something on every page: a conflict, a held deletion.
+    let fam = Family::new();
+    let a = fam.init("a");
+    let b = fam.init("b");
+    let ids: Vec<String> = (0..30).map(|n| add_patient(&app(&a), n, 1)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    edit_at_both(&a, &b, &ids[29], "phone", "+1 555 0101", "+1 555 0202");
+    for id in &ids[..25] {
+        app(&b).execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&b);
+    assert_eq!(sync(&a).0, 3, "the deletion is held at A");
+    set(&a, &["sync_interval=1h", "watch=off"]);
+    let service = Service::start(&a);
+    let browser = Browser::start();
+    browser.goto(&format!("{}/?token={}", service.base, service.token));
+    let mut found = Vec::new();
+    for path in ["/", "/logs", "/conflicts", "/settings", "/maintenance/baseline-upload", "/held/keep"] {
+        browser.goto(&format!("{}{path}", service.base));
+        let result = browser.run_async(&format!(
+            "{axe}\n;axe.run(document).then(r => arguments[0](r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical').map(v => v.id + ' (' + v.impact + '): ' + v.help + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))), e => arguments[0](['axe failed: ' + e]))"
+        ));
+        for v in result.as_array().expect("a list of violations") {
+            found.push(format!("{path}: {}", v.as_str().unwrap_or_default()));
+        }
+    }
+    assert!(found.is_empty(), "serious accessibility violations:\n{}", found.join("\n"));
+    // The check itself works: a page with an image without a text
+    // alternative and an unlabelled field fails it.
+    let broken = browser.run_async(&format!(
+        "document.body.insertAdjacentHTML('beforeend', '<img src=\"/x.png\"><input id=unlabelled>');\n{axe}\n;axe.run(document).then(r => arguments[0](r.violations.map(v => v.id)))"
+    ));
+    let ids: Vec<&str> = broken.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(ids.contains(&"image-alt") && ids.contains(&"label"), "{ids:?}");
 }
