@@ -26,7 +26,6 @@ use serde_json::json;
 
 use crate::db::{Db, Keep};
 use crate::engine::{self, InitOptions, Outcome, Progress, RunReport, SyncOptions};
-use crate::model::Hlc;
 use crate::model::short_id;
 use crate::model::shown;
 use crate::xmlstore::format_time;
@@ -429,36 +428,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Conflicts { all, action: None } => {
-            let store = Db::open(&db)?;
-            let records = store.conflicts(!all)?;
             if cli.json {
+                let records = Db::open(&db)?.conflicts(!all)?;
                 let doc: Vec<_> = records.iter().map(engine::conflict_json).collect();
                 print_json(&doc)?;
-            } else if records.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let views = engine::conflict_views(&db, all)?;
+            if views.is_empty() {
                 say!("No open conflicts.");
             } else {
-                for c in &records {
-                    let lost = match Hlc::parse(&c.hlc) {
-                        Ok(h) => {
-                            format!(" (typed at site {} {})", h.site().short(), format_time(h.wall_ms()))
-                        }
-                        Err(_) => String::new(),
+                for v in &views {
+                    let c = &v.record;
+                    let at = |t: &Option<String>| {
+                        t.as_deref().map(|t| format!(" {}", shown(t))).unwrap_or_default()
                     };
-                    let source =
-                        c.source.as_deref().map(|s| format!(", found in {}", shown(s))).unwrap_or_default();
                     let outcome = if c.kind == "deleted" {
-                        let by = Hlc::parse(&c.winner_hlc).map(|h| h.site().short()).unwrap_or_default();
-                        format!("the row was deleted (at site {by}) by someone who had not seen this edit")
+                        format!(
+                            "the row was deleted at {}{} by someone who had not seen this edit",
+                            shown(&v.kept_by),
+                            at(&v.kept_at)
+                        )
                     } else {
-                        format!("kept {:?}", c.winner_value.display_short())
+                        format!(
+                            "shown {:?} (typed at {}{})",
+                            c.winner_value.display_short(),
+                            shown(&v.kept_by),
+                            at(&v.kept_at)
+                        )
                     };
                     say!(
-                        "#{} {}/{} {}: {outcome}, lost {:?}{lost} [{}{source}]",
+                        "#{} {}, {} {}: {outcome}; the other {:?} (typed at {}{}) [{}]",
                         c.id,
+                        shown(&v.patient),
                         shown(&c.table),
-                        shown(&c.pk),
                         shown(&c.column),
                         c.value.display_short(),
+                        shown(&v.lost_by),
+                        at(&v.lost_at),
                         shown(&c.status),
                     );
                 }

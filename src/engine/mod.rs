@@ -3,6 +3,7 @@
 //! the database, the folder, the clock and the codecs meet.
 
 mod baseline;
+mod conflicts;
 mod detach;
 mod documents;
 mod family;
@@ -21,6 +22,7 @@ mod verify;
 use std::path::{Path, PathBuf};
 
 pub use baseline::{DownloadReport, UploadReport, baseline_download, baseline_upload};
+pub use conflicts::{ConflictView, conflict_views};
 pub use detach::{DetachReport, detach};
 pub use documents::{DocumentLine, DocumentsReport, documents};
 pub use family::{FamilyDeleteReport, family_delete};

@@ -4,7 +4,7 @@
 //! confirmation, and the outcome said in words. Ids only in a details
 //! toggle.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -15,10 +15,8 @@ use axum::routing::{get, post};
 use super::operations::{confirm_form, confirmed, page};
 use super::pages::{self, esc};
 use super::{CheckedForm, WebState, blocking, page_context, refuse};
-use crate::db::{ConflictRecord, Db, Keep};
-use crate::engine;
-use crate::model::Hlc;
-use crate::xmlstore::format_time;
+use crate::db::{Db, Keep};
+use crate::engine::{self, ConflictView as Shown};
 
 pub(super) fn routes() -> Router<WebState> {
     Router::new()
@@ -30,64 +28,6 @@ pub(super) fn routes() -> Router<WebState> {
 /// Values longer than this are folded (the start shown, the rest behind a
 /// toggle).
 const FOLD_CHARS: usize = 160;
-
-/// A record as people read it.
-struct Shown {
-    record: ConflictRecord,
-    patient: String,
-    /// Who typed the value that lost, and the one shown ("this site" for
-    /// this one), and when.
-    lost_by: String,
-    lost_at: Option<String>,
-    kept_by: String,
-    kept_at: Option<String>,
-}
-
-/// Everything the page says of the open records (or, with `all`, every
-/// record), by patient name.
-fn gather(db_path: &std::path::Path, all: bool) -> Result<Vec<Shown>, engine::EngineError> {
-    let status = engine::status(db_path)?;
-    let sites: HashMap<String, String> = status
-        .sites
-        .iter()
-        .map(|s| (s.site.clone(), if s.this_site { "this site".to_owned() } else { s.name.clone() }))
-        .collect();
-    let who = |hlc: &str| -> (String, Option<String>) {
-        match Hlc::parse(hlc) {
-            Ok(h) => {
-                let site = h.site().to_string();
-                let name = sites.get(&site).cloned().unwrap_or_else(|| {
-                    if site == status.site {
-                        "this site".to_owned()
-                    } else {
-                        format!("site {}", h.site().short())
-                    }
-                });
-                (name, Some(format_time(h.wall_ms())))
-            }
-            Err(_) => ("another site".to_owned(), None),
-        }
-    };
-    let db = Db::open(db_path)?;
-    let mut names: HashMap<String, String> = HashMap::new();
-    let mut out = Vec::new();
-    for record in db.conflicts(!all)? {
-        let patient_id = record.patient.clone().unwrap_or_default();
-        let patient = match names.get(&patient_id) {
-            Some(n) => n.clone(),
-            None => {
-                let n =
-                    db.patient_name(&patient_id)?.unwrap_or_else(|| "a patient without a name".to_owned());
-                names.insert(patient_id.clone(), n.clone());
-                n
-            }
-        };
-        let (lost_by, lost_at) = who(&record.hlc);
-        let (kept_by, kept_at) = who(&record.winner_hlc);
-        out.push(Shown { record, patient, lost_by, lost_at, kept_by, kept_at });
-    }
-    Ok(out)
-}
 
 /// A value in full, escaped; a long one folded behind a toggle.
 fn value_html(value: &crate::model::Value) -> String {
@@ -178,7 +118,7 @@ struct Done {
 async fn conflicts_page(State(st): State<WebState>, Query(q): Query<Done>) -> Response {
     let db = st.shared.db().to_path_buf();
     let all = q.done.is_some();
-    let shown = match blocking(move || gather(&db, all)).await {
+    let shown = match blocking(move || engine::conflict_views(&db, all)).await {
         Ok(shown) => shown,
         Err(r) => return r,
     };
@@ -282,7 +222,7 @@ struct PatientQuery {
 
 async fn keep_shown_confirm(State(st): State<WebState>, Query(q): Query<PatientQuery>) -> Response {
     let db = st.shared.db().to_path_buf();
-    let shown = match blocking(move || gather(&db, false)).await {
+    let shown = match blocking(move || engine::conflict_views(&db, false)).await {
         Ok(shown) => shown,
         Err(r) => return r,
     };

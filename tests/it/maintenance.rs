@@ -308,6 +308,9 @@ fn conflicts_are_grouped_by_patient_shown_in_full_and_settled_together() {
     assert!(html.contains("Keep every value shown for Given1 Family1"), "{html}");
     assert!(!visible_outside_details(&html).contains(&patient), "the patient's id only behind Details");
 
+    let human = String::from_utf8(cli(&a).arg("conflicts").output().unwrap().stdout).unwrap();
+    assert!(human.contains(" Given1 Family1, patients phone: shown \"+1 555 0202\" (typed at b "), "{human}");
+    assert!(human.contains("the other \"+1 555 0101\" (typed at this site "), "{human}");
     let (code, html) = page.get(&format!("/conflicts/keep-shown?patient={patient}"));
     assert_eq!(code, 200);
     assert!(html.contains("phone: keep “+1 555 0202” (typed at b), not “+1 555 0101”"), "{html}");

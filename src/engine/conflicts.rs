@@ -1,0 +1,68 @@
+//! Conflict records as people read them: the patient by name, and who
+//! typed each value (a site's name, "this site" for this one) and when.
+//! The page and `clinicsync conflicts` both show these.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::EngineError;
+use crate::db::{ConflictRecord, Db};
+use crate::model::Hlc;
+use crate::xmlstore::format_time;
+
+/// A record as people read it.
+pub struct ConflictView {
+    pub record: ConflictRecord,
+    pub patient: String,
+    /// Who typed the value that lost, and the one shown ("this site" for
+    /// this one), and when.
+    pub lost_by: String,
+    pub lost_at: Option<String>,
+    pub kept_by: String,
+    pub kept_at: Option<String>,
+}
+
+/// The open records (or, with `all`, every record) as people read them.
+pub fn conflict_views(db_path: &Path, all: bool) -> Result<Vec<ConflictView>, EngineError> {
+    let status = super::status(db_path)?;
+    let sites: HashMap<String, String> = status
+        .sites
+        .iter()
+        .map(|s| (s.site.clone(), if s.this_site { "this site".to_owned() } else { s.name.clone() }))
+        .collect();
+    let who = |hlc: &str| -> (String, Option<String>) {
+        match Hlc::parse(hlc) {
+            Ok(h) => {
+                let site = h.site().to_string();
+                let name = sites.get(&site).cloned().unwrap_or_else(|| {
+                    if site == status.site {
+                        "this site".to_owned()
+                    } else {
+                        format!("site {}", h.site().short())
+                    }
+                });
+                (name, Some(format_time(h.wall_ms())))
+            }
+            Err(_) => ("another site".to_owned(), None),
+        }
+    };
+    let db = Db::open(db_path)?;
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for record in db.conflicts(!all)? {
+        let patient_id = record.patient.clone().unwrap_or_default();
+        let patient = match names.get(&patient_id) {
+            Some(n) => n.clone(),
+            None => {
+                let n =
+                    db.patient_name(&patient_id)?.unwrap_or_else(|| "a patient without a name".to_owned());
+                names.insert(patient_id.clone(), n.clone());
+                n
+            }
+        };
+        let (lost_by, lost_at) = who(&record.hlc);
+        let (kept_by, kept_at) = who(&record.winner_hlc);
+        out.push(ConflictView { record, patient, lost_by, lost_at, kept_by, kept_at });
+    }
+    Ok(out)
+}
