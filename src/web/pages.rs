@@ -182,7 +182,8 @@ function render(d) {
     const bar = p.total > 0 ? ` <progress max="${p.total}" value="${p.done}"></progress> ${p.done} of ${p.total}` : '';
     $('progress').innerHTML = '';
     const span = document.createElement('span');
-    span.textContent = 'Syncing: ' + (p.step || 'starting') + ' ';
+    const percent = p.total > 0 ? Math.min(100, Math.floor(100 * p.done / p.total)) + '% · ' : '';
+    span.textContent = 'Syncing… ' + percent + (p.step || 'starting') + ' ';
     $('progress').appendChild(span);
     if (bar) $('progress').insertAdjacentHTML('beforeend', bar);
   }
