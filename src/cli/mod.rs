@@ -11,6 +11,7 @@ macro_rules! say {
 }
 
 mod demo;
+mod history;
 mod operations;
 use operations::{BaselineAction, FamilyAction};
 mod progress;
@@ -94,6 +95,10 @@ enum Command {
         #[arg(long, value_name = "TABLE", conflicts_with_all = ["full_scan", "confirm_deletes", "keep_deleted", "docs_only"])]
         only: Option<String>,
     },
+    /// Every change this site knows of one patient, field by field: who
+    /// made it and when (PATIENT: an id, or part of a name; several
+    /// matches are listed to choose from).
+    History { patient: String },
     /// Documents waiting for their file, documents whose copy failed its
     /// check, and the files in the documents folder's trash.
     Documents,
@@ -355,6 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             operations::family_delete(&db, confirm, dry_run, cli.json)
         }
         Command::Documents => operations::documents(&db, cli.json),
+        Command::History { patient } => history::print(&db, &patient, cli.json),
         Command::Status => {
             let report = engine::status(&db)?;
             if cli.json {

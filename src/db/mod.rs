@@ -11,6 +11,7 @@ mod dirs;
 mod documents;
 mod files;
 mod held;
+mod history;
 mod mapping;
 mod meta;
 mod outbox;
@@ -38,6 +39,7 @@ pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};
 pub use held::{HeldDeletes, HeldGroup, HeldPatient, HeldTable, Kept, Released};
+pub use history::HistoryEntry;
 pub use mapping::{
     ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
 };

@@ -34,6 +34,7 @@ pub(super) const TABLES: &[(&str, &str)] = &[
     ("_cs_files", super::files::TABLE),
     ("_cs_copies", super::copies::TABLE),
     ("_cs_held", super::held::TABLE),
+    ("_cs_history", super::history::TABLE),
     ("_cs_purged", super::purge::TABLES),
     ("_cs_digests", super::digests::TABLE),
     ("_cs_dirs", super::dirs::TABLE),

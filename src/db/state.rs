@@ -16,6 +16,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::DbError;
 use super::digests;
+use super::history;
 use super::mapping::{Mapping, TableRole};
 use super::purge::purged_cl;
 use super::rowblob::{self, RowView};
@@ -353,6 +354,11 @@ pub(crate) fn stamp_row(
         _ => None,
     };
     save_row(conn, ctx, tbl, pk, &row, patient.as_deref(), before, old)?;
+    if let Some(old_row) = old_row {
+        let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
+        let shown_before = history::Before::of(old_row, old_row.fields.keys());
+        history::record(conn, &key, patient.as_deref(), &shown_before, &row, now_ms)?;
+    }
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
@@ -589,7 +595,7 @@ pub(crate) fn apply_doc<'r>(
             }
             continue;
         }
-        let (row, had_records, before, stored) = match load_stored(conn, &key.table, &key.pk)? {
+        let (row, had_records, before, stored, shown_before) = match load_stored(conn, &key.table, &key.pk)? {
             Some((mut row, old_patient, stored)) => {
                 if let Some((column, stamp)) = row.clash_with(&incoming) {
                     return Err(DbError::StampClash {
@@ -600,10 +606,11 @@ pub(crate) fn apply_doc<'r>(
                     });
                 }
                 let had_records = has_records(Some(&row));
+                let shown_before = history::Before::of(&row, incoming.fields.keys());
                 if !row.join_from(&incoming) {
                     continue;
                 }
-                (row, had_records, Some(old_patient), Some(stored))
+                (row, had_records, Some(old_patient), Some(stored), Some(shown_before))
             }
             // A row new here is what came, as a join into nothing would
             // make it (which changes nothing only when nothing came).
@@ -611,7 +618,7 @@ pub(crate) fn apply_doc<'r>(
                 if incoming.cl == 0 && incoming.fields.is_empty() && incoming.deleted.is_empty() {
                     continue;
                 }
-                (incoming.into_owned(), false, None, None)
+                (incoming.into_owned(), false, None, None, None)
             }
         };
         let stored_under = before.as_ref().map(|p| p.as_deref());
@@ -626,6 +633,9 @@ pub(crate) fn apply_doc<'r>(
             _ => None,
         };
         save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old)?;
+        if let Some(shown_before) = &shown_before {
+            history::record(conn, key, patient.as_deref(), shown_before, &row, now_ms)?;
+        }
         if had_records || has_records(Some(&row)) {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }

@@ -22,20 +22,31 @@ pub struct ConflictView {
     pub kept_at: Option<String>,
 }
 
-/// The open records (or, with `all`, every record) as people read them.
-pub fn conflict_views(db_path: &Path, all: bool) -> Result<Vec<ConflictView>, EngineError> {
-    let status = super::status(db_path)?;
-    let sites: HashMap<String, String> = status
-        .sites
-        .iter()
-        .map(|s| (s.site.clone(), if s.this_site { "this site".to_owned() } else { s.name.clone() }))
-        .collect();
-    let who = |hlc: &str| -> (String, Option<String>) {
+/// The family's sites by name, for saying who made a change.
+pub(crate) struct SiteNames {
+    names: HashMap<String, String>,
+    own: String,
+}
+
+impl SiteNames {
+    pub(crate) fn read(db_path: &Path) -> Result<SiteNames, EngineError> {
+        let status = super::status(db_path)?;
+        let names = status
+            .sites
+            .iter()
+            .map(|s| (s.site.clone(), if s.this_site { "this site".to_owned() } else { s.name.clone() }))
+            .collect();
+        Ok(SiteNames { names, own: status.site })
+    }
+
+    /// Who made the change stamped `hlc` ("this site", a site's name, or
+    /// its short id when its file is not read), and when.
+    pub(crate) fn who(&self, hlc: &str) -> (String, Option<String>) {
         match Hlc::parse(hlc) {
             Ok(h) => {
                 let site = h.site().to_string();
-                let name = sites.get(&site).cloned().unwrap_or_else(|| {
-                    if site == status.site {
+                let name = self.names.get(&site).cloned().unwrap_or_else(|| {
+                    if site == self.own {
                         "this site".to_owned()
                     } else {
                         format!("site {}", h.site().short())
@@ -45,7 +56,13 @@ pub fn conflict_views(db_path: &Path, all: bool) -> Result<Vec<ConflictView>, En
             }
             Err(_) => ("another site".to_owned(), None),
         }
-    };
+    }
+}
+
+/// The open records (or, with `all`, every record) as people read them.
+pub fn conflict_views(db_path: &Path, all: bool) -> Result<Vec<ConflictView>, EngineError> {
+    let sites = SiteNames::read(db_path)?;
+    let who = |hlc: &str| sites.who(hlc);
     let db = Db::open(db_path)?;
     let mut names: HashMap<String, String> = HashMap::new();
     let mut out = Vec::new();

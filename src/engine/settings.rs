@@ -21,6 +21,8 @@ pub struct Settings {
     pub use_logs: bool,
     /// Own segments younger than this are kept even when every site has them.
     pub log_retention: Duration,
+    /// How long the patient history keeps a replaced value.
+    pub history_retention: Duration,
     /// Sites not seen for this long no longer hold compaction back.
     pub dormancy: Duration,
     /// Stamps further ahead of this computer's clock are held back.
@@ -170,6 +172,18 @@ const SPECS: &[Spec] = &[
         help: "keep own change-log segments, and deletions before they are purged, at least this long (1day at least)",
         label: "Keep change history for",
         words: "How long deletions and each computer's change history are kept before they are cleaned up.",
+        basic: false,
+    },
+    Spec {
+        key: "history_retention",
+        kind: Kind::Duration(Some((
+            DAY,
+            "the history is what a person looks at to see who changed a patient's data; less than a day would lose what a weekend's review needs",
+        ))),
+        default: "7years",
+        help: "keep each replaced value in the patient history at least this long (7years: the common retention of medical records)",
+        label: "Keep patient history for",
+        words: "How long the record of who changed what in each patient's data is kept (medical records are commonly kept 7 years).",
         basic: false,
     },
     Spec {
@@ -518,6 +532,7 @@ pub(super) fn load(db: &Db) -> Result<Settings, EngineError> {
     Ok(Settings {
         use_logs: switch("use_logs")?,
         log_retention: duration("log_retention")?,
+        history_retention: duration("history_retention")?,
         dormancy: duration("dormancy")?,
         max_clock_skew: duration("max_clock_skew")?,
         full_scan_interval: duration("full_scan_interval")?,

@@ -25,6 +25,7 @@ mod documents;
 mod format;
 mod guard;
 mod held_files;
+mod history;
 mod hostile;
 mod hostile_mutations;
 mod hostile_set;

@@ -335,6 +335,7 @@ impl Run<'_> {
         self.settle_copies()?;
         self.compact()?;
         self.purge_tombstones()?;
+        self.forget_old_history()?;
         self.remove_unreferenced_bodies()?;
         self.record_patient_dirs()?;
         Ok(())

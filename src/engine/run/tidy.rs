@@ -31,7 +31,30 @@ pub(super) struct Purges {
     pub(super) stale: HashMap<String, Vec<RowKey>>,
 }
 
+/// How often a run removes patient history older than its retention.
+const HISTORY_TIDY_MS: u64 = 24 * 3600 * 1000;
+
 impl Run<'_> {
+    /// Step 6 (part): once a day, the patient history older than
+    /// `history_retention` goes.
+    pub(super) fn forget_old_history(&mut self) -> Result<(), EngineError> {
+        let last: u64 = self.db.meta("last_history_tidy_ms")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if self.now_ms.saturating_sub(last) < HISTORY_TIDY_MS {
+            return Ok(());
+        }
+        self.db.set_meta("last_history_tidy_ms", &self.now_ms.to_string())?;
+        let before = self.now_ms.saturating_sub(self.settings.history_retention.as_millis() as u64);
+        let n = self.db.forget_history_before(before)?;
+        if n > 0 {
+            self.rec.info(
+                EventKind::Purge,
+                None,
+                format!("removed {n} entries of the patient history older than history_retention"),
+            );
+        }
+        Ok(())
+    }
+
     /// Step 6 (part): purge tombstones every active site has, once they are
     /// older than the retention; rewrite their patients' files without
     /// them (or remove the file of a purged patient); publish the horizon.
