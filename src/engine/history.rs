@@ -57,7 +57,21 @@ pub fn history(db_path: &Path, query: &str) -> Result<HistoryReport, EngineError
     let [one] = report.matches.as_slice() else { return Ok(report) };
     let one = one.clone();
     let sites = SiteNames::read(db_path)?;
+    // A row's key and its patient column are ids, not what people changed.
+    let is_id = |table: &str, column: Option<&str>| {
+        let Some(column) = column else { return false };
+        match db.mapping().table(table) {
+            Some((key, crate::db::TableRole::Child { patient_column })) => {
+                column == key || column == patient_column
+            }
+            Some((key, crate::db::TableRole::Root)) => column == key,
+            None => false,
+        }
+    };
     for e in db.history(&one.id)? {
+        if is_id(&e.table, e.column.as_deref()) {
+            continue;
+        }
         let (by, at) = e.hlc.as_deref().map(|h| sites.who(h)).unwrap_or_else(|| ("this site".into(), None));
         report.lines.push(HistoryLine {
             table: e.table,

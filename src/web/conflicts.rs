@@ -153,7 +153,7 @@ async fn conflicts_page(State(st): State<WebState>, Query(q): Query<Done>) -> Re
             .push(s);
     }
     for ((name, id), records) in &by_patient {
-        body.push_str(&format!(r#"<section class="patient"><h2>{}</h2>"#, esc(name)));
+        body.push_str(&format!(r#"<section class="patient"><h2>{}</h2>"#, super::history::link(id, name)));
         for s in records {
             body.push_str(&record_html(&st.csrf, s));
         }

@@ -25,7 +25,7 @@ pub(super) fn routes() -> Router<WebState> {
 /// Home visits" (escaped; the time a `<time>` the page shows locally).
 fn patient_line(p: &engine::HeldPatientView) -> String {
     let name = match &p.name {
-        Some(name) => esc(name),
+        Some(name) => super::history::link(&p.id, name),
         None => format!(r#"a patient without a name <span class="muted path">{}</span>"#, esc(&p.id)),
     };
     let rows = match p.rows {

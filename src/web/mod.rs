@@ -6,6 +6,7 @@
 
 mod conflicts;
 mod held;
+mod history;
 mod operations;
 mod pages;
 
@@ -112,6 +113,7 @@ pub fn router(shared: Arc<dyn Service>, token: String, port: u16) -> Router {
         .merge(operations::routes())
         .merge(held::routes())
         .merge(conflicts::routes())
+        .merge(history::routes())
         .route("/times.js", get(|| async { script(pages::LOCAL_TIMES) }))
         .route("/status.js", get(|| async { script(pages::STATUS_SCRIPT) }))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_FORM_BYTES))

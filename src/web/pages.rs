@@ -91,6 +91,7 @@ label { font-weight: 600; display: block; }
 .field input, .field select { font: inherit; padding: 6px 8px; width: 100%; max-width: 520px; border: 1px solid #9aa4b1; border-radius: 4px; }
 .field .help { color: var(--muted); font-size: 14px; }
 #progress { min-height: 1.5em; }
+form.search { margin: 18px 0; } form.search input { font: inherit; padding: 6px 8px; width: 100%; max-width: 360px; border: 1px solid #9aa4b1; border-radius: 4px; }
 details.advanced { margin: 14px 0; } details.advanced > summary { font-weight: 600; }
 a.card-link { text-decoration: none; color: inherit; display: block; }
 details.ids { background: none; border: none; padding: 0; margin: 2px 0; font-size: 13px; color: var(--muted); }
@@ -119,7 +120,7 @@ pub(super) fn layout(title: &str, current: &str, ctx: &Context, body: &str, scri
 <body data-csrf="{csrf}">
 <a class="skip" href="#main">Skip to content</a>
 <header><div class="bar"><span class="brand">clinicsync</span>
-<nav aria-label="Sections">{status}{logs}{conflicts}{settings}</nav>
+<nav aria-label="Sections">{status}{logs}{conflicts}{history}{settings}</nav>
 <span class="muted" id="running-badge">{running}</span></div></header>
 <main id="main">{body}</main>
 <script src="/times.js"></script>{script}
@@ -129,6 +130,7 @@ pub(super) fn layout(title: &str, current: &str, ctx: &Context, body: &str, scri
         status = link("/", "Status"),
         logs = link("/logs", "Latest Logs"),
         conflicts = link("/conflicts", "Conflicts"),
+        history = link("/history", "Patient history"),
         settings = link("/settings", "Settings"),
         running = if ctx.running { "Syncing…" } else { "" },
     )
@@ -342,6 +344,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
         body.push_str(&format!(r#"<p class="notice" role="status">{}</p>"#, esc(w)));
     }
     body.push_str(&super::held::section(s));
+    body.push_str(&super::history::search_form(""));
     if s.documents.mapped {
         let d = &s.documents;
         let line = match &d.folder {

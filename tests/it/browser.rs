@@ -130,6 +130,15 @@ fn clinic_staff_use_the_page_in_chromium() {
     assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
     browser.screenshot(&shots.join("conflicts-resolved.png"));
 
+    // The patient's history, from the search on Status.
+    browser.click("nav a[href='/']");
+    browser.type_into("#patient-search", "family1");
+    browser.click("form.search button");
+    let history = browser.wait_text("#history", Duration::from_secs(10), |t| t.contains("phone"));
+    assert!(history.contains("this site") && history.contains(&lost), "{history}");
+    assert_eq!(browser.text("#patient"), "Given1 Family1");
+    browser.screenshot(&shots.join("history.png"));
+
     // One table: an appointment changed here; its button is marked, and
     // syncs that table alone.
     app(&a)
@@ -249,7 +258,15 @@ fn every_page_has_no_serious_accessibility_violation_by_axe_core() {
     let browser = Browser::start();
     browser.goto(&format!("{}/?token={}", service.base, service.token));
     let mut found = Vec::new();
-    for path in ["/", "/logs", "/conflicts", "/settings", "/maintenance/baseline-upload", "/held/keep"] {
+    for path in [
+        "/",
+        "/logs",
+        "/conflicts",
+        "/settings",
+        "/maintenance/baseline-upload",
+        "/held/keep",
+        "/history?q=given29",
+    ] {
         browser.goto(&format!("{}{path}", service.base));
         let result = browser.run_async(&format!(
             "{axe}\n;axe.run(document).then(r => arguments[0](r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical').map(v => v.id + ' (' + v.impact + '): ' + v.help + ': ' + v.nodes.map(n => n.target.join(' ')).join(', '))), e => arguments[0](['axe failed: ' + e]))"

@@ -216,7 +216,10 @@ fn a_held_mass_deletion_is_kept_and_another_deleted_from_the_page_by_name() {
     assert!(html.contains("Deletions waiting for you"), "{html}");
     assert!(html.contains("a deleted 25 patients."), "{html}");
     assert!(
-        html.contains("<li>Given0 Family0, with 3 appointments, notes and other rows, deleted at a on <time"),
+        html.contains(&format!(
+            r#"<li><a href="/history?q={}">Given0 Family0</a>, with 3 appointments, notes and other rows, deleted at a on <time"#,
+            ids[0]
+        )),
         "{html}"
     );
     assert!(!html.contains("clinicsync sync --confirm-deletes"), "buttons, not commands: {html}");
@@ -299,7 +302,10 @@ fn conflicts_are_grouped_by_patient_shown_in_full_and_settled_together() {
     let page = Page::open(&a);
     let (code, html) = page.get("/conflicts");
     assert_eq!(code, 200);
-    assert!(html.contains("<h2>Given1 Family1</h2>"), "{html}");
+    assert!(
+        html.contains(&format!(r#"<h2><a href="/history?q={patient}">Given1 Family1</a></h2>"#)),
+        "{html}"
+    );
     assert!(html.contains("(show all)"), "a long value is folded, not cut: {html}");
     assert!(
         html.contains(&long_a.replace('\'', "&#39;")) && html.contains(&long_b.replace('\'', "&#39;")),
@@ -376,4 +382,25 @@ fn no_page_shows_an_id_outside_its_details() {
         let hex32 = text.split(|c: char| !c.is_ascii_hexdigit()).any(|w| w.len() >= 32);
         assert!(!hex32, "{path} shows a 32-hex id: {text}");
     }
+}
+
+#[test]
+fn the_history_page_finds_a_patient_by_name_and_lists_its_changes() {
+    let (_family, a, b, patient) = two_sites_sharing_a_patient(0);
+    app(&b).execute("UPDATE patients SET phone = '+1 555 9999' WHERE id = ?1", [&patient]).unwrap();
+    sync_ok(&b);
+    sync_ok(&a);
+    let page = Page::open(&a);
+    let (_, html) = page.get("/");
+    assert!(html.contains(r#"<form method="get" action="/history" role="search""#), "a search on Status");
+    let (code, html) = page.get("/history?q=given1");
+    assert_eq!(code, 200);
+    assert!(html.contains(r#"<h2 id="patient">Given1 Family1</h2>"#), "{html}");
+    assert!(
+        html.contains(r#"<td>b</td><td>patients phone</td><td>+1 555 0001</td><td>+1 555 9999</td>"#),
+        "who changed what: {html}"
+    );
+    let (_, html) = page.get("/history?q=nobody");
+    assert!(html.contains("No patient's name matches"), "{html}");
+    assert!(!visible_outside_details(&page.get("/history?q=given1").1).contains(&patient));
 }
