@@ -197,3 +197,34 @@ fn a_conflict_a_table_run_found_is_not_found_again_by_the_full_sync() {
     sync_ok(&a);
     assert_eq!(dump(&a), dump(&b));
 }
+
+#[test]
+fn a_table_run_never_applies_a_deletion_over_an_edit_of_another_table_not_yet_sent() {
+    let (_family, a, b) = two_sites();
+    let ids: Vec<String> = (0..3).map(|n| add_patient(&app(&a), n, 1)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    // A deletes a patient; B, not knowing, edits its appointment.
+    app(&a).execute("DELETE FROM patients WHERE id = ?1", [&ids[0]]).unwrap();
+    sync_ok(&a);
+    set(&b, APPT, &uuid(2, 0), "arrived");
+    // A patients-only run takes the deletion in but does not apply it: the
+    // appointment's edit is not stamped yet.
+    let (code, report) = sync_with(&b, &["--only", "patients"]);
+    assert_eq!(code, 0, "{report:#}");
+    let shown: i64 =
+        app(&b).query_row("SELECT count(*) FROM patients WHERE id = ?1", [&ids[0]], |r| r.get(0)).unwrap();
+    assert_eq!(shown, 1, "its deletion waits, held, for the full sync");
+    assert_eq!(value(&b, "appointments", "status", &uuid(2, 0)), "arrived", "still shown with the edit");
+    // The full sync stamps the edit, then applies the deletion: the edit
+    // the deletion did not see is kept for review.
+    sync_ok(&b);
+    let records = json_of(&b, &["conflicts"]);
+    let records = records.as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["kind"] == "deleted" && r["lost_value"] == "arrived"),
+        "the edit is kept: {records:#?}"
+    );
+    sync_ok(&a);
+    assert_eq!(dump(&a), dump(&b));
+}

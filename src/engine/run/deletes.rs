@@ -130,6 +130,15 @@ impl Run<'_> {
             groups.push((HeldGroup::Table(t.table.clone()), t.table.clone(), t.rows, t.rows));
         }
         for (group, table, count, rows) in groups {
+            // A table run lets through only that child table's rows deleted
+            // on their own: their edits here are stamped, while another
+            // table's (a patient's child rows go with it) may not be yet;
+            // the rest waits, held, for the next full sync.
+            if let Some(only) = &self.only
+                && !matches!(&group, HeldGroup::Table(t) if *t == only.table)
+            {
+                continue;
+            }
             let total = self.db.table_count(&table)?;
             let limit = min.max((total * percent).div_ceil(100));
             let what = match group {

@@ -61,7 +61,8 @@ impl OnlyTable {
 impl Run<'_> {
     /// The steps of a `sync --only` run: the guard, this table's export
     /// (its change-log segments only), this table's rows from the others'
-    /// segments, the deletion guard, and for the documents table its files.
+    /// segments, the deletion guard for this table's rows, and for the
+    /// documents table its files.
     pub(super) fn execute_table(&mut self) -> Result<(), EngineError> {
         let table = self.only.as_ref().expect("a table run").table.clone();
         self.progress.step("checking the folder", 0);
@@ -86,6 +87,7 @@ impl Run<'_> {
         self.write_outbox()?;
         self.import_table(&table)?;
         self.show_parked_rows()?;
+        // Only this table's own held deletions (see `guard_deletes`).
         self.guard_deletes()?;
         // Rows the app changed in this table while the import ran.
         self.write_outbox()?;
