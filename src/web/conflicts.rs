@@ -58,6 +58,16 @@ fn record_html(csrf: &str, s: &Shown) -> String {
         )
     };
     let column = esc(&r.column.replace('_', " "));
+    // One value with who typed it; `note` (escaped) after.
+    let side = |label: &str, value: &crate::model::Value, by: &str, at: &Option<String>, note: &str| {
+        format!(
+            r#"<p>{label}</p>{value}<p class="muted">typed at {by}{at}{note}</p>"#,
+            label = esc(label),
+            value = value_html(value),
+            by = esc(by),
+            at = time(at),
+        )
+    };
     let (shown, other, keep_shown, keep_other) = if r.kind == "deleted" {
         (
             format!(
@@ -66,29 +76,20 @@ fn record_html(csrf: &str, s: &Shown) -> String {
                 by = esc(&s.kept_by),
                 at = time(&s.kept_at)
             ),
-            format!(
-                r#"<p>The edit: {column}</p>{value}<p class="muted">typed at {by}{at}. Restoring brings the row back with this value.</p>"#,
-                value = value_html(&r.value),
-                by = esc(&s.lost_by),
-                at = time(&s.lost_at)
+            side(
+                &format!("The edit: {}", r.column.replace('_', " ")),
+                &r.value,
+                &s.lost_by,
+                &s.lost_at,
+                ". Restoring brings the row back with this value.",
             ),
             form("winner", "Keep the deletion", "secondary"),
             form("loser", "Restore the row with this value", "secondary"),
         )
     } else {
         (
-            format!(
-                r#"<p>Shown now</p>{value}<p class="muted">typed at {by}{at}</p>"#,
-                value = value_html(&r.winner_value),
-                by = esc(&s.kept_by),
-                at = time(&s.kept_at)
-            ),
-            format!(
-                r#"<p>The other value</p>{value}<p class="muted">typed at {by}{at}</p>"#,
-                value = value_html(&r.value),
-                by = esc(&s.lost_by),
-                at = time(&s.lost_at)
-            ),
+            side("Shown now", &r.winner_value, &s.kept_by, &s.kept_at, ""),
+            side("The other value", &r.value, &s.lost_by, &s.lost_at, ""),
             form("winner", "Keep this", "secondary"),
             form("loser", "Keep this", "secondary"),
         )
