@@ -343,48 +343,27 @@ pub fn summary_sentence(summary: &serde_json::Value) -> String {
         summary.get("documents").and_then(|d| d.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0)
     };
     let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
-    let mut parts = Vec::new();
-    if get("exported_rows") > 0 {
-        parts.push(format!("sent {}", n(get("exported_rows"), "change", "changes")));
-    }
-    if get("rows_applied") > 0 {
-        parts.push(format!("brought in {} from other sites", n(get("rows_applied"), "change", "changes")));
-    }
-    if get("patients_deleted") > 0 {
-        parts.push(format!(
-            "deleted {} that other sites deleted",
-            n(get("patients_deleted"), "patient", "patients")
-        ));
-    }
-    if get("deletes_held") > 0 {
-        parts.push(format!(
-            "held back the deletion of {} for you to decide",
-            n(get("deletes_held"), "patient", "patients")
-        ));
-    }
-    if get("new_conflicts") > 0 {
-        parts.push(format!("found {} to review", n(get("new_conflicts"), "conflict", "conflicts")));
-    }
-    if get("conflict_copies_merged") > 0 {
-        parts.push(format!(
-            "merged {} a cloud client made",
-            n(get("conflict_copies_merged"), "conflict copy", "conflict copies")
-        ));
-    }
+    // (counter, what was done with "#" for the count, one, many)
+    const SAID: [(&str, &str, &str, &str); 8] = [
+        ("exported_rows", "sent #", "change", "changes"),
+        ("rows_applied", "brought in # from other sites", "change", "changes"),
+        ("patients_deleted", "deleted # that other sites deleted", "patient", "patients"),
+        ("deletes_held", "held back the deletion of # for you to decide", "patient", "patients"),
+        ("new_conflicts", "found # to review", "conflict", "conflicts"),
+        ("conflict_copies_merged", "merged # a cloud client made", "conflict copy", "conflict copies"),
+        ("files_skipped", "skipped # (see why below)", "file", "files"),
+        ("files_held_back", "held back # from a clock running ahead", "file", "files"),
+    ];
+    let mut parts: Vec<String> = SAID
+        .iter()
+        .filter(|(key, ..)| get(key) > 0)
+        .map(|(key, said, one, many)| said.replace('#', &n(get(key), one, many)))
+        .collect();
     if docs("exported") + docs("placed") > 0 {
         parts.push(format!(
             "sent {} and placed {}",
             n(docs("exported"), "document file", "document files"),
             docs("placed")
-        ));
-    }
-    if get("files_skipped") > 0 {
-        parts.push(format!("skipped {} (see why below)", n(get("files_skipped"), "file", "files")));
-    }
-    if get("files_held_back") > 0 {
-        parts.push(format!(
-            "held back {} from a clock running ahead",
-            n(get("files_held_back"), "file", "files")
         ));
     }
     if parts.is_empty() {
@@ -422,4 +401,24 @@ pub fn summary_text(summary: &serde_json::Value) -> String {
         get("files_held_back"),
         get("new_conflicts")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_counts_read_as_a_sentence_of_what_happened() {
+        let said = |v: serde_json::Value| summary_sentence(&v);
+        assert_eq!(said(json!({})), "Nothing to do: already up to date");
+        assert_eq!(
+            said(json!({ "exported_rows": 1, "new_conflicts": 2, "files_skipped": 1 })),
+            "Sent 1 change; found 2 conflicts to review; skipped 1 file (see why below)"
+        );
+        assert_eq!(
+            said(json!({ "rows_applied": 4, "documents": { "exported": 0, "placed": 1 } })),
+            "Brought in 4 changes from other sites; sent 0 document files and placed 1"
+        );
+        assert_eq!(said(json!({ "said": "verified the folder" })), "verified the folder");
+    }
 }
