@@ -40,16 +40,19 @@ pub(super) fn print(db: &Path, query: &str, json: bool) -> anyhow::Result<ExitCo
 pub(crate) fn line_words(l: &HistoryLine) -> String {
     let when = l.at.as_deref().unwrap_or("");
     let column = l.column.as_deref().unwrap_or("").replace('_', " ");
+    let table = match &l.row {
+        Some(row) => format!("{} {row}", l.table),
+        None => l.table.clone(),
+    };
     let what = match l.kind.as_str() {
         "edit" => format!(
-            "{} {column}: {:?} → {:?}",
-            l.table,
+            "{table} {column}: {:?} → {:?}",
             l.old_value.as_deref().unwrap_or(""),
             l.new_value.as_deref().unwrap_or("")
         ),
-        "set" => format!("{} {column} set to {:?}", l.table, l.new_value.as_deref().unwrap_or("")),
-        "deleted" => format!("deleted this {} row", l.table),
-        "restored" => format!("brought back this {} row", l.table),
+        "set" => format!("{table} {column} set to {:?}", l.new_value.as_deref().unwrap_or("")),
+        "deleted" => format!("deleted the {table} row"),
+        "restored" => format!("brought back the {table} row"),
         other => other.to_owned(),
     };
     format!("{} {}: {}", shown(when), shown(&l.by), shown(&what))

@@ -162,30 +162,38 @@ impl Db {
     /// A patient's name as the app shows it, from the columns the mapping
     /// names (`None`: none, or all empty).
     pub fn patient_name(&self, id: &str) -> Result<Option<String>, DbError> {
-        let columns = self.mapping.patient_name();
+        self.row_name(&self.mapping.root.table, id)
+    }
+
+    /// A row's name as the app shows it (a patient's name, an
+    /// appointment's time and practitioner), from the columns the mapping
+    /// names for its table; a row the app no longer shows (deleted) is
+    /// named from the state, whose tombstone keeps the values until it is
+    /// purged. `None`: the mapping names none, or they are all empty.
+    pub fn row_name(&self, table: &str, pk: &str) -> Result<Option<String>, DbError> {
+        let columns = self.mapping.row_name(table);
+        let Some((key, _)) = self.mapping.table(table) else { return Ok(None) };
         if columns.is_empty() {
             return Ok(None);
         }
         let select: Vec<String> = columns.iter().map(|c| format!("CAST({} AS TEXT)", quote(c))).collect();
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {} = ?1",
-            select.join(", "),
-            quote(&self.mapping.root.table),
-            quote(&self.mapping.root.key)
-        );
+        let sql = format!("SELECT {} FROM {} WHERE {} = ?1", select.join(", "), quote(table), quote(key));
         let parts: Option<Vec<Option<String>>> = self
             .conn
             .prepare_cached(&sql)?
-            .query_row([id], |r| (0..columns.len()).map(|i| r.get(i)).collect())
+            .query_row([pk], |r| (0..columns.len()).map(|i| r.get(i)).collect())
             .optional()?;
-        // A patient the app no longer shows (deleted) is named from the
-        // state, whose tombstone keeps the values until it is purged.
         let parts = match parts {
             Some(parts) => parts,
-            None => match load_row(&self.conn, &self.mapping.root.table, id)? {
+            None => match load_row(&self.conn, table, pk)? {
                 Some((row, _)) => columns
                     .iter()
-                    .map(|c| row.value(c).and_then(|v| v.as_text()).map(str::to_owned))
+                    .map(|c| {
+                        row.value(c).and_then(|v| match v {
+                            crate::model::Value::Null => None,
+                            v => Some(v.display_full()),
+                        })
+                    })
                     .collect(),
                 None => Vec::new(),
             },

@@ -65,6 +65,10 @@ pub struct ChildTable {
     pub table: String,
     pub key: String,
     pub patient: String,
+    /// The columns that name one of its rows for people ("starts_at
+    /// practitioner"); not replicated, not in the fingerprint.
+    #[serde(default)]
+    pub name: Vec<String>,
 }
 
 /// How a mapped table relates to the patient.
@@ -110,18 +114,25 @@ pub enum MappingError {
 impl Mapping {
     /// The mapping of the reference clinic schema.
     pub fn builtin() -> Mapping {
-        let child =
-            |table: &str| ChildTable { table: table.into(), key: "id".into(), patient: "patient_id".into() };
+        let child = |(table, name): (&str, &[&str])| ChildTable {
+            table: table.into(),
+            key: "id".into(),
+            patient: "patient_id".into(),
+            name: name.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let children: [(&str, &[&str]); 4] = [
+            ("appointments", &["starts_at", "practitioner"]),
+            ("clinical_notes", &["written_at", "author"]),
+            ("invoices", &["issued_at", "amount_cents", "currency"]),
+            ("documents", &["file_name"]),
+        ];
         Mapping {
             root: RootTable {
                 table: "patients".into(),
                 key: "id".into(),
                 name: vec!["given_name".into(), "family_name".into()],
             },
-            children: ["appointments", "clinical_notes", "invoices", "documents"]
-                .into_iter()
-                .map(child)
-                .collect(),
+            children: children.into_iter().map(child).collect(),
             documents: Some(DocumentsTable { table: "documents".into(), path: "file_name".into() }),
         }
     }
@@ -131,7 +142,10 @@ impl Mapping {
     pub(crate) fn upgraded(self) -> Mapping {
         let builtin = Mapping::builtin();
         let same_root = self.root.table == builtin.root.table && self.root.key == builtin.root.key;
-        if self.root.name.is_empty() && same_root && self.children == builtin.children {
+        let unnamed = |c: &ChildTable| ChildTable { name: Vec::new(), ..c.clone() };
+        let same_children = self.children.iter().map(unnamed).eq(builtin.children.iter().map(unnamed));
+        let named = !self.root.name.is_empty() || self.children.iter().any(|c| !c.name.is_empty());
+        if !named && same_root && same_children {
             // The reference schema's mapping as recorded before documents
             // travelled, or before it named patients.
             if self.documents.is_none() || self.documents == builtin.documents {
@@ -163,6 +177,9 @@ impl Mapping {
                 "\n[[children]]\ntable = {:?}\nkey = {:?}\npatient = {:?}\n",
                 c.table, c.key, c.patient
             ));
+            if !c.name.is_empty() {
+                out.push_str(&format!("name = {:?}\n", c.name));
+            }
         }
         if let Some(d) = &self.documents {
             out.push_str(&format!("\n[documents]\ntable = {:?}\npath = {:?}\n", d.table, d.path));
@@ -174,11 +191,23 @@ impl Mapping {
     /// whether they replicate the same tables.
     pub fn fingerprint(&self) -> String {
         // What is replicated: the names shown to people are not.
-        let replicated =
-            Mapping { root: RootTable { name: Vec::new(), ..self.root.clone() }, ..self.clone() };
+        let replicated = Mapping {
+            root: RootTable { name: Vec::new(), ..self.root.clone() },
+            children: self.children.iter().map(|c| ChildTable { name: Vec::new(), ..c.clone() }).collect(),
+            ..self.clone()
+        };
         let mut hex = String::new();
         crate::model::write_hex_bytes(&mut hex, &Sha256::digest(replicated.to_toml().as_bytes())[..8]);
         hex
+    }
+
+    /// The columns that name a row of `table` for people (the root's name
+    /// a patient).
+    pub fn row_name(&self, table: &str) -> &[String] {
+        if self.root.table == table {
+            return &self.root.name;
+        }
+        self.children.iter().find(|c| c.table == table).map_or(&[], |c| c.name.as_slice())
     }
 
     /// The columns that name a patient (empty: patients are shown by id).
@@ -213,6 +242,7 @@ impl Mapping {
             .chain(std::iter::once(&self.root.key))
             .chain(self.root.name.iter())
             .chain(self.children.iter().flat_map(|c| [&c.table, &c.key, &c.patient]))
+            .chain(self.children.iter().flat_map(|c| c.name.iter()))
             .chain(self.documents.iter().flat_map(|d| [&d.table, &d.path]));
         for name in names {
             if !is_plain_name(name) {
@@ -261,14 +291,9 @@ impl Mapping {
                     column: patient_column.into(),
                 })?;
             }
-        }
-        let root_columns = table_columns(conn, &self.root.table)?;
-        for column in &self.root.name {
-            if !root_columns.iter().any(|c| c.name.eq_ignore_ascii_case(column)) {
-                return Err(MappingError::NoColumn {
-                    table: self.root.table.clone(),
-                    column: column.clone(),
-                });
+            for column in self.row_name(table) {
+                find(column)
+                    .ok_or_else(|| MappingError::NoColumn { table: table.into(), column: column.clone() })?;
             }
         }
         if let Some(d) = &self.documents {
@@ -337,14 +362,19 @@ mod tests {
                 .unwrap();
         assert!(matches!(no_column.validate(&conn), Err(MappingError::NoColumn { .. })));
         // The reference mapping as older databases stored it reads as today's.
-        let builtin = Mapping::builtin();
-        let older = Mapping {
-            documents: None,
-            root: RootTable { name: Vec::new(), ..builtin.root.clone() },
-            ..builtin.clone()
-        };
+        let older = Mapping { documents: None, ..unnamed(Mapping::builtin()) };
         assert_eq!(older.upgraded(), Mapping::builtin());
         assert_eq!(good.clone().upgraded(), good, "a custom mapping is left as it is");
+    }
+
+    /// The mapping without the columns that name rows, as recorded before
+    /// they were named.
+    fn unnamed(m: Mapping) -> Mapping {
+        Mapping {
+            root: RootTable { name: Vec::new(), ..m.root.clone() },
+            children: m.children.iter().map(|c| ChildTable { name: Vec::new(), ..c.clone() }).collect(),
+            ..m
+        }
     }
 
     #[test]
@@ -352,8 +382,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(REFERENCE_SCHEMA).unwrap();
         let builtin = Mapping::builtin();
-        let unnamed =
-            Mapping { root: RootTable { name: Vec::new(), ..builtin.root.clone() }, ..builtin.clone() };
+        let unnamed = unnamed(builtin.clone());
         assert_eq!(
             builtin.fingerprint(),
             unnamed.fingerprint(),

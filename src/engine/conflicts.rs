@@ -14,6 +14,9 @@ use crate::xmlstore::format_time;
 pub struct ConflictView {
     pub record: ConflictRecord,
     pub patient: String,
+    /// The row's name for a row of a child table ("2026-12-01T10:00 Dr
+    /// Smith" for an appointment); `None` for the patient's own row.
+    pub row: Option<String>,
     /// Who typed the value that lost, and the one shown ("this site" for
     /// this one), and when.
     pub lost_by: String,
@@ -79,7 +82,12 @@ pub fn conflict_views(db_path: &Path, all: bool) -> Result<Vec<ConflictView>, En
         };
         let (lost_by, lost_at) = who(&record.hlc);
         let (kept_by, kept_at) = who(&record.winner_hlc);
-        out.push(ConflictView { record, patient, lost_by, lost_at, kept_by, kept_at });
+        let row = if record.table == db.mapping().root.table {
+            None
+        } else {
+            db.row_name(&record.table, &record.pk)?
+        };
+        out.push(ConflictView { row, record, patient, lost_by, lost_at, kept_by, kept_at });
     }
     Ok(out)
 }

@@ -25,6 +25,9 @@ pub struct PatientMatch {
 pub struct HistoryLine {
     pub table: String,
     pub pk: String,
+    /// A child table's row by its name ("2026-12-01T10:00 Dr Smith");
+    /// `None` for the patient's own row.
+    pub row: Option<String>,
     pub column: Option<String>,
     /// `set` (what a field shows now, as typed), `edit` (a value replaced),
     /// `deleted`, `restored`.
@@ -73,7 +76,9 @@ pub fn history(db_path: &Path, query: &str) -> Result<HistoryReport, EngineError
             continue;
         }
         let (by, at) = e.hlc.as_deref().map(|h| sites.who(h)).unwrap_or_else(|| ("this site".into(), None));
+        let row = if e.table == db.mapping().root.table { None } else { db.row_name(&e.table, &e.pk)? };
         report.lines.push(HistoryLine {
+            row,
             table: e.table,
             pk: e.pk,
             column: e.column,

@@ -58,6 +58,11 @@ fn record_html(csrf: &str, s: &Shown) -> String {
         )
     };
     let column = esc(&r.column.replace('_', " "));
+    // Which row: a child table's row by its name.
+    let heading = match &s.row {
+        Some(row) => format!("{column} of {} {}", esc(&r.table), esc(row)),
+        None => column.clone(),
+    };
     // One value with who typed it; `note` (escaped) after.
     let side = |label: &str, value: &crate::model::Value, by: &str, at: &Option<String>, note: &str| {
         format!(
@@ -95,7 +100,7 @@ fn record_html(csrf: &str, s: &Shown) -> String {
         )
     };
     format!(
-        r#"<article class="conflict" id="conflict-{id}"><h3>{column} <span class="muted">({table})</span></h3>
+        r#"<article class="conflict" id="conflict-{id}"><h3>{heading} <span class="muted">({table})</span></h3>
 <div class="sides"><div class="side">{shown}{keep_shown}</div><div class="side">{other}{keep_other}</div></div>
 <details class="ids"><summary>Details</summary><span class="path">record #{id} · {table} {pk} · {hlc}</span></details></article>"#,
         table = esc(&r.table),

@@ -84,11 +84,15 @@ async fn history_page(State(st): State<WebState>, Query(search): Query<Search>) 
                 ));
                 for l in &report.lines {
                     let column = l.column.as_deref().unwrap_or("").replace('_', " ");
+                    let table = match &l.row {
+                        Some(row) => format!("{} {row}", l.table),
+                        None => l.table.clone(),
+                    };
                     let what = match l.kind.as_str() {
-                        "deleted" => format!("{} row deleted", l.table),
-                        "restored" => format!("{} row brought back", l.table),
-                        "set" => format!("{} {column} (shown now)", l.table),
-                        _ => format!("{} {column}", l.table),
+                        "deleted" => format!("{table}: row deleted"),
+                        "restored" => format!("{table}: row brought back"),
+                        "set" => format!("{table}: {column} (shown now)"),
+                        _ => format!("{table}: {column}"),
                     };
                     let when =
                         l.at.as_deref()

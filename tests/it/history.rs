@@ -21,6 +21,8 @@ fn a_patients_history_lists_each_change_with_who_and_when_and_its_deletion() {
     sync_ok(&b);
     sync_ok(&a);
     app(&a).execute("UPDATE patients SET email = 'new@example.org' WHERE id = ?1", [&patient]).unwrap();
+    app(&b).execute("UPDATE appointments SET status = 'arrived' WHERE id = ?1", [uuid(2, 10_000)]).unwrap();
+    sync_ok(&b);
     sync_ok(&a);
 
     let (code, text) = history(&a, "given1");
@@ -32,6 +34,10 @@ fn a_patients_history_lists_each_change_with_who_and_when_and_its_deletion() {
         "made here: {text}"
     );
     assert!(text.contains(r#" this site: patients family name set to "Family1""#), "{text}");
+    assert!(
+        text.contains(r#" b: appointments 2026-12-01T00:00:00Z status: "booked" → "arrived""#),
+        "a child row by its name: {text}"
+    );
     let phone = text.find("phone: ").unwrap();
     let email = text.find("email: ").unwrap();
     assert!(phone < email, "oldest first: {text}");
@@ -49,7 +55,7 @@ fn a_patients_history_lists_each_change_with_who_and_when_and_its_deletion() {
     sync_ok(&a);
     let (code, text) = history(&a, &patient);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains(" b: deleted this patients row"), "{text}");
+    assert!(text.contains(" b: deleted the patients row"), "{text}");
 
     let report = json_of(&a, &["history", &patient]);
     assert_eq!(report["patient"]["id"], patient.as_str());

@@ -397,7 +397,7 @@ fn the_history_page_finds_a_patient_by_name_and_lists_its_changes() {
     assert_eq!(code, 200);
     assert!(html.contains(r#"<h2 id="patient">Given1 Family1</h2>"#), "{html}");
     assert!(
-        html.contains(r#"<td>b</td><td>patients phone</td><td>+1 555 0001</td><td>+1 555 9999</td>"#),
+        html.contains(r#"<td>b</td><td>patients: phone</td><td>+1 555 0001</td><td>+1 555 9999</td>"#),
         "who changed what: {html}"
     );
     let (_, html) = page.get("/history?q=nobody");
