@@ -12,6 +12,9 @@ use crate::model::{Hlc, PatientDoc, PatientId, SiteId};
 use crate::xmlstore::{DecodeError, Segment, decode_segment};
 
 use super::{AHEAD_BYTES, Run, retry_hint};
+
+/// Patients an applied segment names in the log; the rest are counted.
+const NAMED_IN_LOG: usize = 5;
 use crate::engine::report::EventKind;
 
 /// A segment read from the folder, decoding on the other core, or why it
@@ -306,6 +309,8 @@ impl Run<'_> {
         let mut affected = BTreeSet::new();
         let mut failure = None;
         let patients = docs.len();
+        // The first few, to name them in the log.
+        let named: Vec<String> = docs.keys().take(NAMED_IN_LOG).cloned().collect();
         // A failed document drops the whole transaction below, so no
         // document needs a savepoint of its own.
         for doc in docs.into_values() {
@@ -356,7 +361,8 @@ impl Run<'_> {
             self.rec.warning(EventKind::Schema, Some(&path), warning);
         }
         if rows > 0 {
-            self.rec.applied(&path, format!("applied {rows} changed rows of {patients} patients"));
+            let names = self.patient_names(&named, patients)?;
+            self.rec.applied(&path, format!("brought in {rows} changed rows of {names} from {name}"));
         }
         if conflicts > 0 {
             self.counts.new_conflicts += conflicts as u64;
@@ -368,6 +374,22 @@ impl Run<'_> {
         }
         touched.extend(affected);
         Ok(true)
+    }
+
+    /// "Jane Smith, John Doe and 3 more patients": the patients by name
+    /// (their ids where the mapping names none), `total` in all.
+    pub(super) fn patient_names(&self, ids: &[String], total: usize) -> Result<String, EngineError> {
+        let mut names = Vec::with_capacity(ids.len());
+        for id in ids {
+            names.push(self.db.patient_name(id)?.unwrap_or_else(|| format!("patient {id}")));
+        }
+        let more = total.saturating_sub(names.len());
+        Ok(match (names.as_slice(), more) {
+            ([], _) => format!("{total} patients"),
+            ([one], 0) => one.clone(),
+            (all, 0) => format!("{} and {}", all[..all.len() - 1].join(", "), all[all.len() - 1]),
+            (some, more) => format!("{} and {more} more patients", some.join(", ")),
+        })
     }
 
     pub(super) fn too_far_ahead(&self, stamps: impl Iterator<Item = Hlc>) -> Option<Hlc> {

@@ -385,9 +385,13 @@ impl Run<'_> {
                     if outcome.rows_changed > 0 {
                         self.counts.files_applied += 1;
                         self.counts.rows_applied += outcome.rows_changed as u64;
+                        let who = self.patient_names(std::slice::from_ref(&patient.0), 1)?;
                         self.rec.applied(
                             &f.path,
-                            format!("applied {} changed rows of patient {}", outcome.rows_changed, patient),
+                            format!(
+                                "brought in {} changed rows of {who} from its patient file",
+                                outcome.rows_changed
+                            ),
                         );
                     }
                     if outcome.new_conflicts > 0 {
