@@ -396,12 +396,13 @@ impl Run<'_> {
                     }
                     if outcome.new_conflicts > 0 {
                         self.counts.new_conflicts += outcome.new_conflicts as u64;
+                        let who = self.patient_names(std::slice::from_ref(&patient.0), 1)?;
                         self.rec.warning(
                             EventKind::Conflict,
                             Some(&f.path),
                             format!(
-                                "{} concurrent edits of patient {} kept for review (`clinicsync conflicts`)",
-                                outcome.new_conflicts, patient
+                                "{} concurrent edits of {who} kept for review (Conflicts, or `clinicsync conflicts`)",
+                                outcome.new_conflicts
                             ),
                         );
                     }
