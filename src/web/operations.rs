@@ -253,7 +253,7 @@ async fn detach_confirm(State(st): State<WebState>) -> Response {
             dry.pending_changes
         ),
         format!(
-            "Then clinicsync's {} triggers and {} tables are removed from the database. The app's data stays exactly as it is. clinicsync stops here; to join again later, set it up again (`clinicsync init`).",
+            "Then clinicsync's {} triggers and {} tables are removed from the database, and with them the patient history clinicsync kept here (a backup of the database keeps it). The app's data stays exactly as it is. clinicsync stops here; to join again later, set it up again (`clinicsync init`).",
             dry.triggers, dry.tables
         ),
     ];
