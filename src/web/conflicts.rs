@@ -29,18 +29,75 @@ pub(super) fn routes() -> Router<WebState> {
 /// toggle).
 const FOLD_CHARS: usize = 160;
 
-/// A value in full, escaped; a long one folded behind a toggle.
-fn value_html(value: &crate::model::Value) -> String {
+/// A value in full, escaped, with what `other` does not have marked; a
+/// long one folded behind a toggle.
+fn value_html(value: &crate::model::Value, other: Option<&crate::model::Value>) -> String {
     let text = value.display_full();
+    let marked = match other {
+        Some(other) => highlight(&text, &other.display_full()),
+        None => esc(&text),
+    };
     if text.chars().count() <= FOLD_CHARS {
-        return format!(r#"<blockquote class="value">{}</blockquote>"#, esc(&text));
+        return format!(r#"<blockquote class="value">{marked}</blockquote>"#);
     }
     let start: String = text.chars().take(FOLD_CHARS).collect();
     format!(
-        r#"<blockquote class="value"><details><summary>{}… (show all)</summary>{}</details></blockquote>"#,
+        r#"<blockquote class="value"><details><summary>{}… (show all)</summary>{marked}</details></blockquote>"#,
         esc(&start),
-        esc(&text)
     )
+}
+
+/// Longest texts (in words) whose differences are marked; longer ones are
+/// shown plain.
+const DIFF_WORDS: usize = 600;
+
+/// `text`, escaped, with the words the other value does not have in the
+/// same place marked (`<mark>`): a word-level longest common subsequence.
+fn highlight(text: &str, other: &str) -> String {
+    let words = |t: &str| -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        for c in t.chars() {
+            word.push(c);
+            if c.is_whitespace() {
+                out.push(std::mem::take(&mut word));
+            }
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    };
+    let (a, b) = (words(text), words(other));
+    if a.len() > DIFF_WORDS || b.len() > DIFF_WORDS || text == other {
+        return esc(text);
+    }
+    // lcs[i][j]: the common subsequence of a[i..] and b[j..].
+    let mut lcs = vec![vec![0u16; b.len() + 1]; a.len() + 1];
+    for i in (0..a.len()).rev() {
+        for j in (0..b.len()).rev() {
+            lcs[i][j] = if a[i].trim() == b[j].trim() {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let (mut i, mut j) = (0, 0);
+    let mut out = String::new();
+    while i < a.len() {
+        if j < b.len() && a[i].trim() == b[j].trim() {
+            out.push_str(&esc(&a[i]));
+            i += 1;
+            j += 1;
+        } else if j < b.len() && lcs[i][j + 1] >= lcs[i + 1][j] {
+            j += 1;
+        } else {
+            out.push_str(&format!("<mark>{}</mark>", esc(&a[i])));
+            i += 1;
+        }
+    }
+    out
 }
 
 fn time(t: &Option<String>) -> String {
@@ -65,10 +122,13 @@ fn record_html(csrf: &str, s: &Shown) -> String {
     };
     // One value with who typed it; `note` (escaped) after.
     let side = |label: &str, value: &crate::model::Value, by: &str, at: &Option<String>, note: &str| {
+        // Each side marks what the other does not have.
+        let other = (r.kind != "deleted")
+            .then(|| if std::ptr::eq(value, &r.value) { &r.winner_value } else { &r.value });
         format!(
             r#"<p>{label}</p>{value}<p class="muted">typed at {by}{at}{note}</p>"#,
             label = esc(label),
-            value = value_html(value),
+            value = value_html(value, other),
             by = esc(by),
             at = time(at),
         )

@@ -98,6 +98,7 @@ details.ids { background: none; border: none; padding: 0; margin: 2px 0; font-si
 .conflict { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; margin: 10px 0; }
 .conflict h3 { margin: 0 0 8px; font-size: 17px; }
 .sides { display: grid; grid-template-columns: 1fr 1fr; gap: 14px; }
+blockquote.value mark { background: #fff0a8; color: inherit; padding: 0 1px; }
 blockquote.value { margin: 4px 0; padding: 6px 10px; background: #f6f7f9; border-left: 3px solid var(--line); white-space: pre-wrap; }
 .verdict { font-size: 18px; border-radius: 8px; padding: 10px 14px; margin: 0 0 14px; border: 1px solid var(--line); }
 .verdict.good { background: var(--ok-bg); border-color: #9fd3b1; } .verdict.bad { background: var(--bad-bg); border-color: #eba8a8; }
