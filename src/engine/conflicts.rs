@@ -25,6 +25,32 @@ pub struct ConflictView {
     pub kept_at: Option<String>,
 }
 
+impl ConflictView {
+    /// The side typed at `site` (its full id), if either was: `Some(true)`
+    /// for the value shown, `Some(false)` for the other.
+    pub fn side_typed_at(&self, site: &str) -> Option<bool> {
+        let at = |hlc: &str| Hlc::parse(hlc).is_ok_and(|h| h.site().to_string() == site);
+        if at(&self.record.winner_hlc) && self.record.kind != "deleted" {
+            Some(true)
+        } else if at(&self.record.hlc) {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// The sites that typed the two values (full ids).
+    pub fn sites(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (hlc, name) in [(&self.record.winner_hlc, &self.kept_by), (&self.record.hlc, &self.lost_by)] {
+            if let Ok(h) = Hlc::parse(hlc) {
+                out.push((h.site().to_string(), name.clone()));
+            }
+        }
+        out
+    }
+}
+
 /// The family's sites by name, for saying who made a change.
 pub(crate) struct SiteNames {
     names: HashMap<String, String>,

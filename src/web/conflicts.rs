@@ -23,6 +23,7 @@ pub(super) fn routes() -> Router<WebState> {
         .route("/conflicts", get(conflicts_page))
         .route("/conflicts/{id}/resolve", post(resolve))
         .route("/conflicts/keep-shown", get(keep_shown_confirm).post(keep_shown))
+        .route("/conflicts/keep-site", get(keep_site_confirm).post(keep_site))
 }
 
 /// Values longer than this are folded (the start shown, the rest behind a
@@ -200,7 +201,7 @@ async fn conflicts_page(State(st): State<WebState>, Query(q): Query<Done>) -> Re
     }
     if let Some(n) = q.kept {
         body.push_str(&format!(
-            r#"<p class="notice done" role="status">Kept the {n} values shown; every site will show them after its next sync.</p>"#
+            r#"<p class="notice done" role="status">Kept the {n} values chosen; every site will show them after its next sync.</p>"#
         ));
     }
     let open: Vec<&Shown> = shown.iter().filter(|s| s.record.status == "open").collect();
@@ -211,6 +212,24 @@ async fn conflicts_page(State(st): State<WebState>, Query(q): Query<Done>) -> Re
     body.push_str(
         r#"<p class="muted">Two sites changed the same value before either saw the other's change. Every site shows the same one of them; the other is kept here until someone chooses.</p>"#,
     );
+    // One site's values everywhere, for a person who knows that site is right.
+    let mut sites: BTreeMap<String, String> = BTreeMap::new();
+    for s in &open {
+        for (id, name) in s.sites() {
+            sites.insert(name, id);
+        }
+    }
+    if open.len() > 1 && sites.len() > 1 {
+        body.push_str(r#"<p class="bulk">"#);
+        for (name, id) in &sites {
+            body.push_str(&format!(
+                r#"<a class="button-link" href="/conflicts/keep-site?site={}">Keep every value typed at {}…</a> "#,
+                esc(id),
+                esc(name)
+            ));
+        }
+        body.push_str("</p>");
+    }
     let mut by_patient: BTreeMap<(String, String), Vec<&Shown>> = BTreeMap::new();
     for s in open {
         by_patient
@@ -361,6 +380,102 @@ async fn keep_shown(State(st): State<WebState>, CheckedForm(form): CheckedForm) 
             page(
                 &st,
                 "Keep every value shown",
+                Some(("error", &msg)),
+                &[],
+                r#"<p><a href="/conflicts">Back to Conflicts</a></p>"#,
+            )
+        }
+        Err(r) => r,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SiteQuery {
+    site: String,
+}
+
+async fn keep_site_confirm(State(st): State<WebState>, Query(q): Query<SiteQuery>) -> Response {
+    let db = st.shared.db().to_path_buf();
+    let shown = match blocking(move || engine::conflict_views(&db, false)).await {
+        Ok(shown) => shown,
+        Err(r) => return r,
+    };
+    let mine: Vec<(&Shown, bool)> =
+        shown.iter().filter_map(|s| s.side_typed_at(&q.site).map(|shown_side| (s, shown_side))).collect();
+    let Some((first, shown_side)) = mine.first() else {
+        return page(
+            &st,
+            "Keep every value typed at one site",
+            Some(("done", "No open conflict has a value typed there.")),
+            &[],
+            "",
+        );
+    };
+    let site = if *shown_side { &first.kept_by } else { &first.lost_by };
+    let lines: Vec<String> = mine
+        .iter()
+        .map(|(s, shown_side)| {
+            let (keep, not) = if *shown_side {
+                (&s.record.winner_value, &s.record.value)
+            } else {
+                (&s.record.value, &s.record.winner_value)
+            };
+            format!(
+                "{}, {}: keep “{}”, not “{}”",
+                s.patient,
+                s.record.column.replace('_', " "),
+                keep.display_short(),
+                not.display_short()
+            )
+        })
+        .collect();
+    let n = mine.len().to_string();
+    let form = confirm_form(
+        &st,
+        "/conflicts/keep-site",
+        &[("confirm", "yes"), ("site", &q.site), ("count", &n)],
+        "",
+        "Keep them",
+    );
+    page(&st, &format!("Keep every value typed at {site}"), None, &lines, &form)
+}
+
+async fn keep_site(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
+    let site = form.get("site").cloned().unwrap_or_default();
+    if !confirmed(&form) {
+        return Redirect::to("/conflicts").into_response();
+    }
+    let count: usize = form.get("count").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let db = st.shared.db().to_path_buf();
+    let result = blocking(move || {
+        let choices: Vec<(i64, Keep)> = engine::conflict_views(&db, false)?
+            .iter()
+            .filter_map(|s| {
+                s.side_typed_at(&site)
+                    .map(|shown| (s.record.id, if shown { Keep::Winner } else { Keep::Loser }))
+            })
+            .collect();
+        if choices.len() != count {
+            return Ok(Err(choices.len()));
+        }
+        for (id, keep) in &choices {
+            engine::resolve_conflict_waiting(&db, *id, *keep)?;
+        }
+        Ok(Ok(choices.len()))
+    })
+    .await;
+    match result {
+        Ok(Ok(n)) => {
+            let _ = st.shared.sync_now(false);
+            Redirect::to(&format!("/conflicts?kept={n}")).into_response()
+        }
+        Ok(Err(now)) => {
+            let msg = format!(
+                "Nothing was kept: {now} conflicts have a value typed there now, not the {count} you were shown."
+            );
+            page(
+                &st,
+                "Keep every value typed at one site",
                 Some(("error", &msg)),
                 &[],
                 r#"<p><a href="/conflicts">Back to Conflicts</a></p>"#,

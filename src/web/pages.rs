@@ -93,6 +93,7 @@ label { font-weight: 600; display: block; }
 #progress { min-height: 1.5em; }
 form.search { margin: 18px 0; } form.search input { font: inherit; padding: 6px 8px; width: 100%; max-width: 360px; border: 1px solid #9aa4b1; border-radius: 4px; }
 details.advanced { margin: 14px 0; } details.advanced > summary { font-weight: 600; }
+a.button-link { display: inline-block; padding: 8px 14px; border: 1px solid var(--accent); border-radius: 6px; background: #fff; text-decoration: none; margin: 4px 6px 4px 0; }
 a.card-link { text-decoration: none; color: inherit; display: block; }
 details.ids { background: none; border: none; padding: 0; margin: 2px 0; font-size: 13px; color: var(--muted); }
 .conflict { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; margin: 10px 0; }

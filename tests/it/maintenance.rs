@@ -337,7 +337,7 @@ fn conflicts_are_grouped_by_patient_shown_in_full_and_settled_together() {
     assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
     let (_, html) = page.get(&location);
     assert!(
-        html.contains("Kept the 2 values shown; every site will show them after its next sync."),
+        html.contains("Kept the 2 values chosen; every site will show them after its next sync."),
         "{html}"
     );
     assert_eq!(patient_field(&a, &patient, "phone").as_deref(), Some("+1 555 0202"));
@@ -406,4 +406,35 @@ fn the_history_page_finds_a_patient_by_name_and_lists_its_changes() {
     let (_, html) = page.get("/history?q=nobody");
     assert!(html.contains("No patient's name matches"), "{html}");
     assert!(!visible_outside_details(&page.get("/history?q=given1").1).contains(&patient));
+}
+
+#[test]
+fn every_value_typed_at_one_site_is_kept_at_once_after_a_confirmation() {
+    let (_family, a, b) = two_sites();
+    let ids: Vec<String> = (1..=2).map(|n| add_patient(&app(&a), n, 0)).collect();
+    sync_ok(&a);
+    sync_ok(&b);
+    for id in &ids {
+        edit_at_both(&a, &b, id, "phone", &format!("typed at a {id}"), &format!("typed at b {id}"));
+    }
+    let site_a = json_of(&a, &["status"])["site"].as_str().unwrap().to_owned();
+    let page = Page::open(&a);
+    let (_, html) = page.get("/conflicts");
+    assert!(
+        html.contains(&format!(
+            r#"href="/conflicts/keep-site?site={site_a}">Keep every value typed at this site…</a>"#
+        )),
+        "{html}"
+    );
+    let (code, html) = page.get(&format!("/conflicts/keep-site?site={site_a}"));
+    assert_eq!(code, 200);
+    assert!(html.contains("Keep every value typed at this site"), "{html}");
+    assert!(html.contains(&format!("Given1 Family1, phone: keep “typed at a {}”", ids[0])), "{html}");
+    let (code, location, _) =
+        page.post("/conflicts/keep-site", &[("confirm", "yes"), ("site", &site_a), ("count", "2")]);
+    assert_eq!((code, location.as_str()), (303, "/conflicts?kept=2"));
+    for id in &ids {
+        assert_eq!(patient_field(&a, id, "phone"), Some(format!("typed at a {id}")));
+    }
+    assert!(json_of(&a, &["conflicts"]).as_array().unwrap().is_empty());
 }
