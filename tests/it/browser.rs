@@ -234,7 +234,7 @@ fn axe_core() -> String {
 }
 
 #[test]
-fn every_page_has_no_serious_accessibility_violation_by_axe_core() {
+fn every_page_is_accessible_and_a_held_deletion_is_kept_then_confirmed_from_the_page() {
     if std::env::var("CLINICSYNC_SKIP_BROWSER").is_ok_and(|v| v == "1") {
         eprintln!("skipped: CLINICSYNC_SKIP_BROWSER=1");
         return;
@@ -284,6 +284,35 @@ fn every_page_has_no_serious_accessibility_violation_by_axe_core() {
     let broken = browser.run_async(&format!(
         "document.body.insertAdjacentHTML('beforeend', '<img src=\"/x.png\"><input id=unlabelled>');\n{axe}\n;axe.run(document).then(r => arguments[0](r.violations.map(v => v.id)))"
     ));
-    let ids: Vec<&str> = broken.as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert!(ids.contains(&"image-alt") && ids.contains(&"label"), "{ids:?}");
+    let found: Vec<&str> = broken.as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(found.contains(&"image-alt") && found.contains(&"label"), "{found:?}");
+
+    // The held deletion, decided from the page: kept (refused) first...
+    let shots = screenshots();
+    browser.goto(&format!("{}/", service.base));
+    let held = browser.text("#held");
+    assert!(held.contains("b deleted 25 patients.") && held.contains("Given0 Family0"), "{held}");
+    browser.screenshot(&shots.join("held-deletions.png"));
+    browser.click("#held-keep");
+    assert!(browser.text("main").contains("These 25 patients stay here"));
+    browser.click("#confirm");
+    browser.wait_text(".notice", Duration::from_secs(30), |t| t.contains("Kept 25 patients"));
+    sync_ok(&b);
+    assert_eq!(app(&b).query_row("SELECT count(*) FROM patients", [], |r| r.get::<_, i64>(0)).unwrap(), 30);
+    // ...then, deleted again at B, confirmed here.
+    for id in &ids[..22] {
+        app(&b).execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&b);
+    assert_eq!(sync(&a).0, 3, "held again");
+    browser.goto(&format!("{}/", service.base));
+    browser.click("#held-delete");
+    assert!(
+        browser
+            .text("main")
+            .contains("These 22 patients, and the 66 rows that go with them, are deleted here too")
+    );
+    browser.click("#confirm");
+    browser.wait_text(".notice", Duration::from_secs(30), |t| t.contains("Deleted 22 patients here too."));
+    assert_eq!(app(&a).query_row("SELECT count(*) FROM patients", [], |r| r.get::<_, i64>(0)).unwrap(), 8);
 }
