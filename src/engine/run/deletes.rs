@@ -92,7 +92,7 @@ impl Run<'_> {
                 EventKind::KeepDeleted,
                 None,
                 format!(
-                    "kept {n} rows that site {} deleted {when} (refused with --keep-deleted); they stay here and go back to every site as new rows",
+                    "kept {n} rows that {} deleted {when} (refused with --keep-deleted); they stay here and go back to every site as new rows",
                     self.site_label(site)
                 ),
             );
@@ -159,7 +159,7 @@ impl Run<'_> {
                 self.rec.info(
                     EventKind::Delete,
                     None,
-                    format!("deleted {what}{with} that site {sites} deleted{why}"),
+                    format!("deleted {what}{with} that {sites} deleted{why}"),
                 );
                 continue;
             }
@@ -181,20 +181,20 @@ impl Run<'_> {
                 EventKind::HeldDeletes,
                 None,
                 format!(
-                    "{what} were deleted at site {sites}: more than {limit} ({whole}), so {shown} and their deletion waits; everything else was applied. If the deletion is right, run `clinicsync sync --confirm-deletes`; to keep them and send them back to every site, run `clinicsync sync --keep-deleted`"
+                    "{what} were deleted at {sites}: more than {limit} ({whole}), so {shown} and their deletion waits; everything else was applied. If the deletion is right, run `clinicsync sync --confirm-deletes`; to keep them and send them back to every site, run `clinicsync sync --keep-deleted`"
                 ),
             );
         }
         Ok(())
     }
 
-    /// A site as people know it: its short id and name.
+    /// A site as people know it: "site" and its name ("this site" for this
+    /// one), or its short id when its site file is not read.
     pub(super) fn site_label(&self, site: &str) -> String {
-        let short = short_id(site);
         match self.sites.peers.iter().find(|p| p.file.site.to_string() == site) {
-            Some(p) => format!("{short} ({})", p.file.name),
-            None if site == self.cfg.site.to_string() => format!("{short} (this site)"),
-            None => short.to_owned(),
+            Some(p) => format!("site {}", p.file.name),
+            None if site == self.cfg.site.to_string() => "this site".to_owned(),
+            None => format!("site {}", short_id(site)),
         }
     }
 

@@ -157,7 +157,7 @@ impl Run<'_> {
                     self.rec.info(
                         EventKind::Scan,
                         None,
-                        format!("site {} ({name}) compacted changes this site never read; caught up from the patient files", site.short()),
+                        format!("site {name} compacted changes this site never read; caught up from the patient files"),
                     );
                     (from, to)
                 }
@@ -165,7 +165,7 @@ impl Run<'_> {
                     self.rec.skipped(
                         EventKind::Gap,
                         None,
-                        format!("site {} ({name}) compacted changes this site never read, and the patient files could not all be read; the next run tries again", site.short()),
+                        format!("site {name} compacted changes this site never read, and the patient files could not all be read; the next run tries again"),
                     );
                     continue;
                 }
@@ -252,7 +252,9 @@ impl Run<'_> {
                 self.rec.skipped(
                     EventKind::Gap,
                     Some(&path),
-                    format!("segment #{seq} of site {} ({name}) has not arrived yet; its later changes wait for it", site.short()),
+                    format!(
+                        "segment #{seq} of site {name} has not arrived yet; its later changes wait for it"
+                    ),
                 );
                 return Ok(false);
             }

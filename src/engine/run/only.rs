@@ -141,8 +141,7 @@ impl Run<'_> {
                     EventKind::Gap,
                     None,
                     format!(
-                        "site {} ({name}) compacted changes this site never read: only a full sync reads them (from the patient files), so its changes to {table} wait for one",
-                        site.short()
+                        "site {name} compacted changes this site never read: only a full sync reads them (from the patient files), so its changes to {table} wait for one"
                     ),
                 ),
             }
