@@ -356,7 +356,8 @@ pub(crate) fn stamp_row(
     save_row(conn, ctx, tbl, pk, &row, patient.as_deref(), before, old)?;
     if let Some(old_row) = old_row {
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
-        let shown_before = history::Before::of(old_row, old_row.fields.keys());
+        // Only the fields this change stamped can show something new.
+        let shown_before = history::Before::of(old_row, stamped.fields.keys());
         history::record(conn, &key, patient.as_deref(), &shown_before, &row, now_ms)?;
     }
     if has_records(old_row) || has_records(Some(&row)) {

@@ -12,10 +12,10 @@ use crate::model::{Hlc, PatientDoc, PatientId, SiteId};
 use crate::xmlstore::{DecodeError, Segment, decode_segment};
 
 use super::{AHEAD_BYTES, Run, retry_hint};
+use crate::engine::report::EventKind;
 
 /// Patients an applied segment names in the log; the rest are counted.
 const NAMED_IN_LOG: usize = 5;
-use crate::engine::report::EventKind;
 
 /// A segment read from the folder, decoding on the other core, or why it
 /// could not be read.

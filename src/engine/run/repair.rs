@@ -127,14 +127,16 @@ impl Run<'_> {
                 };
                 let mut retold = 0;
                 let mut rejoined = false;
-                // What brought the purged rows back: the original, or when
-                // a client renamed it away, a copy of it merged this run.
-                let bringer = match originals.get(&stem) {
-                    Some(Original::Present(_, _, Some(file))) => Some(file.as_ref().clone()),
-                    Some(Original::Absent) if self.purges.stale.contains_key(&stem) => self.copy_doc(&stem),
+                // What brought purged rows back: the original, or when a
+                // client renamed it away, a copy of it merged this run.
+                let stale = self.purges.stale.remove(&stem);
+                let bringer = match (&stale, originals.get(&stem)) {
+                    (None, _) => None,
+                    (Some(_), Some(Original::Present(_, _, Some(file)))) => Some(file.as_ref().clone()),
+                    (Some(_), Some(Original::Absent)) => self.copy_doc(&stem),
                     _ => None,
                 };
-                if let Some(keys) = self.purges.stale.remove(&stem)
+                if let Some(keys) = stale
                     && let Some(file) = bringer
                 {
                     rejoined = true;
