@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use super::operations::{confirm_form, confirmed, page};
 use super::pages::{self, esc};
 use super::{CheckedForm, WebState, blocking, page_context, refuse};
-use crate::db::{Db, Keep};
+use crate::db::Keep;
 use crate::engine::{self, ConflictView as Shown};
 
 pub(super) fn routes() -> Router<WebState> {
@@ -347,25 +347,37 @@ async fn keep_shown_confirm(State(st): State<WebState>, Query(q): Query<PatientQ
 
 async fn keep_shown(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
     let patient = form.get("patient").cloned().unwrap_or_default();
-    if !confirmed(&form) {
+    let choose =
+        move |s: &Shown| (s.record.patient.as_deref() == Some(patient.as_str())).then_some(Keep::Winner);
+    settle_many(&st, &form, "Keep every value shown", "conflicts of this patient are open", choose).await
+}
+
+/// Settles at once the open records `choose` picks (and how), once
+/// confirmed, if they are as many as the person was shown (`count`).
+async fn settle_many(
+    st: &WebState,
+    form: &std::collections::HashMap<String, String>,
+    title: &str,
+    what: &str,
+    choose: impl Fn(&Shown) -> Option<Keep> + Send + 'static,
+) -> Response {
+    if !confirmed(form) {
         return Redirect::to("/conflicts").into_response();
     }
     let count: usize = form.get("count").and_then(|c| c.parse().ok()).unwrap_or(0);
     let db = st.shared.db().to_path_buf();
     let result = blocking(move || {
-        let ids: Vec<i64> = Db::open(&db)?
-            .conflicts(true)?
-            .into_iter()
-            .filter(|r| r.patient.as_deref() == Some(patient.as_str()))
-            .map(|r| r.id)
+        let choices: Vec<(i64, Keep)> = engine::conflict_views(&db, false)?
+            .iter()
+            .filter_map(|s| choose(s).map(|keep| (s.record.id, keep)))
             .collect();
-        if ids.len() != count {
-            return Ok(Err(ids.len()));
+        if choices.len() != count {
+            return Ok(Err(choices.len()));
         }
-        for id in &ids {
-            engine::resolve_conflict_waiting(&db, *id, Keep::Winner)?;
+        for (id, keep) in &choices {
+            engine::resolve_conflict_waiting(&db, *id, *keep)?;
         }
-        Ok(Ok(ids.len()))
+        Ok(Ok(choices.len()))
     })
     .await;
     match result {
@@ -374,12 +386,10 @@ async fn keep_shown(State(st): State<WebState>, CheckedForm(form): CheckedForm) 
             Redirect::to(&format!("/conflicts?kept={n}")).into_response()
         }
         Ok(Err(now)) => {
-            let msg = format!(
-                "Nothing was kept: {now} conflicts of this patient are open now, not the {count} you were shown."
-            );
+            let msg = format!("Nothing was kept: {now} {what} now, not the {count} you were shown.");
             page(
-                &st,
-                "Keep every value shown",
+                st,
+                title,
                 Some(("error", &msg)),
                 &[],
                 r#"<p><a href="/conflicts">Back to Conflicts</a></p>"#,
@@ -442,45 +452,14 @@ async fn keep_site_confirm(State(st): State<WebState>, Query(q): Query<SiteQuery
 
 async fn keep_site(State(st): State<WebState>, CheckedForm(form): CheckedForm) -> Response {
     let site = form.get("site").cloned().unwrap_or_default();
-    if !confirmed(&form) {
-        return Redirect::to("/conflicts").into_response();
-    }
-    let count: usize = form.get("count").and_then(|c| c.parse().ok()).unwrap_or(0);
-    let db = st.shared.db().to_path_buf();
-    let result = blocking(move || {
-        let choices: Vec<(i64, Keep)> = engine::conflict_views(&db, false)?
-            .iter()
-            .filter_map(|s| {
-                s.side_typed_at(&site)
-                    .map(|shown| (s.record.id, if shown { Keep::Winner } else { Keep::Loser }))
-            })
-            .collect();
-        if choices.len() != count {
-            return Ok(Err(choices.len()));
-        }
-        for (id, keep) in &choices {
-            engine::resolve_conflict_waiting(&db, *id, *keep)?;
-        }
-        Ok(Ok(choices.len()))
-    })
-    .await;
-    match result {
-        Ok(Ok(n)) => {
-            let _ = st.shared.sync_now(false);
-            Redirect::to(&format!("/conflicts?kept={n}")).into_response()
-        }
-        Ok(Err(now)) => {
-            let msg = format!(
-                "Nothing was kept: {now} conflicts have a value typed there now, not the {count} you were shown."
-            );
-            page(
-                &st,
-                "Keep every value typed at one site",
-                Some(("error", &msg)),
-                &[],
-                r#"<p><a href="/conflicts">Back to Conflicts</a></p>"#,
-            )
-        }
-        Err(r) => r,
-    }
+    let choose =
+        move |s: &Shown| s.side_typed_at(&site).map(|shown| if shown { Keep::Winner } else { Keep::Loser });
+    settle_many(
+        &st,
+        &form,
+        "Keep every value typed at one site",
+        "conflicts have a value typed there",
+        choose,
+    )
+    .await
 }
