@@ -427,9 +427,12 @@ fn restore_purged(
         return Ok(None);
     };
     stamp_row(conn, ctx, clock, now_ms, now_ms, &key.table, &key.pk, batch)?;
-    // The edits the purge took from it (its `deleted` records) are in what
-    // the app shows, and so in the row that goes back: settled.
-    super::records::close_purged(conn, &key.table, &key.pk, now_ms)?;
+    // The edits the purge took from it (its `deleted` records) that the app
+    // shows are in the row that goes back: settled. Any other stays open
+    // for a person (its version went with the purge).
+    if let Some((row, _)) = load_row(conn, &key.table, &key.pk)? {
+        super::records::settle_shown(conn, key, &row, now_ms)?;
+    }
     Ok(Some(Restored { deleted_at: deleted_at.and_then(|h| Hlc::parse(&h).ok()) }))
 }
 

@@ -70,10 +70,14 @@ pub(crate) fn sync_records(
     }
     let keep: Vec<String> =
         wanted.iter().map(|w| format!("{}\u{1f}{}", w.col, w.version.hlc().encode())).collect();
+    // An edit a purge took (see `lost_to_purge`) is not in the state any
+    // more, so no later edit or delete can have seen it: it stays open for a
+    // person, unless the row shows its value now (`settle_shown`).
     conn.prepare_cached(
         "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?4
          WHERE tbl = ?1 AND pk = ?2 AND status = 'open'
-           AND col || char(31) || hlc NOT IN (SELECT value FROM json_each(?3))",
+           AND col || char(31) || hlc NOT IN (SELECT value FROM json_each(?3))
+           AND source IS NOT 'purged while this site was away'",
     )?
     .execute(params![
         key.table,
@@ -115,6 +119,9 @@ pub(crate) fn sync_records(
         ])?;
         new += usize::from(was_open != Some(true));
     }
+    if row.is_alive() {
+        settle_shown(conn, key, row, now_ms)?;
+    }
     Ok(new)
 }
 
@@ -153,7 +160,8 @@ pub(super) fn lost_to_purge(
     let mut record = conn.prepare_cached(
         "INSERT INTO _cs_conflicts (tbl, pk, col, value, hlc, winner_value, winner_hlc, patient, source,
            detected_ms, kind) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, 'purged while this site was away', ?8, 'deleted')
-         ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = 'deleted', status = 'open', resolved_ms = NULL",
+         ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = 'deleted', status = 'open', resolved_ms = NULL,
+           source = excluded.source",
     )?;
     for (col, state) in &row.fields {
         for v in state.versions().iter().filter(|v| !deleted.covers(v.hlc())) {
@@ -189,6 +197,30 @@ pub(super) fn close(conn: &Connection, id: i64, now_ms: u64) -> Result<(), DbErr
         "UPDATE _cs_conflicts SET status = 'resolved', resolved_ms = ?2 WHERE id = ?1",
         params![id, now_ms as i64],
     )?;
+    Ok(())
+}
+
+/// Resolves the open records a purge made of a row that lives again (see
+/// `lost_to_purge`) whose value is what the row shows now in that field:
+/// nothing is left to choose.
+pub(super) fn settle_shown(
+    conn: &Connection,
+    key: &RowKey,
+    row: &RowState,
+    now_ms: u64,
+) -> Result<(), DbError> {
+    let open: Vec<(i64, String, Value)> = conn
+        .prepare_cached(
+            "SELECT id, col, value FROM _cs_conflicts WHERE tbl = ?1 AND pk = ?2 AND status = 'open'
+               AND source IS 'purged while this site was away'",
+        )?
+        .query_map(params![key.table, key.pk], |r| Ok((r.get(0)?, r.get(1)?, from_ref(r.get_ref(2)?))))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, col, value) in open {
+        if row.fields.get(&col).is_some_and(|f| *f.winner().value() == value) {
+            close(conn, id, now_ms)?;
+        }
+    }
     Ok(())
 }
 

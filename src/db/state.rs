@@ -584,8 +584,8 @@ pub(crate) fn apply_doc<'r>(
     let mut out = ApplyOutcome::default();
     for (key, incoming) in rows {
         let key = key.as_ref();
-        if ctx.any_purged
-            && let Some(cl) = purged_cl(conn, key)?
+        let purged = if ctx.any_purged { purged_cl(conn, key)? } else { None };
+        if let Some(cl) = purged
             && incoming.cl <= cl
         {
             // A copy of a row purged here: it was deleted, and stays so. (An
@@ -637,7 +637,10 @@ pub(crate) fn apply_doc<'r>(
         if let Some(shown_before) = &shown_before {
             history::record(conn, key, patient.as_deref(), shown_before, &row, now_ms)?;
         }
-        if had_records || has_records(Some(&row)) {
+        // A row purged here that lives again (inserted anew past its
+        // tombstone) may have records from before the purge: they are
+        // settled by what it is now (the purge's own stay for a person).
+        if had_records || has_records(Some(&row)) || purged.is_some() {
             out.new_conflicts += sync_records(conn, key, &row, patient.as_deref(), source, now_ms)?;
         }
         match project_or_park(conn, ctx, key, &row)? {
