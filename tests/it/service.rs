@@ -113,22 +113,24 @@ impl Service {
         start.elapsed()
     }
 
-    /// Waits for the process to end on its own (within 30 s); returns its
-    /// exit status and what it wrote on stderr.
+    /// Waits for the process to end on its own (a watchdog kills it after
+    /// 30 s, and the test fails); returns its exit status and what it wrote
+    /// on stderr.
     pub(crate) fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
-        let start = Instant::now();
-        let status = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status;
+        let pid = self.child.id();
+        let (ended, ended_rx) = std::sync::mpsc::channel::<()>();
+        let watchdog = std::thread::spawn(move || {
+            let stuck = ended_rx.recv_timeout(Duration::from_secs(30)).is_err();
+            if stuck {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "the service did not stop: {}",
-                std::fs::read_to_string(&self.stderr).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        (status, std::fs::read_to_string(&self.stderr).unwrap_or_default())
+            stuck
+        });
+        let status = self.child.wait().expect("wait for clinicsync run");
+        let _ = ended.send(());
+        let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        assert!(!watchdog.join().expect("the watchdog"), "the service did not stop within 30 s: {log}");
+        (status, log)
     }
 
     /// Sends SIGTERM and waits for the process; returns its exit status and
