@@ -76,19 +76,6 @@ fn a_damaged_folder_is_made_whole_again_and_a_new_site_seeds_from_it() {
     assert_eq!(dump(&b), dump(&a));
 }
 
-/// Runs `f` on the app's database with clinicsync's capture quiet: writes
-/// that go past clinicsync, as a restore or a hand edit with the triggers
-/// off would.
-fn past_clinicsync(db: &std::path::Path, sql: &str) {
-    let conn = app(db);
-    conn.execute_batch(&format!("INSERT INTO _cs_quiet (x) VALUES (1); {sql}; DELETE FROM _cs_quiet;"))
-        .unwrap();
-}
-
-fn count(db: &std::path::Path, sql: &str) -> i64 {
-    app(db).query_row(sql, [], |r| r.get(0)).unwrap()
-}
-
 #[test]
 fn baseline_download_puts_a_damaged_table_back_and_keeps_what_was_not_sent() {
     let (_family, a, b) = two_sites();

@@ -387,49 +387,20 @@ fn the_page_shows_documents_waiting_and_its_button_runs_a_documents_only_sync() 
     let aside = t.family.dir.path().join("in-transit");
     fs::rename(&body, &aside).unwrap();
     sync_ok(&t.b);
-    set(&t.b, &["sync_interval=1h", "watch=off"]);
-    let service = crate::service::Service::start(&t.b);
-    service.wait_idle();
-    let agent = crate::service::Service::agent();
-    let bearer = format!("Bearer {}", service.token);
-    let page = |agent: &ureq::Agent| {
-        agent
-            .get(format!("{}/", service.base))
-            .header("Authorization", &bearer)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    };
-    let html = page(&agent);
+    let page = crate::service::Page::open(&t.b);
+    let (_, html) = page.get("/");
     assert!(html.contains("waiting for 1 documents whose files have not arrived yet"), "{html}");
     assert!(html.contains("Sync documents now"));
 
     // The body arrives; the button places it (a documents-only run).
     fs::rename(&aside, &body).unwrap();
-    let csrf = service.csrf();
-    let response = agent
-        .post(format!("{}/sync-documents", service.base))
-        .header("Authorization", &bearer)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .send(format!("csrf={csrf}"))
-        .unwrap();
-    assert_eq!(response.status(), 303, "redirected to Latest Logs once the run is done");
+    let (code, location, _) = page.post("/sync-documents", &[]);
+    assert_eq!((code, location.as_str()), (303, "/logs"), "redirected to Latest Logs once the run is done");
     assert_eq!(fs::read(t.docs("b").join("letter.pdf")).unwrap(), b"for the page");
     let latest = json_of(&t.b, &["log", "--last", "1"]);
     assert_eq!(latest[0]["run"]["trigger"], "documents", "{latest:#}");
-    assert!(
-        page(&agent).contains("every document&#39;s file is in step")
-            || page(&agent).contains("every document's file is in step")
-    );
-    let refused = agent
-        .post(format!("{}/sync-documents", service.base))
-        .header("Authorization", &bearer)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .send(String::new())
-        .unwrap();
-    assert_eq!(refused.status(), 403, "the CSRF token is required");
+    assert!(page.get("/").1.contains("every document's file is in step"));
+    assert_eq!(page.post_body("/sync-documents", String::new()).0, 403, "the CSRF token is required");
 }
 
 #[test]

@@ -6,63 +6,8 @@
 use std::fs;
 use std::path::Path;
 
-use crate::service::Service;
+use crate::service::Page;
 use crate::support::*;
-
-struct Page {
-    service: Service,
-    agent: ureq::Agent,
-    bearer: String,
-    csrf: String,
-}
-
-impl Page {
-    fn open(db: &Path) -> Page {
-        cli(db).args(["settings", "sync_interval=1h", "watch=off"]).assert().success();
-        let service = Service::start(db);
-        service.wait_idle();
-        let csrf = service.csrf();
-        let bearer = format!("Bearer {}", service.token);
-        Page { service, agent: Service::agent(), bearer, csrf }
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let mut r = self
-            .agent
-            .get(format!("{}{path}", self.service.base))
-            .header("Authorization", &self.bearer)
-            .call()
-            .unwrap();
-        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
-    }
-
-    /// POSTs a form (the CSRF token added); status, Location and body.
-    fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
-        let mut body = format!("csrf={}", self.csrf);
-        for (k, v) in fields {
-            body.push_str(&format!("&{k}={}", v.replace(' ', "+")));
-        }
-        let mut r = self
-            .agent
-            .post(format!("{}{path}", self.service.base))
-            .header("Authorization", &self.bearer)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(body)
-            .unwrap();
-        let location = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-        (r.status().as_u16(), location, r.body_mut().read_to_string().unwrap())
-    }
-}
-
-fn past_clinicsync(db: &Path, sql: &str) {
-    app(db)
-        .execute_batch(&format!("INSERT INTO _cs_quiet (x) VALUES (1); {sql}; DELETE FROM _cs_quiet;"))
-        .unwrap();
-}
-
-fn count(db: &Path, sql: &str) -> i64 {
-    app(db).query_row(sql, [], |r| r.get(0)).unwrap()
-}
 
 #[test]
 fn verify_repair_and_baseline_from_the_settings_page_change_nothing_until_confirmed() {

@@ -123,48 +123,26 @@ fn the_page_lists_the_tables_waiting_and_syncs_one_with_its_button() {
     add_patient(&app(&a), 0, 1);
     sync_ok(&a);
     sync_ok(&b);
-    cli(&b).args(["settings", "sync_interval=1h", "watch=off"]).assert().success();
-    let service = crate::service::Service::start(&b);
-    service.wait_idle();
+    let page = crate::service::Page::open(&b);
     set(&b, APPT, &uuid(2, 0), "arrived");
     set(&b, NOTE, &uuid(3, 0), "typed at B");
-    let agent = crate::service::Service::agent();
-    let bearer = format!("Bearer {}", service.token);
-    let page = || {
-        agent
-            .get(format!("{}/", service.base))
-            .header("Authorization", &bearer)
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    };
     let row = |html: &str, table: &str| {
         let start = html.find(&format!("<td>{table}</td>")).unwrap_or_else(|| panic!("{table}: {html}"));
         html[start..start + html[start..].find("</tr>").unwrap()].to_owned()
     };
-    let html = page();
+    let (_, html) = page.get("/");
     assert!(row(&html, "appointments").contains("1 changed here, not sent yet"), "{html}");
     assert!(
         row(&html, "appointments").contains(r#"class="waiting" data-table="appointments">Sync appointments"#)
     );
     assert!(row(&html, "invoices").contains(r#"<td>none</td>"#), "{html}");
 
-    let post = |body: String| {
-        agent
-            .post(format!("{}/sync-table", service.base))
-            .header("Authorization", &bearer)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(body)
-            .unwrap()
-    };
-    let csrf = service.csrf();
-    assert_eq!(post(format!("csrf={csrf}&table=appointments")).status(), 303, "to Latest Logs after the run");
+    let (code, location, _) = page.post("/sync-table", &[("table", "appointments")]);
+    assert_eq!((code, location.as_str()), (303, "/logs"), "to Latest Logs after the run");
     let latest = json_of(&b, &["log", "--last", "1"]);
     assert_eq!(latest[0]["run"]["trigger"], "only appointments", "{latest:#}");
     assert_eq!(latest[0]["run"]["outcome"], "ok", "{latest:#}");
-    let html = page();
+    let (_, html) = page.get("/");
     assert!(row(&html, "appointments").contains("<td>none</td>"), "{html}");
     assert!(row(&html, "clinical_notes").contains("1 changed here, not sent yet"), "{html}");
     // A: the appointment arrived, the note did not.
@@ -172,8 +150,12 @@ fn the_page_lists_the_tables_waiting_and_syncs_one_with_its_button() {
     assert_eq!(value(&a, "appointments", "status", &uuid(2, 0)), "arrived");
     assert_eq!(value(&a, "clinical_notes", "body", &uuid(3, 0)), "note 0\r\n  indented\tline ");
 
-    assert_eq!(post(format!("csrf={csrf}&table=nosuch")).status(), 400);
-    assert_eq!(post("table=appointments".into()).status(), 403, "the CSRF token is required");
+    assert_eq!(page.post("/sync-table", &[("table", "nosuch")]).0, 400);
+    assert_eq!(
+        page.post_body("/sync-table", "table=appointments".into()).0,
+        403,
+        "the CSRF token is required"
+    );
 }
 
 #[test]

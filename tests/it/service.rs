@@ -164,6 +164,60 @@ impl Drop for Service {
     }
 }
 
+/// The page of a `clinicsync run`, as a browser without script uses it:
+/// GETs with the token, form POSTs with the CSRF token.
+pub(crate) struct Page {
+    pub(crate) service: Service,
+    agent: ureq::Agent,
+    bearer: String,
+    csrf: String,
+}
+
+impl Page {
+    /// Starts the service on `db` with only Sync Now syncing (an hour's
+    /// interval, no watching), and waits for its first run.
+    pub(crate) fn open(db: &Path) -> Page {
+        cli(db).args(["settings", "sync_interval=1h", "watch=off"]).assert().success();
+        let service = Service::start(db);
+        service.wait_idle();
+        let csrf = service.csrf();
+        let bearer = format!("Bearer {}", service.token);
+        Page { service, agent: Service::agent(), bearer, csrf }
+    }
+
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+        let mut r = self
+            .agent
+            .get(format!("{}{path}", self.service.base))
+            .header("Authorization", &self.bearer)
+            .call()
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    }
+
+    /// POSTs a form (the CSRF token added); status, Location and body.
+    pub(crate) fn post(&self, path: &str, fields: &[(&str, &str)]) -> (u16, String, String) {
+        let mut body = format!("csrf={}", self.csrf);
+        for (k, v) in fields {
+            body.push_str(&format!("&{k}={}", v.replace(' ', "+")));
+        }
+        self.post_body(path, body)
+    }
+
+    /// POSTs `body` as it is (a form without the CSRF token, say).
+    pub(crate) fn post_body(&self, path: &str, body: String) -> (u16, String, String) {
+        let mut r = self
+            .agent
+            .post(format!("{}{path}", self.service.base))
+            .header("Authorization", &self.bearer)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body)
+            .unwrap();
+        let location = r.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        (r.status().as_u16(), location, r.body_mut().read_to_string().unwrap())
+    }
+}
+
 /// Two sites; `a` runs the service with an interval far longer than the
 /// test, so only the watcher and the local-change poll can be quick.
 fn family_with_service() -> (Family, PathBuf, PathBuf, Service) {

@@ -226,3 +226,17 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Runs `sql` on the app's database with clinicsync's capture quiet: writes
+/// that go past clinicsync, as a restore or a hand edit with the triggers
+/// off would.
+pub(crate) fn past_clinicsync(db: &Path, sql: &str) {
+    app(db)
+        .execute_batch(&format!("INSERT INTO _cs_quiet (x) VALUES (1); {sql}; DELETE FROM _cs_quiet;"))
+        .unwrap();
+}
+
+/// The one number `sql` selects from the app's database.
+pub(crate) fn count(db: &Path, sql: &str) -> i64 {
+    app(db).query_row(sql, [], |r| r.get(0)).unwrap()
+}
