@@ -31,12 +31,15 @@ pub(super) struct Before {
 }
 
 impl Before {
-    /// The row as it is now, for the fields in `columns`.
-    pub(super) fn of<'c>(row: &RowState, columns: impl Iterator<Item = &'c String>) -> Before {
-        let winners = columns
-            .filter_map(|c| {
+    /// The row as it is now, for the fields `change` brings a version of
+    /// that the row does not show (the only ones it can replace).
+    pub(super) fn of(row: &RowState, change: &RowState) -> Before {
+        let winners = change
+            .fields
+            .iter()
+            .filter_map(|(c, incoming)| {
                 let w = row.fields.get(c)?.winner();
-                Some((c.clone(), w.value().clone(), w.hlc()))
+                (incoming.winner().hlc() != w.hlc()).then(|| (c.clone(), w.value().clone(), w.hlc()))
             })
             .collect();
         Before { alive: row.is_alive(), winners }

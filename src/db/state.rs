@@ -357,7 +357,7 @@ pub(crate) fn stamp_row(
     if let Some(old_row) = old_row {
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
         // Only the fields this change stamped can show something new.
-        let shown_before = history::Before::of(old_row, stamped.fields.keys());
+        let shown_before = history::Before::of(old_row, &stamped);
         history::record(conn, &key, patient.as_deref(), &shown_before, &row, now_ms)?;
     }
     if has_records(old_row) || has_records(Some(&row)) {
@@ -607,7 +607,7 @@ pub(crate) fn apply_doc<'r>(
                     });
                 }
                 let had_records = has_records(Some(&row));
-                let shown_before = history::Before::of(&row, incoming.fields.keys());
+                let shown_before = history::Before::of(&row, &incoming);
                 if !row.join_from(&incoming) {
                     continue;
                 }

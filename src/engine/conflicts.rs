@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::EngineError;
 use crate::db::{ConflictRecord, Db};
+use crate::folder::{DiskFolder, IgnoreRules};
 use crate::model::Hlc;
 use crate::xmlstore::format_time;
 
@@ -58,14 +59,20 @@ pub(crate) struct SiteNames {
 }
 
 impl SiteNames {
+    /// The names in the site files the folder holds (none when it cannot
+    /// be read: then sites are named by their short ids).
     pub(crate) fn read(db_path: &Path) -> Result<SiteNames, EngineError> {
-        let status = super::status(db_path)?;
-        let names = status
-            .sites
+        let cfg = Db::open(db_path)?.site_config()?;
+        let folder = DiskFolder::new(cfg.folder.clone(), Some(super::staging_dir(db_path)));
+        let found =
+            super::sites::read(&folder, &IgnoreRules::new(), cfg.family, cfg.site).unwrap_or_default();
+        let names = found
+            .peers
             .iter()
-            .map(|s| (s.site.clone(), if s.this_site { "this site".to_owned() } else { s.name.clone() }))
+            .map(|p| (p.file.site.to_string(), p.file.name.clone()))
+            .chain(std::iter::once((cfg.site.to_string(), "this site".to_owned())))
             .collect();
-        Ok(SiteNames { names, own: status.site })
+        Ok(SiteNames { names, own: cfg.site.to_string() })
     }
 
     /// Who made the change stamped `hlc` ("this site", a site's name, or

@@ -247,8 +247,9 @@ pub fn sync_with_clock(
         );
     }
     let outcome = if outcome == Outcome::Ok && run.rec.partial { Outcome::Partial } else { outcome };
-    if outcome != Outcome::Failed && run.full_sync(options) {
-        // What a table run left, this one read.
+    // What a table run left, this one read (looked up first: a run with
+    // nothing to do writes nothing).
+    if outcome != Outcome::Failed && run.full_sync(options) && run.db.meta(TABLES_WAITING)?.is_some() {
         run.db.delete_meta(TABLES_WAITING)?;
     }
     let ended_ms = clock.now_ms();
