@@ -326,8 +326,8 @@ async fn family_delete(State(st): State<WebState>, CheckedForm(form): CheckedFor
     // The typed id is checked before syncing stops: a typo changes nothing.
     let family = {
         let db = db.clone();
-        match run(move || engine::status(&db)).await {
-            Ok(s) => s.family,
+        match run(move || Ok(crate::db::Db::open(&db)?.site_config()?.family.to_string())).await {
+            Ok(family) => family,
             Err(e) => return page(&st, title, Some(("error", &e)), &[], ""),
         }
     };
