@@ -80,7 +80,10 @@ fn clinic_staff_use_the_page_in_chromium() {
     assert!(refused.starts_with("Not saved: sync_interval must be"), "{refused}");
     assert_eq!(setting(&a, "sync_interval"), "15m", "nothing saved");
     browser.click("nav a[href='/settings']");
-    let first = browser.text("#settings-form .field label");
+    // A click that loads a page returns before the page is there: each
+    // read after one waits for what the new page says.
+    let first =
+        browser.wait_text("#settings-form .field label", Duration::from_secs(10), |t| t == "Sync folder");
     assert_eq!(first, "Sync folder", "the settings most people need first, in words");
 
     // Sync Now, with live progress, until it says it finished. Site b
@@ -103,8 +106,10 @@ fn clinic_staff_use_the_page_in_chromium() {
 
     // Latest Logs: the new run is at the top, open, with its events.
     browser.click("#progress a[href='/logs']");
-    let top = browser.text("#runs details.run:first-child summary");
-    assert!(top.contains("Sync Now") && top.contains("ok"), "{top}");
+    let top = browser.wait_text("#runs details.run:first-child summary", Duration::from_secs(10), |t| {
+        t.contains("Sync Now")
+    });
+    assert!(top.contains("ok"), "{top}");
     // The patient B added, with one row of each of its three child tables.
     assert!(top.contains("Brought in 4 changes from other sites"), "in a sentence: {top}");
     let events = browser.text("#runs details.run:first-child .events");
@@ -117,8 +122,8 @@ fn clinic_staff_use_the_page_in_chromium() {
 
     // Conflicts: keep the value that lost.
     browser.click("nav a[href='/conflicts']");
-    let row = browser.text(&format!("#conflict-{conflict_id}"));
-    assert!(row.contains(&lost), "{row}");
+    let row = browser
+        .wait_text(&format!("#conflict-{conflict_id}"), Duration::from_secs(10), |t| t.contains(&lost));
     assert!(row.contains("typed at this site") && row.contains("typed at b"), "sites by name: {row}");
     let group = browser.text("section.patient h2");
     assert_eq!(group, "Given1 Family1", "grouped by the patient's name");
@@ -151,8 +156,8 @@ fn clinic_staff_use_the_page_in_chromium() {
         )
         .unwrap();
     browser.click("nav a[href='/']");
-    let row = browser.text("#tables-body");
-    assert!(row.contains("1 changed here, not sent yet"), "{row}");
+    browser
+        .wait_text("#tables-body", Duration::from_secs(10), |t| t.contains("1 changed here, not sent yet"));
     browser.screenshot(&shots.join("tables-waiting.png"));
     browser.click("button.waiting[data-table='appointments']");
     let top = browser.wait_text("#runs details.run:first-child summary", Duration::from_secs(30), |t| {
@@ -165,11 +170,12 @@ fn clinic_staff_use_the_page_in_chromium() {
     // goes back to Settings.
     browser.click("nav a[href='/settings']");
     browser.click("#op-upload");
-    let said = browser.text("main");
-    assert!(said.contains("No patient file in the folder is damaged."), "{said}");
+    browser.wait_text("main", Duration::from_secs(10), |t| {
+        t.contains("No patient file in the folder is damaged.")
+    });
     browser.screenshot(&shots.join("repair-confirm.png"));
     browser.click("main form a[href='/settings#maintenance']");
-    assert!(browser.text("main").contains("Maintenance"));
+    browser.wait_text("#maintenance", Duration::from_secs(10), |t| t.contains("Maintenance"));
 
     // Refusals, from the page itself: without the token (no cookie), and a
     // POST without the CSRF token.
@@ -294,7 +300,7 @@ fn every_page_is_accessible_and_a_held_deletion_is_kept_then_confirmed_from_the_
     assert!(held.contains("b deleted 25 patients.") && held.contains("Given0 Family0"), "{held}");
     browser.screenshot(&shots.join("held-deletions.png"));
     browser.click("#held-keep");
-    assert!(browser.text("main").contains("These 25 patients stay here"));
+    browser.wait_text("main", Duration::from_secs(10), |t| t.contains("These 25 patients stay here"));
     browser.click("#confirm");
     browser.wait_text(".notice", Duration::from_secs(30), |t| t.contains("Kept 25 patients"));
     sync_ok(&b);
@@ -307,11 +313,9 @@ fn every_page_is_accessible_and_a_held_deletion_is_kept_then_confirmed_from_the_
     assert_eq!(sync(&a).0, 3, "held again");
     browser.goto(&format!("{}/", service.base));
     browser.click("#held-delete");
-    assert!(
-        browser
-            .text("main")
-            .contains("These 22 patients, and the 66 rows that go with them, are deleted here too")
-    );
+    browser.wait_text("main", Duration::from_secs(10), |t| {
+        t.contains("These 22 patients, and the 66 rows that go with them, are deleted here too")
+    });
     browser.click("#confirm");
     browser.wait_text(".notice", Duration::from_secs(30), |t| t.contains("Deleted 22 patients here too."));
     assert_eq!(app(&a).query_row("SELECT count(*) FROM patients", [], |r| r.get::<_, i64>(0)).unwrap(), 8);
