@@ -161,6 +161,12 @@ impl Db {
 
     /// A patient's name as the app shows it, from the columns the mapping
     /// names (`None`: none, or all empty).
+    /// Whether the app still shows this patient because its deletion is
+    /// held for a person to decide.
+    pub fn patient_deletion_held(&self, id: &str) -> Result<bool, DbError> {
+        is_held(&self.conn, &self.mapping.root.table, id)
+    }
+
     pub fn patient_name(&self, id: &str) -> Result<Option<String>, DbError> {
         self.row_name(&self.mapping.root.table, id)
     }

@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 
 use super::values::{Sql, from_ref};
 use super::{Db, DbError};
-use crate::model::{Hlc, RowKey, RowState, Value};
+use crate::model::{Hlc, RowKey, RowState, SiteId, Value};
 
 pub(super) const TABLE: &str = "
 -- Values the state replaced, and rows deleted or brought back: what happened
@@ -46,7 +46,19 @@ impl Before {
     }
 }
 
-/// Records what changed between `before` and `after` (the row as saved).
+/// What one change did to a row, said to `note` with the site that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Change<'a> {
+    /// The field shows another value.
+    Field(&'a str),
+    Deleted,
+    Restored,
+    /// A row new here.
+    Added,
+}
+
+/// Records what changed between `before` and `after` (the row as saved),
+/// and tells `note` each change with the site that made it.
 pub(super) fn record(
     conn: &Connection,
     key: &RowKey,
@@ -54,6 +66,7 @@ pub(super) fn record(
     before: &Before,
     after: &RowState,
     now_ms: u64,
+    note: &mut dyn FnMut(SiteId, Change<'_>),
 ) -> Result<(), DbError> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO _cs_history (patient, tbl, pk, col, old_value, old_hlc, new_value, new_hlc, kind, recorded_ms)
@@ -65,6 +78,7 @@ pub(super) fn record(
         if new.hlc() == *old_hlc {
             continue;
         }
+        note(new.hlc().site(), Change::Field(col));
         insert.execute(params![
             patient,
             key.table,
@@ -84,6 +98,9 @@ pub(super) fn record(
         _ => None,
     };
     if let Some((kind, stamp)) = row_change {
+        if let Some(h) = stamp {
+            note(h.site(), if after.is_alive() { Change::Restored } else { Change::Deleted });
+        }
         insert.execute(params![
             patient,
             key.table,

@@ -22,7 +22,7 @@ use super::purge::purged_cl;
 use super::rowblob::{self, RowView};
 use super::schema::quote;
 use super::values::from_ref;
-use crate::model::{Base, FieldState, FieldVersion, HlcClock, RowKey, RowState, Value};
+use crate::model::{Base, FieldState, FieldVersion, HlcClock, RowKey, RowState, SiteId, Value};
 use crate::xmlstore::is_xml_safe;
 
 pub(super) const TABLE: &str = "
@@ -94,6 +94,26 @@ pub struct ApplyOutcome {
     /// Rows refused because this site purged them, where the file does not
     /// carry their deletion (a site that has not applied it wrote them).
     pub stale_purged: Vec<RowKey>,
+    /// What the rows of the document now show differently, by the site
+    /// that made each change, in words: a patient's field by its column
+    /// ("phone", "deleted", "added"), another table's rows by the table.
+    pub changed: BTreeMap<SiteId, BTreeSet<String>>,
+}
+
+impl ApplyOutcome {
+    fn note(&mut self, mapping: &Mapping, table: &str, site: SiteId, change: history::Change<'_>) {
+        let what = match change {
+            _ if table != mapping.root.table => table,
+            history::Change::Field(column) => column,
+            history::Change::Deleted => "deleted",
+            history::Change::Restored => "brought back",
+            history::Change::Added => "added",
+        };
+        let said = self.changed.entry(site).or_default();
+        if !said.contains(what) {
+            said.insert(what.to_owned());
+        }
+    }
 }
 
 pub(super) fn corrupt(tbl: &str, pk: &str) -> DbError {
@@ -358,7 +378,7 @@ pub(crate) fn stamp_row(
         let key = RowKey { table: tbl.to_owned(), pk: pk.to_owned() };
         // Only the fields this change stamped can show something new.
         let shown_before = history::Before::of(old_row, &stamped);
-        history::record(conn, &key, patient.as_deref(), &shown_before, &row, now_ms)?;
+        history::record(conn, &key, patient.as_deref(), &shown_before, &row, now_ms, &mut |_, _| {})?;
     }
     if has_records(old_row) || has_records(Some(&row)) {
         // An edit made with every concurrent value in view settles them.
@@ -634,8 +654,17 @@ pub(crate) fn apply_doc<'r>(
             _ => None,
         };
         save_row(conn, ctx, &key.table, &key.pk, &row, patient.as_deref(), stored_under, old)?;
-        if let Some(shown_before) = &shown_before {
-            history::record(conn, key, patient.as_deref(), shown_before, &row, now_ms)?;
+        let mut note = |site, change: history::Change<'_>| out.note(ctx.mapping, &key.table, site, change);
+        match &shown_before {
+            Some(shown_before) => {
+                history::record(conn, key, patient.as_deref(), shown_before, &row, now_ms, &mut note)?
+            }
+            None if row.is_alive() => {
+                if let Some(h) = row.fields.values().map(|f| f.winner().hlc()).max() {
+                    note(h.site(), history::Change::Added);
+                }
+            }
+            None => {}
         }
         // A row purged here that lives again (inserted anew past its
         // tombstone) may have records from before the purge: they are

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::db::{ConflictRecord, EventRecord};
-use crate::model::Hlc;
+use crate::model::{Hlc, shown};
 use crate::xmlstore::format_time;
 
 /// How a run ended.
@@ -90,8 +90,34 @@ pub struct Counts {
     pub full_scan: bool,
     /// What happened to document files.
     pub documents: super::run::DocumentCounts,
+    /// Whose changes were brought in, per site: the patients they touched
+    /// and the first few by name with what changed.
+    pub brought_in: Vec<BroughtIn>,
     /// What the run asked of the folder.
     pub folder: crate::folder::FolderStats,
+}
+
+/// The changes one site made that a run brought in.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct BroughtIn {
+    /// The site's name ("this site" for this one).
+    pub site: String,
+    /// How many patients its changes touched.
+    pub patients: u64,
+    /// The first few of them.
+    pub named: Vec<ChangedPatient>,
+}
+
+/// One patient a run changed, and what of it changed.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ChangedPatient {
+    pub id: String,
+    /// The patient's name (none where the mapping names no columns).
+    pub name: Option<String>,
+    /// A patient's own fields by column ("phone"), "added", "deleted",
+    /// "brought back", or "deletion held for you to decide"; other tables'
+    /// rows by their table ("appointments").
+    pub changed: Vec<String>,
 }
 
 /// The result of one run.
@@ -354,17 +380,31 @@ pub fn summary_sentence(summary: &serde_json::Value) -> String {
         ("files_skipped", "skipped # (see why below)", "file", "files"),
         ("files_held_back", "held back # from a clock running ahead", "file", "files"),
     ];
+    // Whose changes, to whom, where the run says it.
+    let brought: Vec<String> = summary
+        .get("brought_in")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|site| serde_json::from_value::<BroughtIn>(site.clone()).ok())
+        .filter(|site| site.patients > 0)
+        .map(|site| brought_in_words(&site))
+        .collect();
     let mut parts: Vec<String> = SAID
         .iter()
         .filter(|(key, ..)| get(key) > 0)
-        .map(|(key, said, one, many)| said.replace('#', &n(get(key), one, many)))
+        .flat_map(|(key, said, one, many)| match *key {
+            "rows_applied" if !brought.is_empty() => brought.clone(),
+            _ => vec![said.replace('#', &n(get(key), one, many))],
+        })
         .collect();
-    if docs("exported") + docs("placed") > 0 {
-        parts.push(format!(
-            "sent {} and placed {}",
-            n(docs("exported"), "document file", "document files"),
-            docs("placed")
-        ));
+    match (docs("exported"), docs("placed")) {
+        (0, 0) => {}
+        (sent, 0) => parts.push(format!("sent {}", n(sent, "document file", "document files"))),
+        (0, placed) => parts.push(format!("placed {}", n(placed, "document file", "document files"))),
+        (sent, placed) => {
+            parts.push(format!("sent {} and placed {placed}", n(sent, "document file", "document files")))
+        }
     }
     if parts.is_empty() {
         return "Nothing to do: already up to date".to_owned();
@@ -374,6 +414,31 @@ pub fn summary_sentence(summary: &serde_json::Value) -> String {
         sentence = first.to_uppercase() + &sentence[1..];
     }
     sentence
+}
+
+/// "brought in changes to 3 patients from Home visits: Jane Smith (phone),
+/// John Doe (added) and 1 more".
+fn brought_in_words(site: &BroughtIn) -> String {
+    let patients = if site.patients == 1 { "1 patient".to_owned() } else { format!("{} patients", site.patients) };
+    let mut named: Vec<String> = site
+        .named
+        .iter()
+        .map(|p| {
+            let who = p.name.as_deref().map_or(std::borrow::Cow::Borrowed("a patient without a name"), shown);
+            let what: Vec<_> = p.changed.iter().map(|c| shown(c)).collect();
+            format!("{who} ({})", what.join(", "))
+        })
+        .collect();
+    let more = site.patients.saturating_sub(named.len() as u64);
+    if more > 0 {
+        named.push(format!("{more} more"));
+    }
+    let list = match named.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    format!("brought in changes to {patients} from {}: {list}", shown(&site.site))
 }
 
 /// A run's counts in one line of words (Latest Logs).
@@ -417,8 +482,19 @@ mod tests {
         );
         assert_eq!(
             said(json!({ "rows_applied": 4, "documents": { "exported": 0, "placed": 1 } })),
-            "Brought in 4 changes from other sites; sent 0 document files and placed 1"
+            "Brought in 4 changes from other sites; placed 1 document file"
         );
         assert_eq!(said(json!({ "said": "verified the folder" })), "verified the folder");
+        let brought = json!({ "rows_applied": 9, "brought_in": [
+            { "site": "Home visits", "patients": 7, "named": [
+                { "id": "p1", "name": "Jane Smith", "changed": ["phone"] },
+                { "id": "p2", "name": "John \u{1b}Doe", "changed": ["added", "appointments"] },
+            ] },
+            { "site": "Branch", "patients": 1, "named": [{ "id": "p3", "name": null, "changed": ["deleted"] }] },
+        ] });
+        assert_eq!(
+            said(brought),
+            "Brought in changes to 7 patients from Home visits: Jane Smith (phone), John \\u{1b}Doe (added, appointments) and 5 more; brought in changes to 1 patient from Branch: a patient without a name (deleted)"
+        );
     }
 }

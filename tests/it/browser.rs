@@ -111,7 +111,12 @@ fn clinic_staff_use_the_page_in_chromium() {
     });
     assert!(top.contains("ok"), "{top}");
     // The patient B added, with one row of each of its three child tables.
-    assert!(top.contains("Brought in 4 changes from other sites"), "in a sentence: {top}");
+    assert!(
+        top.contains(
+            "Brought in changes to 1 patient from b: Given2 Family2 (added, appointments, clinical_notes, invoices)"
+        ),
+        "in a sentence, by name, with what changed: {top}"
+    );
     let events = browser.text("#runs details.run:first-child .events");
     assert!(
         events.contains("brought in 4 changed rows of Given2 Family2"),

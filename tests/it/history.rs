@@ -79,3 +79,34 @@ fn a_site_that_takes_in_the_familys_data_writes_no_history() {
     let (_, text) = history(&b, "Given3");
     assert!(text.contains(r#" a: patients phone set to "+1 555 0003""#), "{text}");
 }
+
+#[test]
+fn latest_logs_say_whose_changes_to_which_patients_and_what_of_each() {
+    let (_family, a, b) = two_sites();
+    let edited = add_patient(&app(&a), 1, 1);
+    let deleted = add_patient(&app(&a), 2, 0);
+    for n in 3..8 {
+        add_patient(&app(&a), n, 0);
+    }
+    sync_ok(&a);
+    sync_ok(&b);
+    let first = String::from_utf8(cli(&b).args(["log", "--last", "1"]).output().unwrap().stdout).unwrap();
+    assert!(first.contains("Brought in changes to 7 patients from a: "), "{first}");
+    assert!(first.contains(" and 2 more"), "five named, the rest counted: {first}");
+
+    app(&a).execute("UPDATE patients SET phone = '+1 555 9999' WHERE id = ?1", [&edited]).unwrap();
+    app(&a).execute("UPDATE appointments SET status = 'arrived' WHERE patient_id = ?1", [&edited]).unwrap();
+    app(&a).execute("DELETE FROM patients WHERE id = ?1", [&deleted]).unwrap();
+    sync_ok(&a);
+    sync_ok(&b);
+    let out = String::from_utf8(cli(&b).args(["log", "--last", "1"]).output().unwrap().stdout).unwrap();
+    let said = out.lines().nth(1).unwrap_or_default();
+    assert!(said.contains("Brought in changes to 2 patients from a: "), "{out}");
+    assert!(said.contains("Given1 Family1 (appointments, phone)"), "fields and tables by name: {out}");
+    assert!(said.contains("Given2 Family2 (deleted)"), "a deleted patient by the name it had: {out}");
+    assert!(!said.contains(&edited) && !said.contains(&deleted), "no ids: {out}");
+    let json = json_of(&b, &["log", "--last", "1"]);
+    let brought = &json[0]["run"]["summary"]["brought_in"][0];
+    assert_eq!(brought["site"], "a");
+    assert_eq!(brought["patients"], 2);
+}

@@ -310,9 +310,11 @@ impl Run<'_> {
         let mut warnings = Vec::new();
         let mut affected = BTreeSet::new();
         let mut failure = None;
-        let patients = docs.len();
-        // The first few, to name them in the log.
-        let named: Vec<String> = docs.keys().take(NAMED_IN_LOG).cloned().collect();
+        let mut changed = Vec::new();
+        // The patients whose rows changed, and the first few, to name them
+        // in the log.
+        let mut patients = 0;
+        let mut named = Vec::new();
         // A failed document drops the whole transaction below, so no
         // document needs a savepoint of its own.
         for doc in docs.into_values() {
@@ -321,6 +323,13 @@ impl Run<'_> {
                 Ok(o) => {
                     rows += o.rows_changed;
                     conflicts += o.new_conflicts;
+                    if o.rows_changed > 0 {
+                        patients += 1;
+                        if named.len() < NAMED_IN_LOG {
+                            named.push(patient.clone());
+                        }
+                    }
+                    changed.push((patient.clone(), o.changed));
                     warnings.extend(o.warnings);
                     affected.extend(o.affected);
                     if !o.stale_purged.is_empty() {
@@ -359,12 +368,16 @@ impl Run<'_> {
         self.note_stamped(stamped);
         self.counts.segments_applied += 1;
         self.counts.rows_applied += rows as u64;
+        for (patient, what) in changed {
+            self.brought.note(&patient, what);
+        }
         for warning in warnings {
             self.rec.warning(EventKind::Schema, Some(&path), warning);
         }
         if rows > 0 {
             let names = self.patient_names(&named, patients)?;
-            self.rec.applied(&path, format!("brought in {rows} changed rows of {names} from {name}"));
+            let rows = if rows == 1 { "1 changed row".to_owned() } else { format!("{rows} changed rows") };
+            self.rec.applied(&path, format!("brought in {rows} of {names} from {name}"));
         }
         if conflicts > 0 {
             self.counts.new_conflicts += conflicts as u64;

@@ -24,6 +24,7 @@ use crate::model::{Clock, write_hex_bytes};
 use crate::xmlstore::Limits;
 
 mod bodies;
+mod brought;
 mod copies;
 mod deletes;
 mod documents;
@@ -206,6 +207,7 @@ pub fn sync_with_clock(
         scanned: Scanned::default(),
         purges: Purges::default(),
         only: options.only.clone().map(OnlyTable::new),
+        brought: brought::Tally::default(),
     };
     let result = if options.docs_only {
         run.execute_documents()
@@ -252,6 +254,7 @@ pub fn sync_with_clock(
     if outcome != Outcome::Failed && run.full_sync(options) && run.db.meta(TABLES_WAITING)?.is_some() {
         run.db.delete_meta(TABLES_WAITING)?;
     }
+    run.counts.brought_in = run.brought_in()?;
     let ended_ms = clock.now_ms();
     run.counts.folder = run.folder.stats();
     let report = RunReport {
@@ -308,6 +311,8 @@ struct Run<'c> {
     purges: Purges,
     /// Set for a `sync --only TABLE` run.
     only: Option<OnlyTable>,
+    /// Whose changes the run brought in, for its sentence.
+    brought: brought::Tally,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {

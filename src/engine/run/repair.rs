@@ -384,17 +384,16 @@ impl Run<'_> {
                     for warning in outcome.warnings {
                         self.rec.warning(EventKind::Schema, Some(&f.path), warning);
                     }
+                    self.brought.note(&patient.0, outcome.changed);
                     if outcome.rows_changed > 0 {
                         self.counts.files_applied += 1;
                         self.counts.rows_applied += outcome.rows_changed as u64;
                         let who = self.patient_names(std::slice::from_ref(&patient.0), 1)?;
-                        self.rec.applied(
-                            &f.path,
-                            format!(
-                                "brought in {} changed rows of {who} from its patient file",
-                                outcome.rows_changed
-                            ),
-                        );
+                        let rows = match outcome.rows_changed {
+                            1 => "1 changed row".to_owned(),
+                            n => format!("{n} changed rows"),
+                        };
+                        self.rec.applied(&f.path, format!("brought in {rows} of {who} from its patient file"));
                     }
                     if outcome.new_conflicts > 0 {
                         self.counts.new_conflicts += outcome.new_conflicts as u64;
