@@ -67,10 +67,13 @@ pub(super) fn print_status(s: &StatusReport) {
         for t in waiting {
             let mut what = Vec::new();
             if t.to_send > 0 {
-                what.push(format!("{} changed rows here to send", t.to_send));
+                what.push(format!(
+                    "{} here to send",
+                    crate::engine::counted(t.to_send, "changed row", "changed rows")
+                ));
             }
             if let Some(n) = t.from_others.filter(|n| *n > 0) {
-                what.push(format!("{n} rows from other sites to apply"));
+                what.push(format!("{} from other sites to apply", crate::engine::counted(n, "row", "rows")));
             }
             say!("  {}: {}", shown(&t.table), what.join(", "));
         }

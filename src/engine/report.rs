@@ -246,6 +246,11 @@ impl EventKind {
     }
 }
 
+/// "1 patient", "3 patients": a count with its noun.
+pub(crate) fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Collects the events of a run as it goes.
 pub(crate) struct Recorder {
     pub(crate) events: Vec<EventRecord>,
@@ -419,7 +424,8 @@ pub fn summary_sentence(summary: &serde_json::Value) -> String {
 /// "brought in changes to 3 patients from Home visits: Jane Smith (phone),
 /// John Doe (added) and 1 more".
 fn brought_in_words(site: &BroughtIn) -> String {
-    let patients = if site.patients == 1 { "1 patient".to_owned() } else { format!("{} patients", site.patients) };
+    let patients =
+        if site.patients == 1 { "1 patient".to_owned() } else { format!("{} patients", site.patients) };
     let mut named: Vec<String> = site
         .named
         .iter()

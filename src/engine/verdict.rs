@@ -14,9 +14,18 @@ pub struct Need {
     pub what: String,
     /// Where the page sees to it (a path of the page).
     pub page: &'static str,
+    /// The words on the page's button for it ("Review them").
+    pub action: &'static str,
+    /// When the button does it at once: the form it posts to `page`, as
+    /// `(field, value)` pairs (with the page's CSRF token added); none when
+    /// it opens `page`.
+    pub post: Option<&'static [(&'static str, &'static str)]>,
     /// The command that does, in a terminal.
     pub command: &'static str,
 }
+
+/// The button that syncs now.
+const SYNC_NOW: (&str, &str, Option<&[(&str, &str)]>) = ("/sync", "Sync Now", Some(&[]));
 
 /// The verdict. Field names are part of `--json`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -32,8 +41,14 @@ pub struct Verdict {
 /// own.
 pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
     let mut needs = Vec::new();
-    let mut need = |what: String, page: &'static str, command: &'static str| {
-        needs.push(Need { what, page, command });
+    let mut need = |what: String,
+                    (page, action, post): (
+        &'static str,
+        &'static str,
+        Option<&'static [(&'static str, &'static str)]>,
+    ),
+                    command: &'static str| {
+        needs.push(Need { what, page, action, post, command });
     };
     if !s.online {
         need(
@@ -41,20 +56,22 @@ pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
                 "the sync folder {} cannot be reached (is the drive there and the cloud client running?)",
                 s.folder
             ),
-            "/settings",
+            ("/settings", "Open Settings", None),
             "clinicsync settings",
         );
     }
     match s.last_outcome.as_deref() {
-        Some("failed") => need("the last sync failed".into(), "/logs", "clinicsync log"),
-        Some("partial") => need("the last sync left something undone".into(), "/logs", "clinicsync log"),
-        None => need("this site has not synced yet".into(), "/", "clinicsync sync"),
+        Some("failed") => need("the last sync failed".into(), ("/logs", "See why", None), "clinicsync log"),
+        Some("partial") => {
+            need("the last sync left something undone".into(), ("/logs", "See what", None), "clinicsync log")
+        }
+        None => need("this site has not synced yet".into(), SYNC_NOW, "clinicsync sync"),
         _ => {}
     }
     if s.open_conflicts > 0 {
         need(
             format!("{} to review", count(s.open_conflicts, "conflict", "conflicts")),
-            "/conflicts",
+            ("/conflicts", "Review them", None),
             "clinicsync conflicts",
         );
     }
@@ -64,35 +81,39 @@ pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
                 "the deletion of {} waits for you",
                 count(s.held_deletes.patients, "patient", "patients")
             ),
-            "/#held",
+            ("/#held", "Decide", None),
             "clinicsync status",
         );
     } else if s.held_deletes.rows > 0 {
         need(
             format!("the deletion of {} waits for you", count(s.held_deletes.rows, "row", "rows")),
-            "/#held",
+            ("/#held", "Decide", None),
             "clinicsync status",
         );
     }
     if s.documents.failed > 0 {
         need(
             format!("{} failed their integrity check", count(s.documents.failed, "document", "documents")),
-            "/",
+            ("/#documents", "See which", None),
             "clinicsync documents",
         );
     }
     if let Some(v) = s.last_verify.as_ref().filter(|v| v.problems > 0) {
         need(
             format!("the last verification found {} in the folder", count(v.problems, "problem", "problems")),
-            "/logs",
+            ("/logs", "See the problems", None),
             "clinicsync verify",
         );
     }
     if s.stale && s.last_sync_ms.is_some() {
-        need("no complete sync for over an hour".into(), "/", "clinicsync sync");
+        need("no complete sync for over an hour".into(), SYNC_NOW, "clinicsync sync");
     }
     if !auto_sync {
-        need("automatic sync is off".into(), "/settings", "clinicsync settings auto_sync=on");
+        need(
+            "automatic sync is off".into(),
+            ("/settings", "Turn it on", Some(&[("auto_sync", "on")])),
+            "clinicsync settings auto_sync=on",
+        );
     }
     let ok = needs.is_empty();
     let sentence = if ok {

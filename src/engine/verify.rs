@@ -245,8 +245,8 @@ fn verify_folder(db_path: &Path) -> Result<VerifyReport, EngineError> {
         if patient_file_name(&doc.patient.0) != stem {
             v.problem(
                 &path,
-                format!("holds patient {}, whose file has another name", shown(&doc.patient.0)),
-                "it is not read under this name",
+                "holds another patient than its name says".to_owned(),
+                "it is not read under this name; `clinicsync sync` at a site that has this patient writes its file again",
             );
             continue;
         }
@@ -301,9 +301,16 @@ fn verify_folder(db_path: &Path) -> Result<VerifyReport, EngineError> {
                 && !bodies.contains(body.sha256())
                 && !v.problems.iter().any(|p| p.path == body.folder_path())
             {
+                let of = match db.patient_of_row(&key)? {
+                    Some(p) => match db.patient_name(&p)? {
+                        Some(name) => format!(" of {}", shown(&name)),
+                        None => format!(" of patient {}", shown(&p)),
+                    },
+                    None => String::new(),
+                };
                 v.problem(
                     &body.folder_path(),
-                    format!("is missing: it is the file of document {} ({} {})", body, key.table, shown(&key.pk)),
+                    format!("is missing: it is the file of document {body}{of}"),
                     "the site that has it writes it again on its next full scan (`clinicsync sync --full-scan`)",
                 );
             }

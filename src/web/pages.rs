@@ -164,8 +164,18 @@ function renderVerdict(v) {
   const strong = document.createElement('strong'); strong.textContent = 'Needs you:'; box.appendChild(strong);
   const ul = document.createElement('ul');
   for (const n of v.needs) {
-    const li = document.createElement('li'); const a = document.createElement('a');
-    a.href = n.page; a.textContent = n.what; li.appendChild(a); ul.appendChild(li);
+    const li = document.createElement('li'); li.append(n.what + ' ');
+    if (n.post) {
+      const form = document.createElement('form'); form.className = 'inline'; form.method = 'post'; form.action = n.page;
+      for (const [k, val] of [['csrf', csrf], ...n.post]) {
+        const input = document.createElement('input'); input.type = 'hidden'; input.name = k; input.value = val; form.appendChild(input);
+      }
+      const b = document.createElement('button'); b.type = 'submit'; b.className = 'need'; b.textContent = n.action;
+      form.appendChild(b); li.appendChild(form);
+    } else {
+      const a = document.createElement('a'); a.className = 'button-link need'; a.href = n.page; a.textContent = n.action; li.appendChild(a);
+    }
+    ul.appendChild(li);
   }
   box.appendChild(ul);
 }
@@ -255,14 +265,31 @@ setInterval(() => { if (!watching) poll(); }, 3000);
 
 /// The verdict line under the navigation: what is fine, or each thing
 /// that needs a person with a link to where it is seen to.
-fn verdict_html(v: &crate::engine::Verdict) -> String {
+fn verdict_html(v: &crate::engine::Verdict, csrf: &str) -> String {
     if v.ok {
         return format!(r#"<div id="verdict" class="verdict good" role="status">{}</div>"#, esc(&v.sentence));
     }
     let items: String = v
         .needs
         .iter()
-        .map(|n| format!(r#"<li><a href="{}">{}</a></li>"#, esc(n.page), esc(&n.what)))
+        .map(|n| {
+            let button = match n.post {
+                Some(fields) => {
+                    let fields: String = fields
+                        .iter()
+                        .map(|(k, v)| format!(r#"<input type="hidden" name="{}" value="{}">"#, esc(k), esc(v)))
+                        .collect();
+                    format!(
+                        r#"<form class="inline" method="post" action="{}"><input type="hidden" name="csrf" value="{}">{fields}<button type="submit" class="need">{}</button></form>"#,
+                        esc(n.page),
+                        esc(csrf),
+                        esc(n.action)
+                    )
+                }
+                None => format!(r#"<a class="button-link need" href="{}">{}</a>"#, esc(n.page), esc(n.action)),
+            };
+            format!(r#"<li>{} {button}</li>"#, esc(&n.what))
+        })
         .collect();
     format!(
         r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul>{items}</ul></div>"#
@@ -322,7 +349,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
         r#"<a class="card-link" href="/conflicts">{}</a>"#,
         card("card-conflicts", "Open conflicts", &s.open_conflicts.to_string(), s.open_conflicts == 0)
     );
-    let mut body = verdict_html(&s.verdict);
+    let mut body = verdict_html(&s.verdict, &ctx.csrf);
     body.push_str(&format!(
         r#"<h1>{name}</h1>
 <p class="muted">Folder: <span class="path">{folder}</span></p>
@@ -366,7 +393,7 @@ pub(super) fn status(ctx: &Context, s: &StatusReport, alerts: &[AlertView]) -> S
         };
         let good = d.folder.is_some() && d.failed == 0;
         body.push_str(&format!(
-            r#"<h2>Documents</h2><p id="documents-line" class="{}">{line}</p>
+            r#"<h2 id="documents">Documents</h2><p id="documents-line" class="{}">{line}</p>
 <form method="post" action="/sync-documents"><input type="hidden" name="csrf" value="{csrf}">
 <button id="sync-documents-button" type="submit" class="secondary">Sync documents now</button></form>"#,
             class(good),

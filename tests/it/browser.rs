@@ -298,6 +298,32 @@ fn every_page_is_accessible_and_a_held_deletion_is_kept_then_confirmed_from_the_
     let found: Vec<&str> = broken.as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert!(found.contains(&"image-alt") && found.contains(&"label"), "{found:?}");
 
+    // By keyboard alone: Tab reaches the verdict's button, which shows
+    // where the focus is, and Enter follows it.
+    browser.goto(&format!("{}/", service.base));
+    let mut reached = false;
+    for _ in 0..60 {
+        browser.press("\u{E004}");
+        let focused = browser.run_async("arguments[0](document.activeElement.textContent)");
+        if focused == "Decide" {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "Tab never reached the verdict's Decide button");
+    let outline = browser.run_async("arguments[0](getComputedStyle(document.activeElement).outlineStyle)");
+    assert_eq!(outline, "solid", "the focus is visible");
+    browser.press("\u{E007}");
+    let start = std::time::Instant::now();
+    while !browser.url().ends_with("/#held") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "Enter did not follow the button: {}",
+            browser.url()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // The held deletion, decided from the page: kept (refused) first...
     let shots = screenshots();
     browser.goto(&format!("{}/", service.base));

@@ -121,7 +121,10 @@ fn a_file_whose_name_does_not_match_its_patient_is_not_applied() {
     let (code, report) = sync_with(&b, &["--full-scan"]);
     assert_eq!(code, 3, "{report:#}");
     assert!(
-        events_of(&report, "skipped")[0]["message"].as_str().unwrap().contains("whose file would be named")
+        events_of(&report, "skipped")[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the patient it holds is not the one its name says")
     );
 }
 

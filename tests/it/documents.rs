@@ -151,7 +151,7 @@ fn a_damaged_body_is_never_placed_and_is_placed_once_its_site_publishes_it_again
         .unwrap_or_else(|| panic!("no integrity event: {report:#}"));
     let good_sha = body.file_name().unwrap().to_str().unwrap();
     assert!(said.contains(good_sha) && said.contains("expected 300009 bytes"), "{said}");
-    assert!(said.contains(&t.patient), "names the patient: {said}");
+    assert!(said.contains("scan.pdf of Given1 Family1 not placed"), "names the patient: {said}");
     let status = json_of(&t.b, &["status"]);
     assert_eq!(status["documents"]["failed"], 1, "{status:#}");
     let listed = json_of(&t.b, &["documents"]);

@@ -169,7 +169,7 @@ fn a_held_mass_deletion_is_kept_and_another_deleted_from_the_page_by_name() {
     );
     assert!(!html.contains("clinicsync sync --confirm-deletes"), "buttons, not commands: {html}");
     assert!(
-        html.contains(r#"<li><a href="/#held">the deletion of 25 patients waits for you</a></li>"#),
+        html.contains(r#"<li>the deletion of 25 patients waits for you <a class="button-link need" href="/#held">Decide</a></li>"#),
         "{html}"
     );
 
@@ -203,6 +203,32 @@ fn a_held_mass_deletion_is_kept_and_another_deleted_from_the_page_by_name() {
 }
 
 #[test]
+fn each_thing_the_verdict_asks_of_a_person_has_its_button_and_the_button_does_it() {
+    let (_family, a, _b) = two_sites();
+    set(&a, &["auto_sync=off"]);
+    let page = Page::open(&a);
+    let (_, html) = page.get("/");
+    assert!(
+        html.contains(&format!(
+            r#"<li>automatic sync is off <form class="inline" method="post" action="/settings"><input type="hidden" name="csrf" value="{}"><input type="hidden" name="auto_sync" value="on"><button type="submit" class="need">Turn it on</button></form></li>"#,
+            page.csrf
+        )),
+        "{html}"
+    );
+    let status = json_of(&a, &["status"]);
+    assert_eq!(status["verdict"]["needs"][0]["action"], "Turn it on", "{status:#}");
+    // The button's form, as the browser sends it.
+    let (code, _, _) = page.post("/settings", &[("auto_sync", "on")]);
+    assert_eq!(code, 303);
+    let shown = json_of(&a, &["settings"]);
+    let auto = shown.as_array().unwrap().iter().find(|s| s["key"] == "auto_sync").unwrap();
+    assert_eq!(auto["value"], "on", "{auto:#}");
+    let (_, html) = page.get("/");
+    assert!(!html.contains("automatic sync is off"), "{html}");
+    assert!(html.contains(r#"class="verdict good""#), "{html}");
+}
+
+#[test]
 fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync() {
     let (family, a, _b) = two_sites();
     let page = Page::open(&a);
@@ -229,8 +255,17 @@ fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync
     let last = card(&html);
     assert!(last.contains("(failed); last complete sync <time"), "{last}");
     assert!(html.contains(r#"<div class="card bad" id="card-last">"#), "red: {last}");
-    assert!(html.contains(r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul><li><a href="/settings">the sync folder "#), "{html}");
-    assert!(html.contains(r#"<li><a href="/logs">the last sync failed</a></li>"#), "{html}");
+    assert!(html.contains(r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul><li>the sync folder "#), "{html}");
+    assert!(
+        html.contains(r#"<a class="button-link need" href="/settings">Open Settings</a></li>"#),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            r#"<li>the last sync failed <a class="button-link need" href="/logs">See why</a></li>"#
+        ),
+        "{html}"
+    );
     let human = String::from_utf8(cli(&a).arg("status").output().unwrap().stdout).unwrap();
     assert!(human.starts_with("Needs you: the sync folder "), "{human}");
     assert!(human.contains("  - the last sync failed (`clinicsync log`)"), "{human}");
@@ -315,16 +350,41 @@ fn visible_outside_details(html: &str) -> String {
 
 #[test]
 fn no_page_shows_an_id_outside_its_details() {
-    let (_family, a, b, patient) = two_sites_sharing_a_patient(1);
+    let (family, a, b, patient) = two_sites_sharing_a_patient(1);
     edit_at_both(&a, &b, &patient, "phone", "+1 555 0101", "+1 555 0202");
-    let ids: Vec<String> =
-        ["site", "family"].iter().map(|k| json_of(&a, &["status"])[k].as_str().unwrap().to_owned()).collect();
+    // Latest Logs with something in them: a patient brought in, then
+    // deleted; a cloud client's copy merged; the folder verified.
+    let other = add_patient(&app(&b), 2, 1);
+    sync_ok(&b);
+    sync_ok(&a);
+    app(&b).execute("DELETE FROM patients WHERE id = ?1", [&other]).unwrap();
+    sync_ok(&b);
+    sync_ok(&a);
+    let original = patient_file(&family.folder(), &patient);
+    let stem = clinicsync::model::patient_file_name(&patient);
+    std::fs::copy(
+        &original,
+        original.with_file_name(format!("{stem}.sync-conflict-20240131-142233-7QKZ3XN.xml")),
+    )
+    .unwrap();
+    let report = json_of(&a, &["sync", "--full-scan"]);
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 1, "{report:#}");
+    cli(&a).arg("verify").assert().success();
+    let mut ids: Vec<String> = [&a, &b]
+        .iter()
+        .flat_map(|db| ["site", "family"].map(|k| json_of(db, &["status"])[k].as_str().unwrap().to_owned()))
+        .collect();
+    ids.extend([patient.clone(), other.clone()]);
     let page = Page::open(&a);
-    for path in ["/", "/conflicts", "/settings"] {
+    let (_, logs) = page.get("/logs");
+    for said in ["Given2 Family2 (deleted)", "merged into the file of Given1 Family1 and deleted", "verif"] {
+        assert!(logs.contains(said), "{said:?} in {logs}");
+    }
+    for path in ["/", "/conflicts", "/settings", "/logs", "/history?q=given2"] {
         let (code, html) = page.get(path);
         assert_eq!(code, 200);
         let text = visible_outside_details(&html);
-        for id in ids.iter().chain(std::iter::once(&patient)) {
+        for id in &ids {
             assert!(!text.contains(id.as_str()), "{path} shows {id} outside Details: {text}");
         }
         let hex32 = text.split(|c: char| !c.is_ascii_hexdigit()).any(|w| w.len() >= 32);

@@ -69,7 +69,7 @@ fn one_table_moves_both_ways_and_the_next_full_sync_carries_the_rest_once() {
     let human = cli(&b).arg("status").output().unwrap();
     let human = String::from_utf8_lossy(&human.stdout);
     assert!(
-        human.contains("clinical_notes: 1 changed rows here to send, 1 rows from other sites to apply"),
+        human.contains("clinical_notes: 1 changed row here to send, 1 row from other sites to apply"),
         "{human}"
     );
     let log = json_of(&b, &["log", "--last", "1"]);

@@ -170,7 +170,7 @@ pub(crate) struct Page {
     pub(crate) service: Service,
     agent: ureq::Agent,
     bearer: String,
-    csrf: String,
+    pub(crate) csrf: String,
 }
 
 impl Page {

@@ -191,6 +191,18 @@ impl Browser {
         }
     }
 
+    /// Presses and releases one key on whatever has the focus, as a
+    /// keyboard would (`\u{E004}` Tab, `\u{E007}` Enter).
+    pub(crate) fn press(&self, key: &str) {
+        self.session_call(
+            "POST",
+            "/actions",
+            Some(json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": [
+                { "type": "keyDown", "value": key }, { "type": "keyUp", "value": key }
+            ] }] })),
+        );
+    }
+
     /// Runs an async script: `arguments[0]` is the callback.
     pub(crate) fn run_async(&self, script: &str) -> Value {
         self.session_call("POST", "/execute/async", Some(json!({ "script": script, "args": [] })))

@@ -61,9 +61,14 @@ impl Run<'_> {
             };
             let mut patients = Vec::with_capacity(named.len());
             for (id, mut changed) in named {
-                if changed.contains("deleted") && self.db.patient_deletion_held(&id)? {
-                    changed.remove("deleted");
-                    changed.insert("deletion held for you to decide".to_owned());
+                // A deleted patient's rows went with it: the deletion says
+                // it all.
+                if changed.contains("deleted") {
+                    let held = self.db.patient_deletion_held(&id)?;
+                    changed =
+                        BTreeSet::from([
+                            if held { "deletion held for you to decide" } else { "deleted" }.to_owned()
+                        ]);
                 }
                 let name = self.db.patient_name(&id)?;
                 patients.push(ChangedPatient { id, name, changed: changed.into_iter().collect() });

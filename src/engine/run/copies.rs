@@ -18,6 +18,8 @@ use crate::engine::report::EventKind;
 pub(super) struct MergedCopy {
     pub(super) path: String,
     pub(super) stem: String,
+    /// The patient it holds, when this run read it.
+    pub(super) patient: Option<String>,
     pub(super) client: Client,
     pub(super) size: u64,
     pub(super) mtime_ns: i64,
@@ -135,12 +137,16 @@ impl Run<'_> {
     pub(super) fn settle_copies(&mut self) -> Result<(), EngineError> {
         for c in std::mem::take(&mut self.copies.merged) {
             let original = patient_path(&c.stem);
+            let file_of = match &c.patient {
+                Some(p) => format!("the file of {}", self.patient_names(std::slice::from_ref(p), 1)?),
+                None => "its original".to_owned(),
+            };
             let made_by = c.client.label();
             if self.copies.left_for_leader.contains(&c.stem) {
                 self.rec.info(
                     EventKind::ConflictCopy,
                     Some(&c.path),
-                    format!("a copy made by {made_by}: merged; {original} is gone, and the site that rebuilds it writes it and deletes the copies (two sites writing it at once would clash again)"),
+                    format!("a copy made by {made_by}: merged; {file_of} is gone, and the site that rebuilds it writes it and deletes the copies (two sites writing it at once would clash again)"),
                 );
                 continue;
             }
@@ -148,7 +154,7 @@ impl Run<'_> {
                 self.rec.skipped(
                     EventKind::ConflictCopy,
                     Some(&c.path),
-                    format!("was merged, but {original} could not be brought up to date; the copy stays until it is"),
+                    format!("was merged, but {file_of} could not be brought up to date; the copy stays until it is"),
                 );
                 continue;
             }
@@ -164,7 +170,7 @@ impl Run<'_> {
                     self.rec.info(
                         EventKind::ConflictCopy,
                         Some(&c.path),
-                        format!("a copy made by {made_by}: merged into {original} and kept (auto_delete_conflicts is off); it is not merged again unless it changes"),
+                        format!("a copy made by {made_by}: merged into {file_of} and kept (auto_delete_conflicts is off); it is not merged again unless it changes"),
                     );
                 }
                 continue;
@@ -189,7 +195,7 @@ impl Run<'_> {
                 self.rec.warning(
                     EventKind::ConflictCopy,
                     Some(&c.path),
-                    format!("was merged into {original} but could not be deleted: {e}; will retry"),
+                    format!("was merged into {file_of} but could not be deleted: {e}; will retry"),
                 );
                 continue;
             }
@@ -198,7 +204,7 @@ impl Run<'_> {
             self.rec.info(
                 EventKind::ConflictCopy,
                 Some(&c.path),
-                format!("a copy made by {made_by}: merged into {original} and deleted"),
+                format!("a copy made by {made_by}: merged into {file_of} and deleted"),
             );
         }
         if self.settings.auto_delete_conflicts {

@@ -10,7 +10,7 @@ use crate::model::Hlc;
 use crate::model::short_id;
 
 use super::{PARKED_NAMED, Run, SEGMENT_ROWS};
-use crate::engine::report::EventKind;
+use crate::engine::report::{EventKind, counted};
 
 impl Run<'_> {
     /// This site was away while others purged tombstones it never read.
@@ -142,8 +142,8 @@ impl Run<'_> {
             let total = self.db.table_count(&table)?;
             let limit = min.max((total * percent).div_ceil(100));
             let what = match group {
-                HeldGroup::Patients => format!("{count} patients"),
-                _ => format!("{count} rows of {table}"),
+                HeldGroup::Patients => counted(count, "patient", "patients"),
+                _ => format!("{} of {table}", counted(count, "row", "rows")),
             };
             if count <= limit || self.confirm_deletes {
                 let released = self.db.release_held(&group)?;
@@ -152,7 +152,10 @@ impl Run<'_> {
                 let why = if count > limit { " (confirmed with --confirm-deletes)" } else { "" };
                 let with = match group {
                     HeldGroup::Patients if released.rows > released.patients => {
-                        format!(" with {} of their rows", released.rows - released.patients)
+                        match released.rows - released.patients {
+                            1 => " with one of their rows".to_owned(),
+                            n => format!(" with {n} of their rows"),
+                        }
                     }
                     _ => String::new(),
                 };
@@ -211,17 +214,42 @@ impl Run<'_> {
         // The first few by name, the rest counted per table: a file of a
         // hundred thousand such rows must not make as many log lines.
         let mut more: BTreeMap<String, u64> = BTreeMap::new();
+        // Rows said alike (no name of their own, one patient, one reason)
+        // are one line with their number.
+        // (row name, table, " of PATIENT", reason) and how many.
+        type Alike = (Option<String>, String, String, String);
+        let mut said: Vec<(Alike, u64)> = Vec::new();
         for (i, (key, reason)) in still.into_iter().enumerate() {
             if i >= PARKED_NAMED {
                 *more.entry(key.table).or_default() += 1;
                 continue;
             }
+            // The row by its name where the app's columns give one, and
+            // its patient's name.
+            let name = self.db.row_name(&key.table, &key.pk)?;
+            let of = match self.db.patient_of_row(&key)? {
+                Some(p) => format!(" of {}", self.patient_names(std::slice::from_ref(&p), 1)?),
+                None => String::new(),
+            };
+            let alike = (name, key.table, of, reason);
+            match said.iter_mut().find(|(s, _)| *s == alike) {
+                Some((_, n)) => *n += 1,
+                None => said.push((alike, 1)),
+            }
+        }
+        for ((name, table, of, reason), n) in said {
+            let row = match (name, n) {
+                (Some(name), 1) => format!("the {table} row {} is", crate::model::shown(&name)),
+                (Some(name), n) => format!("{n} {table} rows {} are", crate::model::shown(&name)),
+                (None, 1) => format!("a row of {table}{of} is"),
+                (None, n) => format!("{n} rows of {table}{of} are"),
+            };
+            let (it, its) = if n == 1 { ("it", "its") } else { ("them", "their") };
             self.rec.skipped(
                 EventKind::Parked,
                 None,
                 format!(
-                    "row {}/{} is kept by clinicsync but the app's table cannot hold it yet ({reason}); the rest of its data is on its way, and every run tries again",
-                    key.table, key.pk
+                    "{row} kept by clinicsync but the app's table cannot hold {it} yet ({reason}); the rest of {its} data is on its way, and every run tries again"
                 ),
             );
         }

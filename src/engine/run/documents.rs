@@ -91,10 +91,20 @@ impl Run<'_> {
 
     pub(super) fn refuse_document(&mut self, key: &RowKey, path: &str, why: &str) {
         self.counts.documents.refused += 1;
+        // Its patient by name (a database that cannot say leaves it out:
+        // the refusal itself is what matters).
+        let of = self
+            .db
+            .patient_of_row(key)
+            .ok()
+            .flatten()
+            .and_then(|p| self.patient_names(std::slice::from_ref(&p), 1).ok())
+            .map(|who| format!(" of {who}"))
+            .unwrap_or_default();
         self.rec.skipped(
             EventKind::Document,
             None,
-            format!("document {} ({} {}) is not synced: {why}", shown(path), key.table, shown(&key.pk)),
+            format!("document {}{of} is not synced: {why}", shown(path)),
         );
     }
 

@@ -7,7 +7,7 @@ use crate::engine::EngineError;
 use crate::engine::host::fault_point;
 
 use super::{Run, SEGMENT_BYTES, SEGMENT_ROWS, WRITE_BATCH_BYTES};
-use crate::engine::report::EventKind;
+use crate::engine::report::{EventKind, counted};
 
 impl Run<'_> {
     /// Step 2: turn local changes into versions, one bounded segment per
@@ -41,8 +41,10 @@ impl Run<'_> {
                 EventKind::Export,
                 None,
                 format!(
-                    "recorded {} changed rows of {} patients ({} new versions) as export #{seq}",
-                    stamped.rows, stamped.patients, stamped.versions
+                    "recorded {} of {} ({}) as export #{seq}",
+                    counted(stamped.rows as u64, "changed row", "changed rows"),
+                    counted(stamped.patients as u64, "patient", "patients"),
+                    counted(stamped.versions as u64, "new version", "new versions"),
                 ),
             );
         }

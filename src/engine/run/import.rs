@@ -12,7 +12,7 @@ use crate::model::{Hlc, PatientDoc, PatientId, SiteId};
 use crate::xmlstore::{DecodeError, Segment, decode_segment};
 
 use super::{AHEAD_BYTES, Run, retry_hint};
-use crate::engine::report::EventKind;
+use crate::engine::report::{EventKind, counted};
 
 /// Patients an applied segment names in the log; the rest are counted.
 const NAMED_IN_LOG: usize = 5;
@@ -85,7 +85,7 @@ impl Run<'_> {
             self.rec.warning(
                 EventKind::UnknownSite,
                 Some(&format!("{LOG_DIR}/{site}")),
-                format!("is the change-log of site {}, whose site file (sites/{site}.xml) is not in the folder: its changes are read once that file arrives (if that site left the family, its folder can be deleted)", site.short()),
+                format!("is the change-log of site {}, whose site file is not in the folder: its changes are read once that file arrives (if that site left the family, this folder can be deleted)", site.short()),
             );
         }
         let watermarks = self.db.watermarks()?;
@@ -376,7 +376,7 @@ impl Run<'_> {
         }
         if rows > 0 {
             let names = self.patient_names(&named, patients)?;
-            let rows = if rows == 1 { "1 changed row".to_owned() } else { format!("{rows} changed rows") };
+            let rows = counted(rows as u64, "changed row", "changed rows");
             self.rec.applied(&path, format!("brought in {rows} of {names} from {name}"));
         }
         if conflicts > 0 {
@@ -384,7 +384,10 @@ impl Run<'_> {
             self.rec.warning(
                 EventKind::Conflict,
                 Some(&path),
-                format!("{conflicts} concurrent edits kept for review (`clinicsync conflicts`)"),
+                format!(
+                    "{} kept for review (`clinicsync conflicts`)",
+                    counted(conflicts as u64, "concurrent edit", "concurrent edits")
+                ),
             );
         }
         touched.extend(affected);

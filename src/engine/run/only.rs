@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::changelog::{CatchUp, catch_up};
 use crate::engine::EngineError;
-use crate::engine::report::EventKind;
+use crate::engine::report::{EventKind, counted};
 use crate::model::PatientDoc;
 
 use super::{Run, SEGMENT_BYTES, SEGMENT_ROWS};
@@ -162,10 +162,10 @@ impl Run<'_> {
             .map(|t| {
                 let mut what = Vec::new();
                 if let Some(n) = to_send.get(t) {
-                    what.push(format!("{n} changed rows here to send"));
+                    what.push(format!("{} here to send", counted(*n, "changed row", "changed rows")));
                 }
                 if let Some(n) = left.get(t) {
-                    what.push(format!("{n} rows from other sites to apply"));
+                    what.push(format!("{} from other sites to apply", counted(*n, "row", "rows")));
                 }
                 format!("{t} ({})", what.join(", "))
             })

@@ -193,11 +193,12 @@ impl Run<'_> {
                     e.size
                 );
                 let patient = self.db.patient_of_row(key)?.unwrap_or_default();
+                let patient = self.patient_names(std::slice::from_ref(&patient), 1)?;
                 self.rec.skipped(
                     EventKind::Document,
                     Some(&body_path),
                     format!(
-                        "document {} of patient {} not placed: {said}. The copy in the folder is damaged; it is left for the site that wrote it to replace, and tried again next run",
+                        "document {} of {} not placed: {said}. The copy in the folder is damaged; it is left for the site that wrote it to replace, and tried again next run",
                         shown(&path),
                         shown(&patient)
                     ),
@@ -261,11 +262,12 @@ impl Run<'_> {
                 Ok(a) => arrived.push((f, a)),
                 Err(PlaceError::Mismatch(said)) => {
                     let patient = self.db.patient_of_row(&f.key)?.unwrap_or_default();
+                    let patient = self.patient_names(std::slice::from_ref(&patient), 1)?;
                     self.rec.skipped(
                         EventKind::Document,
                         Some(&f.wanted.folder_path()),
                         format!(
-                            "document {} of patient {} not placed: {said}. The copy in the folder is damaged; it is left for the site that wrote it to replace, and tried again next run",
+                            "document {} of {} not placed: {said}. The copy in the folder is damaged; it is left for the site that wrote it to replace, and tried again next run",
                             shown(&f.path),
                             shown(&patient)
                         ),

@@ -14,7 +14,7 @@ use super::{
     CHUNK, CHUNK_BYTES, FileRef, Loaded, MAX_REQUEUES, MergedCopy, Run, WRITE_BATCH_BYTES, on_both_cores,
     sha_hex,
 };
-use crate::engine::report::EventKind;
+use crate::engine::report::{EventKind, counted};
 
 /// A file to compare with this database's encoding: its place in the
 /// chunk, bytes and metadata, the patient's stored rows, the patient.
@@ -152,11 +152,12 @@ impl Run<'_> {
                 }
                 if retold > 0 {
                     let path = patient_path(&stem);
+                    let patient = self.patient_names(std::slice::from_ref(&patient), 1)?;
                     self.rec.warning(
                         EventKind::Purge,
                         Some(&path),
                         format!(
-                            "brings back {retold} rows of patient {patient} that were deleted and purged here; a site that has not applied the deletion wrote them, so the file is written again with the deletion and that site deletes them too (its edits are kept there for review)"
+                            "brings back {retold} rows of {patient} that were deleted and purged here; a site that has not applied the deletion wrote them, so the file is written again with the deletion and that site deletes them too (its edits are kept there for review)"
                         ),
                     );
                 }
@@ -331,6 +332,7 @@ impl Run<'_> {
                         self.copies.merged.push(MergedCopy {
                             path: f.path.clone(),
                             stem: f.stem.clone(),
+                            patient: None,
                             client,
                             size: entry.size,
                             mtime_ns: entry.mtime_ns,
@@ -389,11 +391,9 @@ impl Run<'_> {
                         self.counts.files_applied += 1;
                         self.counts.rows_applied += outcome.rows_changed as u64;
                         let who = self.patient_names(std::slice::from_ref(&patient.0), 1)?;
-                        let rows = match outcome.rows_changed {
-                            1 => "1 changed row".to_owned(),
-                            n => format!("{n} changed rows"),
-                        };
-                        self.rec.applied(&f.path, format!("brought in {rows} of {who} from its patient file"));
+                        let rows = counted(outcome.rows_changed as u64, "changed row", "changed rows");
+                        self.rec
+                            .applied(&f.path, format!("brought in {rows} of {who} from its patient file"));
                     }
                     if outcome.new_conflicts > 0 {
                         self.counts.new_conflicts += outcome.new_conflicts as u64;
@@ -402,8 +402,8 @@ impl Run<'_> {
                             EventKind::Conflict,
                             Some(&f.path),
                             format!(
-                                "{} concurrent edits of {who} kept for review (Conflicts, or `clinicsync conflicts`)",
-                                outcome.new_conflicts
+                                "{} of {who} kept for review (Conflicts, or `clinicsync conflicts`)",
+                                counted(outcome.new_conflicts as u64, "concurrent edit", "concurrent edits")
                             ),
                         );
                     }
@@ -412,6 +412,7 @@ impl Run<'_> {
                         self.copies.merged.push(MergedCopy {
                             path: f.path.clone(),
                             stem: f.stem.clone(),
+                            patient: Some(patient.0.clone()),
                             client,
                             size,
                             mtime_ns,
@@ -615,11 +616,13 @@ impl Run<'_> {
     /// A patient's file this site does not write: every reader would refuse
     /// it.
     pub(super) fn file_too_large(&mut self, stem: &str, patient: &str, why: &str) {
+        let patient =
+            self.patient_names(&[patient.to_owned()], 1).unwrap_or_else(|_| "This patient".to_owned());
         self.rec.skipped(
             EventKind::TooLarge,
             Some(&patient_path(stem)),
             format!(
-                "is not written: {why}. Patient {patient} holds more than a patient file may carry. Its changes still travel in this site's change-log, but a site that joins later, or reads the folder again from scratch, does not get this patient from the folder"
+                "is not written: {why}. {patient} holds more than a patient file may carry. Its changes still travel in this site's change-log, but a site that joins later, or reads the folder again from scratch, does not get this patient from the folder"
             ),
         );
     }

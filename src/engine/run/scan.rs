@@ -240,7 +240,7 @@ impl Run<'_> {
                 }
                 let path = format!("{dir_path}/{}", entry.name);
                 let Classified::Copy { of, client } = classify_path(&path) else { continue };
-                let FileKind::Segment { site, .. } = &of else { continue };
+                let FileKind::Segment { site, seq } = &of else { continue };
                 if *site == own && dir.name == own {
                     return Err(EngineError::SiteOnTwoMachines { file: path, client: client.label() });
                 }
@@ -248,8 +248,8 @@ impl Run<'_> {
                     EventKind::ConflictCopy,
                     Some(&path),
                     format!(
-                        "is a copy of {} made by {}: only one computer should write that site's change-log; left alone",
-                        of.path(),
+                        "is a copy of export #{seq} of {}'s change-log made by {}: only one computer should write that site's change-log; left alone",
+                        self.site_label(site),
                         client.label()
                     ),
                 );
@@ -335,10 +335,7 @@ impl Run<'_> {
             self.rec.skipped(
                 EventKind::Skipped,
                 Some(&f.path),
-                format!(
-                    "was not applied: it holds patient {} whose file would be named {expected}.xml",
-                    doc.patient
-                ),
+                "was not applied: the patient it holds is not the one its name says (a file renamed or written wrongly); `clinicsync verify` lists it".into(),
             );
             self.counts.files_skipped += 1;
             return Ok(Loaded::Skipped);
