@@ -370,17 +370,44 @@ fn no_page_shows_an_id_outside_its_details() {
     let report = json_of(&a, &["sync", "--full-scan"]);
     assert_eq!(report["counts"]["conflict_copies_deleted"], 1, "{report:#}");
     cli(&a).arg("verify").assert().success();
+    // And a deletion held for a person.
+    let held: Vec<String> = (3..5).map(|n| add_patient(&app(&b), n, 1)).collect();
+    sync_ok(&b);
+    sync_ok(&a);
+    set(&a, &["mass_delete_min_patients=1", "mass_delete_percent=1"]);
+    for id in &held {
+        app(&b).execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&b);
+    assert_eq!(sync(&a).0, 3, "held");
     let mut ids: Vec<String> = [&a, &b]
         .iter()
         .flat_map(|db| ["site", "family"].map(|k| json_of(db, &["status"])[k].as_str().unwrap().to_owned()))
         .collect();
     ids.extend([patient.clone(), other.clone()]);
+    ids.extend(held);
     let page = Page::open(&a);
     let (_, logs) = page.get("/logs");
-    for said in ["Given2 Family2 (deleted)", "merged into the file of Given1 Family1 and deleted", "verif"] {
+    for said in [
+        "Given2 Family2 (deleted)",
+        "merged into the file of Given1 Family1 and deleted",
+        "verif",
+        "Given3 Family3 (deletion held for you to decide)",
+    ] {
         assert!(logs.contains(said), "{said:?} in {logs}");
     }
-    for path in ["/", "/conflicts", "/settings", "/logs", "/history?q=given2"] {
+    for path in [
+        "/",
+        "/conflicts",
+        "/settings",
+        "/logs",
+        "/history?q=given2",
+        "/held/keep",
+        "/held/delete",
+        "/maintenance/baseline-upload",
+        "/maintenance/baseline-download",
+        "/maintenance/detach",
+    ] {
         let (code, html) = page.get(path);
         assert_eq!(code, 200);
         let text = visible_outside_details(&html);
