@@ -33,7 +33,10 @@ pub use host::{SystemClock, machine_fingerprint};
 pub use operation::{operation_trigger, trigger_operation};
 pub use progress::{Progress, ProgressView};
 pub(crate) use report::counted;
-pub use report::{Counts, Outcome, RunReport, conflict_json, outcome_words, summary_sentence, summary_text};
+pub use report::{
+    Counts, Outcome, Piece, RunReport, conflict_json, outcome_words, summary_pieces, summary_sentence,
+    summary_text,
+};
 pub use run::{
     DocumentCounts, SyncOptions, sync, sync_running, sync_with_clock, table_trigger, trigger_table,
 };

@@ -361,13 +361,36 @@ pub fn outcome_words(outcome: Option<&str>, newest_while_running: bool) -> &str 
     }
 }
 
+/// A piece of a run's sentence: words, or a patient the page links to
+/// its history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Patient { id: String, name: String },
+}
+
+impl Piece {
+    fn text(&self) -> &str {
+        match self {
+            Piece::Text(t) => t,
+            Piece::Patient { name, .. } => name,
+        }
+    }
+}
+
 /// What a run did, in a sentence for people (Latest Logs, `clinicsync
 /// log`): only what happened, "Nothing to do" when nothing did. An
 /// operation's record says its own sentence. The counters stay in
 /// [`summary_text`].
 pub fn summary_sentence(summary: &serde_json::Value) -> String {
+    summary_pieces(summary).iter().map(Piece::text).collect()
+}
+
+/// [`summary_sentence`] in pieces, its patients apart (names shown
+/// safely: control characters spelled out).
+pub fn summary_pieces(summary: &serde_json::Value) -> Vec<Piece> {
     if let Some(said) = summary.get("said").and_then(serde_json::Value::as_str) {
-        return said.to_owned();
+        return vec![Piece::Text(said.to_owned())];
     }
     let get = |k: &str| summary.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let docs = |k: &str| {
@@ -386,7 +409,7 @@ pub fn summary_sentence(summary: &serde_json::Value) -> String {
         ("files_held_back", "held back # from a clock running ahead", "file", "files"),
     ];
     // Whose changes, to whom, where the run says it.
-    let brought: Vec<String> = summary
+    let brought: Vec<Vec<Piece>> = summary
         .get("brought_in")
         .and_then(serde_json::Value::as_array)
         .into_iter()
@@ -395,56 +418,79 @@ pub fn summary_sentence(summary: &serde_json::Value) -> String {
         .filter(|site| site.patients > 0)
         .map(|site| brought_in_words(&site))
         .collect();
-    let mut parts: Vec<String> = SAID
+    let mut parts: Vec<Vec<Piece>> = SAID
         .iter()
         .filter(|(key, ..)| get(key) > 0)
         .flat_map(|(key, said, one, many)| match *key {
             "rows_applied" if !brought.is_empty() => brought.clone(),
-            _ => vec![said.replace('#', &n(get(key), one, many))],
+            _ => vec![vec![Piece::Text(said.replace('#', &n(get(key), one, many)))]],
         })
         .collect();
+    let mut words = |text: String| parts.push(vec![Piece::Text(text)]);
     match (docs("exported"), docs("placed")) {
         (0, 0) => {}
-        (sent, 0) => parts.push(format!("sent {}", n(sent, "document file", "document files"))),
-        (0, placed) => parts.push(format!("placed {}", n(placed, "document file", "document files"))),
+        (sent, 0) => words(format!("sent {}", n(sent, "document file", "document files"))),
+        (0, placed) => words(format!("placed {}", n(placed, "document file", "document files"))),
         (sent, placed) => {
-            parts.push(format!("sent {} and placed {placed}", n(sent, "document file", "document files")))
+            words(format!("sent {} and placed {placed}", n(sent, "document file", "document files")))
         }
     }
     if parts.is_empty() {
-        return "Nothing to do: already up to date".to_owned();
+        return vec![Piece::Text("Nothing to do: already up to date".to_owned())];
     }
-    let mut sentence = parts.join("; ");
-    if let Some(first) = sentence.get(..1) {
-        sentence = first.to_uppercase() + &sentence[1..];
+    let mut pieces = Vec::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            pieces.push(Piece::Text("; ".to_owned()));
+        }
+        pieces.extend(part);
     }
-    sentence
+    // Every part starts with words: the first is said with a capital.
+    if let Some(Piece::Text(first)) = pieces.first_mut()
+        && let Some(c) = first.get(..1)
+    {
+        *first = c.to_uppercase() + &first[1..];
+    }
+    pieces
 }
 
 /// "brought in changes to 3 patients from Home visits: Jane Smith (phone),
-/// John Doe (added) and 1 more".
-fn brought_in_words(site: &BroughtIn) -> String {
-    let patients =
-        if site.patients == 1 { "1 patient".to_owned() } else { format!("{} patients", site.patients) };
-    let mut named: Vec<String> = site
-        .named
-        .iter()
-        .map(|p| {
-            let who = p.name.as_deref().map_or(std::borrow::Cow::Borrowed("a patient without a name"), shown);
-            let what: Vec<_> = p.changed.iter().map(|c| shown(c)).collect();
-            format!("{who} ({})", what.join(", "))
-        })
-        .collect();
-    let more = site.patients.saturating_sub(named.len() as u64);
-    if more > 0 {
-        named.push(format!("{more} more"));
+/// John Doe (added) and 1 more"; fields and tables said with spaces
+/// ("family name", "clinical notes").
+fn brought_in_words(site: &BroughtIn) -> Vec<Piece> {
+    let patients = n_patients(site.patients);
+    let mut pieces =
+        vec![Piece::Text(format!("brought in changes to {patients} from {}: ", shown(&site.site)))];
+    let more = site.patients.saturating_sub(site.named.len() as u64);
+    let items = site.named.len() + usize::from(more > 0);
+    for (i, p) in site.named.iter().enumerate() {
+        if i > 0 {
+            pieces.push(Piece::Text(if i + 1 == items { " and " } else { ", " }.to_owned()));
+        }
+        let what: Vec<String> = p.changed.iter().map(|c| shown(c).replace('_', " ")).collect();
+        match &p.name {
+            Some(name) => pieces.push(Piece::Patient { id: p.id.clone(), name: shown(name).into_owned() }),
+            None => pieces.push(Piece::Text("a patient without a name".to_owned())),
+        }
+        pieces.push(Piece::Text(format!(" ({})", what.join(", "))));
     }
-    let list = match named.split_last() {
-        Some((last, [])) => last.clone(),
-        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
-        None => String::new(),
-    };
-    format!("brought in changes to {patients} from {}: {list}", shown(&site.site))
+    if more > 0 {
+        let and = if site.named.is_empty() { "" } else { " and " };
+        pieces.push(Piece::Text(format!("{and}{more} more")));
+    }
+    // Adjacent words are one piece.
+    let mut joined: Vec<Piece> = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match (joined.last_mut(), piece) {
+            (Some(Piece::Text(last)), Piece::Text(t)) => last.push_str(&t),
+            (_, piece) => joined.push(piece),
+        }
+    }
+    joined
+}
+
+fn n_patients(n: u64) -> String {
+    counted(n, "patient", "patients")
 }
 
 /// A run's counts in one line of words (Latest Logs).
@@ -498,6 +544,13 @@ mod tests {
             ] },
             { "site": "Branch", "patients": 1, "named": [{ "id": "p3", "name": null, "changed": ["deleted"] }] },
         ] });
+        let pieces = summary_pieces(&brought);
+        assert_eq!(
+            pieces[1],
+            Piece::Patient { id: "p1".into(), name: "Jane Smith".into() },
+            "the page links each named patient: {pieces:?}"
+        );
+        assert_eq!(pieces[2], Piece::Text(" (phone), ".into()));
         assert_eq!(
             said(brought),
             "Brought in changes to 7 patients from Home visits: Jane Smith (phone), John \\u{1b}Doe (added, appointments) and 5 more; brought in changes to 1 patient from Branch: a patient without a name (deleted)"

@@ -81,6 +81,8 @@ button:disabled { opacity: .6; cursor: wait; }
 details { background: #fff; border: 1px solid var(--line); border-radius: 8px; margin: 8px 0; padding: 8px 12px; }
 summary { cursor: pointer; }
 .events { margin: 8px 0 4px; padding-left: 18px; }
+section.run { background: #fff; border: 1px solid var(--line); border-radius: 8px; margin: 8px 0; padding: 8px 12px; }
+section.run p.said { margin: 2px 0 4px; } section.run details.run-events { border: none; padding: 0; margin: 0; }
 .events li { margin: 2px 0; }
 .lvl-error { color: var(--bad); font-weight: 600; } .lvl-warning { color: #8a5a00; font-weight: 600; }
 .path { font-family: ui-monospace, monospace; font-size: 14px; }
@@ -478,16 +480,32 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)], runnin
             "in progress" => "",
             _ => "bad",
         };
-        let sentence = run.summary.as_ref().map(crate::engine::summary_sentence).unwrap_or_default();
+        // The patients it names link to their history.
+        let sentence: String = run
+            .summary
+            .as_ref()
+            .map(crate::engine::summary_pieces)
+            .unwrap_or_default()
+            .iter()
+            .map(|piece| match piece {
+                crate::engine::Piece::Text(text) => esc(text),
+                crate::engine::Piece::Patient { id, name } => super::history::link(id, name),
+            })
+            .collect();
         let counters = run.summary.as_ref().map(summary_text).unwrap_or_default();
         let open = if i == 0 { " open" } else { "" };
+        // The sentence stays in view (its patients are links, which a
+        // summary must not hold); the events fold.
+        let said = match events.len() {
+            0 => "What happened".to_owned(),
+            n => format!("What happened ({})", crate::engine::counted(n as u64, "event", "events")),
+        };
         body.push_str(&format!(
-            r#"<details class="run" id="run-{id}"{open}><summary><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span><br><span class="said">{sentence}</span></summary><ul class="events">"#,
+            r#"<section class="run" id="run-{id}"><div class="run-head"><strong>#{id}</strong> {time} · <span class="trigger">{trigger}</span> · <span class="{class} outcome">{outcome}</span></div><p class="said">{sentence}</p><details class="run-events"{open}><summary>{said}</summary><ul class="events">"#,
             id = run.id,
             outcome = esc(outcome),
             time = time_html(Some(&format_time(run.started_ms))),
             trigger = esc(&trigger_words(&run.trigger)),
-            sentence = esc(&sentence),
         ));
         // What went wrong first, then what to look at, then the rest.
         let rank = |level: &str| match level {
@@ -513,7 +531,7 @@ pub(super) fn logs(ctx: &Context, runs: &[(RunRecord, Vec<EventRecord>)], runnin
             body.push_str(r#"<li class="muted">nothing to do</li>"#);
         }
         body.push_str(&format!(
-            r#"</ul><details class="ids"><summary>Details</summary><span class="muted">{}</span></details></details>"#,
+            r#"</ul><details class="ids"><summary>Details</summary><span class="muted">{}</span></details></details></section>"#,
             esc(&counters)
         ));
     }

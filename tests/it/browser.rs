@@ -106,18 +106,17 @@ fn clinic_staff_use_the_page_in_chromium() {
 
     // Latest Logs: the new run is at the top, open, with its events.
     browser.click("#progress a[href='/logs']");
-    let top = browser.wait_text("#runs details.run:first-child summary", Duration::from_secs(10), |t| {
-        t.contains("Sync Now")
-    });
+    let top = browser
+        .wait_text("#runs section.run:first-child", Duration::from_secs(10), |t| t.contains("Sync Now"));
     assert!(top.contains("ok"), "{top}");
     // The patient B added, with one row of each of its three child tables.
     assert!(
         top.contains(
-            "Brought in changes to 1 patient from b: Given2 Family2 (added, appointments, clinical_notes, invoices)"
+            "Brought in changes to 1 patient from b: Given2 Family2 (added, appointments, clinical notes, invoices)"
         ),
         "in a sentence, by name, with what changed: {top}"
     );
-    let events = browser.text("#runs details.run:first-child .events");
+    let events = browser.text("#runs section.run:first-child .events");
     assert!(
         events.contains("brought in 4 changed rows of Given2 Family2"),
         "events name the patient: {events}"
@@ -165,7 +164,7 @@ fn clinic_staff_use_the_page_in_chromium() {
         .wait_text("#tables-body", Duration::from_secs(10), |t| t.contains("1 changed here, not sent yet"));
     browser.screenshot(&shots.join("tables-waiting.png"));
     browser.click("button.waiting[data-table='appointments']");
-    let top = browser.wait_text("#runs details.run:first-child summary", Duration::from_secs(30), |t| {
+    let top = browser.wait_text("#runs section.run:first-child", Duration::from_secs(30), |t| {
         t.contains("Sync appointments only")
     });
     assert!(top.contains("ok"), "{top}");

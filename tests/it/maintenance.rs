@@ -389,12 +389,12 @@ fn no_page_shows_an_id_outside_its_details() {
     let page = Page::open(&a);
     let (_, logs) = page.get("/logs");
     for said in [
-        "Given2 Family2 (deleted)",
-        "merged into the file of Given1 Family1 and deleted",
-        "verif",
-        "Given3 Family3 (deletion held for you to decide)",
+        format!(r#"<a href="/history?q={other}">Given2 Family2</a> (deleted)"#),
+        "merged into the file of Given1 Family1 and deleted".to_owned(),
+        "verif".to_owned(),
+        "Given3 Family3</a> (deletion held for you to decide)".to_owned(),
     ] {
-        assert!(logs.contains(said), "{said:?} in {logs}");
+        assert!(logs.contains(&said), "{said:?} in {logs}: a run's sentence links the patients it names");
     }
     for path in [
         "/",
