@@ -160,6 +160,11 @@ function setCard(id, text, good) {
 }
 function renderVerdict(v) {
   const box = $('verdict'); if (!box || !v) return;
+  // Redrawn only when it says something else: a button that has the
+  // keyboard's focus keeps it.
+  const key = v.sentence + '|' + v.needs.map(n => n.action).join('|');
+  if (box.dataset.key === key) return;
+  box.dataset.key = key;
   box.className = 'verdict ' + (v.ok ? 'good' : 'bad');
   box.textContent = '';
   if (v.ok) { box.textContent = v.sentence; return; }
@@ -268,8 +273,14 @@ setInterval(() => { if (!watching) poll(); }, 3000);
 /// The verdict line under the navigation: what is fine, or each thing
 /// that needs a person with a link to where it is seen to.
 fn verdict_html(v: &crate::engine::Verdict, csrf: &str) -> String {
+    // What the page's script compares before redrawing it.
+    let key = format!("{}|{}", v.sentence, v.needs.iter().map(|n| n.action).collect::<Vec<_>>().join("|"));
     if v.ok {
-        return format!(r#"<div id="verdict" class="verdict good" role="status">{}</div>"#, esc(&v.sentence));
+        return format!(
+            r#"<div id="verdict" class="verdict good" role="status" data-key="{}">{}</div>"#,
+            esc(&key),
+            esc(&v.sentence)
+        );
     }
     let items: String = v
         .needs
@@ -294,7 +305,8 @@ fn verdict_html(v: &crate::engine::Verdict, csrf: &str) -> String {
         })
         .collect();
     format!(
-        r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul>{items}</ul></div>"#
+        r#"<div id="verdict" class="verdict bad" role="status" data-key="{}"><strong>Needs you:</strong><ul>{items}</ul></div>"#,
+        esc(&key)
     )
 }
 

@@ -312,6 +312,11 @@ fn every_page_is_accessible_and_a_held_deletion_is_kept_then_confirmed_from_the_
     assert!(reached, "Tab never reached the verdict's Decide button");
     let outline = browser.run_async("arguments[0](getComputedStyle(document.activeElement).outlineStyle)");
     assert_eq!(outline, "solid", "the focus is visible");
+    // The page's poll (every 3 s) keeps the focus where it is.
+    let kept = browser.run_async(
+        "poll().then(d => arguments[0]([d !== null, document.activeElement.textContent]), e => arguments[0]([false, String(e)]))",
+    );
+    assert_eq!(kept, serde_json::json!([true, "Decide"]), "a poll redrew the verdict under the focus");
     browser.press("\u{E007}");
     let start = std::time::Instant::now();
     while !browser.url().ends_with("/#held") {

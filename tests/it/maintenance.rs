@@ -239,7 +239,9 @@ fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync
     };
     assert!(card(&html).contains("(ok)") && !card(&html).contains("last complete sync"), "{}", card(&html));
     assert!(
-        html.contains(r#"<div id="verdict" class="verdict good" role="status">Up to date with b</div>"#),
+        html.contains(
+            r#"class="verdict good" role="status" data-key="Up to date with b|">Up to date with b</div>"#
+        ),
         "{html}"
     );
     // The folder goes away: the next run fails.
@@ -255,7 +257,13 @@ fn the_last_sync_card_gives_the_last_runs_own_outcome_and_the_last_complete_sync
     let last = card(&html);
     assert!(last.contains("(failed); last complete sync <time"), "{last}");
     assert!(html.contains(r#"<div class="card bad" id="card-last">"#), "red: {last}");
-    assert!(html.contains(r#"<div id="verdict" class="verdict bad" role="status"><strong>Needs you:</strong><ul><li>the sync folder "#), "{html}");
+    assert!(
+        html.contains(
+            r#"<div id="verdict" class="verdict bad" role="status" data-key="Needs you: the sync folder "#
+        ),
+        "{html}"
+    );
+    assert!(html.contains(r#"<strong>Needs you:</strong><ul><li>the sync folder "#), "{html}");
     assert!(
         html.contains(r#"<a class="button-link need" href="/settings">Open Settings</a></li>"#),
         "{html}"
