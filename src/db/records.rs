@@ -70,6 +70,10 @@ pub(crate) fn sync_records(
     }
     let keep: Vec<String> =
         wanted.iter().map(|w| format!("{}\u{1f}{}", w.col, w.version.hlc().encode())).collect();
+    // A version a purge took that came back (a site that kept it sent it
+    // again) is a concurrent version of the state like any other: its
+    // record is an ordinary one again (below), which only a person or a
+    // later edit with it in view settles, as at every other site.
     // An edit a purge took (see `lost_to_purge`) is not in the state any
     // more, so no later edit or delete can have seen it: it stays open for a
     // person, unless the row shows its value now (`settle_shown`).
@@ -101,7 +105,8 @@ pub(crate) fn sync_records(
                patient, source, detected_ms, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
              ON CONFLICT (tbl, pk, col, hlc) DO UPDATE SET kind = excluded.kind,
                winner_value = excluded.winner_value, winner_hlc = excluded.winner_hlc,
-               status = 'open', resolved_ms = NULL",
+               status = 'open', resolved_ms = NULL,
+               source = CASE WHEN source IS 'purged while this site was away' THEN excluded.source ELSE source END",
         )?
         .execute(params![
             key.table,

@@ -2,6 +2,7 @@
 //! absence never deletes, an edit concurrent with a delete is recorded, and
 //! a large batch of incoming deletions waits for confirmation.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
 
@@ -781,6 +782,55 @@ fn a_returning_site_that_keeps_what_was_purged_while_it_was_away_sends_it_back_t
     assert_eq!(dump(&a), dump(&b));
     assert_eq!(patient_field(&a, &ids[0], "email").as_deref(), Some("edited while away"));
     assert!(json_of(&c, &["conflicts"]).as_array().unwrap().is_empty(), "kept with the row: settled");
+}
+
+/// Open conflict records as (table, row, field, stamp of the value kept
+/// for review).
+fn open_records(db: &Path) -> BTreeSet<(String, String, String, String)> {
+    json_of(db, &["conflicts"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (s("table"), s("pk"), s("column"), s("lost_hlc"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_returning_site_that_keeps_purged_rows_leaves_the_same_records_open_as_everyone() {
+    let (_family, a, b) = two_sites();
+    let c = _family.init("c");
+    let conn = app(&a);
+    let ids: Vec<String> = (0..4).map(|n| add_patient(&conn, n, 1)).collect();
+    for db in [&a, &b, &c] {
+        sync_ok(db);
+    }
+    cli(&c).args(["settings", "mass_delete_min_patients=2"]).assert().success();
+    app(&c).execute("UPDATE patients SET email = 'edited while away' WHERE id = ?1", [&ids[0]]).unwrap();
+    for id in &ids[..3] {
+        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
+    }
+    for db in [&a, &b, &a] {
+        sync_ok(db);
+    }
+    assert!(month_passes_and_a_and_b_purge(&a, &b) >= 9);
+    // C returns and writes its files (the deletions held); A reads the
+    // folder before C keeps the rows.
+    assert_eq!(sync(&c).0, 3);
+    sync(&a);
+    let (code, report) = sync_with(&c, &["--keep-deleted"]);
+    assert_eq!(code, 0, "{report:#}");
+    for db in [&a, &b, &c, &a, &b, &c] {
+        sync(db);
+    }
+    assert_eq!(dump(&a), dump(&c));
+    assert_eq!(patient_field(&c, &ids[0], "email").as_deref(), Some("edited while away"));
+    // Every site keeps the same records open: the same versions are
+    // concurrent everywhere, and none is settled at one site alone.
+    assert_eq!(open_records(&c), open_records(&a), "C and A");
+    assert_eq!(open_records(&b), open_records(&a), "B and A");
 }
 
 #[test]
