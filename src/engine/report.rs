@@ -396,7 +396,6 @@ pub fn summary_pieces(summary: &serde_json::Value) -> Vec<Piece> {
     let docs = |k: &str| {
         summary.get("documents").and_then(|d| d.get(k)).and_then(serde_json::Value::as_u64).unwrap_or(0)
     };
-    let n = |count: u64, one: &str, many: &str| format!("{count} {}", if count == 1 { one } else { many });
     // (counter, what was done with "#" for the count, one, many)
     const SAID: [(&str, &str, &str, &str); 8] = [
         ("exported_rows", "sent #", "change", "changes"),
@@ -423,16 +422,16 @@ pub fn summary_pieces(summary: &serde_json::Value) -> Vec<Piece> {
         .filter(|(key, ..)| get(key) > 0)
         .flat_map(|(key, said, one, many)| match *key {
             "rows_applied" if !brought.is_empty() => brought.clone(),
-            _ => vec![vec![Piece::Text(said.replace('#', &n(get(key), one, many)))]],
+            _ => vec![vec![Piece::Text(said.replace('#', &counted(get(key), one, many)))]],
         })
         .collect();
     let mut words = |text: String| parts.push(vec![Piece::Text(text)]);
     match (docs("exported"), docs("placed")) {
         (0, 0) => {}
-        (sent, 0) => words(format!("sent {}", n(sent, "document file", "document files"))),
-        (0, placed) => words(format!("placed {}", n(placed, "document file", "document files"))),
+        (sent, 0) => words(format!("sent {}", counted(sent, "document file", "document files"))),
+        (0, placed) => words(format!("placed {}", counted(placed, "document file", "document files"))),
         (sent, placed) => {
-            words(format!("sent {} and placed {placed}", n(sent, "document file", "document files")))
+            words(format!("sent {} and placed {placed}", counted(sent, "document file", "document files")))
         }
     }
     if parts.is_empty() {
@@ -458,7 +457,7 @@ pub fn summary_pieces(summary: &serde_json::Value) -> Vec<Piece> {
 /// John Doe (added) and 1 more"; fields and tables said with spaces
 /// ("family name", "clinical notes").
 fn brought_in_words(site: &BroughtIn) -> Vec<Piece> {
-    let patients = n_patients(site.patients);
+    let patients = counted(site.patients, "patient", "patients");
     let mut pieces =
         vec![Piece::Text(format!("brought in changes to {patients} from {}: ", shown(&site.site)))];
     let more = site.patients.saturating_sub(site.named.len() as u64);
@@ -487,10 +486,6 @@ fn brought_in_words(site: &BroughtIn) -> Vec<Piece> {
         }
     }
     joined
-}
-
-fn n_patients(n: u64) -> String {
-    counted(n, "patient", "patients")
 }
 
 /// A run's counts in one line of words (Latest Logs).

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::report::counted;
 use super::status::StatusReport;
 
 /// One thing that needs a person. Field names are part of `--json`.
@@ -70,7 +71,7 @@ pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
     }
     if s.open_conflicts > 0 {
         need(
-            format!("{} to review", count(s.open_conflicts, "conflict", "conflicts")),
+            format!("{} to review", counted(s.open_conflicts, "conflict", "conflicts")),
             ("/conflicts", "Review them", None),
             "clinicsync conflicts",
         );
@@ -79,28 +80,31 @@ pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
         need(
             format!(
                 "the deletion of {} waits for you",
-                count(s.held_deletes.patients, "patient", "patients")
+                counted(s.held_deletes.patients, "patient", "patients")
             ),
             ("/#held", "Decide", None),
             "clinicsync status",
         );
     } else if s.held_deletes.rows > 0 {
         need(
-            format!("the deletion of {} waits for you", count(s.held_deletes.rows, "row", "rows")),
+            format!("the deletion of {} waits for you", counted(s.held_deletes.rows, "row", "rows")),
             ("/#held", "Decide", None),
             "clinicsync status",
         );
     }
     if s.documents.failed > 0 {
         need(
-            format!("{} failed their integrity check", count(s.documents.failed, "document", "documents")),
+            format!("{} failed their integrity check", counted(s.documents.failed, "document", "documents")),
             ("/#documents", "See which", None),
             "clinicsync documents",
         );
     }
     if let Some(v) = s.last_verify.as_ref().filter(|v| v.problems > 0) {
         need(
-            format!("the last verification found {} in the folder", count(v.problems, "problem", "problems")),
+            format!(
+                "the last verification found {} in the folder",
+                counted(v.problems, "problem", "problems")
+            ),
             ("/logs", "See the problems", None),
             "clinicsync verify",
         );
@@ -124,7 +128,7 @@ pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
             [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
         };
         let waiting = if s.pending_changes > 0 {
-            format!("; {} here go with the next sync", count(s.pending_changes, "change", "changes"))
+            format!("; {} here go with the next sync", counted(s.pending_changes, "change", "changes"))
         } else {
             String::new()
         };
@@ -133,9 +137,4 @@ pub(crate) fn judge(s: &StatusReport, auto_sync: bool) -> Verdict {
         format!("Needs you: {}", needs.iter().map(|n| n.what.as_str()).collect::<Vec<_>>().join("; "))
     };
     Verdict { ok, sentence, needs }
-}
-
-/// "1 conflict", "3 conflicts".
-fn count(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
 }

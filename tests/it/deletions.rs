@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::support::*;
 
@@ -737,18 +737,18 @@ fn keeping_held_deletions_does_not_bring_back_a_row_this_site_deleted_meanwhile(
     assert!(!has_patient(&a, &ids[0]) && has_patient(&a, &ids[1]));
 }
 
-#[test]
-fn a_returning_site_that_keeps_what_was_purged_while_it_was_away_sends_it_back_to_everyone() {
-    let (_family, a, b) = two_sites();
-    let c = _family.init("c");
+/// Three sites with four patients: C is away (and edits the first) while
+/// A deletes the first three and A and B purge them; C has not synced
+/// since.
+fn c_away_while_a_and_b_purge_what_it_edited() -> (Family, PathBuf, PathBuf, PathBuf, Vec<String>) {
+    let (family, a, b) = two_sites();
+    let c = family.init("c");
     let conn = app(&a);
     let ids: Vec<String> = (0..4).map(|n| add_patient(&conn, n, 1)).collect();
     for db in [&a, &b, &c] {
         sync_ok(db);
     }
     cli(&c).args(["settings", "mass_delete_min_patients=2"]).assert().success();
-    // C is away (and edits one of them) while A deletes three patients and
-    // A and B purge them.
     app(&c).execute("UPDATE patients SET email = 'edited while away' WHERE id = ?1", [&ids[0]]).unwrap();
     for id in &ids[..3] {
         conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
@@ -757,6 +757,12 @@ fn a_returning_site_that_keeps_what_was_purged_while_it_was_away_sends_it_back_t
         sync_ok(db);
     }
     assert!(month_passes_and_a_and_b_purge(&a, &b) >= 9);
+    (family, a, b, c, ids)
+}
+
+#[test]
+fn a_returning_site_that_keeps_what_was_purged_while_it_was_away_sends_it_back_to_everyone() {
+    let (_family, a, b, c, ids) = c_away_while_a_and_b_purge_what_it_edited();
 
     // C returns: the guard holds the three; the person keeps them.
     let (code, report) = sync(&c);
@@ -800,22 +806,7 @@ fn open_records(db: &Path) -> BTreeSet<(String, String, String, String)> {
 
 #[test]
 fn a_returning_site_that_keeps_purged_rows_leaves_the_same_records_open_as_everyone() {
-    let (_family, a, b) = two_sites();
-    let c = _family.init("c");
-    let conn = app(&a);
-    let ids: Vec<String> = (0..4).map(|n| add_patient(&conn, n, 1)).collect();
-    for db in [&a, &b, &c] {
-        sync_ok(db);
-    }
-    cli(&c).args(["settings", "mass_delete_min_patients=2"]).assert().success();
-    app(&c).execute("UPDATE patients SET email = 'edited while away' WHERE id = ?1", [&ids[0]]).unwrap();
-    for id in &ids[..3] {
-        conn.execute("DELETE FROM patients WHERE id = ?1", [id]).unwrap();
-    }
-    for db in [&a, &b, &a] {
-        sync_ok(db);
-    }
-    assert!(month_passes_and_a_and_b_purge(&a, &b) >= 9);
+    let (_family, a, b, c, ids) = c_away_while_a_and_b_purge_what_it_edited();
     // C returns and writes its files (the deletions held); A reads the
     // folder before C keeps the rows.
     assert_eq!(sync(&c).0, 3);
