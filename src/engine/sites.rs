@@ -3,11 +3,14 @@
 //! problems, so `tombstones` never calls purgeable what the run will not
 //! purge.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
 use crate::conflicts::{Classified, Client, FileKind, classify_path};
 use crate::folder::layout::{LOG_DIR, SITES_DIR};
 use crate::folder::{DiskFolder, IgnoreRules, ReadError};
-use crate::model::{FamilyId, Hlc, SiteId};
-use crate::xmlstore::{DecodeError, SiteFile, decode_site};
+use crate::model::{FamilyId, Hlc, RowKey, RowState, SiteId};
+use crate::xmlstore::{DecodeError, PurgedKey, SiteFile, decode_site};
 
 /// Largest site file read (a site file lists at most a few thousand purged
 /// keys).
@@ -110,6 +113,37 @@ impl Sites {
     /// The latest purge horizon another site publishes.
     pub(crate) fn purge_horizon(&self) -> Option<Hlc> {
         self.peers.iter().filter_map(|p| p.file.purge_horizon).max()
+    }
+
+    /// The rows the other sites say they purged lately (`<purged>`), each
+    /// as the site that purged it at the highest causal length lists it.
+    pub(crate) fn purged_elsewhere(&self) -> PurgedElsewhere {
+        let mut listed: BTreeMap<RowKey, PurgedKey> = BTreeMap::new();
+        for p in self.peers.iter().flat_map(|peer| &peer.file.purged) {
+            let key = RowKey { table: p.table.clone(), pk: p.pk.clone() };
+            match listed.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(p.clone());
+                }
+                Entry::Occupied(mut slot) if p.cl > slot.get().cl => {
+                    slot.insert(p.clone());
+                }
+                Entry::Occupied(_) => {}
+            }
+        }
+        PurgedElsewhere(listed)
+    }
+}
+
+/// The rows other sites purged lately, by key.
+pub(crate) struct PurgedElsewhere(pub(crate) BTreeMap<RowKey, PurgedKey>);
+
+impl PurgedElsewhere {
+    /// Whether `row` is a tombstone another site purged. A site purges only
+    /// what every active site has, so a patient file lacking it altogether
+    /// is not behind for it.
+    pub(crate) fn has(&self, key: &RowKey, row: &RowState) -> bool {
+        !row.is_alive() && self.0.get(key).is_some_and(|p| p.cl >= row.cl)
     }
 }
 

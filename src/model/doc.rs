@@ -414,12 +414,20 @@ impl PatientDoc {
     /// would equal `self`. Joins one row at a time, so a large patient is
     /// never copied whole.
     pub fn covers(&self, other: &PatientDoc) -> bool {
-        other.rows.iter().all(|(key, theirs)| {
-            self.rows.get(key).is_some_and(|mine| {
+        self.covers_but(other, |_, _| false)
+    }
+
+    /// Whether `self` holds everything `other` holds, leaving out the rows
+    /// of `other` that `self` lacks altogether and `gone` accepts (such as
+    /// tombstones another site has purged: a file lacking one is not behind).
+    pub fn covers_but(&self, other: &PatientDoc, gone: impl Fn(&RowKey, &RowState) -> bool) -> bool {
+        other.rows.iter().all(|(key, theirs)| match self.rows.get(key) {
+            Some(mine) => {
                 let mut joined = mine.clone();
                 joined.join_from(theirs);
                 joined == *mine
-            })
+            }
+            None => gone(key, theirs),
         })
     }
 
@@ -508,6 +516,21 @@ mod tests {
         let base = |h| Base::new([h]);
         assert!(FieldVersion::new(Value::Null, hlc(5, 1), base(hlc(5, 1))).is_err());
         assert!(FieldVersion::new(Value::Null, hlc(5, 1), base(hlc(6, 2))).is_err());
+    }
+
+    #[test]
+    fn a_row_left_out_of_covering_counts_only_when_the_other_lacks_it_altogether() {
+        let key = |pk: &str| RowKey { table: "appointments".into(), pk: pk.into() };
+        let mut ours = PatientDoc::new(PatientId("p".into()));
+        ours.rows.insert(key("x"), RowState { cl: 2, ..RowState::default() });
+        let file = PatientDoc::new(PatientId("p".into()));
+        assert!(!file.covers(&ours));
+        assert!(file.covers_but(&ours, |k, _| *k == key("x")));
+        assert!(!file.covers_but(&ours, |k, _| *k == key("y")));
+        // A file still showing the row is behind, whatever `gone` says.
+        let mut alive = file.clone();
+        alive.rows.insert(key("x"), RowState { cl: 1, ..RowState::default() });
+        assert!(!alive.covers_but(&ours, |_, _| true));
     }
 
     #[test]

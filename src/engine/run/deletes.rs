@@ -21,16 +21,7 @@ impl Run<'_> {
     /// kept: if it comes back, the sites that purged it write its deletion
     /// into its file.
     pub(super) fn apply_peer_purge(&mut self, horizon: Hlc) -> Result<(), EngineError> {
-        let mut listed: BTreeMap<(String, String), crate::xmlstore::PurgedKey> = BTreeMap::new();
-        for peer in &self.sites.peers {
-            for p in &peer.file.purged {
-                let slot = listed.entry((p.table.clone(), p.pk.clone())).or_insert_with(|| p.clone());
-                if p.cl > slot.cl {
-                    *slot = p.clone();
-                }
-            }
-        }
-        let listed: Vec<_> = listed.into_values().collect();
+        let listed: Vec<_> = self.sites.purged_elsewhere().0.into_values().collect();
         self.counts.purged_elsewhere += self.db.drop_listed_purged(&listed, horizon, self.now_ms)? as u64;
         self.db.set_meta("horizon_applied", &horizon.encode())?;
         if self.counts.purged_elsewhere > 0 {

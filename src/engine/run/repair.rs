@@ -57,6 +57,11 @@ impl Run<'_> {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut requeued: HashMap<String, u32> = HashMap::new();
         let mut left = 0usize;
+        // Tombstones another site purged: every active site had them then,
+        // so a file lacking one altogether is not behind for it (two sites
+        // that each purged a different row of a patient would otherwise
+        // write its file over each other until both had purged both).
+        let purged_elsewhere = self.sites.purged_elsewhere();
         while !queue.is_empty() {
             let mut to_load: Vec<FileRef> = Vec::new();
             let mut loading: HashSet<String> = HashSet::new();
@@ -162,11 +167,12 @@ impl Run<'_> {
                     );
                 }
                 if let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
-                    && file.covers(&doc)
+                    && file.covers_but(&doc, |key, row| purged_elsewhere.has(key, row))
                 {
                     // The file already holds everything this site knows
-                    // (and maybe more it refuses, such as rows it purged):
-                    // it is not behind.
+                    // (and maybe more it refuses, such as rows it purged),
+                    // but for tombstones another site purged: it is not
+                    // behind.
                     done.insert(patient);
                     continue;
                 }
