@@ -285,6 +285,24 @@ fn write_and_read(out: &Path, staging: &Path, sizes: &[u64]) -> (Duration, Durat
     (write, read)
 }
 
+/// Replaces files of these sizes, written beforehand into `dir` by
+/// [`write_and_read`], via temp + rename (each replaced file's blocks are
+/// freed, as when a sync rewrites patient files); returns the time.
+fn replace_floor(dir: &Path, staging: &Path, sizes: &[u64]) -> Duration {
+    std::fs::create_dir_all(staging).unwrap();
+    let max = sizes.iter().copied().max().unwrap_or(0) as usize;
+    let filler: Vec<u8> = (0..max).map(|i| b"klmnopqrst<>\n"[i % 13]).collect();
+    let (_, replace, _) = measure(|| {
+        for (i, size) in sizes.iter().enumerate() {
+            let tmp = staging.join(format!("{i}.tmp"));
+            std::fs::write(&tmp, &filler[..*size as usize]).unwrap();
+            std::fs::rename(&tmp, dir.join(format!("{:02x}", i % 256)).join(format!("{i:032x}.xml")))
+                .unwrap();
+        }
+    });
+    replace
+}
+
 /// Opens a fresh database with the app's schema, as the floor's inserts do.
 fn floor_db(path: &Path) -> Connection {
     let conn = Connection::open(path).unwrap();
@@ -441,6 +459,55 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         runs: b_times.clone(),
         rss_kib: b_rss,
         extra: serde_json::json!({}),
+    });
+    // (h) a day of front-desk edits: 10,000 single-row updates, each its
+    // own transaction (WAL, synchronous=NORMAL, as an app writes), then
+    // A's sync sending them and B's receiving them; with the floor of the
+    // same run for replacing as many patient files (temp + rename).
+    let updates = 10_000u64;
+    let mut h_send = Vec::new();
+    let mut h_receive = Vec::new();
+    let (mut h_send_rss, mut h_receive_rss, mut h_files) = (0, 0, 0u64);
+    app.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    for run in 0..runs.min(3) as u64 {
+        let mut update = app.prepare("UPDATE patients SET phone = ?1 WHERE id = ?2").unwrap();
+        for i in 0..updates {
+            update.execute(params![format!("+1 555 {run} {i}"), uuid(1, (i * 104_729) % n)]).unwrap();
+        }
+        let (report, t, r) = sync_cli(&a);
+        assert_eq!(report["counts"]["exported_rows"].as_u64(), Some(updates.min(n)), "{report:#}");
+        h_files = report["counts"]["files_written"].as_u64().unwrap();
+        h_send.push(t);
+        h_send_rss = h_send_rss.max(r);
+        let (report, t, r) = sync_cli(&b);
+        assert_eq!(report["counts"]["rows_applied"].as_u64(), Some(updates.min(n)), "{report:#}");
+        h_receive.push(t);
+        h_receive_rss = h_receive_rss.max(r);
+    }
+    let replace = replace_floor(
+        &dir.join("floor-patient-files"),
+        &dir.join("floor-staging-3"),
+        &sizes[..(h_files as usize).min(sizes.len())],
+    );
+    let ratio_to = |t: &[Duration], floor: Duration| {
+        ((median(t.to_vec()).as_secs_f64() / floor.as_secs_f64()) * 10.0).round() / 10.0
+    };
+    report(&Figure {
+        name: "h_send_10000_updates",
+        n,
+        runs: h_send.clone(),
+        rss_kib: h_send_rss,
+        extra: serde_json::json!({"updates": updates, "files_written": h_files,
+            "replace_files_floor_ms": (replace.as_secs_f64() * 100_000.0).round() / 100.0,
+            "over_replace_floor": ratio_to(&h_send, replace),
+            "over_full_export": ratio_to(&h_send, c_time)}),
+    });
+    report(&Figure {
+        name: "h_receive_10000_updates",
+        n,
+        runs: h_receive,
+        rss_kib: h_receive_rss,
+        extra: serde_json::json!({"updates": updates}),
     });
     cli(&["--db".as_ref(), b.as_os_str(), "settings".as_ref(), "use_logs=off".as_ref()]);
     let mut e_times = Vec::new();

@@ -9,6 +9,7 @@ mod copies;
 mod digests;
 mod dirs;
 mod documents;
+mod durability;
 mod files;
 mod held;
 mod history;
@@ -38,12 +39,13 @@ pub use baseline::TableBaseline;
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};
+pub use durability::WalSync;
 pub use held::{HeldDeletes, HeldGroup, HeldPatient, HeldTable, Kept, Released};
 pub use history::HistoryEntry;
 pub use mapping::{
     ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
 };
-pub use patients::StoredPatient;
+pub use patients::{ForFile, StoredPatient};
 pub use purge::{Purged, Tombstone};
 pub use records::ConflictRecord;
 pub use resolve::{Keep, Resolved};
@@ -412,14 +414,16 @@ impl Db {
         patients::stored_patients(&self.conn, patients)
     }
 
-    /// One patient's document and the bytes of its file, or why that file
-    /// would be beyond `limits` (see `patients::patient_for_file`).
-    pub fn patient_for_file(
+    /// These patients' rows as stored, to write their files from, or why
+    /// a patient's file would be beyond `limits`, until they hold `budget`
+    /// bytes (see `patients::stored_for_files`).
+    pub fn stored_for_files(
         &self,
-        patient: &str,
+        patients: &[&str],
         limits: &crate::xmlstore::Limits,
-    ) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
-        patients::patient_for_file(&self.conn, patient, limits)
+        budget: u64,
+    ) -> Result<Vec<ForFile>, DbError> {
+        patients::stored_for_files(&self.conn, patients, limits, budget)
     }
 
     /// The document of one patient as this database knows it.

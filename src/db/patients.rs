@@ -7,6 +7,8 @@ use crate::model::PatientId;
 use crate::model::RowKey;
 use crate::model::RowState;
 
+use std::collections::HashMap;
+
 use rusqlite::Connection;
 
 use super::DbError;
@@ -43,6 +45,34 @@ impl StoredPatient {
             Some(bytes) => Ok(bytes),
             None => Ok(encode_patient(&self.decode()?)),
         }
+    }
+
+    /// The patient's file, or why it would be beyond `limits`: what
+    /// [`Self::encode`] writes, without giving up the stored rows.
+    pub fn file(&self, limits: &crate::xmlstore::Limits) -> Result<Result<Vec<u8>, String>, DbError> {
+        let bytes = match self.encode_in_place() {
+            Some(bytes) => bytes,
+            None => encode_patient(&self.clone().decode()?),
+        };
+        Ok(match limits.refusal(&bytes) {
+            Some(why) => Err(why),
+            None => Ok(bytes),
+        })
+    }
+
+    /// A patient with no rows.
+    pub fn empty(patient: &str) -> StoredPatient {
+        StoredPatient { patient: patient.to_owned(), rows: Vec::new() }
+    }
+
+    /// Whether the state holds no row of the patient.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Whether every row is deleted (an even causal length).
+    pub fn only_deletions(&self) -> bool {
+        self.rows.iter().all(|(_, cl, _)| !RowState::cl_is_alive(*cl as u64))
     }
 
     fn encode_in_place(&self) -> Option<Vec<u8>> {
@@ -86,46 +116,80 @@ fn stored_row(r: &rusqlite::Row<'_>) -> Result<(RowKey, i64, Vec<u8>), DbError> 
     Ok((key, cl, blob))
 }
 
-/// A patient's document and its file's bytes, or why the file would be
-/// beyond `limits` (every reader would refuse it). Memory stays bounded
-/// whatever the state holds: the rows are read until they pass the limits
-/// (then counted in SQL for the sentence), the file is written from the
-/// stored rows in place, and the document is decoded only from a patient
-/// within the limits. (A state blob is never larger than the same row in a
-/// file, so more blob bytes than a file may hold means the file would be
-/// over.)
-pub(crate) fn patient_for_file(
+/// A patient, and its rows as stored or why its file would be beyond the
+/// limits.
+pub type ForFile = (String, Result<StoredPatient, String>);
+
+/// The rows of these patients as stored, to write their files from, or
+/// why that file would be beyond `limits` (every reader would refuse it).
+/// One query for them all; memory stays bounded whatever the state holds:
+/// a patient's rows are read until they pass the limits (then counted in
+/// SQL for the sentence), and the files are written by the caller from the
+/// stored rows in place ([`StoredPatient::file`]). (A state blob is never
+/// larger than the same row in a file, so more blob bytes than a file may
+/// hold means the file would be over.) A patient the state has no row of
+/// comes back with no rows. Once the patients read hold `budget` bytes of
+/// rows, no more are read: those not returned are for the caller to ask
+/// for again.
+pub(crate) fn stored_for_files(
     conn: &Connection,
-    patient: &str,
+    patients: &[&str],
     limits: &crate::xmlstore::Limits,
-) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT patient, tbl, pk, cl, state FROM _cs_rows WHERE patient = ?1")?;
-    let mut rows = stmt.query([patient])?;
-    let mut stored = StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) };
-    let mut blob_bytes = 0u64;
+    budget: u64,
+) -> Result<Vec<ForFile>, DbError> {
+    let list = serde_json::to_string(patients).expect("strings serialise");
+    let mut stmt = conn.prepare_cached(
+        "SELECT patient, tbl, pk, cl, state FROM _cs_rows
+         WHERE patient IN (SELECT value FROM json_each(?1)) ORDER BY patient",
+    )?;
+    let mut rows = stmt.query([list])?;
+    let mut found: HashMap<String, Option<StoredPatient>> = HashMap::with_capacity(patients.len());
+    // The patient being read, and its blob bytes so far.
+    let mut current: Option<(StoredPatient, u64)> = None;
+    let mut over: Option<String> = None;
+    let mut held = 0u64;
+    let mut complete = true;
     while let Some(r) = rows.next()? {
+        let patient = r.get_ref(0)?.as_str().map_err(|e| DbError::Corrupt(e.to_string()))?;
+        if over.as_deref() == Some(patient) {
+            continue;
+        }
+        if current.as_ref().is_none_or(|(p, _)| p.patient != patient) {
+            if let Some((done, bytes)) = current.take() {
+                found.insert(done.patient.clone(), Some(done));
+                held += bytes;
+            }
+            if held >= budget {
+                complete = false;
+                break;
+            }
+            current = Some((StoredPatient { patient: patient.to_owned(), rows: Vec::with_capacity(24) }, 0));
+        }
+        let (stored, blob_bytes) = current.as_mut().expect("set above");
         let row = stored_row(r)?;
-        blob_bytes += row.2.len() as u64;
+        *blob_bytes += row.2.len() as u64;
         stored.rows.push(row);
-        if stored.rows.len() > limits.max_rows || blob_bytes > limits.max_file_bytes {
-            drop(stored);
-            return beyond_limits(conn, patient, limits);
+        if stored.rows.len() > limits.max_rows || *blob_bytes > limits.max_file_bytes {
+            let (stored, _) = current.take().expect("set above");
+            found.insert(stored.patient.clone(), None);
+            over = Some(stored.patient);
         }
     }
-    if stored.rows.is_empty() {
-        let doc = PatientDoc::new(PatientId(patient.to_owned()));
-        let bytes = encode_patient(&doc);
-        return Ok(Ok((doc, bytes)));
+    if let Some((done, _)) = current.take() {
+        found.insert(done.patient.clone(), Some(done));
     }
-    let bytes = match stored.encode_in_place() {
-        Some(bytes) => bytes,
-        None => encode_patient(&stored.clone().decode()?),
-    };
-    if let Some(why) = limits.refusal(&bytes) {
-        return Ok(Err(why));
+    drop(rows);
+    let mut out = Vec::with_capacity(patients.len());
+    for patient in patients {
+        let result = match found.remove(*patient) {
+            Some(Some(stored)) => Ok(stored),
+            Some(None) => Err(beyond_limits(conn, patient, limits)?),
+            None if complete => Ok(StoredPatient::empty(patient)),
+            None => continue,
+        };
+        out.push(((*patient).to_owned(), result));
     }
-    Ok(Ok((stored.decode()?, bytes)))
+    Ok(out)
 }
 
 /// Why a patient's file would be beyond `limits`, counted in SQL.
@@ -133,20 +197,17 @@ fn beyond_limits(
     conn: &Connection,
     patient: &str,
     limits: &crate::xmlstore::Limits,
-) -> Result<Result<(PatientDoc, Vec<u8>), String>, DbError> {
+) -> Result<String, DbError> {
     let (rows, blob_bytes): (i64, i64) = conn
         .prepare_cached("SELECT count(*), coalesce(sum(length(state)), 0) FROM _cs_rows WHERE patient = ?1")?
         .query_row([patient], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if rows as u64 > limits.max_rows as u64 {
-        return Ok(Err(format!(
-            "it would hold {rows} rows, over the {} every clinicsync reads",
-            limits.max_rows
-        )));
+        return Ok(format!("it would hold {rows} rows, over the {} every clinicsync reads", limits.max_rows));
     }
-    Ok(Err(format!(
+    Ok(format!(
         "it would be more than {blob_bytes} bytes, over the {}-byte limit every clinicsync reads",
         limits.max_file_bytes
-    )))
+    ))
 }
 
 /// These patients' rows as stored (a patient the state has no row of is
@@ -190,6 +251,8 @@ mod tests {
 
     use super::*;
     use std::collections::BTreeSet;
+
+    use std::collections::BTreeMap;
 
     use crate::model::{Base, FieldState, RowState};
     use crate::model::{FieldVersion, Hlc, SiteId, Value};
@@ -255,6 +318,47 @@ mod tests {
         let in_place = stored.clone().encode().map_err(|e| e.to_string());
         let decoded = stored.clone().decode().map(|doc| encode_patient(&doc)).map_err(|e| e.to_string());
         (in_place, decoded)
+    }
+
+    #[test]
+    fn patients_are_read_for_their_files_in_one_query_within_the_limits() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE _cs_rows (tbl TEXT NOT NULL, pk TEXT NOT NULL, cl INTEGER NOT NULL,
+             patient TEXT, state BLOB NOT NULL, PRIMARY KEY (tbl, pk));",
+        )
+        .unwrap();
+        let field = |text: &str, wall| {
+            let version = FieldVersion::new(Value::Text(text.into()), hlc(wall, 1), Base::default()).unwrap();
+            BTreeMap::from([("note".to_owned(), FieldState::single(version))])
+        };
+        for (patient, n) in [("p1", 3), ("p2", 5)] {
+            for k in 0..n {
+                let blob = rowblob::encode(&field(&format!("{patient} {k}"), 10 + k), &Base::default());
+                conn.execute(
+                    "INSERT INTO _cs_rows VALUES ('notes', ?1, ?2, ?3, ?4)",
+                    rusqlite::params![format!("{patient}-{k}"), 1 + k % 2, patient, blob],
+                )
+                .unwrap();
+            }
+        }
+        let limits = crate::xmlstore::Limits { max_rows: 4, ..Default::default() };
+        let found = stored_for_files(&conn, &["p2", "p1", "p3"], &limits, u64::MAX).unwrap();
+        let names: Vec<&str> = found.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["p2", "p1", "p3"], "every patient asked for, in the order asked");
+        let over = found[0].1.as_ref().unwrap_err();
+        assert!(over.contains("5 rows, over the 4"), "{over}");
+        let p1 = found[1].1.as_ref().unwrap();
+        assert!(!p1.is_empty() && !p1.only_deletions());
+        let file = p1.file(&limits).unwrap().unwrap();
+        assert_eq!(file, encode_patient(&p1.clone().decode().unwrap()));
+        assert_eq!(p1.clone().decode().unwrap().rows.len(), 3);
+        let p3 = found[2].1.as_ref().unwrap();
+        assert!(p3.is_empty());
+        assert_eq!(
+            p3.file(&limits).unwrap().unwrap(),
+            encode_patient(&PatientDoc::new(PatientId("p3".into())))
+        );
     }
 
     proptest! {

@@ -37,10 +37,16 @@ const SYNC_DIRS_ONE_BY_ONE: usize = 8;
 /// programs'), which for a site file alone cost more than its fsync.
 const SYNC_FILES_ONE_BY_ONE: usize = 16;
 
+/// What must be done before the folder changes (see
+/// [`DiskFolder::before_changes`]).
+pub type BeforeChange = std::sync::Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
 /// A sync folder on the local file system.
 pub struct DiskFolder {
     root: PathBuf,
     staging: Option<PathBuf>,
+    /// Called before every write or removal in the folder.
+    before_change: Option<BeforeChange>,
     stats: Cell<FolderStats>,
     /// The paths this folder wrote or removed, when asked to remember them
     /// (the service tells its own writes from a cloud client's with it).
@@ -101,6 +107,7 @@ impl DiskFolder {
         DiskFolder {
             root,
             staging,
+            before_change: None,
             stats: Cell::new(FolderStats::default()),
             touched: RefCell::new(None),
             own_changes: RefCell::new(DirChanges::new()),
@@ -108,6 +115,21 @@ impl DiskFolder {
             not_links: RefCell::new(std::collections::HashSet::new()),
             held: RefCell::default(),
             not_local: RefCell::default(),
+        }
+    }
+
+    /// Has `hook` called before every write or removal in the folder (and
+    /// in its siblings'): a run makes the database commits the change
+    /// depends on durable with it. When it fails, the change is not made.
+    pub fn before_changes(&mut self, hook: BeforeChange) {
+        self.before_change = Some(hook);
+    }
+
+    /// Runs the hook of [`DiskFolder::before_changes`].
+    fn about_to_change(&self) -> io::Result<()> {
+        match &self.before_change {
+            Some(hook) => hook(),
+            None => Ok(()),
         }
     }
 
@@ -169,6 +191,7 @@ impl DiskFolder {
         DiskFolder {
             root: self.root.clone(),
             staging: self.staging.clone(),
+            before_change: self.before_change.clone(),
             stats: Cell::new(FolderStats::default()),
             touched: RefCell::new(touched),
             own_changes: RefCell::new(DirChanges::new()),
@@ -464,6 +487,7 @@ impl DiskFolder {
         {
             return Err(io::Error::other(format!("fault injected for writes under {prefix}")));
         }
+        self.about_to_change()?;
         self.count(|s| s.files_written += files.len() as u64);
         self.note_touched(files.iter().map(|(rel, _)| rel.as_str()));
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
@@ -570,6 +594,7 @@ impl DiskFolder {
 
     /// Removes a file; a missing file is not an error.
     pub fn remove(&self, path: &str) -> io::Result<()> {
+        self.about_to_change()?;
         self.count(|s| s.removes += 1);
         self.note_touched([path]);
         let full = self.full(path)?;

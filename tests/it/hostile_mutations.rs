@@ -35,10 +35,11 @@ fn rows_held(scene: &Scene) -> BTreeMap<RowKey, RowState> {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    let names: Vec<&str> = patients.iter().map(String::as_str).collect();
     let mut rows = BTreeMap::new();
-    for p in patients {
-        match db.patient_for_file(&p, &Limits::default()).unwrap() {
-            Ok((doc, _)) => rows.extend(doc.rows),
+    for (p, found) in db.stored_for_files(&names, &Limits::default(), u64::MAX).unwrap() {
+        match found {
+            Ok(stored) => rows.extend(stored.decode().unwrap().rows),
             Err(sentence) => panic!("{p}: {sentence}"),
         }
     }

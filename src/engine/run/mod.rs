@@ -157,8 +157,11 @@ pub fn sync_with_clock(
     options: &SyncOptions,
     clock: &dyn Clock,
 ) -> Result<RunReport, EngineError> {
-    let db = Db::open(db_path)?;
+    let mut db = Db::open(db_path)?;
     let _lock = take_lock_or_wait(db_path, options.wait_for_lock)?;
+    // The run's commits are synced once before each change to the folder
+    // (which may depend on them) and once at the end, not each on its own.
+    let durable = db.defer_durability()?;
     let cfg = db.site_config()?;
     if db.meta(super::INIT_UNFINISHED)?.is_some() {
         return Err(EngineError::InitUnfinished {
@@ -182,7 +185,9 @@ pub fn sync_with_clock(
     let started_ms = clock.now_ms();
     let run_id = db.begin_run(&options.trigger, started_ms)?;
     let after_interruption = db.run_before_interrupted(run_id)?;
-    let folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
+    let mut folder = DiskFolder::new(cfg.folder.clone(), Some(staging_dir(db_path)));
+    let before_change = durable.clone();
+    folder.before_changes(std::sync::Arc::new(move || before_change.sync()));
     if options.track_touched {
         folder.track_touched(TOUCHED_CAP);
     }
@@ -271,6 +276,8 @@ pub fn sync_with_clock(
     };
     let summary = serde_json::to_value(&report.counts).expect("counts serialise");
     run.db.finish_run(run_id, ended_ms, outcome.as_str(), &summary, &report.events)?;
+    // What the run says it did is durable before it says so.
+    durable.sync().map_err(|e| run.io("cannot make the database's last commits durable", e))?;
     tracing::info!(outcome = outcome.as_str(), "run finished");
     Ok(report)
 }

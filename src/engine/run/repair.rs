@@ -33,6 +33,13 @@ pub(super) enum Original {
     Blocked,
 }
 
+/// Bytes of stored rows a chunk reads at once to write files from.
+const OURS_BYTES: u64 = 8 << 20;
+
+/// A patient's stored rows, and its file's bytes or why it would be
+/// beyond the limits.
+type Ours = (StoredPatient, Result<Vec<u8>, String>);
+
 pub(super) enum Work {
     File(FileRef),
     Patient(String),
@@ -97,6 +104,8 @@ impl Run<'_> {
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             self.progress.advance(to_load.len() as u64);
             let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
+            let mut writes_bytes = 0;
+            let mut ours = self.ours_for(&wanted, &originals, &done, &blocked, &in_sync, &changed)?;
             for patient in wanted {
                 let stem = patient_file_name(&patient);
                 if done.contains(&patient) || blocked.contains(&stem) {
@@ -122,19 +131,33 @@ impl Run<'_> {
                         continue;
                     }
                 };
-                let (mut doc, from_state) = match self.db.patient_for_file(&patient, &self.limits)? {
-                    Ok(found) => found,
-                    Err(why) => {
+                let found = match ours.remove(&patient) {
+                    Some(found) => found,
+                    // Past what `ours_for` reads at once: alone.
+                    None => self.ours_alone(&patient)?,
+                };
+                let (stored, from_state) = match found {
+                    (stored, Ok(bytes)) => (stored, bytes),
+                    (_, Err(why)) => {
                         self.file_too_large(&stem, &patient, &why);
                         done.insert(patient);
                         continue;
                     }
                 };
+                // The rows as a document only where they are compared or
+                // joined with a file (decoding is most of a file's cost).
+                let as_stored = (stored.is_empty(), stored.only_deletions());
+                let stale = self.purges.stale.remove(&stem);
+                let compared = matches!(originals.get(&stem), Some(Original::Present(_, _, Some(_))));
+                let mut doc = if stale.is_some() || compared || self.copies.docs.contains_key(&stem) {
+                    Some(stored.decode()?)
+                } else {
+                    None
+                };
                 let mut retold = 0;
                 let mut rejoined = false;
                 // What brought purged rows back: the original, or when a
                 // client renamed it away, a copy of it merged this run.
-                let stale = self.purges.stale.remove(&stem);
                 let bringer = match (&stale, originals.get(&stem)) {
                     (None, _) => None,
                     (Some(_), Some(Original::Present(_, _, Some(file)))) => Some(file.as_ref().clone()),
@@ -143,6 +166,7 @@ impl Run<'_> {
                 };
                 if let Some(keys) = stale
                     && let Some(file) = bringer
+                    && let Some(ours) = doc.as_mut()
                 {
                     rejoined = true;
                     // The file brings back rows this site purged (a site that
@@ -150,10 +174,10 @@ impl Run<'_> {
                     // deletion, joined with what it holds, so that site
                     // deletes them too and keeps its later edits for review.
                     for (key, tombstone) in self.db.purged_tombstones(&keys)? {
-                        doc.rows.insert(key, tombstone);
+                        ours.rows.insert(key, tombstone);
                         retold += 1;
                     }
-                    doc = file.join(&doc);
+                    *ours = file.join(ours);
                 }
                 if retold > 0 {
                     let path = patient_path(&stem);
@@ -167,7 +191,8 @@ impl Run<'_> {
                     );
                 }
                 if let Some(Original::Present(_, _, Some(file))) = originals.get(&stem)
-                    && file.covers_but(&doc, |key, row| purged_elsewhere.has(key, row))
+                    && let Some(ours) = &doc
+                    && file.covers_but(ours, |key, row| purged_elsewhere.has(key, row))
                 {
                     // The file already holds everything this site knows
                     // (and maybe more it refuses, such as rows it purged),
@@ -176,7 +201,11 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
-                if doc.rows.is_empty() {
+                let (empty, only_deletions) = match &doc {
+                    Some(d) => (d.rows.is_empty(), d.rows.values().all(|row| !row.is_alive())),
+                    None => as_stored,
+                };
+                if empty {
                     // Nothing known of the patient: its file is left as it
                     // is, unless this run purged the patient (its file goes;
                     // a site still keeping the tombstone may write it again,
@@ -195,20 +224,20 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
-                let mut bytes = if rejoined { encode_patient(&doc) } else { from_state };
+                let mut bytes = match &doc {
+                    Some(doc) if rejoined => encode_patient(doc),
+                    _ => from_state,
+                };
                 if existing.is_some_and(|(old, _)| *old == bytes) {
                     done.insert(patient);
                     continue;
                 }
-                if let Some(why) = self.limits.refusal(&bytes) {
+                if rejoined && let Some(why) = self.limits.refusal(&bytes) {
                     self.file_too_large(&stem, &patient, &why);
                     done.insert(patient);
                     continue;
                 }
-                if existing.is_none()
-                    && !self.copies.docs.contains_key(&stem)
-                    && doc.rows.values().all(|row| !row.is_alive())
-                {
+                if existing.is_none() && !self.copies.docs.contains_key(&stem) && only_deletions {
                     // Only deletions, and no file: the sites that purged
                     // them removed it (writing it again would bring back a
                     // file they remove again, and two sites doing so at
@@ -227,7 +256,8 @@ impl Run<'_> {
                     continue;
                 }
                 if existing.is_none()
-                    && let Some(copy) = self.copy_covering(&stem, &doc)
+                    && let Some(doc) = &doc
+                    && let Some(copy) = self.copy_covering(&stem, doc)
                 {
                     // The original is gone (rclone renames both sides of a
                     // conflict) and a copy already holds everything this
@@ -253,7 +283,13 @@ impl Run<'_> {
                     self.requeue(&mut queue, &mut requeued, patient, &mut left);
                     continue;
                 }
+                writes_bytes += bytes.len();
                 writes.push((path, bytes, patient));
+                if writes_bytes >= WRITE_BATCH_BYTES {
+                    // What a chunk writes is held in memory a batch at a time.
+                    self.write_files(std::mem::take(&mut writes), &mut done)?;
+                    writes_bytes = 0;
+                }
             }
             drop(originals);
             self.write_files(writes, &mut done)?;
@@ -271,6 +307,62 @@ impl Run<'_> {
             );
         }
         Ok(left == 0 && blocked.is_empty())
+    }
+
+    /// The stored rows and file bytes of each patient of `wanted` whose
+    /// file the chunk may write (its original known and readable, not
+    /// settled yet): one query, encoded on both cores; as many as
+    /// [`OURS_BYTES`] of rows hold (the rest are read one by one).
+    #[allow(clippy::too_many_arguments)]
+    fn ours_for(
+        &self,
+        wanted: &BTreeSet<String>,
+        originals: &HashMap<String, Original>,
+        done: &HashSet<String>,
+        blocked: &HashSet<String>,
+        in_sync: &HashSet<String>,
+        changed: &HashSet<String>,
+    ) -> Result<HashMap<String, Ours>, EngineError> {
+        let names: Vec<&str> = wanted
+            .iter()
+            .filter(|p| !done.contains(*p) && (!in_sync.contains(*p) || changed.contains(*p)))
+            .filter(|p| {
+                let stem = patient_file_name(p);
+                !blocked.contains(&stem)
+                    && originals.get(&stem).is_some_and(|o| !matches!(o, Original::Blocked))
+            })
+            .map(String::as_str)
+            .collect();
+        let stored = self.db.stored_for_files(&names, &self.limits, OURS_BYTES)?;
+        let limits = &self.limits;
+        let [mine, theirs] = on_both_cores(stored, |part| {
+            part.into_iter()
+                .map(|(patient, found)| {
+                    let ours = match found {
+                        Ok(stored) => {
+                            let file = stored.file(limits)?;
+                            (stored, file)
+                        }
+                        Err(why) => (StoredPatient::empty(&patient), Err(why)),
+                    };
+                    Ok::<_, DbError>((patient, ours))
+                })
+                .collect::<Result<Vec<_>, DbError>>()
+        });
+        Ok(mine?.into_iter().chain(theirs?).collect())
+    }
+
+    /// One patient's stored rows and file bytes, read alone.
+    fn ours_alone(&self, patient: &str) -> Result<Ours, EngineError> {
+        // With no budget every patient asked for comes back.
+        let found = self.db.stored_for_files(&[patient], &self.limits, u64::MAX)?.pop();
+        Ok(match found.map_or_else(|| Ok(StoredPatient::empty(patient)), |(_, found)| found) {
+            Ok(stored) => {
+                let file = stored.file(&self.limits)?;
+                (stored, file)
+            }
+            Err(why) => (StoredPatient::empty(patient), Err(why)),
+        })
     }
 
     pub(super) fn requeue(

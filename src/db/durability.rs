@@ -1,0 +1,68 @@
+//! Commits made durable on demand: a sync run's commits are not each synced
+//! on their own; the write-ahead log is synced once before anything that
+//! depends on them leaves this computer, and once at the end.
+
+use std::fs::OpenOptions;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::{Db, DbError};
+
+/// Syncs a database's write-ahead log when a commit was made since the last
+/// sync (see [`Db::defer_durability`]).
+#[derive(Clone, Debug)]
+pub struct WalSync {
+    dirty: Arc<AtomicBool>,
+    wal: PathBuf,
+    db: PathBuf,
+}
+
+impl WalSync {
+    /// Makes every commit so far durable: one sync of the write-ahead log,
+    /// when a commit was made since the last one. On error the next call
+    /// tries again.
+    pub fn sync(&self) -> io::Result<()> {
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        // Any handle syncs the file's data, whoever wrote it (Windows needs
+        // one opened for writing). A log that is gone was checkpointed into
+        // the database file by the last connection to close.
+        let result = match OpenOptions::new().read(true).write(true).open(&self.wal) {
+            Ok(log) => log.sync_data(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                OpenOptions::new().read(true).write(true).open(&self.db).and_then(|db| db.sync_data())
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+}
+
+impl Db {
+    /// From now on a commit on this connection is not synced on its own
+    /// (`synchronous=NORMAL`): the returned [`WalSync`] makes the commits
+    /// durable, and the caller runs it before anything that depends on them
+    /// leaves this computer (a file written to or removed from the folder)
+    /// and before it says a run is done. Write-ahead logging keeps the
+    /// database whole either way: what a power cut before the sync loses is
+    /// commits nothing outside this database depends on yet, which the next
+    /// run makes again.
+    pub fn defer_durability(&mut self) -> Result<WalSync, DbError> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let dirty = Arc::new(AtomicBool::new(false));
+        let flag = dirty.clone();
+        self.conn.commit_hook(Some(move || {
+            flag.store(true, Ordering::SeqCst);
+            false
+        }));
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(WalSync { dirty, wal: wal.into(), db: self.path.clone() })
+    }
+}
