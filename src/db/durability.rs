@@ -37,10 +37,16 @@ impl WalSync {
             }
             Err(e) => Err(e),
         };
-        if result.is_err() {
+        result.map_err(|e| {
             self.dirty.store(true, Ordering::SeqCst);
-        }
-        result
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "the database's last changes could not be made durable ({}: {e})",
+                    self.wal.display()
+                ),
+            )
+        })
     }
 }
 
@@ -64,5 +70,35 @@ impl Db {
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
         Ok(WalSync { dirty, wal: wal.into(), db: self.path.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_leaves_the_log_to_sync_and_a_sync_settles_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::init_for_test(dir.path(), None);
+        let durable = db.defer_durability().unwrap();
+        let level: i64 = db.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(level, 1, "NORMAL: a commit does not sync on its own");
+        assert!(!durable.dirty.load(Ordering::SeqCst), "nothing committed yet");
+        db.set_meta("probe", "1").unwrap();
+        assert!(durable.dirty.load(Ordering::SeqCst), "a commit is waiting to be made durable");
+        durable.sync().unwrap();
+        assert!(!durable.dirty.load(Ordering::SeqCst));
+        // A read commits nothing to make durable.
+        db.meta("probe").unwrap();
+        durable.sync().unwrap();
+        // A log that cannot be synced says which, and is tried again.
+        db.set_meta("probe", "2").unwrap();
+        let gone = dir.path().join("no-such-dir");
+        let broken = WalSync { wal: gone.join("x-wal"), db: gone.join("x"), ..durable.clone() };
+        let e = broken.sync().unwrap_err();
+        assert!(e.to_string().contains("could not be made durable"), "{e}");
+        assert!(durable.dirty.load(Ordering::SeqCst), "still to do");
+        durable.sync().unwrap();
     }
 }

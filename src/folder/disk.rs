@@ -627,6 +627,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_hook_runs_before_every_write_and_removal_and_a_failing_one_stops_it() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("folder");
+        fs::create_dir_all(&root).unwrap();
+        let mut folder = DiskFolder::new(root.clone(), Some(dir.path().join("staging")));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fail = Arc::new(AtomicUsize::new(0));
+        let (counted, failing) = (calls.clone(), fail.clone());
+        folder.before_changes(Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            match failing.load(Ordering::SeqCst) {
+                0 => Ok(()),
+                _ => Err(io::Error::other("the log could not be synced")),
+            }
+        }));
+        folder.write_batch(&[("a.xml".into(), b"a".to_vec())]).unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A sibling on another thread runs it too.
+        let sibling = folder.sibling();
+        std::thread::spawn(move || sibling.write_batch(&[("b.xml".into(), b"b".to_vec())]).unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        folder.remove("b.xml").unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        // When it fails, nothing changes.
+        fail.store(1, Ordering::SeqCst);
+        let e = folder.write_batch(&[("c.xml".into(), b"c".to_vec())]).unwrap_err();
+        assert!(e.to_string().contains("could not be synced"), "{e}");
+        assert!(!root.join("c.xml").exists());
+        assert!(folder.remove("a.xml").is_err());
+        assert!(root.join("a.xml").exists());
+    }
+
+    #[test]
     fn a_sibling_writes_on_another_thread_and_its_writes_count_here() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("folder");
