@@ -433,12 +433,14 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         tx.commit().unwrap();
         let (report, t, r) = sync_cli(&a);
         assert!(report["counts"]["exported_rows"].as_u64().unwrap() >= 100, "{report:#}");
-        (t, r)
+        (t, r, report["counts"]["files_written"].as_u64().unwrap())
     };
     let mut b_times = Vec::new();
     let mut b_rss = 0;
+    let mut g_files = 0;
     for _ in 0..runs {
-        let (sent, sent_rss) = change_100();
+        let (sent, sent_rss, files) = change_100();
+        g_files = files;
         g_times.push(sent);
         g_rss = g_rss.max(sent_rss);
         let (report, t, r) = sync_cli(&b);
@@ -446,12 +448,20 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         b_times.push(t);
         b_rss = b_rss.max(r);
     }
+    // The floor: replacing as many patient files as a run of (g) wrote.
+    let g_floor = replace_floor(
+        &dir.join("floor-patient-files"),
+        &dir.join("floor-staging-g"),
+        &sizes[..(g_files as usize).min(sizes.len())],
+    );
     report(&Figure {
         name: "g_send_100_changed",
         n,
-        runs: g_times,
+        runs: g_times.clone(),
         rss_kib: g_rss,
-        extra: serde_json::json!({}),
+        extra: serde_json::json!({"files_written": g_files,
+            "replace_files_floor_ms": (g_floor.as_secs_f64() * 100_000.0).round() / 100.0,
+            "over_replace_floor": ((median(g_times).as_secs_f64() / g_floor.as_secs_f64()) * 10.0).round() / 10.0}),
     });
     report(&Figure {
         name: "b_import_100_changed",
