@@ -7,6 +7,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::ThreadId;
 
 use super::{Db, DbError};
 
@@ -14,17 +15,24 @@ use super::{Db, DbError};
 /// sync (see [`Db::defer_durability`]).
 #[derive(Clone, Debug)]
 pub struct WalSync {
+    /// Set by SQLite's commit hook, which runs as a commit begins.
     dirty: Arc<AtomicBool>,
+    /// The thread of the connection: only there is no commit of it under
+    /// way while this runs.
+    owner: ThreadId,
     wal: PathBuf,
     db: PathBuf,
 }
 
 impl WalSync {
-    /// Makes every commit so far durable: one sync of the write-ahead log,
-    /// when a commit was made since the last one. On error the next call
-    /// tries again.
+    /// Makes every commit so far durable: one sync of the write-ahead log.
+    /// On the connection's thread, only when a commit was made since the
+    /// last; on another thread (a folder's sibling writing while the
+    /// connection commits the next step), always, and without taking the
+    /// mark: a commit under way there may finish after this sync, and
+    /// stays marked for the next one. On error the next call tries again.
     pub fn sync(&self) -> io::Result<()> {
-        if !self.dirty.swap(false, Ordering::SeqCst) {
+        if std::thread::current().id() == self.owner && !self.dirty.swap(false, Ordering::SeqCst) {
             return Ok(());
         }
         // Any handle syncs the file's data, whoever wrote it (Windows needs
@@ -38,7 +46,9 @@ impl WalSync {
             Err(e) => Err(e),
         };
         result.map_err(|e| {
-            self.dirty.store(true, Ordering::SeqCst);
+            if std::thread::current().id() == self.owner {
+                self.dirty.store(true, Ordering::SeqCst);
+            }
             io::Error::new(
                 e.kind(),
                 format!(
@@ -69,7 +79,7 @@ impl Db {
         }));
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        Ok(WalSync { dirty, wal: wal.into(), db: self.path.clone() })
+        Ok(WalSync { dirty, owner: std::thread::current().id(), wal: wal.into(), db: self.path.clone() })
     }
 }
 
@@ -100,5 +110,13 @@ mod tests {
         assert!(e.to_string().contains("could not be made durable"), "{e}");
         assert!(durable.dirty.load(Ordering::SeqCst), "still to do");
         durable.sync().unwrap();
+        // Another thread syncs whatever it finds, and leaves the mark to
+        // the connection's thread (a commit may be under way there).
+        db.set_meta("probe", "3").unwrap();
+        let other = durable.clone();
+        std::thread::spawn(move || other.sync().unwrap()).join().unwrap();
+        assert!(durable.dirty.load(Ordering::SeqCst), "the mark is the connection thread's to take");
+        durable.sync().unwrap();
+        assert!(!durable.dirty.load(Ordering::SeqCst));
     }
 }
