@@ -285,6 +285,16 @@ fn write_and_read(out: &Path, staging: &Path, sizes: &[u64]) -> (Duration, Durat
     (write, read)
 }
 
+/// A duration in milliseconds, to two decimals.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
+/// `t` over `floor`, to one decimal.
+fn ratio(t: Duration, floor: Duration) -> f64 {
+    ((t.as_secs_f64() / floor.as_secs_f64()) * 10.0).round() / 10.0
+}
+
 /// Replaces files of these sizes, written beforehand into `dir` by
 /// [`write_and_read`], via temp + rename (each replaced file's blocks are
 /// freed, as when a sync rewrites patient files); returns the time.
@@ -460,8 +470,7 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         runs: g_times.clone(),
         rss_kib: g_rss,
         extra: serde_json::json!({"files_written": g_files,
-            "replace_files_floor_ms": (g_floor.as_secs_f64() * 100_000.0).round() / 100.0,
-            "over_replace_floor": ((median(g_times).as_secs_f64() / g_floor.as_secs_f64()) * 10.0).round() / 10.0}),
+            "replace_files_floor_ms": ms(g_floor), "over_replace_floor": ratio(median(g_times), g_floor)}),
     });
     report(&Figure {
         name: "b_import_100_changed",
@@ -499,18 +508,15 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         &dir.join("floor-staging-3"),
         &sizes[..(h_files as usize).min(sizes.len())],
     );
-    let ratio_to = |t: &[Duration], floor: Duration| {
-        ((median(t.to_vec()).as_secs_f64() / floor.as_secs_f64()) * 10.0).round() / 10.0
-    };
     report(&Figure {
         name: "h_send_10000_updates",
         n,
         runs: h_send.clone(),
         rss_kib: h_send_rss,
         extra: serde_json::json!({"updates": updates, "files_written": h_files,
-            "replace_files_floor_ms": (replace.as_secs_f64() * 100_000.0).round() / 100.0,
-            "over_replace_floor": ratio_to(&h_send, replace),
-            "over_full_export": ratio_to(&h_send, c_time)}),
+            "replace_files_floor_ms": ms(replace),
+            "over_replace_floor": ratio(median(h_send.clone()), replace),
+            "over_full_export": ratio(median(h_send.clone()), c_time)}),
     });
     report(&Figure {
         name: "h_receive_10000_updates",
@@ -529,13 +535,13 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         e_times.push(t);
         e_rss = e_rss.max(r);
     }
-    let ratio = median(e_times.clone()).as_secs_f64() / median(b_times).as_secs_f64();
+    let e_over_b = ratio(median(e_times.clone()), median(b_times));
     report(&Figure {
         name: "e_import_100_changed_without_logs",
         n,
         runs: e_times,
         rss_kib: e_rss,
-        extra: serde_json::json!({"e_over_b": (ratio * 10.0).round() / 10.0}),
+        extra: serde_json::json!({"e_over_b": e_over_b}),
     });
 
     // (f) applying field versions: decoded patient files joined into a
@@ -595,9 +601,6 @@ fn run_size(base: &Path, n: u64, runs: usize) {
         extra: serde_json::json!({"versions": versions, "versions_per_sec": per_sec.round()}),
     });
 
-    let ms = |d: Duration| (d.as_secs_f64() * 100_000.0).round() / 100.0;
-    let ratio =
-        |t: Duration, floor: Duration| ((t.as_secs_f64() / floor.as_secs_f64()) * 10.0).round() / 10.0;
     println!(
         "{}",
         serde_json::json!({

@@ -40,20 +40,17 @@ impl StoredPatient {
     /// [`Self::decode`] (or its error): written from the stored rows in
     /// place where each is one the blob view takes (`rowblob::RowView`),
     /// decoded where not.
-    pub fn encode(self) -> Result<Vec<u8>, DbError> {
+    pub fn encode(&self) -> Result<Vec<u8>, DbError> {
         match self.encode_in_place() {
             Some(bytes) => Ok(bytes),
-            None => Ok(encode_patient(&self.decode()?)),
+            None => Ok(encode_patient(&self.clone().decode()?)),
         }
     }
 
-    /// The patient's file, or why it would be beyond `limits`: what
-    /// [`Self::encode`] writes, without giving up the stored rows.
+    /// The patient's file ([`Self::encode`]), or why it would be beyond
+    /// `limits`.
     pub fn file(&self, limits: &crate::xmlstore::Limits) -> Result<Result<Vec<u8>, String>, DbError> {
-        let bytes = match self.encode_in_place() {
-            Some(bytes) => bytes,
-            None => encode_patient(&self.clone().decode()?),
-        };
+        let bytes = self.encode()?;
         Ok(match limits.refusal(&bytes) {
             Some(why) => Err(why),
             None => Ok(bytes),

@@ -40,6 +40,22 @@ const OURS_BYTES: u64 = 8 << 20;
 /// beyond the limits.
 type Ours = (StoredPatient, Result<Vec<u8>, String>);
 
+/// A patient's stored rows with its file, or why it would be beyond the
+/// limits.
+fn ours_of(
+    patient: &str,
+    found: Result<StoredPatient, String>,
+    limits: &crate::xmlstore::Limits,
+) -> Result<Ours, DbError> {
+    Ok(match found {
+        Ok(stored) => {
+            let file = stored.file(limits)?;
+            (stored, file)
+        }
+        Err(why) => (StoredPatient::empty(patient), Err(why)),
+    })
+}
+
 pub(super) enum Work {
     File(FileRef),
     Patient(String),
@@ -103,9 +119,9 @@ impl Run<'_> {
             let mut changed = HashSet::new();
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             self.progress.advance(to_load.len() as u64);
-            let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
-            let mut writes_bytes = 0;
-            let mut ours = self.ours_for(&wanted, &originals, &done, &blocked, &in_sync, &changed)?;
+            // The patients whose file this chunk may write: the others are
+            // settled, or read and joined in a later chunk.
+            let mut candidates = Vec::with_capacity(wanted.len());
             for patient in wanted {
                 let stem = patient_file_name(&patient);
                 if done.contains(&patient) || blocked.contains(&stem) {
@@ -115,21 +131,29 @@ impl Run<'_> {
                     done.insert(patient);
                     continue;
                 }
-                let existing = match originals.get(&stem) {
+                match originals.get(&stem) {
                     Some(Original::Blocked) => {
                         blocked.insert(stem);
-                        continue;
                     }
+                    Some(_) => candidates.push(patient),
+                    // A patient a row moved to or from: its file is read
+                    // and joined in a later chunk.
+                    None => self.requeue(&mut queue, &mut requeued, patient, &mut left),
+                }
+            }
+            let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
+            let mut writes_bytes = 0;
+            let mut ours = self.ours_for(&candidates)?;
+            for patient in candidates {
+                let stem = patient_file_name(&patient);
+                if blocked.contains(&stem) {
+                    continue;
+                }
+                let existing = match originals.get(&stem) {
                     Some(Original::Present(bytes, entry, _) | Original::AsRecorded(bytes, entry)) => {
                         Some((bytes, entry))
                     }
-                    Some(Original::Absent) => None,
-                    None => {
-                        // A patient a row moved to or from: its file is read
-                        // and joined in a later chunk.
-                        self.requeue(&mut queue, &mut requeued, patient, &mut left);
-                        continue;
-                    }
+                    _ => None,
                 };
                 let found = match ours.remove(&patient) {
                     Some(found) => found,
@@ -309,43 +333,17 @@ impl Run<'_> {
         Ok(left == 0 && blocked.is_empty())
     }
 
-    /// The stored rows and file bytes of each patient of `wanted` whose
-    /// file the chunk may write (its original known and readable, not
-    /// settled yet): one query, encoded on both cores; as many as
-    /// [`OURS_BYTES`] of rows hold (the rest are read one by one).
-    #[allow(clippy::too_many_arguments)]
-    fn ours_for(
-        &self,
-        wanted: &BTreeSet<String>,
-        originals: &HashMap<String, Original>,
-        done: &HashSet<String>,
-        blocked: &HashSet<String>,
-        in_sync: &HashSet<String>,
-        changed: &HashSet<String>,
-    ) -> Result<HashMap<String, Ours>, EngineError> {
-        let names: Vec<&str> = wanted
-            .iter()
-            .filter(|p| !done.contains(*p) && (!in_sync.contains(*p) || changed.contains(*p)))
-            .filter(|p| {
-                let stem = patient_file_name(p);
-                !blocked.contains(&stem)
-                    && originals.get(&stem).is_some_and(|o| !matches!(o, Original::Blocked))
-            })
-            .map(String::as_str)
-            .collect();
+    /// The stored rows and file bytes of these patients: one query,
+    /// encoded on both cores; as many as [`OURS_BYTES`] of rows hold (the
+    /// rest are read one by one, [`Self::ours_alone`]).
+    fn ours_for(&self, patients: &[String]) -> Result<HashMap<String, Ours>, EngineError> {
+        let names: Vec<&str> = patients.iter().map(String::as_str).collect();
         let stored = self.db.stored_for_files(&names, &self.limits, OURS_BYTES)?;
         let limits = &self.limits;
         let [mine, theirs] = on_both_cores(stored, |part| {
             part.into_iter()
                 .map(|(patient, found)| {
-                    let ours = match found {
-                        Ok(stored) => {
-                            let file = stored.file(limits)?;
-                            (stored, file)
-                        }
-                        Err(why) => (StoredPatient::empty(&patient), Err(why)),
-                    };
-                    Ok::<_, DbError>((patient, ours))
+                    Ok::<_, DbError>((patient.clone(), ours_of(&patient, found, limits)?))
                 })
                 .collect::<Result<Vec<_>, DbError>>()
         });
@@ -356,13 +354,8 @@ impl Run<'_> {
     fn ours_alone(&self, patient: &str) -> Result<Ours, EngineError> {
         // With no budget every patient asked for comes back.
         let found = self.db.stored_for_files(&[patient], &self.limits, u64::MAX)?.pop();
-        Ok(match found.map_or_else(|| Ok(StoredPatient::empty(patient)), |(_, found)| found) {
-            Ok(stored) => {
-                let file = stored.file(&self.limits)?;
-                (stored, file)
-            }
-            Err(why) => (StoredPatient::empty(patient), Err(why)),
-        })
+        let found = found.map_or_else(|| Ok(StoredPatient::empty(patient)), |(_, found)| found);
+        Ok(ours_of(patient, found, &self.limits)?)
     }
 
     pub(super) fn requeue(
