@@ -440,7 +440,7 @@ impl Db {
             |r| r.get(0),
         )?;
         let outbox: i64 = self.conn.query_row(
-            "SELECT count(*) FROM _cs_outbox_patients p JOIN _cs_outbox o ON o.seq = p.seq WHERE o.done_ms IS NULL",
+            "SELECT count(*) FROM _cs_outbox_patients WHERE seq IN (SELECT seq FROM _cs_outbox WHERE done_ms IS NULL)",
             [],
             |r| r.get(0),
         )?;

@@ -100,25 +100,32 @@ pub(crate) fn range_segment(
     Ok(encode_segment(&Segment { site, seq, created_ms, rows }))
 }
 
+/// The patients of the undone exports up to `?1`, looked up by their
+/// exports' numbers (a join walked every list kept up to `?1`).
+const UNDONE_PATIENTS: &str = "SELECT DISTINCT patient FROM _cs_outbox_patients
+     WHERE seq IN (SELECT seq FROM _cs_outbox WHERE done_ms IS NULL AND seq <= ?1) ORDER BY patient";
+
 impl Db {
     /// The patients touched by undone exports up to `max_seq`.
     pub fn outbox_patients(&self, max_seq: u64) -> Result<Vec<String>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT DISTINCT p.patient FROM _cs_outbox_patients p JOIN _cs_outbox o ON o.seq = p.seq
-             WHERE o.done_ms IS NULL AND o.seq <= ?1 ORDER BY p.patient",
-        )?;
+        let mut stmt = self.conn.prepare(UNDONE_PATIENTS)?;
         let patients = stmt.query_map([max_seq as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
         Ok(patients)
     }
 
     /// Marks every export up to `seq` as fully written (segment and patient
-    /// files) and drops the copies of their segments.
-    pub fn outbox_done(&self, seq: u64, now_ms: u64) -> Result<(), DbError> {
-        self.conn.execute(
+    /// files) and drops the copies of their segments and their lists of
+    /// patients (nothing reads the list of a written export: kept, they
+    /// grew by every patient each sync touched).
+    pub fn outbox_done(&mut self, seq: u64, now_ms: u64) -> Result<(), DbError> {
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
             "UPDATE _cs_outbox SET done_ms = ?2, segment_ms = coalesce(segment_ms, ?2), segment = NULL
              WHERE seq <= ?1 AND done_ms IS NULL",
             params![seq as i64, now_ms as i64],
         )?;
+        tx.execute("DELETE FROM _cs_outbox_patients WHERE seq <= ?1", [seq as i64])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -247,5 +254,63 @@ impl super::WriteTx<'_> {
             }
         }
         Ok(if fetched == max_rows || bytes >= max_bytes { last } else { None })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn export(db: &mut Db, sql: &str, now_ms: u64) -> u64 {
+        db.conn().execute_batch(sql).unwrap();
+        let mut w = db.begin_write(now_ms).unwrap();
+        assert!(!w.stamp_pending(100, 1 << 20).unwrap());
+        w.commit().unwrap().seq.expect("an export")
+    }
+
+    fn lists(db: &Db) -> i64 {
+        db.conn().query_row("SELECT count(*) FROM _cs_outbox_patients", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_written_exports_patients_go_with_it_and_the_unwritten_ones_are_found_by_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::init_for_test(dir.path(), None);
+        let first = export(
+            &mut db,
+            "INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames'), ('p2', 'Bell')",
+            2_000,
+        );
+        let second = export(&mut db, "UPDATE patients SET family_name = 'Cole' WHERE id = 'p2'", 3_000);
+        assert_eq!(db.outbox_patients(first).unwrap(), ["p1", "p2"]);
+        assert_eq!(db.outbox_patients(second).unwrap(), ["p1", "p2"]);
+        assert_eq!(db.pending_changes().unwrap(), 3, "two patients, then one");
+        db.outbox_done(first, 4_000).unwrap();
+        assert_eq!(lists(&db), 1, "the first export's list went with it");
+        assert_eq!(db.outbox_patients(second).unwrap(), ["p2"]);
+        assert_eq!(db.pending_changes().unwrap(), 1);
+        db.outbox_done(second, 5_000).unwrap();
+        assert_eq!(lists(&db), 0);
+        assert!(db.outbox_patients(second).unwrap().is_empty());
+        assert_eq!(db.undone_seqs().unwrap(), Vec::<u64>::new());
+        // A written export's list, as an earlier version left it, is not
+        // walked to find the unwritten exports' patients: those are looked
+        // up by their export's number.
+        db.conn()
+            .execute("INSERT INTO _cs_outbox_patients (seq, patient) VALUES (?1, 'p1')", [first as i64])
+            .unwrap();
+        assert!(db.outbox_patients(second).unwrap().is_empty());
+        let plan: Vec<String> = db
+            .conn()
+            .prepare(&format!("EXPLAIN QUERY PLAN {UNDONE_PATIENTS}"))
+            .unwrap()
+            .query_map([second as i64], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("_cs_outbox_patients USING PRIMARY KEY (seq=?)")),
+            "{plan:?}"
+        );
     }
 }
