@@ -6,34 +6,77 @@ use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::{Db, DbError, WriteTx};
 
+/// A file as a listing or stat shows it: (path, size, mtime, file id).
+pub(crate) type FileSeen = (String, u64, i64, Option<u64>);
+
+/// What `_cs_files` holds of a file for a listing: (size, mtime, file id).
+pub(crate) type Seen = (u64, i64, Option<u64>);
+
+/// What `_cs_files` holds of a file: (size, mtime, sha256, file id).
+pub(crate) type Recorded = (u64, i64, String, Option<u64>);
+
 pub(super) const TABLE: &str = "
 -- Each patient file as last applied, written or found up to date, to skip it while unchanged.
+-- file_id: its number on the volume where the system gives one (see platform::file_id).
 CREATE TABLE IF NOT EXISTS _cs_files (path TEXT PRIMARY KEY, size INTEGER NOT NULL,
-  mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL) WITHOUT ROWID;
+  mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, file_id INTEGER) WITHOUT ROWID;
 ";
 
 impl Db {
-    /// The size and time of every file recorded in folder `dir`, by path:
-    /// one query for a folder's worth of files.
-    pub fn files_seen_in(&self, dir: &str) -> Result<std::collections::HashMap<String, (u64, i64)>, DbError> {
+    /// The size, time and file id of every file recorded in folder `dir`,
+    /// by path: one query for a folder's worth of files.
+    pub(crate) fn files_seen_in(
+        &self,
+        dir: &str,
+    ) -> Result<std::collections::HashMap<String, Seen>, DbError> {
         // The paths in `dir/` sort between `dir/` and `dir0` ('0' follows '/').
         let rows = self
             .conn
-            .prepare_cached("SELECT path, size, mtime_ns FROM _cs_files WHERE path > ?1 AND path < ?2")?
+            .prepare_cached(
+                "SELECT path, size, mtime_ns, file_id FROM _cs_files WHERE path > ?1 AND path < ?2",
+            )?
             .query_map(params![format!("{dir}/"), format!("{dir}0")], |r| {
-                Ok((r.get::<_, String>(0)?, (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?)))
+                let id: Option<i64> = r.get(3)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?, id.map(|i| i as u64)),
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
-    /// What the file cache knows of a patient file: (size, mtime, sha256).
-    pub fn file_seen(&self, path: &str) -> Result<Option<(u64, i64, String)>, DbError> {
+    /// What the file cache knows of a patient file: (size, mtime, sha256,
+    /// file id).
+    pub(crate) fn file_seen(&self, path: &str) -> Result<Option<Recorded>, DbError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT size, mtime_ns, sha256 FROM _cs_files WHERE path = ?1")?
-            .query_row([path], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?)))
+            .prepare_cached("SELECT size, mtime_ns, sha256, file_id FROM _cs_files WHERE path = ?1")?
+            .query_row([path], |r| {
+                let id: Option<i64> = r.get(3)?;
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, id.map(|i| i as u64)))
+            })
             .optional()?)
+    }
+
+    /// Records the file ids of files read and found byte for byte as
+    /// recorded (files recorded before ids were, or by a build without
+    /// them): from then on a listing tells them unchanged without a stat.
+    pub(crate) fn record_file_ids(&mut self, files: &[FileSeen]) -> Result<(), DbError> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut update = tx.prepare_cached(
+                "UPDATE _cs_files SET file_id = ?4 WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
+            )?;
+            for (path, size, mtime_ns, id) in files {
+                update.execute(params![path, *size as i64, mtime_ns, id.map(|i| i as i64)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 }
 
@@ -44,19 +87,20 @@ impl Db {
     /// them. A recorded hash stays while size and time are the same (the
     /// bytes are); otherwise it is cleared, so a full scan still parses the
     /// file once.
-    pub(crate) fn record_files_verified(&mut self, files: &[(String, u64, i64)]) -> Result<(), DbError> {
+    pub(crate) fn record_files_verified(&mut self, files: &[FileSeen]) -> Result<(), DbError> {
         if files.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO _cs_files (path, size, mtime_ns, sha256) VALUES (?1, ?2, ?3, '')
+                "INSERT INTO _cs_files (path, size, mtime_ns, sha256, file_id) VALUES (?1, ?2, ?3, '', ?4)
                  ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
-                   sha256 = CASE WHEN size = excluded.size AND mtime_ns = excluded.mtime_ns THEN sha256 ELSE '' END",
+                   sha256 = CASE WHEN size = excluded.size AND mtime_ns = excluded.mtime_ns THEN sha256 ELSE '' END,
+                   file_id = excluded.file_id",
             )?;
-            for (path, size, mtime_ns) in files {
-                upsert.execute(params![path, *size as i64, mtime_ns])?;
+            for (path, size, mtime_ns, id) in files {
+                upsert.execute(params![path, *size as i64, mtime_ns, id.map(|i| i as i64)])?;
             }
         }
         tx.commit()?;
@@ -67,13 +111,21 @@ impl Db {
 impl WriteTx<'_> {
     /// Records that a patient file's content was applied, for the full scan
     /// to skip it while it is unchanged.
-    pub fn record_file(&self, path: &str, size: u64, mtime_ns: i64, sha256: &str) -> Result<(), DbError> {
+    pub fn record_file(
+        &self,
+        path: &str,
+        size: u64,
+        mtime_ns: i64,
+        id: Option<u64>,
+        sha256: &str,
+    ) -> Result<(), DbError> {
         self.tx
             .prepare_cached(
-                "INSERT INTO _cs_files (path, size, mtime_ns, sha256) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, sha256 = excluded.sha256",
+                "INSERT INTO _cs_files (path, size, mtime_ns, sha256, file_id) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
+                   sha256 = excluded.sha256, file_id = excluded.file_id",
             )?
-            .execute(params![path, size as i64, mtime_ns, sha256])?;
+            .execute(params![path, size as i64, mtime_ns, sha256, id.map(|i| i as i64)])?;
         Ok(())
     }
 }

@@ -51,6 +51,7 @@ const COLUMNS_ADDED: &[(&str, &str, &str)] = &[
         "ALTER TABLE _cs_outbox ADD COLUMN from_row INTEGER; ALTER TABLE _cs_outbox ADD COLUMN to_row INTEGER",
     ),
     ("_cs_purged", "base", "ALTER TABLE _cs_purged ADD COLUMN base TEXT"),
+    ("_cs_files", "file_id", "ALTER TABLE _cs_files ADD COLUMN file_id INTEGER"),
 ];
 
 /// clinicsync's triggers and tables in the database: (triggers, tables).

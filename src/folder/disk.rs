@@ -87,6 +87,9 @@ pub struct FolderStats {
     pub lists: u64,
     /// Listings of `patients/` or a directory inside it.
     pub patient_lists: u64,
+    /// Listed entries whose size and time were looked up (a call each on
+    /// Linux and macOS).
+    pub entries_statted: u64,
     pub reads: u64,
     pub files_written: u64,
     pub removes: u64,
@@ -212,6 +215,7 @@ impl DiskFolder {
         self.count(|s| {
             s.lists += o.lists;
             s.patient_lists += o.patient_lists;
+            s.entries_statted += o.entries_statted;
             s.reads += o.reads;
             s.files_written += o.files_written;
             s.removes += o.removes;
@@ -359,7 +363,13 @@ fn open_regular(path: &Path, open: impl FnOnce() -> io::Result<File>) -> Result<
 }
 
 fn entry_of(name: String, meta: &fs::Metadata) -> Entry {
-    Entry { name, is_dir: meta.is_dir(), size: meta.len(), mtime_ns: platform::mtime_ns(meta) }
+    Entry {
+        name,
+        is_dir: meta.is_dir(),
+        size: meta.len(),
+        mtime_ns: platform::mtime_ns(meta),
+        id: platform::file_id(meta),
+    }
 }
 
 /// The folder's operations: every access to its files goes through these.
@@ -367,6 +377,14 @@ impl DiskFolder {
     /// Lists a directory; a missing directory, or one that is a link, is an
     /// empty list (no access follows a link inside the folder).
     pub fn list(&self, dir: &str) -> io::Result<Vec<Entry>> {
+        self.list_except(dir, |_, _| true)
+    }
+
+    /// As [`DiskFolder::list`], leaving out, without a call per file to
+    /// stat it, the entries `keep` refuses by name and the file id the
+    /// listing gives ([`crate::platform::listed_id`]; `None` where it gives
+    /// none).
+    pub fn list_except(&self, dir: &str, keep: impl Fn(&str, Option<u64>) -> bool) -> io::Result<Vec<Entry>> {
         let patients = dir.starts_with(super::layout::PATIENTS_DIR);
         self.count(|s| {
             s.lists += 1;
@@ -398,6 +416,10 @@ impl DiskFolder {
                     name
                 }
             };
+            if !keep(&name, platform::listed_id(&item)) {
+                continue;
+            }
+            self.count(|s| s.entries_statted += 1);
             // A file removed between listing and stat is simply gone.
             match item.metadata() {
                 Ok(meta) => out.push(entry_of(name, &meta)),
@@ -463,13 +485,19 @@ impl DiskFolder {
         self.write_files(files, false).map(|_| ())
     }
 
-    /// As [`DiskFolder::write_batch`], but a file another program holds
-    /// open past the retries is left as it was and returned with the error,
-    /// and the rest of the batch is written.
-    pub fn write_batch_except_held(
-        &self,
-        files: &[(String, Vec<u8>)],
-    ) -> io::Result<Vec<(String, io::Error)>> {
+    /// As [`DiskFolder::write_batch`], returning each file's size and
+    /// modification time as written, in the batch's order (taken from the
+    /// file this run wrote, before it took the file's name: a client that
+    /// replaces the file right after cannot be taken for it).
+    pub fn write_batch_entries(&self, files: &[(String, Vec<u8>)]) -> io::Result<Vec<Entry>> {
+        let written = self.write_files(files, false)?;
+        Ok(written.into_iter().filter_map(Result::ok).collect())
+    }
+
+    /// As [`DiskFolder::write_batch_entries`], but a file another program
+    /// holds open past the retries is left as it was, its place in the
+    /// result holding the error, and the rest of the batch is written.
+    pub fn write_batch_except_held(&self, files: &[(String, Vec<u8>)]) -> io::Result<Vec<io::Result<Entry>>> {
         self.write_files(files, true)
     }
 
@@ -477,10 +505,9 @@ impl DiskFolder {
         &self,
         files: &[(String, Vec<u8>)],
         skip_held: bool,
-    ) -> io::Result<Vec<(String, io::Error)>> {
-        let mut held = Vec::new();
+    ) -> io::Result<Vec<io::Result<Entry>>> {
         if files.is_empty() {
-            return Ok(held);
+            return Ok(Vec::new());
         }
         if let Some(prefix) = write_fault()
             && files.iter().any(|(rel, _)| rel.starts_with(&prefix))
@@ -491,6 +518,7 @@ impl DiskFolder {
         self.count(|s| s.files_written += files.len() as u64);
         self.note_touched(files.iter().map(|(rel, _)| rel.as_str()));
         let mut staged: Vec<(PathBuf, PathBuf)> = Vec::with_capacity(files.len());
+        let mut written: Vec<io::Result<Entry>> = Vec::with_capacity(files.len());
         let rels: Vec<&str> = files.iter().map(|(rel, _)| rel.as_str()).collect();
         // A small batch, or a system without syncfs: each file synced as
         // it is written.
@@ -515,6 +543,9 @@ impl DiskFolder {
                 if one_by_one {
                     f.sync_data()?;
                 }
+                // The name is the target's: the entry a listing will show.
+                let name = rel.rsplit_once('/').map_or(rel.as_str(), |(_, name)| name).to_owned();
+                written.push(Ok(entry_of(name, &f.metadata()?)));
             }
             // For a large batch one syncfs makes every temp file durable:
             // far cheaper than an fsync per file (measured in docs/performance.md).
@@ -523,12 +554,12 @@ impl DiskFolder {
                 platform::sync_volume(anchor)?;
             }
             let mut dirs = BTreeSet::new();
-            for ((temp, target), (rel, _)) in staged.iter().zip(files) {
+            for (((temp, target), (rel, _)), entry) in staged.iter().zip(files).zip(written.iter_mut()) {
                 match self.patiently(rel, true, || fs::rename(temp, target)) {
                     Ok(()) => {}
                     Err(e) if skip_held && platform::is_held(&e) => {
                         let _ = fs::remove_file(temp);
-                        held.push((rel.clone(), e));
+                        *entry = Err(e);
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -555,7 +586,7 @@ impl DiskFolder {
                 let _ = fs::remove_file(temp);
             }
         }
-        result.map(|()| held)
+        result.map(|()| written)
     }
 
     /// Runs `op` on the file `rel`, trying again after a short wait while
@@ -707,6 +738,34 @@ mod tests {
             assert_eq!(names, ["a", "two.xml"]);
         }
         assert!(fs::read_dir(dir.path().join("staging")).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn a_batch_returns_each_file_as_written_which_a_later_stat_agrees_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("folder");
+        fs::create_dir_all(&root).unwrap();
+        let folder = DiskFolder::new(root.clone(), Some(dir.path().join("staging")));
+        let files = vec![
+            ("patients/ab/one.xml".to_owned(), b"1".to_vec()),
+            ("patients/cd/two.xml".to_owned(), b"22".to_vec()),
+            ("three.xml".to_owned(), b"333".to_vec()),
+        ];
+        folder.write_batch(&files[..1]).unwrap();
+        let written = folder.write_batch_entries(&files).unwrap();
+        assert_eq!(written.len(), 3);
+        for ((path, bytes), entry) in files.iter().zip(&written) {
+            let now = folder.metadata(path).unwrap().expect("written");
+            assert_eq!(
+                (&entry.name, entry.size, entry.mtime_ns),
+                (&now.name, bytes.len() as u64, now.mtime_ns)
+            );
+            assert!(entry.mtime_ns > 0 && !entry.is_dir);
+        }
+        // A file replaced after the batch is not the one it returned.
+        fs::write(root.join("three.xml"), b"4444").unwrap();
+        let now = folder.metadata("three.xml").unwrap().unwrap();
+        assert_ne!((now.size, now.mtime_ns), (written[2].size, written[2].mtime_ns));
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Entry {
     pub size: u64,
     /// Modification time in nanoseconds since the epoch (0 when unknown).
     pub mtime_ns: i64,
+    /// The file's number on its volume where the system gives it
+    /// ([`crate::platform::file_id`]).
+    pub id: Option<u64>,
 }
 
 /// Why a read failed.

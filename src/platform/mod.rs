@@ -23,6 +23,39 @@ pub fn mtime_ns(meta: &Metadata) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// A file's number on its volume (the inode), where a directory listing
+/// gives it without opening or statting the file: Linux and macOS. A file
+/// written in place keeps it; one put in place by a rename (every cloud
+/// client's and clinicsync's way of replacing a file) has the number of
+/// the file it was written as. `None` on Windows, whose listing gives size
+/// and time without a call per file anyway.
+pub fn file_id(meta: &Metadata) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        Some(meta.ino())
+    }
+    #[cfg(windows)]
+    {
+        let _ = meta;
+        None
+    }
+}
+
+/// [`file_id`] of a listed entry, from the listing alone.
+pub fn listed_id(entry: &fs::DirEntry) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirEntryExt as _;
+        Some(entry.ino())
+    }
+    #[cfg(windows)]
+    {
+        let _ = entry;
+        None
+    }
+}
+
 /// Whether two existing directories are on one volume (a rename between
 /// them is atomic).
 pub fn same_volume(a: &Path, b: &Path) -> bool {

@@ -164,22 +164,25 @@ fn a_dormant_site_returns_after_compaction_scans_and_converges_without_resurrect
 
 #[test]
 fn a_run_with_nothing_to_do_lists_no_patient_directory() {
-    let (_family, a, b) = two_sites();
+    let (family, a, b) = two_sites();
     let conn = app(&a);
     for n in 0..20 {
         add_patient(&conn, n, 1);
     }
     // Three more patients whose files share a shard folder with patient 3's.
     let shard = |n: u32| clinicsync::model::shard_of(&clinicsync::model::patient_file_name(&uuid(1, n)));
-    for n in (20..100_000).filter(|n| shard(*n) == shard(3)).take(3) {
-        add_patient(&conn, n, 1);
+    let neighbours: Vec<u32> = (20..100_000).filter(|n| shard(*n) == shard(3)).take(3).collect();
+    for n in &neighbours {
+        add_patient(&conn, *n, 1);
     }
     sync_ok(&a);
     sync_ok(&b);
     sync_ok(&a);
+    let mut statted_at_rest = 0;
     for db in [&a, &b] {
         let report = sync_ok(db);
         let folder = &report["counts"]["folder"];
+        statted_at_rest = folder["entries_statted"].as_u64().unwrap();
         assert_eq!(folder["patient_lists"], 0, "{report:#}");
         assert_eq!(report["counts"]["full_scan"], false);
         assert_eq!(report["counts"]["files_scanned"], 0);
@@ -197,6 +200,20 @@ fn a_run_with_nothing_to_do_lists_no_patient_directory() {
         report["counts"]["files_scanned"], 1,
         "only the touched patient's file is read back, not the files beside it in the listed folder: {report:#}"
     );
+    assert_eq!(
+        report["counts"]["folder"]["entries_statted"], statted_at_rest,
+        "nor are they statted: each is the file B last read or wrote: {report:#}"
+    );
+    // A file another writer put in place there without a change-log (a
+    // client bringing back a version) is statted, found changed and read.
+    let neighbour = patient_file(&family.folder(), &uuid(1, neighbours[0]));
+    let put = neighbour.with_extension("put");
+    std::fs::copy(&neighbour, &put).unwrap();
+    std::fs::rename(&put, &neighbour).unwrap();
+    let report = sync_ok(&b);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 1, "{report:#}");
+    assert_eq!(report["counts"]["folder"]["entries_statted"], statted_at_rest + 1, "{report:#}");
+    assert_eq!(report["counts"]["files_scanned"], 1, "{report:#}");
     let report = sync_ok(&b);
     assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "nothing new since");
 
@@ -205,6 +222,28 @@ fn a_run_with_nothing_to_do_lists_no_patient_directory() {
     let report = sync_ok(&b);
     assert_eq!(report["counts"]["full_scan"], true);
     assert!(report["counts"]["folder"]["patient_lists"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn files_recorded_without_their_file_id_get_it_when_next_read_as_recorded() {
+    let (_family, a, b) = two_sites();
+    let conn = app(&a);
+    for n in 0..5 {
+        add_patient(&conn, n, 1);
+    }
+    sync_ok(&a);
+    sync_ok(&b);
+    let unknown = |db: &Path| -> i64 {
+        app(db).query_row("SELECT count(*) FROM _cs_files WHERE file_id IS NULL", [], |r| r.get(0)).unwrap()
+    };
+    for db in [&a, &b] {
+        assert_eq!(unknown(db), 0, "each file written or read is recorded with its id");
+        // As a database recorded them before file ids were.
+        app(db).execute("UPDATE _cs_files SET file_id = NULL", []).unwrap();
+        let report = sync_with(db, &["--full-scan"]).1;
+        assert_eq!(report["counts"]["files_scanned"], 5, "{report:#}");
+        assert_eq!(unknown(db), 0);
+    }
 }
 
 #[test]

@@ -14,8 +14,8 @@ use crate::db::{DbError, FirstExport, StoredPatient};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
 use crate::engine::report::EventKind;
-use crate::folder::DiskFolder;
 use crate::folder::layout::patient_path;
+use crate::folder::{DiskFolder, Entry};
 use crate::model::patient_file_name;
 use crate::xmlstore::{Limits, Segment, encode_segment};
 
@@ -44,8 +44,8 @@ struct FileJob<'s> {
 
 struct WrittenFiles {
     folder: DiskFolder,
-    /// (path, size, mtime, sha256) of each file written.
-    files: Vec<(String, u64, i64, String)>,
+    /// Each file written: its path, as written, and its sha256.
+    files: Vec<(String, Entry, String)>,
     bytes: u64,
     failed: Option<(usize, io::Error)>,
     /// Patients whose file would be beyond what every clinicsync reads:
@@ -76,21 +76,23 @@ fn write_patient_files(
         }
     }
     let bytes = files.iter().map(|(_, b)| b.len() as u64).sum();
-    if let Err(e) = folder.write_batch(&files) {
-        return Ok(WrittenFiles {
-            folder,
-            files: Vec::new(),
-            bytes: 0,
-            failed: Some((files.len(), e)),
-            refused,
-        });
-    }
-    let mut written = Vec::with_capacity(files.len());
-    for (path, content) in files {
-        if let Ok(Some(entry)) = folder.metadata(&path) {
-            written.push((path, entry.size, entry.mtime_ns, sha_hex(&content)));
+    let entries = match folder.write_batch_entries(&files) {
+        Ok(entries) => entries,
+        Err(e) => {
+            return Ok(WrittenFiles {
+                folder,
+                files: Vec::new(),
+                bytes: 0,
+                failed: Some((files.len(), e)),
+                refused,
+            });
         }
-    }
+    };
+    let written = files
+        .into_iter()
+        .zip(entries)
+        .map(|((path, content), entry)| (path, entry, sha_hex(&content)))
+        .collect();
     Ok(WrittenFiles { folder, files: written, bytes, failed: None, refused })
 }
 
@@ -266,8 +268,8 @@ impl Run<'_> {
             return Ok(false);
         }
         let w = self.db.begin_write(self.now_ms)?;
-        for (path, size, mtime_ns, sha) in &written.files {
-            w.record_file(path, *size, *mtime_ns, sha)?;
+        for (path, entry, sha) in &written.files {
+            w.record_file(path, entry.size, entry.mtime_ns, entry.id, sha)?;
         }
         let stamped = w.commit()?;
         self.note_stamped(stamped);

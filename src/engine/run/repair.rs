@@ -118,6 +118,8 @@ impl Run<'_> {
             let mut in_sync = HashSet::new();
             let mut changed = HashSet::new();
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
+            let ids = std::mem::take(&mut self.scanned.ids);
+            self.db.record_file_ids(&ids)?;
             self.progress.advance(to_load.len() as u64);
             // The patients whose file this chunk may write: the others are
             // settled, or read and joined in a later chunk.
@@ -443,7 +445,7 @@ impl Run<'_> {
         for (f, doc, _, entry, sha) in &loaded {
             let result = w.apply_doc(doc, &f.path);
             if result.is_ok() {
-                w.record_file(&f.path, entry.size, entry.mtime_ns, sha)?;
+                w.record_file(&f.path, entry.size, entry.mtime_ns, entry.id, sha)?;
             }
             results.push(result);
         }
@@ -581,7 +583,7 @@ impl Run<'_> {
         for (i, patient, bytes, entry) in files {
             if matched.contains(&i) {
                 self.counts.files_digest_matched += 1;
-                verified.push((chunk[i].path.clone(), entry.size, entry.mtime_ns));
+                verified.push((chunk[i].path.clone(), entry.size, entry.mtime_ns, entry.id));
                 out[i] = Some(Original::Present(bytes, entry, None));
             } else {
                 rest.push((i, patient, bytes, entry));
@@ -595,10 +597,22 @@ impl Run<'_> {
             let mut unknown = Vec::with_capacity(rest.len());
             for (i, patient, bytes, entry) in rest {
                 let f = &chunk[i];
-                let recorded = !self.purges.stale.contains_key(&f.stem)
-                    && self.db.file_seen(&f.path)?.is_some_and(|(size, mtime, sha)| {
-                        size == bytes.len() as u64 && mtime == entry.mtime_ns && sha == sha_hex(&bytes)
-                    });
+                let seen = if self.purges.stale.contains_key(&f.stem) {
+                    None
+                } else {
+                    self.db.file_seen(&f.path)?
+                };
+                let recorded = match seen {
+                    Some((size, mtime, sha, id))
+                        if size == bytes.len() as u64
+                            && mtime == entry.mtime_ns
+                            && sha == sha_hex(&bytes) =>
+                    {
+                        self.note_file_id(&f.path, id, &entry);
+                        true
+                    }
+                    _ => false,
+                };
                 if recorded {
                     self.counts.files_unchanged += 1;
                     out[i] = Some(Original::AsRecorded(bytes, entry));
@@ -637,7 +651,7 @@ impl Run<'_> {
         let mut digests = Vec::new();
         for (i, original, digest) in settled?.into_iter().chain(other_half?) {
             if let Original::Present(_, entry, _) = &original {
-                verified.push((chunk[i].path.clone(), entry.size, entry.mtime_ns));
+                verified.push((chunk[i].path.clone(), entry.size, entry.mtime_ns, entry.id));
             }
             out[i] = Some(original);
             digests.extend(digest);
@@ -664,11 +678,10 @@ impl Run<'_> {
                 size += writes[n].1.len();
                 n += 1;
             }
-            let batch: Vec<(String, Vec<u8>, String)> = writes.drain(..n).collect();
-            let files: Vec<(String, Vec<u8>)> =
-                batch.iter().map(|(p, b, _)| (p.clone(), b.clone())).collect();
-            let held = match self.folder.write_batch_except_held(&files) {
-                Ok(held) => held,
+            let (files, patients): (Vec<(String, Vec<u8>)>, Vec<String>) =
+                writes.drain(..n).map(|(path, bytes, patient)| ((path, bytes), patient)).unzip();
+            let written = match self.folder.write_batch_except_held(&files) {
+                Ok(written) => written,
                 Err(e) => {
                     self.rec.skipped(
                         EventKind::Write,
@@ -678,28 +691,29 @@ impl Run<'_> {
                     continue;
                 }
             };
-            let mut not_written = HashSet::new();
-            for (path, e) in held {
-                self.rec.skipped(EventKind::Write, Some(&path), format!("was not written: {e}; will retry"));
-                not_written.insert(path);
-            }
+            let mut wrote = Vec::with_capacity(patients.len());
             let w = self.db.begin_write(self.now_ms)?;
-            for (path, bytes) in files.iter().filter(|(path, _)| !not_written.contains(path)) {
-                if let Ok(Some(entry)) = self.folder.metadata(path) {
-                    w.record_file(path, entry.size, entry.mtime_ns, &sha_hex(bytes))?;
+            // Each file recorded as this run wrote it (a file a client
+            // replaced since is read again next time).
+            for (((path, bytes), patient), written) in files.iter().zip(patients).zip(written) {
+                match written {
+                    Ok(entry) => {
+                        w.record_file(path, entry.size, entry.mtime_ns, entry.id, &sha_hex(bytes))?;
+                        self.counts.files_written += 1;
+                        self.counts.bytes_written += bytes.len() as u64;
+                        wrote.push(patient);
+                    }
+                    Err(e) => self.rec.skipped(
+                        EventKind::Write,
+                        Some(path),
+                        format!("was not written: {e}; will retry"),
+                    ),
                 }
-                self.counts.files_written += 1;
-                self.counts.bytes_written += bytes.len() as u64;
             }
             let stamped = w.commit()?;
             self.progress.advance(stamped.rows as u64);
             self.note_stamped(stamped);
-            done.extend(
-                batch
-                    .into_iter()
-                    .filter(|(path, _, _)| !not_written.contains(path))
-                    .map(|(_, _, patient)| patient),
-            );
+            done.extend(wrote);
         }
         Ok(())
     }

@@ -70,14 +70,25 @@ pub(super) struct Scanned {
     /// Stems that have a conflict copy in the folder (filled by the full
     /// scan): their rows are never taken for purged elsewhere.
     pub(super) copy_stems: HashSet<String>,
-    /// The patient folders' times the copy check saw, recorded at the end.
     /// What the copy check saw of the patient folders (see `DirSeen`).
     pub(super) dirs_seen: Option<Vec<DirSeen>>,
     /// Patient files this run has read.
     pub(super) read: HashSet<String>,
+    /// Files read and found as recorded whose file id is not: recorded
+    /// after the chunk that read them.
+    pub(super) ids: Vec<crate::db::FileSeen>,
 }
 
 impl Run<'_> {
+    /// Notes the file id of a file read and found as recorded, when the
+    /// record lacks it (recorded by an earlier version): it is recorded
+    /// after the chunk (see [`Scanned::ids`]).
+    pub(super) fn note_file_id(&mut self, path: &str, recorded: Option<u64>, entry: &Entry) {
+        if entry.id.is_some() && recorded != entry.id {
+            self.scanned.ids.push((path.to_owned(), entry.size, entry.mtime_ns, entry.id));
+        }
+    }
+
     /// Every patient file and copy in the folder. Returns true when every
     /// file could be read and applied.
     pub(super) fn full_scan(&mut self) -> Result<bool, EngineError> {
@@ -304,12 +315,13 @@ impl Run<'_> {
         let cached =
             self.purges.peer_horizon.is_none() && (f.copy.is_none() || self.db.is_kept_copy(&f.path)?);
         if cached
-            && let Some((size, mtime, seen_sha)) = self.db.file_seen(&f.path)?
+            && let Some((size, mtime, seen_sha, seen_id)) = self.db.file_seen(&f.path)?
             && size == bytes.len() as u64
             && mtime == entry.mtime_ns
             && seen_sha == sha
         {
             self.counts.files_unchanged += 1;
+            self.note_file_id(&f.path, seen_id, &entry);
             return Ok(Loaded::Unchanged { bytes, entry });
         }
         if f.repair.is_some() {
