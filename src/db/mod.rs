@@ -39,7 +39,7 @@ pub use baseline::TableBaseline;
 pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};
-pub use durability::WalSync;
+pub use durability::{Checkpointing, WalSync};
 pub(crate) use files::FileSeen;
 pub use held::{HeldDeletes, HeldGroup, HeldPatient, HeldTable, Kept, Released};
 pub use history::HistoryEntry;
@@ -158,6 +158,7 @@ fn connect(path: &Path, create: bool) -> Result<Connection, DbError> {
     // The checkpoint SQLite runs when the last connection closes stays on
     // (about 3 ms a run): after a run the .db file alone holds every commit,
     // so a clinic that backs up or copies just clinic.db copies it whole.
+    // (A receiving run starts it early: `Db::checkpoint_meanwhile`.)
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }

@@ -172,6 +172,11 @@ impl Run<'_> {
             };
             self.read_segments(site, &name, from, to, &mut touched)?;
         }
+        if !touched.is_empty() {
+            // The files are read while what the segments brought is copied
+            // into the database file.
+            self.checkpoint_meanwhile();
+        }
         // Read-repair: the files of every patient a segment changed.
         self.reconcile(Vec::new(), touched.into_iter().collect())?;
         Ok(())

@@ -17,7 +17,7 @@ use super::report::{Counts, EventKind, Outcome, Recorder, RunReport};
 use super::settings::{self, Settings};
 use super::sites::{Sites, retry_hint};
 use super::{EngineError, staging_dir};
-use crate::db::{Db, SiteConfig};
+use crate::db::{Checkpointing, Db, SiteConfig};
 use crate::folder::layout::site_path;
 use crate::folder::{DiskFolder, IgnoreRules};
 use crate::model::{Clock, write_hex_bytes};
@@ -192,6 +192,7 @@ pub fn sync_with_clock(
         folder.track_touched(TOUCHED_CAP);
     }
     let mut run = Run {
+        checkpoint: None,
         db,
         folder,
         progress,
@@ -292,6 +293,11 @@ impl Drop for RunningGuard {
 }
 
 struct Run<'c> {
+    /// A checkpoint copying the run's commits into the database file while
+    /// the run goes on. Declared first, so that however the run ends it
+    /// finishes before `db`'s connection closes (whose own checkpoint
+    /// copies what it left).
+    checkpoint: Option<Checkpointing>,
     db: Db,
     folder: DiskFolder,
     progress: Progress,
@@ -368,6 +374,18 @@ impl Run<'_> {
     /// Whether this run syncs everything (not documents or one table only).
     fn full_sync(&self, options: &SyncOptions) -> bool {
         !options.docs_only && self.only.is_none()
+    }
+
+    /// Starts copying what the run committed so far into the database file
+    /// on another thread (see [`Db::checkpoint_meanwhile`]), unless one is
+    /// still at it: called after applying segments, before reading the
+    /// files they touched. (After stamping, before the patient files are
+    /// written, it bought nothing: the copying and the files' writes wait
+    /// on the same disk.)
+    fn checkpoint_meanwhile(&mut self) {
+        if self.checkpoint.as_ref().is_none_or(Checkpointing::finished) {
+            self.checkpoint = Some(self.db.checkpoint_meanwhile());
+        }
     }
 
     fn io(&self, what: &str, source: std::io::Error) -> EngineError {
