@@ -93,9 +93,7 @@ impl Db {
     pub fn checkpoint_meanwhile(&self) -> Checkpointing {
         let path = self.path.clone();
         let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
-            let flags =
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            if let Ok(conn) = rusqlite::Connection::open_with_flags(&path, flags) {
+            if let Ok(conn) = super::connect(&path, false) {
                 let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             }
         });
