@@ -99,8 +99,9 @@ impl Run<'_> {
             // same file id: it was not replaced since, as every client
             // replaces a file) is not statted: at 100,000 patients a shard
             // holds some 400 files, and a sync that brings 100 patients
-            // lists some 90 shards. A file changed in place, or replaced
-            // twice so that it got its old id back, waits for the full scan.
+            // lists some 90 shards. A file changed in place, one replaced
+            // twice so that it got its old id back, and any file on a mount
+            // whose ids stay with the name wait for the full scan.
             let unchanged = |name: &str, id: Option<u64>| {
                 let path = format!("{dir}/{name}");
                 id.is_some()
