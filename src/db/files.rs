@@ -15,6 +15,16 @@ pub(crate) type Seen = (u64, i64, Option<u64>);
 /// What `_cs_files` holds of a file: (size, mtime, sha256, file id).
 pub(crate) type Recorded = (u64, i64, String, Option<u64>);
 
+/// A file id as stored: SQLite's integers are signed, so the id's 64 bits
+/// are kept as they are.
+fn id_column(id: Option<u64>) -> Option<i64> {
+    id.map(|i| i as i64)
+}
+
+fn id_of(column: Option<i64>) -> Option<u64> {
+    column.map(|i| i as u64)
+}
+
 pub(super) const TABLE: &str = "
 -- Each patient file as last applied, written or found up to date, to skip it while unchanged.
 -- file_id: its number on the volume where the system gives one (see platform::file_id).
@@ -36,10 +46,9 @@ impl Db {
                 "SELECT path, size, mtime_ns, file_id FROM _cs_files WHERE path > ?1 AND path < ?2",
             )?
             .query_map(params![format!("{dir}/"), format!("{dir}0")], |r| {
-                let id: Option<i64> = r.get(3)?;
                 Ok((
                     r.get::<_, String>(0)?,
-                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?, id.map(|i| i as u64)),
+                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?, id_of(r.get(3)?)),
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -52,10 +61,7 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached("SELECT size, mtime_ns, sha256, file_id FROM _cs_files WHERE path = ?1")?
-            .query_row([path], |r| {
-                let id: Option<i64> = r.get(3)?;
-                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, id.map(|i| i as u64)))
-            })
+            .query_row([path], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, id_of(r.get(3)?))))
             .optional()?)
     }
 
@@ -72,7 +78,7 @@ impl Db {
                 "UPDATE _cs_files SET file_id = ?4 WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
             )?;
             for (path, size, mtime_ns, id) in files {
-                update.execute(params![path, *size as i64, mtime_ns, id.map(|i| i as i64)])?;
+                update.execute(params![path, *size as i64, mtime_ns, id_column(*id)])?;
             }
         }
         tx.commit()?;
@@ -100,7 +106,7 @@ impl Db {
                    file_id = excluded.file_id",
             )?;
             for (path, size, mtime_ns, id) in files {
-                upsert.execute(params![path, *size as i64, mtime_ns, id.map(|i| i as i64)])?;
+                upsert.execute(params![path, *size as i64, mtime_ns, id_column(*id)])?;
             }
         }
         tx.commit()?;
@@ -125,7 +131,7 @@ impl WriteTx<'_> {
                  ON CONFLICT (path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,
                    sha256 = excluded.sha256, file_id = excluded.file_id",
             )?
-            .execute(params![path, size as i64, mtime_ns, sha256, id.map(|i| i as i64)])?;
+            .execute(params![path, size as i64, mtime_ns, sha256, id_column(id)])?;
         Ok(())
     }
 }
