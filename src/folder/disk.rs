@@ -17,10 +17,12 @@ use super::{Entry, ReadError};
 
 mod bodies;
 mod leftovers;
+mod release;
 mod walk;
 use crate::platform;
 pub use bodies::StagedBody;
 pub use leftovers::is_left_temp;
+use release::Releaser;
 pub use walk::Walked;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -67,6 +69,8 @@ pub struct DiskFolder {
     /// seen.
     held: RefCell<std::collections::BTreeMap<String, String>>,
     not_local: RefCell<BTreeSet<String>>,
+    /// Closes the files a batch replaced, off the writing thread.
+    releaser: RefCell<Releaser>,
 }
 
 /// Per directory, the (before, after) modification times of each change
@@ -118,6 +122,7 @@ impl DiskFolder {
             not_links: RefCell::new(std::collections::HashSet::new()),
             held: RefCell::default(),
             not_local: RefCell::default(),
+            releaser: RefCell::default(),
         }
     }
 
@@ -202,6 +207,7 @@ impl DiskFolder {
             not_links: RefCell::new(std::collections::HashSet::new()),
             held: RefCell::default(),
             not_local: RefCell::default(),
+            releaser: RefCell::default(),
         }
     }
 
@@ -555,8 +561,15 @@ impl DiskFolder {
             }
             let mut dirs = BTreeSet::new();
             for (((temp, target), (rel, _)), entry) in staged.iter().zip(files).zip(written.iter_mut()) {
+                // Held open through the rename, the replaced file is freed
+                // on another thread (see release.rs).
+                let replaced = Releaser::hold(target);
                 match self.patiently(rel, true, || fs::rename(temp, target)) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if let Some(file) = replaced {
+                            self.releaser.borrow_mut().release(file);
+                        }
+                    }
                     Err(e) if skip_held && platform::is_held(&e) => {
                         let _ = fs::remove_file(temp);
                         *entry = Err(e);

@@ -197,6 +197,11 @@ pub fn online_only(meta: &Metadata) -> bool {
     }
 }
 
+/// Whether a file can be held open while a rename replaces it (POSIX: the
+/// rename only drops its name, and the file is freed when the last handle
+/// closes). Windows may refuse to replace a file that is open.
+pub const HOLDS_REPLACED: bool = cfg!(unix);
+
 /// Whether [`sync_volume`] makes every written file on a volume durable at
 /// once (Linux's `syncfs`). Elsewhere each file is synced on its own.
 pub const SYNCS_A_VOLUME: bool = cfg!(target_os = "linux");

@@ -1,0 +1,103 @@
+//! Freeing the files a batch replaces off the writing thread. Replacing a
+//! file by a rename frees the old one's blocks inside the rename: on a
+//! volume mounted with online discard (common for cloud and virtual disks)
+//! that is a discard the rename waits for, about 0.13 ms of each
+//! replaced patient file's 0.2 ms. Where the system allows it
+//! ([`platform::HOLDS_REPLACED`]) the old file is opened before the rename,
+//! so the rename only drops its name, and the handle is closed on another
+//! thread, which frees the blocks while the run goes on.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use crate::platform;
+
+/// Replaced files held open and not yet closed, at most: each is a file
+/// handle, and a system's default limit can be as low as 256 (macOS).
+const HELD_AT_MOST: usize = 64;
+
+/// Closes the files handed to it on a thread of its own; dropping it waits
+/// until every one is closed.
+#[derive(Default)]
+pub(super) struct Releaser {
+    thread: Option<(SyncSender<File>, JoinHandle<()>)>,
+}
+
+impl Releaser {
+    /// The file about to be replaced at `target`, held open (or `None`: it
+    /// does not exist, cannot be opened, or this system does not allow
+    /// replacing an open file).
+    pub(super) fn hold(target: &Path) -> Option<File> {
+        if !platform::HOLDS_REPLACED {
+            return None;
+        }
+        platform::read_no_follow().open(target).ok()
+    }
+
+    /// Closes `file` on the releasing thread (started on first use; when it
+    /// cannot be started, here). Waits while [`HELD_AT_MOST`] are pending.
+    pub(super) fn release(&mut self, file: File) {
+        if self.thread.is_none() {
+            let (sender, receiver) = sync_channel::<File>(HELD_AT_MOST);
+            let spawned = std::thread::Builder::new()
+                .name("release-replaced".into())
+                .spawn(move || receiver.into_iter().for_each(drop));
+            match spawned {
+                Ok(handle) => self.thread = Some((sender, handle)),
+                Err(_) => return drop(file),
+            }
+        }
+        if let Some((sender, _)) = &self.thread
+            && let Err(returned) = sender.send(file)
+        {
+            // The thread is gone (it cannot panic on a close): here, then.
+            drop(returned.0);
+        }
+    }
+
+    /// Waits until every file handed over is closed.
+    pub(super) fn finish(&mut self) {
+        if let Some((sender, handle)) = self.thread.take() {
+            drop(sender);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Releaser {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_file_held_open_keeps_its_bytes_until_released_and_the_name_shows_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("p.xml");
+        std::fs::write(&target, b"old").unwrap();
+        let temp = dir.path().join("p.tmp");
+        std::fs::write(&temp, b"new").unwrap();
+        let held = Releaser::hold(&target);
+        assert_eq!(held.is_some(), platform::HOLDS_REPLACED);
+        std::fs::rename(&temp, &target).unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        let mut releaser = Releaser::default();
+        if let Some(mut old) = held {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            old.read_to_end(&mut bytes).unwrap();
+            assert_eq!(bytes, b"old", "the handle is the replaced file");
+            releaser.release(old);
+            assert!(releaser.thread.is_some());
+        }
+        releaser.finish();
+        assert!(releaser.thread.is_none());
+        assert!(Releaser::hold(&dir.path().join("absent.xml")).is_none());
+    }
+}
