@@ -40,7 +40,7 @@ pub use bulk::FirstExport;
 pub use copies::KeptCopy;
 pub use documents::{DocFile, DocumentRow, DueDocument, DueState, TrashedDocument, Unreferenced};
 pub use durability::{Checkpointing, WalSync};
-pub(crate) use files::FileSeen;
+pub(crate) use files::{FileSeen, Seen};
 pub use held::{HeldDeletes, HeldGroup, HeldPatient, HeldTable, Kept, Released};
 pub use history::HistoryEntry;
 pub use mapping::{

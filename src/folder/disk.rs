@@ -211,8 +211,8 @@ impl DiskFolder {
         }
     }
 
-    /// Adds what a sibling did: its counters, the paths it touched and its
-    /// changes to directories.
+    /// Adds what a sibling did: its counters, the paths it touched, its
+    /// changes to directories and the names it listed that are not UTF-8.
     pub fn absorb(&self, sibling: DiskFolder) {
         for (dir, changes) in sibling.own_changes.take() {
             self.own_changes.borrow_mut().entry(dir).or_default().extend(changes);
@@ -228,6 +228,7 @@ impl DiskFolder {
             s.held_retries += o.held_retries;
         });
         self.held.borrow_mut().extend(sibling.held.take());
+        self.raw_names.borrow_mut().extend(sibling.raw_names.take());
         self.not_local.borrow_mut().extend(sibling.not_local.take());
         if let Some(theirs) = sibling.touched.into_inner() {
             if theirs.overflowed {

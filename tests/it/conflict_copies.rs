@@ -383,3 +383,53 @@ fn a_copy_whose_name_is_not_utf8_is_merged_and_named_in_the_log() {
         "{said:?}"
     );
 }
+
+#[test]
+fn copies_in_many_shard_folders_at_once_are_each_merged_whichever_core_lists_them() {
+    use std::os::unix::ffi::OsStrExt;
+    let family = Family::new();
+    let a = family.init("a");
+    let ids: Vec<String> = (0..40).map(|n| add_patient(&app(&a), n, 1)).collect();
+    sync_ok(&a);
+    // Ten patients in ten different shard folders: more than a run lists
+    // on one core.
+    let mut picked: Vec<(String, PathBuf)> = Vec::new();
+    for id in &ids {
+        let dir = patient_file(&family.folder(), id).parent().unwrap().to_owned();
+        if picked.len() < 10 && picked.iter().all(|(_, d)| *d != dir) {
+            picked.push((id.clone(), dir));
+        }
+    }
+    assert_eq!(picked.len(), 10);
+    picked.sort_by(|x, y| x.1.cmp(&y.1));
+    let b = family.init("b");
+    for (id, _) in &picked {
+        app(&b).execute("UPDATE patients SET phone = 'from B ' || id WHERE id = ?1", [id]).unwrap();
+    }
+    sync_ok(&b);
+    let from_b: Vec<Vec<u8>> =
+        picked.iter().map(|(id, _)| fs::read(patient_file(&family.folder(), id)).unwrap()).collect();
+    // A sees B's versions only as copies: B's log and site file never came.
+    forget_site(&family, &b);
+    sync_ok(&a);
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 0, "settled: {report:#}");
+    for ((id, dir), bytes) in picked.iter().zip(&from_b) {
+        let stem = clinicsync::model::patient_file_name(id);
+        // The first shard's copy (listed by the other core) has a name
+        // that is not UTF-8, from a client on another system.
+        let mut name = format!("{stem} (caf").into_bytes();
+        name.extend_from_slice(if *dir == picked[0].1 { b"\xe9 conflict).xml" } else { b"e conflict).xml" });
+        fs::write(dir.join(std::ffi::OsStr::from_bytes(&name)), bytes).unwrap();
+        client_wrote_in(dir);
+    }
+
+    let report = sync_ok(&a);
+    assert_eq!(report["counts"]["full_scan"], false);
+    assert_eq!(report["counts"]["folder"]["patient_lists"], 10, "{report:#}");
+    assert_eq!(report["counts"]["conflict_copies_deleted"], 10, "{report:#}");
+    for (id, dir) in &picked {
+        assert_eq!(patient_field(&a, id, "phone"), Some(format!("from B {id}")), "{report:#}");
+        assert!(copies_left(dir, &clinicsync::model::patient_file_name(id)).is_empty(), "{report:#}");
+    }
+}

@@ -4,9 +4,10 @@
 
 use crate::conflicts::{Classified, Client, FileKind, classify_path};
 use crate::db::KeptCopy;
+use crate::db::Seen;
 use crate::engine::EngineError;
-use crate::folder::Entry;
 use crate::folder::layout::{PATIENTS_DIR, patient_path};
+use crate::folder::{DiskFolder, Entry, IgnoreRules};
 use crate::model::PatientDoc;
 use crate::xmlstore::decode_patient;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -92,59 +93,59 @@ impl Run<'_> {
             let shards = self.folder.list(&top).map_err(|e| self.io(&format!("cannot list {top}"), e))?;
             self.collect_patient_files(&top, shards, &mut files)?;
         }
-        for shard in std::mem::take(&mut self.copies.suspect_shards) {
-            let dir = format!("{PATIENTS_DIR}/{shard}");
-            let seen = self.db.files_seen_in(&dir)?;
-            // An original still the file this site last read or wrote (the
-            // same file id: it was not replaced since, as every client
-            // replaces a file) is not statted: at 100,000 patients a shard
-            // holds some 400 files, and a sync that brings 100 patients
-            // lists some 90 shards. A file changed in place, one replaced
-            // twice so that it got its old id back, and any file on a mount
-            // whose ids stay with the name wait for the full scan.
-            let unchanged = |name: &str, id: Option<u64>| {
-                let path = format!("{dir}/{name}");
-                id.is_some()
-                    && matches!(classify_path(&path), Classified::Original(FileKind::Patient { .. }))
-                    && seen.get(&path).is_some_and(|s| s.2 == id)
-            };
-            let entries = self
-                .folder
-                .list_except(&dir, |name, id| !unchanged(name, id))
-                .map_err(|e| self.io(&format!("cannot list {dir}"), e))?;
-            for entry in entries {
-                if entry.is_dir || self.ignore.is_ignored(&entry.name) {
-                    continue;
-                }
-                let path = format!("{dir}/{}", entry.name);
-                match classify_path(&path) {
-                    Classified::Copy { of: FileKind::Patient { stem }, client } => {
-                        files.push(FileRef {
-                            path,
-                            stem,
-                            copy: Some(client),
-                            repair: None,
-                            size: entry.size,
-                        });
-                    }
-                    // Another writer's version this run has not read, and
-                    // no change-log told of (an old file a client brought
-                    // back, a site that wrote rows it should not have).
-                    Classified::Original(FileKind::Patient { stem })
-                        if !self.scanned.read.contains(&path)
-                            && seen.get(&path).map(|s| (s.0, s.1)) != Some((entry.size, entry.mtime_ns)) =>
-                    {
-                        files.push(FileRef { path, stem, copy: None, repair: None, size: entry.size });
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let shards: Vec<String> = std::mem::take(&mut self.copies.suspect_shards)
+            .into_iter()
+            .map(|shard| format!("{PATIENTS_DIR}/{shard}"))
+            .collect();
+        files.extend(self.list_shards(&shards)?);
         files.retain(|f| f.copy.is_some() || f.repair.is_none());
         if !files.is_empty() {
             self.reconcile(files, Vec::new())?;
         }
         Ok(())
+    }
+
+    /// What the listings of these shard folders bring to the copy check,
+    /// in order. The recorded files of each come from the database on this
+    /// thread; listing and sorting the entries is most of the work (at
+    /// 100,000 patients a shard holds some 400 files, and a sync that
+    /// brings 100 patients lists some 90 shards), so the first half is
+    /// listed on another core meanwhile.
+    fn list_shards(&self, dirs: &[String]) -> Result<Vec<FileRef>, EngineError> {
+        let (ignore, read) = (&self.ignore, &self.scanned.read);
+        let here = |dirs: &[String]| {
+            dirs.iter().try_fold(Vec::new(), |mut files, dir| {
+                let seen = self.db.files_seen_in(dir)?;
+                let found = shard_files(&self.folder, ignore, read, dir, &seen)
+                    .map_err(|(dir, e)| self.io(&format!("cannot list {dir}"), e))?;
+                files.extend(found);
+                Ok::<_, EngineError>(files)
+            })
+        };
+        if dirs.len() < 8 {
+            return here(dirs);
+        }
+        let (theirs, mine) = dirs.split_at(dirs.len() / 2);
+        let their_seen =
+            theirs.iter().map(|dir| self.db.files_seen_in(dir)).collect::<Result<Vec<_>, _>>()?;
+        let sibling = self.folder.sibling();
+        let (their_files, sibling, my_files) = std::thread::scope(|scope| {
+            let other = scope.spawn(move || {
+                let files = theirs.iter().zip(&their_seen).try_fold(Vec::new(), |mut files, (dir, seen)| {
+                    files.extend(shard_files(&sibling, ignore, read, dir, seen)?);
+                    Ok(files)
+                });
+                (files, sibling)
+            });
+            let my_files = here(mine);
+            let (their_files, sibling) =
+                other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (their_files, sibling, my_files)
+        });
+        self.folder.absorb(sibling);
+        let mut files = their_files.map_err(|(dir, e)| self.io(&format!("cannot list {dir}"), e))?;
+        files.extend(my_files?);
+        Ok(files)
     }
 
     /// Deletes (or, with `auto_delete_conflicts` off, remembers) every copy
@@ -290,4 +291,52 @@ impl Run<'_> {
             copy.covers(doc).then_some(bytes)
         })
     }
+}
+
+/// What a listing of the shard folder `dir` brings to the copy check: its
+/// conflict copies, and originals this run has not read whose size or time
+/// is not the one recorded (`seen`: the folder's recorded files by path).
+fn shard_files(
+    folder: &DiskFolder,
+    ignore: &IgnoreRules,
+    read: &HashSet<String>,
+    dir: &str,
+    seen: &HashMap<String, Seen>,
+) -> Result<Vec<FileRef>, (String, std::io::Error)> {
+    // An original still the file this site last read or wrote (the same
+    // file id: it was not replaced since, as every client replaces a file)
+    // is not statted. A file changed in place, one replaced twice so that
+    // it got its old id back, and any file on a mount whose ids stay with
+    // the name wait for the full scan.
+    let unchanged = |name: &str, id: Option<u64>| {
+        let path = format!("{dir}/{name}");
+        id.is_some()
+            && seen.get(&path).is_some_and(|s| s.2 == id)
+            && matches!(classify_path(&path), Classified::Original(FileKind::Patient { .. }))
+    };
+    let entries =
+        folder.list_except(dir, |name, id| !unchanged(name, id)).map_err(|e| (dir.to_owned(), e))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        if entry.is_dir || ignore.is_ignored(&entry.name) {
+            continue;
+        }
+        let path = format!("{dir}/{}", entry.name);
+        match classify_path(&path) {
+            Classified::Copy { of: FileKind::Patient { stem }, client } => {
+                files.push(FileRef { path, stem, copy: Some(client), repair: None, size: entry.size });
+            }
+            // Another writer's version this run has not read, and no
+            // change-log told of (an old file a client brought back, a site
+            // that wrote rows it should not have).
+            Classified::Original(FileKind::Patient { stem })
+                if !read.contains(&path)
+                    && seen.get(&path).map(|s| (s.0, s.1)) != Some((entry.size, entry.mtime_ns)) =>
+            {
+                files.push(FileRef { path, stem, copy: None, repair: None, size: entry.size });
+            }
+            _ => {}
+        }
+    }
+    Ok(files)
 }
