@@ -27,13 +27,16 @@ pub(super) struct Releaser {
 
 impl Releaser {
     /// The file about to be replaced at `target`, held open (or `None`: it
-    /// does not exist, cannot be opened, or this system does not allow
-    /// replacing an open file).
+    /// does not exist, is not a plain file, cannot be opened, or this
+    /// system does not allow replacing an open file). Opened without
+    /// following a link or waiting on a FIFO, and let go at once if it is
+    /// anything but a plain file (a device is not held open).
     pub(super) fn hold(target: &Path) -> Option<File> {
         if !platform::HOLDS_REPLACED {
             return None;
         }
-        platform::read_no_follow().open(target).ok()
+        let file = platform::read_no_follow().open(target).ok()?;
+        file.metadata().is_ok_and(|m| m.is_file()).then_some(file)
     }
 
     /// Closes `file` on the releasing thread (started on first use; when it
@@ -99,5 +102,6 @@ mod tests {
         releaser.finish();
         assert!(releaser.thread.is_none());
         assert!(Releaser::hold(&dir.path().join("absent.xml")).is_none());
+        assert!(Releaser::hold(dir.path()).is_none(), "a folder is not held");
     }
 }
