@@ -1,8 +1,8 @@
 //! Freeing the files a batch replaces off the writing thread. Replacing a
 //! file by a rename frees the old one's blocks inside the rename: on a
-//! volume mounted with online discard (common for cloud and virtual disks)
-//! that is a discard the rename waits for, about 0.13 ms of each
-//! replaced patient file's 0.2 ms. Where the system allows it
+//! volume mounted with online discard (as virtual disks often are) that is
+//! a discard the rename waits for, 0.05-0.15 ms a patient file where it was
+//! measured, most of the rename. Where the system allows it
 //! ([`platform::HOLDS_REPLACED`]) the old file is opened before the rename,
 //! so the rename only drops its name, and the handle is closed on another
 //! thread, which frees the blocks while the run goes on.
