@@ -107,10 +107,12 @@ impl Run<'_> {
 
     /// What the listings of these shard folders bring to the copy check,
     /// in order. The recorded files of each come from the database on this
-    /// thread; listing and sorting the entries is most of the work (at
-    /// 100,000 patients a shard holds some 400 files, and a sync that
-    /// brings 100 patients lists some 90 shards), so the first half is
-    /// listed on another core meanwhile.
+    /// thread; listing and sorting the entries is about as much work again
+    /// (at 100,000 patients a shard holds some 400 files, and a sync that
+    /// brings 100 patients lists some 90 shards), so from eight folders on
+    /// the first half is listed on another core, each folder handed over
+    /// with its recorded files as soon as they are read (a few at a time:
+    /// memory stays that of a few folders).
     fn list_shards(&self, dirs: &[String]) -> Result<Vec<FileRef>, EngineError> {
         let (ignore, read) = (&self.ignore, &self.scanned.read);
         let here = |dirs: &[String]| {
@@ -126,18 +128,25 @@ impl Run<'_> {
             return here(dirs);
         }
         let (theirs, mine) = dirs.split_at(dirs.len() / 2);
-        let their_seen =
-            theirs.iter().map(|dir| self.db.files_seen_in(dir)).collect::<Result<Vec<_>, _>>()?;
         let sibling = self.folder.sibling();
         let (their_files, sibling, my_files) = std::thread::scope(|scope| {
+            let (hand, take) = std::sync::mpsc::sync_channel::<(&str, HashMap<String, Seen>)>(2);
             let other = scope.spawn(move || {
-                let files = theirs.iter().zip(&their_seen).try_fold(Vec::new(), |mut files, (dir, seen)| {
-                    files.extend(shard_files(&sibling, ignore, read, dir, seen)?);
+                let files = take.into_iter().try_fold(Vec::new(), |mut files, (dir, seen)| {
+                    files.extend(shard_files(&sibling, ignore, read, dir, &seen)?);
                     Ok(files)
                 });
                 (files, sibling)
             });
-            let my_files = here(mine);
+            let handed = theirs.iter().try_for_each(|dir| {
+                let seen = self.db.files_seen_in(dir)?;
+                // A send fails only once the other thread stopped at an
+                // error, which it returns.
+                let _ = hand.send((dir, seen));
+                Ok::<_, EngineError>(())
+            });
+            drop(hand);
+            let my_files = handed.and_then(|()| here(mine));
             let (their_files, sibling) =
                 other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (their_files, sibling, my_files)

@@ -80,7 +80,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_replaced_file_held_open_keeps_its_bytes_until_released_and_the_name_shows_the_new_one() {
+    fn a_file_held_through_its_replacement_is_the_old_one_while_the_name_shows_the_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("p.xml");
         std::fs::write(&target, b"old").unwrap();
