@@ -202,6 +202,19 @@ pub fn online_only(meta: &Metadata) -> bool {
 /// closes). Windows may refuse to replace a file that is open.
 pub const HOLDS_REPLACED: bool = cfg!(unix);
 
+/// How many files this process may hold open at once (its soft limit), or
+/// `None` where no such limit applies or it cannot be told (Windows).
+pub fn open_files_limit() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+    }
+    #[cfg(windows)]
+    {
+        None
+    }
+}
+
 /// Whether [`sync_volume`] makes every written file on a volume durable at
 /// once (Linux's `syncfs`). Elsewhere each file is synced on its own.
 pub const SYNCS_A_VOLUME: bool = cfg!(target_os = "linux");

@@ -14,9 +14,21 @@ use std::thread::JoinHandle;
 
 use crate::platform;
 
-/// Replaced files held open and not yet closed, at most: each is a file
-/// handle, and a system's default limit can be as low as 256 (macOS).
-const HELD_AT_MOST: usize = 64;
+/// Replaced files held open and not yet closed, at most: a quarter of the
+/// files this process may open ([`platform::open_files_limit`]), between
+/// these two. The default limit can be as low as 256 (macOS: 64 held) or
+/// 1,024 (Linux: 256 held). 256 lets a batch of a few hundred replacements
+/// rename without waiting for the one before to be freed; holding 1,024 or
+/// 4,096 bought nothing more where measured.
+const HELD_FEWEST: usize = 16;
+const HELD_MOST: usize = 256;
+
+/// How many replaced files may wait to be closed.
+fn held_at_most() -> usize {
+    platform::open_files_limit().map_or(HELD_MOST, |limit| {
+        usize::try_from(limit / 4).unwrap_or(HELD_MOST).clamp(HELD_FEWEST, HELD_MOST)
+    })
+}
 
 /// Closes the files handed to it on a thread of its own; dropping it waits
 /// until every one is closed.
@@ -40,10 +52,10 @@ impl Releaser {
     }
 
     /// Closes `file` on the releasing thread (started on first use; when it
-    /// cannot be started, here). Waits while [`HELD_AT_MOST`] are pending.
+    /// cannot be started, here). Waits while [`held_at_most`] are pending.
     pub(super) fn release(&mut self, file: File) {
         if self.thread.is_none() {
-            let (sender, receiver) = sync_channel::<File>(HELD_AT_MOST);
+            let (sender, receiver) = sync_channel::<File>(held_at_most());
             let spawned = std::thread::Builder::new()
                 .name("release-replaced".into())
                 .spawn(move || receiver.into_iter().for_each(drop));
@@ -103,5 +115,26 @@ mod tests {
         assert!(releaser.thread.is_none());
         assert!(Releaser::hold(&dir.path().join("absent.xml")).is_none());
         assert!(Releaser::hold(dir.path()).is_none(), "a folder is not held");
+    }
+
+    #[test]
+    fn at_most_a_quarter_of_the_files_the_process_may_open_wait_to_be_closed() {
+        let most = held_at_most();
+        assert!((HELD_FEWEST..=HELD_MOST).contains(&most), "{most}");
+        if let Some(limit) = platform::open_files_limit()
+            && limit >= 4 * HELD_FEWEST as u64
+        {
+            assert!(most as u64 <= limit / 4, "{most} held with a limit of {limit}");
+        }
+        // A releaser handed far more files than it holds closes every one.
+        let dir = tempfile::tempdir().unwrap();
+        let mut releaser = Releaser::default();
+        for i in 0..3 * most {
+            let path = dir.path().join(format!("{i}.xml"));
+            std::fs::write(&path, b"x").unwrap();
+            releaser.release(File::open(&path).unwrap());
+        }
+        releaser.finish();
+        assert!(releaser.thread.is_none());
     }
 }
