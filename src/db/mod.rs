@@ -46,7 +46,7 @@ pub use history::HistoryEntry;
 pub use mapping::{
     ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
 };
-pub use patients::{ForFile, StoredPatient};
+pub use patients::{ForFile, ReadAhead, StoredPatient};
 pub use purge::{Purged, Tombstone};
 pub use records::ConflictRecord;
 pub use resolve::{Keep, Resolved};
@@ -426,6 +426,15 @@ impl Db {
         budget: u64,
     ) -> Result<Vec<ForFile>, DbError> {
         patients::stored_for_files(&self.conn, patients, limits, budget)
+    }
+
+    /// Reads these patients' stored rows on other threads and connections
+    /// while this one goes on, so that [`Db::stored_for_files`] then finds
+    /// their pages in the system's cache instead of waiting on the disk for
+    /// each in turn (a family that has not been read for a while). Changes
+    /// and keeps nothing; waited for when dropped.
+    pub fn read_ahead(&self, patients: Vec<String>) -> ReadAhead {
+        patients::read_ahead(&self.path, patients)
     }
 
     /// The document of one patient as this database knows it.

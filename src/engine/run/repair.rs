@@ -36,6 +36,12 @@ pub(super) enum Original {
 /// Bytes of stored rows a chunk reads at once to write files from.
 const OURS_BYTES: u64 = 8 << 20;
 
+/// Patients of this site's in a chunk from which their stored rows are read
+/// ahead ([`crate::db::Db::read_ahead`]): half a chunk. For fewer the other
+/// threads and connections cost more than they save (100 patients sent at
+/// N = 10,000 took 14 ms longer with them where measured).
+const READ_AHEAD_FROM: usize = CHUNK / 2;
+
 /// A patient's stored rows, and its file's bytes or why it would be
 /// beyond the limits.
 type Ours = (StoredPatient, Result<Vec<u8>, String>);
@@ -117,6 +123,10 @@ impl Run<'_> {
             }
             let mut in_sync = HashSet::new();
             let mut changed = HashSet::new();
+            // A large batch of this site's patients (a bulk edit): their
+            // stored rows are read ahead while the chunk's files are read.
+            let mine: Vec<String> = to_load.iter().filter_map(|f| f.repair.clone()).collect();
+            let read_ahead = (mine.len() >= READ_AHEAD_FROM).then(|| self.db.read_ahead(mine));
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             let ids = std::mem::take(&mut self.scanned.ids);
             self.db.record_file_ids(&ids)?;
@@ -145,6 +155,7 @@ impl Run<'_> {
             }
             let mut writes: Vec<(String, Vec<u8>, String)> = Vec::new();
             let mut writes_bytes = 0;
+            drop(read_ahead);
             let mut ours = self.ours_for(&candidates)?;
             for patient in candidates {
                 let stem = patient_file_name(&patient);
