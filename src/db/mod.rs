@@ -19,6 +19,7 @@ mod outbox;
 mod patients;
 mod project;
 mod purge;
+mod read_ahead;
 mod records;
 mod resolve;
 mod rowblob;
@@ -46,8 +47,9 @@ pub use history::HistoryEntry;
 pub use mapping::{
     ChildTable, DocumentsTable, Mapping, MappingError, REFERENCE_SCHEMA, RootTable, TableRole,
 };
-pub use patients::{ForFile, ReadAhead, StoredPatient};
+pub use patients::{ForFile, StoredPatient};
 pub use purge::{Purged, Tombstone};
+pub use read_ahead::ReadAhead;
 pub use records::ConflictRecord;
 pub use resolve::{Keep, Resolved};
 pub use runs::{EventRecord, OPERATION_PREFIX, RunRecord, TABLE_RUN_PREFIX};

@@ -9,11 +9,11 @@ use crate::model::RowState;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::thread::JoinHandle;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 
 use super::DbError;
+use super::read_ahead::{self, ReadAhead};
 use super::rowblob::{self, RowView};
 use crate::xmlstore::{PatientWriter, encode_patient};
 
@@ -244,59 +244,19 @@ pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<Patien
     }
 }
 
-/// Threads a read-ahead uses, each with its own connection: SQLite reads
-/// one page at a time, and a disk serves several reads at once (four read
-/// a cold family's rows faster than one or eight where measured).
-const READ_AHEAD_THREADS: usize = 4;
-
-/// Stored rows being read ahead on other threads (see
-/// [`super::Db::read_ahead`]); waited for when dropped.
-pub struct ReadAhead(Vec<JoinHandle<u64>>);
-
-impl ReadAhead {
-    /// Waits for it; the rows it read (0 where a thread could not read).
-    pub fn finish(mut self) -> u64 {
-        self.0.drain(..).map(|thread| thread.join().unwrap_or(0)).sum()
-    }
-}
-
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        for thread in self.0.drain(..) {
-            // It only reads; a failure there has nothing to report.
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Reads the stored rows of `patients` (the pages [`stored_for_files`]
-/// reads) on [`READ_AHEAD_THREADS`] threads with read-only connections of
-/// their own, and keeps nothing: what it buys is those pages in the
-/// system's cache when this connection reads them.
+/// reads) ahead, on other threads (see [`super::read_ahead`]).
 pub(super) fn read_ahead(path: &Path, patients: Vec<String>) -> ReadAhead {
-    let per_thread = patients.len().div_ceil(READ_AHEAD_THREADS).max(1);
-    let mut threads = Vec::with_capacity(READ_AHEAD_THREADS);
-    for part in patients.chunks(per_thread) {
-        let list = serde_json::to_string(part).expect("strings serialise");
-        let path = path.to_path_buf();
-        let spawned = std::thread::Builder::new().name("read-ahead".into()).spawn(move || {
-            let read = || -> rusqlite::Result<u64> {
-                let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let conn = Connection::open_with_flags(&path, flags)?;
-                conn.query_row(
-                    "SELECT count(*), sum(length(state)) FROM _cs_rows
-                     WHERE patient IN (SELECT value FROM json_each(?1))",
-                    [list],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n.max(0) as u64)
-            };
-            read().unwrap_or(0)
-        });
-        // Without a thread the rows are simply read when they are needed.
-        threads.extend(spawned.ok());
-    }
-    ReadAhead(threads)
+    read_ahead::spawn(path, patients, |conn, part| {
+        let list = serde_json::to_string(&part).expect("strings serialise");
+        conn.query_row(
+            "SELECT count(*), sum(length(state)) FROM _cs_rows
+             WHERE patient IN (SELECT value FROM json_each(?1))",
+            [list],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n.max(0) as u64)
+    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use super::digests;
 use super::history;
 use super::mapping::{Mapping, TableRole};
 use super::purge::purged_cl;
+use super::read_ahead;
 use super::rowblob::{self, RowView};
 use super::schema::quote;
 use super::values::from_ref;
@@ -535,6 +536,22 @@ pub(crate) fn stamp_pending(
         .collect::<rusqlite::Result<_>>()?
     };
     let fetched = entries.len();
+    // A bulk edit: the rows' states and the app's rows are read ahead while
+    // they are stamped in turn.
+    let _read_ahead = (fetched >= READ_AHEAD_FROM)
+        .then(|| conn.path().filter(|path| !path.is_empty()).map(std::path::Path::new))
+        .flatten()
+        .map(|path| {
+            let rows: Vec<(String, String, String)> = entries
+                .iter()
+                .filter_map(|(_, tbl, _, pk, _)| {
+                    let (tbl, pk) = (tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?);
+                    let (key, _) = ctx.mapping.table(tbl)?;
+                    Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
+                })
+                .collect();
+            read_ahead::spawn(path, rows, read_rows_ahead)
+        });
     let mut seen = HashSet::new();
     let mut done = Vec::with_capacity(entries.len());
     for (id, tbl, raw_pk, pk, edit_ms) in entries {
@@ -563,6 +580,26 @@ pub(crate) fn stamp_pending(
         forget.execute(params![tbl, raw_pk, id])?;
     }
     Ok(batch.bytes >= max_bytes || fetched == max_rows)
+}
+
+/// Pending rows from which [`stamp_pending`] reads ahead: for fewer the
+/// other threads cost more than they save.
+const READ_AHEAD_FROM: usize = 256;
+
+/// Reads each row's state and the app's row, as [`stamp_row`] will (see
+/// `read_ahead.rs`): `(table, key column, key)`.
+fn read_rows_ahead(conn: &Connection, rows: Vec<(String, String, String)>) -> rusqlite::Result<u64> {
+    let mut read = 0;
+    for (tbl, key, pk) in rows {
+        conn.prepare_cached("SELECT length(state) FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+            .query_row(params![tbl, pk], |_| Ok(()))
+            .optional()?;
+        let sql = format!("SELECT * FROM {} WHERE {} = ?1", quote(&tbl), quote(&key));
+        if conn.prepare_cached(&sql)?.query_row([&pk], |_| Ok(())).optional()?.is_some() {
+            read += 1;
+        }
+    }
+    Ok(read)
 }
 
 /// Stamps one row now if the app changed it since the last export, so an
@@ -711,4 +748,37 @@ pub(crate) fn not_text_key(table: &str, key: &[u8]) -> String {
         "a row of {table} is not synced: its key {:?} is stored as bytes, not text; store it as text in the app",
         String::from_utf8_lossy(key)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::Db;
+
+    #[test]
+    fn a_bulk_edit_is_stamped_whole_while_its_rows_are_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::init_for_test(dir.path(), None);
+        let many = READ_AHEAD_FROM + 44;
+        for i in 0..many {
+            db.conn()
+                .execute("INSERT INTO patients (id, family_name) VALUES (?1, 'Ames')", [format!("p{i:04}")])
+                .unwrap();
+        }
+        let rows = |db: &Db| -> (i64, i64) {
+            let stored = db.conn().query_row("SELECT count(*) FROM _cs_rows", [], |r| r.get(0)).unwrap();
+            let pending = db.conn().query_row("SELECT count(*) FROM _cs_pending", [], |r| r.get(0)).unwrap();
+            (stored, pending)
+        };
+        assert_eq!(rows(&db), (0, many as i64));
+        let mut w = db.begin_write(10_000).unwrap();
+        assert!(!w.stamp_pending(usize::MAX, usize::MAX).unwrap());
+        w.commit().unwrap();
+        assert_eq!(rows(&db), (many as i64, 0), "every row stamped, nothing left pending");
+        // What the threads read: the rows that are there, by table and key.
+        let asked = ["p0000", "p0001", "absent"]
+            .map(|pk| ("patients".to_owned(), "id".to_owned(), pk.to_owned()))
+            .to_vec();
+        assert_eq!(read_rows_ahead(db.conn(), asked).unwrap(), 2);
+    }
 }
