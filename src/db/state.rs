@@ -538,20 +538,15 @@ pub(crate) fn stamp_pending(
     let fetched = entries.len();
     // A bulk edit: the rows' states and the app's rows are read ahead while
     // they are stamped in turn.
-    let _read_ahead = (fetched >= READ_AHEAD_FROM)
-        .then(|| conn.path().filter(|path| !path.is_empty()).map(std::path::Path::new))
-        .flatten()
-        .map(|path| {
-            let rows: Vec<(String, String, String)> = entries
-                .iter()
-                .filter_map(|(_, tbl, _, pk, _)| {
-                    let (tbl, pk) = (tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?);
-                    let (key, _) = ctx.mapping.table(tbl)?;
-                    Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
-                })
-                .collect();
-            read_ahead::spawn(path, rows, read_rows_ahead)
+    let path = conn.path().filter(|path| !path.is_empty() && fetched >= READ_AHEAD_FROM);
+    let _read_ahead = path.map(|path| {
+        let rows = entries.iter().filter_map(|(_, tbl, _, pk, _)| {
+            let (tbl, pk) = (tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?);
+            let (key, _) = ctx.mapping.table(tbl)?;
+            Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
         });
+        read_ahead::spawn(std::path::Path::new(path), rows.collect(), read_rows_ahead)
+    });
     let mut seen = HashSet::new();
     let mut done = Vec::with_capacity(entries.len());
     for (id, tbl, raw_pk, pk, edit_ms) in entries {

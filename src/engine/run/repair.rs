@@ -125,8 +125,9 @@ impl Run<'_> {
             let mut changed = HashSet::new();
             // A large batch of this site's patients (a bulk edit): their
             // stored rows are read ahead while the chunk's files are read.
-            let mine: Vec<String> = to_load.iter().filter_map(|f| f.repair.clone()).collect();
-            let read_ahead = (mine.len() >= READ_AHEAD_FROM).then(|| self.db.read_ahead(mine));
+            let mine = to_load.iter().filter(|f| f.repair.is_some()).count();
+            let read_ahead = (mine >= READ_AHEAD_FROM)
+                .then(|| self.db.read_ahead(to_load.iter().filter_map(|f| f.repair.clone()).collect()));
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             let ids = std::mem::take(&mut self.scanned.ids);
             self.db.record_file_ids(&ids)?;
