@@ -379,9 +379,9 @@ impl Run<'_> {
     /// Starts copying what the run committed so far into the database file
     /// on another thread (see [`Db::checkpoint_meanwhile`]), unless one is
     /// still at it: called after applying segments, before reading the
-    /// files they touched. (After stamping, before the patient files are
-    /// written, it bought nothing: the copying and the files' writes wait
-    /// on the same disk.)
+    /// files they touched. (In a sending run, after stamping or after the
+    /// patient files are written, it bought nothing: the copying and the
+    /// files' writes wait on the same disk, and little is left to overlap.)
     fn checkpoint_meanwhile(&mut self) {
         if self.checkpoint.as_ref().is_none_or(Checkpointing::finished) {
             self.checkpoint = Some(self.db.checkpoint_meanwhile());
