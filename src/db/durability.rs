@@ -87,26 +87,18 @@ impl Db {
     /// needs the log. What it copied, the checkpoint SQLite runs as the
     /// last connection closes does not copy again, so a run's end waits
     /// less (the .db file alone still holds every commit after a run). It
-    /// syncs the log before copying, as every checkpoint does, and the
-    /// database file after, even where SQLite does not: when the run
-    /// committed again meanwhile, SQLite copies what it can and leaves the
-    /// file unsynced (the log still holds those pages), and the closing
-    /// checkpoint's sync would then write them all while the run waits. It
-    /// changes nothing a reader sees; if it cannot run, the closing
-    /// checkpoint copies everything, as before.
+    /// syncs the log before copying and the database file after, as every
+    /// checkpoint does. It changes nothing a reader sees; if it cannot run,
+    /// the closing checkpoint copies everything, as before. (When the run
+    /// commits again meanwhile SQLite leaves the file unsynced, and the
+    /// close syncs what was copied. The thread must not sync the file
+    /// through a handle of its own: closing any handle on it releases
+    /// every lock SQLite holds there, POSIX locks being the process's.)
     pub fn checkpoint_meanwhile(&self) -> Checkpointing {
         let path = self.path.clone();
         let spawned = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
-            let Ok(conn) = super::connect(&path, false) else { return };
-            // (busy, frames in the log, frames copied). SQLite syncs the
-            // file only when no commit came after the frames it copied,
-            // which these figures do not say; a second sync of a file
-            // already synced costs next to nothing.
-            let copied = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2));
-            if copied.is_ok_and(|copied| copied > 0) {
-                // Any handle syncs the file's data (Windows needs one
-                // opened for writing); a failure leaves it to the close.
-                let _ = OpenOptions::new().read(true).write(true).open(&path).and_then(|f| f.sync_data());
+            if let Ok(conn) = super::connect(&path, false) {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
             }
         });
         Checkpointing(spawned.ok())
