@@ -49,7 +49,7 @@ pub use mapping::{
 };
 pub use patients::{ForFile, StoredPatient};
 pub use purge::{Purged, Tombstone};
-pub use read_ahead::ReadAhead;
+pub use read_ahead::{AHEAD_FEWEST, DiskProbe, ReadAhead};
 pub use records::ConflictRecord;
 pub use resolve::{Keep, Resolved};
 pub use runs::{EventRecord, OPERATION_PREFIX, RunRecord, TABLE_RUN_PREFIX};

@@ -3,16 +3,51 @@
 //! it buys is their pages in the system's cache when the run's connection
 //! reads them. SQLite reads one page at a time, and a disk serves several
 //! reads at once, so a family not read for a while (its pages on the disk)
-//! waits less. Changes nothing a reader sees.
+//! waits less. Changes nothing a reader sees. A large batch is always read
+//! ahead; a small one only once a [`DiskProbe`] saw its first rows come
+//! from the disk (for a family in memory the threads cost more than they
+//! save).
 
 use std::path::Path;
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::platform;
+
 /// Threads a read-ahead uses: four read a cold family's rows faster than
 /// one or eight where measured.
 const THREADS: usize = 4;
+
+/// Whether the calling thread read from the disk since the probe began
+/// (not from the system's cache): at least [`COLD_BYTES`]. Always false
+/// where the system does not say (see [`platform::thread_disk_reads`]).
+pub struct DiskProbe(Option<u64>);
+
+/// Read from the disk while a probe ran, at least, for a family to count as
+/// not in memory: eight pages (one missed page can bring a few more with
+/// it, a row read cold costs several).
+const COLD_BYTES: u64 = 8 * 4096;
+
+/// Items left after a probe, at least, for a read-ahead to start: a few
+/// for each thread.
+pub const AHEAD_FEWEST: usize = 4 * THREADS;
+
+impl DiskProbe {
+    /// Starts counting this thread's reads from the disk.
+    pub fn start() -> DiskProbe {
+        DiskProbe(platform::thread_disk_reads())
+    }
+
+    /// Whether this thread read at least [`COLD_BYTES`] from the disk since
+    /// [`DiskProbe::start`].
+    pub fn went_to_disk(&self) -> bool {
+        match (self.0, platform::thread_disk_reads()) {
+            (Some(before), Some(now)) => now.saturating_sub(before) >= COLD_BYTES,
+            _ => false,
+        }
+    }
+}
 
 /// Rows being read ahead; waited for when dropped.
 pub struct ReadAhead(Vec<JoinHandle<u64>>);
@@ -58,4 +93,23 @@ pub(super) fn spawn<T: Send + 'static>(
         threads.extend(spawned.ok());
     }
     ReadAhead(threads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_counts_a_family_as_on_the_disk_from_eight_pages_read_and_never_where_the_system_does_not_say()
+    {
+        let probe = DiskProbe::start();
+        assert!(!probe.went_to_disk(), "nothing read since it began");
+        match platform::thread_disk_reads() {
+            // Began when this thread had read eight pages less.
+            Some(now) if now >= COLD_BYTES => assert!(DiskProbe(Some(now - COLD_BYTES)).went_to_disk()),
+            Some(_) => {}
+            None => assert!(!DiskProbe(Some(0)).went_to_disk(), "unknown counts as in memory"),
+        }
+        assert!(!DiskProbe(None).went_to_disk());
+    }
 }

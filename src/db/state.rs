@@ -19,7 +19,7 @@ use super::digests;
 use super::history;
 use super::mapping::{Mapping, TableRole};
 use super::purge::purged_cl;
-use super::read_ahead;
+use super::read_ahead::{self, AHEAD_FEWEST, DiskProbe};
 use super::rowblob::{self, RowView};
 use super::schema::quote;
 use super::values::from_ref;
@@ -536,20 +536,33 @@ pub(crate) fn stamp_pending(
         .collect::<rusqlite::Result<_>>()?
     };
     let fetched = entries.len();
-    // A bulk edit: the rows' states and the app's rows are read ahead while
-    // they are stamped in turn.
-    let path = conn.path().filter(|path| !path.is_empty() && fetched >= READ_AHEAD_FROM);
-    let _read_ahead = path.map(|path| {
-        let rows = entries.iter().filter_map(|(_, tbl, _, pk, _)| {
-            let (tbl, pk) = (tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?);
-            let (key, _) = ctx.mapping.table(tbl)?;
-            Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
-        });
-        read_ahead::spawn(std::path::Path::new(path), rows.collect(), read_rows_ahead)
-    });
+    // The rows' states and the app's rows are read ahead while they are
+    // stamped in turn: a bulk edit's from the start, a smaller one's once
+    // its first rows came from the disk.
+    let path = conn.path().filter(|path| !path.is_empty()).map(std::path::Path::new);
+    let ahead: Vec<Option<(String, String, String)>> = match path {
+        Some(_) if fetched >= PROBED + AHEAD_FEWEST => entries
+            .iter()
+            .map(|(_, tbl, _, pk, _)| {
+                let (tbl, pk) = (tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?);
+                let (key, _) = ctx.mapping.table(tbl)?;
+                Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let read_from = |from: usize| {
+        let rows = ahead[from..].iter().flatten().cloned().collect();
+        path.map(|path| read_ahead::spawn(path, rows, read_rows_ahead))
+    };
+    let mut read_ahead = if fetched >= READ_AHEAD_FROM { read_from(0) } else { None };
+    let probe = DiskProbe::start();
     let mut seen = HashSet::new();
     let mut done = Vec::with_capacity(entries.len());
-    for (id, tbl, raw_pk, pk, edit_ms) in entries {
+    for (i, (id, tbl, raw_pk, pk, edit_ms)) in entries.into_iter().enumerate() {
+        if i == PROBED && read_ahead.is_none() && !ahead.is_empty() && probe.went_to_disk() {
+            read_ahead = read_from(PROBED);
+        }
         done.push((id, tbl.clone(), raw_pk));
         let pk = match pk {
             Ok(pk) => pk,
@@ -577,13 +590,21 @@ pub(crate) fn stamp_pending(
     Ok(batch.bytes >= max_bytes || fetched == max_rows)
 }
 
-/// Pending rows from which [`stamp_pending`] reads ahead: for fewer the
-/// other threads cost more than they save.
+/// Pending rows from which [`stamp_pending`] reads ahead from the start:
+/// for fewer the other threads cost more than they save, unless the rows
+/// come from the disk.
 const READ_AHEAD_FROM: usize = 256;
+
+/// Rows [`stamp_pending`] stamps before it asks whether they came from the
+/// disk.
+const PROBED: usize = 8;
 
 /// Reads each row's state and the app's row, as [`stamp_row`] will (see
 /// `read_ahead.rs`): `(table, key column, key)`.
-fn read_rows_ahead(conn: &Connection, rows: Vec<(String, String, String)>) -> rusqlite::Result<u64> {
+pub(super) fn read_rows_ahead(
+    conn: &Connection,
+    rows: Vec<(String, String, String)>,
+) -> rusqlite::Result<u64> {
     let mut read = 0;
     for (tbl, key, pk) in rows {
         conn.prepare_cached("SELECT length(state) FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
@@ -775,5 +796,18 @@ mod tests {
             .map(|pk| ("patients".to_owned(), "id".to_owned(), pk.to_owned()))
             .to_vec();
         assert_eq!(read_rows_ahead(db.conn(), asked).unwrap(), 2);
+        // A transaction's read-ahead (applying a segment whose first rows
+        // came from the disk) reads them on its own threads; a table this
+        // site does not replicate is not asked for.
+        let w = db.begin_write(20_000).unwrap();
+        let key = |table: &str, pk: &str| RowKey { table: table.into(), pk: pk.into() };
+        let keys = [
+            key("patients", "p0000"),
+            key("patients", "p0001"),
+            key("patients", "absent"),
+            key("other", "p0002"),
+        ];
+        assert_eq!(w.read_ahead(&keys).expect("a database file").finish(), 2);
+        drop(w);
     }
 }

@@ -9,6 +9,7 @@ use super::documents::{self, DocFile};
 use super::held::Kept;
 use super::mapping::Mapping;
 use super::meta::meta_set;
+use super::read_ahead::{self, ReadAhead};
 use super::resolve::{Keep, Resolved};
 use super::state::{ApplyOutcome, Ctx, StampBatch, StampOutcome};
 use super::{DbError, bulk, held, outbox, project, resolve, state};
@@ -151,6 +152,22 @@ impl WriteTx<'_> {
             Some(h) => Err(DbError::ForgedStamp(h.encode())),
             None => Ok(()),
         }
+    }
+
+    /// Reads these rows' states and the app's rows on other threads and
+    /// connections while this transaction goes on (see `read_ahead.rs`):
+    /// for a caller whose rows come from the disk. `None` for a database
+    /// in memory only.
+    pub fn read_ahead(&self, rows: &[RowKey]) -> Option<ReadAhead> {
+        let path = self.tx.path().filter(|path| !path.is_empty())?;
+        let rows = rows
+            .iter()
+            .filter_map(|k| {
+                let (key, _) = self.mapping.table(&k.table)?;
+                Some((k.table.clone(), key.to_owned(), k.pk.clone()))
+            })
+            .collect();
+        Some(read_ahead::spawn(std::path::Path::new(path), rows, state::read_rows_ahead))
     }
 
     /// Stamps these rows now if the app changed them since the last export

@@ -215,6 +215,22 @@ pub fn open_files_limit() -> Option<u64> {
     }
 }
 
+/// How many bytes the calling thread has had read from the disk so far,
+/// not counting what the system's cache served: Linux's `read_bytes` in
+/// `/proc/thread-self/io`. `None` where the system does not say (macOS,
+/// Windows, a Linux without I/O accounting or without `/proc`).
+pub fn thread_disk_reads() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let io = fs::read_to_string("/proc/thread-self/io").ok()?;
+        io.lines().find_map(|line| line.strip_prefix("read_bytes:")).and_then(|n| n.trim().parse().ok())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        None
+    }
+}
+
 /// Whether [`sync_volume`] makes every written file on a volume durable at
 /// once (Linux's `syncfs`). Elsewhere each file is synced on its own.
 pub const SYNCS_A_VOLUME: bool = cfg!(target_os = "linux");
@@ -465,6 +481,22 @@ pub async fn stop_requested() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_thread_read_from_the_disk_is_counted_on_linux_only_and_only_grows() {
+        let before = thread_disk_reads();
+        assert_eq!(before.is_some(), cfg!(target_os = "linux") && Path::new("/proc/thread-self/io").exists());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        fs::write(&file, vec![7u8; 1 << 16]).unwrap();
+        assert_eq!(fs::read(&file).unwrap().len(), 1 << 16);
+        if let (Some(before), Some(after)) = (before, thread_disk_reads()) {
+            assert!(after >= before, "{before} then {after}");
+        }
+        // Another thread's reads are its own.
+        let other = std::thread::spawn(thread_disk_reads).join().unwrap();
+        assert_eq!(other.is_some(), before.is_some());
+    }
 
     #[test]
     fn device_names_and_trailing_dots_are_refused_as_windows_names() {

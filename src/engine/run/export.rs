@@ -2,7 +2,7 @@
 //! (through the outbox, so an interrupted write is done again, not lost).
 
 use crate::changelog::segment_path;
-use crate::db::StampOutcome;
+use crate::db::{DiskProbe, StampOutcome};
 use crate::engine::EngineError;
 use crate::engine::host::fault_point;
 
@@ -15,6 +15,7 @@ impl Run<'_> {
     /// the segments and patient files of every export not yet written.
     pub(super) fn export(&mut self) -> Result<(), EngineError> {
         self.first_export()?;
+        let probe = DiskProbe::start();
         while self.db.has_captured()? {
             let mut w = self.db.begin_write(self.now_ms)?;
             let more = w.stamp_pending(SEGMENT_ROWS, SEGMENT_BYTES)?;
@@ -25,6 +26,7 @@ impl Run<'_> {
                 break;
             }
         }
+        self.cold |= probe.went_to_disk();
         self.export_documents()?;
         fault_point("after-export-commit");
         self.write_outbox()

@@ -5,10 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::changelog::{CatchUp, catch_up, segment_path};
+use crate::db::{AHEAD_FEWEST, DiskProbe};
 use crate::engine::EngineError;
 use crate::folder::ReadError;
 use crate::folder::layout::LOG_DIR;
-use crate::model::{Hlc, PatientDoc, PatientId, SiteId};
+use crate::model::{Hlc, PatientDoc, PatientId, RowKey, SiteId};
 use crate::xmlstore::{DecodeError, Segment, decode_segment};
 
 use super::{AHEAD_BYTES, Run, retry_hint};
@@ -16,6 +17,10 @@ use crate::engine::report::{EventKind, counted};
 
 /// Patients an applied segment names in the log; the rest are counted.
 const NAMED_IN_LOG: usize = 5;
+
+/// Documents of a segment applied before the run asks whether their rows
+/// came from the disk (then the rest are read ahead).
+const PROBED_DOCS: usize = 4;
 
 /// A segment read from the folder, decoding on the other core, or why it
 /// could not be read.
@@ -320,9 +325,21 @@ impl Run<'_> {
         // in the log.
         let mut patients = 0;
         let mut named = Vec::new();
+        // A family on the disk: once the first documents' rows came from
+        // it, the others' are read ahead while they are applied.
+        let probe = DiskProbe::start();
+        let mut _read_ahead = None;
+        let mut applied = 0;
         // A failed document drops the whole transaction below, so no
         // document needs a savepoint of its own.
-        for doc in docs.into_values() {
+        while let Some((_, doc)) = docs.pop_first() {
+            if applied == PROBED_DOCS && probe.went_to_disk() {
+                let later: Vec<RowKey> = docs.values().flat_map(|d| d.rows.keys().cloned()).collect();
+                if later.len() >= AHEAD_FEWEST {
+                    _read_ahead = w.read_ahead(&later);
+                }
+            }
+            applied += 1;
             let patient = doc.patient.0.clone();
             match w.apply_doc_unguarded(doc, &path) {
                 Ok(o) => {

@@ -214,6 +214,7 @@ pub fn sync_with_clock(
         purges: Purges::default(),
         only: options.only.clone().map(OnlyTable::new),
         brought: brought::Tally::default(),
+        cold: false,
     };
     let result = if options.docs_only {
         run.execute_documents()
@@ -326,6 +327,9 @@ struct Run<'c> {
     only: Option<OnlyTable>,
     /// Whose changes the run brought in, for its sentence.
     brought: brought::Tally,
+    /// Whether stamping read from the disk (the family is not in memory):
+    /// then a smaller batch of files to write is read ahead too.
+    cold: bool,
 }
 
 fn sha_hex(bytes: &[u8]) -> String {

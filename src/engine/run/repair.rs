@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use crate::db::{DbError, StoredPatient};
+use crate::db::{AHEAD_FEWEST, DbError, StoredPatient};
 use crate::engine::EngineError;
 use crate::folder::Entry;
 use crate::folder::layout::patient_path;
@@ -39,7 +39,8 @@ const OURS_BYTES: u64 = 8 << 20;
 /// Patients of this site's in a chunk from which their stored rows are read
 /// ahead ([`crate::db::Db::read_ahead`]): half a chunk. For fewer the other
 /// threads and connections cost more than they save (100 patients sent at
-/// N = 10,000 took 14 ms longer with them where measured).
+/// N = 10,000 took 14 ms longer with them where measured), unless the
+/// run's stamping found the family on the disk.
 const READ_AHEAD_FROM: usize = CHUNK / 2;
 
 /// A patient's stored rows, and its file's bytes or why it would be
@@ -126,7 +127,7 @@ impl Run<'_> {
             // A large batch of this site's patients (a bulk edit): their
             // stored rows are read ahead while the chunk's files are read.
             let mine = to_load.iter().filter(|f| f.repair.is_some()).count();
-            let read_ahead = (mine >= READ_AHEAD_FROM)
+            let read_ahead = (mine >= READ_AHEAD_FROM || (self.cold && mine >= AHEAD_FEWEST))
                 .then(|| self.db.read_ahead(to_load.iter().filter_map(|f| f.repair.clone()).collect()));
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             let ids = std::mem::take(&mut self.scanned.ids);
