@@ -22,6 +22,9 @@ pub struct WalSync {
     owner: ThreadId,
     wal: PathBuf,
     db: PathBuf,
+    /// Whether commits are deferred at all: only with write-ahead logging
+    /// (see [`Db::defer_durability`]); otherwise each is synced on its own.
+    deferred: bool,
 }
 
 impl WalSync {
@@ -32,12 +35,16 @@ impl WalSync {
     /// mark: a commit under way there may finish after this sync, and
     /// stays marked for the next one. On error the next call tries again.
     pub fn sync(&self) -> io::Result<()> {
-        if std::thread::current().id() == self.owner && !self.dirty.swap(false, Ordering::SeqCst) {
+        if !self.deferred
+            || std::thread::current().id() == self.owner && !self.dirty.swap(false, Ordering::SeqCst)
+        {
             return Ok(());
         }
         // Any handle syncs the file's data, whoever wrote it (Windows needs
         // one opened for writing). A log that is gone was checkpointed into
-        // the database file by the last connection to close.
+        // the database file by the last connection to close; none is open
+        // then (any reader opens the log), so closing this handle on the
+        // database file releases no lock of SQLite's.
         let result = match OpenOptions::new().read(true).write(true).open(&self.wal) {
             Ok(log) => log.sync_data(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -112,8 +119,19 @@ impl Db {
     /// database whole either way: what a power cut before the sync loses is
     /// commits nothing outside this database depends on yet, which the next
     /// run makes again.
+    ///
+    /// Only with write-ahead logging, which `connect` asks for and a file
+    /// system may refuse: otherwise commits stay synced on their own and
+    /// the returned [`WalSync`] has nothing to do (it would otherwise open
+    /// and close a handle on the database file during the run, and closing
+    /// any handle on a file releases every POSIX lock the process holds on
+    /// it, SQLite's included).
     pub fn defer_durability(&mut self) -> Result<WalSync, DbError> {
-        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let mode: String = self.conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let deferred = mode.eq_ignore_ascii_case("wal");
+        if deferred {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         let dirty = Arc::new(AtomicBool::new(false));
         let flag = dirty.clone();
         self.conn.commit_hook(Some(move || {
@@ -122,7 +140,13 @@ impl Db {
         }));
         let mut wal = self.path.clone().into_os_string();
         wal.push("-wal");
-        Ok(WalSync { dirty, owner: std::thread::current().id(), wal: wal.into(), db: self.path.clone() })
+        Ok(WalSync {
+            dirty,
+            owner: std::thread::current().id(),
+            wal: wal.into(),
+            db: self.path.clone(),
+            deferred,
+        })
     }
 }
 
@@ -161,6 +185,26 @@ mod tests {
         assert!(durable.dirty.load(Ordering::SeqCst), "the mark is the connection thread's to take");
         durable.sync().unwrap();
         assert!(!durable.dirty.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn without_write_ahead_logging_every_commit_stays_synced_and_nothing_is_deferred() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::init_for_test(dir.path(), None);
+        // As a file system that cannot share the log's index would leave it.
+        let mode: String = db.conn().query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "delete");
+        let durable = db.defer_durability().unwrap();
+        let level: i64 = db.conn().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(level, 2, "FULL: each commit synced on its own");
+        db.set_meta("probe", "1").unwrap();
+        // Nothing to make durable, so no file is opened: not even one that
+        // is not there.
+        let gone = dir.path().join("no-such-dir");
+        let elsewhere = WalSync { wal: gone.join("x-wal"), db: gone.join("x"), ..durable.clone() };
+        elsewhere.sync().unwrap();
+        std::thread::spawn(move || elsewhere.sync().unwrap()).join().unwrap();
+        assert!(!dir.path().join("clinic.db-wal").exists());
     }
 
     #[test]
