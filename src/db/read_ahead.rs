@@ -20,7 +20,7 @@ use crate::platform;
 const THREADS: usize = 4;
 
 /// Whether the calling thread read from the disk since the probe began
-/// (not from the system's cache): at least [`COLD_BYTES`]. Always false
+/// (not from the system's cache): at least eight pages. Always false
 /// where the system does not say (see [`platform::thread_disk_reads`]).
 pub struct DiskProbe(Option<u64>);
 
@@ -39,7 +39,7 @@ impl DiskProbe {
         DiskProbe(platform::thread_disk_reads())
     }
 
-    /// Whether this thread read at least [`COLD_BYTES`] from the disk since
+    /// Whether this thread read at least eight pages from the disk since
     /// [`DiskProbe::start`].
     pub fn went_to_disk(&self) -> bool {
         match (self.0, platform::thread_disk_reads()) {
