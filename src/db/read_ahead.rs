@@ -42,10 +42,16 @@ impl DiskProbe {
     /// Whether this thread read at least eight pages from the disk since
     /// [`DiskProbe::start`].
     pub fn went_to_disk(&self) -> bool {
-        match (self.0, platform::thread_disk_reads()) {
-            (Some(before), Some(now)) => now.saturating_sub(before) >= COLD_BYTES,
-            _ => false,
-        }
+        read_from_disk(self.0, platform::thread_disk_reads())
+    }
+}
+
+/// Whether the counts of bytes read from storage, before and now, tell of
+/// at least [`COLD_BYTES`] read; an unknown count tells of nothing.
+fn read_from_disk(before: Option<u64>, now: Option<u64>) -> bool {
+    match (before, now) {
+        (Some(before), Some(now)) => now.saturating_sub(before) >= COLD_BYTES,
+        _ => false,
     }
 }
 
@@ -104,12 +110,11 @@ mod tests {
     {
         let probe = DiskProbe::start();
         assert!(!probe.went_to_disk(), "nothing read since it began");
-        match platform::thread_disk_reads() {
-            // Began when this thread had read eight pages less.
-            Some(now) if now >= COLD_BYTES => assert!(DiskProbe(Some(now - COLD_BYTES)).went_to_disk()),
-            Some(_) => {}
-            None => assert!(!DiskProbe(Some(0)).went_to_disk(), "unknown counts as in memory"),
-        }
+        assert!(read_from_disk(Some(1000), Some(1000 + COLD_BYTES)), "eight pages");
+        assert!(!read_from_disk(Some(1000), Some(1000 + COLD_BYTES - 1)), "not quite eight");
+        assert!(!read_from_disk(Some(1000), Some(10)), "a count that went back tells nothing");
+        assert!(!read_from_disk(None, Some(COLD_BYTES)), "unknown before: in memory");
+        assert!(!read_from_disk(Some(0), None), "unknown now: in memory");
         assert!(!DiskProbe(None).went_to_disk());
     }
 }

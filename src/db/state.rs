@@ -540,41 +540,32 @@ pub(crate) fn stamp_pending(
     // stamped in turn: a bulk edit's from the start, a smaller one's once
     // its first rows came from the disk.
     let path = conn.path().filter(|path| !path.is_empty()).map(std::path::Path::new);
-    let ahead: Vec<Option<(String, String, String)>> = match path {
-        Some(_) if fetched >= PROBED + AHEAD_FEWEST => entries
-            .iter()
-            .map(|(_, tbl, _, pk, _)| {
-                let (tbl, pk) = (tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?);
-                let (key, _) = ctx.mapping.table(tbl)?;
-                Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
     let read_from = |from: usize| {
-        let rows = ahead[from..].iter().flatten().cloned().collect();
-        path.map(|path| read_ahead::spawn(path, rows, read_rows_ahead))
+        let rows = entries[from..]
+            .iter()
+            .filter_map(|(_, tbl, _, pk, _)| Some((tbl.as_deref()?, pk.as_ref().ok()?.as_deref()?)));
+        path.map(|path| read_ahead_rows(path, ctx.mapping, rows))
     };
     let mut read_ahead = if fetched >= READ_AHEAD_FROM { read_from(0) } else { None };
     let probe = DiskProbe::start();
     let mut seen = HashSet::new();
     let mut done = Vec::with_capacity(entries.len());
-    for (i, (id, tbl, raw_pk, pk, edit_ms)) in entries.into_iter().enumerate() {
-        if i == PROBED && read_ahead.is_none() && !ahead.is_empty() && probe.went_to_disk() {
+    for (i, (id, tbl, raw_pk, pk, edit_ms)) in entries.iter().enumerate() {
+        if i == PROBED && read_ahead.is_none() && fetched >= PROBED + AHEAD_FEWEST && probe.went_to_disk() {
             read_ahead = read_from(PROBED);
         }
-        done.push((id, tbl.clone(), raw_pk));
+        done.push((*id, tbl.clone(), raw_pk.clone()));
         let pk = match pk {
-            Ok(pk) => pk,
+            Ok(pk) => pk.as_deref(),
             Err(bytes) => {
-                batch.warnings.push(not_text_key(tbl.as_deref().unwrap_or("?"), &bytes));
+                batch.warnings.push(not_text_key(tbl.as_deref().unwrap_or("?"), bytes));
                 None
             }
         };
-        if let (Some(tbl), Some(pk)) = (tbl, pk)
-            && seen.insert((tbl.clone(), pk.clone()))
+        if let (Some(tbl), Some(pk)) = (tbl.as_deref(), pk)
+            && seen.insert((tbl.to_owned(), pk.to_owned()))
         {
-            stamp_row(conn, ctx, clock, now_ms, edit_ms, &tbl, &pk, batch)?;
+            stamp_row(conn, ctx, clock, now_ms, *edit_ms, tbl, pk, batch)?;
         }
         if batch.bytes >= max_bytes {
             break;
@@ -599,12 +590,26 @@ const READ_AHEAD_FROM: usize = 256;
 /// disk.
 const PROBED: usize = 8;
 
+/// Reads these rows' states and the app's rows, `(table, key)` in the
+/// order they will be read, on other threads and connections (see
+/// `read_ahead.rs`); a table this site does not replicate is left out.
+pub(super) fn read_ahead_rows<'r>(
+    path: &std::path::Path,
+    mapping: &Mapping,
+    rows: impl Iterator<Item = (&'r str, &'r str)>,
+) -> read_ahead::ReadAhead {
+    let rows = rows
+        .filter_map(|(tbl, pk)| {
+            let (key, _) = mapping.table(tbl)?;
+            Some((tbl.to_owned(), key.to_owned(), pk.to_owned()))
+        })
+        .collect();
+    read_ahead::spawn(path, rows, read_rows_ahead)
+}
+
 /// Reads each row's state and the app's row, as [`stamp_row`] will (see
 /// `read_ahead.rs`): `(table, key column, key)`.
-pub(super) fn read_rows_ahead(
-    conn: &Connection,
-    rows: Vec<(String, String, String)>,
-) -> rusqlite::Result<u64> {
+fn read_rows_ahead(conn: &Connection, rows: Vec<(String, String, String)>) -> rusqlite::Result<u64> {
     let mut read = 0;
     for (tbl, key, pk) in rows {
         conn.prepare_cached("SELECT length(state) FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?

@@ -9,7 +9,7 @@ use super::documents::{self, DocFile};
 use super::held::Kept;
 use super::mapping::Mapping;
 use super::meta::meta_set;
-use super::read_ahead::{self, ReadAhead};
+use super::read_ahead::ReadAhead;
 use super::resolve::{Keep, Resolved};
 use super::state::{ApplyOutcome, Ctx, StampBatch, StampOutcome};
 use super::{DbError, bulk, held, outbox, project, resolve, state};
@@ -160,14 +160,8 @@ impl WriteTx<'_> {
     /// in memory only.
     pub fn read_ahead(&self, rows: &[RowKey]) -> Option<ReadAhead> {
         let path = self.tx.path().filter(|path| !path.is_empty())?;
-        let rows = rows
-            .iter()
-            .filter_map(|k| {
-                let (key, _) = self.mapping.table(&k.table)?;
-                Some((k.table.clone(), key.to_owned(), k.pk.clone()))
-            })
-            .collect();
-        Some(read_ahead::spawn(std::path::Path::new(path), rows, state::read_rows_ahead))
+        let rows = rows.iter().map(|k| (k.table.as_str(), k.pk.as_str()));
+        Some(state::read_ahead_rows(std::path::Path::new(path), self.mapping, rows))
     }
 
     /// Stamps these rows now if the app changed them since the last export
