@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS _cs_outbox (seq INTEGER PRIMARY KEY, created_ms INTEG
   from_row INTEGER, to_row INTEGER);
 CREATE TABLE IF NOT EXISTS _cs_outbox_patients (seq INTEGER NOT NULL, patient TEXT NOT NULL,
   PRIMARY KEY (seq, patient)) WITHOUT ROWID;
+-- The exports not done, and those whose segment is not in the folder: every
+-- run asks for them, and the done ones are kept (their times), one per export.
+CREATE INDEX IF NOT EXISTS _cs_outbox_undone ON _cs_outbox (seq) WHERE done_ms IS NULL;
+CREATE INDEX IF NOT EXISTS _cs_outbox_unwritten ON _cs_outbox (seq) WHERE segment_ms IS NULL;
 ";
 
 /// Turns a transaction's stamps into an outbox entry with its segment.
@@ -312,5 +316,57 @@ mod tests {
             plan.iter().any(|step| step.contains("_cs_outbox_patients USING PRIMARY KEY (seq=?)")),
             "{plan:?}"
         );
+    }
+
+    /// SQLite's virtual-machine steps (in hundreds) that `f` takes: a
+    /// measure of the work a query does, whatever the machine's speed.
+    fn steps(db: &Db, f: impl FnOnce(&Db)) -> u64 {
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = count.clone();
+        db.conn().progress_handler(
+            100,
+            Some(move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }),
+        );
+        f(db);
+        db.conn().progress_handler(100, None::<fn() -> bool>);
+        count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[test]
+    fn what_every_run_asks_of_the_outbox_and_the_runs_costs_the_same_after_years_of_exports() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::init_for_test(dir.path(), None);
+        let seq = export(&mut db, "INSERT INTO patients (id, family_name) VALUES ('p1', 'Ames')", 2_000);
+        db.outbox_done(seq, 3_000).unwrap();
+        let run = db.begin_run("interval", 3_000).unwrap();
+        db.finish_run(run, 3_100, "ok", &serde_json::json!({}), &[]).unwrap();
+        let asked = |db: &Db| {
+            let head = db.head_seq().unwrap();
+            db.undone_seqs().unwrap();
+            db.outbox_patients(head).unwrap();
+            db.written_head().unwrap();
+            db.first_export_unwritten().unwrap();
+            db.pending_changes().unwrap();
+            assert_eq!(db.last_ok_ms().unwrap(), Some(3_100));
+            db.last_finished_run().unwrap().expect("a run");
+        };
+        let before = steps(&db, asked);
+        // Twenty thousand exports and runs done before (a busy site's
+        // years), kept for their times and for Latest Logs.
+        db.conn()
+            .execute_batch(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+                 INSERT INTO _cs_outbox (seq, created_ms, rows, segment_ms, done_ms)
+                   SELECT -i, 1000, 2, 1000, 1000 FROM n;
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+                 INSERT INTO _cs_runs (id, started_ms, ended_ms, trigger, outcome)
+                   SELECT -i, 1000, 1000 + i % 1000, 'interval', 'ok' FROM n;",
+            )
+            .unwrap();
+        let after = steps(&db, asked);
+        assert!(after <= before + 5, "{before} hundred steps, then {after}");
     }
 }

@@ -12,6 +12,8 @@ CREATE TABLE IF NOT EXISTS _cs_runs (id INTEGER PRIMARY KEY, started_ms INTEGER 
 CREATE TABLE IF NOT EXISTS _cs_run_events (id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL,
   at_ms INTEGER NOT NULL, level TEXT NOT NULL, kind TEXT NOT NULL, path TEXT, message TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS _cs_run_events_run ON _cs_run_events (run_id);
+-- The runs that ended ok by their end: the last sync's time is asked for often.
+CREATE INDEX IF NOT EXISTS _cs_runs_ok ON _cs_runs (ended_ms) WHERE outcome = 'ok';
 ";
 
 /// One run, as `clinicsync log` shows it.
@@ -124,19 +126,26 @@ impl Db {
 
     /// The last sync that finished, whatever its outcome.
     pub fn last_finished_run(&self) -> Result<Option<RunRecord>, DbError> {
-        let sql = format!(
-            "{RUN_COLUMNS} WHERE id = (SELECT max(id) FROM _cs_runs WHERE outcome IS NOT NULL AND {A_SYNC})"
-        );
+        // From the newest back to the first that matches.
+        let sql = format!("{RUN_COLUMNS} WHERE outcome IS NOT NULL AND {A_SYNC} ORDER BY id DESC LIMIT 1");
         Ok(self.conn.query_row(&sql, [], run_record).optional()?)
     }
 
     /// The end time of the last complete sync that ended `ok`.
     pub fn last_ok_ms(&self) -> Result<Option<u64>, DbError> {
-        let v: Option<i64> = self.conn.query_row(
-            &format!("SELECT max(ended_ms) FROM _cs_runs WHERE outcome = 'ok' AND {A_COMPLETE_SYNC}"),
-            [],
-            |r| r.get(0),
-        )?;
+        // The latest end first (an ok run has one), to the first that is a
+        // complete sync.
+        let v: Option<i64> = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT ended_ms FROM _cs_runs WHERE outcome = 'ok' AND {A_COMPLETE_SYNC} ORDER BY ended_ms DESC LIMIT 1"
+                ),
+                [],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten();
         Ok(v.map(|v| v as u64))
     }
 

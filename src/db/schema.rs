@@ -54,6 +54,14 @@ const COLUMNS_ADDED: &[(&str, &str, &str)] = &[
     ("_cs_files", "file_id", "ALTER TABLE _cs_files ADD COLUMN file_id INTEGER"),
 ];
 
+/// Indexes added to a table after it was first made: (index, the SQL of its
+/// table, which makes what is missing). `open` makes those a database lacks.
+const INDEXES_ADDED: &[(&str, &str)] = &[
+    ("_cs_outbox_undone", super::outbox::TABLE),
+    ("_cs_outbox_unwritten", super::outbox::TABLE),
+    ("_cs_runs_ok", super::runs::TABLE),
+];
+
 /// clinicsync's triggers and tables in the database: (triggers, tables).
 pub(super) fn own_objects(conn: &Connection) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
     let list = |kind: &str| -> rusqlite::Result<Vec<String>> {
@@ -83,8 +91,8 @@ pub(super) fn create_all(conn: &Connection) -> rusqlite::Result<()> {
     TABLES.iter().try_for_each(|(_, sql)| conn.execute_batch(sql))
 }
 
-/// Makes the tables and columns a database set up by an earlier version
-/// lacks.
+/// Makes the tables, columns and indexes a database set up by an earlier
+/// version lacks.
 pub(super) fn create_missing(conn: &Connection) -> rusqlite::Result<()> {
     for (table, sql) in TABLES {
         let present: bool =
@@ -99,6 +107,16 @@ pub(super) fn create_missing(conn: &Connection) -> rusqlite::Result<()> {
         let present: bool = conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
             [table, column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(sql)?;
+        }
+    }
+    for (index, sql) in INDEXES_ADDED {
+        let present: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+            [index],
             |r| r.get(0),
         )?;
         if !present {

@@ -79,17 +79,27 @@ fn a_database_of_an_older_state_format_is_taken_up_and_a_newer_one_refused() {
     };
     // Set up by a build of format 1 or 2: opened, it is recorded as format
     // 3, which builds that cannot read its row layouts or do not keep its
-    // patients' digests refuse; the digests' table is made.
+    // patients' digests refuse; the digests' table is made, and the indexes
+    // added since.
+    let added = "'_cs_digests', '_cs_outbox_undone', '_cs_outbox_unwritten', '_cs_runs_ok'";
     for older in ["1", "2"] {
         meta(older);
-        rusqlite::Connection::open(&a).unwrap().execute_batch("DROP TABLE IF EXISTS _cs_digests").unwrap();
+        rusqlite::Connection::open(&a)
+            .unwrap()
+            .execute_batch(
+                "DROP TABLE IF EXISTS _cs_digests; DROP INDEX _cs_outbox_undone;
+                 DROP INDEX _cs_outbox_unwritten; DROP INDEX _cs_runs_ok",
+            )
+            .unwrap();
         sync_ok(&a);
         assert_eq!(format(), clinicsync::db::STATE_FORMAT.to_string());
-        let digests: i64 = rusqlite::Connection::open(&a)
+        let made: i64 = rusqlite::Connection::open(&a)
             .unwrap()
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = '_cs_digests'", [], |r| r.get(0))
+            .query_row(&format!("SELECT count(*) FROM sqlite_master WHERE name IN ({added})"), [], |r| {
+                r.get(0)
+            })
             .unwrap();
-        assert_eq!(digests, 1, "from format {older}");
+        assert_eq!(made, 4, "from format {older}");
     }
     assert_eq!(clinicsync::db::STATE_FORMAT, 3);
     meta("4");
