@@ -34,6 +34,15 @@ pub(crate) fn get(conn: &Connection, patient: &str) -> rusqlite::Result<Option<R
     Ok(blob.and_then(|b| RowsDigest::from_bytes(&b)))
 }
 
+/// Reads a patient's digest and forgets it: the page a write of the
+/// digest changes, read ahead (see `read_ahead.rs`).
+pub(super) fn read_ahead(conn: &Connection, patient: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("SELECT length(rows) FROM _cs_digests WHERE patient = ?1")?
+        .query_row([patient], |_| Ok(()))
+        .optional()?;
+    Ok(())
+}
+
 pub(crate) fn put(conn: &Connection, patient: &str, digest: RowsDigest) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO _cs_digests (patient, rows) VALUES (?1, ?2)

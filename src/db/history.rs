@@ -57,6 +57,13 @@ pub(crate) enum Change<'a> {
     Added,
 }
 
+/// Reads a patient's latest entry and forgets it: the index page where its
+/// next entry goes, read ahead (see `read_ahead.rs`).
+pub(super) fn read_ahead(conn: &Connection, patient: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("SELECT max(id) FROM _cs_history WHERE patient = ?1")?
+        .query_row([patient], |_| Ok(()))
+}
+
 /// Records what changed between `before` and `after` (the row as saved),
 /// and tells `note` each change with the site that made it.
 pub(super) fn record(

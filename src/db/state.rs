@@ -607,14 +607,24 @@ pub(super) fn read_ahead_rows<'r>(
     read_ahead::spawn(path, rows, read_rows_ahead)
 }
 
-/// Reads each row's state and the app's row, as [`stamp_row`] will (see
-/// `read_ahead.rs`): `(table, key column, key)`.
+/// Reads each row's state and the app's row, as [`stamp_row`] and
+/// [`apply_doc`] will, and where its patient's history and digest change
+/// (see `read_ahead.rs`): `(table, key column, key)`.
 fn read_rows_ahead(conn: &Connection, rows: Vec<(String, String, String)>) -> rusqlite::Result<u64> {
     let mut read = 0;
+    let mut patients = HashSet::new();
     for (tbl, key, pk) in rows {
-        conn.prepare_cached("SELECT length(state) FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
-            .query_row(params![tbl, pk], |_| Ok(()))
-            .optional()?;
+        let patient: Option<String> = conn
+            .prepare_cached("SELECT patient, length(state) FROM _cs_rows WHERE tbl = ?1 AND pk = ?2")?
+            .query_row(params![tbl, pk], |r| r.get(0))
+            .optional()?
+            .flatten();
+        if let Some(patient) = patient
+            && patients.insert(patient.clone())
+        {
+            history::read_ahead(conn, &patient)?;
+            digests::read_ahead(conn, &patient)?;
+        }
         let sql = format!("SELECT * FROM {} WHERE {} = ?1", quote(&tbl), quote(&key));
         if conn.prepare_cached(&sql)?.query_row([&pk], |_| Ok(())).optional()?.is_some() {
             read += 1;
