@@ -4,6 +4,7 @@
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use super::read_ahead::{self, ReadAhead};
 use super::{Db, DbError, WriteTx};
 
 /// A file as a listing or stat shows it: (path, size, mtime, file id).
@@ -53,6 +54,24 @@ impl Db {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Reads the records of the files in each of `dirs` on other threads
+    /// and connections, as [`Db::files_seen_in`] will, in order (see
+    /// `read_ahead.rs`); waited for when dropped.
+    pub(crate) fn read_ahead_files_in(&self, dirs: Vec<String>) -> ReadAhead {
+        read_ahead::spawn(&self.path, dirs, |conn, dirs| {
+            let mut read = 0;
+            for dir in dirs {
+                read += conn
+                    .prepare_cached(
+                        "SELECT count(*), sum(file_id) FROM _cs_files WHERE path > ?1 AND path < ?2",
+                    )?
+                    .query_row(params![format!("{dir}/"), format!("{dir}0")], |r| r.get::<_, i64>(0))?
+                    .max(0) as u64;
+            }
+            Ok(read)
+        })
     }
 
     /// What the file cache knows of a patient file: (size, mtime, sha256,
@@ -133,5 +152,30 @@ impl WriteTx<'_> {
             )?
             .execute(params![path, size as i64, mtime_ns, sha256, id_column(id)])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_ahead_reads_the_records_of_the_folders_it_is_given_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::init_for_test(dir.path(), None);
+        let mut files = Vec::new();
+        for (shard, count) in [("00", 3), ("0a", 5), ("ab", 2), ("ff", 7)] {
+            for i in 0..count {
+                files.push((format!("patients/{shard}/{i:032x}.xml"), 10, 20, Some(i as u64)));
+            }
+        }
+        // A folder whose name starts like another's is not one of its.
+        files.push(("patients/0ab/x.xml".to_owned(), 1, 1, None));
+        db.record_files_verified(&files).unwrap();
+        let dirs = |names: &[&str]| names.iter().map(|d| format!("patients/{d}")).collect::<Vec<_>>();
+        assert_eq!(db.read_ahead_files_in(dirs(&["0a", "ab", "ff"])).finish(), 14);
+        assert_eq!(db.read_ahead_files_in(dirs(&["00", "0ab"])).finish(), 4);
+        assert_eq!(db.read_ahead_files_in(dirs(&["12"])).finish(), 0);
+        assert_eq!(db.files_seen_in("patients/0a").unwrap().len(), 5, "as the listing reads them");
     }
 }

@@ -3,8 +3,7 @@
 //! original a client renamed away.
 
 use crate::conflicts::{Classified, Client, FileKind, classify_path};
-use crate::db::KeptCopy;
-use crate::db::Seen;
+use crate::db::{AHEAD_FEWEST, Db, DbError, DiskProbe, KeptCopy, ReadAhead, Seen};
 use crate::engine::EngineError;
 use crate::folder::layout::{PATIENTS_DIR, patient_path};
 use crate::folder::{DiskFolder, Entry, IgnoreRules};
@@ -107,17 +106,20 @@ impl Run<'_> {
 
     /// What the listings of these shard folders bring to the copy check,
     /// in order. The recorded files of each come from the database on this
-    /// thread; listing and sorting the entries is about as much work again
-    /// (at 100,000 patients a shard holds some 400 files, and a sync that
-    /// brings 100 patients lists some 90 shards), so from eight folders on
-    /// the first half is listed on another core, each folder handed over
-    /// with its recorded files as soon as they are read (a few at a time:
-    /// memory stays that of a few folders).
+    /// thread (read ahead on other threads once the first folders' came
+    /// from the disk); listing and sorting the entries is about as much
+    /// work again (at 100,000 patients a shard holds some 400 files, and a
+    /// sync that brings 100 patients lists some 90 shards), so from eight
+    /// folders on the first half is listed on another core, each folder
+    /// handed over with its recorded files as soon as they are read (a few
+    /// at a time: memory stays that of a few folders).
     fn list_shards(&self, dirs: &[String]) -> Result<Vec<FileRef>, EngineError> {
         let (ignore, read) = (&self.ignore, &self.scanned.read);
-        let here = |dirs: &[String]| {
+        let mut records =
+            ShardRecords { db: &self.db, dirs, next: 0, probe: DiskProbe::start(), ahead: None };
+        let here = |dirs: &[String], records: &mut ShardRecords| {
             dirs.iter().try_fold(Vec::new(), |mut files, dir| {
-                let seen = self.db.files_seen_in(dir)?;
+                let seen = records.next(dir)?;
                 let found = shard_files(&self.folder, ignore, read, dir, &seen)
                     .map_err(|(dir, e)| self.io(&format!("cannot list {dir}"), e))?;
                 files.extend(found);
@@ -125,7 +127,7 @@ impl Run<'_> {
             })
         };
         if dirs.len() < 8 {
-            return here(dirs);
+            return here(dirs, &mut records);
         }
         let (theirs, mine) = dirs.split_at(dirs.len() / 2);
         let sibling = self.folder.sibling();
@@ -139,14 +141,14 @@ impl Run<'_> {
                 (files, sibling)
             });
             let handed = theirs.iter().try_for_each(|dir| {
-                let seen = self.db.files_seen_in(dir)?;
+                let seen = records.next(dir)?;
                 // A send fails only once the other thread stopped at an
                 // error, which it returns.
                 let _ = hand.send((dir, seen));
                 Ok::<_, EngineError>(())
             });
             drop(hand);
-            let my_files = handed.and_then(|()| here(mine));
+            let my_files = handed.and_then(|()| here(mine, &mut records));
             let (their_files, sibling) =
                 other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (their_files, sibling, my_files)
@@ -299,6 +301,36 @@ impl Run<'_> {
             let copy = decode_patient(&bytes, self.limits).ok()?;
             copy.covers(doc).then_some(bytes)
         })
+    }
+}
+
+/// Shard folders whose recorded files [`Run::list_shards`] reads before it
+/// asks whether they came from the disk.
+const PROBED_DIRS: usize = 2;
+
+/// The recorded files of shard folders, read in the order of `dirs`; once
+/// the first [`PROBED_DIRS`] came from the disk, the rest are read ahead.
+struct ShardRecords<'r> {
+    db: &'r Db,
+    dirs: &'r [String],
+    next: usize,
+    probe: DiskProbe,
+    ahead: Option<ReadAhead>,
+}
+
+impl ShardRecords<'_> {
+    /// The recorded files of `dir`, the next of `dirs`.
+    fn next(&mut self, dir: &str) -> Result<HashMap<String, Seen>, DbError> {
+        debug_assert_eq!(self.dirs.get(self.next).map(String::as_str), Some(dir));
+        if self.next == PROBED_DIRS {
+            // The folders after this one, which this thread reads now.
+            let rest = self.dirs.get(PROBED_DIRS + 1..).unwrap_or_default();
+            if rest.len() >= AHEAD_FEWEST && self.probe.went_to_disk() {
+                self.ahead = Some(self.db.read_ahead_files_in(rest.to_vec()));
+            }
+        }
+        self.next += 1;
+        self.db.files_seen_in(dir)
     }
 }
 
