@@ -133,6 +133,15 @@ impl Db {
     }
 }
 
+/// Reads a file's record and forgets it: a read-ahead's part (see
+/// `read_ahead.rs`).
+pub(super) fn read_record_ahead(conn: &rusqlite::Connection, path: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("SELECT length(sha256) FROM _cs_files WHERE path = ?1")?
+        .query_row([path], |_| Ok(()))
+        .optional()?;
+    Ok(())
+}
+
 impl WriteTx<'_> {
     /// Records that a patient file's content was applied, for the full scan
     /// to skip it while it is unchanged.

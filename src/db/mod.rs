@@ -430,13 +430,23 @@ impl Db {
         patients::stored_for_files(&self.conn, patients, limits, budget)
     }
 
-    /// Reads these patients' stored rows on other threads and connections
-    /// while this one goes on, so that [`Db::stored_for_files`] then finds
-    /// their pages in the system's cache instead of waiting on the disk for
-    /// each in turn (a family that has not been read for a while). Changes
-    /// and keeps nothing; waited for when dropped.
-    pub fn read_ahead(&self, patients: Vec<String>) -> ReadAhead {
-        patients::read_ahead(&self.path, patients)
+    /// Reads what a run looks up about these patients before it writes
+    /// their files, on other threads and connections while this one goes
+    /// on: each patient's digest and its file's record, then its stored
+    /// rows. The run's own lookups of them (the digests, the file records,
+    /// [`Db::stored_for_files`]) then find their pages in the system's cache
+    /// instead of waiting on the disk for each in turn (a family that has
+    /// not been read for a while). `files`: (patient, the path of its
+    /// file). Changes and keeps nothing; waited for when dropped.
+    pub fn read_ahead(&self, files: Vec<(String, String)>) -> ReadAhead {
+        read_ahead::spawn(&self.path, files, |conn, part| {
+            for (patient, path) in &part {
+                digests::read_ahead(conn, patient)?;
+                files::read_record_ahead(conn, path)?;
+            }
+            let patients: Vec<&str> = part.iter().map(|(patient, _)| patient.as_str()).collect();
+            patients::read_rows_ahead(conn, &patients)
+        })
     }
 
     /// The document of one patient as this database knows it.

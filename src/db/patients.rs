@@ -8,12 +8,10 @@ use crate::model::RowKey;
 use crate::model::RowState;
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use rusqlite::Connection;
 
 use super::DbError;
-use super::read_ahead::{self, ReadAhead};
 use super::rowblob::{self, RowView};
 use crate::xmlstore::{PatientWriter, encode_patient};
 
@@ -245,18 +243,17 @@ pub(crate) fn doc_for_patient(conn: &Connection, patient: &str) -> Result<Patien
 }
 
 /// Reads the stored rows of `patients` (the pages [`stored_for_files`]
-/// reads) ahead, on other threads (see [`super::read_ahead`]).
-pub(super) fn read_ahead(path: &Path, patients: Vec<String>) -> ReadAhead {
-    read_ahead::spawn(path, patients, |conn, part| {
-        let list = serde_json::to_string(&part).expect("strings serialise");
-        conn.query_row(
-            "SELECT count(*), sum(length(state)) FROM _cs_rows
-             WHERE patient IN (SELECT value FROM json_each(?1))",
-            [list],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n.max(0) as u64)
-    })
+/// reads) and forgets them: a read-ahead's part (see [`super::read_ahead`]).
+/// Returns how many rows it read.
+pub(super) fn read_rows_ahead(conn: &Connection, patients: &[&str]) -> rusqlite::Result<u64> {
+    let list = serde_json::to_string(patients).expect("strings serialise");
+    conn.query_row(
+        "SELECT count(*), sum(length(state)) FROM _cs_rows
+         WHERE patient IN (SELECT value FROM json_each(?1))",
+        [list],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
 }
 
 #[cfg(test)]
@@ -286,7 +283,9 @@ mod tests {
                     .unwrap();
             }
         }
-        let asked = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let asked = |names: &[&str]| {
+            names.iter().map(|n| (n.to_string(), format!("patients/00/{n}.xml"))).collect::<Vec<_>>()
+        };
         // Spread over every thread, with a patient that has no rows.
         assert_eq!(db.read_ahead(asked(&["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8"])).finish(), 10);
         assert_eq!(db.read_ahead(asked(&["p2"])).finish(), 5);

@@ -137,8 +137,10 @@ impl Run<'_> {
             // A large batch of this site's patients (a bulk edit): their
             // stored rows are read ahead while the chunk's files are read.
             let mine = to_load.iter().filter(|f| f.repair.is_some()).count();
-            let read_ahead = (mine >= READ_AHEAD_FROM || (self.cold && mine >= AHEAD_FEWEST))
-                .then(|| self.db.read_ahead(to_load.iter().filter_map(|f| f.repair.clone()).collect()));
+            let read_ahead = (mine >= READ_AHEAD_FROM || (self.cold && mine >= AHEAD_FEWEST)).then(|| {
+                let files = to_load.iter().filter_map(|f| Some((f.repair.clone()?, f.path.clone())));
+                self.db.read_ahead(files.collect())
+            });
             let originals = self.apply_chunk(&to_load, &mut wanted, &mut in_sync, &mut changed)?;
             let ids = std::mem::take(&mut self.scanned.ids);
             self.db.record_file_ids(&ids)?;
