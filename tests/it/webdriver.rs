@@ -115,13 +115,22 @@ impl Browser {
             "element not interactable",
             "invalid element state",
         ];
+        // ChromeDriver reports a node of a document the page replaced while
+        // it ran the command as an unknown error with this message: a stale
+        // element too.
+        let replaced = |doc: &Value| {
+            doc["value"]["error"] == "unknown error"
+                && doc["value"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("does not belong to the document"))
+        };
         let start = Instant::now();
         loop {
             let id = self.find(css);
             let path = format!("/session/{}/element/{id}{action}", self.session);
             match self.try_call(method, &path, body.clone()) {
                 Ok(v) => return v,
-                Err(doc) if PASSING.iter().any(|e| doc["value"]["error"] == *e) => {
+                Err(doc) if PASSING.iter().any(|e| doc["value"]["error"] == *e) || replaced(&doc) => {
                     assert!(start.elapsed() < Duration::from_secs(10), "{css:?} stays unusable: {doc}");
                     std::thread::sleep(Duration::from_millis(100));
                 }
