@@ -16,6 +16,12 @@ pub(crate) type Seen = (u64, i64, Option<u64>);
 /// What `_cs_files` holds of a file: (size, mtime, sha256, file id).
 pub(crate) type Recorded = (u64, i64, String, Option<u64>);
 
+/// The bounds of the paths in folder `dir/`, both excluded: they sort
+/// between `dir/` and `dir0` ('0' follows '/').
+fn paths_in(dir: &str) -> (String, String) {
+    (format!("{dir}/"), format!("{dir}0"))
+}
+
 /// A file id as stored: SQLite's integers are signed, so the id's 64 bits
 /// are kept as they are.
 fn id_column(id: Option<u64>) -> Option<i64> {
@@ -40,13 +46,12 @@ impl Db {
         &self,
         dir: &str,
     ) -> Result<std::collections::HashMap<String, Seen>, DbError> {
-        // The paths in `dir/` sort between `dir/` and `dir0` ('0' follows '/').
         let rows = self
             .conn
             .prepare_cached(
                 "SELECT path, size, mtime_ns, file_id FROM _cs_files WHERE path > ?1 AND path < ?2",
             )?
-            .query_map(params![format!("{dir}/"), format!("{dir}0")], |r| {
+            .query_map(paths_in(dir), |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?, id_of(r.get(3)?)),
@@ -67,7 +72,7 @@ impl Db {
                     .prepare_cached(
                         "SELECT count(*), sum(file_id) FROM _cs_files WHERE path > ?1 AND path < ?2",
                     )?
-                    .query_row(params![format!("{dir}/"), format!("{dir}0")], |r| r.get::<_, i64>(0))?
+                    .query_row(paths_in(&dir), |r| r.get::<_, i64>(0))?
                     .max(0) as u64;
             }
             Ok(read)

@@ -115,11 +115,17 @@ impl Run<'_> {
     /// at a time: memory stays that of a few folders).
     fn list_shards(&self, dirs: &[String]) -> Result<Vec<FileRef>, EngineError> {
         let (ignore, read) = (&self.ignore, &self.scanned.read);
-        let mut records =
-            ShardRecords { db: &self.db, dirs, next: 0, probe: DiskProbe::start(), ahead: None };
-        let here = |dirs: &[String], records: &mut ShardRecords| {
-            dirs.iter().try_fold(Vec::new(), |mut files, dir| {
-                let seen = records.next(dir)?;
+        let mut records = ShardRecords {
+            db: &self.db,
+            dirs: dirs.iter(),
+            taken: 0,
+            probe: DiskProbe::start(),
+            ahead: None,
+        };
+        // The folders `records` has not yet given, listed on this thread.
+        let here = |records: &mut ShardRecords| {
+            records.try_fold(Vec::new(), |mut files, next| {
+                let (dir, seen) = next?;
                 let found = shard_files(&self.folder, ignore, read, dir, &seen)
                     .map_err(|(dir, e)| self.io(&format!("cannot list {dir}"), e))?;
                 files.extend(found);
@@ -127,9 +133,8 @@ impl Run<'_> {
             })
         };
         if dirs.len() < 8 {
-            return here(dirs, &mut records);
+            return here(&mut records);
         }
-        let (theirs, mine) = dirs.split_at(dirs.len() / 2);
         let sibling = self.folder.sibling();
         let (their_files, sibling, my_files) = std::thread::scope(|scope| {
             let (hand, take) = std::sync::mpsc::sync_channel::<(&str, HashMap<String, Seen>)>(2);
@@ -140,15 +145,16 @@ impl Run<'_> {
                 });
                 (files, sibling)
             });
-            let handed = theirs.iter().try_for_each(|dir| {
-                let seen = records.next(dir)?;
+            // The first half to the other thread.
+            let handed = records.by_ref().take(dirs.len() / 2).try_for_each(|next| {
+                let (dir, seen) = next?;
                 // A send fails only once the other thread stopped at an
                 // error, which it returns.
                 let _ = hand.send((dir, seen));
                 Ok::<_, EngineError>(())
             });
             drop(hand);
-            let my_files = handed.and_then(|()| here(mine, &mut records));
+            let my_files = handed.and_then(|()| here(&mut records));
             let (their_files, sibling) =
                 other.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
             (their_files, sibling, my_files)
@@ -308,29 +314,30 @@ impl Run<'_> {
 /// asks whether they came from the disk.
 const PROBED_DIRS: usize = 2;
 
-/// The recorded files of shard folders, read in the order of `dirs`; once
-/// the first [`PROBED_DIRS`] came from the disk, the rest are read ahead.
+/// Shard folders with their recorded files, in order; once the first
+/// [`PROBED_DIRS`] folders' came from the disk, the rest are read ahead.
 struct ShardRecords<'r> {
     db: &'r Db,
-    dirs: &'r [String],
-    next: usize,
+    dirs: std::slice::Iter<'r, String>,
+    taken: usize,
     probe: DiskProbe,
     ahead: Option<ReadAhead>,
 }
 
-impl ShardRecords<'_> {
-    /// The recorded files of `dir`, the next of `dirs`.
-    fn next(&mut self, dir: &str) -> Result<HashMap<String, Seen>, DbError> {
-        debug_assert_eq!(self.dirs.get(self.next).map(String::as_str), Some(dir));
-        if self.next == PROBED_DIRS {
+impl<'r> Iterator for ShardRecords<'r> {
+    type Item = Result<(&'r str, HashMap<String, Seen>), DbError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let dir = self.dirs.next()?;
+        if self.taken == PROBED_DIRS {
             // The folders after this one, which this thread reads now.
-            let rest = self.dirs.get(PROBED_DIRS + 1..).unwrap_or_default();
+            let rest = self.dirs.as_slice();
             if rest.len() >= AHEAD_FEWEST && self.probe.went_to_disk() {
                 self.ahead = Some(self.db.read_ahead_files_in(rest.to_vec()));
             }
         }
-        self.next += 1;
-        self.db.files_seen_in(dir)
+        self.taken += 1;
+        Some(self.db.files_seen_in(dir).map(|seen| (dir.as_str(), seen)))
     }
 }
 

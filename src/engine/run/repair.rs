@@ -63,7 +63,7 @@ fn ours_of(
     })
 }
 
-/// Files of this site's patients in a chunk that [`Run::fetch_all`] reads
+/// Files of this site's patients in a chunk that [`Run::read_own_files`] reads
 /// one at a time before it asks whether they came from the disk.
 const PROBED_FILES: usize = 4;
 
@@ -557,7 +557,7 @@ impl Run<'_> {
     /// Stats and reads these files of the folder, in order: one at a time,
     /// and once the first [`PROBED_FILES`] came from the disk, the rest on
     /// [`FILE_THREADS`] threads at once.
-    fn fetch_all(&self, paths: Vec<&str>) -> Vec<Fetched> {
+    fn read_own_files(&self, paths: Vec<&str>) -> Vec<Fetched> {
         let limit = self.limits.max_file_bytes;
         let probe = DiskProbe::start();
         let (probed, rest) = paths.split_at(paths.len().min(PROBED_FILES));
@@ -582,11 +582,10 @@ impl Run<'_> {
     ) -> Result<Vec<Option<Original>>, EngineError> {
         let mut out: Vec<Option<Original>> = chunk.iter().map(|_| None).collect();
         let mut files = Vec::new();
-        let ours: Vec<(usize, &FileRef)> =
-            chunk.iter().enumerate().filter(|(_, f)| f.repair.is_some()).collect();
-        let fetched = self.fetch_all(ours.iter().map(|(_, f)| f.path.as_str()).collect());
-        for ((i, f), fetched) in ours.into_iter().zip(fetched) {
-            let Some(patient) = &f.repair else { continue };
+        let ours: Vec<(usize, &FileRef, &str)> =
+            chunk.iter().enumerate().filter_map(|(i, f)| Some((i, f, f.repair.as_deref()?))).collect();
+        let fetched = self.read_own_files(ours.iter().map(|(_, f, _)| f.path.as_str()).collect());
+        for ((i, f, patient), fetched) in ours.into_iter().zip(fetched) {
             let (entry, bytes) = match fetched {
                 Fetched::Read(entry, bytes) => (entry, bytes),
                 Fetched::Absent => {
@@ -599,7 +598,7 @@ impl Run<'_> {
             self.scanned.read.insert(f.path.clone());
             self.counts.files_scanned += 1;
             self.counts.bytes_read += bytes.len() as u64;
-            files.push((i, patient.as_str(), bytes, entry));
+            files.push((i, patient, bytes, entry));
         }
         if files.is_empty() {
             return Ok(out);

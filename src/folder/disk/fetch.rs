@@ -24,7 +24,8 @@ impl DiskFolder {
         if threads <= 1 || paths.len() < 2 {
             return paths.iter().map(|path| self.fetch(path, limit)).collect();
         }
-        let parts = std::thread::scope(|scope| {
+        let mut out = Vec::with_capacity(paths.len());
+        std::thread::scope(|scope| {
             let started: Vec<_> = paths
                 .chunks(paths.len().div_ceil(threads))
                 .map(|part| {
@@ -40,22 +41,18 @@ impl DiskFolder {
                         .map_err(|_| part)
                 })
                 .collect();
-            started
-                .into_iter()
-                .map(|thread| match thread {
-                    Ok(thread) => thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(part) => {
-                        let folder = self.sibling();
-                        (part.iter().map(|path| folder.fetch(path, limit)).collect(), folder)
+            for thread in started {
+                match thread {
+                    Ok(thread) => {
+                        let (fetched, folder) =
+                            thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                        self.absorb(folder);
+                        out.extend(fetched);
                     }
-                })
-                .collect::<Vec<_>>()
+                    Err(part) => out.extend(part.iter().map(|path| self.fetch(path, limit))),
+                }
+            }
         });
-        let mut out = Vec::with_capacity(paths.len());
-        for (fetched, folder) in parts {
-            self.absorb(folder);
-            out.extend(fetched);
-        }
         out
     }
 
