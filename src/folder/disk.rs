@@ -584,6 +584,9 @@ impl DiskFolder {
                     dirs.insert(parent.to_path_buf());
                 }
             }
+            // The replaced files are freed from here on, not in between the
+            // renames (see release.rs).
+            self.releaser.borrow_mut().hand_over();
             // The renames durable too: each directory's fsync, or for a
             // batch spread over many directories (the first export's chunks
             // touch all 256 shards) one more syncfs, which commits every
