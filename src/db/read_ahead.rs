@@ -19,6 +19,14 @@ use crate::platform;
 /// one or eight where measured.
 const THREADS: usize = 4;
 
+/// Each read-ahead connection's own page cache, in KiB (SQLite's negative
+/// `cache_size`): what it reads is thrown away, only the system's cache
+/// keeps it. With SQLite's default 2 MiB, a page buffer allocated for
+/// every page read cost the threads about as much processor time as the
+/// reading (a 100-patient send: 67 against 58 ms of processor time with
+/// 256 KiB, where measured).
+const CACHE_KIB: i64 = 256;
+
 /// Whether the calling thread read from the disk since the probe began
 /// (not from the system's cache): at least eight pages. Always false
 /// where the system does not say (see [`platform::thread_disk_reads`]).
@@ -93,7 +101,12 @@ pub(super) fn spawn<T: Send + 'static>(
         let path = path.to_path_buf();
         let spawned = std::thread::Builder::new().name("read-ahead".into()).spawn(move || {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            Connection::open_with_flags(&path, flags).and_then(|conn| read(&conn, part)).unwrap_or(0)
+            Connection::open_with_flags(&path, flags)
+                .and_then(|conn| {
+                    conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
+                    read(&conn, part)
+                })
+                .unwrap_or(0)
         });
         // Without a thread the rows are simply read when they are needed.
         threads.extend(spawned.ok());
